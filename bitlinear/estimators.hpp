@@ -8,8 +8,13 @@
 
 namespace bitqat::bitlinear {
 
-// Autograd-aware fake quantization (float in, same dtype out). Gradient w.r.t. w: 1 (identity) or
-// the clip mask (clipped) -- scaled by nothing: the STE treats Q as the identity where it passes.
+// Autograd-aware fake quantization (float in, same dtype out; quantization math in float32, or
+// float64 for double inputs). Scales are constants in the backward pass (standard STE). Gradient:
+//   identity: g
+//   clipped:  g * ((1 - lambda) + lambda * mask), mask = 1 where |w| / scale <= clip (weights) or
+//             |x| * s / qmax <= clip (activations), else 0
+// so lambda = 0 is the exact derivative of the identity and lambda = 1 the clipped STE.
+// A type of kNone returns the input itself.
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda = 1.0);
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda = 1.0);
 

@@ -60,25 +60,26 @@ bool parse(const std::string& s, Estimator* out);
 // [out, in] (4-D weights only).
 struct QuantizedWeight {
   at::Tensor codes;   // int8, {-1,0,1} (ternary) or {-1,1} (binary)
-  at::Tensor scales;  // float32
+  at::Tensor scales;  // float32 (float64 for double weights)
   WeightQuantSpec spec;
 };
 
 // Ternary: gamma = mean|W| over the group; code = clamp(round_half_away(W / (gamma + eps)), -1, 1).
 // Binary: mu = mean(W), code = W - mu >= 0 ? +1 : -1, scale = mean|W| over the group.
 QuantizedWeight quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec);
-at::Tensor dequantize_weight(const QuantizedWeight& q);  // float32, shape of the weight
+at::Tensor dequantize_weight(const QuantizedWeight& q);  // dtype of the scales, shape of the weight
 // The scale broadcast to the weight's full shape (used by the estimators and the blend).
 at::Tensor expand_scales(const at::Tensor& scales, const WeightQuantSpec& spec, at::IntArrayRef weight_shape);
 
-// Per token (last dim) or per tensor absmax: s = qmax / max|x|, code = clamp(round(x*s), -qmax-1, qmax).
-// A row (or tensor) of zeros gets codes 0 and a finite scale (never NaN or inf).
+// Per token (last dim) or per tensor absmax: s = qmax / max(max|x|, eps),
+// code = clamp(round_half_away(x*s), -qmax-1, qmax). The eps floor (as in BitNet's reference code)
+// makes a row of zeros give codes 0 and a finite scale, never NaN or inf.
 struct QuantizedActivation {
   at::Tensor codes;   // int8, shape of x
-  at::Tensor scales;  // float32: [..., 1] per token, [1] per tensor; x ~= codes / scales
+  at::Tensor scales;  // float32 (float64 for double x): [..., 1] per token, [1] per tensor; x ~= codes / scales
 };
 QuantizedActivation quantize_activation(const at::Tensor& x, const ActQuantSpec& spec);
-at::Tensor dequantize_activation(const QuantizedActivation& q);  // dtype float32
+at::Tensor dequantize_activation(const QuantizedActivation& q);  // dtype of the scales
 
 // Round half away from zero, the rounding used by every quantizer (documented choice:
 // 0.5 -> 1, -0.5 -> -1, 1.5 -> 2), unlike at::round's half-to-even.

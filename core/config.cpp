@@ -135,8 +135,9 @@ std::string Node::where(const std::string& key) const {
   } else if (node_.IsDefined()) {
     line = node_.Mark().line;
   }
-  if (line >= 0) return fmt::format("{}:{}: {}", source_->file, line + 1, kp);
-  return fmt::format("{}: {}", source_->file, kp);
+  const std::string suffix = kp.empty() ? "" : ": " + kp;
+  if (line >= 0) return fmt::format("{}:{}{}", source_->file, line + 1, suffix);
+  return source_->file + suffix;
 }
 
 std::string Node::scalar_text(const std::string& key) const {

@@ -1,0 +1,98 @@
+#include "bitlinear/bit_linear.hpp"
+
+#include <fmt/format.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+#include <stdexcept>
+
+#include "bitlinear/estimators.hpp"
+
+namespace bitqat::bitlinear {
+namespace {
+
+void check_lambda(double v, const char* which) {
+  if (!(v >= 0.0 && v <= 1.0)) {
+    throw std::invalid_argument(fmt::format("set_lambdas: {} = {} is outside [0, 1]", which, v));
+  }
+}
+
+// Activation fake-quantization per (sample, position) over channels for NCHW maps.
+at::Tensor fake_quantize_nchw(const at::Tensor& x, const ActQuantSpec& spec, double lambda) {
+  if (spec.type != ActQuant::kPerToken) return fake_quantize_activation(x, spec, lambda);
+  return fake_quantize_activation(x.permute({0, 2, 3, 1}), spec, lambda).permute({0, 3, 1, 2});
+}
+
+}  // namespace
+
+BitLinearImpl::BitLinearImpl(BitLinearOptions options_) : options(std::move(options_)) {
+  if (options.in_features < 1 || options.out_features < 1) {
+    throw std::invalid_argument(fmt::format("BitLinear: in and out features must be >= 1, got {} and {}",
+                                            options.in_features, options.out_features));
+  }
+  weight = register_parameter("weight", at::empty({options.out_features, options.in_features}));
+  if (options.bias) bias = register_parameter("bias", at::empty({options.out_features}));
+  if (options.sub_norm) norm = register_module("norm", RMSNorm(options.in_features, options.norm_eps));
+  reset_parameters();
+}
+
+void BitLinearImpl::reset_parameters() {
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features));
+    torch::nn::init::uniform_(bias, -bound, bound);
+  }
+}
+
+void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
+  check_lambda(lambda_w, "lambda_w");
+  check_lambda(lambda_a, "lambda_a");
+  lambda_w_ = lambda_w;
+  lambda_a_ = lambda_a;
+}
+
+at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
+  const auto h = norm ? norm->forward(x) : x;
+  const auto xq = fake_quantize_activation(h, options.quant.act, lambda_a_);
+  const auto wq = fake_quantize_weight(weight, options.quant.weight, lambda_w_);
+  return at::linear(xq, wq.to(xq.scalar_type()), bias.defined() ? bias.to(xq.scalar_type()) : bias);
+}
+
+QuantizedWeight BitLinearImpl::quantized_weight() const { return quantize_weight(weight, options.quant.weight); }
+
+BitConv2dImpl::BitConv2dImpl(BitConv2dOptions options_) : options(std::move(options_)) {
+  if (options.in_channels < 1 || options.out_channels < 1 || options.kernel_size < 1) {
+    throw std::invalid_argument("BitConv2d: channels and kernel size must be >= 1");
+  }
+  weight = register_parameter(
+      "weight", at::empty({options.out_channels, options.in_channels, options.kernel_size, options.kernel_size}));
+  if (options.bias) bias = register_parameter("bias", at::empty({options.out_channels}));
+  reset_parameters();
+}
+
+void BitConv2dImpl::reset_parameters() {
+  torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
+  if (bias.defined()) {
+    const double fan_in = static_cast<double>(options.in_channels * options.kernel_size * options.kernel_size);
+    const double bound = 1.0 / std::sqrt(fan_in);
+    torch::nn::init::uniform_(bias, -bound, bound);
+  }
+}
+
+void BitConv2dImpl::set_lambdas(double lambda_w, double lambda_a) {
+  check_lambda(lambda_w, "lambda_w");
+  check_lambda(lambda_a, "lambda_a");
+  lambda_w_ = lambda_w;
+  lambda_a_ = lambda_a;
+}
+
+at::Tensor BitConv2dImpl::forward(const at::Tensor& x) {
+  const auto xq = fake_quantize_nchw(x, options.quant.act, lambda_a_);
+  const auto wq = fake_quantize_weight(weight, options.quant.weight, lambda_w_);
+  return at::conv2d(xq, wq.to(xq.scalar_type()), bias.defined() ? bias.to(xq.scalar_type()) : bias,
+                    {options.stride, options.stride}, {options.padding, options.padding});
+}
+
+QuantizedWeight BitConv2dImpl::quantized_weight() const { return quantize_weight(weight, options.quant.weight); }
+
+}  // namespace bitqat::bitlinear

@@ -1,0 +1,142 @@
+#include "bitlinear/quantizers.hpp"
+
+#include <gtest/gtest.h>
+
+using namespace bitqat::bitlinear;
+
+namespace {
+
+at::Tensor W() { return at::tensor({0.5, -1.5, 0.1, 2.0, 0.0, 0.3, -0.3, 0.6}, at::kFloat).reshape({2, 4}); }
+at::Tensor codes(std::vector<int8_t> v, std::vector<int64_t> shape) {
+  return at::tensor(at::ArrayRef<int8_t>(v), at::kChar).reshape(shape);
+}
+void expect_scales(const at::Tensor& got, std::vector<float> want) {
+  ASSERT_EQ(got.numel(), static_cast<int64_t>(want.size()));
+  const auto g = got.to(at::kFloat).contiguous();
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_NEAR(g.data_ptr<float>()[i], want[i], 1e-6) << i;
+}
+WeightQuantSpec spec(WeightQuant t, Granularity g, int64_t group = 128) {
+  WeightQuantSpec s;
+  s.type = t;
+  s.granularity = g;
+  s.group_size = group;
+  return s;
+}
+
+}  // namespace
+
+TEST(RoundHalfAway, ExactHalvesGoAwayFromZero) {
+  const auto x = at::tensor({0.5, -0.5, 1.5, 2.5, -2.5, 0.49999, -1.2}, at::kDouble);
+  EXPECT_TRUE(round_half_away(x).equal(at::tensor({1.0, -1.0, 2.0, 3.0, -3.0, 0.0, -1.0}, at::kDouble)));
+}
+
+TEST(TernaryWeights, PerTensor) {
+  const auto q = quantize_weight(W(), spec(WeightQuant::kTernary, Granularity::kPerTensor));
+  // gamma = 5.3 / 8 = 0.6625
+  EXPECT_TRUE(q.codes.equal(codes({1, -1, 0, 1, 0, 0, 0, 1}, {2, 4})));
+  expect_scales(q.scales, {0.6625f});
+  EXPECT_TRUE(dequantize_weight(q).allclose(q.codes.to(at::kFloat) * 0.6625));
+}
+
+TEST(TernaryWeights, PerChannel) {
+  const auto q = quantize_weight(W(), spec(WeightQuant::kTernary, Granularity::kPerChannel));
+  // gammas 4.1/4 = 1.025 and 1.2/4 = 0.3; 0.3 / (0.3 + eps) = 0.99997 -> 1, 0.6 / 0.3 = 2 -> 1
+  EXPECT_TRUE(q.codes.equal(codes({0, -1, 0, 1, 0, 1, -1, 1}, {2, 4})));
+  expect_scales(q.scales, {1.025f, 0.3f});
+}
+
+TEST(TernaryWeights, PerGroupWithFullAndPartialGroups) {
+  const auto q2 = quantize_weight(W(), spec(WeightQuant::kTernary, Granularity::kPerGroup, 2));
+  EXPECT_TRUE(q2.codes.equal(codes({0, -1, 0, 1, 0, 1, -1, 1}, {2, 4})));
+  expect_scales(q2.scales, {1.0f, 1.05f, 0.15f, 0.45f});
+  // G = 3: groups (0.5, -1.5, 0.1) and (2.0); (0, 0.3, -0.3) and (0.6).
+  const auto q3 = quantize_weight(W(), spec(WeightQuant::kTernary, Granularity::kPerGroup, 3));
+  EXPECT_TRUE(q3.codes.equal(codes({1, -1, 0, 1, 0, 1, -1, 1}, {2, 4})));
+  expect_scales(q3.scales, {0.7f, 2.0f, 0.2f, 0.6f});
+  EXPECT_EQ(q3.scales.sizes(), (std::vector<int64_t>{2, 2}));
+  const auto deq = dequantize_weight(q3);
+  EXPECT_NEAR(deq[0][3].item<float>(), 2.0f, 1e-6);
+  EXPECT_NEAR(deq[1][2].item<float>(), -0.2f, 1e-6);
+}
+
+TEST(TernaryWeights, PerKernelForConvolutions) {
+  const auto w = at::tensor({1.0, -1.0, 0.2, -0.2, 0.1, 0.1, 0.1, -0.4}, at::kFloat).reshape({2, 1, 2, 2});
+  const auto q = quantize_weight(w, spec(WeightQuant::kTernary, Granularity::kPerKernel));
+  EXPECT_TRUE(q.codes.equal(codes({1, -1, 0, 0, 1, 1, 1, -1}, {2, 1, 2, 2})));
+  expect_scales(q.scales, {0.6f, 0.175f});
+  EXPECT_EQ(q.scales.sizes(), (std::vector<int64_t>{2, 1}));
+  EXPECT_THROW(quantize_weight(W(), spec(WeightQuant::kTernary, Granularity::kPerKernel)), std::invalid_argument);
+}
+
+TEST(BinaryWeights, SignAroundTheMeanWithAbsMeanScale) {
+  const auto q = quantize_weight(W(), spec(WeightQuant::kBinary, Granularity::kPerChannel));
+  // Row means 0.275 and 0.15.
+  EXPECT_TRUE(q.codes.equal(codes({1, -1, -1, 1, -1, 1, -1, 1}, {2, 4})));
+  expect_scales(q.scales, {1.025f, 0.3f});
+  // sign(0) = +1: a constant row sits exactly on its mean.
+  const auto c = quantize_weight(at::full({1, 4}, 0.7f), spec(WeightQuant::kBinary, Granularity::kPerTensor));
+  EXPECT_TRUE(c.codes.equal(codes({1, 1, 1, 1}, {1, 4})));
+  expect_scales(c.scales, {0.7f});
+}
+
+TEST(WeightProperties, CodesInTheAllowedSetAndErrorBounded) {
+  at::manual_seed(0);
+  const auto w = at::randn({64, 96});
+  for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup}) {
+    const auto t = quantize_weight(w, spec(WeightQuant::kTernary, g, 32));
+    EXPECT_TRUE(t.codes.ge(-1).logical_and(t.codes.le(1)).all().item<bool>());
+    // |W - Q(W)| <= max(gamma / 2, |W| - gamma) elementwise: within the rounding step or the clamp.
+    const auto gamma = expand_scales(t.scales, t.spec, w.sizes());
+    const auto err = (w - dequantize_weight(t)).abs();
+    EXPECT_TRUE(err.le(at::maximum(gamma / 2, w.abs() - gamma) + 1e-5).all().item<bool>());
+    const auto b = quantize_weight(w, spec(WeightQuant::kBinary, g, 32));
+    EXPECT_TRUE(b.codes.abs().eq(1).all().item<bool>());
+  }
+}
+
+TEST(Activations, PerTokenPerTensorAndBits) {
+  ActQuantSpec a;
+  const auto x = at::tensor({1.0, -2.0, 0.5, 0.0, 0.0, 0.0}, at::kFloat).reshape({2, 3});
+  const auto q = quantize_activation(x, a);
+  // Row 0: s = 127 / 2 = 63.5: 63.5 -> 64 (half away), -127, 31.75 -> 32. Row 1: all zero.
+  EXPECT_TRUE(q.codes.equal(codes({64, -127, 32, 0, 0, 0}, {2, 3})));
+  EXPECT_NEAR(q.scales[0][0].item<float>(), 63.5f, 1e-5);
+  EXPECT_TRUE(std::isfinite(q.scales[1][0].item<float>()));
+  const auto deq = dequantize_activation(q);
+  EXPECT_FALSE(deq.isnan().any().item<bool>());
+  EXPECT_TRUE(deq[1].eq(0).all().item<bool>());
+
+  a.type = ActQuant::kPerTensor;
+  const auto t = quantize_activation(at::tensor({127.0, 0.5, -0.5, 1.5}, at::kFloat), a);
+  EXPECT_TRUE(t.codes.equal(codes({127, 1, -1, 2}, {4})));
+
+  a.type = ActQuant::kPerToken;
+  a.bits = 4;
+  const auto q4 = quantize_activation(x, a);  // s = 7 / 2 = 3.5: 3.5 -> 4, -7, 1.75 -> 2
+  EXPECT_TRUE(q4.codes.equal(codes({4, -7, 2, 0, 0, 0}, {2, 3})));
+}
+
+TEST(Activations, RoundTripErrorWithinHalfAStep) {
+  at::manual_seed(1);
+  const auto x = at::randn({16, 64}) * 3;
+  const auto q = quantize_activation(x, ActQuantSpec{});
+  const auto err = (x - dequantize_activation(q)).abs();
+  EXPECT_TRUE(err.le(0.5 / q.scales + 1e-6).all().item<bool>());
+  EXPECT_TRUE(q.codes.ge(-128).logical_and(q.codes.le(127)).all().item<bool>());
+}
+
+TEST(Names, ParseAndPrintRoundTrip) {
+  WeightQuant w;
+  Granularity g;
+  ActQuant a;
+  Estimator e;
+  EXPECT_TRUE(parse("binary", &w));
+  EXPECT_EQ(w, WeightQuant::kBinary);
+  EXPECT_FALSE(parse("trinary", &w));
+  EXPECT_TRUE(parse("per_group", &g));
+  EXPECT_EQ(to_string(g), "per_group");
+  EXPECT_TRUE(parse("per_token", &a));
+  EXPECT_TRUE(parse("clipped", &e));
+  EXPECT_EQ(to_string(e), "clipped");
+  EXPECT_NEAR(traits(WeightQuant::kTernary).bits, std::log2(3.0), 1e-12);
+}
