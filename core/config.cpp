@@ -71,6 +71,8 @@ Node apply_overrides(YAML::Node root, const std::string& name,
 
 }  // namespace
 
+Node::Node() : Node(YAML::Node(YAML::NodeType::Undefined), std::make_shared<ConfigSource>(), "") {}
+
 Node::Node(YAML::Node node, std::shared_ptr<const ConfigSource> source, std::string path)
     : node_(std::move(node)), source_(std::move(source)), path_(std::move(path)) {}
 
@@ -97,6 +99,13 @@ Node Node::load_string(const std::string& text, const std::string& name,
   return apply_overrides(root, name, overrides);
 }
 
+Node& Node::operator=(const Node& other) {
+  node_.reset(other.node_);
+  source_ = other.source_;
+  path_ = other.path_;
+  return *this;
+}
+
 std::string Node::key_path(const std::string& key) const {
   if (key.empty()) return path_;
   return path_.empty() ? key : path_ + "." + key;
@@ -112,7 +121,9 @@ bool Node::has(const std::string& key) const {
 Node Node::child(const std::string& key) const {
   if (!node_.IsDefined() || !node_.IsMap()) return Node(YAML::Node(YAML::NodeType::Undefined), source_, key_path(key));
   const YAML::Node& self = node_;
-  return Node(self[key], source_, key_path(key));
+  const YAML::Node c = self[key];
+  if (!c.IsDefined()) return Node(YAML::Node(YAML::NodeType::Undefined), source_, key_path(key));
+  return Node(c, source_, key_path(key));
 }
 
 std::vector<std::string> Node::keys() const {

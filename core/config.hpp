@@ -23,7 +23,12 @@ struct ConfigSource {
 // A YAML mapping (or scalar) plus its key path. Cheap to copy.
 class Node {
  public:
+  Node();  // an undefined node from nowhere (a config section that was not given)
   Node(YAML::Node node, std::shared_ptr<const ConfigSource> source, std::string path = "");
+  Node(const Node&) = default;
+  // YAML::Node's own operator= writes through to the node it refers to (and throws for a missing
+  // key); a config handle must rebind instead.
+  Node& operator=(const Node& other);
 
   // Parse a file (with clear errors for a missing file or bad YAML) and apply `--set k.p=v`
   // overrides; each override is parsed as YAML and must name an existing or new key path.

@@ -82,3 +82,14 @@ TEST(Config, SyntaxErrorAndMissingFile) {
                 .find("required key 'run.seed' is missing"),
             std::string::npos);
 }
+
+TEST(Config, AssignmentRebindsAndNeverWritesThrough) {
+  const auto root = Node::load_string(kDoc, "x.yaml");
+  Node a = root.child("run");
+  a = root.child("missing");  // a missing section: must not throw or touch run:
+  EXPECT_FALSE(a.defined());
+  EXPECT_EQ(root.child("run").get<std::string>("name", ""), "demo");
+  a = root.child("train");
+  EXPECT_EQ(a.get<int>("steps", 0), 100);
+  EXPECT_EQ(root.child("run").get<std::string>("name", ""), "demo");
+}

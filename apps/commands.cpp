@@ -1,0 +1,137 @@
+#include "apps/commands.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+#include <torch/cuda.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <iostream>
+
+#include "apps/args.hpp"
+#include "apps/quickstart_config.hpp"
+#include "core/error.hpp"
+#include "models/generate.hpp"
+#include "models/lm.hpp"
+#include "training/config.hpp"
+#include "training/run_loader.hpp"
+#include "training/trainer.hpp"
+
+namespace bitqat::apps {
+namespace {
+
+int print_help(const char* text) {
+  std::fputs(text, stdout);
+  return 0;
+}
+
+at::Device default_device() {
+  return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
+
+}  // namespace
+
+int rank_from_environment() {
+  for (const char* var : {"RANK", "SLURM_PROCID"}) {
+    if (const char* v = std::getenv(var)) return std::atoi(v);
+  }
+  return 0;
+}
+
+int cmd_version(const std::vector<std::string>&) {
+  std::printf("bitqat %s (LibTorch %s, %s)\n", BITQAT_VERSION, BITQAT_TORCH_VERSION,
+              torch::cuda::is_available() ? "CUDA available" : "no CUDA device");
+  return 0;
+}
+
+int cmd_train(const std::vector<std::string>& argv) {
+  const auto a = parse_args("train", argv, {}, {"resume"});
+  if (a.help) {
+    return print_help(
+        "usage: bitqat train [CONFIG.yaml] [--set key.path=value ...] [--resume]\n\n"
+        "Trains the model a YAML config describes (configs/ has examples; without CONFIG the built-in\n"
+        "quickstart runs: a ternary byte-level LM on the KJV Bible, prepared by data/prepare_kjv.sh).\n"
+        "  --set k.p=v  override one config value (same checks as the file; repeatable)\n"
+        "  --resume     continue from the newest complete checkpoint in run.dir/run.name\n"
+        "Results: run.dir/run.name/{config.resolved.yaml, metrics.jsonl, checkpoints/}.\n"
+        "Launch several processes (launch/local.sh, torchrun --no-python, SLURM) for data parallelism.\n");
+  }
+  if (a.positional.size() > 1) {
+    throw core::UserError(fmt::format("bitqat train takes one config file, got {} arguments", a.positional.size()));
+  }
+  const auto cfg = a.positional.empty()
+                       ? training::Config::load_string(kQuickstartYaml, "<built-in quickstart>", a.sets)
+                       : training::Config::load_file(a.positional[0], a.sets);
+  training::TrainOptions options;
+  options.resume = a.flags.count("resume") > 0;
+  const auto result = training::train(cfg, options);
+  if (rank_from_environment() == 0) {
+    std::printf("trained %lld steps; last loss %.4f%s; results in %s\n", static_cast<long long>(result.final_step),
+                result.last_loss,
+                result.last_val_loss ? fmt::format(", val_loss {:.4f}", *result.last_val_loss).c_str() : "",
+                result.run_dir.c_str());
+  }
+  return 0;
+}
+
+int cmd_eval(const std::vector<std::string>& argv) {
+  const auto a = parse_args("eval", argv, {"batches"}, {"json"});
+  if (a.help) {
+    return print_help(
+        "usage: bitqat eval RUN_DIR [--json] [--batches N]\n\n"
+        "Validation loss of the run's newest checkpoint (plus val_bpb for byte-level text, val_acc for\n"
+        "images). --json prints one JSON object.\n");
+  }
+  if (a.positional.size() != 1) throw core::UserError("bitqat eval needs exactly one RUN_DIR");
+  const auto device = default_device();
+  auto run = training::load_run(a.positional[0], device);
+  int64_t batches = run.cfg.train.eval_batches;
+  if (a.values.count("batches")) batches = std::stoll(a.values.at("batches"));
+  const auto val = run.source->val_batches(run.cfg.train.batch_size, batches);
+  const auto ev = run.task->evaluate(val, device);
+  if (a.flags.count("json")) {
+    nlohmann::json j = {{"run_dir", a.positional[0]}, {"checkpoint", run.checkpoint}, {"step", run.step},
+                        {"val_loss", ev.loss}};
+    if (!ev.metric_name.empty()) j[ev.metric_name] = ev.metric;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("%s (step %lld): val_loss %.4f", run.checkpoint.c_str(), static_cast<long long>(run.step), ev.loss);
+    if (!ev.metric_name.empty()) std::printf(", %s %.4f", ev.metric_name.c_str(), ev.metric);
+    std::printf("\n");
+  }
+  return 0;
+}
+
+int cmd_generate(const std::vector<std::string>& argv) {
+  const auto a = parse_args("generate", argv, {"prompt", "tokens", "temperature", "top-k", "seed"}, {});
+  if (a.help) {
+    return print_help(
+        "usage: bitqat generate RUN_DIR --prompt TEXT [--tokens 200] [--temperature 0.8] [--top-k 40] [--seed 1]\n\n"
+        "Samples a continuation from a byte-level language model run (temperature 0: greedy).\n");
+  }
+  if (a.positional.size() != 1) throw core::UserError("bitqat generate needs exactly one RUN_DIR");
+  if (!a.values.count("prompt")) throw core::UserError("bitqat generate needs --prompt TEXT");
+  auto run = training::load_run(a.positional[0], default_device());
+  auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
+  if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.positional[0]));
+  if (run.source->vocab_size() != 256) {
+    throw core::UserError(fmt::format("{}: generate works on byte-level text models (vocabulary 256); this run has "
+                                      "vocabulary {}",
+                                      a.positional[0], run.source->vocab_size()));
+  }
+  const std::string prompt = a.values.at("prompt");
+  std::vector<int64_t> tokens(prompt.begin(), prompt.end());
+  for (auto& t : tokens) t &= 0xff;
+  const int64_t n = a.values.count("tokens") ? std::stoll(a.values.at("tokens")) : 200;
+  const double temperature = a.values.count("temperature") ? std::stod(a.values.at("temperature")) : 0.8;
+  const int64_t top_k = a.values.count("top-k") ? std::stoll(a.values.at("top-k")) : 40;
+  const uint64_t seed = a.values.count("seed") ? std::stoull(a.values.at("seed")) : 1;
+  const auto out = models::generate(*lm, tokens, n, temperature, top_k, seed);
+  std::string text(prompt);
+  for (size_t i = tokens.size(); i < out.size(); ++i) text.push_back(static_cast<char>(out[i]));
+  std::printf("%s\n", text.c_str());
+  return 0;
+}
+
+}  // namespace bitqat::apps

@@ -1,0 +1,57 @@
+// The bitqat command line: train, eval, generate, version. Each subcommand parses its own flags;
+// user errors print one clear line and exit 2, internal failures exit 1.
+#include <spdlog/spdlog.h>
+
+#include <cstdio>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "apps/commands.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+
+namespace {
+
+const char* kUsage =
+    "bitqat: ternary / binary quantization-aware training\n"
+    "\n"
+    "usage: bitqat <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train [CONFIG.yaml] [--set key.path=value ...] [--resume]\n"
+    "                       train a model (no CONFIG: the built-in quickstart)\n"
+    "  eval RUN_DIR [--json]\n"
+    "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint\n"
+    "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "                       sample text from a byte-level language model run\n"
+    "  version              print the version\n"
+    "\n"
+    "`bitqat <command> --help` describes a command.\n";
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (args.empty() || args[0] == "--help" || args[0] == "-h" || args[0] == "help") {
+    std::fputs(kUsage, args.empty() ? stderr : stdout);
+    return args.empty() ? 2 : 0;
+  }
+  const std::string cmd = args[0];
+  args.erase(args.begin());
+  try {
+    if (cmd == "version" || cmd == "--version") return bitqat::apps::cmd_version(args);
+    bitqat::core::init_logging(bitqat::apps::rank_from_environment());
+    if (cmd == "train") return bitqat::apps::cmd_train(args);
+    if (cmd == "eval") return bitqat::apps::cmd_eval(args);
+    if (cmd == "generate") return bitqat::apps::cmd_generate(args);
+    std::fprintf(stderr, "bitqat: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
+    return 2;
+  } catch (const bitqat::core::UserError& e) {
+    std::fprintf(stderr, "bitqat %s: error: %s\n", cmd.c_str(), e.what());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bitqat %s: internal error: %s\n", cmd.c_str(), e.what());
+    return 1;
+  }
+}

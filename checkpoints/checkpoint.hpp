@@ -1,0 +1,37 @@
+// Crash-safe checkpoint directories: RUN_DIR/checkpoints/step_XXXXXXXX/ holding model, optimizer and
+// extra tensors (safetensors) and state.json, plus manifest.json written last with every file's size
+// and CRC-32. The directory is assembled under a temporary name and renamed into place, so a kill at
+// any moment leaves either the previous checkpoints or a complete new one.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+#include "checkpoints/safetensors.hpp"
+
+namespace bitqat::checkpoints {
+
+constexpr const char* kCheckpointFormat = "bitqat-checkpoint";
+constexpr int kCheckpointVersion = 1;
+
+struct CheckpointData {
+  int64_t step = 0;
+  NamedTensors model;      // model.safetensors
+  NamedTensors optimizer;  // optimizer.safetensors
+  NamedTensors extra;      // extra.safetensors (RNG states, ...)
+  nlohmann::json state = nlohmann::json::object();  // state.json
+};
+
+// Writes checkpoints_dir/step_XXXXXXXX atomically, then keeps only the newest `keep_last` complete
+// checkpoints (keep_last <= 0 keeps all) and removes leftovers of interrupted writes. Returns the path.
+std::string write_checkpoint(const std::string& checkpoints_dir, const CheckpointData& data, int keep_last);
+
+// The newest checkpoint directory with a manifest (its files are verified by read_checkpoint).
+std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir);
+
+// Loads and verifies a checkpoint: manifest format and version, every file present with the size
+// and CRC-32 the manifest records. Anything else is a UserError naming the directory and the file.
+CheckpointData read_checkpoint(const std::string& dir);
+
+}  // namespace bitqat::checkpoints

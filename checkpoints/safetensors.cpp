@@ -1,0 +1,155 @@
+#include "checkpoints/safetensors.hpp"
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+
+namespace bitqat::checkpoints {
+namespace {
+
+struct DtypeName {
+  const char* name;
+  at::ScalarType type;
+};
+constexpr DtypeName kDtypes[] = {
+    {"F64", at::kDouble}, {"F32", at::kFloat}, {"F16", at::kHalf}, {"BF16", at::kBFloat16}, {"I64", at::kLong},
+    {"I32", at::kInt},    {"I16", at::kShort}, {"I8", at::kChar},  {"U8", at::kByte},       {"BOOL", at::kBool},
+};
+
+const char* dtype_name(at::ScalarType t) {
+  for (const auto& d : kDtypes) {
+    if (d.type == t) return d.name;
+  }
+  throw std::invalid_argument(fmt::format("safetensors: unsupported dtype {}", c10::toString(t)));
+}
+
+}  // namespace
+
+std::map<std::string, at::Tensor> SafetensorsFile::by_name() const { return {tensors.begin(), tensors.end()}; }
+
+std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::vector<at::Tensor> data;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    if (name == "__metadata__" || header.contains(name)) {
+      throw std::invalid_argument(fmt::format("safetensors: duplicate or reserved tensor name '{}'", name));
+    }
+    const auto c = t.detach().cpu().contiguous();
+    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * c.element_size();
+    header[name] = {{"dtype", dtype_name(c.scalar_type())}, {"shape", c.sizes().vec()},
+                    {"data_offsets", {offset, offset + bytes}}};
+    offset += bytes;
+    data.push_back(c);
+  }
+  std::string json = header.dump();
+  json.append((8 - json.size() % 8) % 8, ' ');  // align the data to 8 bytes, as the Python package does
+  std::string out(8 + json.size() + offset, '\0');
+  const uint64_t n = json.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
+  std::memcpy(out.data() + 8, json.data(), json.size());
+  char* p = out.data() + 8 + json.size();
+  for (const auto& c : data) {
+    const size_t bytes = static_cast<size_t>(c.numel()) * c.element_size();
+    if (bytes) std::memcpy(p, c.data_ptr(), bytes);
+    p += bytes;
+  }
+  return out;
+}
+
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  core::write_file_atomic(path, encode_safetensors(tensors, metadata));
+}
+
+SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& origin) {
+  auto bad = [&](const std::string& what) {
+    return core::UserError(fmt::format("{}: not a valid safetensors file: {}", origin, what));
+  };
+  if (bytes.size() < 8) throw bad(fmt::format("{} bytes is shorter than the 8-byte header length", bytes.size()));
+  uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[static_cast<size_t>(i)])) << (8 * i);
+  if (n > bytes.size() - 8) throw bad(fmt::format("header length {} runs past the end of the {}-byte file", n, bytes.size()));
+  const auto header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n), nullptr, false);
+  if (header.is_discarded() || !header.is_object()) throw bad("the header is not a JSON object");
+  const uint64_t data_size = bytes.size() - 8 - n;
+  const char* data = bytes.data() + 8 + n;
+
+  SafetensorsFile f;
+  struct Entry {
+    std::string name;
+    uint64_t begin, end;
+    at::ScalarType type;
+    std::vector<int64_t> shape;
+  };
+  std::vector<Entry> entries;
+  for (const auto& [name, v] : header.items()) {
+    if (name == "__metadata__") {
+      if (!v.is_object()) throw bad("__metadata__ is not an object");
+      for (const auto& [k, s] : v.items()) {
+        if (!s.is_string()) throw bad(fmt::format("__metadata__.{} is not a string", k));
+        f.metadata[k] = s.get<std::string>();
+      }
+      continue;
+    }
+    if (!v.is_object() || !v.contains("dtype") || !v.contains("shape") || !v.contains("data_offsets")) {
+      throw bad(fmt::format("tensor '{}' lacks dtype, shape or data_offsets", name));
+    }
+    Entry e{name, 0, 0, at::kFloat, {}};
+    const auto dt = v["dtype"].is_string() ? v["dtype"].get<std::string>() : "";
+    bool known = false;
+    for (const auto& d : kDtypes) {
+      if (dt == d.name) e.type = d.type, known = true;
+    }
+    if (!known) throw bad(fmt::format("tensor '{}' has unsupported dtype '{}'", name, dt));
+    if (!v["shape"].is_array()) throw bad(fmt::format("tensor '{}': shape is not a list", name));
+    uint64_t numel = 1;
+    for (const auto& d : v["shape"]) {
+      if (!d.is_number_unsigned()) throw bad(fmt::format("tensor '{}': shape has a non-integer entry", name));
+      e.shape.push_back(d.get<int64_t>());
+      numel *= d.get<uint64_t>();
+    }
+    const auto& off = v["data_offsets"];
+    if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
+      throw bad(fmt::format("tensor '{}': data_offsets is not [begin, end]", name));
+    }
+    e.begin = off[0].get<uint64_t>();
+    e.end = off[1].get<uint64_t>();
+    const uint64_t want = numel * c10::elementSize(e.type);
+    if (e.end < e.begin || e.end - e.begin != want) {
+      throw bad(fmt::format("tensor '{}': data_offsets [{}, {}] hold {} bytes, its {} shape needs {}", name, e.begin,
+                            e.end, e.end - e.begin, dt, want));
+    }
+    if (e.end > data_size) {
+      throw bad(fmt::format("tensor '{}': data_offsets end {} is past the {} bytes of data (truncated file?)", name,
+                            e.end, data_size));
+    }
+    entries.push_back(std::move(e));
+  }
+  std::sort(entries.begin(), entries.end(), [](const Entry& a, const Entry& b) { return a.begin < b.begin; });
+  uint64_t covered = 0;
+  for (const auto& e : entries) {
+    if (e.begin != covered) {
+      throw bad(fmt::format("tensor '{}' starts at byte {} where {} was expected (overlap or gap)", e.name, e.begin, covered));
+    }
+    covered = e.end;
+    auto t = at::empty(e.shape, at::TensorOptions().dtype(e.type));
+    if (e.end > e.begin) std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
+    f.tensors.emplace_back(e.name, t);
+  }
+  if (covered != data_size) {
+    throw bad(fmt::format("{} bytes of data follow the last tensor (the data is {} bytes, the tensors cover {})",
+                          data_size - covered, data_size, covered));
+  }
+  return f;
+}
+
+SafetensorsFile load_safetensors(const std::string& path) { return decode_safetensors(core::read_file(path), path); }
+
+}  // namespace bitqat::checkpoints

@@ -1,0 +1,60 @@
+#include <fmt/format.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "data/source.hpp"
+
+namespace bitqat::data {
+
+void write_shard(const std::string& path, const std::vector<uint16_t>& tokens) {
+  std::vector<int32_t> header(256, 0);
+  header[0] = kShardMagic;
+  header[1] = kShardVersion;
+  header[2] = static_cast<int32_t>(tokens.size());
+  std::string bytes(1024 + 2 * tokens.size(), '\0');
+  std::memcpy(bytes.data(), header.data(), 1024);
+  if (!tokens.empty()) std::memcpy(bytes.data() + 1024, tokens.data(), 2 * tokens.size());
+  core::write_file_atomic(path, bytes);
+}
+
+std::vector<uint16_t> read_shard(const std::string& path) {
+  const std::string bytes = core::read_file(path);
+  if (bytes.size() < 1024) {
+    throw core::UserError(fmt::format("{}: {} bytes is shorter than the 1024-byte llm.c shard header", path,
+                                      bytes.size()));
+  }
+  int32_t header[256];
+  std::memcpy(header, bytes.data(), sizeof(header));
+  if (header[0] != kShardMagic) {
+    throw core::UserError(fmt::format("{}: magic number {} is not an llm.c token shard (expected {})", path, header[0],
+                                      kShardMagic));
+  }
+  if (header[1] != kShardVersion) {
+    throw core::UserError(fmt::format("{}: shard version {} is not supported (expected {}: uint16 tokens)", path,
+                                      header[1], kShardVersion));
+  }
+  const int64_t count = header[2];
+  const uint64_t want = 1024 + 2 * static_cast<uint64_t>(std::max<int64_t>(count, 0));
+  if (count < 0 || bytes.size() != want) {
+    throw core::UserError(fmt::format("{}: header says {} tokens ({} bytes with the header), the file has {} bytes",
+                                      path, count, want, bytes.size()));
+  }
+  std::vector<uint16_t> tokens(static_cast<size_t>(count));
+  if (count > 0) std::memcpy(tokens.data(), bytes.data() + 1024, 2 * tokens.size());
+  return tokens;
+}
+
+uint64_t mix3(uint64_t seed, uint64_t a, uint64_t b) {
+  auto sm = [](uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+  };
+  return sm(sm(sm(seed) ^ a) ^ b);
+}
+
+}  // namespace bitqat::data

@@ -1,0 +1,66 @@
+#include "data/source.hpp"
+
+#include <fmt/format.h>
+
+#include <filesystem>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "data/sources.hpp"
+
+namespace bitqat::data {
+namespace fs = std::filesystem;
+
+DataConfig DataConfig::from_yaml(const core::Node& n) {
+  DataConfig c;
+  c.node = n;
+  n.allow_only({"kind", "seq_len", "path", "val_fraction", "train", "val", "vocab_size", "dir"});
+  c.kind = n.get_choice("kind", c.kind, {"text", "shards", "fashion_mnist"});
+  auto only_for = [&](const std::set<std::string>& keys, const char* kind) {
+    for (const auto& k : n.keys()) {
+      if (k != "kind" && !keys.count(k)) {
+        throw core::ConfigError(fmt::format("{}: key '{}' does not apply to data.kind = {}", n.where(k), k, kind));
+      }
+    }
+  };
+  if (c.kind == "text") {
+    only_for({"seq_len", "path", "val_fraction"}, "text");
+    c.seq_len = n.get_in<int64_t>("seq_len", c.seq_len, 1, 1 << 20);
+    c.path = n.require<std::string>("path");
+    c.val_fraction = n.get_in<double>("val_fraction", c.val_fraction, 1e-6, 0.5);
+    if (!fs::is_regular_file(c.path)) {
+      throw core::ConfigError(fmt::format("{}: file not found{}", n.describe("path"),
+                                          c.path.find("kjv") != std::string::npos ? " (run data/prepare_kjv.sh)" : ""));
+    }
+  } else if (c.kind == "shards") {
+    only_for({"seq_len", "train", "val", "vocab_size", "val_fraction"}, "shards");
+    c.seq_len = n.get_in<int64_t>("seq_len", c.seq_len, 1, 1 << 20);
+    c.train = n.require<std::string>("train");
+    c.val = n.get<std::string>("val", "");
+    c.vocab_size = n.get_in<int64_t>("vocab_size", c.vocab_size, 2, 65536);
+    c.val_fraction = n.get_in<double>("val_fraction", c.val_fraction, 1e-6, 0.5);
+    if (core::glob_files(c.train).empty()) {
+      throw core::ConfigError(fmt::format("{}: matched no files", n.describe("train")));
+    }
+    if (!c.val.empty() && core::glob_files(c.val).empty()) {
+      throw core::ConfigError(fmt::format("{}: matched no files", n.describe("val")));
+    }
+  } else {
+    only_for({"dir"}, "fashion_mnist");
+    c.dir = n.get<std::string>("dir", c.dir);
+    if (!fs::exists(c.dir + "/train-images-idx3-ubyte.gz")) {
+      throw core::ConfigError(fmt::format("{}: no train-images-idx3-ubyte.gz there (install the "
+                                          "dataset-fashion-mnist package; launch/setup.sh does)",
+                                          n.has("dir") ? n.describe("dir") : n.where("dir") + " = " + c.dir));
+    }
+  }
+  return c;
+}
+
+std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed) {
+  if (cfg.kind == "text") return make_text_source(cfg, seed);
+  if (cfg.kind == "shards") return make_shard_source(cfg, seed);
+  return make_fashion_mnist_source(cfg, seed);
+}
+
+}  // namespace bitqat::data

@@ -1,0 +1,64 @@
+// Training data: byte-level text, llm.c token shards and Fashion-MNIST, sampled so that every batch
+// is a pure function of (seed, step, row): resuming needs only the step, and the global batch is the
+// same however it is split over ranks and accumulation micro-steps.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/config.hpp"
+
+namespace bitqat::data {
+
+struct Batch {
+  at::Tensor inputs;   // LM: int64 [B, T]; images: float32 [B, 1, 28, 28] in [0, 1]
+  at::Tensor targets;  // LM: int64 [B, T] (inputs shifted by one); images: int64 [B]
+};
+
+enum class DataKind { kTokens, kImages };
+
+class Source {
+ public:
+  virtual ~Source() = default;
+  virtual DataKind kind() const = 0;
+  virtual int64_t vocab_size() const = 0;  // 256 for bytes; the shard vocabulary; 10 classes for images
+  // Micro-batch `micro` of global step `step` for `rank` of `world`: rows [(micro*world + rank)*B, +B)
+  // of that step's global batch of B*world*accum samples.
+  virtual Batch train_batch(int64_t step, int micro, int rank, int world, int64_t batch_size, int accum) const = 0;
+  // Deterministic held-out batches (the same every call), at most max_batches of batch_size.
+  virtual std::vector<Batch> val_batches(int64_t batch_size, int64_t max_batches) const = 0;
+  virtual int64_t train_size() const = 0;  // tokens or samples
+  virtual std::string describe() const = 0;
+};
+
+struct DataConfig {
+  std::string kind = "text";  // text | shards | fashion_mnist
+  int64_t seq_len = 256;
+  std::string path;                   // text
+  double val_fraction = 0.05;         // text, and shards without a val glob
+  std::string train;                  // shards: glob
+  std::string val;                    // shards: glob (optional)
+  int64_t vocab_size = 50304;         // shards
+  std::string dir = "/usr/share/datasets/fashion-mnist";  // fashion_mnist
+  core::Node node;                    // for error locations when reading the files
+
+  // Validates keys, values and that the named files exist.
+  static DataConfig from_yaml(const core::Node& data);
+};
+
+std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed);
+
+// llm.c token shards: 256 int32 header (magic 20240520, version 1, token count), then uint16 tokens.
+constexpr int32_t kShardMagic = 20240520;
+constexpr int32_t kShardVersion = 1;
+void write_shard(const std::string& path, const std::vector<uint16_t>& tokens);
+// Throws UserError naming the file for a wrong magic, version or size.
+std::vector<uint16_t> read_shard(const std::string& path);
+
+// Counter-based sampling: a 64-bit hash of (seed, a, b) (splitmix64 rounds).
+uint64_t mix3(uint64_t seed, uint64_t a, uint64_t b);
+
+}  // namespace bitqat::data

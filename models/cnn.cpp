@@ -1,0 +1,87 @@
+#include "models/cnn.hpp"
+
+#include "bitlinear/convert.hpp"
+
+namespace bitqat::models {
+namespace {
+
+bitlinear::QuantSpec choose(bool selected, bitlinear::QuantSpec spec, bool conv) {
+  if (!selected) {
+    spec.weight.type = bitlinear::WeightQuant::kNone;
+    spec.act.type = bitlinear::ActQuant::kNone;
+  } else if (!conv && spec.weight.granularity == bitlinear::Granularity::kPerKernel) {
+    spec.weight.granularity = bitlinear::Granularity::kPerChannel;
+  }
+  return spec;
+}
+
+}  // namespace
+
+CNNConfig CNNConfig::from_yaml(const core::Node& n) {
+  CNNConfig c;
+  n.allow_only({"kind", "channels1", "channels2", "hidden", "num_classes", "batch_norm", "quantize_first",
+                "quantize_last"});
+  c.channels1 = n.get_in<int64_t>("channels1", c.channels1, 1, 4096);
+  c.channels2 = n.get_in<int64_t>("channels2", c.channels2, 1, 4096);
+  c.hidden = n.get_in<int64_t>("hidden", c.hidden, 1, 1 << 16);
+  c.num_classes = n.get_in<int64_t>("num_classes", c.num_classes, 2, 1 << 16);
+  c.batch_norm = n.get<bool>("batch_norm", c.batch_norm);
+  c.quantize_first = n.get<bool>("quantize_first", c.quantize_first);
+  c.quantize_last = n.get<bool>("quantize_last", c.quantize_last);
+  return c;
+}
+
+void CNNConfig::to_yaml(YAML::Node* out) const {
+  auto& o = *out;
+  o["kind"] = "cnn";
+  o["channels1"] = channels1;
+  o["channels2"] = channels2;
+  o["hidden"] = hidden;
+  o["num_classes"] = num_classes;
+  o["batch_norm"] = batch_norm;
+  o["quantize_first"] = quantize_first;
+  o["quantize_last"] = quantize_last;
+}
+
+BitCNNImpl::BitCNNImpl(CNNConfig c, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,
+                       const std::vector<std::string>& exc)
+    : config(c) {
+  auto sel = [&](const std::string& name) { return bitlinear::name_selected(name, inc, exc); };
+  bitlinear::BitConv2dOptions o1(1, c.channels1, 3);
+  o1.padding = 1;
+  o1.quant = choose(c.quantize_first && sel("conv1"), spec, true);
+  conv1 = register_module("conv1", bitlinear::BitConv2d(o1));
+  bitlinear::BitConv2dOptions o2(c.channels1, c.channels2, 3);
+  o2.padding = 1;
+  o2.quant = choose(sel("conv2"), spec, true);
+  conv2 = register_module("conv2", bitlinear::BitConv2d(o2));
+  if (c.batch_norm) {
+    bn1 = register_module("bn1", torch::nn::BatchNorm2d(c.channels1));
+    bn2 = register_module("bn2", torch::nn::BatchNorm2d(c.channels2));
+  }
+  bitlinear::BitLinearOptions l1(c.channels2 * 7 * 7, c.hidden);
+  l1.bias = true;
+  l1.quant = choose(sel("fc1"), spec, false);
+  fc1 = register_module("fc1", bitlinear::BitLinear(l1));
+  bitlinear::BitLinearOptions l2(c.hidden, c.num_classes);
+  l2.bias = true;
+  l2.quant = choose(c.quantize_last && sel("fc2"), spec, false);
+  fc2 = register_module("fc2", bitlinear::BitLinear(l2));
+}
+
+at::Tensor BitCNNImpl::forward(const at::Tensor& x) {
+  auto h = conv1->forward(x);
+  if (bn1) h = bn1->forward(h);
+  h = at::max_pool2d(at::relu(h), {2, 2});
+  h = conv2->forward(h);
+  if (bn2) h = bn2->forward(h);
+  h = at::max_pool2d(at::relu(h), {2, 2});
+  h = at::relu(fc1->forward(h.flatten(1)));
+  return fc2->forward(h).to(at::kFloat);
+}
+
+at::Tensor BitCNNImpl::loss(const at::Tensor& images, const at::Tensor& labels) {
+  return at::cross_entropy_loss(forward(images), labels);
+}
+
+}  // namespace bitqat::models

@@ -1,0 +1,48 @@
+#include "models/factory.hpp"
+
+#include <fmt/format.h>
+
+#include "core/error.hpp"
+#include "models/cnn.hpp"
+#include "models/lm.hpp"
+
+namespace bitqat::models {
+
+void validate_model_config(const core::Node& model) {
+  const auto kind = model.get_choice("kind", "lm", {"lm", "cnn"});
+  if (kind == "lm") {
+    LMConfig::from_yaml(model);
+  } else {
+    CNNConfig::from_yaml(model);
+  }
+}
+
+ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+                       const std::vector<std::string>& exclude, int64_t data_vocab) {
+  ModelHandle h;
+  h.kind = model.get_choice("kind", "lm", {"lm", "cnn"});
+  if (h.kind == "lm") {
+    auto c = LMConfig::from_yaml(model);
+    if (c.vocab_size == 0) c.vocab_size = data_vocab;
+    if (c.vocab_size < data_vocab) {
+      throw core::ConfigError(fmt::format("{}: expected at least the data's vocabulary of {}",
+                                          model.describe("vocab_size"), data_vocab));
+    }
+    auto lm = std::make_shared<BitLMImpl>(c, spec, include, exclude);
+    h.module = lm;
+    h.loss = [lm](const at::Tensor& x, const at::Tensor& y) { return lm->loss(x, y); };
+    h.forward = [lm](const at::Tensor& x) { return lm->forward(x); };
+  } else {
+    auto c = CNNConfig::from_yaml(model);
+    if (data_vocab != c.num_classes) {
+      throw core::ConfigError(fmt::format("{}: expected the data's {} classes", model.describe("num_classes"), data_vocab));
+    }
+    auto cnn = std::make_shared<BitCNNImpl>(c, spec, include, exclude);
+    h.module = cnn;
+    h.loss = [cnn](const at::Tensor& x, const at::Tensor& y) { return cnn->loss(x, y); };
+    h.forward = [cnn](const at::Tensor& x) { return cnn->forward(x); };
+  }
+  return h;
+}
+
+}  // namespace bitqat::models

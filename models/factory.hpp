@@ -1,0 +1,31 @@
+// Building a model from the `model:` config section: kind lm (BitLM) or cnn (BitCNN), with the
+// quantization policy, behind one handle the trainer uses.
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "bitlinear/bit_linear.hpp"
+#include "core/config.hpp"
+
+namespace bitqat::models {
+
+struct ModelHandle {
+  std::string kind;  // "lm" or "cnn"
+  std::shared_ptr<torch::nn::Module> module;
+  std::function<at::Tensor(const at::Tensor& inputs, const at::Tensor& targets)> loss;
+  std::function<at::Tensor(const at::Tensor& inputs)> forward;  // logits
+};
+
+// Validates the section (kind and every key) without building anything.
+void validate_model_config(const core::Node& model);
+
+// `data_vocab` fills the LM vocabulary when the config leaves it out; a config value must cover it.
+ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+                       const std::vector<std::string>& exclude, int64_t data_vocab);
+
+}  // namespace bitqat::models

@@ -1,0 +1,233 @@
+#include "models/lm.hpp"
+
+#include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "bitlinear/convert.hpp"
+#include "core/error.hpp"
+
+namespace bitqat::models {
+namespace {
+
+bitlinear::QuantSpec full_precision() {
+  bitlinear::QuantSpec s;
+  s.weight.type = bitlinear::WeightQuant::kNone;
+  s.act.type = bitlinear::ActQuant::kNone;
+  return s;
+}
+
+// The quantization of one named linear: the config's spec when selected, full precision otherwise.
+bitlinear::QuantSpec spec_for(const std::string& name, const bitlinear::QuantSpec& spec,
+                              const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
+  return bitlinear::name_selected(name, include, exclude) ? spec : full_precision();
+}
+
+bitlinear::BitLinear make_linear(int64_t in, int64_t out, const bitlinear::QuantSpec& q, bool sub_norm, double eps) {
+  bitlinear::BitLinearOptions o(in, out);
+  o.quant = q;
+  o.sub_norm = sub_norm;
+  o.norm_eps = eps;
+  return bitlinear::BitLinear(o);
+}
+
+}  // namespace
+
+LMConfig LMConfig::from_yaml(const core::Node& n) {
+  LMConfig c;
+  n.allow_only({"kind", "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "ffn", "sub_norm",
+                "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings", "init_std"});
+  c.vocab_size = n.get_in<int64_t>("vocab_size", c.vocab_size, 0, int64_t{1} << 24);
+  c.dim = n.get_in<int64_t>("dim", c.dim, 2, 1 << 16);
+  c.n_layers = n.get_in<int64_t>("n_layers", c.n_layers, 1, 1024);
+  c.n_heads = n.get_in<int64_t>("n_heads", c.n_heads, 1, 1024);
+  c.n_kv_heads = n.get_in<int64_t>("n_kv_heads", c.n_heads, 1, 1024);
+  c.ffn = n.get_choice("ffn", c.ffn, {"relu2", "relu2_glu", "swiglu"});
+  const int64_t ffn_default = c.ffn == "relu2" ? 4 * c.dim : ((8 * c.dim / 3 + 63) / 64) * 64;
+  c.ffn_dim = n.get_in<int64_t>("ffn_dim", ffn_default, 1, 1 << 20);
+  c.sub_norm = n.get<bool>("sub_norm", c.sub_norm);
+  c.max_seq_len = n.get_in<int64_t>("max_seq_len", c.max_seq_len, 1, 1 << 20);
+  c.rope_theta = n.get_in<double>("rope_theta", c.rope_theta, 1.0, 1e9);
+  c.norm_eps = n.get_in<double>("norm_eps", c.norm_eps, 1e-12, 1e-1);
+  c.tie_embeddings = n.get<bool>("tie_embeddings", c.tie_embeddings);
+  c.init_std = n.get_in<double>("init_std", c.init_std, 1e-6, 1.0);
+  if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
+  if (c.head_dim() % 2 != 0) n.fail("n_heads", fmt::format("a head size dim / n_heads that is even for RoPE, got {}", c.head_dim()));
+  if (c.n_heads % c.n_kv_heads != 0) n.fail("n_kv_heads", fmt::format("a divisor of model.n_heads = {}", c.n_heads));
+  return c;
+}
+
+void LMConfig::to_yaml(YAML::Node* out) const {
+  auto& o = *out;
+  o["kind"] = "lm";
+  o["vocab_size"] = vocab_size;
+  o["dim"] = dim;
+  o["n_layers"] = n_layers;
+  o["n_heads"] = n_heads;
+  o["n_kv_heads"] = n_kv_heads;
+  o["ffn"] = ffn;
+  o["ffn_dim"] = ffn_dim;
+  o["sub_norm"] = sub_norm;
+  o["max_seq_len"] = max_seq_len;
+  o["rope_theta"] = rope_theta;
+  o["norm_eps"] = norm_eps;
+  o["tie_embeddings"] = tie_embeddings;
+  o["init_std"] = init_std;
+}
+
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t head_dim, double theta,
+                                              const at::Device& device) {
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const auto inv = at::pow(theta, -at::arange(0, head_dim, 2, opts) / static_cast<double>(head_dim));
+  const auto t = at::arange(pos, pos + T, opts);
+  const auto freqs = at::outer(t, inv);
+  const auto emb = at::cat({freqs, freqs}, -1);
+  return {emb.cos().to(at::kFloat).to(device), emb.sin().to(at::kFloat).to(device)};
+}
+
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const int64_t half = x.size(-1) / 2;
+  const auto x1 = x.narrow(-1, 0, half);
+  const auto x2 = x.narrow(-1, half, half);
+  const auto rot = at::cat({-x2, x1}, -1);
+  return (x * cos.to(x.scalar_type()) + rot * sin.to(x.scalar_type()));
+}
+
+AttentionImpl::AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& qs, const bitlinear::QuantSpec& ks,
+                             const bitlinear::QuantSpec& vs, const bitlinear::QuantSpec& os)
+    : n_heads(c.n_heads), n_kv_heads(c.n_kv_heads), head_dim(c.head_dim()) {
+  q = register_module("q", make_linear(c.dim, n_heads * head_dim, qs, false, c.norm_eps));
+  k = register_module("k", make_linear(c.dim, n_kv_heads * head_dim, ks, false, c.norm_eps));
+  v = register_module("v", make_linear(c.dim, n_kv_heads * head_dim, vs, false, c.norm_eps));
+  o = register_module("o", make_linear(n_heads * head_dim, c.dim, os, c.sub_norm, c.norm_eps));
+}
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
+                                  size_t layer) {
+  const int64_t B = x.size(0), T = x.size(1);
+  auto qh = apply_rope(q->forward(x).view({B, T, n_heads, head_dim}).transpose(1, 2), cos, sin);
+  auto kh = apply_rope(k->forward(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
+  auto vh = v->forward(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  int64_t past = 0;
+  if (cache) {
+    past = cache->pos;
+    if (cache->k.size() <= layer) {
+      cache->k.resize(layer + 1);
+      cache->v.resize(layer + 1);
+    }
+    if (cache->k[layer].defined()) {
+      kh = at::cat({cache->k[layer], kh}, 2);
+      vh = at::cat({cache->v[layer], vh}, 2);
+    }
+    cache->k[layer] = kh;
+    cache->v[layer] = vh;
+  }
+  if (n_kv_heads != n_heads) {
+    kh = kh.repeat_interleave(n_heads / n_kv_heads, 1);
+    vh = vh.repeat_interleave(n_heads / n_kv_heads, 1);
+  }
+  at::Tensor y;
+  if (past == 0) {
+    y = at::scaled_dot_product_attention(qh, kh, vh, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
+  } else {
+    // Query i (absolute position past + i) sees keys 0 .. past + i.
+    const auto qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1) + past;
+    const auto kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(0);
+    y = at::scaled_dot_product_attention(qh, kh, vh, kj.le(qi), 0.0, false);
+  }
+  return o->forward(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
+}
+
+FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlinear::QuantSpec& us,
+                 const bitlinear::QuantSpec& ds)
+    : kind(c.ffn) {
+  if (c.gated()) gate = register_module("gate", make_linear(c.dim, c.ffn_dim, gs, false, c.norm_eps));
+  up = register_module("up", make_linear(c.dim, c.ffn_dim, us, false, c.norm_eps));
+  down = register_module("down", make_linear(c.ffn_dim, c.dim, ds, c.sub_norm, c.norm_eps));
+}
+
+at::Tensor FFNImpl::forward(const at::Tensor& x) {
+  if (kind == "relu2") return down->forward(at::relu(up->forward(x)).square());
+  if (kind == "relu2_glu") return down->forward(at::relu(gate->forward(x)).square() * up->forward(x));
+  return down->forward(at::silu(gate->forward(x)) * up->forward(x));
+}
+
+BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec,
+                     const std::vector<std::string>& inc, const std::vector<std::string>& exc) {
+  const std::string p = fmt::format("layers.{}.", i);
+  attn_norm = register_module("attn_norm", bitlinear::RMSNorm(c.dim, c.norm_eps));
+  attn = register_module("attn", Attention(c, spec_for(p + "attn.q", spec, inc, exc), spec_for(p + "attn.k", spec, inc, exc),
+                                           spec_for(p + "attn.v", spec, inc, exc), spec_for(p + "attn.o", spec, inc, exc)));
+  ffn_norm = register_module("ffn_norm", bitlinear::RMSNorm(c.dim, c.norm_eps));
+  ffn = register_module("ffn", FFN(c, spec_for(p + "ffn.gate", spec, inc, exc), spec_for(p + "ffn.up", spec, inc, exc),
+                                   spec_for(p + "ffn.down", spec, inc, exc)));
+}
+
+at::Tensor BlockImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
+                              size_t layer) {
+  const auto h = x + attn->forward(attn_norm->forward(x), cos, sin, cache, layer);
+  return h + ffn->forward(ffn_norm->forward(h));
+}
+
+BitLMImpl::BitLMImpl(LMConfig c, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+                     const std::vector<std::string>& exclude)
+    : config(std::move(c)) {
+  if (config.vocab_size < 2) throw std::invalid_argument("BitLM: vocab_size must be resolved (>= 2) before building");
+  embed = register_module("embed", torch::nn::Embedding(config.vocab_size, config.dim));
+  layers = register_module("layers", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.n_layers; ++i) {
+    blocks.push_back(Block(config, static_cast<size_t>(i), spec, include, exclude));
+    layers->push_back(blocks.back());
+  }
+  norm = register_module("norm", bitlinear::RMSNorm(config.dim, config.norm_eps));
+  if (!config.tie_embeddings) {
+    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(config.dim, config.vocab_size).bias(false)));
+  }
+  init_weights();
+}
+
+void BitLMImpl::init_weights() {
+  at::NoGradGuard no_grad;
+  const double std = config.init_std;
+  const double out_std = std / std::sqrt(2.0 * static_cast<double>(config.n_layers));
+  embed->weight.normal_(0.0, std);
+  for (auto& b : blocks) {
+    for (auto* l : {&b->attn->q, &b->attn->k, &b->attn->v}) (*l)->weight.normal_(0.0, std);
+    b->attn->o->weight.normal_(0.0, out_std);
+    if (b->ffn->gate) b->ffn->gate->weight.normal_(0.0, std);
+    b->ffn->up->weight.normal_(0.0, std);
+    b->ffn->down->weight.normal_(0.0, out_std);
+  }
+  if (lm_head) lm_head->weight.normal_(0.0, std);
+}
+
+at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) {
+  const int64_t T = tokens.size(1);
+  const int64_t pos = cache ? cache->pos : 0;
+  const auto [cos, sin] = rope_tables(pos, T, config.head_dim(), config.rope_theta, tokens.device());
+  auto h = embed->forward(tokens);
+  for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->forward(h, cos, sin, cache, i);
+  h = norm->forward(h);
+  if (cache) cache->pos += T;
+  const auto logits = lm_head ? lm_head->forward(h) : at::linear(h, embed->weight.to(h.scalar_type()));
+  return logits.to(at::kFloat);
+}
+
+at::Tensor BitLMImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
+  const auto logits = forward(tokens);
+  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+}
+
+std::vector<std::string> BitLMImpl::quantized_layer_names() const {
+  std::vector<std::string> out;
+  for (const auto& item : named_modules("", /*include_self=*/false)) {
+    if (const auto* l = item.value()->as<bitlinear::BitLinearImpl>()) {
+      if (l->options.quant.weight.type != bitlinear::WeightQuant::kNone) out.push_back(item.key());
+    }
+  }
+  return out;
+}
+
+}  // namespace bitqat::models

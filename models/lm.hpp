@@ -1,0 +1,108 @@
+// BitNet b1.58-style decoder LM: token embedding, blocks of [RMSNorm, rotary attention (multi-head
+// or grouped-query), RMSNorm, FFN], final RMSNorm and a full-precision LM head. Every linear inside
+// the blocks is a BitLinear; SubLN norms sit before the attention output and FFN down projections.
+//
+// Module names (the contract for checkpoints, import and export):
+//   embed, layers.{i}.attn_norm, layers.{i}.attn.{q,k,v,o}, layers.{i}.attn.o.norm (SubLN),
+//   layers.{i}.ffn_norm, layers.{i}.ffn.{gate,up,down}, layers.{i}.ffn.down.norm (SubLN), norm, lm_head
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/nn/modules/container/modulelist.h>
+#include <torch/nn/modules/embedding.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/nn/pimpl.h>
+#include <yaml-cpp/yaml.h>
+
+#include <string>
+#include <vector>
+
+#include "bitlinear/bit_linear.hpp"
+#include "core/config.hpp"
+
+namespace bitqat::models {
+
+struct LMConfig {
+  int64_t vocab_size = 0;  // 0: from the data
+  int64_t dim = 256;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 0;  // 0: n_heads (multi-head); fewer: grouped-query attention
+  int64_t ffn_dim = 0;     // 0: 4 * dim (relu2) or 8/3 * dim rounded to 64 (gated kinds)
+  std::string ffn = "relu2";  // relu2: down(relu(up x)^2); relu2_glu: down(relu(gate x)^2 * up x)
+                              // (BitNet b1.58 2B4T); swiglu: down(silu(gate x) * up x) (Llama)
+  bool sub_norm = true;       // SubLN before attn.o and ffn.down
+  int64_t max_seq_len = 256;
+  double rope_theta = 10000.0;
+  double norm_eps = 1e-6;
+  bool tie_embeddings = true;
+  double init_std = 0.02;
+
+  static LMConfig from_yaml(const core::Node& model);  // validates (also the `kind` key)
+  void to_yaml(YAML::Node* out) const;
+  int64_t head_dim() const { return dim / n_heads; }
+  bool gated() const { return ffn != "relu2"; }
+};
+
+// Keys and values of every layer for incremental decoding.
+struct KVCache {
+  std::vector<at::Tensor> k, v;  // per layer [B, n_kv_heads, T_cached, head_dim]
+  int64_t pos = 0;               // tokens already in the cache
+};
+
+struct AttentionImpl : torch::nn::Module {
+  AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& q_spec, const bitlinear::QuantSpec& k_spec,
+                const bitlinear::QuantSpec& v_spec, const bitlinear::QuantSpec& o_spec);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache, size_t layer);
+  bitlinear::BitLinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
+  int64_t n_heads, n_kv_heads, head_dim;
+};
+TORCH_MODULE(Attention);
+
+struct FFNImpl : torch::nn::Module {
+  FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gate_spec, const bitlinear::QuantSpec& up_spec,
+          const bitlinear::QuantSpec& down_spec);
+  at::Tensor forward(const at::Tensor& x);
+  bitlinear::BitLinear gate{nullptr}, up{nullptr}, down{nullptr};
+  std::string kind;
+};
+TORCH_MODULE(FFN);
+
+struct BlockImpl : torch::nn::Module {
+  BlockImpl(const LMConfig& c, size_t index, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+            const std::vector<std::string>& exclude);
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache, size_t layer);
+  bitlinear::RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
+  Attention attn{nullptr};
+  FFN ffn{nullptr};
+};
+TORCH_MODULE(Block);
+
+struct BitLMImpl : torch::nn::Module {
+  BitLMImpl(LMConfig config, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+            const std::vector<std::string>& exclude);
+  // tokens [B, T] int64 -> logits [B, T, V] (float32). With a cache, positions continue from
+  // cache->pos and the cache is extended.
+  at::Tensor forward(const at::Tensor& tokens, KVCache* cache = nullptr);
+  at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);  // mean cross-entropy
+  std::vector<std::string> quantized_layer_names() const;
+
+  LMConfig config;
+  torch::nn::Embedding embed{nullptr};
+  torch::nn::ModuleList layers{nullptr};
+  std::vector<Block> blocks;  // typed views of `layers`
+  bitlinear::RMSNorm norm{nullptr};
+  torch::nn::Linear lm_head{nullptr};  // absent when tied to the embedding
+
+ private:
+  void init_weights();
+};
+TORCH_MODULE(BitLM);
+
+// Rotary embedding tables for positions [pos, pos + T): cos, sin of shape [T, head_dim] in the
+// "rotate half" layout of Hugging Face Llama (frequencies repeated for both halves).
+std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t head_dim, double theta,
+                                              const at::Device& device);
+// x [B, H, T, D]: x * cos + rotate_half(x) * sin.
+at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+}  // namespace bitqat::models

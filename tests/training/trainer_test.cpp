@@ -1,0 +1,249 @@
+// End-to-end trainer tests on tiny models: a golden loss curve, learning, exact resume, refusal of
+// corrupted checkpoints and incompatible configs, non-finite step handling.
+#include "training/trainer.hpp"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include "checkpoints/checkpoint.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "training/run_loader.hpp"
+
+namespace fs = std::filesystem;
+using bitqat::training::Config;
+using bitqat::training::TrainOptions;
+
+namespace {
+
+// A tiny ternary byte-level LM on a text file made by the test: fast enough for a unit test.
+std::string tiny_lm_yaml(const std::string& dir, const std::string& text_path, int steps) {
+  return fmt::format(R"(
+run: {{name: tiny, dir: {}, seed: 7}}
+model: {{kind: lm, dim: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn_dim: 64, max_seq_len: 32}}
+quant:
+  weight: {{type: ternary, granularity: per_channel}}
+  activation: {{type: per_token, bits: 8}}
+  lambda_w: {{kind: linear, start: 0, end: 10}}
+data: {{kind: text, path: {}, seq_len: 32, val_fraction: 0.1}}
+optim:
+  lr: {{kind: warmup_cosine, peak: 0.01, warmup_steps: 3}}
+  weight_decay: {{kind: two_stage, value: 0.1}}
+train: {{steps: {}, batch_size: 4, grad_accum: 2, log_every: 1, eval_every: 10, eval_batches: 2}}
+checkpoint: {{every: 5, keep_last: 10}}
+device: {{type: cpu, threads: 1}}
+)",
+                     dir, text_path, steps);
+}
+
+class TrainerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("bitqat_trainer_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    text_ = (dir_ / "text.txt").string();
+    // Deterministic, learnable text: a repeated verse-like pattern with some variation.
+    std::string s;
+    for (int i = 0; i < 400; ++i) s += fmt::format("And the {} said unto them, {} times.\n", i % 7 == 0 ? "LORD" : "man", i % 13);
+    bitqat::core::write_file_atomic(text_, s);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  Config config(int steps, const std::vector<std::string>& sets = {}) {
+    return Config::load_string(tiny_lm_yaml((dir_ / "runs").string(), text_, steps), "tiny.yaml", sets);
+  }
+  std::vector<nlohmann::json> metrics(const std::string& run = "tiny") {
+    std::vector<nlohmann::json> out;
+    std::ifstream in(dir_ / "runs" / run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line));
+    return out;
+  }
+  static std::vector<double> losses(const std::vector<nlohmann::json>& m) {
+    std::vector<double> out;
+    for (const auto& r : m) {
+      if (r.contains("loss") && !r["loss"].is_null()) out.push_back(r["loss"].get<double>());
+    }
+    return out;
+  }
+  fs::path dir_;
+  std::string text_;
+};
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const bitqat::core::UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST_F(TrainerTest, GoldenLossCurve) {
+  // The committed curve pins the numerics: a change to quantizers, model, optimizer or data order
+  // shows up here. Regenerate with BITQAT_UPDATE_GOLDEN=1 only for an intended change.
+  bitqat::training::train(config(20));
+  const auto got = losses(metrics());
+  ASSERT_EQ(got.size(), 20u);
+  const std::string golden = std::string(BITQAT_SOURCE_DIR) + "/tests/golden/tiny_lm_losses.json";
+  if (std::getenv("BITQAT_UPDATE_GOLDEN")) {
+    bitqat::core::write_file_atomic(golden, nlohmann::json(got).dump(1) + "\n");
+  }
+  const auto want = nlohmann::json::parse(bitqat::core::read_file(golden)).get<std::vector<double>>();
+  ASSERT_EQ(want.size(), got.size());
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_NEAR(got[i], want[i], 1e-4 * std::max(1.0, std::fabs(want[i]))) << "step " << i + 1;
+  }
+}
+
+TEST_F(TrainerTest, LossFallsClearly) {
+  const auto r = bitqat::training::train(config(60, {"train.eval_every=60", "checkpoint.every=0"}));
+  const auto l = losses(metrics());
+  ASSERT_EQ(l.size(), 60u);
+  const double first = (l[0] + l[1] + l[2]) / 3.0;
+  const double last = (l[57] + l[58] + l[59]) / 3.0;
+  EXPECT_LT(last, 0.6 * first) << "first " << first << " last " << last;
+  ASSERT_TRUE(r.last_val_loss.has_value());
+  EXPECT_LT(*r.last_val_loss, first);
+  // The ramp ran: lambda_w went 0 -> 1 over 10 steps, lambda_a stayed 1.
+  std::vector<nlohmann::json> steps;
+  for (const auto& rec : metrics()) {
+    if (rec.contains("lambda_w")) steps.push_back(rec);
+  }
+  ASSERT_EQ(steps.size(), 60u);
+  EXPECT_DOUBLE_EQ(steps[0]["lambda_w"].get<double>(), 0.0);
+  EXPECT_DOUBLE_EQ(steps[5]["lambda_w"].get<double>(), 0.5);
+  EXPECT_DOUBLE_EQ(steps.back()["lambda_w"].get<double>(), 1.0);
+  EXPECT_DOUBLE_EQ(steps[0]["lambda_a"].get<double>(), 1.0);
+}
+
+TEST_F(TrainerTest, ResumeIsBitExact) {
+  // One run of 12 steps...
+  bitqat::training::train(config(12, {"run.name=full"}));
+  // ...against the same run interrupted right after its step-5 checkpoint (as a kill would), then
+  // resumed. (Schedules are functions of train.steps, so the interrupted run has the same config.)
+  TrainOptions interrupt;
+  interrupt.after_step = [](int64_t step) {
+    if (step == 5) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(bitqat::training::train(config(12, {"run.name=split"}), interrupt), std::runtime_error);
+  TrainOptions resume;
+  resume.resume = true;
+  const auto r = bitqat::training::train(config(12, {"run.name=split"}), resume);
+  EXPECT_EQ(r.start_step, 5);
+  const auto a = losses(metrics("full"));
+  const auto b = losses(metrics("split"));
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+
+  const auto ca = bitqat::checkpoints::read_checkpoint(*bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/full/checkpoints").string()));
+  const auto cb = bitqat::checkpoints::read_checkpoint(*bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/split/checkpoints").string()));
+  ASSERT_EQ(ca.step, 12);
+  ASSERT_EQ(cb.step, 12);
+  ASSERT_EQ(ca.model.size(), cb.model.size());
+  for (size_t i = 0; i < ca.model.size(); ++i) {
+    EXPECT_EQ(ca.model[i].first, cb.model[i].first);
+    EXPECT_TRUE(ca.model[i].second.equal(cb.model[i].second)) << ca.model[i].first;
+  }
+}
+
+TEST_F(TrainerTest, RefusesToOverwriteOrResumeNothing) {
+  EXPECT_NE(error_of([&] {
+              TrainOptions o;
+              o.resume = true;
+              bitqat::training::train(config(5), o);
+            }).find("no complete checkpoint"),
+            std::string::npos);
+  bitqat::training::train(config(5));
+  EXPECT_NE(error_of([&] { bitqat::training::train(config(5)); }).find("pass --resume"), std::string::npos);
+}
+
+TEST_F(TrainerTest, CorruptedCheckpointIsRefused) {
+  bitqat::training::train(config(5));
+  const auto ck = *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/tiny/checkpoints").string());
+  const auto model_file = ck + "/model.safetensors";
+  auto bytes = bitqat::core::read_file(model_file);
+  bytes[bytes.size() / 2] ^= 0x5a;
+  std::ofstream(model_file, std::ios::binary | std::ios::trunc) << bytes;
+  TrainOptions o;
+  o.resume = true;
+  const auto msg = error_of([&] { bitqat::training::train(config(10), o); });
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, IncompatibleConfigIsRefusedOnResume) {
+  bitqat::training::train(config(5));
+  TrainOptions o;
+  o.resume = true;
+  const auto msg = error_of([&] { bitqat::training::train(config(10, {"model.dim=48"}), o); });
+  EXPECT_NE(msg.find("config hash"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenStop) {
+  TrainOptions o;
+  o.loss_hook = [](int64_t step, int, at::Tensor& loss) {
+    if (step == 2) loss = loss * std::numeric_limits<double>::quiet_NaN();
+  };
+  const auto r = bitqat::training::train(config(6, {"checkpoint.every=0", "train.eval_every=0"}), o);
+  EXPECT_EQ(r.skipped_steps, 1);
+  EXPECT_EQ(r.final_step, 6);
+  const auto m = metrics();
+  int skipped = 0;
+  for (const auto& rec : m) skipped += rec.value("skipped", false);
+  EXPECT_EQ(skipped, 1);
+
+  TrainOptions always;
+  always.loss_hook = [](int64_t step, int, at::Tensor& loss) {
+    if (step >= 1) loss = loss * std::numeric_limits<double>::infinity();
+  };
+  const auto msg = error_of([&] {
+    bitqat::training::train(config(20, {"run.name=bad", "train.max_bad_steps=3", "checkpoint.every=0"}), always);
+  });
+  EXPECT_NE(msg.find("3 consecutive steps"), std::string::npos) << msg;
+}
+
+TEST_F(TrainerTest, ConfigErrorsNameFileLineAndKey) {
+  const auto text = tiny_lm_yaml((dir_ / "runs").string(), text_, 10);
+  auto err = [&](const std::vector<std::string>& sets) {
+    try {
+      Config::load_string(text, "tiny.yaml", sets);
+    } catch (const bitqat::core::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(err({"train.steps=-3"}), "--set train.steps=-3: train.steps = -3: expected a value in [1, 1099511627776]");
+  EXPECT_NE(err({"train.stpes=3"}).find("unknown key 'stpes'"), std::string::npos);
+  EXPECT_EQ(err({"optim.lr.warmup_steps=50"}),
+            "--set optim.lr.warmup_steps=50: optim.lr.warmup_steps = 50 exceeds train.steps = 10");
+  EXPECT_NE(err({"device.type=tpu"}).find("expected one of auto|cpu|cuda"), std::string::npos);
+  EXPECT_NE(err({"data.path=/nonexistent.txt"}).find("/nonexistent.txt"), std::string::npos);
+  // A location inside the file: train: is on line 12 of the document.
+  try {
+    Config::load_string(std::string(text).replace(text.find("steps: 10"), 9, "steps: ten"), "tiny.yaml");
+    FAIL() << "expected a config error";
+  } catch (const bitqat::core::ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).rfind("tiny.yaml:12: train.steps = ten: expected an integer", 0), 0u) << e.what();
+  }
+}
+
+TEST_F(TrainerTest, LoadRunEvaluatesTheCheckpoint) {
+  bitqat::training::train(config(5));
+  auto run = bitqat::training::load_run((dir_ / "runs/tiny").string(), at::Device(at::kCPU));
+  EXPECT_EQ(run.step, 5);
+  const auto ev = run.task->evaluate(run.source->val_batches(4, 2), at::Device(at::kCPU));
+  EXPECT_TRUE(std::isfinite(ev.loss));
+  EXPECT_EQ(ev.metric_name, "val_bpb");
+  EXPECT_NEAR(ev.metric, ev.loss / std::log(2.0), 1e-9);
+}

@@ -1,0 +1,178 @@
+#include "training/config.hpp"
+
+#include <fmt/format.h>
+
+#include <functional>
+
+#include "bitlinear/quant_config.hpp"
+#include "data/source.hpp"
+#include "models/factory.hpp"
+#include "schedules/schedule.hpp"
+
+namespace bitqat::training {
+namespace {
+
+void parse_run(const core::Node& n, RunConfig* c) {
+  n.allow_only({"name", "dir", "seed"});
+  c->name = n.get<std::string>("name", c->name);
+  if (c->name.empty() || c->name.find('/') != std::string::npos) n.fail("name", "a non-empty name without '/'");
+  c->dir = n.get<std::string>("dir", c->dir);
+  if (c->dir.empty()) n.fail("dir", "a directory path");
+  c->seed = static_cast<uint64_t>(n.get_in<int64_t>("seed", static_cast<int64_t>(c->seed), 0, INT64_MAX));
+}
+
+void parse_train(const core::Node& n, TrainLoopConfig* c) {
+  n.allow_only({"steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "max_bad_steps"});
+  c->steps = n.get_in<int64_t>("steps", c->steps, 1, int64_t{1} << 40);
+  c->batch_size = n.get_in<int64_t>("batch_size", c->batch_size, 1, 1 << 20);
+  c->grad_accum = n.get_in<int>("grad_accum", c->grad_accum, 1, 1 << 16);
+  c->log_every = n.get_in<int>("log_every", c->log_every, 1, 1 << 30);
+  c->eval_every = n.get_in<int>("eval_every", c->eval_every, 0, 1 << 30);
+  c->eval_batches = n.get_in<int>("eval_batches", c->eval_batches, 1, 1 << 20);
+  c->max_bad_steps = n.get_in<int>("max_bad_steps", c->max_bad_steps, 1, 1 << 20);
+}
+
+void parse_optim(const core::Node& n, OptimConfig* c) {
+  n.allow_only({"beta1", "beta2", "eps", "grad_clip", "lr", "weight_decay"});
+  c->beta1 = n.get_in<double>("beta1", c->beta1, 0.0, 0.999999);
+  c->beta2 = n.get_in<double>("beta2", c->beta2, 0.0, 0.99999999);
+  c->eps = n.get_in<double>("eps", c->eps, 1e-30, 1.0);
+  c->grad_clip = n.get_in<double>("grad_clip", c->grad_clip, 0.0, 1e9);
+  c->lr = n.child("lr");
+  c->weight_decay = n.child("weight_decay");
+}
+
+void parse_quant(const core::Node& n, QuantConfig* c) {
+  n.allow_only({"weight", "activation", "include", "exclude", "lambda_w", "lambda_a"});
+  c->spec = bitlinear::quant_spec_from_yaml(n);
+  c->include = n.get_strings("include", c->include);
+  c->exclude = n.get_strings("exclude", c->exclude);
+  c->lambda_w = n.child("lambda_w");
+  c->lambda_a = n.child("lambda_a");
+}
+
+void parse_checkpoint(const core::Node& n, CheckpointConfig* c) {
+  n.allow_only({"every", "keep_last"});
+  c->every = n.get_in<int64_t>("every", c->every, 0, int64_t{1} << 40);
+  c->keep_last = n.get_in<int>("keep_last", c->keep_last, 0, 1 << 20);
+}
+
+void parse_device(const core::Node& n, DeviceConfig* c) {
+  n.allow_only({"type", "precision", "threads"});
+  c->type = n.get_choice("type", c->type, {"auto", "cpu", "cuda"});
+  c->precision = n.get_choice("precision", c->precision, {"auto", "fp32", "bf16"});
+  c->threads = n.get_in<int>("threads", c->threads, 0, 1024);
+}
+
+void parse_dist(const core::Node& n, DistConfig* c) {
+  n.allow_only({"backend", "timeout_s", "bucket_mb", "overlap"});
+  c->backend = n.get_choice("backend", c->backend, {"auto", "nccl", "gloo"});
+  c->timeout_s = n.get_in<int>("timeout_s", c->timeout_s, 1, 86400);
+  c->bucket_mb = n.get_in<double>("bucket_mb", c->bucket_mb, 0.001, 4096.0);
+  c->overlap = n.get<bool>("overlap", c->overlap);
+}
+
+// Schedules are built once here only to validate them (with train.steps known); the trainer builds
+// its own copies.
+void validate_schedule(const core::Node& n, schedules::ScheduleRole role, int64_t steps) {
+  if (n.defined()) schedules::make_schedule(n, role, steps);
+}
+
+}  // namespace
+
+Config Config::load_file(const std::string& file, const std::vector<std::string>& overrides) {
+  auto c = from_node(core::Node::load_file(file, overrides));
+  c.file = file;
+  return c;
+}
+
+Config Config::load_string(const std::string& text, const std::string& name,
+                           const std::vector<std::string>& overrides) {
+  auto c = from_node(core::Node::load_string(text, name, overrides));
+  c.file = name;
+  return c;
+}
+
+Config Config::from_node(const core::Node& root) {
+  Config c;
+  c.root = root;
+  root.allow_only({"run", "model", "quant", "data", "optim", "train", "checkpoint", "device", "dist", "init_from"});
+  parse_run(root.child("run"), &c.run);
+  parse_train(root.child("train"), &c.train);
+  parse_optim(root.child("optim"), &c.optim);
+  parse_quant(root.child("quant"), &c.quant);
+  parse_checkpoint(root.child("checkpoint"), &c.checkpoint);
+  parse_device(root.child("device"), &c.device);
+  parse_dist(root.child("dist"), &c.dist);
+  c.model = root.child("model");
+  c.data = root.child("data");
+  c.init_from = root.get<std::string>("init_from", "");
+  if (!c.model.defined()) throw core::ConfigError(fmt::format("{}: the config needs a model: section", root.where()));
+  if (!c.data.defined()) throw core::ConfigError(fmt::format("{}: the config needs a data: section", root.where()));
+
+  // Validate every section now, before any model, data or device work.
+  models::validate_model_config(c.model);
+  data::DataConfig::from_yaml(c.data);
+  validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
+  validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
+  validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);
+  validate_schedule(c.quant.lambda_a, schedules::ScheduleRole::kLambda, c.train.steps);
+  return c;
+}
+
+YAML::Node Config::resolved() const {
+  YAML::Node out = YAML::Clone(root.yaml());
+  out["run"]["name"] = run.name;
+  out["run"]["dir"] = run.dir;
+  out["run"]["seed"] = run.seed;
+  auto t = out["train"];
+  t["steps"] = train.steps;
+  t["batch_size"] = train.batch_size;
+  t["grad_accum"] = train.grad_accum;
+  t["log_every"] = train.log_every;
+  t["eval_every"] = train.eval_every;
+  t["eval_batches"] = train.eval_batches;
+  t["max_bad_steps"] = train.max_bad_steps;
+  auto o = out["optim"];
+  o["beta1"] = optim.beta1;
+  o["beta2"] = optim.beta2;
+  o["eps"] = optim.eps;
+  o["grad_clip"] = optim.grad_clip;
+  auto q = out["quant"];
+  YAML::Node qs;
+  bitlinear::quant_spec_to_yaml(quant.spec, &qs);
+  q["weight"] = qs["weight"];
+  q["activation"] = qs["activation"];
+  q["include"] = quant.include;
+  q["exclude"] = quant.exclude;
+  out["checkpoint"]["every"] = checkpoint.every;
+  out["checkpoint"]["keep_last"] = checkpoint.keep_last;
+  out["device"]["type"] = device.type;
+  out["device"]["precision"] = device.precision;
+  out["device"]["threads"] = device.threads;
+  out["dist"]["backend"] = dist.backend;
+  out["dist"]["timeout_s"] = dist.timeout_s;
+  out["dist"]["bucket_mb"] = dist.bucket_mb;
+  out["dist"]["overlap"] = dist.overlap;
+  return out;
+}
+
+std::string Config::compat_hash() const {
+  YAML::Node key;
+  key["model"] = YAML::Clone(model.yaml());
+  YAML::Node qs;
+  bitlinear::quant_spec_to_yaml(quant.spec, &qs);
+  key["quant"] = qs;
+  key["include"] = quant.include;
+  key["exclude"] = quant.exclude;
+  const std::string text = core::to_yaml_string(key);
+  // FNV-1a 64: stable across platforms and runs (std::hash is not).
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+
+}  // namespace bitqat::training

@@ -1,0 +1,93 @@
+// The root training config: every section parsed and validated from YAML (with --set overrides)
+// before any model, data or device work starts. Unknown keys and bad values name file:line and key.
+#pragma once
+#include <yaml-cpp/yaml.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "bitlinear/bit_linear.hpp"
+#include "core/config.hpp"
+
+namespace bitqat::training {
+
+struct RunConfig {
+  std::string name = "quickstart";
+  std::string dir = "runs";
+  uint64_t seed = 1234;
+  std::string run_dir() const { return dir + "/" + name; }
+};
+
+struct TrainLoopConfig {
+  int64_t steps = 1000;
+  int64_t batch_size = 16;  // per process
+  int grad_accum = 1;
+  int log_every = 10;
+  int eval_every = 100;      // 0: only at the end
+  int eval_batches = 8;
+  int max_bad_steps = 5;     // consecutive non-finite steps before the run stops
+};
+
+struct OptimConfig {
+  double beta1 = 0.9;
+  double beta2 = 0.95;
+  double eps = 1e-8;
+  double grad_clip = 1.0;  // 0: off
+  core::Node lr;            // a schedules:: node (role kLearningRate)
+  core::Node weight_decay;  // a schedules:: node (role kWeightDecay)
+};
+
+struct QuantConfig {
+  bitlinear::QuantSpec spec;
+  std::vector<std::string> include = {"*"};
+  std::vector<std::string> exclude;
+  core::Node lambda_w;  // schedules:: node (role kLambda); absent: constant 1
+  core::Node lambda_a;
+};
+
+struct CheckpointConfig {
+  int64_t every = 0;  // 0: only the final checkpoint
+  int keep_last = 3;
+};
+
+struct DeviceConfig {
+  std::string type = "auto";       // auto | cpu | cuda
+  std::string precision = "auto";  // auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
+  int threads = 0;                 // CPU intra-op threads; 0: LibTorch's default
+};
+
+struct DistConfig {
+  std::string backend = "auto";  // auto | nccl | gloo
+  int timeout_s = 300;
+  double bucket_mb = 25.0;
+  bool overlap = true;
+};
+
+struct Config {
+  core::Node root;  // the document after --set overrides, for locations in later errors
+  std::string file;
+  RunConfig run;
+  TrainLoopConfig train;
+  OptimConfig optim;
+  QuantConfig quant;
+  CheckpointConfig checkpoint;
+  DeviceConfig device;
+  DistConfig dist;
+  core::Node model;  // parsed by models::
+  core::Node data;   // parsed by data::
+  std::string init_from;  // a checkpoint or safetensors file to initialise the weights from
+
+  static Config load_file(const std::string& file, const std::vector<std::string>& overrides = {});
+  static Config load_string(const std::string& text, const std::string& name,
+                            const std::vector<std::string>& overrides = {});
+  static Config from_node(const core::Node& root);
+
+  // Everything, defaults filled in, as written to RUN_DIR/config.resolved.yaml.
+  YAML::Node resolved() const;
+  // Hash of what makes a checkpoint's tensors meaningful (model shape and quantization): a resume
+  // with a different hash is refused.
+  std::string compat_hash() const;
+};
+
+}  // namespace bitqat::training

@@ -1,0 +1,39 @@
+// A model plus what turns a batch into a loss and a validation metric: the language model
+// (val_loss, val_bpb for byte data) or the image classifier (val_loss, val_acc).
+#pragma once
+#include <ATen/ATen.h>
+#include <torch/nn/module.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "data/source.hpp"
+#include "training/config.hpp"
+
+namespace bitqat::training {
+
+struct EvalResult {
+  double loss = 0.0;
+  std::string metric_name;  // "val_bpb", "val_acc" or "" (token shards: loss only)
+  double metric = 0.0;
+};
+
+class Task {
+ public:
+  virtual ~Task() = default;
+  virtual torch::nn::Module& module() = 0;
+  virtual std::shared_ptr<torch::nn::Module> module_ptr() = 0;
+  virtual at::Tensor loss(const data::Batch& batch) = 0;  // mean over the batch
+  // Mean loss over all tokens / samples of the batches; no gradients; the module is put back in
+  // training mode afterwards.
+  virtual EvalResult evaluate(const std::vector<data::Batch>& batches, const at::Device& device) = 0;
+  virtual int64_t units(const data::Batch& batch) const = 0;  // tokens or samples in a batch
+  virtual const char* unit_name() const = 0;                  // "tok" or "samples"
+};
+
+// Builds the model of `cfg.model` (kind lm or cnn) on `device`, with the quantization policy of
+// `cfg.quant`; the vocabulary comes from the data when the config leaves it out.
+std::unique_ptr<Task> make_task(const Config& cfg, const data::Source& source, const at::Device& device);
+
+}  // namespace bitqat::training
