@@ -1,0 +1,133 @@
+#include "models/lm.hpp"
+
+#include <gtest/gtest.h>
+
+#include "bitlinear/convert.hpp"
+#include "core/error.hpp"
+
+using namespace bitqat::models;
+using bitqat::bitlinear::QuantSpec;
+using bitqat::core::Node;
+
+namespace {
+
+using S = std::vector<std::string>;
+
+LMConfig tiny(int64_t kv = 4) {
+  LMConfig c;
+  c.vocab_size = 50;
+  c.dim = 32;
+  c.n_layers = 2;
+  c.n_heads = 4;
+  c.n_kv_heads = kv;
+  c.ffn_dim = 64;
+  c.max_seq_len = 32;
+  return c;
+}
+
+}  // namespace
+
+TEST(BitLM, ShapesNamesAndQuantizationPolicy) {
+  at::manual_seed(1);
+  BitLM lm(tiny(2), QuantSpec{}, S{"layers.*"}, S{"*.attn.v"});
+  const auto tokens = at::randint(0, 50, {3, 10}, at::kLong);
+  EXPECT_EQ(lm->forward(tokens).sizes(), (std::vector<int64_t>{3, 10, 50}));
+  const auto names = lm->quantized_layer_names();
+  EXPECT_EQ(names, (std::vector<std::string>{"layers.0.attn.q", "layers.0.attn.k", "layers.0.attn.o", "layers.0.ffn.up",
+                                             "layers.0.ffn.down", "layers.1.attn.q", "layers.1.attn.k", "layers.1.attn.o",
+                                             "layers.1.ffn.up", "layers.1.ffn.down"}));
+  const auto params = lm->named_parameters();
+  for (const char* n : {"embed.weight", "layers.0.attn_norm.weight", "layers.0.attn.q.weight", "layers.0.attn.o.norm.weight",
+                        "layers.1.ffn.down.norm.weight", "norm.weight"}) {
+    EXPECT_TRUE(params.contains(n)) << n;
+  }
+  EXPECT_FALSE(params.contains("lm_head.weight"));  // tied
+  EXPECT_EQ(params["layers.0.attn.k.weight"].sizes(), (std::vector<int64_t>{16, 32}));  // 2 kv heads x 8
+}
+
+TEST(BitLM, IsCausal) {
+  at::manual_seed(2);
+  BitLM lm(tiny(), QuantSpec{}, S{"*"}, S{});
+  auto a = at::randint(0, 50, {1, 12}, at::kLong);
+  auto b = a.clone();
+  b[0][7] = (a[0][7].item<int64_t>() + 1) % 50;
+  const auto la = lm->forward(a), lb = lm->forward(b);
+  EXPECT_TRUE(la.narrow(1, 0, 7).allclose(lb.narrow(1, 0, 7), 1e-5, 1e-5));
+  EXPECT_FALSE(la.narrow(1, 7, 1).allclose(lb.narrow(1, 7, 1), 1e-5, 1e-5));
+}
+
+TEST(BitLM, GroupedQueryEqualsMultiHeadWithRepeatedKV) {
+  at::manual_seed(3);
+  BitLM gqa(tiny(2), QuantSpec{}, S{"*"}, S{});
+  BitLM mha(tiny(4), QuantSpec{}, S{"*"}, S{});
+  bitqat::bitlinear::set_quant_lambdas(*gqa, 0.0, 0.0);
+  bitqat::bitlinear::set_quant_lambdas(*mha, 0.0, 0.0);
+  {
+    at::NoGradGuard g;
+    auto src = gqa->named_parameters();
+    for (auto& p : mha->named_parameters()) {
+      const auto& name = p.key();
+      auto s = src[name];
+      if (name.find("attn.k.weight") != std::string::npos || name.find("attn.v.weight") != std::string::npos) {
+        // kv head h serves query heads 2h and 2h+1: repeat each head's 8 rows.
+        s = s.view({2, 1, 8, 32}).expand({2, 2, 8, 32}).reshape({32, 32});
+      }
+      p.value().copy_(s);
+    }
+  }
+  const auto tokens = at::randint(0, 50, {2, 9}, at::kLong);
+  EXPECT_TRUE(gqa->forward(tokens).allclose(mha->forward(tokens), 1e-5, 1e-5));
+}
+
+TEST(Rope, RotatesPairsOfHalvesByPositionTimesFrequency) {
+  // head_dim 4: frequencies theta^0 = 1 and theta^(-1/2) = 0.01 for theta = 10000.
+  const auto [cos, sin] = rope_tables(3, 1, 4, 10000.0, at::Device(at::kCPU));
+  const auto x = at::tensor({1.0f, 2.0f, 3.0f, 4.0f}).view({1, 1, 1, 4});
+  const auto y = apply_rope(x, cos, sin).view({4});
+  const double a = 3.0, b = 0.03;  // position 3 times each frequency
+  EXPECT_NEAR(y[0].item<float>(), 1 * std::cos(a) - 3 * std::sin(a), 1e-5);
+  EXPECT_NEAR(y[1].item<float>(), 2 * std::cos(b) - 4 * std::sin(b), 1e-5);
+  EXPECT_NEAR(y[2].item<float>(), 3 * std::cos(a) + 1 * std::sin(a), 1e-5);
+  EXPECT_NEAR(y[3].item<float>(), 4 * std::cos(b) + 2 * std::sin(b), 1e-5);
+}
+
+TEST(BitLM, KVCacheMatchesFullRecompute) {
+  at::manual_seed(4);
+  BitLM lm(tiny(2), QuantSpec{}, S{"*"}, S{});
+  lm->eval();
+  const auto tokens = at::randint(0, 50, {1, 10}, at::kLong);
+  const auto full = lm->forward(tokens);
+  KVCache cache;
+  const auto first = lm->forward(tokens.narrow(1, 0, 6), &cache);
+  const auto second = lm->forward(tokens.narrow(1, 6, 3), &cache);
+  const auto third = lm->forward(tokens.narrow(1, 9, 1), &cache);
+  EXPECT_EQ(cache.pos, 10);
+  EXPECT_TRUE(at::cat({first, second, third}, 1).allclose(full, 1e-4, 1e-4));
+}
+
+TEST(BitLM, FfnKindsUntiedHeadAndConfigErrors) {
+  for (const char* kind : {"relu2", "relu2_glu", "swiglu"}) {
+    auto c = tiny();
+    c.ffn = kind;
+    c.tie_embeddings = false;
+    BitLM lm(c, QuantSpec{}, S{"*"}, S{});
+    EXPECT_EQ(lm->named_parameters().contains("layers.0.ffn.gate.weight"), std::string(kind) != "relu2");
+    EXPECT_TRUE(lm->named_parameters().contains("lm_head.weight"));
+    EXPECT_EQ(lm->loss(at::zeros({1, 4}, at::kLong), at::ones({1, 4}, at::kLong)).dim(), 0);
+  }
+  auto err = [](const std::string& y) {
+    try {
+      LMConfig::from_yaml(Node::load_string(y, "m.yaml").child("model"));
+    } catch (const bitqat::core::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(err("model: {dim: 30, n_heads: 4}"), "m.yaml:1: model.n_heads = 4: expected a divisor of model.dim = 30");
+  EXPECT_EQ(err("model: {dim: 32, n_heads: 4, n_kv_heads: 3}"),
+            "m.yaml:1: model.n_kv_heads = 3: expected a divisor of model.n_heads = 4");
+  EXPECT_EQ(err("model: {ffn: gelu}"), "m.yaml:1: model.ffn = gelu: expected one of relu2|relu2_glu|swiglu");
+  EXPECT_EQ(err("model: {layers: 3}"),
+            "m.yaml:1: model.layers: unknown key 'layers'; expected one of: dim, ffn, ffn_dim, init_std, kind, max_seq_len, "
+            "n_heads, n_kv_heads, n_layers, norm_eps, rope_theta, sub_norm, tie_embeddings, vocab_size");
+}
