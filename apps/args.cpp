@@ -6,6 +6,30 @@
 
 namespace bitqat::apps {
 
+int64_t ParsedArgs::get_int(const std::string& key, int64_t fallback) const {
+  const auto it = values.find(key);
+  if (it == values.end()) return fallback;
+  size_t pos = 0;
+  try {
+    const auto v = std::stoll(it->second, &pos);
+    if (pos == it->second.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw core::UserError(fmt::format("--{} = '{}': expected an integer", key, it->second));
+}
+
+double ParsedArgs::get_double(const std::string& key, double fallback) const {
+  const auto it = values.find(key);
+  if (it == values.end()) return fallback;
+  size_t pos = 0;
+  try {
+    const auto v = std::stod(it->second, &pos);
+    if (pos == it->second.size()) return v;
+  } catch (const std::exception&) {
+  }
+  throw core::UserError(fmt::format("--{} = '{}': expected a number", key, it->second));
+}
+
 ParsedArgs parse_args(const std::string& command, const std::vector<std::string>& args,
                       const std::set<std::string>& value_keys, const std::set<std::string>& bool_flags) {
   ParsedArgs out;

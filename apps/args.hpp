@@ -14,6 +14,10 @@ struct ParsedArgs {
   std::set<std::string> flags;                // --flag
   std::vector<std::string> sets;              // every --set k=v, in order
   bool help = false;
+
+  // A numeric --key value, or the fallback; a value that is not a number is a UserError naming it.
+  int64_t get_int(const std::string& key, int64_t fallback) const;
+  double get_double(const std::string& key, double fallback) const;
 };
 
 // `value_keys`: flags that take a value; `bool_flags`: flags without one. --set is always allowed.

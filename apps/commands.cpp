@@ -86,8 +86,8 @@ int cmd_eval(const std::vector<std::string>& argv) {
   if (a.positional.size() != 1) throw core::UserError("bitqat eval needs exactly one RUN_DIR");
   const auto device = default_device();
   auto run = training::load_run(a.positional[0], device);
-  int64_t batches = run.cfg.train.eval_batches;
-  if (a.values.count("batches")) batches = std::stoll(a.values.at("batches"));
+  const int64_t batches = a.get_int("batches", run.cfg.train.eval_batches);
+  if (batches < 1) throw core::UserError("--batches must be at least 1");
   const auto val = run.source->val_batches(run.cfg.train.batch_size, batches);
   const auto ev = run.task->evaluate(val, device);
   if (a.flags.count("json")) {
@@ -123,10 +123,13 @@ int cmd_generate(const std::vector<std::string>& argv) {
   const std::string prompt = a.values.at("prompt");
   std::vector<int64_t> tokens(prompt.begin(), prompt.end());
   for (auto& t : tokens) t &= 0xff;
-  const int64_t n = a.values.count("tokens") ? std::stoll(a.values.at("tokens")) : 200;
-  const double temperature = a.values.count("temperature") ? std::stod(a.values.at("temperature")) : 0.8;
-  const int64_t top_k = a.values.count("top-k") ? std::stoll(a.values.at("top-k")) : 40;
-  const uint64_t seed = a.values.count("seed") ? std::stoull(a.values.at("seed")) : 1;
+  const int64_t n = a.get_int("tokens", 200);
+  const double temperature = a.get_double("temperature", 0.8);
+  const int64_t top_k = a.get_int("top-k", 40);
+  const auto seed = static_cast<uint64_t>(a.get_int("seed", 1));
+  if (n < 0 || temperature < 0 || top_k < 0) {
+    throw core::UserError("--tokens, --temperature and --top-k must not be negative");
+  }
   const auto out = models::generate(*lm, tokens, n, temperature, top_k, seed);
   std::string text(prompt);
   for (size_t i = tokens.size(); i < out.size(); ++i) text.push_back(static_cast<char>(out[i]));

@@ -54,6 +54,9 @@ if ! "$VENV/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
   "$VENV/bin/pip" install -q safetensors numpy
 fi
 
+# The text the quickstart trains on (fast; a no-op when present).
+"$root/data/prepare_kjv.sh"
+
 [ "${1:-}" = "--deps" ] && exit 0
 
 torch_prefix="$("$VENV/bin/python" -c 'import torch; print(torch.utils.cmake_prefix_path)')"

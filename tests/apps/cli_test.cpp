@@ -1,0 +1,103 @@
+// Runs the real `bitqat` binary: exit codes, one-line errors, and a tiny train -> eval -> generate.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/fs.hpp"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+struct Result {
+  int code;
+  std::string out;  // stdout and stderr
+};
+
+Result run(const std::string& args) {
+  const std::string cmd = std::string(BITQAT_BINARY_DIR) + "/bitqat " + args + " 2>&1";
+  FILE* p = ::popen(cmd.c_str(), "r");
+  std::string out;
+  std::array<char, 4096> buf;
+  size_t n;
+  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
+  const int status = ::pclose(p);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+}
+
+}  // namespace
+
+TEST(Cli, HelpVersionAndUnknownThings) {
+  auto r = run("--help");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_NE(r.out.find("usage: bitqat <command>"), std::string::npos);
+  r = run("version");
+  EXPECT_EQ(r.code, 0);
+  EXPECT_EQ(r.out.rfind("bitqat 0.1.0 (LibTorch 2.11.0", 0), 0u) << r.out;
+  EXPECT_EQ(run("").code, 2);
+  r = run("fly");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("unknown command 'fly'"), std::string::npos);
+  r = run("train --bogus");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("unknown option '--bogus'"), std::string::npos);
+  for (const char* c : {"train", "eval", "generate"}) {
+    r = run(std::string(c) + " --help");
+    EXPECT_EQ(r.code, 0) << c;
+    EXPECT_NE(r.out.find(std::string("usage: bitqat ") + c), std::string::npos) << r.out;
+  }
+}
+
+TEST(Cli, BadInputIsOneClearLineAndExitTwo) {
+  auto r = run("train /nonexistent/cfg.yaml");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat train: error: /nonexistent/cfg.yaml: cannot open config file"), std::string::npos) << r.out;
+  r = run("train configs/quickstart.yaml --set train.steps=abc");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--set train.steps=abc: train.steps = abc: expected an integer"), std::string::npos) << r.out;
+  r = run("eval /nonexistent/run");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("not a bitqat run directory"), std::string::npos) << r.out;
+}
+
+TEST(Cli, TrainEvalGenerate) {
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const std::string sets = " --set run.dir=" + dir.string() + " --set run.name=cli --set data.path=" + (dir / "t.txt").string() +
+                           " --set train.steps=8 --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32"
+                           " --set model.dim=32 --set model.n_layers=1 --set model.ffn_dim=64 --set train.eval_every=8"
+                           " --set checkpoint.every=4 --set train.log_every=4 --set optim.lr.warmup_steps=2"
+                           " --set device.type=cpu";
+  auto r = run("train configs/quickstart.yaml" + sets);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("trained 8 steps"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "cli/config.resolved.yaml"));
+  EXPECT_TRUE(fs::exists(dir / "cli/checkpoints/step_00000008/manifest.json"));
+  r = run("train configs/quickstart.yaml" + sets);  // again without --resume: refused, nothing lost
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("pass --resume"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(dir / "cli/checkpoints/step_00000008/manifest.json"));
+
+  r = run("eval " + (dir / "cli").string() + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(j["step"], 8);
+  EXPECT_GT(j["val_loss"].get<double>(), 0.0);
+  EXPECT_NEAR(j["val_bpb"].get<double>(), j["val_loss"].get<double>() / std::log(2.0), 1e-9);
+
+  r = run("generate " + (dir / "cli").string() + " --prompt 'In the' --tokens 12 --temperature 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto line = r.out.substr(r.out.rfind("In the"));
+  EXPECT_GE(line.size(), 6u + 12u);
+  r = run("generate " + (dir / "cli").string() + " --prompt x --tokens many");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--tokens = 'many': expected an integer"), std::string::npos) << r.out;
+  fs::remove_all(dir);
+}
