@@ -7,6 +7,7 @@
 #include <stdexcept>
 
 #include "bitlinear/estimators.hpp"
+#include "bitlinear/ops/w158a8_linear.hpp"
 
 namespace bitqat::bitlinear {
 namespace {
@@ -52,6 +53,8 @@ void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
 }
 
 at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
+  // A fully quantized layer on a GPU runs on the int8 kernels (same values, STE gradients).
+  if (x.is_cuda() && ops::cuda_fast_path_applicable(*this, x)) return ops::bit_linear_cuda_forward(*this, x);
   const auto h = norm ? norm->forward(x) : x;
   const auto xq = fake_quantize_activation(h, options.quant.act, lambda_a_);
   const auto wq = fake_quantize_weight(weight, options.quant.weight, lambda_w_);

@@ -43,6 +43,13 @@ struct BitLinearImpl : torch::nn::Module {
   at::Tensor bias;    // [out] or undefined
   RMSNorm norm{nullptr};
 
+  // The W1.58A8 path's packed weights, valid for one version of `weight` (bitlinear/ops).
+  struct PackCache {
+    at::Tensor packed, scales;
+    int64_t version = -1;
+    const void* data = nullptr;
+  } pack_cache;
+
  private:
   double lambda_w_ = 1.0;
   double lambda_a_ = 1.0;

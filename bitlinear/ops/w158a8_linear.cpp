@@ -1,0 +1,132 @@
+#include "bitlinear/ops/w158a8_linear.hpp"
+
+#include <torch/autograd.h>
+
+namespace bitqat::bitlinear::ops {
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// Forward: int8 activations x packed ternary weights. Backward: identity STE with bf16 matmuls
+// against the dequantized operands (the fake-quant path's gradients).
+struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2d, const at::Tensor& weight, const at::Tensor& bias,
+                            const at::Tensor& packed, const at::Tensor& scales, int64_t kind, int64_t group,
+                            WeightQuantSpec wspec) {
+    PackedTernary p;
+    p.packed = packed;
+    p.scales = scales;
+    p.kind = static_cast<cuda::ScaleKind>(kind);
+    p.group = group;
+    p.n = weight.size(0);
+    p.k = weight.size(1);
+    const auto xq = quantize_activations_int8(x2d);
+    const auto out_dtype = x2d.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
+    ctx->save_for_backward({xq.q, xq.scales, weight});
+    ctx->saved_data["has_bias"] = bias.defined();
+    ctx->saved_data["k"] = p.k;
+    ctx->saved_data["wtype"] = static_cast<int64_t>(wspec.type);
+    ctx->saved_data["gran"] = static_cast<int64_t>(wspec.granularity);
+    ctx->saved_data["group_size"] = wspec.group_size;
+    ctx->saved_data["eps"] = wspec.eps;
+    ctx->saved_data["x_dtype"] = static_cast<int64_t>(x2d.scalar_type());
+    return w158a8_matmul(xq, p, bias, out_dtype);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const auto& q = saved[0];
+    const auto& xs = saved[1];
+    const auto& weight = saved[2];
+    const int64_t k = ctx->saved_data["k"].toInt();
+    WeightQuantSpec spec;
+    spec.type = static_cast<WeightQuant>(ctx->saved_data["wtype"].toInt());
+    spec.granularity = static_cast<Granularity>(ctx->saved_data["gran"].toInt());
+    spec.group_size = ctx->saved_data["group_size"].toInt();
+    spec.eps = ctx->saved_data["eps"].toDouble();
+    const auto g = grad_out[0].to(at::kBFloat16);
+    const auto w_deq = dequantize_weight(quantize_weight(weight.detach(), spec)).to(at::kBFloat16);
+    const auto x_deq = (q.narrow(1, 0, k).to(at::kFloat) / xs.unsqueeze(1)).to(at::kBFloat16);
+    const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const auto grad_x = at::matmul(g, w_deq).to(x_dtype);
+    const auto grad_w = at::matmul(g.t(), x_deq).to(weight.scalar_type());
+    const auto grad_b = ctx->saved_data["has_bias"].toBool() ? grad_out[0].sum(0).to(at::kFloat) : at::Tensor();
+    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+bool supported_granularity(const WeightQuantSpec& w) {
+  return w.granularity == Granularity::kPerTensor || w.granularity == Granularity::kPerChannel ||
+         (w.granularity == Granularity::kPerGroup && w.group_size % cuda::kGroupAlign == 0);
+}
+
+}  // namespace
+
+bool cuda_fast_path_applicable(const BitLinearImpl& layer, const at::Tensor& x) {
+  const auto& q = layer.options.quant;
+  return x.is_cuda() && layer.weight.is_cuda() && layer.lambda_w() == 1.0 && layer.lambda_a() == 1.0 &&
+         q.weight.type == WeightQuant::kTernary && q.weight.estimator == Estimator::kIdentity &&
+         supported_granularity(q.weight) && q.act.type == ActQuant::kPerToken && q.act.bits == 8 &&
+         q.act.estimator == Estimator::kIdentity && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+at::Tensor bit_linear_cuda_forward(BitLinearImpl& layer, const at::Tensor& x) {
+  const auto h = layer.norm ? layer.norm->forward(x) : x;
+  const auto x2d = h.reshape({-1, layer.options.in_features}).contiguous();
+  // Quantize and pack once per weight version: micro-batches of one optimizer step share it.
+  auto& cache = layer.pack_cache;
+  const int64_t version = static_cast<int64_t>(layer.weight._version());
+  if (!cache.packed.defined() || cache.version != version || cache.data != layer.weight.data_ptr()) {
+    const auto& ws = layer.options.quant.weight;
+    const auto p = pack_ternary(layer.weight.detach(), ws.granularity, ws.group_size, ws.eps);
+    cache.packed = p.packed;
+    cache.scales = p.scales;
+    cache.version = version;
+    cache.data = layer.weight.data_ptr();
+  }
+  const auto& ws = layer.options.quant.weight;
+  const auto y = W158A8Linear::apply(x2d, layer.weight, layer.bias, cache.packed, cache.scales,
+                                     static_cast<int64_t>(scale_kind(ws.granularity)), ws.group_size, ws);
+  auto shape = x.sizes().vec();
+  shape.back() = layer.options.out_features;
+  return y.reshape(shape);
+}
+
+PackedBitLinearImpl::PackedBitLinearImpl(const BitLinearImpl& layer)
+    : in_features(layer.options.in_features),
+      out_features(layer.options.out_features),
+      kind(scale_kind(layer.options.quant.weight.granularity)),
+      group(layer.options.quant.weight.group_size),
+      norm_eps(layer.options.norm_eps),
+      act(layer.options.quant.act) {
+  TORCH_CHECK(layer.options.quant.weight.type == WeightQuant::kTernary, "PackedBitLinear: the layer is not ternary");
+  TORCH_CHECK(act.type == ActQuant::kPerToken && act.bits == 8,
+              "PackedBitLinear: needs 8-bit per-token activation quantization");
+  const auto q = layer.quantized_weight();
+  const auto p = pack_codes(q.codes, q.scales.to(at::kFloat), layer.options.quant.weight.granularity, group);
+  packed = register_buffer("packed", p.packed);
+  scales = register_buffer("scales", p.scales);
+  if (layer.bias.defined()) bias = register_buffer("bias", layer.bias.detach().to(at::kFloat).clone());
+  if (layer.norm) norm_weight = register_buffer("norm_weight", layer.norm->weight.detach().to(at::kFloat).clone());
+}
+
+int64_t PackedBitLinearImpl::weight_bytes() const { return packed.numel() * 4 + scales.numel() * 4; }
+
+at::Tensor PackedBitLinearImpl::forward(const at::Tensor& x) {
+  at::NoGradGuard no_grad;
+  const auto x2d = x.reshape({-1, in_features}).contiguous();
+  const auto xq = quantize_activations_int8(x2d.scalar_type() == at::kBFloat16 ? x2d : x2d.to(at::kFloat), norm_weight,
+                                            norm_eps, act.eps);
+  PackedTernary p;
+  p.packed = packed;
+  p.scales = scales;
+  p.kind = kind;
+  p.group = kind == cuda::ScaleKind::kPerGroup ? group : in_features;
+  p.n = out_features;
+  p.k = in_features;
+  auto shape = x.sizes().vec();
+  shape.back() = out_features;
+  return w158a8_matmul(xq, p, bias, at::kFloat).reshape(shape);
+}
+
+}  // namespace bitqat::bitlinear::ops

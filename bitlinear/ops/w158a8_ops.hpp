@@ -1,0 +1,43 @@
+// LibTorch-facing W1.58A8 ops: int8 per-token activation quantization, ternary quantize-and-pack,
+// and the packed matmul. CUDA tensors run the kernels of cuda/w158a8.hpp on the current stream;
+// CPU tensors run the scalar references of cuda/reference.hpp (the same results, slowly).
+#pragma once
+#include <ATen/ATen.h>
+
+#include "bitlinear/quantizers.hpp"
+#include "cuda/ternary_format.hpp"
+
+namespace bitqat::bitlinear::ops {
+
+struct QuantizedTokens {
+  at::Tensor q;       // int8 [M, Kp], zero padded past K
+  at::Tensor scales;  // float32 [M]; x ~= q / scale
+  int64_t k = 0;
+};
+
+struct PackedTernary {
+  at::Tensor packed;  // int32 [N, Kp / 16] holding the uint32 words of cuda/ternary_format.hpp
+  at::Tensor scales;  // float32: [1], [N] or [N, groups]
+  cuda::ScaleKind kind = cuda::ScaleKind::kPerTensor;
+  int64_t group = 0;  // group size (kPerGroup)
+  int64_t n = 0, k = 0;
+  int64_t bytes() const { return packed.numel() * 4 + scales.numel() * 4; }
+};
+
+// x [M, K] float32 or bfloat16 (any leading dims are flattened by the caller).
+QuantizedTokens quantize_activations_int8(const at::Tensor& x, const at::Tensor& norm_weight = {},
+                                          double norm_eps = 1e-6, double eps = 1e-5);
+// w [N, K] float32. Granularity per tensor, per channel or per group (group a multiple of 64).
+PackedTernary pack_ternary(const at::Tensor& w, Granularity granularity, int64_t group = 128, double eps = 1e-5);
+// From codes and scales already computed (e.g. QuantizedWeight of a BitLinear).
+PackedTernary pack_codes(const at::Tensor& codes, const at::Tensor& scales, Granularity granularity, int64_t group);
+at::Tensor unpack_codes(const PackedTernary& p);  // int8 [N, K]
+// y [M, N] in out_dtype (float32 or bfloat16).
+at::Tensor w158a8_matmul(const QuantizedTokens& x, const PackedTernary& w, const at::Tensor& bias,
+                         at::ScalarType out_dtype);
+// Raw int32 accumulators [M, N] (tests).
+at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w);
+
+cuda::ScaleKind scale_kind(Granularity g);
+
+}  // namespace bitqat::bitlinear::ops

@@ -1,0 +1,133 @@
+#include "cuda/reference.hpp"
+
+#include <algorithm>
+#include <cmath>
+
+namespace bitqat::cuda {
+
+float round_half_away_ref(float v) { return std::copysign(std::floor(std::fabs(v) + 0.5f), v); }
+
+void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, float eps, const float* norm_weight,
+                              float norm_eps, int8_t* q, float* scales, int32_t* rowsums) {
+  std::vector<float> row(static_cast<size_t>(k));
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t j = 0; j < k; ++j) row[static_cast<size_t>(j)] = x[i * k + j];
+    if (norm_weight) {
+      double ss = 0.0;
+      for (int64_t j = 0; j < k; ++j) ss += static_cast<double>(row[static_cast<size_t>(j)]) * row[static_cast<size_t>(j)];
+      const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(k)) + norm_eps);
+      for (int64_t j = 0; j < k; ++j) row[static_cast<size_t>(j)] = row[static_cast<size_t>(j)] * r * norm_weight[j];
+    }
+    float amax = 0.0f;
+    for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[static_cast<size_t>(j)]));
+    const float s = 127.0f / std::max(amax, eps);
+    int32_t sum = 0;
+    for (int64_t j = 0; j < kp; ++j) {
+      int8_t c = 0;
+      if (j < k) c = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, round_half_away_ref(row[static_cast<size_t>(j)] * s))));
+      q[i * kp + j] = c;
+      sum += c;
+    }
+    scales[i] = s;
+    if (rowsums) rowsums[i] = sum;
+  }
+}
+
+void quantize_ternary_ref(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps,
+                          int8_t* codes, float* scales) {
+  const int64_t g = kind == ScaleKind::kPerGroup ? group : k;
+  const int64_t groups = kind == ScaleKind::kPerGroup ? scale_groups(k, group) : 1;
+  if (kind == ScaleKind::kPerTensor) {
+    double s = 0.0;
+    for (int64_t i = 0; i < n * k; ++i) s += std::fabs(w[i]);
+    scales[0] = static_cast<float>(s / static_cast<double>(n * k));
+  } else {
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        const int64_t lo = gi * g, hi = std::min(k, lo + g);
+        double s = 0.0;
+        for (int64_t j = lo; j < hi; ++j) s += std::fabs(w[r * k + j]);
+        scales[r * groups + gi] = static_cast<float>(s / static_cast<double>(hi - lo));
+      }
+    }
+  }
+  const int64_t stride = kind == ScaleKind::kPerTensor ? 0 : groups;
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      const float gamma = scales[scale_index(r, j, stride, g)];
+      const float v = round_half_away_ref(w[r * k + j] / (gamma + eps));
+      codes[r * k + j] = static_cast<int8_t>(std::min(1.0f, std::max(-1.0f, v)));
+    }
+  }
+}
+
+void pack_ternary_ref(const int8_t* codes, int64_t n, int64_t k, uint32_t* packed) {
+  const int64_t wpr = words_per_row(k);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t wi = 0; wi < wpr; ++wi) {
+      uint32_t word = 0;
+      for (int t = 0; t < kCodesPerWord; ++t) {
+        const int64_t j = wi * kCodesPerWord + t;
+        const uint32_t c = j < k ? static_cast<uint32_t>(codes[r * k + j] + 1) : 1u;
+        word |= c << code_shift(t);
+      }
+      packed[r * wpr + wi] = word;
+    }
+  }
+}
+
+void unpack_ternary_ref(const uint32_t* packed, int64_t n, int64_t k, int8_t* codes) {
+  const int64_t wpr = words_per_row(k);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t j = 0; j < k; ++j) {
+      const uint32_t word = packed[r * wpr + j / kCodesPerWord];
+      codes[r * k + j] = static_cast<int8_t>(static_cast<int>((word >> code_shift(static_cast<int>(j % kCodesPerWord))) & 3u) - 1);
+    }
+  }
+}
+
+void int_matmul_ref(const int8_t* q, int64_t kp, const uint32_t* packed, int64_t m, int64_t n, int64_t k,
+                    int64_t groups, int64_t group, int32_t* out) {
+  std::vector<int8_t> w(static_cast<size_t>(n * k));
+  unpack_ternary_ref(packed, n, k, w.data());
+  const int64_t g = groups > 1 ? group : k;
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = 0; r < n; ++r) {
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        int32_t acc = 0;
+        for (int64_t j = gi * g; j < std::min(k, (gi + 1) * g); ++j) acc += q[i * kp + j] * w[static_cast<size_t>(r * k + j)];
+        out[(i * n + r) * groups + gi] = acc;
+      }
+    }
+  }
+}
+
+void int_matmul_offset_ref(const int8_t* q, int64_t kp, const uint32_t* packed, const int32_t* rowsums, int64_t m,
+                           int64_t n, int64_t k, int32_t* out) {
+  const int64_t wpr = words_per_row(k);
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = 0; r < n; ++r) {
+      int32_t acc = 0;
+      for (int64_t j = 0; j < kp; ++j) {
+        const uint32_t word = packed[r * wpr + j / kCodesPerWord];
+        acc += q[i * kp + j] * static_cast<int32_t>((word >> code_shift(static_cast<int>(j % kCodesPerWord))) & 3u);
+      }
+      out[i * n + r] = acc - rowsums[i];
+    }
+  }
+}
+
+void epilogue_ref(const int32_t* y_int, int64_t m, int64_t n, int64_t groups, const float* wscales,
+                  int64_t scale_stride_n, const float* xscales, const float* bias, float* y) {
+  for (int64_t i = 0; i < m; ++i) {
+    for (int64_t r = 0; r < n; ++r) {
+      float acc = 0.0f;
+      for (int64_t gi = 0; gi < groups; ++gi) {
+        acc += static_cast<float>(y_int[(i * n + r) * groups + gi]) * wscales[r * scale_stride_n + (scale_stride_n > 1 ? gi : 0)];
+      }
+      y[i * n + r] = acc / xscales[i] + (bias ? bias[r] : 0.0f);
+    }
+  }
+}
+
+}  // namespace bitqat::cuda

@@ -1,0 +1,156 @@
+// The W1.58A8 ops against the references: CPU paths here, GPU kernels over a grid of shapes when a
+// GPU is present (integer results exactly equal; float epilogues within 1e-5 relative).
+#include "bitlinear/ops/w158a8_ops.hpp"
+
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+
+#include "bitlinear/bit_linear.hpp"
+#include "bitlinear/ops/w158a8_linear.hpp"
+
+using namespace bitqat::bitlinear;
+using namespace bitqat::bitlinear::ops;
+
+namespace {
+
+bool have_gpu() { return torch::cuda::is_available(); }
+
+float rel_err(const at::Tensor& a, const at::Tensor& b) {
+  const auto d = (a.to(at::kFloat) - b.to(at::kFloat)).abs().max().item<float>();
+  return d / std::max(1e-6f, b.to(at::kFloat).abs().max().item<float>());
+}
+
+}  // namespace
+
+TEST(W158A8Cpu, ActivationCodesEqualTheBitLinearQuantizer) {
+  at::manual_seed(1);
+  const auto x = at::randn({5, 100}) * 3;
+  const auto q = quantize_activations_int8(x);
+  const auto ref = quantize_activation(x, ActQuantSpec{});
+  EXPECT_EQ(q.q.sizes(), (std::vector<int64_t>{5, 128}));
+  EXPECT_TRUE(q.q.narrow(1, 0, 100).equal(ref.codes));
+  EXPECT_TRUE(q.q.narrow(1, 100, 28).eq(0).all().item<bool>());
+  EXPECT_TRUE(q.scales.allclose(ref.scales.view({5}), 1e-6, 0));
+}
+
+TEST(W158A8Cpu, PackedMatmulEqualsTheFakeQuantizedLinear) {
+  at::manual_seed(2);
+  for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup}) {
+    const auto w = at::randn({33, 200});
+    const auto x = at::randn({7, 200});
+    const auto bias = at::randn({33});
+    const auto p = pack_ternary(w, g, 64);
+    WeightQuantSpec ws;
+    ws.granularity = g;
+    ws.group_size = 64;
+    const auto qw = quantize_weight(w, ws);
+    EXPECT_TRUE(unpack_codes(p).equal(qw.codes)) << to_string(g);
+    EXPECT_TRUE(p.scales.allclose(qw.scales.to(at::kFloat), 1e-6, 1e-7)) << to_string(g);
+    const auto y = w158a8_matmul(quantize_activations_int8(x), p, bias, at::kFloat);
+    const auto xq = dequantize_activation(quantize_activation(x, ActQuantSpec{}));
+    const auto want = at::linear(xq, dequantize_weight(qw), bias);
+    EXPECT_LT(rel_err(y, want), 1e-5) << to_string(g);
+  }
+  EXPECT_THROW(pack_ternary(at::randn({4, 128}), Granularity::kPerGroup, 100), c10::Error);
+}
+
+TEST(W158A8Cpu, PackedBitLinearEqualsBitLinearAtLambdaOneAndIsSmall) {
+  at::manual_seed(3);
+  BitLinearOptions o(256, 64);
+  o.bias = true;
+  o.sub_norm = true;
+  o.quant.weight.granularity = Granularity::kPerChannel;
+  BitLinear layer(o);
+  PackedBitLinear packed(*layer);
+  const auto x = at::randn({2, 3, 256});
+  EXPECT_LT(rel_err(packed->forward(x), layer->forward(x).detach()), 1e-4);
+  // 2 bits per weight plus one float per row, against 2 bytes per weight in bf16.
+  EXPECT_EQ(packed->weight_bytes(), 64 * 256 / 4 + 64 * 4);
+  EXPECT_GT(static_cast<double>(64 * 256 * 2) / static_cast<double>(packed->weight_bytes()), 7.0);
+  int64_t params = 0;
+  for (const auto& p : packed->parameters()) params += p.numel();
+  EXPECT_EQ(params, 0);  // no latent full-precision weights
+}
+
+class W158A8Gpu : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+TEST_P(W158A8Gpu, KernelsEqualTheReferences) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const auto [m, n, k] = GetParam();
+  at::manual_seed(static_cast<uint64_t>(m * 131 + n * 7 + k));
+  const auto x = at::randn({m, k}) * 2;
+  const auto w = at::randn({n, k});
+  const auto bias = at::randn({n});
+  const auto dev = at::Device(at::kCUDA, 0);
+
+  const auto qc = quantize_activations_int8(x);
+  const auto qg = quantize_activations_int8(x.to(dev));
+  EXPECT_TRUE(qg.q.cpu().equal(qc.q));
+  EXPECT_TRUE(qg.scales.cpu().equal(qc.scales));
+  for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup}) {
+    const auto pc = pack_ternary(w, g, 64);
+    // Integer accumulators: exactly equal, on the same packed weights.
+    PackedTernary pg = pc;
+    pg.packed = pc.packed.to(dev);
+    pg.scales = pc.scales.to(dev);
+    if (g == Granularity::kPerTensor) {
+      const auto yi = w158a8_matmul_int32(qg, pg).cpu();
+      const auto yr = w158a8_matmul_int32(qc, pc);
+      EXPECT_TRUE(yi.equal(yr)) << "M " << m << " N " << n << " K " << k << " worst " << (yi - yr).abs().max().item<int>();
+    }
+    const auto yf = w158a8_matmul(qg, pg, bias.to(dev), at::kFloat).cpu();
+    const auto yr = w158a8_matmul(qc, pc, bias, at::kFloat);
+    const float err = rel_err(yf, yr);
+    std::printf("M %lld N %lld K %lld %s: worst relative error %.3g\n", static_cast<long long>(m),
+                static_cast<long long>(n), static_cast<long long>(k), to_string(g).c_str(), err);
+    EXPECT_LT(err, 1e-5);
+    EXPECT_LT(rel_err(w158a8_matmul(qg, pg, bias.to(dev), at::kBFloat16).cpu(), yr), 1e-2);
+    // GPU quantize-and-pack: the same codes (float reductions may move a weight sitting exactly on a
+    // rounding boundary; with random normal weights none does) and scales within float rounding.
+    const auto pk = pack_ternary(w.to(dev), g, 64);
+    EXPECT_TRUE(unpack_codes(pk).cpu().equal(unpack_codes(pc))) << to_string(g);
+    EXPECT_TRUE(pk.scales.cpu().allclose(pc.scales, 1e-5, 1e-7));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, W158A8Gpu,
+                         ::testing::Combine(::testing::Values(1, 3, 16, 17, 64, 100), ::testing::Values(1, 8, 65, 200),
+                                            ::testing::Values(32, 100, 256, 300)));
+
+TEST(W158A8GpuLinear, TrainingPathMatchesFakeQuantForwardAndBackward) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  at::manual_seed(4);
+  const auto dev = at::Device(at::kCUDA, 0);
+  BitLinearOptions o(256, 96);
+  o.bias = true;
+  BitLinear fast(o), ref(o);
+  {
+    at::NoGradGuard g;
+    ref->weight.copy_(fast->weight);
+    ref->bias.copy_(fast->bias);
+  }
+  fast->to(dev);
+  const auto x = at::randn({4, 256}).to(dev).requires_grad_();
+  const auto xr = x.detach().cpu().requires_grad_();
+  ASSERT_TRUE(cuda_fast_path_applicable(*fast, x));
+  const auto y = fast->forward(x);
+  const auto yr = ref->forward(xr);
+  EXPECT_LT(rel_err(y.detach().cpu(), yr.detach()), 1e-5);
+  const auto up = at::randn({4, 96});
+  (y * up.to(dev)).sum().backward();
+  (yr * up).sum().backward();
+  // bf16 backward matmuls against the fp32 fake-quant path.
+  EXPECT_LT(rel_err(x.grad().cpu(), xr.grad()), 2e-2);
+  EXPECT_LT(rel_err(fast->weight.grad().cpu(), ref->weight.grad()), 2e-2);
+  EXPECT_LT(rel_err(fast->bias.grad().cpu(), ref->bias.grad()), 1e-5);
+  // The packed weights are reused until the weight changes.
+  const auto packed = fast->pack_cache.packed;
+  fast->forward(x);
+  EXPECT_TRUE(fast->pack_cache.packed.is_same(packed));
+  {
+    at::NoGradGuard g;
+    fast->weight.add_(0.01);
+  }
+  fast->forward(x);
+  EXPECT_FALSE(fast->pack_cache.packed.is_same(packed));
+}
