@@ -2,6 +2,8 @@
 
 #include <torch/autograd.h>
 
+#include <atomic>
+
 namespace bitqat::bitlinear::ops {
 namespace {
 
@@ -55,6 +57,8 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
   }
 };
 
+std::atomic<bool> g_fast_path{true};
+
 bool supported_granularity(const WeightQuantSpec& w) {
   return w.granularity == Granularity::kPerTensor || w.granularity == Granularity::kPerChannel ||
          (w.granularity == Granularity::kPerGroup && w.group_size % cuda::kGroupAlign == 0);
@@ -62,9 +66,11 @@ bool supported_granularity(const WeightQuantSpec& w) {
 
 }  // namespace
 
+void set_cuda_fast_path_enabled(bool enabled) { g_fast_path = enabled; }
+
 bool cuda_fast_path_applicable(const BitLinearImpl& layer, const at::Tensor& x) {
   const auto& q = layer.options.quant;
-  return x.is_cuda() && layer.weight.is_cuda() && layer.lambda_w() == 1.0 && layer.lambda_a() == 1.0 &&
+  return g_fast_path && x.is_cuda() && layer.weight.is_cuda() && layer.lambda_w() == 1.0 && layer.lambda_a() == 1.0 &&
          q.weight.type == WeightQuant::kTernary && q.weight.estimator == Estimator::kIdentity &&
          supported_granularity(q.weight) && q.act.type == ActQuant::kPerToken && q.act.bits == 8 &&
          q.act.estimator == Estimator::kIdentity && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);

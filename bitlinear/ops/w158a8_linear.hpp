@@ -12,6 +12,10 @@
 
 namespace bitqat::bitlinear::ops {
 
+// Process-wide switch of the fast path (on by default); benchmarks turn it off to time the
+// fake-quant bf16 path of the same model.
+void set_cuda_fast_path_enabled(bool enabled);
+
 // Whether layer(x) can run on the W1.58A8 kernels.
 bool cuda_fast_path_applicable(const BitLinearImpl& layer, const at::Tensor& x);
 // layer(x) on the kernels (autograd-aware); x [..., in] on CUDA.
