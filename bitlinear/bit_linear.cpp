@@ -31,6 +31,11 @@ BitLinearImpl::BitLinearImpl(BitLinearOptions options_) : options(std::move(opti
     throw std::invalid_argument(fmt::format("BitLinear: in and out features must be >= 1, got {} and {}",
                                             options.in_features, options.out_features));
   }
+  if (options.quant.weight.type != WeightQuant::kNone && options.quant.weight.granularity == Granularity::kPerKernel) {
+    // Fail at construction, not at the first forward pass.
+    throw std::invalid_argument(
+        "BitLinear: per_kernel weight scales are for convolutions; use per_tensor, per_channel or per_group");
+  }
   weight = register_parameter("weight", at::empty({options.out_features, options.in_features}));
   if (options.bias) bias = register_parameter("bias", at::empty({options.out_features}));
   if (options.sub_norm) norm = register_module("norm", RMSNorm(options.in_features, options.norm_eps));

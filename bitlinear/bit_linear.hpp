@@ -72,7 +72,7 @@ struct BitConv2dOptions {
 
 struct BitConv2dImpl : torch::nn::Module {
   explicit BitConv2dImpl(BitConv2dOptions options);
-  void reset_parameters();  // same init as torch::nn::Conv2d
+  void reset_parameters();                  // same init as torch::nn::Conv2d
   at::Tensor forward(const at::Tensor& x);  // NCHW
   void set_lambdas(double lambda_w, double lambda_a);
   double lambda_w() const { return lambda_w_; }

@@ -35,7 +35,8 @@ bool glob_match(const char* p, const char* s) {
 }
 
 // The Bit* replacement of `child`, or nullptr when it is neither a Linear nor a Conv2d.
-std::shared_ptr<torch::nn::Module> make_replacement(const std::shared_ptr<torch::nn::Module>& child,
+std::shared_ptr<torch::nn::Module> make_replacement(const std::string& name,
+                                                    const std::shared_ptr<torch::nn::Module>& child,
                                                     const QuantSpec& spec) {
   at::NoGradGuard no_grad;
   if (auto* lin = child->as<torch::nn::Linear>()) {
@@ -51,18 +52,21 @@ std::shared_ptr<torch::nn::Module> make_replacement(const std::shared_ptr<torch:
   if (auto* conv = child->as<torch::nn::Conv2d>()) {
     const auto& co = conv->options;
     const auto k = (*co.kernel_size())[0];
+    // BitConv2d has one square kernel, one stride, symmetric zero padding and no groups or
+    // dilation; anything else would change the layer's function, so it stays as it is.
+    const auto* pad = std::get_if<torch::ExpandingArray<2>>(&co.padding());
     if ((*co.kernel_size())[1] != k || (*co.stride())[0] != (*co.stride())[1] || co.groups() != 1 ||
-        (*co.dilation())[0] != 1 || (*co.dilation())[1] != 1 ||
-        !std::holds_alternative<torch::ExpandingArray<2>>(co.padding())) {
-      spdlog::warn("convert_linears: a Conv2d with non-square kernel, groups, dilation or string padding is kept "
-                   "in full precision");
+        (*co.dilation())[0] != 1 || (*co.dilation())[1] != 1 || pad == nullptr || (**pad)[0] != (**pad)[1] ||
+        !std::holds_alternative<torch::enumtype::kZeros>(co.padding_mode())) {
+      spdlog::warn(
+          "convert_linears: {} is kept in full precision (BitConv2d needs a square kernel, equal strides, "
+          "symmetric zero padding, groups 1 and dilation 1)",
+          name);
       return nullptr;
     }
-    const auto& pad = std::get<torch::ExpandingArray<2>>(co.padding());
-    if ((*pad)[0] != (*pad)[1]) return nullptr;
     BitConv2dOptions o(co.in_channels(), co.out_channels(), k);
     o.stride = (*co.stride())[0];
-    o.padding = (*pad)[0];
+    o.padding = (**pad)[0];
     o.bias = co.bias();
     o.quant = spec;
     auto bit = std::make_shared<BitConv2dImpl>(o);
@@ -102,7 +106,7 @@ void convert_recursive(torch::nn::Module& module, const std::string& prefix, con
     const std::string name = prefix.empty() ? item.key() : prefix + "." + item.key();
     auto child = item.value();
     if (name_selected(name, include, exclude)) {
-      if (auto bit = make_replacement(child, spec)) {
+      if (auto bit = make_replacement(name, child, spec)) {
         replace_in_container(module, item.key(), bit);
         replaced->push_back(name);
         continue;

@@ -1,6 +1,9 @@
 #include "bitlinear/estimators.hpp"
 
+#include <fmt/format.h>
 #include <torch/autograd.h>
+
+#include <stdexcept>
 
 namespace bitqat::bitlinear {
 namespace {
@@ -58,14 +61,22 @@ struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
   }
 };
 
+void check_lambda(double lambda, const char* fn) {
+  if (!(lambda >= 0.0 && lambda <= 1.0)) {
+    throw std::invalid_argument(fmt::format("{}: lambda = {} is outside [0, 1]", fn, lambda));
+  }
+}
+
 }  // namespace
 
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda) {
+  check_lambda(lambda, "fake_quantize_weight");
   if (spec.type == WeightQuant::kNone) return w;
   return FakeQuantWeight::apply(w, spec, lambda);
 }
 
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda) {
+  check_lambda(lambda, "fake_quantize_activation");
   if (spec.type == ActQuant::kNone) return x;
   return FakeQuantActivation::apply(x, spec, lambda);
 }

@@ -14,7 +14,7 @@ namespace bitqat::bitlinear {
 //   clipped:  g * ((1 - lambda) + lambda * mask), mask = 1 where |w| / scale <= clip (weights) or
 //             |x| * s / qmax <= clip (activations), else 0
 // so lambda = 0 is the exact derivative of the identity and lambda = 1 the clipped STE.
-// A type of kNone returns the input itself.
+// A type of kNone returns the input itself. A lambda outside [0, 1] throws std::invalid_argument.
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda = 1.0);
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda = 1.0);
 

@@ -10,9 +10,7 @@ namespace bitqat::bitlinear {
 namespace {
 
 // Quantization arithmetic runs in float32, or in double for double inputs (gradient checks).
-at::ScalarType compute_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
+at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
 // The weight as [out, rest] (rest = in * kh * kw).
 at::Tensor as_rows(const at::Tensor& w) { return w.reshape({w.size(0), -1}); }
@@ -24,8 +22,9 @@ void check_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
     throw std::invalid_argument(fmt::format("quantize_weight: expected a 2-D or 4-D weight, got {}-D", w.dim()));
   }
   if (spec.granularity == Granularity::kPerKernel && w.dim() != 4) {
-    throw std::invalid_argument(fmt::format(
-        "quantize_weight: per_kernel scales need a 4-D convolution weight, got shape [{}]", fmt::join(w.sizes(), ", ")));
+    throw std::invalid_argument(
+        fmt::format("quantize_weight: per_kernel scales need a 4-D convolution weight, got shape [{}]",
+                    fmt::join(w.sizes(), ", ")));
   }
   if (spec.granularity == Granularity::kPerGroup && spec.group_size < 1) {
     throw std::invalid_argument(fmt::format("quantize_weight: group_size must be >= 1, got {}", spec.group_size));
@@ -70,18 +69,25 @@ const WeightQuantTraits& traits(WeightQuant type) {
 std::string to_string(WeightQuant v) { return traits(v).name; }
 std::string to_string(Granularity v) {
   switch (v) {
-    case Granularity::kPerTensor: return "per_tensor";
-    case Granularity::kPerChannel: return "per_channel";
-    case Granularity::kPerGroup: return "per_group";
-    case Granularity::kPerKernel: return "per_kernel";
+    case Granularity::kPerTensor:
+      return "per_tensor";
+    case Granularity::kPerChannel:
+      return "per_channel";
+    case Granularity::kPerGroup:
+      return "per_group";
+    case Granularity::kPerKernel:
+      return "per_kernel";
   }
   return "?";
 }
 std::string to_string(ActQuant v) {
   switch (v) {
-    case ActQuant::kNone: return "none";
-    case ActQuant::kPerToken: return "per_token";
-    case ActQuant::kPerTensor: return "per_tensor";
+    case ActQuant::kNone:
+      return "none";
+    case ActQuant::kPerToken:
+      return "per_token";
+    case ActQuant::kPerTensor:
+      return "per_tensor";
   }
   return "?";
 }
@@ -167,7 +173,8 @@ QuantizedActivation quantize_activation(const at::Tensor& x_in, const ActQuantSp
   }
   const auto x = x_in.detach().to(compute_dtype(x_in));
   const double qmax = static_cast<double>((1 << (spec.bits - 1)) - 1);
-  const auto amax = spec.type == ActQuant::kPerToken ? x.abs().amax({-1}, /*keepdim=*/true) : x.abs().max().reshape({1});
+  const auto amax =
+      spec.type == ActQuant::kPerToken ? x.abs().amax({-1}, /*keepdim=*/true) : x.abs().max().reshape({1});
   const auto s = qmax / amax.clamp_min(spec.eps);
   QuantizedActivation q;
   q.codes = round_half_away(x * s).clamp(-qmax - 1, qmax).to(at::kChar);

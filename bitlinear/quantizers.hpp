@@ -39,9 +39,9 @@ struct ActQuantSpec {
 // Traits table (ggml style): one row per weight type.
 struct WeightQuantTraits {
   const char* name;
-  double bits;       // information bits per weight
-  int8_t code_min;   // smallest code
-  int8_t code_max;   // largest code
+  double bits;      // information bits per weight
+  int8_t code_min;  // smallest code
+  int8_t code_max;  // largest code
 };
 const WeightQuantTraits& traits(WeightQuant type);
 
