@@ -4,6 +4,8 @@
 #include <torch/nn/modules/conv.h>
 #include <torch/nn/modules/linear.h>
 
+#include <cmath>
+
 #include "bitlinear/estimators.hpp"
 
 using namespace bitqat::bitlinear;
@@ -111,4 +113,70 @@ TEST(BitConv2d, LambdaZeroIsConv2dAndOneIsQuantized) {
   EXPECT_TRUE(bit->forward(x).allclose(want, 1e-5, 1e-5));
   bit->forward(x).sum().backward();
   EXPECT_GT(bit->weight.grad().abs().sum().item<float>(), 0.0f);
+}
+
+TEST(BitLinear, UnquantizedSidesAreIdentityAndPerKernelIsRejected) {
+  at::manual_seed(15);
+  BitLinearOptions o(6, 4);
+  o.quant.weight.type = WeightQuant::kNone;
+  o.quant.act.type = ActQuant::kNone;
+  BitLinear bit(o);
+  const auto x = at::randn({3, 6});
+  EXPECT_TRUE(bit->forward(x).equal(at::linear(x, bit->weight)));
+  // Only the activations quantized: the weight enters unchanged.
+  o.quant.act.type = ActQuant::kPerToken;
+  BitLinear act_only(o);
+  const auto xq = dequantize_activation(quantize_activation(x, o.quant.act));
+  EXPECT_TRUE(act_only->forward(x).allclose(at::linear(xq, act_only->weight), 1e-6, 1e-6));
+
+  BitLinearOptions k(6, 4);
+  k.quant.weight.granularity = Granularity::kPerKernel;
+  EXPECT_THROW(BitLinear{k}, std::invalid_argument);
+  EXPECT_THROW(BitLinear(BitLinearOptions(0, 4)), std::invalid_argument);
+}
+
+TEST(BitLinear, Bf16FullyQuantizedTracksFloat32AndRegistersTheRightNames) {
+  at::manual_seed(16);
+  auto bit = make_linear(true, true);
+  const auto x = at::randn({4, 6});
+  const auto yf = bit->forward(x);
+  const auto yb = bit->forward(x.to(at::kBFloat16));
+  EXPECT_EQ(yb.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(yb.to(at::kFloat).allclose(yf, 3e-2, 3e-2));
+  const auto params = bit->named_parameters();
+  EXPECT_TRUE(params.contains("weight"));
+  EXPECT_TRUE(params.contains("bias"));
+  EXPECT_TRUE(params.contains("norm.weight"));
+  EXPECT_EQ(params.size(), 3u);
+  // Linear's init: |w| <= 1 / sqrt(in) (kaiming uniform with a = sqrt(5)), |b| <= 1 / sqrt(in).
+  EXPECT_LE(bit->weight.abs().max().item<float>(), 1.0f / std::sqrt(6.0f));
+  EXPECT_LE(bit->bias.abs().max().item<float>(), 1.0f / std::sqrt(6.0f));
+  const auto q = bit->quantized_weight();
+  EXPECT_EQ(q.scales.sizes(), (std::vector<int64_t>{4}));  // per channel
+  EXPECT_TRUE(dequantize_weight(q).equal(fake_quantize_weight(bit->weight, bit->options.quant.weight, 1.0)));
+}
+
+TEST(BitConv2d, StridePerTokenActivationsAndBias) {
+  at::manual_seed(17);
+  BitConv2dOptions o(2, 3, 3);
+  o.stride = 2;
+  o.padding = 1;
+  o.bias = true;
+  o.quant.act.type = ActQuant::kPerToken;  // per (sample, pixel) over the channels
+  BitConv2d bit(o);
+  const auto x = at::randn({2, 2, 5, 5});
+  const auto y = bit->forward(x);
+  EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 3, 3, 3}));
+  const auto xt = x.permute({0, 2, 3, 1});
+  const auto xq = dequantize_activation(quantize_activation(xt, o.quant.act)).permute({0, 3, 1, 2});
+  const auto wq = dequantize_weight(quantize_weight(bit->weight.detach(), o.quant.weight));
+  EXPECT_TRUE(y.allclose(at::conv2d(xq, wq, bit->bias.detach(), {2, 2}, {1, 1}), 1e-5, 1e-5));
+  y.sum().backward();
+  // d sum / d bias = number of output pixels per sample times the batch.
+  EXPECT_TRUE(bit->bias.grad().equal(at::full({3}, 18.0f)));
+  EXPECT_THROW(bit->set_lambdas(0.5, -0.5), std::invalid_argument);
+  bit->set_lambdas(0.25, 0.75);
+  EXPECT_EQ(bit->lambda_w(), 0.25);
+  EXPECT_EQ(bit->lambda_a(), 0.75);
+  EXPECT_EQ(bit->forward(x.to(at::kBFloat16)).scalar_type(), at::kBFloat16);
 }

@@ -45,19 +45,22 @@ TEST(Estimators, ClippedZeroesExactlyBeyondTheClip) {
   WeightQuantSpec ws;
   ws.estimator = Estimator::kClipped;
   ws.clip = 1.0;
-  EXPECT_TRUE(grad_of(fake_quantize_weight(w, ws, 1.0), w, up).equal(up * at::tensor({1.0, 0.0, 0.0, 1.0}, at::kDouble)));
+  EXPECT_TRUE(
+      grad_of(fake_quantize_weight(w, ws, 1.0), w, up).equal(up * at::tensor({1.0, 0.0, 0.0, 1.0}, at::kDouble)));
   // Blend: (1 - lambda) + lambda * mask.
   EXPECT_TRUE(grad_of(fake_quantize_weight(w, ws, 0.25), w, up)
                   .allclose(up * at::tensor({1.0, 0.75, 0.75, 1.0}, at::kDouble), 0, 1e-15));
   ws.clip = 1.5;  // now only -3.0 is beyond
-  EXPECT_TRUE(grad_of(fake_quantize_weight(w, ws, 1.0), w, up).equal(up * at::tensor({1.0, 1.0, 0.0, 1.0}, at::kDouble)));
+  EXPECT_TRUE(
+      grad_of(fake_quantize_weight(w, ws, 1.0), w, up).equal(up * at::tensor({1.0, 1.0, 0.0, 1.0}, at::kDouble)));
 
   // Activations: |x| * s / qmax = |x| / max|x| per token; clip 0.5 keeps |x| <= half the absmax.
   const auto x = at::tensor({1.0, -4.0, 2.0, 3.0}, at::kDouble).reshape({1, 4}).requires_grad_();
   ActQuantSpec as;
   as.estimator = Estimator::kClipped;
   as.clip = 0.5;
-  EXPECT_TRUE(grad_of(fake_quantize_activation(x, as, 1.0), x, up).equal(up * at::tensor({1.0, 0.0, 1.0, 0.0}, at::kDouble)));
+  EXPECT_TRUE(
+      grad_of(fake_quantize_activation(x, as, 1.0), x, up).equal(up * at::tensor({1.0, 0.0, 1.0, 0.0}, at::kDouble)));
 }
 
 TEST(Estimators, FiniteDifferencesMatchAtLambdaZero) {
@@ -82,4 +85,72 @@ TEST(Estimators, FiniteDifferencesMatchAtLambdaZero) {
     const double fd = (loss(p).item<double>() - loss(m).item<double>()) / (2 * h);
     EXPECT_NEAR(g.view(-1)[i].item<double>(), fd, 1e-8) << i;
   }
+}
+
+TEST(Estimators, ClippedPerChannelWeightsAndBlendedActivations) {
+  // Per channel gammas: row 0 (0.1 + 2.0) / 2 = 1.05, row 1 (3.0 + 0.5) / 2 = 1.75;
+  // |w| / gamma = 0.095, 1.905, 1.714, 0.286.
+  const auto w = at::tensor({0.1, 2.0, -3.0, 0.5}, at::kDouble).reshape({2, 2}).requires_grad_();
+  const auto up = at::tensor({1.0, 2.0, 3.0, 4.0}, at::kDouble).reshape({2, 2});
+  WeightQuantSpec ws;
+  ws.granularity = Granularity::kPerChannel;
+  ws.estimator = Estimator::kClipped;
+  EXPECT_TRUE(grad_of(fake_quantize_weight(w, ws, 1.0), w, up)
+                  .equal(up * at::tensor({1.0, 0.0, 0.0, 1.0}, at::kDouble).reshape({2, 2})));
+  ws.clip = 1.8;  // only 2.0 (1.905) is beyond
+  EXPECT_TRUE(grad_of(fake_quantize_weight(w, ws, 1.0), w, up)
+                  .equal(up * at::tensor({1.0, 0.0, 1.0, 1.0}, at::kDouble).reshape({2, 2})));
+
+  // Activations at lambda 0.5: factor 1 inside the clip, 0.5 beyond it.
+  const auto x = at::tensor({1.0, -4.0, 2.0, 3.0}, at::kDouble).reshape({1, 4}).requires_grad_();
+  ActQuantSpec as;
+  as.estimator = Estimator::kClipped;
+  as.clip = 0.5;
+  EXPECT_TRUE(grad_of(fake_quantize_activation(x, as, 0.5), x, up.reshape({1, 4}))
+                  .allclose(up.reshape({1, 4}) * at::tensor({1.0, 0.5, 1.0, 0.5}, at::kDouble), 0, 1e-15));
+  // At lambda 0 the clip has no effect.
+  EXPECT_TRUE(grad_of(fake_quantize_activation(x, as, 0.0), x, up.reshape({1, 4})).equal(up.reshape({1, 4})));
+}
+
+TEST(Estimators, Bf16InputsReturnBf16AndOutOfRangeLambdasThrow) {
+  at::manual_seed(13);
+  const auto x = at::randn({2, 8}).to(at::kBFloat16).requires_grad_();
+  const auto y = fake_quantize_activation(x, ActQuantSpec{}, 1.0);
+  EXPECT_EQ(y.scalar_type(), at::kBFloat16);
+  // Dequantized in float32, then rounded once to bf16.
+  const auto q = quantize_activation(x.detach(), ActQuantSpec{});
+  EXPECT_TRUE(y.detach().equal(dequantize_activation(q).to(at::kBFloat16)));
+  const auto up = at::randn({2, 8}).to(at::kBFloat16);
+  const auto g = grad_of(y, x, up);
+  EXPECT_EQ(g.scalar_type(), at::kBFloat16);
+  EXPECT_TRUE(g.equal(up));
+
+  const auto w = at::randn({2, 2});
+  EXPECT_THROW(fake_quantize_weight(w, WeightQuantSpec{}, 1.5), std::invalid_argument);
+  EXPECT_THROW(fake_quantize_activation(w, ActQuantSpec{}, -0.1), std::invalid_argument);
+}
+
+TEST(Estimators, WeightGradientMatchesTheAnalyticSteThroughALinearLayer) {
+  // loss = sum(c * (x @ fq(W)^T)): dloss/dW = c^T x for the identity STE at every lambda, and
+  // (c^T x) * ((1 - lambda) + lambda * mask) for the clipped one.
+  at::manual_seed(14);
+  const auto w = at::randn({3, 4}, at::kDouble).requires_grad_();
+  const auto x = at::randn({5, 4}, at::kDouble);
+  const auto c = at::randn({5, 3}, at::kDouble);
+  const auto expected = at::matmul(c.t(), x);
+  WeightQuantSpec ws;
+  ws.granularity = Granularity::kPerGroup;
+  ws.group_size = 3;
+  for (double lambda : {0.0, 0.4, 1.0}) {
+    const auto loss = (at::linear(x, fake_quantize_weight(w, ws, lambda)) * c).sum();
+    EXPECT_TRUE(torch::autograd::grad({loss}, {w})[0].allclose(expected, 0, 1e-12)) << lambda;
+  }
+  ws.estimator = Estimator::kClipped;
+  ws.clip = 0.8;
+  const auto q = quantize_weight(w.detach(), ws);
+  const auto mask = (w.detach().abs() / expand_scales(q.scales, ws, w.sizes())).le(0.8).to(at::kDouble);
+  ASSERT_GT(mask.sum().item<double>(), 0.0);
+  ASSERT_LT(mask.sum().item<double>(), 12.0);
+  const auto loss = (at::linear(x, fake_quantize_weight(w, ws, 0.4)) * c).sum();
+  EXPECT_TRUE(torch::autograd::grad({loss}, {w})[0].allclose(expected * (0.6 + 0.4 * mask), 0, 1e-12));
 }

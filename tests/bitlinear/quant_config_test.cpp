@@ -11,10 +11,12 @@ TEST(QuantConfig, DefaultsAndEveryField) {
   EXPECT_EQ(d.weight.granularity, Granularity::kPerTensor);
   EXPECT_EQ(d.act.type, ActQuant::kPerToken);
   EXPECT_EQ(d.act.bits, 8);
-  const auto s = quant_spec_from_yaml(Node::load_string(
-      "quant:\n  weight: {type: binary, granularity: per_group, group_size: 64, estimator: clipped, clip: 2.0}\n"
-      "  activation: {type: per_tensor, bits: 4, estimator: clipped, clip: 0.9}\n  include: ['layers.*']\n",
-      "q.yaml").child("quant"));
+  const auto s = quant_spec_from_yaml(
+      Node::load_string(
+          "quant:\n  weight: {type: binary, granularity: per_group, group_size: 64, estimator: clipped, clip: 2.0}\n"
+          "  activation: {type: per_tensor, bits: 4, estimator: clipped, clip: 0.9}\n  include: ['layers.*']\n",
+          "q.yaml")
+          .child("quant"));
   EXPECT_EQ(s.weight.type, WeightQuant::kBinary);
   EXPECT_EQ(s.weight.granularity, Granularity::kPerGroup);
   EXPECT_EQ(s.weight.group_size, 64);
@@ -40,8 +42,64 @@ TEST(QuantConfig, ErrorsNameTheKey) {
   };
   EXPECT_EQ(err("quant:\n  weight: {type: trinary}\n"),
             "q.yaml:2: quant.weight.type = trinary: expected one of binary|none|ternary");
-  EXPECT_EQ(err("quant:\n  activation:\n    bits: 9\n"), "q.yaml:3: quant.activation.bits = 9: expected a value in [2, 8]");
+  EXPECT_EQ(err("quant:\n  activation:\n    bits: 9\n"),
+            "q.yaml:3: quant.activation.bits = 9: expected a value in [2, 8]");
   EXPECT_EQ(err("quant:\n  weight:\n    sign: true\n"),
             "q.yaml:3: quant.weight.sign: unknown key 'sign'; expected one of: clip, eps, estimator, granularity, "
             "group_size, type");
+}
+
+TEST(QuantConfig, MoreErrorsNameTheKeyAndValue) {
+  auto err = [](const std::string& text) {
+    try {
+      quant_spec_from_yaml(Node::load_string(text, "q.yaml").child("quant"));
+    } catch (const bitqat::core::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(err("quant:\n  weight: {granularity: per_row}\n"),
+            "q.yaml:2: quant.weight.granularity = per_row: expected one of "
+            "per_channel|per_group|per_kernel|per_tensor");
+  EXPECT_EQ(err("quant:\n  activation:\n    type: per_token\n    estimator: ste\n"),
+            "q.yaml:4: quant.activation.estimator = ste: expected one of clipped|identity");
+  EXPECT_EQ(err("quant:\n  activation: {type: int8}\n"),
+            "q.yaml:2: quant.activation.type = int8: expected one of none|per_tensor|per_token");
+  EXPECT_NE(err("quant:\n  weight: {group_size: 0}\n").find("quant.weight.group_size = 0: expected"),
+            std::string::npos);
+  EXPECT_NE(err("quant:\n  weight: {clip: -1}\n").find("quant.weight.clip = -1: expected"), std::string::npos);
+  EXPECT_NE(err("quant:\n  activation: {eps: 0}\n").find("quant.activation.eps = 0: expected"), std::string::npos);
+  EXPECT_NE(err("quant:\n  activation: {bits: eight}\n").find("quant.activation.bits = eight"), std::string::npos);
+  // Keys of quant itself belong to the trainer and are not checked here.
+  EXPECT_EQ(err("quant:\n  lambda_w: {kind: linear}\n  exclude: [lm_head]\n"), "");
+}
+
+TEST(QuantConfig, WrittenYamlReadsBackToTheSameSpec) {
+  QuantSpec s;
+  s.weight.type = WeightQuant::kBinary;
+  s.weight.granularity = Granularity::kPerKernel;
+  s.weight.group_size = 32;
+  s.weight.estimator = Estimator::kClipped;
+  s.weight.clip = 1.25;
+  s.weight.eps = 1e-7;
+  s.act.type = ActQuant::kNone;
+  s.act.bits = 6;
+  s.act.clip = 0.75;
+  s.act.eps = 1e-4;
+  YAML::Node quant;
+  quant_spec_to_yaml(s, &quant);
+  YAML::Node root;
+  root["quant"] = quant;
+  const auto r = quant_spec_from_yaml(Node::load_string(bitqat::core::to_yaml_string(root), "r.yaml").child("quant"));
+  EXPECT_EQ(r.weight.type, s.weight.type);
+  EXPECT_EQ(r.weight.granularity, s.weight.granularity);
+  EXPECT_EQ(r.weight.group_size, 32);
+  EXPECT_EQ(r.weight.estimator, Estimator::kClipped);
+  EXPECT_EQ(r.weight.clip, 1.25);
+  EXPECT_EQ(r.weight.eps, 1e-7);
+  EXPECT_EQ(r.act.type, ActQuant::kNone);
+  EXPECT_EQ(r.act.bits, 6);
+  EXPECT_EQ(r.act.estimator, Estimator::kIdentity);
+  EXPECT_EQ(r.act.clip, 0.75);
+  EXPECT_EQ(r.act.eps, 1e-4);
 }

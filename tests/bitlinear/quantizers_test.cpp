@@ -140,3 +140,112 @@ TEST(Names, ParseAndPrintRoundTrip) {
   EXPECT_EQ(to_string(e), "clipped");
   EXPECT_NEAR(traits(WeightQuant::kTernary).bits, std::log2(3.0), 1e-12);
 }
+
+TEST(TernaryWeights, ConvWeightAtEveryGranularity) {
+  // One filter of two 1x2 kernels: (1, -1) and (0.2, -0.2), flattened [1, -1, 0.2, -0.2].
+  const auto w = at::tensor({1.0f, -1.0f, 0.2f, -0.2f}).reshape({1, 2, 1, 2});
+  const auto c = quantize_weight(w, spec(WeightQuant::kTernary, Granularity::kPerChannel));
+  EXPECT_TRUE(c.codes.equal(codes({1, -1, 0, 0}, {1, 2, 1, 2})));  // gamma 0.6: 0.2 / 0.6 -> 0
+  expect_scales(c.scales, {0.6f});
+  const auto k = quantize_weight(w, spec(WeightQuant::kTernary, Granularity::kPerKernel));
+  EXPECT_TRUE(k.codes.equal(codes({1, -1, 1, -1}, {1, 2, 1, 2})));  // gammas 1.0 and 0.2
+  expect_scales(k.scales, {1.0f, 0.2f});
+  // G = 3 over the flattened filter: (1, -1, 0.2) gamma 2.2 / 3, then (-0.2) on its own.
+  const auto g = quantize_weight(w, spec(WeightQuant::kTernary, Granularity::kPerGroup, 3));
+  EXPECT_TRUE(g.codes.equal(codes({1, -1, 0, -1}, {1, 2, 1, 2})));
+  expect_scales(g.scales, {2.2f / 3, 0.2f});
+  const auto deq = dequantize_weight(g);
+  EXPECT_EQ(deq.sizes(), w.sizes());
+  EXPECT_NEAR(deq[0][1][0][1].item<float>(), -0.2f, 1e-6);
+  EXPECT_NEAR(deq[0][0][0][0].item<float>(), 2.2f / 3, 1e-6);
+}
+
+TEST(BinaryWeights, PartialGroupsAndKernelsUseTheirOwnMeans) {
+  // G = 3: (0.5, -1.5, 0.1) mean -0.3 -> +, -, +; (2.0) sits on its mean -> +.
+  // (0, 0.3, -0.3) mean 0 -> + (sign(0) = +1), +, -; (0.6) -> +.
+  const auto q = quantize_weight(W(), spec(WeightQuant::kBinary, Granularity::kPerGroup, 3));
+  EXPECT_TRUE(q.codes.equal(codes({1, -1, 1, 1, 1, 1, -1, 1}, {2, 4})));
+  expect_scales(q.scales, {0.7f, 2.0f, 0.2f, 0.6f});
+  // Per kernel: means 0 and -0.025.
+  const auto w = at::tensor({1.0, -1.0, 0.2, -0.2, 0.1, 0.1, 0.1, -0.4}, at::kFloat).reshape({2, 1, 2, 2});
+  const auto k = quantize_weight(w, spec(WeightQuant::kBinary, Granularity::kPerKernel));
+  EXPECT_TRUE(k.codes.equal(codes({1, -1, 1, -1, 1, 1, 1, -1}, {2, 1, 2, 2})));
+  expect_scales(k.scales, {0.6f, 0.175f});
+  EXPECT_TRUE(dequantize_weight(k)[1][0].allclose(at::tensor({0.175f, 0.175f, 0.175f, -0.175f}).reshape({2, 2})));
+}
+
+TEST(WeightDtypes, Bf16ComputesInFloatAndDoubleStaysDouble) {
+  // bf16 rounds 0.1 / 0.3 / 0.6 slightly, which moves no code.
+  const auto qb = quantize_weight(W().to(at::kBFloat16), spec(WeightQuant::kTernary, Granularity::kPerTensor));
+  EXPECT_EQ(qb.scales.scalar_type(), at::kFloat);
+  EXPECT_TRUE(qb.codes.equal(codes({1, -1, 0, 1, 0, 0, 0, 1}, {2, 4})));
+  EXPECT_NEAR(qb.scales.item<float>(), 0.6625f, 2e-3);
+  const auto qd = quantize_weight(W().to(at::kDouble), spec(WeightQuant::kTernary, Granularity::kPerTensor));
+  EXPECT_EQ(qd.scales.scalar_type(), at::kDouble);
+  EXPECT_EQ(dequantize_weight(qd).scalar_type(), at::kDouble);
+}
+
+TEST(WeightErrors, BadShapesAndSpecsThrow) {
+  EXPECT_THROW(quantize_weight(at::ones({4}), spec(WeightQuant::kTernary, Granularity::kPerTensor)),
+               std::invalid_argument);
+  EXPECT_THROW(quantize_weight(W(), spec(WeightQuant::kTernary, Granularity::kPerGroup, 0)), std::invalid_argument);
+  EXPECT_THROW(quantize_weight(W(), spec(WeightQuant::kNone, Granularity::kPerTensor)), std::invalid_argument);
+}
+
+TEST(Activations, ZeroTensorsTwoBitsAndBatchedTokens) {
+  ActQuantSpec a;
+  a.type = ActQuant::kPerTensor;
+  const auto z = quantize_activation(at::zeros({2, 3}), a);
+  EXPECT_TRUE(z.codes.eq(0).all().item<bool>());
+  EXPECT_TRUE(std::isfinite(z.scales.item<float>()));
+  EXPECT_TRUE(dequantize_activation(z).eq(0).all().item<bool>());
+
+  a.bits = 2;  // qmax = 1: s = 1 / 1.0
+  const auto t = quantize_activation(at::tensor({0.5f, -1.0f, 0.2f, -0.5f}), a);
+  EXPECT_TRUE(t.codes.equal(codes({1, -1, 0, -1}, {4})));
+
+  a.type = ActQuant::kPerToken;
+  a.bits = 8;
+  const auto x = at::tensor({1.0f, 2.0f, -4.0f, 0.0f, 0.0f, 0.0f, 0.5f, 0.25f}).reshape({2, 2, 2});
+  const auto q = quantize_activation(x, a);
+  EXPECT_EQ(q.scales.sizes(), (std::vector<int64_t>{2, 2, 1}));
+  // Tokens: (1, 2) s = 63.5: 63.5 -> 64, 127; (-4, 0) s = 31.75; zeros; (0.5, 0.25) s = 254: 127, 63.5 -> 64.
+  EXPECT_TRUE(q.codes.equal(codes({64, 127, -127, 0, 0, 0, 127, 64}, {2, 2, 2})));
+  EXPECT_EQ(quantize_activation(x.to(at::kDouble), a).scales.scalar_type(), at::kDouble);
+  EXPECT_EQ(quantize_activation(x.to(at::kBFloat16), a).scales.scalar_type(), at::kFloat);
+
+  a.bits = 9;
+  EXPECT_THROW(quantize_activation(x, a), std::invalid_argument);
+  a.bits = 1;
+  EXPECT_THROW(quantize_activation(x, a), std::invalid_argument);
+  a.bits = 8;
+  a.type = ActQuant::kNone;
+  EXPECT_THROW(quantize_activation(x, a), std::invalid_argument);
+}
+
+TEST(Names, EveryNameRoundTrips) {
+  for (auto v : {WeightQuant::kNone, WeightQuant::kTernary, WeightQuant::kBinary}) {
+    WeightQuant back;
+    ASSERT_TRUE(parse(to_string(v), &back));
+    EXPECT_EQ(back, v);
+  }
+  for (auto v : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup, Granularity::kPerKernel}) {
+    Granularity back;
+    ASSERT_TRUE(parse(to_string(v), &back));
+    EXPECT_EQ(back, v);
+  }
+  for (auto v : {ActQuant::kNone, ActQuant::kPerToken, ActQuant::kPerTensor}) {
+    ActQuant back;
+    ASSERT_TRUE(parse(to_string(v), &back));
+    EXPECT_EQ(back, v);
+  }
+  EXPECT_EQ(to_string(WeightQuant::kTernary), "ternary");
+  EXPECT_EQ(to_string(Granularity::kPerKernel), "per_kernel");
+  EXPECT_EQ(to_string(ActQuant::kPerToken), "per_token");
+  EXPECT_EQ(to_string(Estimator::kIdentity), "identity");
+  Estimator e;
+  EXPECT_FALSE(parse("Identity", &e));
+  EXPECT_EQ(traits(WeightQuant::kBinary).bits, 1.0);
+  EXPECT_EQ(traits(WeightQuant::kTernary).code_min, -1);
+  EXPECT_EQ(traits(WeightQuant::kTernary).code_max, 1);
+}
