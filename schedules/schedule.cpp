@@ -46,14 +46,17 @@ class Ramp final : public Schedule {
  private:
   double unit(double t) const {
     switch (shape_) {
-      case Shape::kLinear: return t;
-      case Shape::kCosine: return 0.5 * (1.0 - std::cos(kPi * t));
+      case Shape::kLinear:
+        return t;
+      case Shape::kCosine:
+        return 0.5 * (1.0 - std::cos(kPi * t));
       case Shape::kSigmoid: {
         // Logistic of k (t - 1/2), rescaled so that it is exactly 0 at t=0 and 1 at t=1.
         auto s = [this](double x) { return 1.0 / (1.0 + std::exp(-k_ * (x - 0.5))); };
         return (s(t) - s(0.0)) / (s(1.0) - s(0.0));
       }
-      case Shape::kExponential: return std::expm1(k_ * t) / std::expm1(k_);
+      case Shape::kExponential:
+        return std::expm1(k_ * t) / std::expm1(k_);
     }
     return t;
   }
@@ -124,9 +127,10 @@ class TwoStageLR final : public Schedule {
     return decay(second_, step - switch_, total_ - switch_);
   }
   std::string describe() const override {
-    return fmt::format("two-stage: warm-up {} steps to {}, linear decay, switch at step {} to {}, decay to {} of "
-                       "each peak",
-                       warmup_, peak_, switch_, second_, min_ratio_);
+    return fmt::format(
+        "two-stage: warm-up {} steps to {}, linear decay, switch at step {} to {}, decay to {} of "
+        "each peak",
+        warmup_, peak_, switch_, second_, min_ratio_);
   }
 
  private:
@@ -153,15 +157,26 @@ class TwoStageWD final : public Schedule {
 
 const char* role_name(ScheduleRole r) {
   switch (r) {
-    case ScheduleRole::kLambda: return "a lambda schedule";
-    case ScheduleRole::kLearningRate: return "a learning-rate schedule";
-    case ScheduleRole::kWeightDecay: return "a weight-decay schedule";
+    case ScheduleRole::kLambda:
+      return "a lambda schedule";
+    case ScheduleRole::kLearningRate:
+      return "a learning-rate schedule";
+    case ScheduleRole::kWeightDecay:
+      return "a weight-decay schedule";
   }
   return "";
 }
 
-void exceeds(const core::Node& n, const std::string& key, int64_t v, int64_t total) {
-  throw core::ConfigError(fmt::format("{} = {} exceeds train.steps = {}", n.where(key), v, total));
+// "where = value" for a key that may be absent, in which case the default is named.
+std::string describe_or_default(const core::Node& n, const std::string& key, int64_t v, const std::string& dflt) {
+  if (n.has(key)) return n.describe(key);
+  return fmt::format("{} = {} (the default, {})", n.where(key), v, dflt);
+}
+
+// `limit_name` is what bounds the value: train.steps, or the schedule's own `total` key.
+[[noreturn]] void exceeds(const core::Node& n, const std::string& key, int64_t v, const std::string& dflt,
+                          const std::string& limit_name, int64_t limit) {
+  throw core::ConfigError(fmt::format("{} exceeds {} = {}", describe_or_default(n, key, v, dflt), limit_name, limit));
 }
 
 std::unique_ptr<Schedule> make_lambda(const core::Node& n, const std::string& kind, int64_t total) {
@@ -208,7 +223,10 @@ std::unique_ptr<Schedule> make_lambda(const core::Node& n, const std::string& ki
   }
   const int64_t start = n.get_in<int64_t>("start", 0, 0, int64_t{1} << 40);
   const int64_t end = n.get_in<int64_t>("end", total, 0, int64_t{1} << 40);
-  if (end <= start) n.fail("end", fmt::format("a step after start = {}", start));
+  if (end <= start) {
+    throw core::ConfigError(
+        fmt::format("{}: expected a step after start = {}", describe_or_default(n, "end", end, "train.steps"), start));
+  }
   return std::make_unique<Ramp>(shape, k, start, end, from, to);
 }
 
@@ -224,8 +242,11 @@ std::unique_ptr<Schedule> make_lr(const core::Node& n, const std::string& kind, 
     const double min = n.get_in<double>("min", 0.0, 0.0, 10.0);
     const int64_t end = n.get_in<int64_t>("total", total, 1, int64_t{1} << 40);
     if (min > peak) n.fail("min", fmt::format("a value <= peak = {}", peak));
-    if (warmup > end) exceeds(n, "warmup_steps", warmup, end);
-    return std::make_unique<WarmupDecay>(kind == "warmup_cosine", peak, std::max<int64_t>(warmup, 0), min, end);
+    if (warmup > end) {
+      if (n.has("total")) exceeds(n, "warmup_steps", warmup, "0", n.key_path("total"), end);
+      exceeds(n, "warmup_steps", warmup, "0", "train.steps", end);
+    }
+    return std::make_unique<WarmupDecay>(kind == "warmup_cosine", peak, warmup, min, end);
   }
   if (kind == "two_stage") {
     n.allow_only({"kind", "peak", "second_peak", "warmup_steps", "min_ratio", "switch"});
@@ -234,10 +255,13 @@ std::unique_ptr<Schedule> make_lr(const core::Node& n, const std::string& kind, 
     if (second > peak) n.fail("second_peak", fmt::format("a value <= peak = {} (the second stage is lower)", peak));
     const int64_t warmup = n.get_in<int64_t>("warmup_steps", 0, 0, int64_t{1} << 40);
     const double min_ratio = n.get_in<double>("min_ratio", 0.1, 0.0, 1.0);
-    const int64_t sw = n.get_in<int64_t>("switch", total / 2, 1, int64_t{1} << 40);
-    if (warmup > total) exceeds(n, "warmup_steps", warmup, total);
-    if (sw > total) exceeds(n, "switch", sw, total);
-    if (sw <= warmup) n.fail("switch", fmt::format("a step after warmup_steps = {}", warmup));
+    const int64_t sw = n.get_in<int64_t>("switch", total / 2, 0, int64_t{1} << 40);
+    if (warmup > total) exceeds(n, "warmup_steps", warmup, "0", "train.steps", total);
+    if (sw > total) exceeds(n, "switch", sw, "train.steps / 2", "train.steps", total);
+    if (sw <= warmup) {
+      throw core::ConfigError(fmt::format("{}: expected a step after warmup_steps = {}",
+                                          describe_or_default(n, "switch", sw, "train.steps / 2"), warmup));
+    }
     return std::make_unique<TwoStageLR>(peak, second, warmup, min_ratio, sw, total);
   }
   n.fail("kind", "one of constant|two_stage|warmup_cosine|warmup_linear");
@@ -252,7 +276,7 @@ std::unique_ptr<Schedule> make_wd(const core::Node& n, const std::string& kind, 
     n.allow_only({"kind", "value", "switch"});
     const double v = n.get_in<double>("value", 0.1, 0.0, 10.0);
     const int64_t sw = n.get_in<int64_t>("switch", total / 2, 0, int64_t{1} << 40);
-    if (sw > total) exceeds(n, "switch", sw, total);
+    if (sw > total) exceeds(n, "switch", sw, "train.steps / 2", "train.steps", total);
     return std::make_unique<TwoStageWD>(v, sw);
   }
   n.fail("kind", "one of constant|two_stage");
@@ -262,18 +286,22 @@ std::unique_ptr<Schedule> make_wd(const core::Node& n, const std::string& kind, 
 
 std::unique_ptr<Schedule> make_schedule(const core::Node& node, ScheduleRole role, int64_t total_steps) {
   if (!node.defined() || !node.yaml().IsMap()) {
-    throw core::ConfigError(fmt::format("{}: expected {} as a mapping with a kind key, e.g. {{kind: constant, "
-                                        "value: 1.0}}",
-                                        node.where(), role_name(role)));
+    throw core::ConfigError(
+        fmt::format("{}: expected {} as a mapping with a kind key, e.g. {{kind: constant, "
+                    "value: 1.0}}",
+                    node.where(), role_name(role)));
   }
   if (!node.has("kind")) {
     throw core::ConfigError(fmt::format("{}: {} needs a kind key", node.where(), role_name(role)));
   }
   const auto kind = node.get<std::string>("kind", "");
   switch (role) {
-    case ScheduleRole::kLambda: return make_lambda(node, kind, total_steps);
-    case ScheduleRole::kLearningRate: return make_lr(node, kind, total_steps);
-    case ScheduleRole::kWeightDecay: return make_wd(node, kind, total_steps);
+    case ScheduleRole::kLambda:
+      return make_lambda(node, kind, total_steps);
+    case ScheduleRole::kLearningRate:
+      return make_lr(node, kind, total_steps);
+    case ScheduleRole::kWeightDecay:
+      return make_wd(node, kind, total_steps);
   }
   throw std::logic_error("unknown schedule role");
 }

@@ -25,10 +25,18 @@ enum class ScheduleRole { kLambda, kLearningRate, kWeightDecay };
 // Lambda ramps (values in [0, 1]); `from` (default 0) before `start` (default 0), `to` (default 1)
 // from `end` (default total_steps) on:
 //   constant {value} | linear | cosine | sigmoid {k} | exponential {k} | steps {at: [...], values: [...]}
-// Learning rate: constant {value} | warmup_cosine {peak, warmup_steps, min, total}
-//   | warmup_linear {peak, warmup_steps, min, total}
-//   | two_stage {peak, second_peak, warmup_steps, min_ratio, switch}
-// Weight decay: constant {value} | two_stage {value, switch}
+//   sigmoid: logistic of k (t - 1/2), t in [0, 1], rescaled to be exactly `from` at start and `to`
+//   at end (k in [0.001, 1000], default 20); exponential: expm1(k t) / expm1(k) (k in [0.001, 100],
+//   default 6). `steps` holds values[i] from step at[i] on (`from` before at[0]).
+// Learning rate (warm-up is linear, peak * (step + 1) / warmup_steps, so that step 0 already moves
+// and step warmup_steps - 1 reaches the peak):
+//   constant {value} | warmup_cosine {peak, warmup_steps (0), min (0), total (total_steps)}
+//   | warmup_linear {same keys}: decay from peak at warmup_steps to min at total, min after.
+//   | two_stage {peak, second_peak (2/3 of peak), warmup_steps (0), min_ratio (0.1), switch (total/2)}:
+//     BitNet's recipe. Warm-up to peak, LINEAR decay to peak * min_ratio at the switch, then a jump
+//     down to second_peak (<= peak) and a linear decay to second_peak * min_ratio at total_steps.
+//     The floor is a ratio (not an absolute `min`) because it applies to both stages' peaks.
+// Weight decay: constant {value} | two_stage {value (0.1), switch (total/2)}: value, then 0 from switch.
 std::unique_ptr<Schedule> make_schedule(const core::Node& node, ScheduleRole role, int64_t total_steps);
 
 }  // namespace bitqat::schedules
