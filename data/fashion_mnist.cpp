@@ -20,43 +20,45 @@ uint32_t be32(const unsigned char* p) {
 std::string gunzip(const std::string& path) {
   gzFile f = gzopen(path.c_str(), "rb");
   if (!f) {
-    throw core::UserError(fmt::format("{}: cannot open (install the dataset-fashion-mnist package; launch/setup.sh "
-                                      "does)",
-                                      path));
+    throw core::UserError(
+        fmt::format("{}: cannot open (install the dataset-fashion-mnist package; launch/setup.sh "
+                    "does)",
+                    path));
   }
   std::string out;
   std::array<char, 1 << 16> buf;
   int n = 0;
-  while ((n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()))) > 0) out.append(buf.data(), static_cast<size_t>(n));
+  while ((n = gzread(f, buf.data(), static_cast<unsigned>(buf.size()))) > 0)
+    out.append(buf.data(), static_cast<size_t>(n));
   const bool bad = n < 0;
   gzclose(f);
   if (bad) throw core::UserError(fmt::format("{}: corrupt gzip stream", path));
   return out;
 }
 
-// IDX images (magic 2051, dims N x 28 x 28) as uint8 [N, 28, 28].
-at::Tensor read_images(const std::string& path) {
+}  // namespace
+
+at::Tensor read_idx_images(const std::string& path) {
   const auto b = gunzip(path);
   const auto* p = reinterpret_cast<const unsigned char*>(b.data());
   if (b.size() < 16 || be32(p) != 2051) {
-    throw core::UserError(fmt::format("{}: not an IDX image file (magic {}, expected 2051)", path,
-                                      b.size() >= 4 ? be32(p) : 0));
+    throw core::UserError(
+        fmt::format("{}: not an IDX image file (magic {}, expected 2051)", path, b.size() >= 4 ? be32(p) : 0));
   }
   const int64_t n = be32(p + 4), rows = be32(p + 8), cols = be32(p + 12);
   if (rows != 28 || cols != 28 || static_cast<int64_t>(b.size()) != 16 + n * rows * cols) {
-    throw core::UserError(fmt::format("{}: {} images of {}x{} do not fit its {} bytes (expected 28x28)", path, n, rows,
-                                      cols, b.size()));
+    throw core::UserError(
+        fmt::format("{}: {} images of {}x{} do not fit its {} bytes (expected 28x28)", path, n, rows, cols, b.size()));
   }
   return at::from_blob(const_cast<char*>(b.data() + 16), {n, rows, cols}, at::kByte).clone();
 }
 
-// IDX labels (magic 2049) as int64 [N].
-at::Tensor read_labels(const std::string& path) {
+at::Tensor read_idx_labels(const std::string& path) {
   const auto b = gunzip(path);
   const auto* p = reinterpret_cast<const unsigned char*>(b.data());
   if (b.size() < 8 || be32(p) != 2049) {
-    throw core::UserError(fmt::format("{}: not an IDX label file (magic {}, expected 2049)", path,
-                                      b.size() >= 4 ? be32(p) : 0));
+    throw core::UserError(
+        fmt::format("{}: not an IDX label file (magic {}, expected 2049)", path, b.size() >= 4 ? be32(p) : 0));
   }
   const int64_t n = be32(p + 4);
   if (static_cast<int64_t>(b.size()) != 8 + n) {
@@ -65,13 +67,15 @@ at::Tensor read_labels(const std::string& path) {
   return at::from_blob(const_cast<char*>(b.data() + 8), {n}, at::kByte).to(at::kLong);
 }
 
+namespace {
+
 class FashionMnist final : public Source {
  public:
   FashionMnist(const std::string& dir, uint64_t seed) : seed_(seed), dir_(dir) {
-    train_x_ = read_images(dir + "/train-images-idx3-ubyte.gz");
-    train_y_ = read_labels(dir + "/train-labels-idx1-ubyte.gz");
-    test_x_ = read_images(dir + "/t10k-images-idx3-ubyte.gz");
-    test_y_ = read_labels(dir + "/t10k-labels-idx1-ubyte.gz");
+    train_x_ = read_idx_images(dir + "/train-images-idx3-ubyte.gz");
+    train_y_ = read_idx_labels(dir + "/train-labels-idx1-ubyte.gz");
+    test_x_ = read_idx_images(dir + "/t10k-images-idx3-ubyte.gz");
+    test_y_ = read_idx_labels(dir + "/t10k-labels-idx1-ubyte.gz");
     if (train_x_.size(0) != train_y_.size(0) || test_x_.size(0) != test_y_.size(0)) {
       throw core::UserError(fmt::format("{}: image and label counts differ", dir));
     }
@@ -84,32 +88,39 @@ class FashionMnist final : public Source {
   }
 
   Batch train_batch(int64_t step, int micro, int rank, int world, int64_t b, int accum) const override {
+    check_batch_args(step, micro, rank, world, b, accum);
     const int64_t global = b * world * accum;
     const int64_t first = step * global + (static_cast<int64_t>(micro) * world + rank) * b;
     const int64_t n = train_x_.size(0);
     auto idx = at::empty({b}, at::kLong);
     auto* pi = idx.data_ptr<int64_t>();
-    for (int64_t r = 0; r < b; ++r) {
-      const int64_t g = first + r;
-      pi[r] = permutation(g / n)[static_cast<size_t>(g % n)];
+    {
+      // The cached permutation is shared, so the whole lookup holds the lock (a prefetching thread
+      // may ask for another epoch at the same time).
+      std::lock_guard<std::mutex> lock(mu_);
+      for (int64_t r = 0; r < b; ++r) {
+        const int64_t g = first + r;
+        pi[r] = permutation_locked(g / n)[static_cast<size_t>(g % n)];
+      }
     }
     return Batch{train_x_.index_select(0, idx).unsqueeze(1).to(at::kFloat).div_(255.0), train_y_.index_select(0, idx)};
   }
 
   std::vector<Batch> val_batches(int64_t b, int64_t max_batches) const override {
+    check_val_args(b, max_batches);
     std::vector<Batch> out;
     const int64_t n = std::min(test_x_.size(0), b * max_batches);
     for (int64_t i = 0; i < n; i += b) {
       const int64_t m = std::min(b, n - i);
-      out.push_back(Batch{test_x_.narrow(0, i, m).unsqueeze(1).to(at::kFloat).div_(255.0), test_y_.narrow(0, i, m).clone()});
+      out.push_back(
+          Batch{test_x_.narrow(0, i, m).unsqueeze(1).to(at::kFloat).div_(255.0), test_y_.narrow(0, i, m).clone()});
     }
     return out;
   }
 
  private:
   // Fisher-Yates shuffle of epoch e, from the counter-based generator (platform independent).
-  const std::vector<int64_t>& permutation(int64_t epoch) const {
-    std::lock_guard<std::mutex> lock(mu_);
+  const std::vector<int64_t>& permutation_locked(int64_t epoch) const {
     if (epoch != perm_epoch_) {
       const int64_t n = train_x_.size(0);
       perm_.resize(static_cast<size_t>(n));

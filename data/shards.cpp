@@ -1,7 +1,8 @@
+// llm.c token shards (256 int32 header: magic 20240520, version 1, token count; then uint16 tokens).
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstring>
-#include <filesystem>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -23,14 +24,14 @@ void write_shard(const std::string& path, const std::vector<uint16_t>& tokens) {
 std::vector<uint16_t> read_shard(const std::string& path) {
   const std::string bytes = core::read_file(path);
   if (bytes.size() < 1024) {
-    throw core::UserError(fmt::format("{}: {} bytes is shorter than the 1024-byte llm.c shard header", path,
-                                      bytes.size()));
+    throw core::UserError(
+        fmt::format("{}: {} bytes is shorter than the 1024-byte llm.c shard header", path, bytes.size()));
   }
   int32_t header[256];
   std::memcpy(header, bytes.data(), sizeof(header));
   if (header[0] != kShardMagic) {
-    throw core::UserError(fmt::format("{}: magic number {} is not an llm.c token shard (expected {})", path, header[0],
-                                      kShardMagic));
+    throw core::UserError(
+        fmt::format("{}: magic number {} is not an llm.c token shard (expected {})", path, header[0], kShardMagic));
   }
   if (header[1] != kShardVersion) {
     throw core::UserError(fmt::format("{}: shard version {} is not supported (expected {}: uint16 tokens)", path,
@@ -45,16 +46,6 @@ std::vector<uint16_t> read_shard(const std::string& path) {
   std::vector<uint16_t> tokens(static_cast<size_t>(count));
   if (count > 0) std::memcpy(tokens.data(), bytes.data() + 1024, 2 * tokens.size());
   return tokens;
-}
-
-uint64_t mix3(uint64_t seed, uint64_t a, uint64_t b) {
-  auto sm = [](uint64_t x) {
-    x += 0x9E3779B97F4A7C15ull;
-    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-    return x ^ (x >> 31);
-  };
-  return sm(sm(sm(seed) ^ a) ^ b);
 }
 
 }  // namespace bitqat::data

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <filesystem>
+#include <stdexcept>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -49,12 +50,43 @@ DataConfig DataConfig::from_yaml(const core::Node& n) {
     only_for({"dir"}, "fashion_mnist");
     c.dir = n.get<std::string>("dir", c.dir);
     if (!fs::exists(c.dir + "/train-images-idx3-ubyte.gz")) {
-      throw core::ConfigError(fmt::format("{}: no train-images-idx3-ubyte.gz there (install the "
-                                          "dataset-fashion-mnist package; launch/setup.sh does)",
-                                          n.has("dir") ? n.describe("dir") : n.where("dir") + " = " + c.dir));
+      throw core::ConfigError(
+          fmt::format("{}: no train-images-idx3-ubyte.gz there (install the "
+                      "dataset-fashion-mnist package; launch/setup.sh does)",
+                      n.has("dir") ? n.describe("dir") : n.where("dir") + " = " + c.dir));
     }
   }
   return c;
+}
+
+uint64_t mix3(uint64_t seed, uint64_t a, uint64_t b) {
+  auto sm = [](uint64_t x) {
+    x += 0x9E3779B97F4A7C15ull;
+    x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+    x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+    return x ^ (x >> 31);
+  };
+  return sm(sm(sm(seed) ^ a) ^ b);
+}
+
+void check_batch_args(int64_t step, int micro, int rank, int world, int64_t batch_size, int accum) {
+  if (step < 0 || batch_size < 1 || world < 1 || rank < 0 || rank >= world || accum < 1 || micro < 0 ||
+      micro >= accum) {
+    throw std::invalid_argument(
+        fmt::format("train_batch(step={}, micro={}, rank={}, world={}, batch_size={}, "
+                    "accum={}): expected step >= 0, batch_size >= 1, 0 <= rank < world, "
+                    "0 <= micro < accum",
+                    step, micro, rank, world, batch_size, accum));
+  }
+}
+
+void check_val_args(int64_t batch_size, int64_t max_batches) {
+  if (batch_size < 1 || max_batches < 0) {
+    throw std::invalid_argument(
+        fmt::format("val_batches(batch_size={}, max_batches={}): expected batch_size >= 1 "
+                    "and max_batches >= 0",
+                    batch_size, max_batches));
+  }
 }
 
 std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed) {

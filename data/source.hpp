@@ -26,7 +26,9 @@ class Source {
   virtual DataKind kind() const = 0;
   virtual int64_t vocab_size() const = 0;  // 256 for bytes; the shard vocabulary; 10 classes for images
   // Micro-batch `micro` of global step `step` for `rank` of `world`: rows [(micro*world + rank)*B, +B)
-  // of that step's global batch of B*world*accum samples.
+  // of that step's global batch of B*world*accum samples. A pure function of its arguments and the
+  // seed, so the global batch is the same for any split with the same B*world*accum. Throws
+  // std::invalid_argument for step < 0, B < 1, rank outside [0, world) or micro outside [0, accum).
   virtual Batch train_batch(int64_t step, int micro, int rank, int world, int64_t batch_size, int accum) const = 0;
   // Deterministic held-out batches (the same every call), at most max_batches of batch_size.
   virtual std::vector<Batch> val_batches(int64_t batch_size, int64_t max_batches) const = 0;
@@ -37,13 +39,13 @@ class Source {
 struct DataConfig {
   std::string kind = "text";  // text | shards | fashion_mnist
   int64_t seq_len = 256;
-  std::string path;                   // text
-  double val_fraction = 0.05;         // text, and shards without a val glob
-  std::string train;                  // shards: glob
-  std::string val;                    // shards: glob (optional)
-  int64_t vocab_size = 50304;         // shards
+  std::string path;                                       // text
+  double val_fraction = 0.05;                             // text, and shards without a val glob
+  std::string train;                                      // shards: glob
+  std::string val;                                        // shards: glob (optional)
+  int64_t vocab_size = 50304;                             // shards
   std::string dir = "/usr/share/datasets/fashion-mnist";  // fashion_mnist
-  core::Node node;                    // for error locations when reading the files
+  core::Node node;                                        // for error locations when reading the files
 
   // Validates keys, values and that the named files exist.
   static DataConfig from_yaml(const core::Node& data);

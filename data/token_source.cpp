@@ -16,7 +16,11 @@ class TokenSource final : public Source {
  public:
   TokenSource(std::vector<uint16_t> train, std::vector<uint16_t> val, int64_t vocab, int64_t seq_len, uint64_t seed,
               std::string what)
-      : train_(std::move(train)), val_(std::move(val)), vocab_(vocab), seq_len_(seq_len), seed_(seed),
+      : train_(std::move(train)),
+        val_(std::move(val)),
+        vocab_(vocab),
+        seq_len_(seq_len),
+        seed_(seed),
         what_(std::move(what)) {}
 
   DataKind kind() const override { return DataKind::kTokens; }
@@ -28,7 +32,7 @@ class TokenSource final : public Source {
   }
 
   Batch train_batch(int64_t step, int micro, int rank, int world, int64_t b, int accum) const override {
-    (void)accum;
+    check_batch_args(step, micro, rank, world, b, accum);
     const int64_t first_row = (static_cast<int64_t>(micro) * world + rank) * b;
     const auto span = static_cast<uint64_t>(train_.size()) - static_cast<uint64_t>(seq_len_);  // windows of T+1
     auto x = at::empty({b, seq_len_ + 1}, at::kLong);
@@ -41,6 +45,7 @@ class TokenSource final : public Source {
   }
 
   std::vector<Batch> val_batches(int64_t b, int64_t max_batches) const override {
+    check_val_args(b, max_batches);
     const int64_t windows = std::min<int64_t>((static_cast<int64_t>(val_.size()) - 1) / seq_len_, b * max_batches);
     std::vector<Batch> out;
     for (int64_t w0 = 0; w0 < windows; w0 += b) {
@@ -65,9 +70,10 @@ class TokenSource final : public Source {
 
 void check_length(const DataConfig& cfg, const std::string& key, const std::string& what, size_t n) {
   if (static_cast<int64_t>(n) < cfg.seq_len + 1) {
-    throw core::UserError(fmt::format("{}: the {} split has {} tokens, fewer than data.seq_len + 1 = {}; use more "
-                                      "data, a smaller seq_len or another val_fraction",
-                                      cfg.node.describe(key), what, n, cfg.seq_len + 1));
+    throw core::UserError(
+        fmt::format("{}: the {} split has {} tokens, fewer than data.seq_len + 1 = {}; use more "
+                    "data, a smaller seq_len or another val_fraction",
+                    cfg.node.describe(key), what, n, cfg.seq_len + 1));
   }
 }
 
