@@ -19,8 +19,8 @@ bitlinear::QuantSpec choose(bool selected, bitlinear::QuantSpec spec, bool conv)
 
 CNNConfig CNNConfig::from_yaml(const core::Node& n) {
   CNNConfig c;
-  n.allow_only({"kind", "channels1", "channels2", "hidden", "num_classes", "batch_norm", "quantize_first",
-                "quantize_last"});
+  n.allow_only(
+      {"kind", "channels1", "channels2", "hidden", "num_classes", "batch_norm", "quantize_first", "quantize_last"});
   c.channels1 = n.get_in<int64_t>("channels1", c.channels1, 1, 4096);
   c.channels2 = n.get_in<int64_t>("channels2", c.channels2, 1, 4096);
   c.hidden = n.get_in<int64_t>("hidden", c.hidden, 1, 1 << 16);

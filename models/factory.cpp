@@ -17,16 +17,17 @@ void validate_model_config(const core::Node& model) {
   }
 }
 
-ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
-                       const std::vector<std::string>& exclude, int64_t data_vocab) {
+ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec,
+                       const std::vector<std::string>& include, const std::vector<std::string>& exclude,
+                       int64_t data_vocab) {
   ModelHandle h;
   h.kind = model.get_choice("kind", "lm", {"lm", "cnn"});
   if (h.kind == "lm") {
     auto c = LMConfig::from_yaml(model);
     if (c.vocab_size == 0) c.vocab_size = data_vocab;
     if (c.vocab_size < data_vocab) {
-      throw core::ConfigError(fmt::format("{}: expected at least the data's vocabulary of {}",
-                                          model.describe("vocab_size"), data_vocab));
+      throw core::ConfigError(
+          fmt::format("{}: expected at least the data's vocabulary of {}", model.describe("vocab_size"), data_vocab));
     }
     auto lm = std::make_shared<BitLMImpl>(c, spec, include, exclude);
     h.module = lm;
@@ -35,7 +36,8 @@ ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec
   } else {
     auto c = CNNConfig::from_yaml(model);
     if (data_vocab != c.num_classes) {
-      throw core::ConfigError(fmt::format("{}: expected the data's {} classes", model.describe("num_classes"), data_vocab));
+      throw core::ConfigError(
+          fmt::format("{}: expected the data's {} classes", model.describe("num_classes"), data_vocab));
     }
     auto cnn = std::make_shared<BitCNNImpl>(c, spec, include, exclude);
     h.module = cnn;

@@ -25,7 +25,8 @@ struct ModelHandle {
 void validate_model_config(const core::Node& model);
 
 // `data_vocab` fills the LM vocabulary when the config leaves it out; a config value must cover it.
-ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
-                       const std::vector<std::string>& exclude, int64_t data_vocab);
+ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec,
+                       const std::vector<std::string>& include, const std::vector<std::string>& exclude,
+                       int64_t data_vocab);
 
 }  // namespace bitqat::models

@@ -54,7 +54,8 @@ LMConfig LMConfig::from_yaml(const core::Node& n) {
   c.tie_embeddings = n.get<bool>("tie_embeddings", c.tie_embeddings);
   c.init_std = n.get_in<double>("init_std", c.init_std, 1e-6, 1.0);
   if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
-  if (c.head_dim() % 2 != 0) n.fail("n_heads", fmt::format("a head size dim / n_heads that is even for RoPE, got {}", c.head_dim()));
+  if (c.head_dim() % 2 != 0)
+    n.fail("n_heads", fmt::format("a head size dim / n_heads that is even for RoPE, got {}", c.head_dim()));
   if (c.n_heads % c.n_kv_heads != 0) n.fail("n_kv_heads", fmt::format("a divisor of model.n_heads = {}", c.n_heads));
   return c;
 }
@@ -154,12 +155,13 @@ at::Tensor FFNImpl::forward(const at::Tensor& x) {
   return down->forward(at::silu(gate->forward(x)) * up->forward(x));
 }
 
-BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec,
-                     const std::vector<std::string>& inc, const std::vector<std::string>& exc) {
+BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,
+                     const std::vector<std::string>& exc) {
   const std::string p = fmt::format("layers.{}.", i);
   attn_norm = register_module("attn_norm", bitlinear::RMSNorm(c.dim, c.norm_eps));
-  attn = register_module("attn", Attention(c, spec_for(p + "attn.q", spec, inc, exc), spec_for(p + "attn.k", spec, inc, exc),
-                                           spec_for(p + "attn.v", spec, inc, exc), spec_for(p + "attn.o", spec, inc, exc)));
+  attn = register_module("attn",
+                         Attention(c, spec_for(p + "attn.q", spec, inc, exc), spec_for(p + "attn.k", spec, inc, exc),
+                                   spec_for(p + "attn.v", spec, inc, exc), spec_for(p + "attn.o", spec, inc, exc)));
   ffn_norm = register_module("ffn_norm", bitlinear::RMSNorm(c.dim, c.norm_eps));
   ffn = register_module("ffn", FFN(c, spec_for(p + "ffn.gate", spec, inc, exc), spec_for(p + "ffn.up", spec, inc, exc),
                                    spec_for(p + "ffn.down", spec, inc, exc)));
@@ -183,7 +185,8 @@ BitLMImpl::BitLMImpl(LMConfig c, const bitlinear::QuantSpec& spec, const std::ve
   }
   norm = register_module("norm", bitlinear::RMSNorm(config.dim, config.norm_eps));
   if (!config.tie_embeddings) {
-    lm_head = register_module("lm_head", torch::nn::Linear(torch::nn::LinearOptions(config.dim, config.vocab_size).bias(false)));
+    lm_head = register_module("lm_head",
+                              torch::nn::Linear(torch::nn::LinearOptions(config.dim, config.vocab_size).bias(false)));
   }
   init_weights();
 }

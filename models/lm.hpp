@@ -26,8 +26,8 @@ struct LMConfig {
   int64_t dim = 256;
   int64_t n_layers = 4;
   int64_t n_heads = 4;
-  int64_t n_kv_heads = 0;  // 0: n_heads (multi-head); fewer: grouped-query attention
-  int64_t ffn_dim = 0;     // 0: 4 * dim (relu2) or 8/3 * dim rounded to 64 (gated kinds)
+  int64_t n_kv_heads = 0;     // 0: n_heads (multi-head); fewer: grouped-query attention
+  int64_t ffn_dim = 0;        // 0: 4 * dim (relu2) or 8/3 * dim rounded to 64 (gated kinds)
   std::string ffn = "relu2";  // relu2: down(relu(up x)^2); relu2_glu: down(relu(gate x)^2 * up x)
                               // (BitNet b1.58 2B4T); swiglu: down(silu(gate x) * up x) (Llama)
   bool sub_norm = true;       // SubLN before attn.o and ffn.down

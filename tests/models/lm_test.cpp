@@ -34,14 +34,14 @@ TEST(BitLM, ShapesNamesAndQuantizationPolicy) {
   EXPECT_EQ(lm->forward(tokens).sizes(), (std::vector<int64_t>{3, 10, 50}));
   const auto names = lm->quantized_layer_names();
   EXPECT_EQ(names, (std::vector<std::string>{"layers.0.attn.q", "layers.0.attn.k", "layers.0.attn.o", "layers.0.ffn.up",
-                                             "layers.0.ffn.down", "layers.1.attn.q", "layers.1.attn.k", "layers.1.attn.o",
-                                             "layers.1.ffn.up", "layers.1.ffn.down"}));
+                                             "layers.0.ffn.down", "layers.1.attn.q", "layers.1.attn.k",
+                                             "layers.1.attn.o", "layers.1.ffn.up", "layers.1.ffn.down"}));
   const auto params = lm->named_parameters();
-  for (const char* n : {"embed.weight", "layers.0.attn_norm.weight", "layers.0.attn.q.weight", "layers.0.attn.o.norm.weight",
-                        "layers.1.ffn.down.norm.weight", "norm.weight"}) {
+  for (const char* n : {"embed.weight", "layers.0.attn_norm.weight", "layers.0.attn.q.weight",
+                        "layers.0.attn.o.norm.weight", "layers.1.ffn.down.norm.weight", "norm.weight"}) {
     EXPECT_TRUE(params.contains(n)) << n;
   }
-  EXPECT_FALSE(params.contains("lm_head.weight"));  // tied
+  EXPECT_FALSE(params.contains("lm_head.weight"));                                      // tied
   EXPECT_EQ(params["layers.0.attn.k.weight"].sizes(), (std::vector<int64_t>{16, 32}));  // 2 kv heads x 8
 }
 
@@ -127,7 +127,8 @@ TEST(BitLM, FfnKindsUntiedHeadAndConfigErrors) {
   EXPECT_EQ(err("model: {dim: 32, n_heads: 4, n_kv_heads: 3}"),
             "m.yaml:1: model.n_kv_heads = 3: expected a divisor of model.n_heads = 4");
   EXPECT_EQ(err("model: {ffn: gelu}"), "m.yaml:1: model.ffn = gelu: expected one of relu2|relu2_glu|swiglu");
-  EXPECT_EQ(err("model: {layers: 3}"),
-            "m.yaml:1: model.layers: unknown key 'layers'; expected one of: dim, ffn, ffn_dim, init_std, kind, max_seq_len, "
-            "n_heads, n_kv_heads, n_layers, norm_eps, rope_theta, sub_norm, tie_embeddings, vocab_size");
+  EXPECT_EQ(
+      err("model: {layers: 3}"),
+      "m.yaml:1: model.layers: unknown key 'layers'; expected one of: dim, ffn, ffn_dim, init_std, kind, max_seq_len, "
+      "n_heads, n_kv_heads, n_layers, norm_eps, rope_theta, sub_norm, tie_embeddings, vocab_size");
 }
