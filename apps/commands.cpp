@@ -1,9 +1,9 @@
 #include "apps/commands.hpp"
 
 #include <fmt/format.h>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 #include <torch/cuda.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <cstdlib>
@@ -26,9 +26,7 @@ int print_help(const char* text) {
   return 0;
 }
 
-at::Device default_device() {
-  return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
-}
+at::Device default_device() { return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU); }
 
 }  // namespace
 
@@ -91,8 +89,8 @@ int cmd_eval(const std::vector<std::string>& argv) {
   const auto val = run.source->val_batches(run.cfg.train.batch_size, batches);
   const auto ev = run.task->evaluate(val, device);
   if (a.flags.count("json")) {
-    nlohmann::json j = {{"run_dir", a.positional[0]}, {"checkpoint", run.checkpoint}, {"step", run.step},
-                        {"val_loss", ev.loss}};
+    nlohmann::json j = {
+        {"run_dir", a.positional[0]}, {"checkpoint", run.checkpoint}, {"step", run.step}, {"val_loss", ev.loss}};
     if (!ev.metric_name.empty()) j[ev.metric_name] = ev.metric;
     std::printf("%s\n", j.dump().c_str());
   } else {
@@ -116,9 +114,10 @@ int cmd_generate(const std::vector<std::string>& argv) {
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.positional[0]));
   if (run.source->vocab_size() != 256) {
-    throw core::UserError(fmt::format("{}: generate works on byte-level text models (vocabulary 256); this run has "
-                                      "vocabulary {}",
-                                      a.positional[0], run.source->vocab_size()));
+    throw core::UserError(
+        fmt::format("{}: generate works on byte-level text models (vocabulary 256); this run has "
+                    "vocabulary {}",
+                    a.positional[0], run.source->vocab_size()));
   }
   const std::string prompt = a.values.at("prompt");
   std::vector<int64_t> tokens(prompt.begin(), prompt.end());

@@ -55,8 +55,8 @@ int kernels(const std::string& out_dir) {
   std::ofstream csv(out_dir + "/kernels.csv");
   csv << "M,N,K,us_ours,us_ours_with_quant,us_cublas_bf16,gbps_ours,tops_ours,speedup,speedup_with_quant,"
          "floor_us_w2a8,floor_fraction,floor_us_bf16\n";
-  std::printf("%6s %6s %6s | %9s %9s %9s | %8s %8s | %7s %7s | %6s\n", "M", "N", "K", "ours us", "+quant us",
-              "bf16 us", "GB/s", "TOP/s", "speedup", "w/quant", "floor");
+  std::printf("%6s %6s %6s | %9s %9s %9s | %8s %8s | %7s %7s | %6s\n", "M", "N", "K", "ours us", "+quant us", "bf16 us",
+              "GB/s", "TOP/s", "speedup", "w/quant", "floor");
   for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}}) {
     const int64_t bf16_bytes = n * k * 2;
     const int copies = static_cast<int>(std::max<int64_t>(2, (200ll << 20) / bf16_bytes + 1));
@@ -75,10 +75,14 @@ int kernels(const std::string& out_dir) {
       const auto x = at::randn({m, k}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
       const auto xq = bitlinear::ops::quantize_activations_int8(x);
       const at::Tensor none;
-      const double ours = time_us([&](int i) { bitlinear::ops::w158a8_matmul(xq, wp[i % wp.size()], none, at::kBFloat16); }, 10, 50);
-      const double ours_q = time_us([&](int i) {
-        bitlinear::ops::w158a8_matmul(bitlinear::ops::quantize_activations_int8(x), wp[i % wp.size()], none, at::kBFloat16);
-      }, 10, 50);
+      const double ours =
+          time_us([&](int i) { bitlinear::ops::w158a8_matmul(xq, wp[i % wp.size()], none, at::kBFloat16); }, 10, 50);
+      const double ours_q = time_us(
+          [&](int i) {
+            bitlinear::ops::w158a8_matmul(bitlinear::ops::quantize_activations_int8(x), wp[i % wp.size()], none,
+                                          at::kBFloat16);
+          },
+          10, 50);
       const double bf16 = time_us([&](int i) { at::matmul(x, wb[i % wb.size()].t()); }, 10, 50);
       const double kp = static_cast<double>((k + 127) / 128 * 128);
       const double bytes = n * kp / 4 + m * kp + m * n * 2.0;
@@ -88,8 +92,8 @@ int kernels(const std::string& out_dir) {
       std::printf("%6lld %6lld %6lld | %9.2f %9.2f %9.2f | %8.0f %8.1f | %6.2fx %6.2fx | %5.0f%%\n",
                   static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ours, ours_q, bf16,
                   bytes / ours / 1e3, ops / ours / 1e6, bf16 / ours, bf16 / ours_q, 100.0 * floor / ours);
-      csv << fmt::format("{},{},{},{:.3f},{:.3f},{:.3f},{:.1f},{:.2f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f}\n", m, n, k, ours,
-                         ours_q, bf16, bytes / ours / 1e3, ops / ours / 1e6, bf16 / ours, bf16 / ours_q, floor,
+      csv << fmt::format("{},{},{},{:.3f},{:.3f},{:.3f},{:.1f},{:.2f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f}\n", m, n, k,
+                         ours, ours_q, bf16, bytes / ours / 1e3, ops / ours / 1e6, bf16 / ours, bf16 / ours_q, floor,
                          floor / ours, floor_bf16);
     }
   }
@@ -106,7 +110,8 @@ int train(const std::string& out_dir) {
     bool quantized;
     bool fast;
   };
-  for (const Mode mode : {Mode{"int8_forward", true, true}, Mode{"fake_quant_bf16", true, false}, Mode{"plain_bf16", false, false}}) {
+  for (const Mode mode :
+       {Mode{"int8_forward", true, true}, Mode{"fake_quant_bf16", true, false}, Mode{"plain_bf16", false, false}}) {
     models::LMConfig c;
     c.vocab_size = 50304;
     c.dim = 768;
@@ -143,7 +148,10 @@ int train(const std::string& out_dir) {
     c10::cuda::CUDACachingAllocator::resetPeakStats(0);
     const double us = time_us(step, 2, 10);
     const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
-    const double peak = static_cast<double>(stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) / (1 << 20);
+    const double peak =
+        static_cast<double>(
+            stats.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)].peak) /
+        (1 << 20);
     std::printf("%-16s %10.0f tok/s %8.1f ms/step  peak %8.0f MiB\n", mode.name, B * T / (us / 1e6), us / 1e3, peak);
     csv << fmt::format("{},{:.0f},{:.2f},{:.0f}\n", mode.name, B * T / (us / 1e6), us / 1e3, peak);
   }
@@ -156,9 +164,13 @@ int memory(const std::string& out_dir) {
   csv << "layer,in,out,bf16_bytes,packed_bytes,ratio\n";
   int64_t total_bf16 = 0, total_packed = 0;
   // The linear layers of one block of configs/lm_gpu.yaml (dim 768, 4 KV heads of 64, FFN 2048).
-  for (const auto& [name, in, out] : std::vector<std::tuple<std::string, int64_t, int64_t>>{
-           {"attn.q", 768, 768}, {"attn.k", 768, 256}, {"attn.v", 768, 256}, {"attn.o", 768, 768},
-           {"ffn.gate", 768, 2048}, {"ffn.up", 768, 2048}, {"ffn.down", 2048, 768}}) {
+  for (const auto& [name, in, out] : std::vector<std::tuple<std::string, int64_t, int64_t>>{{"attn.q", 768, 768},
+                                                                                            {"attn.k", 768, 256},
+                                                                                            {"attn.v", 768, 256},
+                                                                                            {"attn.o", 768, 768},
+                                                                                            {"ffn.gate", 768, 2048},
+                                                                                            {"ffn.up", 768, 2048},
+                                                                                            {"ffn.down", 2048, 768}}) {
     bitlinear::BitLinearOptions o(in, out);
     bitlinear::BitLinear layer(o);
     bitlinear::ops::PackedBitLinear packed(*layer);
@@ -172,7 +184,8 @@ int memory(const std::string& out_dir) {
   }
   std::printf("one block: bf16 %lld B, packed %lld B: %.2fx smaller\n", static_cast<long long>(total_bf16),
               static_cast<long long>(total_packed), static_cast<double>(total_bf16) / total_packed);
-  csv << fmt::format("block,,,{},{},{:.3f}\n", total_bf16, total_packed, static_cast<double>(total_bf16) / total_packed);
+  csv << fmt::format("block,,,{},{},{:.3f}\n", total_bf16, total_packed,
+                     static_cast<double>(total_bf16) / total_packed);
   return 0;
 }
 

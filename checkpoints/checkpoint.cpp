@@ -84,9 +84,10 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
 CheckpointData read_checkpoint(const std::string& dir) {
   const std::string mpath = dir + "/manifest.json";
   if (!fs::is_regular_file(mpath)) {
-    throw core::UserError(fmt::format("checkpoint {}: manifest.json is missing: the checkpoint is incomplete (its "
-                                      "write was interrupted)",
-                                      dir));
+    throw core::UserError(
+        fmt::format("checkpoint {}: manifest.json is missing: the checkpoint is incomplete (its "
+                    "write was interrupted)",
+                    dir));
   }
   const auto manifest = nlohmann::json::parse(core::read_file(mpath), nullptr, false);
   if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("files")) {
@@ -94,10 +95,11 @@ CheckpointData read_checkpoint(const std::string& dir) {
   }
   if (manifest.value("format", std::string()) != kCheckpointFormat ||
       manifest.value("version", -1) != kCheckpointVersion) {
-    throw core::UserError(fmt::format("checkpoint {}: format {} version {} is not {} version {} (written by another "
-                                      "program or an incompatible bitqat)",
-                                      dir, manifest.value("format", std::string("?")), manifest.value("version", -1),
-                                      kCheckpointFormat, kCheckpointVersion));
+    throw core::UserError(
+        fmt::format("checkpoint {}: format {} version {} is not {} version {} (written by another "
+                    "program or an incompatible bitqat)",
+                    dir, manifest.value("format", std::string("?")), manifest.value("version", -1), kCheckpointFormat,
+                    kCheckpointVersion));
   }
   std::map<std::string, std::string> contents;
   for (const auto& f : {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"}) {
@@ -112,16 +114,18 @@ CheckpointData read_checkpoint(const std::string& dir) {
     const auto& entry = manifest["files"][f];
     const uint64_t want_size = entry.value("size", uint64_t{0});
     if (bytes.size() != want_size) {
-      throw core::UserError(fmt::format("checkpoint {}: {} is {} bytes, the manifest says {}: the checkpoint is "
-                                        "truncated or corrupted",
-                                        dir, f, bytes.size(), want_size));
+      throw core::UserError(
+          fmt::format("checkpoint {}: {} is {} bytes, the manifest says {}: the checkpoint is "
+                      "truncated or corrupted",
+                      dir, f, bytes.size(), want_size));
     }
     const uint32_t want_crc = entry.value("crc32", uint32_t{0});
     const uint32_t crc = core::crc32(bytes.data(), bytes.size());
     if (crc != want_crc) {
-      throw core::UserError(fmt::format("checkpoint {}: {} has CRC-32 {:08x}, the manifest says {:08x}: the file is "
-                                        "corrupted",
-                                        dir, f, crc, want_crc));
+      throw core::UserError(
+          fmt::format("checkpoint {}: {} has CRC-32 {:08x}, the manifest says {:08x}: the file is "
+                      "corrupted",
+                      dir, f, crc, want_crc));
     }
     contents[f] = std::move(bytes);
   }

@@ -17,9 +17,9 @@ constexpr int kCheckpointVersion = 1;
 
 struct CheckpointData {
   int64_t step = 0;
-  NamedTensors model;      // model.safetensors
-  NamedTensors optimizer;  // optimizer.safetensors
-  NamedTensors extra;      // extra.safetensors (RNG states, ...)
+  NamedTensors model;                               // model.safetensors
+  NamedTensors optimizer;                           // optimizer.safetensors
+  NamedTensors extra;                               // extra.safetensors (RNG states, ...)
   nlohmann::json state = nlohmann::json::object();  // state.json
 };
 

@@ -43,8 +43,8 @@ std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::
     }
     const auto c = t.detach().cpu().contiguous();
     const uint64_t bytes = static_cast<uint64_t>(c.numel()) * c.element_size();
-    header[name] = {{"dtype", dtype_name(c.scalar_type())}, {"shape", c.sizes().vec()},
-                    {"data_offsets", {offset, offset + bytes}}};
+    header[name] = {
+        {"dtype", dtype_name(c.scalar_type())}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
     data.push_back(c);
   }
@@ -74,9 +74,12 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
   };
   if (bytes.size() < 8) throw bad(fmt::format("{} bytes is shorter than the 8-byte header length", bytes.size()));
   uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[static_cast<size_t>(i)])) << (8 * i);
-  if (n > bytes.size() - 8) throw bad(fmt::format("header length {} runs past the end of the {}-byte file", n, bytes.size()));
-  const auto header = nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n), nullptr, false);
+  for (int i = 0; i < 8; ++i)
+    n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[static_cast<size_t>(i)])) << (8 * i);
+  if (n > bytes.size() - 8)
+    throw bad(fmt::format("header length {} runs past the end of the {}-byte file", n, bytes.size()));
+  const auto header =
+      nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n), nullptr, false);
   if (header.is_discarded() || !header.is_object()) throw bad("the header is not a JSON object");
   const uint64_t data_size = bytes.size() - 8 - n;
   const char* data = bytes.data() + 8 + n;
@@ -136,7 +139,8 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
   uint64_t covered = 0;
   for (const auto& e : entries) {
     if (e.begin != covered) {
-      throw bad(fmt::format("tensor '{}' starts at byte {} where {} was expected (overlap or gap)", e.name, e.begin, covered));
+      throw bad(fmt::format("tensor '{}' starts at byte {} where {} was expected (overlap or gap)", e.name, e.begin,
+                            covered));
     }
     covered = e.end;
     auto t = at::empty(e.shape, at::TensorOptions().dtype(e.type));

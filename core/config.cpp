@@ -19,8 +19,8 @@ std::vector<std::string> split_path(const std::string& path) {
   return parts;
 }
 
-void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i,
-              const YAML::Node& value, const std::string& flag) {
+void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i, const YAML::Node& value,
+              const std::string& flag) {
   const std::string& key = parts[i];
   if (i + 1 == parts.size()) {
     node[key] = value;
@@ -30,15 +30,15 @@ void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i,
   if (!next.IsDefined() || next.IsNull()) {
     node[key] = YAML::Node(YAML::NodeType::Map);
   } else if (!next.IsMap()) {
-    throw ConfigError(fmt::format("{}: '{}' is a value, not a section; expected a key path of "
-                                  "sections such as train.steps=100",
-                                  flag, key));
+    throw ConfigError(
+        fmt::format("{}: '{}' is a value, not a section; expected a key path of "
+                    "sections such as train.steps=100",
+                    flag, key));
   }
   set_path(node[key], parts, i + 1, value, flag);
 }
 
-Node apply_overrides(YAML::Node root, const std::string& name,
-                     const std::vector<std::string>& overrides) {
+Node apply_overrides(YAML::Node root, const std::string& name, const std::vector<std::string>& overrides) {
   auto source = std::make_shared<ConfigSource>();
   source->file = name;
   if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
@@ -79,17 +79,17 @@ Node::Node(YAML::Node node, std::shared_ptr<const ConfigSource> source, std::str
 Node Node::load_file(const std::string& file, const std::vector<std::string>& overrides) {
   std::ifstream in(file);
   if (!in) {
-    throw ConfigError(fmt::format("{}: cannot open config file (does it exist? paths are relative "
-                                  "to the current directory)",
-                                  file));
+    throw ConfigError(
+        fmt::format("{}: cannot open config file (does it exist? paths are relative "
+                    "to the current directory)",
+                    file));
   }
   std::stringstream buf;
   buf << in.rdbuf();
   return load_string(buf.str(), file, overrides);
 }
 
-Node Node::load_string(const std::string& text, const std::string& name,
-                       const std::vector<std::string>& overrides) {
+Node Node::load_string(const std::string& text, const std::string& name, const std::vector<std::string>& overrides) {
   YAML::Node root;
   try {
     root = YAML::Load(text);
@@ -187,12 +187,30 @@ void Node::allow_only(const std::set<std::string>& allowed) const {
 namespace {
 template <class T>
 const char* type_name();
-template <> const char* type_name<int>() { return "an integer"; }
-template <> const char* type_name<int64_t>() { return "an integer"; }
-template <> const char* type_name<double>() { return "a number"; }
-template <> const char* type_name<float>() { return "a number"; }
-template <> const char* type_name<bool>() { return "true or false"; }
-template <> const char* type_name<std::string>() { return "a string"; }
+template <>
+const char* type_name<int>() {
+  return "an integer";
+}
+template <>
+const char* type_name<int64_t>() {
+  return "an integer";
+}
+template <>
+const char* type_name<double>() {
+  return "a number";
+}
+template <>
+const char* type_name<float>() {
+  return "a number";
+}
+template <>
+const char* type_name<bool>() {
+  return "true or false";
+}
+template <>
+const char* type_name<std::string>() {
+  return "a string";
+}
 
 template <class T>
 bool parse_scalar(const YAML::Node& n, T* out) {
@@ -202,8 +220,14 @@ bool parse_scalar(const YAML::Node& n, T* out) {
     return true;
   } else if constexpr (std::is_same_v<T, bool>) {
     const auto& s = n.Scalar();
-    if (s == "true" || s == "True" || s == "yes") { *out = true; return true; }
-    if (s == "false" || s == "False" || s == "no") { *out = false; return true; }
+    if (s == "true" || s == "True" || s == "yes") {
+      *out = true;
+      return true;
+    }
+    if (s == "false" || s == "False" || s == "no") {
+      *out = false;
+      return true;
+    }
     return false;
   } else if constexpr (std::is_integral_v<T>) {
     const auto& s = n.Scalar();
@@ -304,9 +328,9 @@ std::vector<std::string> Node::get_strings(const std::string& key, std::vector<s
   return out;
 }
 
-#define BITQAT_INSTANTIATE(T)                                                   \
-  template T Node::get<T>(const std::string&, const T&) const;                 \
-  template T Node::require<T>(const std::string&) const;                       \
+#define BITQAT_INSTANTIATE(T)                                  \
+  template T Node::get<T>(const std::string&, const T&) const; \
+  template T Node::require<T>(const std::string&) const;       \
   template T Node::get_in<T>(const std::string&, const T&, const T&, const T&) const;
 BITQAT_INSTANTIATE(int)
 BITQAT_INSTANTIATE(int64_t)

@@ -8,15 +8,15 @@
 namespace bitqat::cuda {
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* what, const char* file, int line) {
-  throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what + ": " +
-                           cudaGetErrorName(err) + ": " + cudaGetErrorString(err));
+  throw std::runtime_error(std::string(file) + ":" + std::to_string(line) + ": " + what + ": " + cudaGetErrorName(err) +
+                           ": " + cudaGetErrorString(err));
 }
 
 }  // namespace bitqat::cuda
 
-#define BITQAT_CUDA_CHECK(expr)                                                          \
-  do {                                                                                   \
-    const cudaError_t bitqat_err_ = (expr);                                              \
+#define BITQAT_CUDA_CHECK(expr)                                                                               \
+  do {                                                                                                        \
+    const cudaError_t bitqat_err_ = (expr);                                                                   \
     if (bitqat_err_ != cudaSuccess) ::bitqat::cuda::throw_cuda_error(bitqat_err_, #expr, __FILE__, __LINE__); \
   } while (0)
 

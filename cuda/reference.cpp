@@ -14,7 +14,8 @@ void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, 
     for (int64_t j = 0; j < k; ++j) row[static_cast<size_t>(j)] = x[i * k + j];
     if (norm_weight) {
       double ss = 0.0;
-      for (int64_t j = 0; j < k; ++j) ss += static_cast<double>(row[static_cast<size_t>(j)]) * row[static_cast<size_t>(j)];
+      for (int64_t j = 0; j < k; ++j)
+        ss += static_cast<double>(row[static_cast<size_t>(j)]) * row[static_cast<size_t>(j)];
       const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(k)) + norm_eps);
       for (int64_t j = 0; j < k; ++j) row[static_cast<size_t>(j)] = row[static_cast<size_t>(j)] * r * norm_weight[j];
     }
@@ -24,7 +25,9 @@ void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, 
     int32_t sum = 0;
     for (int64_t j = 0; j < kp; ++j) {
       int8_t c = 0;
-      if (j < k) c = static_cast<int8_t>(std::min(127.0f, std::max(-128.0f, round_half_away_ref(row[static_cast<size_t>(j)] * s))));
+      if (j < k)
+        c = static_cast<int8_t>(
+            std::min(127.0f, std::max(-128.0f, round_half_away_ref(row[static_cast<size_t>(j)] * s))));
       q[i * kp + j] = c;
       sum += c;
     }
@@ -33,8 +36,8 @@ void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, 
   }
 }
 
-void quantize_ternary_ref(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps,
-                          int8_t* codes, float* scales) {
+void quantize_ternary_ref(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps, int8_t* codes,
+                          float* scales) {
   const int64_t g = kind == ScaleKind::kPerGroup ? group : k;
   const int64_t groups = kind == ScaleKind::kPerGroup ? scale_groups(k, group) : 1;
   if (kind == ScaleKind::kPerTensor) {
@@ -81,7 +84,8 @@ void unpack_ternary_ref(const uint32_t* packed, int64_t n, int64_t k, int8_t* co
   for (int64_t r = 0; r < n; ++r) {
     for (int64_t j = 0; j < k; ++j) {
       const uint32_t word = packed[r * wpr + j / kCodesPerWord];
-      codes[r * k + j] = static_cast<int8_t>(static_cast<int>((word >> code_shift(static_cast<int>(j % kCodesPerWord))) & 3u) - 1);
+      codes[r * k + j] =
+          static_cast<int8_t>(static_cast<int>((word >> code_shift(static_cast<int>(j % kCodesPerWord))) & 3u) - 1);
     }
   }
 }
@@ -95,7 +99,8 @@ void int_matmul_ref(const int8_t* q, int64_t kp, const uint32_t* packed, int64_t
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t gi = 0; gi < groups; ++gi) {
         int32_t acc = 0;
-        for (int64_t j = gi * g; j < std::min(k, (gi + 1) * g); ++j) acc += q[i * kp + j] * w[static_cast<size_t>(r * k + j)];
+        for (int64_t j = gi * g; j < std::min(k, (gi + 1) * g); ++j)
+          acc += q[i * kp + j] * w[static_cast<size_t>(r * k + j)];
         out[(i * n + r) * groups + gi] = acc;
       }
     }
@@ -123,7 +128,8 @@ void epilogue_ref(const int32_t* y_int, int64_t m, int64_t n, int64_t groups, co
     for (int64_t r = 0; r < n; ++r) {
       float acc = 0.0f;
       for (int64_t gi = 0; gi < groups; ++gi) {
-        acc += static_cast<float>(y_int[(i * n + r) * groups + gi]) * wscales[r * scale_stride_n + (scale_stride_n > 1 ? gi : 0)];
+        acc += static_cast<float>(y_int[(i * n + r) * groups + gi]) *
+               wscales[r * scale_stride_n + (scale_stride_n > 1 ? gi : 0)];
       }
       y[i * n + r] = acc / xscales[i] + (bias ? bias[r] : 0.0f);
     }

@@ -20,8 +20,8 @@ void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, 
 
 // Absmean ternary quantization of W [N, K]: scales per tensor (1), channel (N) or group (N x groups);
 // code = clamp(round_half_away(w / (gamma + eps)), -1, 1).
-void quantize_ternary_ref(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps,
-                          int8_t* codes, float* scales);
+void quantize_ternary_ref(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps, int8_t* codes,
+                          float* scales);
 
 // Packing of int8 codes [N, K] into words [N, words_per_row(K)] and back.
 void pack_ternary_ref(const int8_t* codes, int64_t n, int64_t k, uint32_t* packed);

@@ -24,8 +24,8 @@
 namespace bitqat::cuda {
 
 constexpr int kCodesPerWord = 16;
-constexpr int kBlockK = 128;      // row padding: 128 weights = 32 bytes = two 16-byte loads
-constexpr int kGroupAlign = 64;   // group sizes are multiples of one 16-byte load
+constexpr int kBlockK = 128;     // row padding: 128 weights = 32 bytes = two 16-byte loads
+constexpr int kGroupAlign = 64;  // group sizes are multiples of one 16-byte load
 static_assert(kBlockK % kCodesPerWord == 0, "a block holds whole words");
 static_assert(kBlockK % kGroupAlign == 0, "blocks hold whole load chunks");
 static_assert(kGroupAlign % (4 * kCodesPerWord) == 0, "a group is whole 16-byte loads");

@@ -48,8 +48,8 @@ __device__ float block_reduce(float v, float* smem) {
 // One block per token row.
 template <typename T>
 __global__ void quantize_activations_kernel(const T* __restrict__ x, int64_t k, int64_t kp, float eps,
-                                            const float* __restrict__ norm_weight, float norm_eps, int8_t* __restrict__ q,
-                                            float* __restrict__ scales) {
+                                            const float* __restrict__ norm_weight, float norm_eps,
+                                            int8_t* __restrict__ q, float* __restrict__ scales) {
   __shared__ float smem[32];
   const int64_t row = blockIdx.x;
   const T* xr = x + row * k;
@@ -91,7 +91,8 @@ __global__ void absmean_kernel(const float* __restrict__ w, int64_t k, int64_t g
   if (threadIdx.x == 0) out[row * groups + g] = raw_sum ? s : s / static_cast<float>(hi - lo);
 }
 
-__global__ void tensor_mean_kernel(const float* __restrict__ row_sums, int64_t n, float count, float* __restrict__ out) {
+__global__ void tensor_mean_kernel(const float* __restrict__ row_sums, int64_t n, float count,
+                                   float* __restrict__ out) {
   __shared__ float smem[32];
   float s = 0.0f;
   for (int64_t i = threadIdx.x; i < n; i += kThreads) s += row_sums[i];
@@ -100,8 +101,9 @@ __global__ void tensor_mean_kernel(const float* __restrict__ row_sums, int64_t n
 }
 
 // One thread per packed word.
-__global__ void pack_kernel(const float* __restrict__ w, int64_t n, int64_t k, int64_t wpr, const float* __restrict__ scales,
-                            int64_t scale_stride_n, int64_t group, float eps, uint32_t* __restrict__ packed) {
+__global__ void pack_kernel(const float* __restrict__ w, int64_t n, int64_t k, int64_t wpr,
+                            const float* __restrict__ scales, int64_t scale_stride_n, int64_t group, float eps,
+                            uint32_t* __restrict__ packed) {
   const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (idx >= n * wpr) return;
   const int64_t row = idx / wpr, wi = idx % wpr;
@@ -198,17 +200,17 @@ static_assert(kSmemStride % 16 == 0, "staged rows must stay 16-byte aligned");
 static_assert(kTileK % kGroupAlign == 0, "a K tile is whole scale-group chunks");
 
 __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+  asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
 template <typename OutT, bool kRaw, bool kPerGroup>
 __global__ void __launch_bounds__(kGemmThreads)
     gemm_kernel(const int8_t* __restrict__ q, const float* __restrict__ xs, int64_t m, int64_t kp,
-                const uint32_t* __restrict__ packed, const float* __restrict__ ws, int64_t scale_stride_n, int64_t group,
-                int64_t n, const float* __restrict__ bias, OutT* __restrict__ y, int32_t* __restrict__ y_int) {
+                const uint32_t* __restrict__ packed, const float* __restrict__ ws, int64_t scale_stride_n,
+                int64_t group, int64_t n, const float* __restrict__ bias, OutT* __restrict__ y,
+                int32_t* __restrict__ y_int) {
   __shared__ __align__(16) int8_t As[kTileM][kSmemStride];
   __shared__ __align__(16) int8_t Bs[kTileN][kSmemStride];
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
@@ -296,7 +298,8 @@ __global__ void __launch_bounds__(kGemmThreads)
         if (kRaw) {
           y_int[row * n + col] = acc[mt][nt][e];
         } else {
-          const float total = kPerGroup ? accf[mt][nt][e] : static_cast<float>(acc[mt][nt][e]) * ws[col * scale_stride_n];
+          const float total =
+              kPerGroup ? accf[mt][nt][e] : static_cast<float>(acc[mt][nt][e]) * ws[col * scale_stride_n];
           store(y + row * n + col, total / xs[row] + (bias ? bias[col] : 0.0f));
         }
       }
@@ -314,8 +317,8 @@ void launch_matmul(const int8_t* q, const float* xs, int64_t m, int64_t kp, cons
     BITQAT_CUDA_CHECK_LAUNCH("gemv_kernel");
   } else {
     const dim3 grid(blocks_for(n, kTileN), blocks_for(m, kTileM));
-    gemm_kernel<OutT, kRaw, kPerGroup><<<grid, kGemmThreads, 0, stream>>>(q, xs, m, kp, packed, ws, stride, group, n,
-                                                                         bias, y, y_int);
+    gemm_kernel<OutT, kRaw, kPerGroup>
+        <<<grid, kGemmThreads, 0, stream>>>(q, xs, m, kp, packed, ws, stride, group, n, bias, y, y_int);
     BITQAT_CUDA_CHECK_LAUNCH("gemm_kernel");
   }
 }
@@ -375,20 +378,23 @@ void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint3
   const int64_t kp = padded_k(k);
   const bool per_group = kind == ScaleKind::kPerGroup;
   if (per_group && (group < 1 || group % kGroupAlign != 0)) {
-    throw std::invalid_argument("w158a8_matmul: group size must be a positive multiple of 64, got " + std::to_string(group));
+    throw std::invalid_argument("w158a8_matmul: group size must be a positive multiple of 64, got " +
+                                std::to_string(group));
   }
   const int64_t stride = kind == ScaleKind::kPerTensor ? 0 : (per_group ? scale_groups(k, group) : 1);
   const int64_t g = per_group ? group : kp;
   if (y_dtype == DType::kF32) {
     auto* out = static_cast<float*>(y);
-    per_group ? launch_matmul<float, false, true>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr, stream)
-              : launch_matmul<float, false, false>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr, stream);
+    per_group ? launch_matmul<float, false, true>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr,
+                                                  stream)
+              : launch_matmul<float, false, false>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr,
+                                                   stream);
   } else {
     auto* out = static_cast<__nv_bfloat16*>(y);
-    per_group
-        ? launch_matmul<__nv_bfloat16, false, true>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr, stream)
-        : launch_matmul<__nv_bfloat16, false, false>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr,
-                                                     stream);
+    per_group ? launch_matmul<__nv_bfloat16, false, true>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out,
+                                                          nullptr, stream)
+              : launch_matmul<__nv_bfloat16, false, false>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out,
+                                                           nullptr, stream);
   }
 }
 

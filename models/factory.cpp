@@ -24,11 +24,7 @@ ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec
   h.kind = model.get_choice("kind", "lm", {"lm", "cnn"});
   if (h.kind == "lm") {
     auto c = LMConfig::from_yaml(model);
-    if (c.vocab_size == 0) c.vocab_size = data_vocab;
-    if (c.vocab_size < data_vocab) {
-      throw core::ConfigError(
-          fmt::format("{}: expected at least the data's vocabulary of {}", model.describe("vocab_size"), data_vocab));
-    }
+    c.resolve_vocab(data_vocab, model.where("vocab_size"));
     auto lm = std::make_shared<BitLMImpl>(c, spec, include, exclude);
     h.module = lm;
     h.loss = [lm](const at::Tensor& x, const at::Tensor& y) { return lm->loss(x, y); };

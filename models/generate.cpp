@@ -2,7 +2,9 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
 
+#include <limits>
 #include <stdexcept>
 
 namespace bitqat::models {
@@ -10,6 +12,17 @@ namespace bitqat::models {
 std::vector<int64_t> generate(BitLMImpl& lm, const std::vector<int64_t>& prompt, int64_t max_new_tokens,
                               double temperature, int64_t top_k, uint64_t seed) {
   if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
+  if (max_new_tokens < 0 || temperature < 0.0 || top_k < 0) {
+    throw std::invalid_argument(fmt::format(
+        "generate: max_new_tokens = {}, temperature = {}, top_k = {}: expected values >= 0", max_new_tokens,
+        temperature, top_k));
+  }
+  for (const auto t : prompt) {
+    if (t < 0 || t >= lm.config.vocab_size) {
+      throw std::invalid_argument(
+          fmt::format("generate: prompt token {} is outside the vocabulary [0, {})", t, lm.config.vocab_size));
+    }
+  }
   at::NoGradGuard no_grad;
   const bool was_training = lm.is_training();
   lm.eval();

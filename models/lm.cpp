@@ -78,6 +78,18 @@ void LMConfig::to_yaml(YAML::Node* out) const {
   o["init_std"] = init_std;
 }
 
+void LMConfig::resolve_vocab(int64_t data_vocab, const std::string& where) {
+  if (vocab_size == 0) vocab_size = data_vocab;
+  if (vocab_size < 2) {
+    throw core::ConfigError(fmt::format("{} = {}: expected a vocabulary of at least 2 tokens (from the config or the data)",
+                                        where, vocab_size));
+  }
+  if (vocab_size < data_vocab) {
+    throw core::ConfigError(
+        fmt::format("{} = {}: expected at least the data's vocabulary of {}", where, vocab_size, data_vocab));
+  }
+}
+
 std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t head_dim, double theta,
                                               const at::Device& device) {
   const auto opts = at::TensorOptions().dtype(at::kDouble);

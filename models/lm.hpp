@@ -39,6 +39,9 @@ struct LMConfig {
 
   static LMConfig from_yaml(const core::Node& model);  // validates (also the `kind` key)
   void to_yaml(YAML::Node* out) const;
+  // Fills vocab_size from the data when the config left it at 0; a configured vocabulary must
+  // cover the data's. Throws ConfigError naming `where` (e.g. "configs/x.yaml:3: model.vocab_size").
+  void resolve_vocab(int64_t data_vocab, const std::string& where = "model.vocab_size");
   int64_t head_dim() const { return dim / n_heads; }
   bool gated() const { return ffn != "relu2"; }
 };

@@ -24,16 +24,16 @@ struct TrainLoopConfig {
   int64_t batch_size = 16;  // per process
   int grad_accum = 1;
   int log_every = 10;
-  int eval_every = 100;      // 0: only at the end
+  int eval_every = 100;  // 0: only at the end
   int eval_batches = 8;
-  int max_bad_steps = 5;     // consecutive non-finite steps before the run stops
+  int max_bad_steps = 5;  // consecutive non-finite steps before the run stops
 };
 
 struct OptimConfig {
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
-  double grad_clip = 1.0;  // 0: off
+  double grad_clip = 1.0;   // 0: off
   core::Node lr;            // a schedules:: node (role kLearningRate)
   core::Node weight_decay;  // a schedules:: node (role kWeightDecay)
 };
@@ -74,8 +74,8 @@ struct Config {
   CheckpointConfig checkpoint;
   DeviceConfig device;
   DistConfig dist;
-  core::Node model;  // parsed by models::
-  core::Node data;   // parsed by data::
+  core::Node model;       // parsed by models::
+  core::Node data;        // parsed by data::
   std::string init_from;  // a checkpoint or safetensors file to initialise the weights from
 
   static Config load_file(const std::string& file, const std::vector<std::string>& overrides = {});

@@ -67,8 +67,8 @@ DistEnv dist_env_from_environment() {
     env_int("MASTER_PORT", &e.master_port);
   }
   if (e.world_size < 1 || e.rank >= e.world_size) {
-    throw core::UserError(fmt::format("rank {} is not below the world size {} ({} launch)", e.rank, e.world_size,
-                                      e.launcher));
+    throw core::UserError(
+        fmt::format("rank {} is not below the world size {} ({} launch)", e.rank, e.world_size, e.launcher));
   }
   return e;
 }
@@ -78,9 +78,10 @@ DistContext::DistContext(const DistEnv& env, const std::string& backend, std::ch
   (void)backend;
   (void)timeout;
   if (env_.world_size > 1) {
-    throw core::UserError(fmt::format("{} launch with world size {}: multi-process data-parallel training is not "
-                                      "available in this build yet; run a single process",
-                                      env_.launcher, env_.world_size));
+    throw core::UserError(
+        fmt::format("{} launch with world size {}: multi-process data-parallel training is not "
+                    "available in this build yet; run a single process",
+                    env_.launcher, env_.world_size));
   }
 }
 

@@ -43,8 +43,8 @@ void ProgressBar::update(int64_t step, double loss) {
   const int width = 30;
   const int filled = total_ > 0 ? static_cast<int>(width * step / total_) : width;
   std::fprintf(stdout, "\r[%s%s] %lld/%lld loss %.4f", std::string(filled, '#').c_str(),
-               std::string(width - filled, '.').c_str(), static_cast<long long>(step),
-               static_cast<long long>(total_), loss);
+               std::string(width - filled, '.').c_str(), static_cast<long long>(step), static_cast<long long>(total_),
+               loss);
   std::fflush(stdout);
 }
 

@@ -79,9 +79,10 @@ void AdamW::load_state_tensors(const std::map<std::string, at::Tensor>& tensors,
   auto get = [&](const std::string& key, const at::Tensor& like) {
     const auto it = tensors.find(key);
     if (it == tensors.end()) {
-      throw core::UserError(fmt::format("{}: optimizer state '{}' is missing (was the checkpoint written by a "
-                                        "different model?)",
-                                        origin, key));
+      throw core::UserError(
+          fmt::format("{}: optimizer state '{}' is missing (was the checkpoint written by a "
+                      "different model?)",
+                      origin, key));
     }
     if (like.defined() && it->second.sizes() != like.sizes()) {
       throw core::UserError(fmt::format("{}: optimizer state '{}' has shape {}, the model needs {}", origin, key,

@@ -29,9 +29,10 @@ void load_model_tensors(torch::nn::Module& module, const std::map<std::string, a
     const auto it = tensors.find(name);
     if (it == tensors.end()) {
       if (strict) {
-        throw core::UserError(fmt::format("{}: tensor '{}' is missing: the checkpoint was written by a "
-                                          "different model",
-                                          origin, name));
+        throw core::UserError(
+            fmt::format("{}: tensor '{}' is missing: the checkpoint was written by a "
+                        "different model",
+                        origin, name));
       }
       return;
     }
@@ -47,9 +48,10 @@ void load_model_tensors(torch::nn::Module& module, const std::map<std::string, a
   if (strict) {
     for (const auto& [name, t] : tensors) {
       if (!used.count(name)) {
-        throw core::UserError(fmt::format("{}: tensor '{}' is not part of this model (was the checkpoint written "
-                                          "by a different model config?)",
-                                          origin, name));
+        throw core::UserError(
+            fmt::format("{}: tensor '{}' is not part of this model (was the checkpoint written "
+                        "by a different model config?)",
+                        origin, name));
       }
     }
   }

@@ -25,7 +25,8 @@ class LMTask final : public Task {
     int64_t count = 0;
     for (const auto& b : batches) {
       const auto n = b.targets.numel();
-      total += h_.loss(b.inputs.to(device), b.targets.to(device)).to(at::kDouble).item<double>() * static_cast<double>(n);
+      total +=
+          h_.loss(b.inputs.to(device), b.targets.to(device)).to(at::kDouble).item<double>() * static_cast<double>(n);
       count += n;
     }
     h_.module->train();
@@ -83,19 +84,19 @@ class ImageTask final : public Task {
 }  // namespace
 
 std::unique_ptr<Task> make_task(const Config& cfg, const data::Source& source, const at::Device& device) {
-  auto handle = models::make_model(cfg.model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude,
-                                   source.vocab_size());
+  auto handle =
+      models::make_model(cfg.model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude, source.vocab_size());
   handle.module->to(device);
   if (source.kind() == data::DataKind::kImages) {
     if (handle.kind != "cnn") {
-      throw core::ConfigError(fmt::format("{} = {}: image data needs model.kind cnn", cfg.model.where("kind"),
-                                          handle.kind));
+      throw core::ConfigError(
+          fmt::format("{} = {}: image data needs model.kind cnn", cfg.model.where("kind"), handle.kind));
     }
     return std::make_unique<ImageTask>(std::move(handle));
   }
   if (handle.kind != "lm") {
-    throw core::ConfigError(fmt::format("{} = {}: token data needs model.kind lm", cfg.model.where("kind"),
-                                        handle.kind));
+    throw core::ConfigError(
+        fmt::format("{} = {}: token data needs model.kind lm", cfg.model.where("kind"), handle.kind));
   }
   return std::make_unique<LMTask>(std::move(handle), source.vocab_size() == 256);
 }

@@ -107,14 +107,16 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   // Refuse to clobber: a run directory with checkpoints is resumed or renamed, never overwritten.
   const auto latest = checkpoints::find_latest_checkpoint(ckpt_dir);
   if (options.resume && !latest) {
-    throw core::UserError(fmt::format("--resume: no complete checkpoint in {} (nothing to resume; drop --resume "
-                                      "to start this run from scratch)",
-                                      ckpt_dir));
+    throw core::UserError(
+        fmt::format("--resume: no complete checkpoint in {} (nothing to resume; drop --resume "
+                    "to start this run from scratch)",
+                    ckpt_dir));
   }
   if (!options.resume && latest) {
-    throw core::UserError(fmt::format("{} already holds checkpoints (newest: {}); pass --resume to continue it, or "
-                                      "choose another run.name (--set run.name=...)",
-                                      run_dir, *latest));
+    throw core::UserError(
+        fmt::format("{} already holds checkpoints (newest: {}); pass --resume to continue it, or "
+                    "choose another run.name (--set run.name=...)",
+                    run_dir, *latest));
   }
 
   torch::manual_seed(cfg.run.seed);
@@ -145,10 +147,11 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     const auto ck = checkpoints::read_checkpoint(*latest);
     const std::string saved_hash = ck.state.value("config_hash", std::string());
     if (saved_hash != hash) {
-      throw core::UserError(fmt::format("{}: written with config hash {}, this config has {}: the model or "
-                                        "quantization settings differ, so its tensors do not fit; resume with "
-                                        "the run's own config ({}/config.resolved.yaml)",
-                                        *latest, saved_hash, hash, run_dir));
+      throw core::UserError(
+          fmt::format("{}: written with config hash {}, this config has {}: the model or "
+                      "quantization settings differ, so its tensors do not fit; resume with "
+                      "the run's own config ({}/config.resolved.yaml)",
+                      *latest, saved_hash, hash, run_dir));
     }
     std::map<std::string, at::Tensor> model_map(ck.model.begin(), ck.model.end());
     load_model_tensors(model, model_map, *latest + "/model.safetensors");
@@ -160,9 +163,10 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     bad_streak = ck.state.value("bad_streak", int64_t{0});
     const int64_t saved_gb = ck.state.value("global_batch", global_batch);
     if (saved_gb != global_batch) {
-      spdlog::warn("resuming with global batch {} (checkpoint: {}): the data order continues by step, but the "
-                   "run no longer matches one uninterrupted run",
-                   global_batch, saved_gb);
+      spdlog::warn(
+          "resuming with global batch {} (checkpoint: {}): the data order continues by step, but the "
+          "run no longer matches one uninterrupted run",
+          global_batch, saved_gb);
     }
     if (main_rank) spdlog::info("resumed from {} at step {}", *latest, start_step);
   }
@@ -257,8 +261,8 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       grad_norm = torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
     }
     // Every rank must take the same decision: agree on the worst case.
-    at::Tensor flags = at::tensor({loss_sum / cfg.train.grad_accum, (finite && std::isfinite(grad_norm)) ? 0.0 : 1.0},
-                                  at::kDouble);
+    at::Tensor flags =
+        at::tensor({loss_sum / cfg.train.grad_accum, (finite && std::isfinite(grad_norm)) ? 0.0 : 1.0}, at::kDouble);
     dist.all_reduce_mean_(flags);
     const double mean_loss = flags[0].item<double>();
     const bool bad = flags[1].item<double>() > 0.0;
@@ -267,15 +271,17 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       ++result.skipped_steps;
       optimizer.zero_grad();
       if (main_rank) {
-        spdlog::warn("step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, "
-                     "limit {})",
-                     step + 1, mean_loss, grad_norm, bad_streak, cfg.train.max_bad_steps);
+        spdlog::warn(
+            "step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, "
+            "limit {})",
+            step + 1, mean_loss, grad_norm, bad_streak, cfg.train.max_bad_steps);
         metrics->write({{"step", step + 1}, {"skipped", true}, {"loss", nullptr}, {"lr", lr}});
       }
       if (bad_streak >= cfg.train.max_bad_steps) {
-        throw core::UserError(fmt::format("training stopped at step {}: {} consecutive steps with a non-finite loss "
-                                          "or gradient (train.max_bad_steps = {}); lower optim.lr or check the data",
-                                          step + 1, bad_streak, cfg.train.max_bad_steps));
+        throw core::UserError(
+            fmt::format("training stopped at step {}: {} consecutive steps with a non-finite loss "
+                        "or gradient (train.max_bad_steps = {}); lower optim.lr or check the data",
+                        step + 1, bad_streak, cfg.train.max_bad_steps));
       }
     } else {
       bad_streak = 0;
@@ -291,9 +297,10 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       const double dt = std::chrono::duration<double>(now - t_log).count();
       const double rate = dt > 0 ? static_cast<double>(units_since_log) / dt : 0.0;
       const double elapsed = std::chrono::duration<double>(now - t0).count();
-      spdlog::info("step {}/{} | loss {:.4f} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
-                   "{:.0f} {}/s | {}",
-                   done, steps, mean_loss, lr, lw, la, grad_norm, rate, task->unit_name(), hms(elapsed));
+      spdlog::info(
+          "step {}/{} | loss {:.4f} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
+          "{:.0f} {}/s | {}",
+          done, steps, mean_loss, lr, lw, la, grad_norm, rate, task->unit_name(), hms(elapsed));
       metrics->write({{"step", done},
                       {"loss", mean_loss},
                       {"lr", lr},

@@ -13,9 +13,9 @@ using torch::autograd::tensor_list;
 // Forward: int8 activations x packed ternary weights. Backward: identity STE with bf16 matmuls
 // against the dequantized operands (the fake-quant path's gradients).
 struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2d, const at::Tensor& weight, const at::Tensor& bias,
-                            const at::Tensor& packed, const at::Tensor& scales, int64_t kind, int64_t group,
-                            WeightQuantSpec wspec) {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2d, const at::Tensor& weight,
+                            const at::Tensor& bias, const at::Tensor& packed, const at::Tensor& scales, int64_t kind,
+                            int64_t group, WeightQuantSpec wspec) {
     PackedTernary p;
     p.packed = packed;
     p.scales = scales;

@@ -25,10 +25,14 @@ void check_pair(const QuantizedTokens& x, const PackedTernary& w) {
 
 cuda::ScaleKind scale_kind(Granularity g) {
   switch (g) {
-    case Granularity::kPerTensor: return cuda::ScaleKind::kPerTensor;
-    case Granularity::kPerChannel: return cuda::ScaleKind::kPerChannel;
-    case Granularity::kPerGroup: return cuda::ScaleKind::kPerGroup;
-    case Granularity::kPerKernel: break;
+    case Granularity::kPerTensor:
+      return cuda::ScaleKind::kPerTensor;
+    case Granularity::kPerChannel:
+      return cuda::ScaleKind::kPerChannel;
+    case Granularity::kPerGroup:
+      return cuda::ScaleKind::kPerGroup;
+    case Granularity::kPerKernel:
+      break;
   }
   TORCH_CHECK(false, "W1.58A8 ops: per_kernel scales are for convolutions; use per_tensor, per_channel or per_group");
 }
@@ -52,8 +56,8 @@ QuantizedTokens quantize_activations_int8(const at::Tensor& x_in, const at::Tens
   out.scales = at::empty({m}, x.options().dtype(at::kFloat));
   if (x.is_cuda()) {
     const c10::cuda::CUDAGuard guard(x.device());
-    cuda::quantize_activations(x.data_ptr(), x.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, m, k,
-                               static_cast<float>(eps), nw.defined() ? nw.data_ptr<float>() : nullptr,
+    cuda::quantize_activations(x.data_ptr(), x.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, m,
+                               k, static_cast<float>(eps), nw.defined() ? nw.data_ptr<float>() : nullptr,
                                static_cast<float>(norm_eps), out.q.data_ptr<int8_t>(), out.scales.data_ptr<float>(),
                                at::cuda::getCurrentCUDAStream());
   } else {
@@ -77,7 +81,7 @@ PackedTernary pack_ternary(const at::Tensor& w_in, Granularity granularity, int6
               "pack_ternary: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
   const int64_t groups = p.kind == cuda::ScaleKind::kPerGroup ? cuda::scale_groups(p.k, group) : 1;
   p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, w.options().dtype(at::kInt));
-  p.scales = p.kind == cuda::ScaleKind::kPerTensor   ? at::empty({1}, w.options())
+  p.scales = p.kind == cuda::ScaleKind::kPerTensor    ? at::empty({1}, w.options())
              : p.kind == cuda::ScaleKind::kPerChannel ? at::empty({p.n}, w.options())
                                                       : at::empty({p.n, groups}, w.options());
   if (w.is_cuda()) {
@@ -85,12 +89,14 @@ PackedTernary pack_ternary(const at::Tensor& w_in, Granularity granularity, int6
     auto ws = at::empty({p.n}, w.options());
     cuda::quantize_pack_ternary(w.data_ptr<float>(), p.n, p.k, p.kind, p.group, static_cast<float>(eps),
                                 p.scales.data_ptr<float>(), ws.data_ptr<float>(),
-                                reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()), at::cuda::getCurrentCUDAStream());
+                                reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()),
+                                at::cuda::getCurrentCUDAStream());
   } else {
     auto codes = at::empty({p.n, p.k}, w.options().dtype(at::kChar));
     cuda::quantize_ternary_ref(w.data_ptr<float>(), p.n, p.k, p.kind, p.group, static_cast<float>(eps),
                                codes.data_ptr<int8_t>(), p.scales.data_ptr<float>());
-    cuda::pack_ternary_ref(codes.data_ptr<int8_t>(), p.n, p.k, reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()));
+    cuda::pack_ternary_ref(codes.data_ptr<int8_t>(), p.n, p.k,
+                           reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()));
   }
   return p;
 }
@@ -123,7 +129,8 @@ at::Tensor unpack_codes(const PackedTernary& p) {
 at::Tensor w158a8_matmul(const QuantizedTokens& x, const PackedTernary& w, const at::Tensor& bias,
                          at::ScalarType out_dtype) {
   check_pair(x, w);
-  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16, "w158a8_matmul: output must be float32 or bfloat16");
+  TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16,
+              "w158a8_matmul: output must be float32 or bfloat16");
   const int64_t m = x.q.size(0);
   at::Tensor b;
   if (bias.defined()) {
@@ -134,15 +141,17 @@ at::Tensor w158a8_matmul(const QuantizedTokens& x, const PackedTernary& w, const
     const c10::cuda::CUDAGuard guard(x.q.device());
     auto y = at::empty({m, w.n}, x.q.options().dtype(out_dtype));
     cuda::w158a8_matmul(x.q.data_ptr<int8_t>(), x.scales.data_ptr<float>(), m,
-                        reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.scales.data_ptr<float>(), w.kind,
-                        w.group, w.n, w.k, b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
-                        out_dtype == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, at::cuda::getCurrentCUDAStream());
+                        reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.scales.data_ptr<float>(),
+                        w.kind, w.group, w.n, w.k, b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
+                        out_dtype == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16,
+                        at::cuda::getCurrentCUDAStream());
     return y;
   }
   const int64_t groups = w.kind == cuda::ScaleKind::kPerGroup ? cuda::scale_groups(w.k, w.group) : 1;
   auto yi = at::empty({m, w.n, groups}, at::kInt);
-  cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1), reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
-                       m, w.n, w.k, groups, w.group, yi.data_ptr<int32_t>());
+  cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1),
+                       reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), m, w.n, w.k, groups, w.group,
+                       yi.data_ptr<int32_t>());
   auto y = at::empty({m, w.n}, at::kFloat);
   cuda::epilogue_ref(yi.data_ptr<int32_t>(), m, w.n, groups, w.scales.data_ptr<float>(), stride_for(w),
                      x.scales.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>());
@@ -155,11 +164,13 @@ at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w)
   auto y = at::empty({m, w.n}, x.q.options().dtype(at::kInt));
   if (x.q.is_cuda()) {
     const c10::cuda::CUDAGuard guard(x.q.device());
-    cuda::w158a8_matmul_int32(x.q.data_ptr<int8_t>(), m, reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
-                              w.n, w.k, y.data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream());
+    cuda::w158a8_matmul_int32(x.q.data_ptr<int8_t>(), m,
+                              reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.n, w.k,
+                              y.data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream());
   } else {
-    cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1), reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
-                         m, w.n, w.k, 1, w.k, y.data_ptr<int32_t>());
+    cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1),
+                         reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), m, w.n, w.k, 1, w.k,
+                         y.data_ptr<int32_t>());
   }
   return y;
 }

@@ -1,7 +1,7 @@
 // Runs the real `bitqat` binary: exit codes, one-line errors, and a tiny train -> eval -> generate.
 #include <gtest/gtest.h>
-#include <nlohmann/json.hpp>
 #include <sys/wait.h>
+#include <nlohmann/json.hpp>
 
 #include <array>
 #include <cstdio>
@@ -55,7 +55,8 @@ TEST(Cli, HelpVersionAndUnknownThings) {
 TEST(Cli, BadInputIsOneClearLineAndExitTwo) {
   auto r = run("train /nonexistent/cfg.yaml");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("bitqat train: error: /nonexistent/cfg.yaml: cannot open config file"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bitqat train: error: /nonexistent/cfg.yaml: cannot open config file"), std::string::npos)
+      << r.out;
   r = run("train configs/quickstart.yaml --set train.steps=abc");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--set train.steps=abc: train.steps = abc: expected an integer"), std::string::npos) << r.out;
@@ -70,11 +71,12 @@ TEST(Cli, TrainEvalGenerate) {
   std::string text;
   for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
   bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
-  const std::string sets = " --set run.dir=" + dir.string() + " --set run.name=cli --set data.path=" + (dir / "t.txt").string() +
-                           " --set train.steps=8 --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32"
-                           " --set model.dim=32 --set model.n_layers=1 --set model.ffn_dim=64 --set train.eval_every=8"
-                           " --set checkpoint.every=4 --set train.log_every=4 --set optim.lr.warmup_steps=2"
-                           " --set device.type=cpu";
+  const std::string sets =
+      " --set run.dir=" + dir.string() + " --set run.name=cli --set data.path=" + (dir / "t.txt").string() +
+      " --set train.steps=8 --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32"
+      " --set model.dim=32 --set model.n_layers=1 --set model.ffn_dim=64 --set train.eval_every=8"
+      " --set checkpoint.every=4 --set train.log_every=4 --set optim.lr.warmup_steps=2"
+      " --set device.type=cpu";
   auto r = run("train configs/quickstart.yaml" + sets);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("trained 8 steps"), std::string::npos) << r.out;

@@ -42,18 +42,12 @@ TEST(Safetensors, ExactBytesOfATinyFile) {
 
 TEST(Safetensors, RoundTripsEveryDtype) {
   NamedTensors in = {
-      {"f64", at::randn({2, 3}, at::kDouble)},
-      {"f32", at::randn({4})},
-      {"f16", at::randn({3}).to(at::kHalf)},
-      {"bf16", at::randn({2, 2}).to(at::kBFloat16)},
-      {"i64", at::arange(5, at::kLong)},
-      {"i32", at::arange(3, at::kInt)},
-      {"i16", at::arange(3, at::kShort)},
-      {"i8", at::tensor({-1, 0, 1}, at::kChar)},
-      {"u8", at::tensor({0, 255}, at::kByte)},
-      {"bool", at::tensor({1, 0}, at::kByte).to(at::kBool)},
-      {"scalar", at::tensor(3.5f).reshape({})},
-      {"empty", at::zeros({0, 4})},
+      {"f64", at::randn({2, 3}, at::kDouble)},  {"f32", at::randn({4})},
+      {"f16", at::randn({3}).to(at::kHalf)},    {"bf16", at::randn({2, 2}).to(at::kBFloat16)},
+      {"i64", at::arange(5, at::kLong)},        {"i32", at::arange(3, at::kInt)},
+      {"i16", at::arange(3, at::kShort)},       {"i8", at::tensor({-1, 0, 1}, at::kChar)},
+      {"u8", at::tensor({0, 255}, at::kByte)},  {"bool", at::tensor({1, 0}, at::kByte).to(at::kBool)},
+      {"scalar", at::tensor(3.5f).reshape({})}, {"empty", at::zeros({0, 4})},
   };
   const auto f = decode_safetensors(encode_safetensors(in, {{"format", "x"}}), "mem");
   ASSERT_EQ(f.tensors.size(), in.size());
@@ -66,7 +60,8 @@ TEST(Safetensors, RoundTripsEveryDtype) {
 }
 
 TEST(Safetensors, MalformedFilesAreRefusedWithTheReason) {
-  EXPECT_EQ(error_of("abc"), "f.safetensors: not a valid safetensors file: 3 bytes is shorter than the 8-byte header length");
+  EXPECT_EQ(error_of("abc"),
+            "f.safetensors: not a valid safetensors file: 3 bytes is shorter than the 8-byte header length");
   EXPECT_NE(error_of(std::string("\xff\x00\x00\x00\x00\x00\x00\x00{}", 10)).find("header length 255 runs past the end"),
             std::string::npos);
   EXPECT_NE(error_of(with_header("[1,2]", "")).find("the header is not a JSON object"), std::string::npos);
@@ -79,12 +74,17 @@ TEST(Safetensors, MalformedFilesAreRefusedWithTheReason) {
   EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "xxxx"))
                 .find("past the 4 bytes of data (truncated file?)"),
             std::string::npos);
-  EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})", "xxx"))
-                .find("overlap or gap"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(
+          with_header(
+              R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})",
+              "xxx"))
+          .find("overlap or gap"),
+      std::string::npos);
   EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "xxxx"))
                 .find("2 bytes of data follow the last tensor"),
             std::string::npos);
-  EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"U8","shape":[2]}})", "xx")).find("lacks dtype, shape or data_offsets"),
-            std::string::npos);
+  EXPECT_NE(
+      error_of(with_header(R"({"a":{"dtype":"U8","shape":[2]}})", "xx")).find("lacks dtype, shape or data_offsets"),
+      std::string::npos);
 }

@@ -57,7 +57,9 @@ TEST(Config, RangeAndChoiceChecks) {
   const auto t = root.child("train");
   EXPECT_EQ(error_of([&] { t.get_in<int>("steps", 1, 1, 50); }),
             "x.yaml:4: train.steps = 100: expected a value in [1, 50]");
-  EXPECT_EQ(error_of([&] { root.child("run").get_choice("name", "a", {"a", "b"}); }),
+  EXPECT_EQ(error_of([&] {
+              root.child("run").get_choice("name", "a", {"a", "b"});
+            }),
             "x.yaml:2: run.name = demo: expected one of a|b");
 }
 
@@ -78,8 +80,9 @@ TEST(Config, SyntaxErrorAndMissingFile) {
   EXPECT_EQ(error_of([] { Node::load_string("a: [1, 2\nb: 3\n", "bad.yaml"); }).rfind("bad.yaml:", 0), 0u);
   EXPECT_NE(error_of([] { Node::load_file("/nonexistent/cfg.yaml"); }).find("cannot open config file"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { Node::load_string(kDoc, "x.yaml").child("run").require<int>("seed"); })
-                .find("required key 'run.seed' is missing"),
+  EXPECT_NE(error_of([&] {
+              Node::load_string(kDoc, "x.yaml").child("run").require<int>("seed");
+            }).find("required key 'run.seed' is missing"),
             std::string::npos);
 }
 

@@ -52,7 +52,8 @@ class TrainerTest : public ::testing::Test {
     text_ = (dir_ / "text.txt").string();
     // Deterministic, learnable text: a repeated verse-like pattern with some variation.
     std::string s;
-    for (int i = 0; i < 400; ++i) s += fmt::format("And the {} said unto them, {} times.\n", i % 7 == 0 ? "LORD" : "man", i % 13);
+    for (int i = 0; i < 400; ++i)
+      s += fmt::format("And the {} said unto them, {} times.\n", i % 7 == 0 ? "LORD" : "man", i % 13);
     bitqat::core::write_file_atomic(text_, s);
   }
   void TearDown() override { fs::remove_all(dir_); }
@@ -147,8 +148,10 @@ TEST_F(TrainerTest, ResumeIsBitExact) {
   ASSERT_EQ(b.size(), 12u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
 
-  const auto ca = bitqat::checkpoints::read_checkpoint(*bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/full/checkpoints").string()));
-  const auto cb = bitqat::checkpoints::read_checkpoint(*bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/split/checkpoints").string()));
+  const auto ca = bitqat::checkpoints::read_checkpoint(
+      *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/full/checkpoints").string()));
+  const auto cb = bitqat::checkpoints::read_checkpoint(
+      *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/split/checkpoints").string()));
   ASSERT_EQ(ca.step, 12);
   ASSERT_EQ(cb.step, 12);
   ASSERT_EQ(ca.model.size(), cb.model.size());

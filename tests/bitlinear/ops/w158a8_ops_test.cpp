@@ -96,7 +96,8 @@ TEST_P(W158A8Gpu, KernelsEqualTheReferences) {
     if (g == Granularity::kPerTensor) {
       const auto yi = w158a8_matmul_int32(qg, pg).cpu();
       const auto yr = w158a8_matmul_int32(qc, pc);
-      EXPECT_TRUE(yi.equal(yr)) << "M " << m << " N " << n << " K " << k << " worst " << (yi - yr).abs().max().item<int>();
+      EXPECT_TRUE(yi.equal(yr)) << "M " << m << " N " << n << " K " << k << " worst "
+                                << (yi - yr).abs().max().item<int>();
     }
     const auto yf = w158a8_matmul(qg, pg, bias.to(dev), at::kFloat).cpu();
     const auto yr = w158a8_matmul(qc, pc, bias, at::kFloat);
