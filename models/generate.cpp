@@ -13,9 +13,9 @@ std::vector<int64_t> generate(BitLMImpl& lm, const std::vector<int64_t>& prompt,
                               double temperature, int64_t top_k, uint64_t seed) {
   if (prompt.empty()) throw std::invalid_argument("generate: the prompt is empty");
   if (max_new_tokens < 0 || temperature < 0.0 || top_k < 0) {
-    throw std::invalid_argument(fmt::format(
-        "generate: max_new_tokens = {}, temperature = {}, top_k = {}: expected values >= 0", max_new_tokens,
-        temperature, top_k));
+    throw std::invalid_argument(
+        fmt::format("generate: max_new_tokens = {}, temperature = {}, top_k = {}: expected values >= 0", max_new_tokens,
+                    temperature, top_k));
   }
   for (const auto t : prompt) {
     if (t < 0 || t >= lm.config.vocab_size) {

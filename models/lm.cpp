@@ -81,8 +81,8 @@ void LMConfig::to_yaml(YAML::Node* out) const {
 void LMConfig::resolve_vocab(int64_t data_vocab, const std::string& where) {
   if (vocab_size == 0) vocab_size = data_vocab;
   if (vocab_size < 2) {
-    throw core::ConfigError(fmt::format("{} = {}: expected a vocabulary of at least 2 tokens (from the config or the data)",
-                                        where, vocab_size));
+    throw core::ConfigError(fmt::format(
+        "{} = {}: expected a vocabulary of at least 2 tokens (from the config or the data)", where, vocab_size));
   }
   if (vocab_size < data_vocab) {
     throw core::ConfigError(
