@@ -90,6 +90,25 @@ void LMConfig::resolve_vocab(int64_t data_vocab, const std::string& where) {
   }
 }
 
+std::vector<std::string> LMConfig::differences(const LMConfig& o) const {
+  std::vector<std::string> out;
+  auto cmp = [&](const char* key, const auto& a, const auto& b) {
+    if (a != b) out.push_back(fmt::format("model.{} = {} (source: {})", key, a, b));
+  };
+  cmp("vocab_size", vocab_size, o.vocab_size);
+  cmp("dim", dim, o.dim);
+  cmp("n_layers", n_layers, o.n_layers);
+  cmp("n_heads", n_heads, o.n_heads);
+  cmp("n_kv_heads", n_kv_heads, o.n_kv_heads);
+  cmp("ffn", ffn, o.ffn);
+  cmp("ffn_dim", ffn_dim, o.ffn_dim);
+  cmp("sub_norm", sub_norm, o.sub_norm);
+  cmp("rope_theta", rope_theta, o.rope_theta);
+  cmp("norm_eps", norm_eps, o.norm_eps);
+  cmp("tie_embeddings", tie_embeddings, o.tie_embeddings);
+  return out;
+}
+
 std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t head_dim, double theta,
                                               const at::Device& device) {
   const auto opts = at::TensorOptions().dtype(at::kDouble);

@@ -42,6 +42,9 @@ struct LMConfig {
   // Fills vocab_size from the data when the config left it at 0; a configured vocabulary must
   // cover the data's. Throws ConfigError naming `where` (e.g. "configs/x.yaml:3: model.vocab_size").
   void resolve_vocab(int64_t data_vocab, const std::string& where = "model.vocab_size");
+  // "model.key = this (source: other)" for every setting that changes the tensors or the function
+  // (max_seq_len and init_std do not); empty when weights of `other` fit this model unchanged.
+  std::vector<std::string> differences(const LMConfig& other) const;
   int64_t head_dim() const { return dim / n_heads; }
   bool gated() const { return ffn != "relu2"; }
 };

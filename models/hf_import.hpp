@@ -1,0 +1,62 @@
+// Importing a full-precision Llama-architecture causal LM saved by Hugging Face (config.json plus
+// model.safetensors, or shards listed by model.safetensors.index.json) into BitLM.
+//
+// Llama has no SubLN, so the imported model is built with sub_norm: false, and with ffn: swiglu.
+// At lambda = 0 (or with quantization off) it computes exactly the Llama function: bitqat's RoPE is
+// Hugging Face's rotate-half layout, so q and k need no permutation, and grouped-query heads are
+// repeated the same way (each kv head serves n_heads / n_kv_heads consecutive query heads).
+//
+// Name map (HF -> bitqat):
+//   model.embed_tokens.weight                      -> embed.weight
+//   model.layers.N.input_layernorm.weight          -> layers.N.attn_norm.weight
+//   model.layers.N.self_attn.{q,k,v,o}_proj.weight -> layers.N.attn.{q,k,v,o}.weight
+//   model.layers.N.post_attention_layernorm.weight -> layers.N.ffn_norm.weight
+//   model.layers.N.mlp.{gate,up,down}_proj.weight  -> layers.N.ffn.{gate,up,down}.weight
+//   model.norm.weight                              -> norm.weight
+//   lm_head.weight                                 -> lm_head.weight (absent or equal to the
+//                                                     embedding when tie_word_embeddings is true)
+#pragma once
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "models/lm.hpp"
+
+namespace bitqat::models {
+
+// The BitLM config of a Llama config.json. Unsupported values (another model_type or activation,
+// biases, rope_scaling, a head_dim other than hidden_size / num_attention_heads) are UserErrors
+// naming `origin` and the key.
+LMConfig lm_config_from_hf(const nlohmann::json& config, const std::string& origin);
+
+// The same config as a one-line YAML `model:` section, for error messages and documentation.
+std::string lm_config_yaml(const LMConfig& c);
+
+// Renames Hugging Face tensors to bitqat names and converts them to float32. Every tensor the
+// model needs must be present with its shape; an unknown tensor is an error (rotary inv_freq
+// buffers of old checkpoints are skipped). Errors name `origin` and the tensor.
+std::map<std::string, at::Tensor> bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,
+                                                         const std::string& origin);
+
+struct HFCheckpoint {
+  LMConfig config;
+  std::map<std::string, at::Tensor> tensors;  // bitqat names, float32
+  std::vector<std::string> files;             // safetensors files read
+};
+
+// True when `dir` holds a config.json (the mark of a Hugging Face model directory).
+bool is_hf_model_dir(const std::string& dir);
+
+// Reads config.json and the weights (model.safetensors, or every shard named by
+// model.safetensors.index.json); clear errors for a missing file, shard or tensor.
+HFCheckpoint load_hf_llama(const std::string& dir);
+
+// A BitLM with the checkpoint's weights; its linears are BitLinear with `spec` where selected by
+// include / exclude (see bitlinear::name_selected), full precision elsewhere.
+BitLM import_hf_llama(const std::string& dir, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+                      const std::vector<std::string>& exclude);
+
+}  // namespace bitqat::models
