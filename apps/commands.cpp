@@ -15,6 +15,7 @@
 #include "models/generate.hpp"
 #include "models/lm.hpp"
 #include "training/config.hpp"
+#include "training/quantize.hpp"
 #include "training/run_loader.hpp"
 #include "training/trainer.hpp"
 
@@ -53,6 +54,9 @@ int cmd_train(const std::vector<std::string>& argv) {
         "  --set k.p=v  override one config value (same checks as the file; repeatable)\n"
         "  --resume     continue from the newest complete checkpoint in run.dir/run.name\n"
         "Results: run.dir/run.name/{config.resolved.yaml, metrics.jsonl, checkpoints/}.\n"
+        "A config's `init_from: PATH` starts a fresh run from existing weights: a bitqat run, checkpoint or\n"
+        "safetensors file, or a Hugging Face Llama directory (configs/finetune_*.yaml fine-tune a\n"
+        "full-precision run into a ternary one).\n"
         "Launch several processes (launch/local.sh, torchrun --no-python, SLURM) for data parallelism.\n");
   }
   if (a.positional.size() > 1) {
@@ -133,6 +137,42 @@ int cmd_generate(const std::vector<std::string>& argv) {
   std::string text(prompt);
   for (size_t i = tokens.size(); i < out.size(); ++i) text.push_back(static_cast<char>(out[i]));
   std::printf("%s\n", text.c_str());
+  return 0;
+}
+
+int cmd_quantize(const std::vector<std::string>& argv) {
+  const auto a = parse_args("quantize", argv, {"out"}, {"json"});
+  if (a.help) {
+    return print_help(
+        "usage: bitqat quantize SRC_RUN_DIR --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n\n"
+        "Data-free ternarization: the newest checkpoint of a (full-precision) run becomes a ternary model\n"
+        "without training (absmean ternary weights per tensor, 8-bit per-token activations, lambda 1, on\n"
+        "the layers quant.include / quant.exclude select), and its validation loss is reported. This is\n"
+        "the baseline a progressive fine-tune (configs/finetune_*.yaml) must beat.\n"
+        "  --out DIR    the run directory to write (run.dir and run.name come from it): config.resolved.yaml,\n"
+        "               metrics.jsonl with the validation loss, checkpoints/step_00000000; `bitqat eval`,\n"
+        "               `bitqat train --resume` and init_from accept it\n"
+        "  --set k.p=v  override a value of the resulting config, e.g. quant.weight.granularity=per_channel\n"
+        "  --json       print the result as one JSON object\n");
+  }
+  if (a.positional.size() != 1) throw core::UserError("bitqat quantize needs exactly one SRC_RUN_DIR");
+  if (!a.values.count("out")) throw core::UserError("bitqat quantize needs --out OUT_RUN_DIR");
+  const auto r = training::quantize_run(a.positional[0], a.values.at("out"), a.sets, default_device());
+  if (a.flags.count("json")) {
+    nlohmann::json j = {{"run_dir", r.out_dir},
+                        {"checkpoint", r.checkpoint},
+                        {"source_checkpoint", r.source_checkpoint},
+                        {"source_step", r.source_step},
+                        {"quantized_layers", r.quantized_layers.size()},
+                        {"val_loss", r.eval.loss}};
+    if (!r.eval.metric_name.empty()) j[r.eval.metric_name] = r.eval.metric;
+    std::printf("%s\n", j.dump().c_str());
+  } else {
+    std::printf("quantized %zu layers of %s (step %lld) data-free: val_loss %.4f", r.quantized_layers.size(),
+                r.source_checkpoint.c_str(), static_cast<long long>(r.source_step), r.eval.loss);
+    if (!r.eval.metric_name.empty()) std::printf(", %s %.4f", r.eval.metric_name.c_str(), r.eval.metric);
+    std::printf("; results in %s\n", r.out_dir.c_str());
+  }
   return 0;
 }
 

@@ -1,4 +1,4 @@
-// The bitqat command line: train, eval, generate, version. Each subcommand parses its own flags;
+// The bitqat command line: train, eval, generate, quantize, version. Each subcommand parses its own flags;
 // user errors print one clear line and exit 2, internal failures exit 1.
 #include <spdlog/spdlog.h>
 
@@ -25,6 +25,8 @@ const char* kUsage =
     "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint\n"
     "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "                       sample text from a byte-level language model run\n"
+    "  quantize SRC_RUN_DIR --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
+    "                       data-free ternarization of a full-precision run, with its validation loss\n"
     "  version              print the version\n"
     "\n"
     "`bitqat <command> --help` describes a command.\n";
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return bitqat::apps::cmd_train(args);
     if (cmd == "eval") return bitqat::apps::cmd_eval(args);
     if (cmd == "generate") return bitqat::apps::cmd_generate(args);
+    if (cmd == "quantize") return bitqat::apps::cmd_quantize(args);
     std::fprintf(stderr, "bitqat: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const bitqat::core::UserError& e) {

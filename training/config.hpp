@@ -76,7 +76,7 @@ struct Config {
   DistConfig dist;
   core::Node model;       // parsed by models::
   core::Node data;        // parsed by data::
-  std::string init_from;  // a checkpoint or safetensors file to initialise the weights from
+  std::string init_from;  // weights a fresh run starts from (training/init_from.hpp); "" = random
 
   static Config load_file(const std::string& file, const std::vector<std::string>& overrides = {});
   static Config load_string(const std::string& text, const std::string& name,

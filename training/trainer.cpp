@@ -22,6 +22,7 @@
 #include "schedules/schedule.hpp"
 #include "training/distributed.hpp"
 #include "training/grad_sync.hpp"
+#include "training/init_from.hpp"
 #include "training/metrics.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_state.hpp"
@@ -169,6 +170,12 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
           global_batch, saved_gb);
     }
     if (main_rank) spdlog::info("resumed from {} at step {}", *latest, start_step);
+    if (main_rank && !cfg.init_from.empty()) {
+      spdlog::info("init_from = {} is not read: the resumed checkpoint holds the weights", cfg.init_from);
+    }
+  } else if (!cfg.init_from.empty()) {
+    // Every rank reads the source; the broadcast below would make them agree anyway.
+    init_model_from(cfg.init_from, model, cfg.root.where("init_from"));
   }
 
   GradSync sync(dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024), cfg.dist.overlap);

@@ -45,7 +45,7 @@ TEST(Cli, HelpVersionAndUnknownThings) {
   r = run("train --bogus");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("unknown option '--bogus'"), std::string::npos);
-  for (const char* c : {"train", "eval", "generate"}) {
+  for (const char* c : {"train", "eval", "generate", "quantize"}) {
     r = run(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find(std::string("usage: bitqat ") + c), std::string::npos) << r.out;
@@ -101,5 +101,50 @@ TEST(Cli, TrainEvalGenerate) {
   r = run("generate " + (dir / "cli").string() + " --prompt x --tokens many");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--tokens = 'many': expected an integer"), std::string::npos) << r.out;
+  fs::remove_all(dir);
+}
+
+TEST(Cli, QuantizeThenEvalAndFineTune) {
+  // train (full precision) -> quantize (data-free ternary) -> eval agrees -> fine-tune from it.
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_q_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const std::string small =
+      " --set data.path=" + (dir / "t.txt").string() +
+      " --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32 --set model.dim=32"
+      " --set model.n_layers=1 --set model.ffn_dim=64 --set train.eval_batches=2 --set device.type=cpu";
+  // The walk-through's full-precision config, shrunk.
+  auto r = run("train configs/kjv_fp_small.yaml --set run.dir=" + dir.string() +
+               " --set run.name=fp --set train.steps=4 --set train.eval_every=4 --set checkpoint.every=4"
+               " --set optim.lr.warmup_steps=1" +
+               small);
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  r = run("quantize " + (dir / "fp").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat quantize: error: bitqat quantize needs --out OUT_RUN_DIR"), std::string::npos) << r.out;
+  r = run("quantize " + (dir / "fp").string() + " --out " + (dir / "q").string() + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto q = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(q["source_step"], 4);
+  EXPECT_EQ(q["quantized_layers"], 6);
+  r = run("eval " + (dir / "q").string() + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto e = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_NEAR(e["val_loss"].get<double>(), q["val_loss"].get<double>(), 1e-6);
+  r = run("quantize " + (dir / "fp").string() + " --out " + (dir / "q").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("already holds checkpoints"), std::string::npos) << r.out;
+
+  // The shipped linear-warm-up recipe, shrunk, starting from the full-precision run.
+  r = run("train configs/finetune_linear.yaml --set init_from=" + (dir / "fp").string() +
+          " --set run.dir=" + dir.string() +
+          " --set run.name=ft --set train.steps=4 --set train.eval_every=4 --set optim.lr.warmup_steps=1" +
+          " --set quant.lambda_w.end=2 --set quant.lambda_a.end=2" + small);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("initialised"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("(bitqat-run)"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }

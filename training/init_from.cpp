@@ -1,0 +1,115 @@
+#include "training/init_from.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+
+#include "checkpoints/checkpoint.hpp"
+#include "checkpoints/safetensors.hpp"
+#include "core/config.hpp"
+#include "core/error.hpp"
+#include "models/hf_import.hpp"
+#include "training/run_state.hpp"
+
+namespace bitqat::training {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The model a run directory's resolved config describes (kind lm only). A vocabulary left to the
+// data (0) is taken from the embedding the checkpoint holds.
+std::optional<models::LMConfig> run_lm_config(const std::string& run_dir,
+                                              const std::map<std::string, at::Tensor>& tensors) {
+  const auto path = run_dir + "/config.resolved.yaml";
+  if (!fs::is_regular_file(path)) return std::nullopt;
+  const auto model = core::Node::load_file(path).child("model");
+  if (model.get<std::string>("kind", "lm") != "lm") return std::nullopt;
+  auto c = models::LMConfig::from_yaml(model);
+  if (c.vocab_size == 0) {
+    const auto it = tensors.find("embed.weight");
+    if (it != tensors.end() && it->second.dim() == 2) c.vocab_size = it->second.size(0);
+  }
+  return c;
+}
+
+InitSource from_checkpoint(const std::string& ck_dir, const std::string& run_dir, const std::string& kind) {
+  InitSource s;
+  s.kind = kind;
+  s.origin = ck_dir + "/model.safetensors";
+  const auto ck = checkpoints::read_checkpoint(ck_dir);
+  s.tensors = {ck.model.begin(), ck.model.end()};
+  s.lm = run_lm_config(run_dir, s.tensors);
+  return s;
+}
+
+}  // namespace
+
+InitSource read_init_source(const std::string& path, const std::string& where) {
+  if (path.empty()) throw core::UserError(fmt::format("{} is empty: expected a path", where));
+  if (!fs::exists(path)) {
+    throw core::UserError(fmt::format("{} = {}: no such file or directory", where, path));
+  }
+  const fs::path p(path);
+  if (fs::is_directory(p)) {
+    if (models::is_hf_model_dir(path)) {
+      auto ck = models::load_hf_llama(path);
+      InitSource s;
+      s.kind = "hf-llama";
+      s.origin = path;
+      s.tensors = std::move(ck.tensors);
+      s.lm = ck.config;
+      return s;
+    }
+    if (fs::is_regular_file(p / "config.resolved.yaml")) {
+      const auto latest = checkpoints::find_latest_checkpoint(path + "/checkpoints");
+      if (!latest) {
+        throw core::UserError(fmt::format(
+            "{} = {}: a bitqat run directory without a complete checkpoint under checkpoints/", where, path));
+      }
+      return from_checkpoint(*latest, path, "bitqat-run");
+    }
+    if (fs::is_regular_file(p / "manifest.json")) {
+      // RUN_DIR/checkpoints/step_XXXXXXXX: the run's config sits two levels up.
+      const auto run_dir = fs::absolute(p).lexically_normal().parent_path();
+      return from_checkpoint(path, run_dir.parent_path().string(), "bitqat-checkpoint");
+    }
+    throw core::UserError(
+        fmt::format("{} = {}: a directory that is neither a Hugging Face model (config.json), a bitqat run "
+                    "(config.resolved.yaml) nor a bitqat checkpoint (manifest.json)",
+                    where, path));
+  }
+  const auto file = checkpoints::load_safetensors(path);
+  InitSource s;
+  s.kind = "safetensors";
+  s.origin = path;
+  s.tensors = file.by_name();
+  if (s.tensors.count("model.embed_tokens.weight")) {
+    throw core::UserError(
+        fmt::format("{} = {}: holds Hugging Face tensor names; point {} at the model's directory so that its "
+                    "config.json is read too",
+                    where, path, where));
+  }
+  return s;
+}
+
+std::string init_model_from(const std::string& path, torch::nn::Module& model, const std::string& where) {
+  const auto src = read_init_source(path, where);
+  if (const auto* lm = dynamic_cast<const models::BitLMImpl*>(&model); lm && src.lm) {
+    const auto diffs = lm->config.differences(*src.lm);
+    if (!diffs.empty()) {
+      std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
+                                    src.kind, fmt::join(diffs, "; "));
+      if (src.kind == "hf-llama") {
+        msg += fmt::format("; this checkpoint needs model: {}", models::lm_config_yaml(*src.lm));
+      }
+      throw core::UserError(msg);
+    }
+  }
+  load_model_tensors(model, src.tensors, src.origin);
+  const auto text = fmt::format("initialised {} tensors from {} ({})", src.tensors.size(), src.origin, src.kind);
+  spdlog::info("{}", text);
+  return text;
+}
+
+}  // namespace bitqat::training

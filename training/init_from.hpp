@@ -1,0 +1,41 @@
+// `init_from`: the weights a fresh run starts from instead of a random initialisation (fine-tuning a
+// full-precision model into a ternary one). Read before step 0, never when resuming.
+//
+// PATH may be
+//   - a Hugging Face Llama directory (config.json + model.safetensors or sharded safetensors with
+//     model.safetensors.index.json), imported by models/hf_import;
+//   - a bitqat run directory (config.resolved.yaml + checkpoints/): its newest complete checkpoint;
+//   - a bitqat checkpoint directory (RUN_DIR/checkpoints/step_XXXXXXXX);
+//   - a safetensors file with bitqat tensor names (e.g. a checkpoint's model.safetensors).
+// The model is always built from the config's `model:` section, never derived from the source: when
+// the source says what model it holds (config.json, the run's config.resolved.yaml) every setting
+// that changes the tensors or the function must agree, and the error lists each difference and,
+// for Hugging Face sources, the model section to use. Quantization settings may differ: that is
+// the point.
+#pragma once
+#include <torch/nn/module.h>
+
+#include <map>
+#include <optional>
+#include <string>
+
+#include "models/lm.hpp"
+
+namespace bitqat::training {
+
+struct InitSource {
+  std::string kind;    // "hf-llama", "bitqat-run", "bitqat-checkpoint" or "safetensors"
+  std::string origin;  // what the tensors were read from (for messages)
+  std::map<std::string, at::Tensor> tensors;
+  std::optional<models::LMConfig> lm;  // the source's model, when it says
+};
+
+// Recognises and reads PATH; UserErrors say what PATH was expected to be. `where` names the key
+// (e.g. "configs/x.yaml:3: init_from").
+InitSource read_init_source(const std::string& path, const std::string& where = "init_from");
+
+// Reads PATH and copies every tensor into `model` (strict: same names and shapes, nothing left
+// over); for a BitLM, checks the source's model config first. Returns a one-line description.
+std::string init_model_from(const std::string& path, torch::nn::Module& model, const std::string& where = "init_from");
+
+}  // namespace bitqat::training
