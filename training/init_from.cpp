@@ -50,7 +50,9 @@ InitSource read_init_source(const std::string& path, const std::string& where) {
   if (!fs::exists(path)) {
     throw core::UserError(fmt::format("{} = {}: no such file or directory", where, path));
   }
-  const fs::path p(path);
+  // A trailing '/' would make the checkpoint's run directory below one level off.
+  fs::path p = fs::path(path).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
   if (fs::is_directory(p)) {
     if (models::is_hf_model_dir(path)) {
       auto ck = models::load_hf_llama(path);

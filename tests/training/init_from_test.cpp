@@ -78,6 +78,7 @@ TEST_F(InitFromTest, RunDirectoryCheckpointAndSafetensorsFile) {
   EXPECT_EQ(bitqat::training::read_init_source(src).kind, "bitqat-run");
   EXPECT_EQ(bitqat::training::read_init_source(ck_dir).kind, "bitqat-checkpoint");
   EXPECT_TRUE(bitqat::training::read_init_source(ck_dir).lm.has_value());  // the run's config, two levels up
+  EXPECT_TRUE(bitqat::training::read_init_source(ck_dir + "/").lm.has_value());
   EXPECT_EQ(bitqat::training::read_init_source(ck_dir + "/model.safetensors").kind, "safetensors");
 }
 
