@@ -1,4 +1,4 @@
-// The bitqat command line: train, eval, generate, version. Each subcommand parses its own flags;
+// The bitqat command line: train, eval, generate, export, version. Each subcommand parses its own flags;
 // user errors print one clear line and exit 2, internal failures exit 1.
 #include <spdlog/spdlog.h>
 
@@ -24,7 +24,10 @@ const char* kUsage =
     "  eval RUN_DIR [--json]\n"
     "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint\n"
     "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-    "                       sample text from a byte-level language model run\n"
+    "                       sample text from a byte-level language model run (or a packed export)\n"
+    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
+    "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
+    "                       BitNetForCausalLM, or a llama.cpp GGUF file\n"
     "  version              print the version\n"
     "\n"
     "`bitqat <command> --help` describes a command.\n";
@@ -45,6 +48,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return bitqat::apps::cmd_train(args);
     if (cmd == "eval") return bitqat::apps::cmd_eval(args);
     if (cmd == "generate") return bitqat::apps::cmd_generate(args);
+    if (cmd == "export") return bitqat::apps::cmd_export(args);
     std::fprintf(stderr, "bitqat: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const bitqat::core::UserError& e) {
