@@ -3,12 +3,14 @@
 #include "training/export_hf_bitnet.hpp"
 
 #include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
 
 #include <cstdio>
 #include <filesystem>
 
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
 
 namespace fs = std::filesystem;
 using namespace bitqat;
@@ -117,4 +119,24 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   EXPECT_NE(out.find("OK"), std::string::npos) << out;
   fs::remove_all(dir);
 #endif
+}
+
+TEST(HfBitnetExport, AnUntiedHeadIsWrittenAsLmHead) {
+  auto c = tiny_bitnet();
+  c.tie_embeddings = false;
+  auto lm = make_lm(c);
+  const auto dir = fs::temp_directory_path() / ("bitqat_hf_untied_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  training::export_hf_bitnet(*lm, dir.string());
+  const auto st = checkpoints::load_safetensors((dir / "model.safetensors").string()).by_name();
+  ASSERT_EQ(st.count("lm_head.weight"), 1u);
+  EXPECT_TRUE(st.at("lm_head.weight").equal(lm->lm_head->weight.detach()));
+  const auto config = nlohmann::json::parse(core::read_file((dir / "config.json").string()));
+  EXPECT_EQ(config["tie_word_embeddings"], false);
+  EXPECT_EQ(config["quantization_config"]["quant_method"], "bitnet");
+  // weight_scale is the reciprocal of the absmean scale: transformers divides by it.
+  const auto q = lm->blocks[1]->ffn->down->quantized_weight();
+  EXPECT_FLOAT_EQ(st.at("model.layers.1.mlp.down_proj.weight_scale").item<float>(), 1.0f / q.scales.item<float>());
+  EXPECT_TRUE(training::unpack_hf_ternary(st.at("model.layers.1.mlp.down_proj.weight")).equal(q.codes));
+  fs::remove_all(dir);
 }
