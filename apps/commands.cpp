@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 
 #include "apps/args.hpp"
@@ -16,6 +17,9 @@
 #include "models/lm.hpp"
 #include "training/config.hpp"
 #include "training/quantize.hpp"
+#include "training/export_gguf.hpp"
+#include "training/export_hf_bitnet.hpp"
+#include "training/export_packed.hpp"
 #include "training/run_loader.hpp"
 #include "training/trainer.hpp"
 
@@ -83,7 +87,7 @@ int cmd_eval(const std::vector<std::string>& argv) {
     return print_help(
         "usage: bitqat eval RUN_DIR [--json] [--batches N]\n\n"
         "Validation loss of the run's newest checkpoint (plus val_bpb for byte-level text, val_acc for\n"
-        "images). --json prints one JSON object.\n");
+        "images). --json prints one JSON object. RUN_DIR may be a packed export (bitqat export).\n");
   }
   if (a.positional.size() != 1) throw core::UserError("bitqat eval needs exactly one RUN_DIR");
   const auto device = default_device();
@@ -110,7 +114,8 @@ int cmd_generate(const std::vector<std::string>& argv) {
   if (a.help) {
     return print_help(
         "usage: bitqat generate RUN_DIR --prompt TEXT [--tokens 200] [--temperature 0.8] [--top-k 40] [--seed 1]\n\n"
-        "Samples a continuation from a byte-level language model run (temperature 0: greedy).\n");
+        "Samples a continuation from a byte-level language model run or a packed export (temperature 0:\n"
+        "greedy).\n");
   }
   if (a.positional.size() != 1) throw core::UserError("bitqat generate needs exactly one RUN_DIR");
   if (!a.values.count("prompt")) throw core::UserError("bitqat generate needs --prompt TEXT");
@@ -173,6 +178,73 @@ int cmd_quantize(const std::vector<std::string>& argv) {
     if (!r.eval.metric_name.empty()) std::printf(", %s %.4f", r.eval.metric_name.c_str(), r.eval.metric);
     std::printf("; results in %s\n", r.out_dir.c_str());
   }
+int cmd_export(const std::vector<std::string>& argv) {
+  const auto a = parse_args("export", argv, {"format", "out", "gguf-type", "name"}, {});
+  if (a.help) {
+    return print_help(
+        "usage: bitqat export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
+        "                     [--name NAME]\n\n"
+        "Exports the fully quantized model (lambda = 1) of a run's newest checkpoint:\n"
+        "  packed     a directory with 2-bit ternary weights + scales and the rest in full precision;\n"
+        "             `bitqat eval PATH` and `bitqat generate PATH` run it like a run directory\n"
+        "  hf-bitnet  a directory Hugging Face transformers loads as BitNetForCausalLM (config.json,\n"
+        "             model.safetensors with packed uint8 weights); needs model.ffn relu2_glu, sub_norm,\n"
+        "             per_tensor ternary weights, 8-bit per-token activations\n"
+        "  gguf       one GGUF file for llama.cpp's bitnet architecture (TQ2_0 by default, --gguf-type\n"
+        "             tq1_0 for 1.69 bits/weight) with a byte-level tokenizer; needs relu2_glu, sub_norm,\n"
+        "             tied embeddings, vocabulary 256 and dims that are multiples of 256\n"
+        "  --name     general.name in the GGUF file (default: the run directory's name)\n"
+        "PATH must not exist. The export runs on the CPU.\n");
+  }
+  if (a.positional.size() != 1) throw core::UserError("bitqat export needs exactly one RUN_DIR");
+  if (!a.values.count("format")) throw core::UserError("bitqat export needs --format packed|hf-bitnet|gguf");
+  if (!a.values.count("out")) throw core::UserError("bitqat export needs --out PATH");
+  const std::string run_dir = a.positional[0], format = a.values.at("format"), out = a.values.at("out");
+  if (format != "packed" && format != "hf-bitnet" && format != "gguf") {
+    throw core::UserError(fmt::format("--format {}: expected packed, hf-bitnet or gguf", format));
+  }
+  if ((a.values.count("gguf-type") || a.values.count("name")) && format != "gguf") {
+    throw core::UserError("--gguf-type and --name apply to --format gguf only");
+  }
+  auto gguf_type = checkpoints::gguf::GgmlType::kTQ2_0;
+  if (a.values.count("gguf-type")) {
+    const auto& t = a.values.at("gguf-type");
+    if (t == "tq1_0") {
+      gguf_type = checkpoints::gguf::GgmlType::kTQ1_0;
+    } else if (t != "tq2_0") {
+      throw core::UserError(fmt::format("--gguf-type {}: expected tq2_0 or tq1_0", t));
+    }
+  }
+  if (training::is_packed_export(run_dir)) {
+    throw core::UserError(
+        fmt::format("{} is a packed export (no latent weights); export from its run directory", run_dir));
+  }
+  if (std::filesystem::exists(out)) {
+    throw core::UserError(fmt::format("--out {} already exists; exports never overwrite", out));
+  }
+  auto run = training::load_run(run_dir, at::Device(at::kCPU));
+  if (format == "packed") {
+    const auto s = training::export_packed(run, run_dir, out);
+    std::printf(
+        "wrote %s: %lld quantized layers, %lld bytes packed (2-bit codes + scales) vs %lld bytes in bf16: "
+        "%.2fx smaller\n",
+        out.c_str(), static_cast<long long>(s.layers), static_cast<long long>(s.packed_bytes),
+        static_cast<long long>(s.bf16_bytes), s.ratio());
+    return 0;
+  }
+  auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
+  if (!lm) throw core::UserError(fmt::format("{}: --format {} needs a language model run", run_dir, format));
+  if (format == "hf-bitnet") {
+    training::export_hf_bitnet(*lm, out);
+    std::printf("wrote %s: BitNetForCausalLM (config.json, model.safetensors)\n", out.c_str());
+    return 0;
+  }
+  std::string name = a.values.count("name") ? a.values.at("name") : "";
+  if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().filename().string();
+  if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
+  const auto bytes = training::export_gguf(*lm, out, gguf_type, name);
+  std::printf("wrote %s: GGUF bitnet, %s ternary tensors, %lld bytes\n", out.c_str(),
+              checkpoints::gguf::to_string(gguf_type), static_cast<long long>(bytes));
   return 0;
 }
 

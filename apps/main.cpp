@@ -1,5 +1,5 @@
-// The bitqat command line: train, eval, generate, quantize, version. Each subcommand parses its own flags;
-// user errors print one clear line and exit 2, internal failures exit 1.
+// The bitqat command line: train, eval, generate, quantize, export, version. Each subcommand parses its
+// own flags; user errors print one clear line and exit 2, internal failures exit 1.
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
@@ -27,6 +27,10 @@ const char* kUsage =
     "                       sample text from a byte-level language model run\n"
     "  quantize SRC_RUN_DIR --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
     "                       data-free ternarization of a full-precision run, with its validation loss\n"
+    "                       sample text from a byte-level language model run (or a packed export)\n"
+    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
+    "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
+    "                       BitNetForCausalLM, or a llama.cpp GGUF file\n"
     "  version              print the version\n"
     "\n"
     "`bitqat <command> --help` describes a command.\n";
@@ -48,6 +52,7 @@ int main(int argc, char** argv) {
     if (cmd == "eval") return bitqat::apps::cmd_eval(args);
     if (cmd == "generate") return bitqat::apps::cmd_generate(args);
     if (cmd == "quantize") return bitqat::apps::cmd_quantize(args);
+    if (cmd == "export") return bitqat::apps::cmd_export(args);
     std::fprintf(stderr, "bitqat: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const bitqat::core::UserError& e) {

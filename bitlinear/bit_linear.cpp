@@ -58,6 +58,7 @@ void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
 }
 
 at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
+  if (packed_) return packed_->forward(x).to(x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
   // A fully quantized layer on a GPU runs on the int8 kernels (same values, STE gradients).
   if (x.is_cuda() && ops::cuda_fast_path_applicable(*this, x)) return ops::bit_linear_cuda_forward(*this, x);
   const auto h = norm ? norm->forward(x) : x;
@@ -66,7 +67,42 @@ at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
   return at::linear(xq, wq.to(xq.scalar_type()), bias.defined() ? bias.to(xq.scalar_type()) : bias);
 }
 
-QuantizedWeight BitLinearImpl::quantized_weight() const { return quantize_weight(weight, options.quant.weight); }
+QuantizedWeight BitLinearImpl::quantized_weight() const {
+  if (packed_) throw std::logic_error("BitLinear::quantized_weight: the layer is packed (no latent weights)");
+  return quantize_weight(weight, options.quant.weight);
+}
+
+void BitLinearImpl::to_packed() {
+  if (packed_) return;
+  const auto& q = options.quant;
+  if (q.weight.type != WeightQuant::kTernary) {
+    throw std::invalid_argument(
+        fmt::format("BitLinear::to_packed: weights are {}, expected ternary", to_string(q.weight.type)));
+  }
+  if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % cuda::kGroupAlign != 0) {
+    throw std::invalid_argument(
+        fmt::format("BitLinear::to_packed: per_group group_size = {} must be a multiple of {} for the packed format",
+                    q.weight.group_size, cuda::kGroupAlign));
+  }
+  if (q.act.type != ActQuant::kPerToken || q.act.bits != 8) {
+    throw std::invalid_argument(
+        fmt::format("BitLinear::to_packed: activations are {} with {} bits, expected per_token with 8 bits",
+                    to_string(q.act.type), q.act.bits));
+  }
+  packed_ = register_module("packed", std::make_shared<ops::PackedBitLinearImpl>(*this));
+  parameters_.erase("weight");
+  weight = at::Tensor();
+  if (bias.defined()) {
+    parameters_.erase("bias");
+    bias = at::Tensor();
+  }
+  if (norm) {
+    unregister_module("norm");
+    norm = nullptr;
+  }
+  pack_cache = PackCache{};
+  lambda_w_ = lambda_a_ = 1.0;
+}
 
 BitConv2dImpl::BitConv2dImpl(BitConv2dOptions options_) : options(std::move(options_)) {
   if (options.in_channels < 1 || options.out_channels < 1 || options.kernel_size < 1) {

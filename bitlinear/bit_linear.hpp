@@ -9,6 +9,10 @@
 
 namespace bitqat::bitlinear {
 
+namespace ops {
+struct PackedBitLinearImpl;
+}
+
 // What a Bit* layer quantizes and how; shared by BitLinear and BitConv2d and set from the config.
 struct QuantSpec {
   WeightQuantSpec weight;  // weight.type == kNone: weights stay full precision
@@ -36,7 +40,16 @@ struct BitLinearImpl : torch::nn::Module {
   double lambda_w() const { return lambda_w_; }
   double lambda_a() const { return lambda_a_; }
   // The weights as the fully quantized layer sees them (codes and scales), for packing and export.
+  // Throws for a packed layer (its latent weights are gone).
   QuantizedWeight quantized_weight() const;
+
+  // Switches the layer to inference on 2-bit packed weights (ops::PackedBitLinear, registered as
+  // child `packed`, lambdas 1): the latent weight and the SubLN module are dropped (the packed layer
+  // keeps the norm weight), so the layer's tensors become packed.{packed, scales, norm_weight, bias}.
+  // Needs ternary weights (per tensor, per channel or per group of a multiple of 64) and 8-bit per
+  // token activations; throws std::invalid_argument naming what does not fit. Irreversible.
+  void to_packed();
+  bool is_packed() const { return packed_ != nullptr; }
 
   BitLinearOptions options;
   at::Tensor weight;  // latent fp32 [out, in]
@@ -53,6 +66,7 @@ struct BitLinearImpl : torch::nn::Module {
  private:
   double lambda_w_ = 1.0;
   double lambda_a_ = 1.0;
+  std::shared_ptr<ops::PackedBitLinearImpl> packed_;
 };
 TORCH_MODULE(BitLinear);
 

@@ -138,6 +138,22 @@ std::vector<std::string> convert_linears(torch::nn::Module& root, const std::vec
   return replaced;
 }
 
+std::vector<std::string> pack_for_inference(torch::nn::Module& root) {
+  std::vector<std::string> packed;
+  for (const auto& item : root.named_modules("", /*include_self=*/false)) {
+    auto* lin = item.value()->as<BitLinearImpl>();
+    if (!lin || lin->options.quant.weight.type == WeightQuant::kNone || lin->is_packed()) continue;
+    try {
+      lin->to_packed();
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(fmt::format("{}: {}", item.key(), e.what()));
+    }
+    packed.push_back(item.key());
+  }
+  spdlog::info("pack_for_inference: packed {} layer(s) to 2-bit weights", packed.size());
+  return packed;
+}
+
 int set_quant_lambdas(torch::nn::Module& root, double lambda_w, double lambda_a) {
   int n = 0;
   for (const auto& m : root.modules(/*include_self=*/true)) {

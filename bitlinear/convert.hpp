@@ -23,6 +23,11 @@ bool name_selected(const std::string& name, const std::vector<std::string>& incl
 std::vector<std::string> convert_linears(torch::nn::Module& root, const std::vector<std::string>& include,
                                          const std::vector<std::string>& exclude, const QuantSpec& spec);
 
+// Switches every BitLinear with quantized weights in the tree to packed inference
+// (BitLinear::to_packed); full-precision BitLinears stay as they are. Returns the dotted names packed
+// (also logged); a layer whose quantization has no packed form is an std::invalid_argument naming it.
+std::vector<std::string> pack_for_inference(torch::nn::Module& root);
+
 // Sets lambda_w / lambda_a on every BitLinear and BitConv2d in the tree; returns how many.
 int set_quant_lambdas(torch::nn::Module& root, double lambda_w, double lambda_a);
 

@@ -53,6 +53,12 @@ if ! "$VENV/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
   log "installing safetensors, numpy"
   "$VENV/bin/pip" install -q safetensors numpy
 fi
+# The export tests load our files with the readers of their home projects: transformers (with
+# accelerate, which its BitNet loader requires) for hf-bitnet, llama.cpp's gguf-py for GGUF.
+if ! "$VENV/bin/python" -c "import transformers, accelerate, gguf" 2>/dev/null; then
+  log "installing transformers, accelerate, gguf"
+  "$VENV/bin/pip" install -q transformers accelerate gguf
+fi
 
 # The text the quickstart trains on (fast; a no-op when present).
 "$root/data/prepare_kjv.sh"

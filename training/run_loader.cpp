@@ -7,11 +7,13 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
+#include "training/export_packed.hpp"
 #include "training/run_state.hpp"
 
 namespace bitqat::training {
 
 LoadedRun load_run(const std::string& run_dir, const at::Device& device) {
+  if (is_packed_export(run_dir)) return load_packed_export(run_dir, device);
   const std::string cfg_path = run_dir + "/config.resolved.yaml";
   if (!std::filesystem::exists(cfg_path)) {
     throw core::UserError(fmt::format("{}: not a bitqat run directory ({} is missing)", run_dir, cfg_path));

@@ -18,7 +18,8 @@ struct LoadedRun {
   int64_t step = 0;
 };
 
-// Throws UserError when the directory, its config or a complete checkpoint is missing.
+// Throws UserError when the directory, its config or a complete checkpoint is missing. A packed
+// export (training/export_packed.hpp) opens the same way, with its quantized layers packed.
 LoadedRun load_run(const std::string& run_dir, const at::Device& device);
 
 }  // namespace bitqat::training

@@ -45,7 +45,7 @@ TEST(Cli, HelpVersionAndUnknownThings) {
   r = run("train --bogus");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("unknown option '--bogus'"), std::string::npos);
-  for (const char* c : {"train", "eval", "generate", "quantize"}) {
+  for (const char* c : {"train", "eval", "generate", "quantize", "export"}) {
     r = run(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find(std::string("usage: bitqat ") + c), std::string::npos) << r.out;
@@ -101,6 +101,28 @@ TEST(Cli, TrainEvalGenerate) {
   r = run("generate " + (dir / "cli").string() + " --prompt x --tokens many");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--tokens = 'many': expected an integer"), std::string::npos) << r.out;
+
+  // A packed export runs under eval and generate like the run itself.
+  const auto packed = (dir / "packed").string();
+  r = run("export " + (dir / "cli").string() + " --format packed --out " + packed);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("quantized layers"), std::string::npos) << r.out;
+  r = run("eval " + packed + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto jp = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_NEAR(jp["val_loss"].get<double>(), j["val_loss"].get<double>(), 1e-3);
+  r = run("generate " + packed + " --prompt 'In the' --tokens 12 --temperature 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(r.out.substr(r.out.rfind("In the")), line);
+  r = run("export " + (dir / "cli").string() + " --format packed --out " + packed);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("already exists"), std::string::npos) << r.out;
+  r = run("export " + (dir / "cli").string() + " --format onnx --out x");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--format onnx: expected packed, hf-bitnet or gguf"), std::string::npos) << r.out;
+  r = run("export " + (dir / "cli").string() + " --format hf-bitnet --out " + (dir / "hf").string());
+  EXPECT_EQ(r.code, 2);  // the quickstart's FFN is relu2, not BitNet's gated relu2_glu
+  EXPECT_NE(r.out.find("model.ffn = relu2"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }
 

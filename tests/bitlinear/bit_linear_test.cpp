@@ -180,3 +180,43 @@ TEST(BitConv2d, StridePerTokenActivationsAndBias) {
   EXPECT_EQ(bit->lambda_a(), 0.75);
   EXPECT_EQ(bit->forward(x.to(at::kBFloat16)).scalar_type(), at::kBFloat16);
 }
+
+TEST(BitLinear, ToPackedKeepsTheFullyQuantizedForwardWithoutLatentWeights) {
+  at::manual_seed(21);
+  BitLinearOptions o(256, 24);
+  o.sub_norm = true;
+  o.bias = true;
+  BitLinear l(o);
+  const auto x = at::randn({3, 5, 256});
+  at::Tensor want;
+  {
+    at::NoGradGuard g;
+    want = l->forward(x);  // lambdas 1: fake-quant
+  }
+  l->to_packed();
+  EXPECT_TRUE(l->is_packed());
+  EXPECT_FALSE(l->weight.defined());
+  const auto params = l->named_parameters();
+  EXPECT_EQ(params.size(), 0u);  // weight, bias and the SubLN weight now live in packed.*
+  const auto buffers = l->named_buffers();
+  for (const char* n : {"packed.packed", "packed.scales", "packed.bias", "packed.norm_weight"}) {
+    EXPECT_TRUE(buffers.contains(n)) << n;
+  }
+  EXPECT_THROW(l->quantized_weight(), std::logic_error);
+  const auto got = l->forward(x);
+  EXPECT_EQ(got.sizes(), want.sizes());
+  EXPECT_LT((got - want).abs().max().item<double>(), 1e-4);  // exact int products vs float sums
+}
+
+TEST(BitLinear, ToPackedRefusesQuantizationsWithoutAPackedForm) {
+  BitLinearOptions o(64, 8);
+  o.quant.weight.type = WeightQuant::kBinary;
+  EXPECT_THROW(BitLinear(o)->to_packed(), std::invalid_argument);
+  o = BitLinearOptions(64, 8);
+  o.quant.act.bits = 4;
+  EXPECT_THROW(BitLinear(o)->to_packed(), std::invalid_argument);
+  o = BitLinearOptions(64, 8);
+  o.quant.weight.granularity = Granularity::kPerGroup;
+  o.quant.weight.group_size = 32;
+  EXPECT_THROW(BitLinear(o)->to_packed(), std::invalid_argument);
+}

@@ -1,0 +1,204 @@
+#include "checkpoints/gguf.hpp"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "checkpoints/safetensors.hpp"
+#include "core/error.hpp"
+
+using namespace bitqat::checkpoints;
+using namespace bitqat::checkpoints::gguf;
+namespace fs = std::filesystem;
+
+namespace {
+
+std::vector<int8_t> random_codes(int n, unsigned seed) {
+  std::vector<int8_t> c(static_cast<size_t>(n));
+  for (auto& v : c) {
+    seed = seed * 1103515245u + 12345u;
+    v = static_cast<int8_t>(static_cast<int>((seed >> 16) % 3) - 1);
+  }
+  return c;
+}
+
+File sample_file() {
+  File f;
+  f.metadata = {
+      {"general.architecture", Value::str("bitnet")},
+      {"general.alignment", Value::u32(64)},
+      {"a.u8", {ValueType::kUint8, ValueType::kUint8, 200}},
+      {"a.i8", {ValueType::kInt8, ValueType::kInt8, -5}},
+      {"a.u16", {ValueType::kUint16, ValueType::kUint16, 60000}},
+      {"a.i16", {ValueType::kInt16, ValueType::kInt16, -300}},
+      {"a.i32", Value::i32(-7)},
+      {"a.f32", Value::f32(0.5f)},
+      {"a.bool", Value::boolean(true)},
+      {"a.u64", {ValueType::kUint64, ValueType::kUint64, uint64_t{1} << 40}},
+      {"a.i64", {ValueType::kInt64, ValueType::kInt64, -(int64_t{1} << 40)}},
+      {"a.f64", {ValueType::kFloat64, ValueType::kFloat64, 0.25}},
+      {"a.strings", Value::array(ValueType::kString, {"x", "", "\xc4\xa0"})},
+      {"a.ints", Value::array(ValueType::kInt32, {1, -2, 3})},
+      {"a.empty", Value::array(ValueType::kFloat32, nlohmann::json::array())},
+  };
+  at::manual_seed(5);
+  const auto codes = at::randint(-1, 2, {3, 512}, at::kChar);
+  const auto scales = at::rand({3, 2}) + 0.1;
+  f.tensors.push_back(float_tensor("norm", at::randn({7})));
+  f.tensors.push_back(float_tensor("embd", at::randn({5, 3}), GgmlType::kF16));
+  f.tensors.push_back(ternary_tensor("w2", codes, scales, GgmlType::kTQ2_0));
+  f.tensors.push_back(ternary_tensor("w1", codes, scales, GgmlType::kTQ1_0));
+  return f;
+}
+
+std::string error_of(const std::string& bytes) {
+  try {
+    decode(bytes, "m.gguf");
+  } catch (const bitqat::core::UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+}  // namespace
+
+TEST(GgufBlocks, TQ2_0BitPositionsFollowGgml) {
+  // Weight 128h + 32l + m sits in bits 2l of byte 32h + m, stored as code + 1.
+  for (int i : {0, 1, 31, 32, 100, 127, 128, 200, 255}) {
+    std::vector<int8_t> codes(kQK, -1);
+    codes[static_cast<size_t>(i)] = 1;
+    uint8_t out[kTQ2_0Bytes];
+    encode_tq2_0_block(codes.data(), 1.0f, out);
+    const int h = i / 128, l = (i % 128) / 32, m = i % 32;
+    for (int b = 0; b < 64; ++b) EXPECT_EQ(out[b], b == 32 * h + m ? 2 << (2 * l) : 0) << "weight " << i;
+    EXPECT_EQ(out[64], 0x00);  // fp16 1.0 = 0x3c00, little-endian
+    EXPECT_EQ(out[65], 0x3c);
+  }
+}
+
+TEST(GgufBlocks, TQ1_0ByteValuesFollowGgml) {
+  std::vector<int8_t> codes(kQK, -1);
+  uint8_t out[kTQ1_0Bytes];
+  encode_tq1_0_block(codes.data(), 2.0f, out);
+  for (int b = 0; b < 52; ++b) EXPECT_EQ(out[b], 0);
+  // Weight 0 is the most significant trit of byte 0: v = 81 -> ceil(81 * 256 / 243) = 86.
+  codes[0] = 0;
+  encode_tq1_0_block(codes.data(), 2.0f, out);
+  EXPECT_EQ(out[0], 86);
+  // All trits 2: v = 242 -> 255; qh holds 4 trits scaled by 3: (80 * 3) -> ceil(240 * 256 / 243) = 253.
+  std::fill(codes.begin(), codes.end(), int8_t{1});
+  encode_tq1_0_block(codes.data(), 2.0f, out);
+  EXPECT_EQ(out[0], 255);
+  EXPECT_EQ(out[47], 255);
+  EXPECT_EQ(out[48], 253);
+  EXPECT_EQ(out[52], 0x00);  // fp16 2.0 = 0x4000
+  EXPECT_EQ(out[53], 0x40);
+}
+
+TEST(GgufBlocks, BothTypesRoundTripEveryCodePattern) {
+  for (unsigned seed = 1; seed < 40; ++seed) {
+    const auto codes = random_codes(kQK, seed);
+    int8_t back[kQK];
+    float d = 0;
+    uint8_t b2[kTQ2_0Bytes], b1[kTQ1_0Bytes];
+    encode_tq2_0_block(codes.data(), 0.0312f, b2);
+    decode_tq2_0_block(b2, back, &d);
+    EXPECT_EQ(std::vector<int8_t>(back, back + kQK), codes);
+    EXPECT_EQ(d, static_cast<float>(c10::Half(0.0312f)));
+    encode_tq1_0_block(codes.data(), 0.0312f, b1);
+    decode_tq1_0_block(b1, back, &d);
+    EXPECT_EQ(std::vector<int8_t>(back, back + kQK), codes);
+  }
+  // Every value of one 5-trit byte.
+  for (int v = 0; v < 243; ++v) {
+    std::vector<int8_t> codes(kQK, 0);
+    int r = v;
+    for (int t = 4; t >= 0; --t, r /= 3) codes[static_cast<size_t>(32 * t)] = static_cast<int8_t>(r % 3 - 1);
+    uint8_t b1[kTQ1_0Bytes];
+    int8_t back[kQK];
+    float d;
+    encode_tq1_0_block(codes.data(), 1.0f, b1);
+    decode_tq1_0_block(b1, back, &d);
+    ASSERT_EQ(std::vector<int8_t>(back, back + kQK), codes) << v;
+  }
+}
+
+TEST(GgufBlocks, RejectsCodesOutsideTernaryAndRowsOfPartialBlocks) {
+  std::vector<int8_t> codes(kQK, 0);
+  codes[3] = 2;
+  uint8_t out[kTQ2_0Bytes];
+  EXPECT_THROW(encode_tq2_0_block(codes.data(), 1.0f, out), std::invalid_argument);
+  EXPECT_THROW(ternary_tensor("x", at::zeros({2, 384}, at::kChar), at::ones({2, 1}), GgmlType::kTQ2_0),
+               std::invalid_argument);
+  EXPECT_EQ(row_bytes(GgmlType::kTQ2_0, 512), 132);
+  EXPECT_EQ(row_bytes(GgmlType::kTQ1_0, 512), 108);
+}
+
+TEST(GgufFile, RoundTripsMetadataAndTensors) {
+  const auto f = sample_file();
+  const auto bytes = encode(f);
+  EXPECT_EQ(bytes.substr(0, 4), "GGUF");
+  EXPECT_EQ(bytes.size() % 64, 0u);
+  const auto g = decode(bytes, "mem");
+  ASSERT_EQ(g.metadata.size(), f.metadata.size());
+  for (size_t i = 0; i < f.metadata.size(); ++i) {
+    EXPECT_EQ(g.metadata[i].first, f.metadata[i].first);
+    EXPECT_EQ(g.metadata[i].second.type, f.metadata[i].second.type) << f.metadata[i].first;
+    EXPECT_EQ(g.metadata[i].second.data, f.metadata[i].second.data) << f.metadata[i].first;
+  }
+  ASSERT_EQ(g.tensors.size(), f.tensors.size());
+  for (size_t i = 0; i < f.tensors.size(); ++i) {
+    EXPECT_EQ(g.tensors[i].name, f.tensors[i].name);
+    EXPECT_EQ(g.tensors[i].ne, f.tensors[i].ne);
+    EXPECT_EQ(g.tensors[i].type, f.tensors[i].type);
+    EXPECT_EQ(g.tensors[i].data, f.tensors[i].data);
+  }
+  EXPECT_EQ(encode(g), bytes);
+  // Both ternary encodings of the same codes dequantize to the same values: code * fp16(scale).
+  at::manual_seed(5);
+  const auto codes = at::randint(-1, 2, {3, 512}, at::kChar);
+  const auto scales = at::rand({3, 2}) + 0.1;
+  const auto want = codes.to(at::kFloat) * scales.to(at::kHalf).to(at::kFloat).repeat_interleave(256, 1);
+  EXPECT_TRUE(dequantize(*g.tensor("w2")).equal(want));
+  EXPECT_TRUE(dequantize(*g.tensor("w1")).equal(want));
+  EXPECT_TRUE(ternary_codes(*g.tensor("w1")).equal(codes));
+  EXPECT_EQ(dequantize(*g.tensor("embd")).sizes(), (std::vector<int64_t>{5, 3}));
+}
+
+TEST(GgufFile, RefusesMalformedFiles) {
+  const auto bytes = encode(sample_file());
+  EXPECT_NE(error_of("GGUX" + bytes.substr(4)).find("magic"), std::string::npos);
+  auto v2 = bytes;
+  v2[4] = 2;
+  EXPECT_NE(error_of(v2).find("version 2"), std::string::npos);
+  EXPECT_NE(error_of(bytes.substr(0, 40)).find("truncated"), std::string::npos);
+  EXPECT_NE(error_of(bytes.substr(0, bytes.size() - 100)).find("past the end"), std::string::npos);
+}
+
+TEST(GgufFile, GgufPythonPackageReadsAndDequantizesOurBytes) {
+#ifndef BITQAT_PYTHON
+  GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
+#else
+  const auto dir = fs::temp_directory_path() / ("bitqat_gguf_" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  auto f = sample_file();
+  save((dir / "m.gguf").string(), f);
+  NamedTensors expected;
+  for (const auto& t : f.tensors) expected.emplace_back(t.name, dequantize(t));
+  save_safetensors((dir / "want.safetensors").string(), expected);
+  const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/checkpoints/gguf_check.py " +
+                          (dir / "m.gguf").string() + " " + (dir / "want.safetensors").string() + " 2>&1";
+  std::string out;
+  FILE* p = popen(cmd.c_str(), "r");
+  ASSERT_NE(p, nullptr);
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = pclose(p);
+  std::printf("%s", out.c_str());
+  EXPECT_EQ(rc, 0) << out;
+  EXPECT_NE(out.find("4 tensors checked, 0 bad"), std::string::npos) << out;
+  fs::remove_all(dir);
+#endif
+}

@@ -1,0 +1,165 @@
+#include "training/export_hf_bitnet.hpp"
+
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "checkpoints/safetensors.hpp"
+#include "core/error.hpp"
+#include "core/fs.hpp"
+
+namespace bitqat::training {
+namespace fs = std::filesystem;
+namespace {
+
+using bitqat::bitlinear::BitLinear;
+
+void check_linear(const std::string& name, const BitLinear& l, bool want_norm) {
+  const auto& q = l->options.quant;
+  auto fail = [&](const std::string& what) {
+    throw core::UserError(fmt::format("hf-bitnet export: {} {}", name, what));
+  };
+  if (l->is_packed()) fail("is already packed; export from a run directory");
+  if (q.weight.type != bitlinear::WeightQuant::kTernary) {
+    fail(
+        fmt::format("has weights '{}': BitNetForCausalLM quantizes every block linear to ternary (check "
+                    "quant.include / quant.exclude and quant.weight.type)",
+                    bitlinear::to_string(q.weight.type)));
+  }
+  if (q.weight.granularity != bitlinear::Granularity::kPerTensor) {
+    fail(
+        fmt::format("has quant.weight.granularity = {}: transformers' BitLinear has one weight_scale per tensor "
+                    "(expected per_tensor)",
+                    bitlinear::to_string(q.weight.granularity)));
+  }
+  if (q.act.type != bitlinear::ActQuant::kPerToken || q.act.bits != 8) {
+    fail(fmt::format("has activations {} with {} bits: expected quant.activation per_token with 8 bits",
+                     bitlinear::to_string(q.act.type), q.act.bits));
+  }
+  if (l->bias.defined()) fail("has a bias: BitNetForCausalLM has none");
+  if (l->options.out_features % 4 != 0) {
+    fail(fmt::format("has {} output features: the uint8 packing needs a multiple of 4", l->options.out_features));
+  }
+  if (want_norm != static_cast<bool>(l->norm)) fail("does not have the SubLN norm BitNet expects");
+}
+
+}  // namespace
+
+at::Tensor pack_hf_ternary(const at::Tensor& codes_in) {
+  TORCH_CHECK(codes_in.dim() == 2 && codes_in.size(0) % 4 == 0, "pack_hf_ternary: expected codes [N, K], N % 4 == 0");
+  const auto c = (codes_in.to(at::kInt) + 1).to(at::kByte).cpu();
+  TORCH_CHECK(c.le(2).all().item<bool>(), "pack_hf_ternary: codes must be in {-1, 0, 1}");
+  const int64_t rows = c.size(0) / 4;
+  auto packed = at::zeros({rows, c.size(1)}, at::kByte);
+  for (int64_t i = 0; i < 4; ++i) packed.bitwise_or_(c.narrow(0, i * rows, rows).bitwise_left_shift(2 * i));
+  return packed;
+}
+
+at::Tensor unpack_hf_ternary(const at::Tensor& packed) {
+  const int64_t rows = packed.size(0);
+  auto codes = at::empty({4 * rows, packed.size(1)}, at::kChar);
+  for (int64_t i = 0; i < 4; ++i) {
+    codes.narrow(0, i * rows, rows).copy_(packed.bitwise_right_shift(2 * i).bitwise_and(3).to(at::kChar) - 1);
+  }
+  return codes;
+}
+
+void check_hf_bitnet_compatible(const models::BitLMImpl& lm) {
+  const auto& c = lm.config;
+  if (c.ffn != "relu2_glu") {
+    throw core::UserError(fmt::format(
+        "hf-bitnet export: model.ffn = {}: BitNetForCausalLM computes down(relu(gate x)^2 * up x); expected "
+        "relu2_glu",
+        c.ffn));
+  }
+  if (!c.sub_norm) {
+    throw core::UserError(
+        "hf-bitnet export: model.sub_norm = false: BitNetForCausalLM has attn_sub_norm and "
+        "ffn_sub_norm; expected true");
+  }
+  for (size_t i = 0; i < lm.blocks.size(); ++i) {
+    const auto& b = lm.blocks[i];
+    const std::string p = fmt::format("layers.{}.", i);
+    check_linear(p + "attn.q", b->attn->q, false);
+    check_linear(p + "attn.k", b->attn->k, false);
+    check_linear(p + "attn.v", b->attn->v, false);
+    check_linear(p + "attn.o", b->attn->o, true);
+    check_linear(p + "ffn.gate", b->ffn->gate, false);
+    check_linear(p + "ffn.up", b->ffn->up, false);
+    check_linear(p + "ffn.down", b->ffn->down, true);
+  }
+}
+
+void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
+  if (fs::exists(out_dir)) {
+    throw core::UserError(fmt::format("{} already exists; choose a new --out path (exports never overwrite)", out_dir));
+  }
+  check_hf_bitnet_compatible(lm);
+  const auto& c = lm.config;
+  checkpoints::NamedTensors t;
+  auto fp = [](const at::Tensor& x) { return x.detach().to(at::kCPU, at::kFloat).contiguous(); };
+  auto linear = [&](const std::string& name, const BitLinear& l) {
+    const auto q = l->quantized_weight();
+    t.emplace_back(name + ".weight", pack_hf_ternary(q.codes));
+    t.emplace_back(name + ".weight_scale", (1.0 / q.scales.to(at::kDouble)).to(at::kFloat).reshape({1}).cpu());
+  };
+  t.emplace_back("model.embed_tokens.weight", fp(lm.embed->weight));
+  for (size_t i = 0; i < lm.blocks.size(); ++i) {
+    const auto& b = lm.blocks[i];
+    const std::string p = fmt::format("model.layers.{}.", i);
+    t.emplace_back(p + "input_layernorm.weight", fp(b->attn_norm->weight));
+    linear(p + "self_attn.q_proj", b->attn->q);
+    linear(p + "self_attn.k_proj", b->attn->k);
+    linear(p + "self_attn.v_proj", b->attn->v);
+    linear(p + "self_attn.o_proj", b->attn->o);
+    t.emplace_back(p + "self_attn.attn_sub_norm.weight", fp(b->attn->o->norm->weight));
+    t.emplace_back(p + "post_attention_layernorm.weight", fp(b->ffn_norm->weight));
+    linear(p + "mlp.gate_proj", b->ffn->gate);
+    linear(p + "mlp.up_proj", b->ffn->up);
+    linear(p + "mlp.down_proj", b->ffn->down);
+    t.emplace_back(p + "mlp.ffn_sub_norm.weight", fp(b->ffn->down->norm->weight));
+  }
+  t.emplace_back("model.norm.weight", fp(lm.norm->weight));
+  if (lm.lm_head) t.emplace_back("lm_head.weight", fp(lm.lm_head->weight));
+
+  const nlohmann::ordered_json config = {
+      {"architectures", {"BitNetForCausalLM"}},
+      {"model_type", "bitnet"},
+      {"vocab_size", c.vocab_size},
+      {"hidden_size", c.dim},
+      {"intermediate_size", c.ffn_dim},
+      {"num_hidden_layers", c.n_layers},
+      {"num_attention_heads", c.n_heads},
+      {"num_key_value_heads", c.n_kv_heads},
+      {"head_dim", c.head_dim()},
+      {"hidden_act", "relu2"},
+      {"max_position_embeddings", c.max_seq_len},
+      {"rms_norm_eps", c.norm_eps},
+      {"rope_theta", c.rope_theta},
+      {"rope_parameters", {{"rope_type", "default"}, {"rope_theta", c.rope_theta}}},
+      {"attention_bias", false},
+      {"attention_dropout", 0.0},
+      {"tie_word_embeddings", c.tie_embeddings},
+      {"bos_token_id", nullptr},
+      {"eos_token_id", nullptr},
+      {"pad_token_id", nullptr},
+      {"torch_dtype", "float32"},
+      {"quantization_config",
+       {{"quant_method", "bitnet"},
+        {"linear_class", "bitlinear"},
+        {"quantization_mode", "offline"},
+        {"modules_to_not_convert", {"lm_head"}},
+        {"use_rms_norm", false}}},
+      {"bitqat", {{"exported_by", "bitqat export --format hf-bitnet"}}},
+  };
+  const std::string tmp = fmt::format("{}.tmp-{}", out_dir, ::getpid());
+  fs::remove_all(tmp);
+  fs::create_directories(tmp);
+  core::write_file_atomic(tmp + "/config.json", config.dump(2) + "\n");
+  checkpoints::save_safetensors(tmp + "/model.safetensors", t, {{"format", "pt"}});
+  core::rename_dir_atomic(tmp, out_dir);
+}
+
+}  // namespace bitqat::training
