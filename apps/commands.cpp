@@ -16,10 +16,10 @@
 #include "models/generate.hpp"
 #include "models/lm.hpp"
 #include "training/config.hpp"
-#include "training/quantize.hpp"
 #include "training/export_gguf.hpp"
 #include "training/export_hf_bitnet.hpp"
 #include "training/export_packed.hpp"
+#include "training/quantize.hpp"
 #include "training/run_loader.hpp"
 #include "training/trainer.hpp"
 
@@ -178,6 +178,9 @@ int cmd_quantize(const std::vector<std::string>& argv) {
     if (!r.eval.metric_name.empty()) std::printf(", %s %.4f", r.eval.metric_name.c_str(), r.eval.metric);
     std::printf("; results in %s\n", r.out_dir.c_str());
   }
+  return 0;
+}
+
 int cmd_export(const std::vector<std::string>& argv) {
   const auto a = parse_args("export", argv, {"format", "out", "gguf-type", "name"}, {});
   if (a.help) {
