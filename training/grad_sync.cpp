@@ -54,6 +54,9 @@ GradSync::GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_b
     names_.push_back(item.key());
     params_.push_back(item.value());
   }
+  for (const auto& b : model.buffers(true)) {
+    if (b.defined() && b.numel() > 0) buffers_.push_back(b);
+  }
   if (!dist_.active()) return;
   if (bucket_bytes < 1)
     throw core::UserError(fmt::format("gradient bucket size {} bytes is not positive", bucket_bytes));
@@ -104,6 +107,30 @@ void GradSync::broadcast_parameters() {
   for (size_t k = 0; k < params_.size(); ++k) {
     dist_.broadcast_(params_[k], "broadcast of parameter " + names_[k]);
   }
+  broadcast_buffers();
+}
+
+void GradSync::broadcast_buffers() {
+  if (!dist_.active() || buffers_.empty()) return;
+  at::NoGradGuard no_grad;
+  std::vector<at::ScalarType> dtypes;
+  for (const auto& b : buffers_) {
+    if (std::find(dtypes.begin(), dtypes.end(), b.scalar_type()) == dtypes.end()) dtypes.push_back(b.scalar_type());
+  }
+  for (const auto dt : dtypes) {
+    std::vector<at::Tensor> group;
+    for (const auto& b : buffers_) {
+      if (b.scalar_type() == dt) group.push_back(b.detach().reshape({-1}));
+    }
+    at::Tensor flat = at::cat(group);
+    dist_.broadcast_(flat, fmt::format("broadcast of {} {} buffers", group.size(), c10::toString(dt)));
+    int64_t off = 0;
+    for (auto& b : buffers_) {
+      if (b.scalar_type() != dt) continue;
+      b.detach().copy_(flat.narrow(0, off, b.numel()).view(b.sizes()));
+      off += b.numel();
+    }
+  }
 }
 
 void GradSync::set_sync(bool sync) {
@@ -113,6 +140,7 @@ void GradSync::set_sync(bool sync) {
 
 void GradSync::prepare() {
   if (!hooked_) return;
+  broadcast_buffers();
   std::lock_guard<std::mutex> lock(mu_);
   std::fill(ready_.begin(), ready_.end(), 0);
   for (auto& b : buckets_) b.pending = static_cast<int>(b.params.size());

@@ -36,9 +36,12 @@ class GradSync {
 
   // Parameters and buffers <- rank 0's.
   void broadcast_parameters();
+  // Buffers <- rank 0's (as DDP does before every forward pass): running statistics such as batch
+  // norm's are updated from each rank's own share and would drift apart. One broadcast per dtype.
+  void broadcast_buffers();
   // Whether the coming backward pass is the step's last micro-step (the one that all-reduces).
   void set_sync(bool sync);
-  // Start of a step.
+  // Start of a step: also broadcasts the buffers.
   void prepare();
   // After the last micro-step's backward: waits for every bucket, divides by the world size and
   // writes the averages back into .grad. A trainable parameter whose gradient never landed is a
@@ -69,6 +72,7 @@ class GradSync {
   DistContext& dist_;
   std::vector<std::string> names_;
   std::vector<at::Tensor> params_;
+  std::vector<at::Tensor> buffers_;
   std::vector<size_t> bucket_of_;
   std::vector<Bucket> buckets_;
   std::vector<char> ready_;

@@ -205,7 +205,10 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
 
   const auto val_batches = source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
   auto write_checkpoint = [&](int64_t step_done) {
-    // All ranks must agree on the step and hold the same weights before rank 0 writes them.
+    // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
+    // buffers were updated from each rank's own share in this step: take rank 0's, as the next
+    // step would).
+    sync.broadcast_buffers();
     dist.check_same({step_done, bit_fingerprint(replicated)},
                     {"the step", "the fingerprint of parameters and buffers"});
     dist.barrier("barrier before writing checkpoint");

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <torch/nn/functional/loss.h>
 #include <torch/nn/modules/activation.h>
+#include <torch/nn/modules/batchnorm.h>
 #include <torch/nn/modules/container/sequential.h>
 #include <torch/nn/modules/linear.h>
 #include <torch/serialize.h>
@@ -147,6 +148,18 @@ TEST(GradSyncWorker, Run) {
     }
     return;
   }
+  if (mode == "buffers") {
+    // Batch norm's running statistics come from each rank's own rows; prepare() makes them rank 0's.
+    torch::nn::Sequential bn_net(torch::nn::Linear(6, 8), torch::nn::BatchNorm1d(8), torch::nn::Linear(8, 3));
+    GradSync bn_sync(dist, *bn_net, 1 << 20, true);
+    bn_sync.broadcast_parameters();
+    for (int step = 0; step < 3; ++step) local_backward(bn_net, &bn_sync, step, env.rank, env.world_size, 1);
+    bn_sync.broadcast_buffers();
+    std::vector<at::Tensor> bufs;
+    for (const auto& b : bn_net->buffers()) bufs.push_back(b.clone());
+    torch::save(bufs, std::string(out) + "/buffers" + tag);
+    return;
+  }
   local_backward(net, &sync, 0, env.rank, env.world_size, accum);
   torch::save(grads(net), std::string(out) + "/grads" + tag);
   sgd(net);
@@ -242,5 +255,21 @@ TEST(GradSync, UnusedParameterIsNamedNotHung) {
         << log;
   }
   EXPECT_LT(s, 30.0);
+  fs::remove_all(dir);
+}
+
+TEST(GradSync, BuffersFollowRankZero) {
+  const auto dir = fs::temp_directory_path() / ("bitqat_gs_buf_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const auto r = run_ranks(dir, 2, 1, "64", true, "buffers");
+  for (int i = 0; i < 2; ++i) {
+    ASSERT_EQ(r.codes[static_cast<size_t>(i)], 0) << bitqat::testing::slurp(r.logs[static_cast<size_t>(i)]);
+  }
+  const auto b0 = load(dir / "buffers_rank0.pt");
+  const auto b1 = load(dir / "buffers_rank1.pt");
+  ASSERT_EQ(b0.size(), 3u);  // running mean, running var, batches seen
+  EXPECT_EQ(max_diff(b0, b1), 0.0);
+  EXPECT_GT(b0[0].abs().max().item<double>(), 0.0);  // the statistics did move
   fs::remove_all(dir);
 }
