@@ -188,6 +188,13 @@ DistContext::DistContext(const DistEnv& env, const std::string& backend, std::ch
       pg_ = c10::make_intrusive<c10d::ProcessGroupGloo>(store, env_.rank, env_.world_size, opts);
     } else {
 #if BITQAT_HAVE_NCCL
+      const int gpus = static_cast<int>(c10::cuda::device_count());
+      if (env_.local_world_size > gpus) {
+        throw core::UserError(fmt::format(
+            "rank {}: {} ranks on this node but {} GPU(s) visible; NCCL needs one GPU per rank (start at most {} "
+            "processes per node, or use dist.backend: gloo)",
+            env_.rank, env_.local_world_size, gpus, gpus));
+      }
       c10::cuda::set_device(device_.index());
       auto opts = c10d::ProcessGroupNCCL::Options::create();
       opts->timeout = timeout_;
@@ -205,8 +212,9 @@ DistContext::DistContext(const DistEnv& env, const std::string& backend, std::ch
                                       backend_, env_.world_size, where, reason(e)));
   }
   if (is_main()) {
-    spdlog::info("process group: {} over {} ranks ({} launch, rendezvous {}, timeout {} s)", backend_, env_.world_size,
-                 env_.launcher, where, seconds(timeout_));
+    spdlog::info("process group: {} over {} ranks ({} launch, rendezvous {}{}, timeout {} s)", backend_,
+                 env_.world_size, env_.launcher, where, env_.use_agent_store ? " via the agent's store" : "",
+                 seconds(timeout_));
   }
 }
 

@@ -312,6 +312,28 @@ TEST_F(DataParallelRun, TwoRanksFollowTheOneRankLossCurve) {
   EXPECT_EQ(bitqat::testing::slurp(log("two", 1)).find("global batch"), std::string::npos);
 }
 
+// launch/torchrun.sh: torchrun --standalone starts the binary itself (--no-python) and every rank
+// joins the agent's store; the curve is the one of a 1-rank run with the same global batch.
+TEST_F(DataParallelRun, UnderTorchrun) {
+  if (std::string(BITQAT_TORCHRUN).empty()) GTEST_SKIP() << "no torchrun next to the configured Python";
+  auto one = start(args("one", 6, 8, 1), 1, "one");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("one", 0));
+  const auto a = args("tr", 6, 4, 1);
+  std::vector<std::string> argv{std::string(BITQAT_SOURCE_DIR) + "/launch/torchrun.sh", "2"};
+  argv.insert(argv.end(), a.begin() + 2, a.end());  // the script adds the binary and `train`
+  const pid_t p = bitqat::testing::spawn(argv, {{"BITQAT_BIN", a[0]}, {"TORCHRUN", BITQAT_TORCHRUN}}, log("tr", 0));
+  const int code = bitqat::testing::wait_for(p, 180);
+  const auto out = bitqat::testing::slurp(log("tr", 0));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("process group: gloo over 2 ranks (torchrun launch, rendezvous"), std::string::npos) << out;
+  EXPECT_NE(out.find("via the agent's store"), std::string::npos) << out;
+  const auto x = losses("one");
+  const auto y = losses("tr");
+  ASSERT_EQ(x.size(), 6u);
+  ASSERT_EQ(y.size(), x.size());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], y[i], 2e-4) << "step " << i + 1;
+}
+
 // Every rank holds the whole model and optimizer state, and a batch depends only on the global row
 // index: a 2-rank run resumed on 1 rank with the same global batch continues the 1-rank curve.
 TEST_F(DataParallelRun, ResumeOnAnotherWorldSize) {
