@@ -53,6 +53,9 @@ class GradSync {
   // Seconds finish() has spent waiting for all-reduces (the communication that the backward pass
   // did not hide), summed since construction, and the number of synchronised steps.
   double wait_seconds() const { return wait_s_; }
+  // Buckets whose all-reduce has started in the current step (with overlap, all of them by the end
+  // of the synchronising backward pass; without, none until finish()).
+  size_t launched_buckets() const { return next_launch_; }
   int64_t synced_steps() const { return synced_steps_; }
 
   // Called from the autograd hook of parameter `index` (public for the hook object only).

@@ -273,3 +273,30 @@ TEST(GradSync, BuffersFollowRankZero) {
   EXPECT_GT(b0[0].abs().max().item<double>(), 0.0);  // the statistics did move
   fs::remove_all(dir);
 }
+
+// The hooks start the all-reduces during the backward pass (one rank, Gloo on loopback): with overlap
+// every bucket is on the wire before finish(); without, none is; accumulation micro-steps start none.
+TEST(GradSync, BucketsStartDuringBackward) {
+  for (const bool overlap : {true, false}) {
+    DistEnv env;
+    env.launcher = "torchrun";
+    env.master_addr = "127.0.0.1";
+    env.master_port = bitqat::testing::free_port();
+    DistContext dist(env, "gloo", std::chrono::seconds(10));
+    auto net = make_net(1);
+    GradSync sync(dist, *net, 64, overlap);  // 64 bytes: one bucket per tensor
+    ASSERT_EQ(sync.buckets().size(), 6u);
+    EXPECT_EQ(sync.buckets()[0].names, (std::vector<std::string>{"4.bias"}));  // last parameter first
+    const auto [x, y] = global_batch(0);
+    sync.prepare();
+    sync.set_sync(false);
+    torch::nn::functional::mse_loss(net->forward(x.narrow(0, 0, 4)), y.narrow(0, 0, 4)).backward();
+    EXPECT_EQ(sync.launched_buckets(), 0u);
+    sync.set_sync(true);
+    torch::nn::functional::mse_loss(net->forward(x.narrow(0, 4, 4)), y.narrow(0, 4, 4)).backward();
+    EXPECT_EQ(sync.launched_buckets(), overlap ? 6u : 0u) << "overlap " << overlap;
+    sync.finish();
+    EXPECT_EQ(sync.launched_buckets(), 6u);
+    EXPECT_EQ(sync.synced_steps(), 1);
+  }
+}
