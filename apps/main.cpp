@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <vector>
@@ -35,6 +36,16 @@ const char* kUsage =
     "\n"
     "`bitqat <command> --help` describes a command.\n";
 
+// After an error, exit without running static destructors: a data-parallel run that failed may still
+// have process-group threads blocked on a dead peer, and tearing them down could hang or crash.
+// Everything that matters is already on disk (files are written atomically) or on stderr.
+int fail_now(int code) {
+  std::fflush(stdout);
+  std::fflush(stderr);
+  spdlog::shutdown();
+  std::_Exit(code);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -57,9 +68,9 @@ int main(int argc, char** argv) {
     return 2;
   } catch (const bitqat::core::UserError& e) {
     std::fprintf(stderr, "bitqat %s: error: %s\n", cmd.c_str(), e.what());
-    return 2;
+    return fail_now(2);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bitqat %s: internal error: %s\n", cmd.c_str(), e.what());
-    return 1;
+    return fail_now(1);
   }
 }

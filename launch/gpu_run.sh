@@ -26,9 +26,20 @@ if ! { cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release \
 fi
 
 # GPU-relevant tests (the CPU-only data tests need Debian's dataset packages, absent from this image).
-ctest --test-dir build-gpu --output-on-failure -R "W158A8|Reference|TernaryFormat|BitLinear|BitConv2d|Estimators|BitLM" \
+ctest --test-dir build-gpu --output-on-failure \
+  -R "W158A8|Reference|TernaryFormat|BitLinear|BitConv2d|Estimators|BitLM|DistContext|GradSync|DataParallel" \
   > "$out/ctest.log" 2>&1
 echo "ctest exit $?" >> "$out/ctest.log"
+# Data parallel over NCCL with world size 1 (NCCL refuses two ranks on one GPU): a launched
+# single-rank run takes the whole process-group path (rendezvous, broadcast, bucketed all-reduce).
+mkdir -p "$out/nccl"
+for i in $(seq 400); do echo "In the beginning God created the heaven and the earth. $i"; done > "$out/nccl/text.txt"
+RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 MASTER_PORT=29517 \
+  build-gpu/bitqat train configs/quickstart.yaml --set device.type=cuda --set dist.backend=nccl \
+  --set data.path="$out/nccl/text.txt" --set run.dir="$out/nccl" --set run.name=nccl1 --set train.steps=20 \
+  --set train.log_every=5 --set train.eval_every=0 --set checkpoint.every=10 --set dist.bucket_mb=0.5 \
+  > "$out/nccl.log" 2>&1
+echo "nccl world-1 training exit $?" >> "$out/nccl.log"
 compute-sanitizer --tool memcheck --error-exitcode 9 build-gpu/tests/bitlinear/ops/bitlinear_ops_tests \
   --gtest_filter='*Gpu*' > "$out/memcheck.log" 2>&1
 echo "memcheck exit $?" >> "$out/memcheck.log"
@@ -38,4 +49,4 @@ echo "memcheck exit $?" >> "$out/memcheck.log"
   build-gpu/bench/w158a8_bench memory "$out"
 } > "$out/bench.log" 2>&1
 echo "bench exit $?" >> "$out/bench.log"
-tail -5 "$out/ctest.log" "$out/memcheck.log"; cat "$out/bench.log"
+tail -5 "$out/ctest.log" "$out/memcheck.log" "$out/nccl.log"; cat "$out/bench.log"

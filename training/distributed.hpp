@@ -1,11 +1,20 @@
 // The process group of a run: where this process sits (from torchrun or SLURM variables) and the
-// collectives the trainer needs. A single process needs no process group: every collective is then
+// collectives the trainer needs, on PyTorch's c10d (TCPStore rendezvous; NCCL on GPUs, Gloo on the
+// CPU). A process started without launcher variables has no process group: every collective is then
 // the identity.
 #pragma once
 #include <ATen/ATen.h>
+#include <c10/util/intrusive_ptr.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
+#include <vector>
+
+namespace c10d {
+class Backend;
+class Work;
+}  // namespace c10d
 
 namespace bitqat::training {
 
@@ -17,6 +26,7 @@ struct DistEnv {
   std::string master_addr;
   int master_port = 0;
   bool use_agent_store = false;
+  int restart_count = 0;          // TORCHELASTIC_RESTART_COUNT: keeps store keys of restarts apart
   std::string launcher = "none";  // none | torchrun | slurm
 };
 
@@ -27,17 +37,75 @@ DistEnv dist_env_from_environment();
 // First host of a SLURM node list: "node[003-005,007],gpu1" -> "node003".
 std::string first_slurm_host(const std::string& nodelist);
 
+// The backend a config asks for on a device: "auto" is NCCL on CUDA and Gloo on the CPU. NCCL on
+// the CPU is a UserError.
+std::string resolve_backend(const std::string& backend, const at::Device& device);
+
+// A collective in flight; wait() throws a UserError naming what failed (peer gone, timeout).
+class DistContext;
+class PendingOp {
+ public:
+  PendingOp();
+  PendingOp(PendingOp&&) noexcept;
+  PendingOp& operator=(PendingOp&&) noexcept;
+  ~PendingOp();
+  void wait();
+  bool valid() const { return ctx_ != nullptr; }
+
+ private:
+  friend class DistContext;
+  DistContext* ctx_ = nullptr;
+  c10::intrusive_ptr<c10d::Work> work_;
+  std::string what_;
+};
+
 class DistContext {
  public:
-  DistContext(const DistEnv& env, const std::string& backend, std::chrono::milliseconds timeout);
+  // Joins the process group when a launcher set the environment (any world size, so that a
+  // one-rank launch exercises the same path), on `device` (CUDA: NCCL or Gloo; CPU: Gloo).
+  // Collectives and the rendezvous fail after `timeout` with a UserError naming the failure.
+  DistContext(const DistEnv& env, const std::string& backend, std::chrono::milliseconds timeout,
+              const at::Device& device = at::Device(at::kCPU));
+  ~DistContext();
+  DistContext(const DistContext&) = delete;
+  DistContext& operator=(const DistContext&) = delete;
+
   int rank() const { return env_.rank; }
   int world() const { return env_.world_size; }
   bool is_main() const { return env_.rank == 0; }
-  void barrier();
-  void all_reduce_mean_(at::Tensor& t);
+  // True when a process group exists (a launched run, even of one rank).
+  bool active() const { return static_cast<bool>(pg_); }
+  const std::string& backend() const { return backend_; }
+  const DistEnv& env() const { return env_; }
+  std::chrono::milliseconds timeout() const { return timeout_; }
+
+  void barrier(const std::string& what = "barrier");
+  // t (any device, any float dtype) <- mean over ranks.
+  void all_reduce_mean_(at::Tensor& t, const std::string& what = "all-reduce");
+  // t <- rank 0's t (in place, on t's device; CPU tensors travel through the group's device).
+  void broadcast_(at::Tensor& t, const std::string& what = "broadcast");
+  // Starts a sum all-reduce of t (on the group's device, contiguous) in place.
+  PendingOp all_reduce_sum_async(at::Tensor& t, std::string what);
+  // Every rank passes its values; throws a UserError listing the values that differ between ranks.
+  void check_same(const std::vector<int64_t>& values, const std::vector<std::string>& names);
+
+  // After a failure: the group is left to the operating system instead of being torn down, whose
+  // destructor could wait on collectives of a dead peer. Called by PendingOp::wait on failure.
+  void mark_failed() { failed_ = true; }
 
  private:
+  friend class PendingOp;
+  void wait_work(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
+
   DistEnv env_;
+  std::string backend_ = "none";
+  std::chrono::milliseconds timeout_;
+  at::Device device_;
+  c10::intrusive_ptr<c10d::Backend> pg_;
+  bool failed_ = false;
 };
+
+// An exact, order-independent fingerprint of tensors' bits (for "are the ranks' copies identical").
+int64_t bit_fingerprint(const std::vector<at::Tensor>& tensors);
 
 }  // namespace bitqat::training

@@ -87,13 +87,12 @@ std::string hms(double seconds) {
 
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   const auto env = dist_env_from_environment();
-  DistContext dist(env, cfg.dist.backend, std::chrono::seconds(cfg.dist.timeout_s));
+  if (cfg.device.threads > 0) at::set_num_threads(cfg.device.threads);
+  const at::Device device = pick_device(cfg.device, env.local_rank);
+  DistContext dist(env, cfg.dist.backend, std::chrono::seconds(cfg.dist.timeout_s), device);
   const bool main_rank = dist.is_main();
   const int rank = dist.rank();
   const int world = dist.world();
-
-  if (cfg.device.threads > 0) at::set_num_threads(cfg.device.threads);
-  const at::Device device = pick_device(cfg.device, env.local_rank);
   const bool autocast = device.is_cuda() && cfg.device.precision != "fp32";
   if (device.is_cpu() && cfg.device.precision == "bf16") {
     throw core::ConfigError(fmt::format("{} = bf16: bf16 autocast is for GPUs; use fp32 (or auto) on CPU",
@@ -163,7 +162,16 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     start_step = ck.step;
     bad_streak = ck.state.value("bad_streak", int64_t{0});
     const int64_t saved_gb = ck.state.value("global_batch", global_batch);
-    if (saved_gb != global_batch) {
+    const int64_t saved_world = ck.state.value("world_size", int64_t{1});
+    // Every rank holds the whole model and optimizer state, and a batch is a function of the global
+    // row index, so another world size resumes exactly when the global batch is the same.
+    if (saved_world != world && saved_gb == global_batch && main_rank) {
+      spdlog::info(
+          "resuming a {}-rank run on {} ranks with the same global batch {}: the data order continues "
+          "unchanged",
+          saved_world, world, global_batch);
+    }
+    if (saved_gb != global_batch && main_rank) {
       spdlog::warn(
           "resuming with global batch {} (checkpoint: {}): the data order continues by step, but the "
           "run no longer matches one uninterrupted run",
@@ -180,6 +188,15 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
 
   GradSync sync(dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024), cfg.dist.overlap);
   sync.broadcast_parameters();
+  std::vector<at::Tensor> replicated = params;  // what must stay bit-identical across ranks
+  for (const auto& b : model.buffers(true)) replicated.push_back(b);
+  if (dist.active() && main_rank) {
+    const auto bk = sync.buckets();
+    int64_t bytes = 0;
+    for (const auto& b : bk) bytes += b.bytes;
+    spdlog::info("data parallel: {} gradient buckets, {:.2f} MiB all-reduced per step (dist.bucket_mb {}, overlap {})",
+                 bk.size(), static_cast<double>(bytes) / (1 << 20), cfg.dist.bucket_mb, cfg.dist.overlap);
+  }
 
   std::unique_ptr<MetricsWriter> metrics;
   if (main_rank) {
@@ -195,7 +212,13 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
 
   const auto val_batches = source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
   auto write_checkpoint = [&](int64_t step_done) {
-    dist.barrier();
+    // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
+    // buffers were updated from each rank's own share in this step: take rank 0's, as the next
+    // step would).
+    sync.broadcast_buffers();
+    dist.check_same({step_done, bit_fingerprint(replicated)},
+                    {"the step", "the fingerprint of parameters and buffers"});
+    dist.barrier("barrier before writing checkpoint");
     if (main_rank) {
       checkpoints::CheckpointData ck;
       ck.step = step_done;
@@ -211,7 +234,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       const auto path = checkpoints::write_checkpoint(ckpt_dir, ck, cfg.checkpoint.keep_last);
       spdlog::info("checkpoint {}", path);
     }
-    dist.barrier();
+    dist.barrier("barrier after writing checkpoint");
   };
   auto run_eval = [&](int64_t step_done) {
     if (!main_rank) return;
@@ -231,6 +254,8 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   const auto t0 = Clock::now();
   auto t_log = t0;
   int64_t units_since_log = 0;
+  double sync_wait_at_log = 0.0;
+  int64_t synced_at_log = 0;
   result.start_step = start_step;
   model.train();
   for (int64_t step = start_step; step < steps; ++step) {
@@ -270,7 +295,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     // Every rank must take the same decision: agree on the worst case.
     at::Tensor flags =
         at::tensor({loss_sum / cfg.train.grad_accum, (finite && std::isfinite(grad_norm)) ? 0.0 : 1.0}, at::kDouble);
-    dist.all_reduce_mean_(flags);
+    dist.all_reduce_mean_(flags, "all-reduce of the step's loss and finiteness flag");
     const double mean_loss = flags[0].item<double>();
     const bool bad = flags[1].item<double>() > 0.0;
     if (bad) {
@@ -304,6 +329,10 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
       const double dt = std::chrono::duration<double>(now - t_log).count();
       const double rate = dt > 0 ? static_cast<double>(units_since_log) / dt : 0.0;
       const double elapsed = std::chrono::duration<double>(now - t0).count();
+      const int64_t synced = sync.synced_steps() - synced_at_log;
+      const double sync_wait_ms = synced > 0 ? 1e3 * (sync.wait_seconds() - sync_wait_at_log) / synced : 0.0;
+      sync_wait_at_log = sync.wait_seconds();
+      synced_at_log = sync.synced_steps();
       spdlog::info(
           "step {}/{} | loss {:.4f} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
           "{:.0f} {}/s | {}",
@@ -316,7 +345,8 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                       {"lambda_a", la},
                       {"grad_norm", grad_norm},
                       {std::string(task->unit_name()) + "_per_s", rate},
-                      {"elapsed_s", elapsed}});
+                      {"elapsed_s", elapsed},
+                      {"sync_wait_ms", sync_wait_ms}});
       t_log = now;
       units_since_log = 0;
     }

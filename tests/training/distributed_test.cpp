@@ -1,0 +1,413 @@
+// DistEnv from launcher variables, DistContext over Gloo on loopback, and whole data-parallel runs of
+// the `bitqat` binary: 2 ranks against 1 rank with the same global batch, resuming on another world
+// size, and a rank that dies or hangs.
+#include "training/distributed.hpp"
+
+#include <gtest/gtest.h>
+#include <torch/cuda.h>
+#include <nlohmann/json.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.hpp"
+#include "core/fs.hpp"
+#include "spawn.hpp"
+
+namespace fs = std::filesystem;
+using bitqat::training::DistContext;
+using bitqat::training::DistEnv;
+
+namespace {
+
+// Sets launcher variables for one test and restores the environment after it.
+class ScopedEnv {
+ public:
+  explicit ScopedEnv(const std::map<std::string, std::string>& vars) {
+    for (const char* k : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                          "TORCHELASTIC_USE_AGENT_STORE", "TORCHELASTIC_RESTART_COUNT", "SLURM_PROCID", "SLURM_NTASKS",
+                          "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST"}) {
+      if (const char* v = std::getenv(k)) saved_[k] = v;
+      ::unsetenv(k);
+    }
+    for (const auto& [k, v] : vars) ::setenv(k.c_str(), v.c_str(), 1);
+    set_ = vars;
+  }
+  ~ScopedEnv() {
+    for (const auto& [k, v] : set_) ::unsetenv(k.c_str());
+    for (const auto& [k, v] : saved_) ::setenv(k.c_str(), v.c_str(), 1);
+  }
+
+ private:
+  std::map<std::string, std::string> saved_, set_;
+};
+
+std::string error_of(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const bitqat::core::UserError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+DistEnv loopback_env(int rank, int world, int port) {
+  DistEnv e;
+  e.rank = rank;
+  e.world_size = world;
+  e.master_addr = "127.0.0.1";
+  e.master_port = port;
+  e.launcher = "torchrun";
+  return e;
+}
+
+}  // namespace
+
+TEST(DistEnv, FirstSlurmHost) {
+  EXPECT_EQ(bitqat::training::first_slurm_host("node[003-005,007],gpu1"), "node003");
+  EXPECT_EQ(bitqat::training::first_slurm_host("gpu7,gpu8"), "gpu7");
+  EXPECT_EQ(bitqat::training::first_slurm_host("a[12,14]"), "a12");
+  EXPECT_EQ(bitqat::training::first_slurm_host("single"), "single");
+}
+
+TEST(DistEnv, NoLauncherIsOneProcess) {
+  ScopedEnv env({});
+  const auto e = bitqat::training::dist_env_from_environment();
+  EXPECT_EQ(e.launcher, "none");
+  EXPECT_EQ(e.rank, 0);
+  EXPECT_EQ(e.world_size, 1);
+}
+
+TEST(DistEnv, TorchrunVariables) {
+  ScopedEnv env({{"RANK", "5"},
+                 {"WORLD_SIZE", "16"},
+                 {"LOCAL_RANK", "1"},
+                 {"LOCAL_WORLD_SIZE", "4"},
+                 {"MASTER_ADDR", "host0"},
+                 {"MASTER_PORT", "29400"},
+                 {"TORCHELASTIC_USE_AGENT_STORE", "True"},
+                 {"TORCHELASTIC_RESTART_COUNT", "2"}});
+  const auto e = bitqat::training::dist_env_from_environment();
+  EXPECT_EQ(e.launcher, "torchrun");
+  EXPECT_EQ(e.rank, 5);
+  EXPECT_EQ(e.world_size, 16);
+  EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.local_world_size, 4);
+  EXPECT_EQ(e.master_addr, "host0");
+  EXPECT_EQ(e.master_port, 29400);
+  EXPECT_TRUE(e.use_agent_store);
+  EXPECT_EQ(e.restart_count, 2);
+}
+
+TEST(DistEnv, SlurmVariables) {
+  ScopedEnv env({{"SLURM_PROCID", "9"},
+                 {"SLURM_NTASKS", "16"},
+                 {"SLURM_LOCALID", "1"},
+                 {"SLURM_NTASKS_PER_NODE", "8"},
+                 {"SLURM_JOB_NODELIST", "gpu[017-018]"}});
+  const auto e = bitqat::training::dist_env_from_environment();
+  EXPECT_EQ(e.launcher, "slurm");
+  EXPECT_EQ(e.rank, 9);
+  EXPECT_EQ(e.world_size, 16);
+  EXPECT_EQ(e.local_rank, 1);
+  EXPECT_EQ(e.local_world_size, 8);
+  EXPECT_EQ(e.master_addr, "gpu017");
+  EXPECT_EQ(e.master_port, 29500);
+}
+
+TEST(DistEnv, BadValuesNameTheVariable) {
+  {
+    ScopedEnv env({{"RANK", "x"}, {"WORLD_SIZE", "2"}});
+    EXPECT_NE(error_of([] { bitqat::training::dist_env_from_environment(); }).find("RANK = 'x'"), std::string::npos);
+  }
+  {
+    ScopedEnv env({{"RANK", "2"}, {"WORLD_SIZE", "2"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}});
+    EXPECT_NE(
+        error_of([] { bitqat::training::dist_env_from_environment(); }).find("rank 2 is not below the world size 2"),
+        std::string::npos);
+  }
+  {
+    ScopedEnv env({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "29500"}});
+    EXPECT_NE(error_of([] { bitqat::training::dist_env_from_environment(); }).find("MASTER_ADDR is not set"),
+              std::string::npos);
+  }
+}
+
+TEST(DistContext, BackendChoice) {
+  EXPECT_EQ(bitqat::training::resolve_backend("auto", at::Device(at::kCPU)), "gloo");
+  EXPECT_EQ(bitqat::training::resolve_backend("auto", at::Device(at::kCUDA, 0)), "nccl");
+  EXPECT_EQ(bitqat::training::resolve_backend("gloo", at::Device(at::kCUDA, 0)), "gloo");
+  EXPECT_NE(error_of([] { bitqat::training::resolve_backend("nccl", at::Device(at::kCPU)); }).find("needs CUDA"),
+            std::string::npos);
+}
+
+TEST(DistContext, WithoutLauncherEveryCollectiveIsTheIdentity) {
+  DistContext d(DistEnv{}, "auto", std::chrono::seconds(1));
+  EXPECT_FALSE(d.active());
+  auto t = at::tensor({1.0, 3.0});
+  d.all_reduce_mean_(t);
+  d.broadcast_(t);
+  d.barrier();
+  d.check_same({1, 2}, {"a", "b"});
+  EXPECT_TRUE(at::equal(t, at::tensor({1.0, 3.0})));
+}
+
+TEST(DistContext, GlooWithOneRank) {
+  DistContext d(loopback_env(0, 1, bitqat::testing::free_port()), "auto", std::chrono::seconds(10));
+  ASSERT_TRUE(d.active());
+  EXPECT_EQ(d.backend(), "gloo");
+  auto t = at::tensor({1.0, 3.0});
+  d.all_reduce_mean_(t);
+  EXPECT_TRUE(at::equal(t, at::tensor({1.0, 3.0})));
+  d.broadcast_(t);
+  d.barrier();
+  d.check_same({7, -3}, {"a", "b"});
+  auto op = d.all_reduce_sum_async(t, "sum");
+  op.wait();
+  EXPECT_TRUE(at::equal(t, at::tensor({1.0, 3.0})));
+}
+
+// On the GPU machine: NCCL with one rank (NCCL refuses two ranks on one GPU).
+TEST(DistContext, NcclWithOneRankOnGpu) {
+  if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
+  DistContext d(loopback_env(0, 1, bitqat::testing::free_port()), "auto", std::chrono::seconds(60),
+                at::Device(at::kCUDA, 0));
+  ASSERT_EQ(d.backend(), "nccl");
+  auto t = at::tensor({1.0, 3.0});
+  d.all_reduce_mean_(t);
+  EXPECT_TRUE(at::equal(t, at::tensor({1.0, 3.0})));
+  auto g = at::tensor({2.0f, 4.0f}, at::TensorOptions().device(at::kCUDA, 0));
+  auto op = d.all_reduce_sum_async(g, "sum");
+  op.wait();
+  EXPECT_TRUE(at::equal(g.cpu(), at::tensor({2.0f, 4.0f})));
+  d.barrier();
+  d.check_same({1}, {"one"});
+}
+
+TEST(DistContext, RendezvousFailureIsAClearErrorWithinTheTimeout) {
+  // Rank 1 of 2 with nobody serving the store: fails after dist.timeout_s, naming the address.
+  const int port = bitqat::testing::free_port();
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto msg = error_of([&] { DistContext d(loopback_env(1, 2, port), "gloo", std::chrono::seconds(2)); });
+  const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  EXPECT_NE(msg.find("rank 1: rendezvous at 127.0.0.1:" + std::to_string(port)), std::string::npos) << msg;
+  EXPECT_LT(s, 15.0);
+}
+
+TEST(DistContext, BitFingerprintSeesOneBit) {
+  auto a = at::randn({1000});
+  auto b = a.clone();
+  const auto f = bitqat::training::bit_fingerprint({a, b});
+  EXPECT_EQ(f, bitqat::training::bit_fingerprint({a.clone(), b.clone()}));
+  b.view(at::kInt)[17].add_(1);  // one ulp in one element
+  EXPECT_NE(f, bitqat::training::bit_fingerprint({a, b}));
+  // Swapping two tensors' contents changes it too (positions are weighted).
+  EXPECT_NE(bitqat::training::bit_fingerprint({a, at::zeros({1000})}),
+            bitqat::training::bit_fingerprint({at::zeros({1000}), a}));
+}
+
+// Whole runs of the bitqat binary over Gloo on loopback.
+class DataParallelRun : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::temp_directory_path() / ("bitqat_dp_" + std::to_string(::getpid()) + "_" +
+                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+    std::string text;
+    for (int i = 0; i < 300; ++i)
+      text += "In the beginning was the word, and the word was with the cat " + std::to_string(i % 17) + ".\n";
+    bitqat::core::write_file_atomic((dir_ / "t.txt").string(), text);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // A tiny byte-level LM; `extra` adds --set overrides.
+  std::vector<std::string> args(const std::string& name, int steps, int batch, int accum,
+                                const std::vector<std::string>& extra = {}) const {
+    std::vector<std::string> a{std::string(BITQAT_BINARY_DIR) + "/bitqat", "train",
+                               std::string(BITQAT_SOURCE_DIR) + "/configs/quickstart.yaml"};
+    for (const std::string& s :
+         {"run.dir=" + dir_.string(), "run.name=" + name, "data.path=" + (dir_ / "t.txt").string(),
+          "train.steps=" + std::to_string(steps), "train.batch_size=" + std::to_string(batch),
+          "train.grad_accum=" + std::to_string(accum), std::string("data.seq_len=32"),
+          std::string("model.max_seq_len=32"), std::string("model.dim=32"), std::string("model.n_layers=1"),
+          std::string("model.ffn_dim=64"), std::string("train.log_every=1"), std::string("train.eval_every=0"),
+          "checkpoint.every=" + std::to_string(steps), std::string("optim.lr.warmup_steps=2"),
+          std::string("device.type=cpu"), std::string("device.threads=1"), std::string("dist.timeout_s=20")}) {
+      a.push_back("--set");
+      a.push_back(s);
+    }
+    for (const auto& s : extra) {
+      a.push_back("--set");
+      a.push_back(s);
+    }
+    return a;
+  }
+
+  // Starts `world` ranks with launcher variables; returns their pids.
+  std::vector<pid_t> start(const std::vector<std::string>& argv, int world, const std::string& tag) const {
+    const int port = bitqat::testing::free_port();
+    std::vector<pid_t> pids;
+    for (int r = 0; r < world; ++r) {
+      pids.push_back(bitqat::testing::spawn(argv,
+                                            {{"RANK", std::to_string(r)},
+                                             {"WORLD_SIZE", std::to_string(world)},
+                                             {"LOCAL_RANK", std::to_string(r)},
+                                             {"LOCAL_WORLD_SIZE", std::to_string(world)},
+                                             {"MASTER_ADDR", "127.0.0.1"},
+                                             {"MASTER_PORT", std::to_string(port)}},
+                                            log(tag, r)));
+    }
+    return pids;
+  }
+  std::string log(const std::string& tag, int rank) const {
+    return (dir_ / (tag + "_rank" + std::to_string(rank) + ".log")).string();
+  }
+
+  std::vector<double> losses(const std::string& run) const {
+    std::vector<double> out;
+    std::ifstream in(dir_ / run / "metrics.jsonl");
+    std::string line;
+    while (std::getline(in, line)) {
+      const auto j = nlohmann::json::parse(line);
+      if (j.contains("loss") && !j["loss"].is_null()) out.push_back(j["loss"].get<double>());
+    }
+    return out;
+  }
+
+  fs::path dir_;
+};
+
+// The same global batch of 8 sequences as 1 rank x 8, 2 ranks x 4, and 2 ranks x 2 x 2 accumulation
+// micro-steps: the loss curves agree within 2e-4 (float sums in another order, and a ternary
+// weight that rounds the other way, move the loss by ~1e-6 per step here).
+TEST_F(DataParallelRun, TwoRanksFollowTheOneRankLossCurve) {
+  const int steps = 6;
+  auto one = start(args("one", steps, 8, 1), 1, "one");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("one", 0));
+  auto two = start(args("two", steps, 4, 1), 2, "two");
+  auto acc = std::vector<pid_t>{};
+  for (int r = 0; r < 2; ++r)
+    ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log("two", r));
+  acc = start(args("acc", steps, 2, 2), 2, "acc");
+  for (int r = 0; r < 2; ++r)
+    ASSERT_EQ(bitqat::testing::wait_for(acc[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log("acc", r));
+
+  const auto a = losses("one");
+  const auto b = losses("two");
+  const auto c = losses("acc");
+  ASSERT_EQ(a.size(), static_cast<size_t>(steps));
+  ASSERT_EQ(b.size(), a.size());
+  ASSERT_EQ(c.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
+    EXPECT_NEAR(a[i], c[i], 2e-4) << "step " << i + 1;
+  }
+  EXPECT_LT(a.back(), a.front());  // it learns
+  const auto log0 = bitqat::testing::slurp(log("two", 0));
+  EXPECT_NE(log0.find("world 2, global batch 8 (= 4 x 2 ranks x 1 accumulation)"), std::string::npos) << log0;
+  EXPECT_NE(log0.find("process group: gloo over 2 ranks"), std::string::npos) << log0;
+  // Rank 1 logs warnings only, and writes no run files of its own.
+  EXPECT_EQ(bitqat::testing::slurp(log("two", 1)).find("global batch"), std::string::npos);
+}
+
+// launch/torchrun.sh: torchrun --standalone starts the binary itself (--no-python) and every rank
+// joins the agent's store; the curve is the one of a 1-rank run with the same global batch.
+TEST_F(DataParallelRun, UnderTorchrun) {
+  if (std::string(BITQAT_TORCHRUN).empty()) GTEST_SKIP() << "no torchrun next to the configured Python";
+  auto one = start(args("one", 6, 8, 1), 1, "one");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("one", 0));
+  const auto a = args("tr", 6, 4, 1);
+  std::vector<std::string> argv{std::string(BITQAT_SOURCE_DIR) + "/launch/torchrun.sh", "2"};
+  argv.insert(argv.end(), a.begin() + 2, a.end());  // the script adds the binary and `train`
+  const pid_t p = bitqat::testing::spawn(argv, {{"BITQAT_BIN", a[0]}, {"TORCHRUN", BITQAT_TORCHRUN}}, log("tr", 0));
+  const int code = bitqat::testing::wait_for(p, 180);
+  const auto out = bitqat::testing::slurp(log("tr", 0));
+  ASSERT_EQ(code, 0) << out;
+  EXPECT_NE(out.find("process group: gloo over 2 ranks (torchrun launch, rendezvous"), std::string::npos) << out;
+  EXPECT_NE(out.find("via the agent's store"), std::string::npos) << out;
+  const auto x = losses("one");
+  const auto y = losses("tr");
+  ASSERT_EQ(x.size(), 6u);
+  ASSERT_EQ(y.size(), x.size());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(x[i], y[i], 2e-4) << "step " << i + 1;
+}
+
+// Every rank holds the whole model and optimizer state, and a batch depends only on the global row
+// index: a 2-rank run resumed on 1 rank with the same global batch continues the 1-rank curve.
+TEST_F(DataParallelRun, ResumeOnAnotherWorldSize) {
+  auto one = start(args("one", 6, 8, 1, {"checkpoint.every=3"}), 1, "one");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("one", 0));
+  auto two = start(args("mix", 6, 4, 1, {"checkpoint.every=3"}), 2, "two");
+  for (int r = 0; r < 2; ++r)
+    ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log("two", r));
+  // Forget the last 3 steps of the 2-rank run, then redo them on 1 rank from its step-3 checkpoint.
+  fs::remove_all(dir_ / "mix" / "checkpoints" / "step_00000006");
+  auto argv = args("mix", 6, 8, 1, {"checkpoint.every=3"});
+  argv.push_back("--resume");
+  auto res = start(argv, 1, "res");
+  ASSERT_EQ(bitqat::testing::wait_for(res[0], 120), 0) << bitqat::testing::slurp(log("res", 0));
+  const auto out = bitqat::testing::slurp(log("res", 0));
+  EXPECT_NE(out.find("resuming a 2-rank run on 1 ranks with the same global batch 8"), std::string::npos) << out;
+  const auto a = losses("one");
+  const auto b = losses("mix");
+  ASSERT_EQ(a.size(), 6u);
+  ASSERT_EQ(b.size(), 6u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
+}
+
+// Killing one rank makes the other exit non-zero with a message naming the failed collective, well
+// within dist.timeout_s; a rank that hangs (stopped) is detected by the timeout.
+TEST_F(DataParallelRun, DeadOrHungRankStopsTheOthers) {
+  for (const int sig : {SIGKILL, SIGSTOP}) {
+    const std::string tag = sig == SIGKILL ? "kill" : "stop";
+    auto pids = start(args(tag, 100000, 2, 1, {"dist.timeout_s=4", "checkpoint.every=0", "train.log_every=1"}), 2, tag);
+    // Wait until training is under way (rank 0 has logged a step).
+    const auto metrics = dir_ / tag / "metrics.jsonl";
+    for (int i = 0; i < 1500 && !(fs::exists(metrics) && fs::file_size(metrics) > 0); ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    ASSERT_TRUE(fs::exists(metrics)) << bitqat::testing::slurp(log(tag, 0));
+    const auto t0 = std::chrono::steady_clock::now();
+    ::kill(pids[1], sig);
+    const int code = bitqat::testing::wait_for(pids[0], 30);
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (sig == SIGSTOP) ::kill(pids[1], SIGKILL);
+    bitqat::testing::wait_for(pids[1], 10);
+    const auto out = bitqat::testing::slurp(log(tag, 0));
+    EXPECT_EQ(code, 2) << out;
+    EXPECT_NE(out.find("bitqat train: error: rank 0: "), std::string::npos) << out;
+    EXPECT_NE(out.find("failed (gloo over 2 ranks, dist.timeout_s = 4 s)"), std::string::npos) << out;
+    EXPECT_LT(s, sig == SIGKILL ? 4.0 : 12.0) << tag << ": " << out;
+    // No half-written checkpoint: checkpoint.every = 0 and the run never reached its end.
+    EXPECT_FALSE(fs::exists(dir_ / tag / "checkpoints")) << tag;
+  }
+}
+
+// launch/local.sh starts the ranks, and when one dies stops the others and exits non-zero.
+TEST_F(DataParallelRun, LocalLauncherStopsAllWhenOneFails) {
+  const auto a = args("loc", 100000, 2, 1, {"checkpoint.every=0"});
+  std::vector<std::string> argv{std::string(BITQAT_SOURCE_DIR) + "/launch/local.sh", "2"};
+  argv.insert(argv.end(), a.begin() + 1, a.end());  // without the binary: the launcher adds it
+  const pid_t launcher = bitqat::testing::spawn(
+      argv, {{"BITQAT_BIN", a[0]}, {"MASTER_PORT", std::to_string(bitqat::testing::free_port())}},
+      (dir_ / "launcher.log").string());
+  const auto metrics = dir_ / "loc" / "metrics.jsonl";
+  for (int i = 0; i < 1500 && !(fs::exists(metrics) && fs::file_size(metrics) > 0); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  ASSERT_TRUE(fs::exists(metrics)) << bitqat::testing::slurp((dir_ / "launcher.log").string());
+  // The launcher's children are the ranks, in rank order.
+  std::ifstream ch("/proc/" + std::to_string(launcher) + "/task/" + std::to_string(launcher) + "/children");
+  std::vector<pid_t> ranks;
+  for (pid_t p; ch >> p;) ranks.push_back(p);
+  ASSERT_EQ(ranks.size(), 2u);
+  ::kill(ranks[1], SIGKILL);
+  const int code = bitqat::testing::wait_for(launcher, 30);
+  const auto out = bitqat::testing::slurp((dir_ / "launcher.log").string());
+  EXPECT_NE(code, 0) << out;
+  EXPECT_NE(code, bitqat::testing::kTimedOut) << out;
+  EXPECT_NE(out.find("launch/local.sh: rank 1"), std::string::npos) << out;
+  EXPECT_FALSE(bitqat::testing::alive(ranks[0])) << "stray rank 0";
+}

@@ -1,0 +1,2 @@
+// Declarations only: see training/gloo_decls/README.md.
+#pragma once
