@@ -48,16 +48,18 @@ if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.sp
 else
   log "torch $TORCH_VERSION present"
 fi
-# Python packages used only by tests of the interchange formats.
-if ! "$VENV/bin/python" -c "import safetensors, numpy" 2>/dev/null; then
-  log "installing safetensors, numpy"
-  "$VENV/bin/pip" install -q safetensors numpy
-fi
-# The export tests load our files with the readers of their home projects: transformers (with
-# accelerate, which its BitNet loader requires) for hf-bitnet, llama.cpp's gguf-py for GGUF.
-if ! "$VENV/bin/python" -c "import transformers, accelerate, gguf" 2>/dev/null; then
-  log "installing transformers, accelerate, gguf"
-  "$VENV/bin/pip" install -q transformers accelerate gguf
+# Python packages used only by tests of the interchange formats: safetensors and numpy write import
+# fixtures; transformers (with accelerate, which its BitNet loader requires) and llama.cpp's gguf-py
+# read our hf-bitnet and GGUF exports.
+# Pinned, so that a fresh machine tests against the versions these tests were written for.
+py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0)
+if ! "$VENV/bin/python" - "${py_test_packages[@]}" <<'PY' 2>/dev/null; then
+import sys
+from importlib.metadata import version
+sys.exit(0 if all(version(n) == v for n, v in (a.split("==") for a in sys.argv[1:])) else 1)
+PY
+  log "installing ${py_test_packages[*]}"
+  "$VENV/bin/pip" install -q "${py_test_packages[@]}"
 fi
 
 # The text the quickstart trains on (fast; a no-op when present).
