@@ -7,5 +7,5 @@ mkdir -p "$root/.gpu-debs"
 cd "$root/.gpu-debs"
 apt-get update -qq
 apt-get download libyaml-cpp-dev libyaml-cpp0.7 libspdlog-dev libspdlog1.10 libfmt-dev libfmt9 \
-  libgtest-dev libgmock-dev googletest nlohmann-json3-dev zlib1g-dev
+  libgtest-dev libgmock-dev googletest nlohmann-json3-dev zlib1g-dev zlib1g
 ls -1 "$root/.gpu-debs"
