@@ -1,32 +1,19 @@
 // Runs the real `bitqat` binary: exit codes, one-line errors, and a tiny train -> eval -> generate.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 #include <nlohmann/json.hpp>
 
-#include <array>
 #include <cstdio>
 #include <filesystem>
 
 #include "core/fs.hpp"
+#include "tests/command.hpp"
 
 namespace fs = std::filesystem;
 
 namespace {
 
-struct Result {
-  int code;
-  std::string out;  // stdout and stderr
-};
-
-Result run(const std::string& args) {
-  const std::string cmd = std::string(BITQAT_BINARY_DIR) + "/bitqat " + args + " 2>&1";
-  FILE* p = ::popen(cmd.c_str(), "r");
-  std::string out;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) out.append(buf.data(), n);
-  const int status = ::pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
+bitqat::testing::CommandResult run(const std::string& args) {
+  return bitqat::testing::run_command(std::string(BITQAT_BINARY_DIR) + "/bitqat " + args);
 }
 
 }  // namespace

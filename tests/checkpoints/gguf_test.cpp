@@ -8,6 +8,7 @@
 
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
+#include "tests/command.hpp"
 
 using namespace bitqat::checkpoints;
 using namespace bitqat::checkpoints::gguf;
@@ -189,13 +190,8 @@ TEST(GgufFile, GgufPythonPackageReadsAndDequantizesOurBytes) {
   for (const auto& t : f.tensors) expected.emplace_back(t.name, dequantize(t));
   save_safetensors((dir / "want.safetensors").string(), expected);
   const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/checkpoints/gguf_check.py " +
-                          (dir / "m.gguf").string() + " " + (dir / "want.safetensors").string() + " 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  const int rc = pclose(p);
+                          (dir / "m.gguf").string() + " " + (dir / "want.safetensors").string();
+  const auto [rc, out] = bitqat::testing::run_command(cmd);
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("4 tensors checked, 0 bad"), std::string::npos) << out;

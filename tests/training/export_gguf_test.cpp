@@ -4,12 +4,12 @@
 
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <filesystem>
 #include <set>
 
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
+#include "tests/command.hpp"
 
 namespace fs = std::filesystem;
 namespace gguf = bitqat::checkpoints::gguf;
@@ -152,13 +152,8 @@ TEST(GgufExport, GgufPythonPackageReadsTheExportedModel) {
     const auto want_path = (dir / (std::string(type) + ".safetensors")).string();
     checkpoints::save_safetensors(want_path, want);
     const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/checkpoints/gguf_check.py " +
-                            path + " " + want_path + " 2>&1";
-    std::string out;
-    FILE* p = popen(cmd.c_str(), "r");
-    ASSERT_NE(p, nullptr);
-    char buf[512];
-    while (fgets(buf, sizeof buf, p)) out += buf;
-    const int rc = pclose(p);
+                            path + " " + want_path;
+    const auto [rc, out] = bitqat::testing::run_command(cmd);
     EXPECT_EQ(rc, 0) << out;
     EXPECT_NE(out.find("general.architecture bitnet"), std::string::npos) << out;
     EXPECT_NE(out.find("24 tensors checked, 0 bad"), std::string::npos) << out;

@@ -11,6 +11,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "tests/command.hpp"
 
 namespace fs = std::filesystem;
 using namespace bitqat;
@@ -107,13 +108,8 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   // half to even); measured 1e-6, bound 1e-3. bfloat16: transformers then runs every activation in
   // bf16 (8-bit mantissa) and activation codes move; measured 4.9% of the largest |logit|, bound 10%.
   const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/training/hf_bitnet_check.py " +
-                          (dir / "hf").string() + " " + (dir / "want.safetensors").string() + " 1e-3 0.1 2>&1";
-  std::string out;
-  FILE* p = popen(cmd.c_str(), "r");
-  ASSERT_NE(p, nullptr);
-  char buf[1024];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  const int rc = pclose(p);
+                          (dir / "hf").string() + " " + (dir / "want.safetensors").string() + " 1e-3 0.1";
+  const auto [rc, out] = bitqat::testing::run_command(cmd);
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("OK"), std::string::npos) << out;
