@@ -8,6 +8,7 @@
 
 #include "bitlinear/estimators.hpp"
 #include "bitlinear/ops/w158a8_linear.hpp"
+#include "bitlinear/quantized_linear.hpp"
 
 namespace bitqat::bitlinear {
 namespace {
@@ -61,8 +62,11 @@ at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
   if (packed_) return packed_->forward(x).to(x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
   // A fully quantized layer on a GPU runs on the int8 kernels (same values, STE gradients).
   if (x.is_cuda() && ops::cuda_fast_path_applicable(*this, x)) return ops::bit_linear_cuda_forward(*this, x);
-  const auto h = norm ? norm->forward(x) : x;
-  const auto xq = fake_quantize_activation(h, options.quant.act, lambda_a_);
+  const auto h = norm ? norm->forward_float(x) : x;
+  if (lambda_w_ == 1.0 && lambda_a_ == 1.0 && quantized_linear_applicable(h, options.quant.weight, options.quant.act)) {
+    return quantized_linear(h, weight, bias, options.quant.weight, options.quant.act).to(x.scalar_type());
+  }
+  const auto xq = fake_quantize_activation(h, options.quant.act, lambda_a_).to(x.scalar_type());
   const auto wq = fake_quantize_weight(weight, options.quant.weight, lambda_w_);
   return at::linear(xq, wq.to(xq.scalar_type()), bias.defined() ? bias.to(xq.scalar_type()) : bias);
 }

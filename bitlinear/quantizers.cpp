@@ -4,18 +4,11 @@
 
 #include <stdexcept>
 
+#include "bitlinear/quant_kernels.hpp"
 #include "core/error.hpp"
 
 namespace bitqat::bitlinear {
 namespace {
-
-// Quantization arithmetic runs in float32, or in double for double inputs (gradient checks).
-at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
-
-// The weight as [out, rest] (rest = in * kh * kw).
-at::Tensor as_rows(const at::Tensor& w) { return w.reshape({w.size(0), -1}); }
-
-int64_t group_count(int64_t rest, int64_t group) { return (rest + group - 1) / group; }
 
 void check_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
   if (w.dim() < 2) {
@@ -31,26 +24,22 @@ void check_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
   }
 }
 
-// Mean of `v` (already |W| or W) per scale group: shapes as documented in the header.
-at::Tensor group_mean(const at::Tensor& v, const WeightQuantSpec& spec) {
+// The weight as [rows, cols] and its scale group (cols: one per row; per tensor: all of it).
+struct Grouping {
+  int64_t group;
+  bool per_tensor;
+};
+Grouping grouping(const at::Tensor& w, const WeightQuantSpec& spec) {
+  const int64_t cols = w.numel() / w.size(0);
   switch (spec.granularity) {
     case Granularity::kPerTensor:
-      return v.mean().reshape({1});
+      return {cols, true};
     case Granularity::kPerChannel:
-      return as_rows(v).mean(1);
+      return {cols, false};
+    case Granularity::kPerGroup:
+      return {spec.group_size, false};
     case Granularity::kPerKernel:
-      return v.mean({2, 3});
-    case Granularity::kPerGroup: {
-      const auto rows = as_rows(v);
-      const int64_t rest = rows.size(1);
-      const int64_t g = spec.group_size;
-      const int64_t n = group_count(rest, g);
-      const int64_t full = rest / g;
-      std::vector<at::Tensor> parts;
-      if (full > 0) parts.push_back(rows.narrow(1, 0, full * g).reshape({rows.size(0), full, g}).mean(2));
-      if (full < n) parts.push_back(rows.narrow(1, full * g, rest - full * g).mean(1, /*keepdim=*/true));
-      return parts.size() == 1 ? parts[0] : at::cat(parts, 1);
-    }
+      return {w.size(2) * w.size(3), false};
   }
   throw std::logic_error("unknown granularity");
 }
@@ -118,7 +107,12 @@ bool parse(const std::string& s, Estimator* out) {
   return false;
 }
 
-at::Tensor round_half_away(const at::Tensor& x) { return x.sign() * at::floor(x.abs() + 0.5); }
+at::Tensor round_half_away(const at::Tensor& x) {
+  // Exact for every float: x - trunc(x) is exact, so the comparison with 0.5 decides the tie itself
+  // (floor(|x| + 0.5) would round 0.49999997f up, because |x| + 0.5 rounds).
+  const auto t = at::trunc(x);
+  return at::where((x - t).abs() >= 0.5, t + x.sign(), t);
+}
 
 at::Tensor expand_scales(const at::Tensor& scales, const WeightQuantSpec& spec, at::IntArrayRef shape) {
   const int64_t out = shape[0];
@@ -146,19 +140,25 @@ QuantizedWeight quantize_weight(const at::Tensor& w_in, const WeightQuantSpec& s
     throw std::invalid_argument("quantize_weight: weight type is none (nothing to quantize)");
   }
   check_weight(w_in, spec);
-  const auto w = w_in.detach().to(compute_dtype(w_in));
+  const auto w = w_in.detach();
+  const auto g = grouping(w, spec);
+  auto k = kernels::weight_codes(w.reshape({w.size(0), -1}).contiguous(), g.group, g.per_tensor,
+                                 spec.type == WeightQuant::kBinary, spec.eps);
   QuantizedWeight q;
   q.spec = spec;
-  const auto abs_mean = group_mean(w.abs(), spec);
-  if (spec.type == WeightQuant::kTernary) {
-    const auto gamma = expand_scales(abs_mean, spec, w.sizes());
-    q.codes = round_half_away(w / (gamma + spec.eps)).clamp(-1, 1).to(at::kChar);
-  } else {
-    // sign(W - mean W) with sign(0) = +1, so every weight gets a code of +-1.
-    const auto mu = expand_scales(group_mean(w, spec), spec, w.sizes());
-    q.codes = at::where(w - mu >= 0, at::ones_like(w), -at::ones_like(w)).to(at::kChar);
+  q.codes = k.codes.view(w.sizes());
+  switch (spec.granularity) {
+    case Granularity::kPerTensor:
+    case Granularity::kPerGroup:
+      q.scales = k.gamma;
+      break;
+    case Granularity::kPerChannel:
+      q.scales = k.gamma.reshape({w.size(0)});
+      break;
+    case Granularity::kPerKernel:
+      q.scales = k.gamma.reshape({w.size(0), w.size(1)});
+      break;
   }
-  q.scales = abs_mean.contiguous();
   return q;
 }
 
@@ -171,14 +171,21 @@ QuantizedActivation quantize_activation(const at::Tensor& x_in, const ActQuantSp
   if (spec.bits < 2 || spec.bits > 8) {
     throw std::invalid_argument(fmt::format("quantize_activation: bits must be in [2, 8], got {}", spec.bits));
   }
-  const auto x = x_in.detach().to(compute_dtype(x_in));
-  const double qmax = static_cast<double>((1 << (spec.bits - 1)) - 1);
-  const auto amax =
-      spec.type == ActQuant::kPerToken ? x.abs().amax({-1}, /*keepdim=*/true) : x.abs().max().reshape({1});
-  const auto s = qmax / amax.clamp_min(spec.eps);
+  const auto x = x_in.detach();
   QuantizedActivation q;
-  q.codes = round_half_away(x * s).clamp(-qmax - 1, qmax).to(at::kChar);
-  q.scales = s;
+  if (spec.type == ActQuant::kPerTensor) {
+    auto k = kernels::quantize_tensor(x, spec.eps, spec.bits);
+    q.codes = k.codes;
+    q.scales = k.scales;
+    return q;
+  }
+  if (x.dim() < 1) throw std::invalid_argument("quantize_activation: per_token needs at least one dimension");
+  const int64_t width = x.size(-1);
+  auto k = kernels::quantize_rows(x.reshape({-1, width}).contiguous(), spec.eps, spec.bits);
+  q.codes = k.codes.view(x.sizes());
+  auto scale_shape = x.sizes().vec();
+  scale_shape.back() = 1;
+  q.scales = k.scales.view(scale_shape);
   return q;
 }
 

@@ -66,14 +66,17 @@ struct QuantizedWeight {
 
 // Ternary: gamma = mean|W| over the group; code = clamp(round_half_away(W / (gamma + eps)), -1, 1).
 // Binary: mu = mean(W), code = W - mu >= 0 ? +1 : -1, scale = mean|W| over the group.
+// The means are canonical double sums (cuda/quant_codes.hpp): the codes are the same on every CPU,
+// instruction set and GPU. Arithmetic in float32 (float64 for double weights).
 QuantizedWeight quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec);
 at::Tensor dequantize_weight(const QuantizedWeight& q);  // dtype of the scales, shape of the weight
 // The scale broadcast to the weight's full shape (used by the estimators and the blend).
 at::Tensor expand_scales(const at::Tensor& scales, const WeightQuantSpec& spec, at::IntArrayRef weight_shape);
 
 // Per token (last dim) or per tensor absmax: s = qmax / max(max|x|, eps),
-// code = clamp(round_half_away(x*s), -qmax-1, qmax). The eps floor (as in BitNet's reference code)
-// makes a row of zeros give codes 0 and a finite scale, never NaN or inf.
+// code = clamp(round_half_away(x*s), -qmax-1, qmax) (cuda/quant_codes.hpp). The eps floor (as in
+// BitNet's reference code) makes a row of zeros give codes 0 and a finite scale. A row (or tensor)
+// holding NaN or infinity gets scale NaN and codes 0, so everything computed from it is NaN.
 struct QuantizedActivation {
   at::Tensor codes;   // int8, shape of x
   at::Tensor scales;  // float32 (float64 for double x): [..., 1] per token, [1] per tensor; x ~= codes / scales
@@ -82,7 +85,7 @@ QuantizedActivation quantize_activation(const at::Tensor& x, const ActQuantSpec&
 at::Tensor dequantize_activation(const QuantizedActivation& q);  // dtype of the scales
 
 // Round half away from zero, the rounding used by every quantizer (documented choice:
-// 0.5 -> 1, -0.5 -> -1, 1.5 -> 2), unlike at::round's half-to-even.
+// 0.5 -> 1, -0.5 -> -1, 1.5 -> 2), unlike at::round's half-to-even; exact for every float.
 at::Tensor round_half_away(const at::Tensor& x);
 
 }  // namespace bitqat::bitlinear

@@ -21,4 +21,9 @@ namespace bitqat::cuda {
   } while (0)
 
 // After every kernel launch: launch-configuration errors surface here, with the kernel's name.
-#define BITQAT_CUDA_CHECK_LAUNCH(name) BITQAT_CUDA_CHECK(cudaGetLastError())
+#define BITQAT_CUDA_CHECK_LAUNCH(name)                                                      \
+  do {                                                                                      \
+    const cudaError_t bitqat_err_ = cudaGetLastError();                                     \
+    if (bitqat_err_ != cudaSuccess)                                                         \
+      ::bitqat::cuda::throw_cuda_error(bitqat_err_, "launch of " name, __FILE__, __LINE__); \
+  } while (0)

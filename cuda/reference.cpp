@@ -1,38 +1,29 @@
 #include "cuda/reference.hpp"
 
+#include "cuda/quant_codes.hpp"
+
 #include <algorithm>
 #include <cmath>
 
 namespace bitqat::cuda {
 
-float round_half_away_ref(float v) { return std::copysign(std::floor(std::fabs(v) + 0.5f), v); }
+float round_half_away_ref(float v) { return round_half_away(v); }
 
 void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, float eps, const float* norm_weight,
                               float norm_eps, int8_t* q, float* scales, int32_t* rowsums) {
   std::vector<float> row(static_cast<size_t>(k));
   for (int64_t i = 0; i < m; ++i) {
-    for (int64_t j = 0; j < k; ++j) row[static_cast<size_t>(j)] = x[i * k + j];
+    const float* xr = x + i * k;
     if (norm_weight) {
-      double ss = 0.0;
-      for (int64_t j = 0; j < k; ++j)
-        ss += static_cast<double>(row[static_cast<size_t>(j)]) * row[static_cast<size_t>(j)];
-      const float r = 1.0f / std::sqrt(static_cast<float>(ss / static_cast<double>(k)) + norm_eps);
-      for (int64_t j = 0; j < k; ++j) row[static_cast<size_t>(j)] = row[static_cast<size_t>(j)] * r * norm_weight[j];
+      rms_norm_row(xr, k, norm_weight, static_cast<double>(norm_eps), row.data());
+      xr = row.data();
     }
-    float amax = 0.0f;
-    for (int64_t j = 0; j < k; ++j) amax = std::max(amax, std::fabs(row[static_cast<size_t>(j)]));
-    const float s = 127.0f / std::max(amax, eps);
-    int32_t sum = 0;
-    for (int64_t j = 0; j < kp; ++j) {
-      int8_t c = 0;
-      if (j < k)
-        c = static_cast<int8_t>(
-            std::min(127.0f, std::max(-128.0f, round_half_away_ref(row[static_cast<size_t>(j)] * s))));
-      q[i * kp + j] = c;
-      sum += c;
+    scales[i] = act_quant_row(xr, k, kp, eps, act_qmax(8), q + i * kp);
+    if (rowsums) {
+      int32_t sum = 0;
+      for (int64_t j = 0; j < kp; ++j) sum += q[i * kp + j];
+      rowsums[i] = sum;
     }
-    scales[i] = s;
-    if (rowsums) rowsums[i] = sum;
   }
 }
 
@@ -41,26 +32,27 @@ void quantize_ternary_ref(const float* w, int64_t n, int64_t k, ScaleKind kind, 
   const int64_t g = kind == ScaleKind::kPerGroup ? group : k;
   const int64_t groups = kind == ScaleKind::kPerGroup ? scale_groups(k, group) : 1;
   if (kind == ScaleKind::kPerTensor) {
-    double s = 0.0;
-    for (int64_t i = 0; i < n * k; ++i) s += std::fabs(w[i]);
-    scales[0] = static_cast<float>(s / static_cast<double>(n * k));
+    const double total = canonical_sum(n, [&](int64_t r) { return abs_sum(w + r * k, k); });
+    scales[0] = static_cast<float>(total / (static_cast<double>(n) * static_cast<double>(k)));
   } else {
     for (int64_t r = 0; r < n; ++r) {
       for (int64_t gi = 0; gi < groups; ++gi) {
         const int64_t lo = gi * g, hi = std::min(k, lo + g);
-        double s = 0.0;
-        for (int64_t j = lo; j < hi; ++j) s += std::fabs(w[r * k + j]);
-        scales[r * groups + gi] = static_cast<float>(s / static_cast<double>(hi - lo));
+        scales[r * groups + gi] = static_cast<float>(abs_sum(w + r * k + lo, hi - lo) / static_cast<double>(hi - lo));
       }
     }
   }
   const int64_t stride = kind == ScaleKind::kPerTensor ? 0 : groups;
   for (int64_t r = 0; r < n; ++r) {
-    for (int64_t j = 0; j < k; ++j) {
-      const float gamma = scales[scale_index(r, j, stride, g)];
-      const float v = round_half_away_ref(w[r * k + j] / (gamma + eps));
-      codes[r * k + j] = static_cast<int8_t>(std::min(1.0f, std::max(-1.0f, v)));
-    }
+    for (int64_t j = 0; j < k; ++j)
+      codes[r * k + j] = ternary_code(w[r * k + j], scales[scale_index(r, j, stride, g)], eps);
+  }
+}
+
+void rms_norm_ref(const float* x, int64_t m, int64_t k, const float* w, double eps, float* y, float* r) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float ri = rms_norm_row(x + i * k, k, w, eps, y + i * k);
+    if (r) r[i] = ri;
   }
 }
 

@@ -8,118 +8,14 @@
 #include <string>
 
 #include "cuda/check.hpp"
+#include "cuda/quant.hpp"
 #include "cuda/w158a8.hpp"
 
 namespace bitqat::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
 __device__ __forceinline__ void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16(v); }
-
-__device__ __forceinline__ float round_half_away(float v) { return copysignf(floorf(fabsf(v) + 0.5f), v); }
-
-// Block-wide reduction (sum or max) for blockDim.x == kThreads.
-template <bool kMax>
-__device__ float block_reduce(float v, float* smem) {
-  for (int o = 16; o > 0; o >>= 1) {
-    const float u = __shfl_xor_sync(0xffffffffu, v, o);
-    v = kMax ? fmaxf(v, u) : v + u;
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();
-  if (lane == 0) smem[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < kThreads / 32 ? smem[lane] : (kMax ? 0.0f : 0.0f);
-    for (int o = 16; o > 0; o >>= 1) {
-      const float u = __shfl_xor_sync(0xffffffffu, v, o);
-      v = kMax ? fmaxf(v, u) : v + u;
-    }
-    if (lane == 0) smem[0] = v;
-  }
-  __syncthreads();
-  return smem[0];
-}
-
-// One block per token row.
-template <typename T>
-__global__ void quantize_activations_kernel(const T* __restrict__ x, int64_t k, int64_t kp, float eps,
-                                            const float* __restrict__ norm_weight, float norm_eps,
-                                            int8_t* __restrict__ q, float* __restrict__ scales) {
-  __shared__ float smem[32];
-  const int64_t row = blockIdx.x;
-  const T* xr = x + row * k;
-  float r = 1.0f;
-  if (norm_weight) {
-    float ss = 0.0f;
-    for (int64_t j = threadIdx.x; j < k; j += kThreads) {
-      const float v = to_float(xr[j]);
-      ss += v * v;
-    }
-    r = rsqrtf(block_reduce<false>(ss, smem) / static_cast<float>(k) + norm_eps);
-  }
-  float amax = 0.0f;
-  for (int64_t j = threadIdx.x; j < k; j += kThreads) {
-    const float v = to_float(xr[j]) * (norm_weight ? r * norm_weight[j] : 1.0f);
-    amax = fmaxf(amax, fabsf(v));
-  }
-  const float s = 127.0f / fmaxf(block_reduce<true>(amax, smem), eps);
-  for (int64_t j = threadIdx.x; j < kp; j += kThreads) {
-    int8_t c = 0;
-    if (j < k) {
-      const float v = to_float(xr[j]) * (norm_weight ? r * norm_weight[j] : 1.0f);
-      c = static_cast<int8_t>(fminf(127.0f, fmaxf(-128.0f, round_half_away(v * s))));
-    }
-    q[row * kp + j] = c;
-  }
-  if (threadIdx.x == 0) scales[row] = s;
-}
-
-// grid (N, groups): mean |w| of row n over group g, or (per tensor) the row's raw sum.
-__global__ void absmean_kernel(const float* __restrict__ w, int64_t k, int64_t group, int groups, bool raw_sum,
-                               float* __restrict__ out) {
-  __shared__ float smem[32];
-  const int64_t row = blockIdx.x, g = blockIdx.y;
-  const int64_t lo = g * group, hi = min(k, lo + group);
-  float s = 0.0f;
-  for (int64_t j = lo + threadIdx.x; j < hi; j += kThreads) s += fabsf(w[row * k + j]);
-  s = block_reduce<false>(s, smem);
-  if (threadIdx.x == 0) out[row * groups + g] = raw_sum ? s : s / static_cast<float>(hi - lo);
-}
-
-__global__ void tensor_mean_kernel(const float* __restrict__ row_sums, int64_t n, float count,
-                                   float* __restrict__ out) {
-  __shared__ float smem[32];
-  float s = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += kThreads) s += row_sums[i];
-  s = block_reduce<false>(s, smem);
-  if (threadIdx.x == 0) out[0] = s / count;
-}
-
-// One thread per packed word.
-__global__ void pack_kernel(const float* __restrict__ w, int64_t n, int64_t k, int64_t wpr,
-                            const float* __restrict__ scales, int64_t scale_stride_n, int64_t group, float eps,
-                            uint32_t* __restrict__ packed) {
-  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (idx >= n * wpr) return;
-  const int64_t row = idx / wpr, wi = idx % wpr;
-  uint32_t word = 0;
-  for (int t = 0; t < kCodesPerWord; ++t) {
-    const int64_t j = wi * kCodesPerWord + t;
-    uint32_t c = 1u;
-    if (j < k) {
-      const float gamma = scales[scale_index(row, j, scale_stride_n, group)];
-      const float v = fminf(1.0f, fmaxf(-1.0f, round_half_away(w[row * k + j] / (gamma + eps))));
-      c = static_cast<uint32_t>(static_cast<int>(v) + 1);
-    }
-    word |= c << code_shift(t);
-  }
-  packed[idx] = word;
-}
 
 // Four signed int8 lanes of codes from a word and a shift i (0..3).
 __device__ __forceinline__ int decode4(uint32_t word, int i) {
@@ -335,40 +231,21 @@ void check_sizes(int64_t m, int64_t n, int64_t k) {
 void quantize_activations(const void* x, DType x_dtype, int64_t m, int64_t k, float eps, const float* norm_weight,
                           float norm_eps, int8_t* q, float* scales, cudaStream_t stream) {
   check_sizes(m, 1, k);
-  const int64_t kp = padded_k(k);
-  if (x_dtype == DType::kF32) {
-    quantize_activations_kernel<float><<<static_cast<unsigned>(m), kThreads, 0, stream>>>(
-        static_cast<const float*>(x), k, kp, eps, norm_weight, norm_eps, q, scales);
-  } else {
-    quantize_activations_kernel<__nv_bfloat16><<<static_cast<unsigned>(m), kThreads, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), k, kp, eps, norm_weight, norm_eps, q, scales);
-  }
-  BITQAT_CUDA_CHECK_LAUNCH("quantize_activations_kernel");
+  quantize_rows(x, x_dtype, m, k, padded_k(k), eps, 127, norm_weight, norm_eps, q, scales, stream);
 }
 
 void quantize_pack_ternary(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps,
-                           float* scales, float* workspace, uint32_t* packed, cudaStream_t stream) {
+                           float* scales, int8_t* codes, double* workspace, uint32_t* packed, cudaStream_t stream) {
   check_sizes(1, n, k);
   if (kind == ScaleKind::kPerGroup && (group < 1 || group % kGroupAlign != 0)) {
     throw std::invalid_argument("quantize_pack_ternary: group size must be a positive multiple of 64, got " +
                                 std::to_string(group));
   }
   const int64_t g = kind == ScaleKind::kPerGroup ? group : k;
-  const int groups = static_cast<int>(scale_groups(k, g));
-  if (kind == ScaleKind::kPerTensor) {
-    absmean_kernel<<<dim3(static_cast<unsigned>(n), 1), kThreads, 0, stream>>>(w, k, k, 1, true, workspace);
-    BITQAT_CUDA_CHECK_LAUNCH("absmean_kernel");
-    tensor_mean_kernel<<<1, kThreads, 0, stream>>>(workspace, n, static_cast<float>(n) * static_cast<float>(k), scales);
-    BITQAT_CUDA_CHECK_LAUNCH("tensor_mean_kernel");
-  } else {
-    absmean_kernel<<<dim3(static_cast<unsigned>(n), static_cast<unsigned>(groups)), kThreads, 0, stream>>>(
-        w, k, g, groups, false, scales);
-    BITQAT_CUDA_CHECK_LAUNCH("absmean_kernel");
-  }
-  const int64_t wpr = words_per_row(k);
-  const int64_t stride = kind == ScaleKind::kPerTensor ? 0 : groups;
-  pack_kernel<<<blocks_for(n * wpr, kThreads), kThreads, 0, stream>>>(w, n, k, wpr, scales, stride, g, eps, packed);
-  BITQAT_CUDA_CHECK_LAUNCH("pack_kernel");
+  const int64_t stride = kind == ScaleKind::kPerTensor ? 0 : scale_groups(k, g);
+  weight_scales(w, n, k, g, kind == ScaleKind::kPerTensor, scales, nullptr, workspace, stream);
+  weight_codes(w, n, k, g, stride, scales, nullptr, eps, codes, stream);
+  pack_codes(codes, n, k, packed, stream);
 }
 
 void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint32_t* packed, const float* wscales,

@@ -7,21 +7,21 @@
 
 #include <cstdint>
 
+#include "cuda/quant.hpp"
 #include "cuda/ternary_format.hpp"
 
 namespace bitqat::cuda {
 
-enum class DType : int { kF32 = 0, kBF16 = 1 };
-
 // Per-token absmax int8 quantization of x [M, K] (optionally RMS-normalised first with norm_weight
-// [K]); writes q [M, Kp] and scales [M] (s = 127 / max(amax, eps); x ~= q / s).
+// [K]); writes q [M, Kp] and scales [M] (s = 127 / max(amax, eps); x ~= q / s). cuda/quant.hpp's
+// quantize_rows with qmax 127 and row stride Kp.
 void quantize_activations(const void* x, DType x_dtype, int64_t m, int64_t k, float eps, const float* norm_weight,
                           float norm_eps, int8_t* q, float* scales, cudaStream_t stream);
 
 // Absmean ternary quantize-and-pack of w [N, K] float32: scales (1, N or N x groups floats) and
-// packed words. `workspace` holds N floats (per-tensor partial sums).
+// packed words. Workspaces: `codes` N * K int8, `workspace` 2 * N doubles (per-tensor row sums).
 void quantize_pack_ternary(const float* w, int64_t n, int64_t k, ScaleKind kind, int64_t group, float eps,
-                           float* scales, float* workspace, uint32_t* packed, cudaStream_t stream);
+                           float* scales, int8_t* codes, double* workspace, uint32_t* packed, cudaStream_t stream);
 
 // y [M, N] = (q @ W^T) * wscale / xscale (+ bias), y in float32 or bf16. GEMV (dp4a) for M <= 16,
 // int8 tensor-core GEMM (mma.sync m16n8k32) otherwise. group: the group size for kPerGroup.

@@ -15,7 +15,7 @@ using torch::autograd::tensor_list;
 struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2d, const at::Tensor& weight,
                             const at::Tensor& bias, const at::Tensor& packed, const at::Tensor& scales, int64_t kind,
-                            int64_t group, WeightQuantSpec wspec) {
+                            int64_t group, WeightQuantSpec wspec, double act_eps) {
     PackedTernary p;
     p.packed = packed;
     p.scales = scales;
@@ -23,7 +23,7 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
     p.group = group;
     p.n = weight.size(0);
     p.k = weight.size(1);
-    const auto xq = quantize_activations_int8(x2d);
+    const auto xq = quantize_activations_int8(x2d, {}, 1e-6, act_eps);
     const auto out_dtype = x2d.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
     ctx->save_for_backward({xq.q, xq.scales, weight});
     ctx->saved_data["has_bias"] = bias.defined();
@@ -53,7 +53,7 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
     const auto grad_x = at::matmul(g, w_deq).to(x_dtype);
     const auto grad_w = at::matmul(g.t(), x_deq).to(weight.scalar_type());
     const auto grad_b = ctx->saved_data["has_bias"].toBool() ? grad_out[0].sum(0).to(at::kFloat) : at::Tensor();
-    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -77,7 +77,8 @@ bool cuda_fast_path_applicable(const BitLinearImpl& layer, const at::Tensor& x) 
 }
 
 at::Tensor bit_linear_cuda_forward(BitLinearImpl& layer, const at::Tensor& x) {
-  const auto h = layer.norm ? layer.norm->forward(x) : x;
+  // A SubLN feeds float32 to the quantizer, as PackedBitLinear's fused norm does (same codes).
+  const auto h = layer.norm ? layer.norm->forward_float(x) : x;
   const auto x2d = h.reshape({-1, layer.options.in_features}).contiguous();
   // Quantize and pack once per weight version: micro-batches of one optimizer step share it.
   auto& cache = layer.pack_cache;
@@ -92,10 +93,11 @@ at::Tensor bit_linear_cuda_forward(BitLinearImpl& layer, const at::Tensor& x) {
   }
   const auto& ws = layer.options.quant.weight;
   const auto y = W158A8Linear::apply(x2d, layer.weight, layer.bias, cache.packed, cache.scales,
-                                     static_cast<int64_t>(scale_kind(ws.granularity)), ws.group_size, ws);
+                                     static_cast<int64_t>(scale_kind(ws.granularity)), ws.group_size, ws,
+                                     layer.options.quant.act.eps);
   auto shape = x.sizes().vec();
   shape.back() = layer.options.out_features;
-  return y.reshape(shape);
+  return y.reshape(shape).to(x.scalar_type());
 }
 
 PackedBitLinearImpl::PackedBitLinearImpl(const BitLinearImpl& layer)

@@ -3,6 +3,8 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "bitlinear/quant_kernels.hpp"
+#include "cuda/quant.hpp"
 #include "cuda/reference.hpp"
 #include "cuda/w158a8.hpp"
 
@@ -42,79 +44,53 @@ QuantizedTokens quantize_activations_int8(const at::Tensor& x_in, const at::Tens
   TORCH_CHECK(x_in.dim() == 2, "quantize_activations_int8: expected x [M, K], got ", x_in.sizes());
   TORCH_CHECK(x_in.scalar_type() == at::kFloat || x_in.scalar_type() == at::kBFloat16,
               "quantize_activations_int8: x must be float32 or bfloat16, got ", x_in.scalar_type());
-  const int64_t m = x_in.size(0), k = x_in.size(1), kp = cuda::padded_k(k);
+  const int64_t k = x_in.size(1);
+  TORCH_CHECK(!norm_weight.defined() || norm_weight.numel() == k, "quantize_activations_int8: norm weight has ",
+              norm_weight.numel(), " entries, K = ", k);
+  // The same function as the fake-quant path's activation codes (bitlinear/quant_kernels.hpp).
+  auto r = kernels::quantize_rows(
+      x_in.scalar_type() == at::kFloat || x_in.is_cuda() ? x_in.contiguous() : x_in.to(at::kFloat).contiguous(), eps, 8,
+      cuda::padded_k(k), norm_weight, norm_eps);
   QuantizedTokens out;
   out.k = k;
-  const auto x = x_in.contiguous();
-  at::Tensor nw;
-  if (norm_weight.defined()) {
-    TORCH_CHECK(norm_weight.numel() == k, "quantize_activations_int8: norm weight has ", norm_weight.numel(),
-                " entries, K = ", k);
-    nw = norm_weight.to(x.device(), at::kFloat).contiguous();
-  }
-  out.q = at::empty({m, kp}, x.options().dtype(at::kChar));
-  out.scales = at::empty({m}, x.options().dtype(at::kFloat));
-  if (x.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x.device());
-    cuda::quantize_activations(x.data_ptr(), x.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, m,
-                               k, static_cast<float>(eps), nw.defined() ? nw.data_ptr<float>() : nullptr,
-                               static_cast<float>(norm_eps), out.q.data_ptr<int8_t>(), out.scales.data_ptr<float>(),
-                               at::cuda::getCurrentCUDAStream());
-  } else {
-    const auto xf = x.to(at::kFloat).contiguous();
-    cuda::quantize_activations_ref(xf.data_ptr<float>(), m, k, kp, static_cast<float>(eps),
-                                   nw.defined() ? nw.data_ptr<float>() : nullptr, static_cast<float>(norm_eps),
-                                   out.q.data_ptr<int8_t>(), out.scales.data_ptr<float>(), nullptr);
-  }
+  out.q = r.codes;
+  out.scales = r.scales.to(at::kFloat);
   return out;
 }
 
 PackedTernary pack_ternary(const at::Tensor& w_in, Granularity granularity, int64_t group, double eps) {
   TORCH_CHECK(w_in.dim() == 2, "pack_ternary: expected w [N, K], got ", w_in.sizes());
-  const auto w = w_in.detach().to(at::kFloat).contiguous();
-  PackedTernary p;
-  p.kind = scale_kind(granularity);
-  p.n = w.size(0);
-  p.k = w.size(1);
-  p.group = p.kind == cuda::ScaleKind::kPerGroup ? group : p.k;
-  TORCH_CHECK(p.kind != cuda::ScaleKind::kPerGroup || (group > 0 && group % cuda::kGroupAlign == 0),
+  const auto kind = scale_kind(granularity);
+  TORCH_CHECK(kind != cuda::ScaleKind::kPerGroup || (group > 0 && group % cuda::kGroupAlign == 0),
               "pack_ternary: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
-  const int64_t groups = p.kind == cuda::ScaleKind::kPerGroup ? cuda::scale_groups(p.k, group) : 1;
-  p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, w.options().dtype(at::kInt));
-  p.scales = p.kind == cuda::ScaleKind::kPerTensor    ? at::empty({1}, w.options())
-             : p.kind == cuda::ScaleKind::kPerChannel ? at::empty({p.n}, w.options())
-                                                      : at::empty({p.n, groups}, w.options());
-  if (w.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(w.device());
-    auto ws = at::empty({p.n}, w.options());
-    cuda::quantize_pack_ternary(w.data_ptr<float>(), p.n, p.k, p.kind, p.group, static_cast<float>(eps),
-                                p.scales.data_ptr<float>(), ws.data_ptr<float>(),
-                                reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()),
-                                at::cuda::getCurrentCUDAStream());
-  } else {
-    auto codes = at::empty({p.n, p.k}, w.options().dtype(at::kChar));
-    cuda::quantize_ternary_ref(w.data_ptr<float>(), p.n, p.k, p.kind, p.group, static_cast<float>(eps),
-                               codes.data_ptr<int8_t>(), p.scales.data_ptr<float>());
-    cuda::pack_ternary_ref(codes.data_ptr<int8_t>(), p.n, p.k,
-                           reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()));
-  }
-  return p;
+  const auto w = w_in.detach().to(at::kFloat).contiguous();
+  // The same codes and scales as quantize_weight (bitlinear/quant_kernels.hpp).
+  const auto c = kernels::weight_codes(w, kind == cuda::ScaleKind::kPerGroup ? group : w.size(1),
+                                       kind == cuda::ScaleKind::kPerTensor, /*binary=*/false, eps);
+  const auto scales = kind == cuda::ScaleKind::kPerChannel ? c.gamma.reshape({w.size(0)}) : c.gamma;
+  return pack_codes(c.codes, scales, granularity, group);
 }
 
 PackedTernary pack_codes(const at::Tensor& codes_in, const at::Tensor& scales, Granularity granularity, int64_t group) {
   TORCH_CHECK(codes_in.dim() == 2 && codes_in.scalar_type() == at::kChar, "pack_codes: expected int8 codes [N, K]");
-  const auto codes = codes_in.cpu().contiguous();
+  const auto codes = codes_in.contiguous();
   PackedTernary p;
   p.kind = scale_kind(granularity);
   p.n = codes.size(0);
   p.k = codes.size(1);
   p.group = p.kind == cuda::ScaleKind::kPerGroup ? group : p.k;
-  TORCH_CHECK(p.kind != cuda::ScaleKind::kPerGroup || group % cuda::kGroupAlign == 0,
-              "pack_codes: group size must be a multiple of ", cuda::kGroupAlign, ", got ", group);
-  p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, at::kInt);
-  cuda::pack_ternary_ref(codes.data_ptr<int8_t>(), p.n, p.k, reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()));
-  p.packed = p.packed.to(codes_in.device());
-  p.scales = scales.to(codes_in.device(), at::kFloat).contiguous();
+  TORCH_CHECK(p.kind != cuda::ScaleKind::kPerGroup || (group > 0 && group % cuda::kGroupAlign == 0),
+              "pack_codes: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
+  p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, codes.options().dtype(at::kInt));
+  if (codes.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(codes.device());
+    cuda::pack_codes(codes.data_ptr<int8_t>(), p.n, p.k, reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()),
+                     at::cuda::getCurrentCUDAStream());
+  } else {
+    cuda::pack_ternary_ref(codes.data_ptr<int8_t>(), p.n, p.k,
+                           reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()));
+  }
+  p.scales = scales.to(codes.device(), at::kFloat).contiguous();
   return p;
 }
 

@@ -5,8 +5,12 @@
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 
+#include <limits>
+
 #include "bitlinear/bit_linear.hpp"
 #include "bitlinear/ops/w158a8_linear.hpp"
+#include "bitlinear/quant_kernels.hpp"
+#include "bitlinear/quantized_linear.hpp"
 
 using namespace bitqat::bitlinear;
 using namespace bitqat::bitlinear::ops;
@@ -30,7 +34,7 @@ TEST(W158A8Cpu, ActivationCodesEqualTheBitLinearQuantizer) {
   EXPECT_EQ(q.q.sizes(), (std::vector<int64_t>{5, 128}));
   EXPECT_TRUE(q.q.narrow(1, 0, 100).equal(ref.codes));
   EXPECT_TRUE(q.q.narrow(1, 100, 28).eq(0).all().item<bool>());
-  EXPECT_TRUE(q.scales.allclose(ref.scales.view({5}), 1e-6, 0));
+  EXPECT_TRUE(q.scales.equal(ref.scales.view({5})));  // one function computes both
 }
 
 TEST(W158A8Cpu, PackedMatmulEqualsTheFakeQuantizedLinear) {
@@ -45,8 +49,12 @@ TEST(W158A8Cpu, PackedMatmulEqualsTheFakeQuantizedLinear) {
     ws.group_size = 64;
     const auto qw = quantize_weight(w, ws);
     EXPECT_TRUE(unpack_codes(p).equal(qw.codes)) << to_string(g);
-    EXPECT_TRUE(p.scales.allclose(qw.scales.to(at::kFloat), 1e-6, 1e-7)) << to_string(g);
+    EXPECT_TRUE(p.scales.equal(qw.scales.to(at::kFloat))) << to_string(g);
     const auto y = w158a8_matmul(quantize_activations_int8(x), p, bias, at::kFloat);
+    // Same codes, exact integer sums, and the epilogue's operations in the same order: bit-identical
+    // to the fully quantized BitLinear's computation (the fake-quant value within float rounding is
+    // bitlinear/quantized_linear_test's subject).
+    EXPECT_TRUE(y.equal(quantized_linear(x, w, bias, ws, ActQuantSpec{}))) << to_string(g);
     const auto xq = dequantize_activation(quantize_activation(x, ActQuantSpec{}));
     const auto want = at::linear(xq, dequantize_weight(qw), bias);
     EXPECT_LT(rel_err(y, want), 1e-5) << to_string(g);
@@ -63,7 +71,8 @@ TEST(W158A8Cpu, PackedBitLinearEqualsBitLinearAtLambdaOneAndIsSmall) {
   BitLinear layer(o);
   PackedBitLinear packed(*layer);
   const auto x = at::randn({2, 3, 256});
-  EXPECT_LT(rel_err(packed->forward(x), layer->forward(x).detach()), 1e-4);
+  // Fused SubLN, codes, integer sums and epilogue are the same operations on both sides.
+  EXPECT_TRUE(packed->forward(x).equal(layer->forward(x).detach()));
   // 2 bits per weight plus one float per row, against 2 bytes per weight in bf16.
   EXPECT_EQ(packed->weight_bytes(), 64 * 256 / 4 + 64 * 4);
   EXPECT_GT(static_cast<double>(64 * 256 * 2) / static_cast<double>(packed->weight_bytes()), 7.0);
@@ -106,11 +115,54 @@ TEST_P(W158A8Gpu, KernelsEqualTheReferences) {
                 static_cast<long long>(n), static_cast<long long>(k), to_string(g).c_str(), err);
     EXPECT_LT(err, 1e-5);
     EXPECT_LT(rel_err(w158a8_matmul(qg, pg, bias.to(dev), at::kBFloat16).cpu(), yr), 1e-2);
-    // GPU quantize-and-pack: the same codes (float reductions may move a weight sitting exactly on a
-    // rounding boundary; with random normal weights none does) and scales within float rounding.
+    // GPU quantize-and-pack: the same canonical sums, so the same codes and bit-identical scales.
     const auto pk = pack_ternary(w.to(dev), g, 64);
     EXPECT_TRUE(unpack_codes(pk).cpu().equal(unpack_codes(pc))) << to_string(g);
-    EXPECT_TRUE(pk.scales.cpu().allclose(pc.scales, 1e-5, 1e-7));
+    EXPECT_TRUE(pk.scales.cpu().equal(pc.scales)) << to_string(g);
+  }
+}
+
+// Every code the GPU computes itself equals the CPU's (cuda/quant_codes.hpp): activations with and
+// without the fused SubLN (float32 and bf16 inputs, NaN rows), RMSNorm outputs, ternary and binary
+// weight codes and scales at every granularity.
+TEST(W158A8GpuCodes, EqualTheCpuCodesBitForBit) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const auto dev = at::Device(at::kCUDA, 0);
+  at::manual_seed(9);
+  for (int64_t k : {1, 63, 256, 1000, 4097}) {
+    auto x = at::randn({7, k}) * 3;
+    x[3][0] = std::numeric_limits<float>::quiet_NaN();
+    const auto nw = at::rand({k}) + 0.5;
+    for (const bool bf16 : {false, true}) {
+      const auto xin = bf16 ? x.to(at::kBFloat16) : x;
+      for (const bool norm : {false, true}) {
+        const auto c = kernels::quantize_rows(xin.to(at::kFloat), 1e-5, 8, -1, norm ? nw : at::Tensor(), 1e-6);
+        const auto g = kernels::quantize_rows(xin.to(dev), 1e-5, 8, -1, norm ? nw.to(dev) : at::Tensor(), 1e-6);
+        EXPECT_TRUE(g.codes.cpu().equal(c.codes)) << "K " << k << " bf16 " << bf16 << " norm " << norm;
+        EXPECT_TRUE(g.scales.cpu().equal(c.scales.to(at::kFloat)) ||
+                    (g.scales.cpu().isnan().equal(c.scales.isnan()) &&
+                     g.scales.cpu().nan_to_num().equal(c.scales.nan_to_num())))
+            << "K " << k;
+        EXPECT_TRUE(std::isnan(g.scales[3].item<float>()));
+      }
+      const auto [yc, rc] = kernels::rms_norm(xin.to(at::kFloat), nw, 1e-6);
+      const auto [yg, rg] = kernels::rms_norm(xin.to(dev), nw.to(dev), 1e-6);
+      EXPECT_TRUE(yg.cpu().nan_to_num().equal(yc.nan_to_num())) << "K " << k;
+    }
+    const auto w = at::randn({33, k}) * 0.02;
+    for (const bool binary : {false, true}) {
+      for (int64_t group : {int64_t{1}, int64_t{64}, int64_t{100}, k}) {
+        const auto c = kernels::weight_codes(w, group, false, binary, 1e-5);
+        const auto g = kernels::weight_codes(w.to(dev), group, false, binary, 1e-5);
+        EXPECT_TRUE(g.codes.cpu().equal(c.codes) && g.gamma.cpu().equal(c.gamma)) << "K " << k << " G " << group;
+        if (binary) {
+          EXPECT_TRUE(g.mean.cpu().equal(c.mean));
+        }
+      }
+      const auto c = kernels::weight_codes(w, 0, true, binary, 1e-5);
+      const auto g = kernels::weight_codes(w.to(dev), 0, true, binary, 1e-5);
+      EXPECT_TRUE(g.codes.cpu().equal(c.codes) && g.gamma.cpu().equal(c.gamma)) << "K " << k << " per tensor";
+    }
   }
 }
 

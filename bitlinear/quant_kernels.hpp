@@ -1,0 +1,44 @@
+// Tensor-level entry points of the code-defining arithmetic of cuda/quant_codes.hpp: RMSNorm,
+// int8 activation codes and ternary / binary weight codes with their scales. CPU tensors run the
+// canonical loops of that header over rows (at::parallel_for; the result does not depend on the
+// thread count or the instruction set), CUDA tensors the kernels of cuda/quant.hpp, which compute
+// the same values. No autograd here: quantizers.hpp and estimators.hpp build on these.
+#pragma once
+#include <ATen/ATen.h>
+
+namespace bitqat::bitlinear::kernels {
+
+// The dtype quantization arithmetic runs in: float64 for double inputs (gradient checks), float32
+// for everything else (bf16 and fp16 inputs are widened exactly).
+at::ScalarType compute_dtype(const at::Tensor& t);
+
+struct RowCodes {
+  at::Tensor codes;   // int8 [M, ldq], zeros in columns K..ldq
+  at::Tensor scales;  // [M] in the compute dtype; x ~= code / scale; NaN for a non-finite row
+};
+
+// Per-row absmax codes of x [M, K] (contiguous). qmax = 2^(bits-1) - 1. ldq >= K (default K). With
+// norm_weight [K], each row is first RMS-normalised as rms_norm() does (the fused SubLN).
+// CPU: float32 or float64; CUDA: float32 or bf16 (scales float32).
+RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq = -1,
+                       const at::Tensor& norm_weight = {}, double norm_eps = 1e-6);
+
+// Absmax codes of a whole tensor: codes int8 of x's shape, scales [1].
+RowCodes quantize_tensor(const at::Tensor& x, double eps, int bits);
+
+// RMSNorm of x [M, K] (contiguous) with weight w [K] (or undefined: 1): y [M, K] and r [M]
+// (1 / root mean square) in the compute dtype; y = (x * r) * w.
+std::pair<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x2d, const at::Tensor& w, double eps);
+
+struct WeightCodes {
+  at::Tensor codes;  // int8 [rows, cols]
+  at::Tensor gamma;  // mean |w| per group: [rows, groups], or [1] per tensor (compute dtype)
+  at::Tensor mean;   // binary only: mean w per group, same shape as gamma
+};
+
+// Codes of w [rows, cols] (contiguous) with one scale per `group` consecutive columns of a row (the
+// last may be shorter; group = cols: per channel) or, per_tensor, one scale for all. Ternary:
+// clamp(round(w / (gamma + eps)), -1, 1); binary: sign(w - mean) (sign(0) = +1).
+WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps);
+
+}  // namespace bitqat::bitlinear::kernels

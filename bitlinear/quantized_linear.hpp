@@ -1,0 +1,29 @@
+// The fully quantized linear layer (lambda_w = lambda_a = 1) computed from its integer codes:
+//   y[m, n] = (sum_g acc[m, n, g] * gamma[n, g]) / s[m] + bias[n],  acc = sum_k cx[m, k] * cw[n, k]
+// with cx the int8 activation codes (scale s per token or per tensor) and cw the ternary / binary
+// weight codes (scale gamma per tensor, channel or group). The products of codes are summed exactly
+// (a float32 matmul of integer values is exact while every partial sum is below 2^24, i.e. for K <
+// 131072), and the scales are applied in the order of the W1.58A8 reference epilogue
+// (cuda/reference.hpp epilogue_ref), so this layer computes bit for bit what PackedBitLinear computes
+// on the CPU. The fake-quant formula (x_q W_q^T in float) is the same value up to float rounding.
+//
+// Backward: the straight-through estimator of the fake-quant path at lambda 1 (bitlinear/estimators):
+// grad_x = (g W_deq) * mask_a, grad_w = (g^T X_deq) * mask_w (masks 1 for the identity estimator),
+// from the saved int8 codes and scales (no float copy of the activations is kept).
+#pragma once
+#include <ATen/ATen.h>
+
+#include "bitlinear/quantizers.hpp"
+
+namespace bitqat::bitlinear {
+
+// Whether quantized_linear serves this input: both quantizers on, a CPU tensor, K small enough for
+// exact float sums (or double inputs).
+bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, const ActQuantSpec& a);
+
+// x [..., K] float32 / float64 (or bf16, widened), weight [N, K], bias [N] or undefined ->
+// [..., N] in x's dtype. Autograd-aware in x, weight and bias.
+at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                            const WeightQuantSpec& wspec, const ActQuantSpec& aspec);
+
+}  // namespace bitqat::bitlinear

@@ -1,0 +1,306 @@
+// Quantization kernels (launchers in cuda/quant.hpp). Each follows cuda/quant_codes.hpp exactly:
+// kReduceLanes threads per reduction, thread l summing elements l, l + kReduceLanes, ... in order,
+// then the halving tree (shared memory down to 32 lanes, warp shuffles below). Built with
+// --fmad=false so that no product and sum are contracted into an FMA the CPU would not do.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "cuda/check.hpp"
+#include "cuda/quant.hpp"
+#include "cuda/quant_codes.hpp"
+
+namespace bitqat::cuda {
+namespace {
+
+constexpr int kLanes = kReduceLanes;  // threads per block of every reduction kernel
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// The canonical tree over the block's lane partials (blockDim.x == kLanes); every thread gets lane 0.
+__device__ double canonical_block_sum(double v, double* smem) {
+  const int t = threadIdx.x;
+  smem[t] = v;
+  __syncthreads();
+  for (int o = kLanes / 2; o >= 32; o /= 2) {
+    if (t < o) smem[t] += smem[t + o];
+    __syncthreads();
+  }
+  if (t < 32) {
+    double x = smem[t];
+    for (int o = 16; o > 0; o /= 2) x += __shfl_down_sync(0xffffffffu, x, o);
+    if (t == 0) smem[0] = x;
+  }
+  __syncthreads();
+  const double out = smem[0];
+  __syncthreads();  // smem is reused by the caller
+  return out;
+}
+
+// Block maximum of non-negative values (exact in any order) and whether all were finite.
+__device__ float block_absmax(float a, bool finite, float* smem, int* bad) {
+  const int t = threadIdx.x;
+  if (t == 0) *bad = 0;
+  for (int o = 16; o > 0; o /= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+  __syncthreads();
+  if (!finite) atomicOr(bad, 1);
+  if (t % 32 == 0) smem[t / 32] = a;
+  __syncthreads();
+  if (t < 32) {
+    float x = t < kLanes / 32 ? smem[t] : 0.0f;
+    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    if (t == 0) smem[0] = x;
+  }
+  __syncthreads();
+  const float out = *bad ? NAN : smem[0];
+  __syncthreads();
+  return out;
+}
+
+// One block per row.
+template <typename T>
+__global__ void __launch_bounds__(kLanes)
+    rms_norm_kernel(const T* __restrict__ x, int64_t k, const float* __restrict__ w, double eps, float* __restrict__ y,
+                    float* __restrict__ r_out) {
+  __shared__ double smem[kLanes];
+  const T* xr = x + blockIdx.x * k;
+  double acc = 0.0;
+  for (int64_t j = threadIdx.x; j < k; j += kLanes) {
+    const double v = to_float(xr[j]);
+    acc += v * v;
+  }
+  const float r = rms_inverse<float>(canonical_block_sum(acc, smem), k, eps);
+  float* yr = y + blockIdx.x * k;
+  for (int64_t j = threadIdx.x; j < k; j += kLanes) {
+    const float v = to_float(xr[j]);
+    yr[j] = w ? rms_apply(v, r, w[j]) : v * r;
+  }
+  if (r_out && threadIdx.x == 0) r_out[blockIdx.x] = r;
+}
+
+// One block per token row: the optional fused RMSNorm, the absmax, the codes.
+template <typename T>
+__global__ void __launch_bounds__(kLanes)
+    quantize_rows_kernel(const T* __restrict__ x, int64_t k, int64_t ldq, float eps, int qmax,
+                         const float* __restrict__ nw, double norm_eps, int8_t* __restrict__ q,
+                         float* __restrict__ scales) {
+  __shared__ double smem[kLanes];
+  __shared__ float fsmem[kLanes / 32];
+  __shared__ int bad;
+  const T* xr = x + blockIdx.x * k;
+  float r = 1.0f;
+  if (nw) {
+    double acc = 0.0;
+    for (int64_t j = threadIdx.x; j < k; j += kLanes) {
+      const double v = to_float(xr[j]);
+      acc += v * v;
+    }
+    r = rms_inverse<float>(canonical_block_sum(acc, smem), k, norm_eps);
+  }
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t j = threadIdx.x; j < k; j += kLanes) {
+    const float v = to_float(xr[j]);
+    const float h = nw ? rms_apply(v, r, nw[j]) : v;
+    const float a = fabsf(h);
+    finite = finite && isfinite(a);
+    amax = fmaxf(amax, a);
+  }
+  const float m = block_absmax(amax, finite, fsmem, &bad);
+  const float s = act_scale(m, eps, qmax, isfinite(m));
+  int8_t* qr = q + blockIdx.x * ldq;
+  for (int64_t j = threadIdx.x; j < ldq; j += kLanes) {
+    int8_t c = 0;
+    if (j < k) {
+      const float v = to_float(xr[j]);
+      c = act_code(nw ? rms_apply(v, r, nw[j]) : v, s, qmax);
+    }
+    qr[j] = c;
+  }
+  if (threadIdx.x == 0) scales[blockIdx.x] = s;
+}
+
+// One block: the absmax of the whole tensor, then the scale.
+__global__ void __launch_bounds__(kLanes)
+    tensor_scale_kernel(const float* __restrict__ x, int64_t n, float eps, int qmax, float* __restrict__ scale) {
+  __shared__ float fsmem[kLanes / 32];
+  __shared__ int bad;
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t j = threadIdx.x; j < n; j += kLanes) {
+    const float a = fabsf(x[j]);
+    finite = finite && isfinite(a);
+    amax = fmaxf(amax, a);
+  }
+  const float m = block_absmax(amax, finite, fsmem, &bad);
+  if (threadIdx.x == 0) scale[0] = act_scale(m, eps, qmax, isfinite(m));
+}
+
+__global__ void tensor_codes_kernel(const float* __restrict__ x, int64_t n, const float* __restrict__ scale, int qmax,
+                                    int8_t* __restrict__ q) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) q[i] = act_code(x[i], scale[0], qmax);
+}
+
+// grid (rows, groups): canonical sums of |w| (and w) over one group of one row. raw: write the sums
+// (double, per tensor) instead of the means.
+__global__ void __launch_bounds__(kLanes)
+    group_sums_kernel(const float* __restrict__ w, int64_t cols, int64_t group, bool want_mean, bool raw,
+                      float* __restrict__ gamma, float* __restrict__ mean, double* __restrict__ raw_abs,
+                      double* __restrict__ raw_sum) {
+  __shared__ double smem[kLanes];
+  const int64_t row = blockIdx.x, g = blockIdx.y, groups = gridDim.y;
+  const int64_t lo = g * group, n = min(cols, lo + group) - lo;
+  const float* p = w + row * cols + lo;
+  double a = 0.0, s = 0.0;
+  for (int64_t j = threadIdx.x; j < n; j += kLanes) {
+    a += static_cast<double>(fabsf(p[j]));
+    s += static_cast<double>(p[j]);
+  }
+  const double abs_total = canonical_block_sum(a, smem);
+  const double total = want_mean ? canonical_block_sum(s, smem) : 0.0;
+  if (threadIdx.x == 0) {
+    if (raw) {
+      raw_abs[row] = abs_total;
+      if (want_mean) raw_sum[row] = total;
+    } else {
+      gamma[row * groups + g] = static_cast<float>(abs_total / static_cast<double>(n));
+      if (want_mean) mean[row * groups + g] = static_cast<float>(total / static_cast<double>(n));
+    }
+  }
+}
+
+// One block: the canonical sum over rows of the per-row sums, divided by the element count.
+__global__ void __launch_bounds__(kLanes)
+    tensor_mean_kernel(const double* __restrict__ row_abs, const double* __restrict__ row_sum, int64_t rows,
+                       double count, float* __restrict__ gamma, float* __restrict__ mean) {
+  __shared__ double smem[kLanes];
+  double a = 0.0, s = 0.0;
+  for (int64_t i = threadIdx.x; i < rows; i += kLanes) {
+    a += row_abs[i];
+    if (mean) s += row_sum[i];
+  }
+  const double abs_total = canonical_block_sum(a, smem);
+  const double total = mean ? canonical_block_sum(s, smem) : 0.0;
+  if (threadIdx.x == 0) {
+    gamma[0] = static_cast<float>(abs_total / count);
+    if (mean) mean[0] = static_cast<float>(total / count);
+  }
+}
+
+__global__ void weight_codes_kernel(const float* __restrict__ w, int64_t rows, int64_t cols, int64_t group,
+                                    int64_t stride, const float* __restrict__ gamma, const float* __restrict__ mean,
+                                    float eps, int8_t* __restrict__ codes) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  const int64_t s = r * stride + (stride > 0 ? c / group : 0);
+  codes[i] = mean ? binary_code(w[i], mean[s]) : ternary_code(w[i], gamma[s], eps);
+}
+
+// One thread per packed word.
+__global__ void pack_codes_kernel(const int8_t* __restrict__ codes, int64_t n, int64_t k, int64_t wpr,
+                                  uint32_t* __restrict__ packed) {
+  const int64_t idx = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (idx >= n * wpr) return;
+  const int64_t row = idx / wpr, wi = idx % wpr;
+  uint32_t word = 0;
+  for (int t = 0; t < kCodesPerWord; ++t) {
+    const int64_t j = wi * kCodesPerWord + t;
+    const uint32_t c = j < k ? static_cast<uint32_t>(codes[row * k + j] + 1) : 1u;
+    word |= c << code_shift(t);
+  }
+  packed[idx] = word;
+}
+
+constexpr int kElementwise = 256;
+unsigned blocks(int64_t items) { return static_cast<unsigned>((items + kElementwise - 1) / kElementwise); }
+
+void check_rows(const char* what, int64_t m, int64_t k) {
+  if (m < 0 || k < 1 || m > 0x7fffffff) {
+    throw std::invalid_argument(std::string(what) + ": expected 0 <= M < 2^31 rows and K >= 1 columns, got M = " +
+                                std::to_string(m) + ", K = " + std::to_string(k));
+  }
+}
+
+}  // namespace
+
+void rms_norm_rows(const void* x, DType x_dtype, int64_t m, int64_t k, const float* w, double eps, float* y, float* r,
+                   cudaStream_t stream) {
+  check_rows("rms_norm_rows", m, k);
+  if (m == 0) return;
+  if (x_dtype == DType::kF32) {
+    rms_norm_kernel<float>
+        <<<static_cast<unsigned>(m), kLanes, 0, stream>>>(static_cast<const float*>(x), k, w, eps, y, r);
+  } else {
+    rms_norm_kernel<__nv_bfloat16>
+        <<<static_cast<unsigned>(m), kLanes, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), k, w, eps, y, r);
+  }
+  BITQAT_CUDA_CHECK_LAUNCH("rms_norm_kernel");
+}
+
+void quantize_rows(const void* x, DType x_dtype, int64_t m, int64_t k, int64_t ldq, float eps, int qmax,
+                   const float* norm_weight, double norm_eps, int8_t* q, float* scales, cudaStream_t stream) {
+  check_rows("quantize_rows", m, k);
+  if (ldq < k) throw std::invalid_argument("quantize_rows: ldq must be >= K");
+  if (m == 0) return;
+  if (x_dtype == DType::kF32) {
+    quantize_rows_kernel<float><<<static_cast<unsigned>(m), kLanes, 0, stream>>>(
+        static_cast<const float*>(x), k, ldq, eps, qmax, norm_weight, norm_eps, q, scales);
+  } else {
+    quantize_rows_kernel<__nv_bfloat16><<<static_cast<unsigned>(m), kLanes, 0, stream>>>(
+        static_cast<const __nv_bfloat16*>(x), k, ldq, eps, qmax, norm_weight, norm_eps, q, scales);
+  }
+  BITQAT_CUDA_CHECK_LAUNCH("quantize_rows_kernel");
+}
+
+void quantize_tensor(const float* x, int64_t n, float eps, int qmax, int8_t* q, float* scale, cudaStream_t stream) {
+  tensor_scale_kernel<<<1, kLanes, 0, stream>>>(x, n, eps, qmax, scale);
+  BITQAT_CUDA_CHECK_LAUNCH("tensor_scale_kernel");
+  if (n == 0) return;
+  tensor_codes_kernel<<<blocks(n), kElementwise, 0, stream>>>(x, n, scale, qmax, q);
+  BITQAT_CUDA_CHECK_LAUNCH("tensor_codes_kernel");
+}
+
+void weight_scales(const float* w, int64_t rows, int64_t cols, int64_t group, bool per_tensor, float* gamma,
+                   float* mean, double* workspace, cudaStream_t stream) {
+  check_rows("weight_scales", rows, cols);
+  if (rows < 1) throw std::invalid_argument("weight_scales: the weight has no rows");
+  if (group < 1) throw std::invalid_argument("weight_scales: group size must be >= 1, got " + std::to_string(group));
+  if (per_tensor) {
+    group_sums_kernel<<<dim3(static_cast<unsigned>(rows), 1), kLanes, 0, stream>>>(
+        w, cols, cols, mean != nullptr, true, nullptr, nullptr, workspace, workspace + rows);
+    BITQAT_CUDA_CHECK_LAUNCH("group_sums_kernel");
+    tensor_mean_kernel<<<1, kLanes, 0, stream>>>(workspace, workspace + rows, rows,
+                                                 static_cast<double>(rows) * static_cast<double>(cols), gamma, mean);
+    BITQAT_CUDA_CHECK_LAUNCH("tensor_mean_kernel");
+    return;
+  }
+  const int64_t groups = scale_groups(cols, group);
+  if (groups > 65535) throw std::invalid_argument("weight_scales: more than 65535 groups per row");
+  group_sums_kernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(groups)), kLanes, 0, stream>>>(
+      w, cols, group, mean != nullptr, false, gamma, mean, nullptr, nullptr);
+  BITQAT_CUDA_CHECK_LAUNCH("group_sums_kernel");
+}
+
+void weight_codes(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride, const float* gamma,
+                  const float* mean, float eps, int8_t* codes, cudaStream_t stream) {
+  check_rows("weight_codes", rows, cols);
+  if (rows == 0) return;
+  weight_codes_kernel<<<blocks(rows * cols), kElementwise, 0, stream>>>(w, rows, cols, group, scale_stride, gamma, mean,
+                                                                        eps, codes);
+  BITQAT_CUDA_CHECK_LAUNCH("weight_codes_kernel");
+}
+
+void pack_codes(const int8_t* codes, int64_t n, int64_t k, uint32_t* packed, cudaStream_t stream) {
+  check_rows("pack_codes", n, k);
+  if (n == 0) return;
+  const int64_t wpr = words_per_row(k);
+  pack_codes_kernel<<<blocks(n * wpr), kElementwise, 0, stream>>>(codes, n, k, wpr, packed);
+  BITQAT_CUDA_CHECK_LAUNCH("pack_codes_kernel");
+}
+
+}  // namespace bitqat::cuda
