@@ -1,16 +1,15 @@
-// The subcommands of the bitqat binary; each takes the arguments after its name.
+// The subcommands of the bitqat binary, each taking its parsed options (apps/cli.hpp).
 #pragma once
-#include <string>
-#include <vector>
+#include "apps/cli.hpp"
 
 namespace bitqat::apps {
 
-int cmd_version(const std::vector<std::string>& args);
-int cmd_train(const std::vector<std::string>& args);
-int cmd_eval(const std::vector<std::string>& args);
-int cmd_generate(const std::vector<std::string>& args);
-int cmd_quantize(const std::vector<std::string>& args);
-int cmd_export(const std::vector<std::string>& args);
+int cmd_version(bool cpu_capability_only);
+int cmd_train(const TrainArgs& args);
+int cmd_eval(const EvalArgs& args);
+int cmd_generate(const GenerateArgs& args);
+int cmd_quantize(const QuantizeArgs& args);
+int cmd_export(const ExportArgs& args);
 
 // RANK (torchrun) or SLURM_PROCID, else 0: only for the log tag before the process group exists.
 int rank_from_environment();

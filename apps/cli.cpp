@@ -1,0 +1,221 @@
+#include "apps/cli.hpp"
+
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <cerrno>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+
+#include "core/error.hpp"
+
+namespace bitqat::apps {
+namespace {
+
+const char* kUsage =
+    "bitqat: ternary / binary quantization-aware training\n"
+    "\n"
+    "usage: bitqat <command> [options]\n"
+    "\n"
+    "commands:\n"
+    "  train [CONFIG.yaml] [--set key.path=value ...] [--resume]\n"
+    "                       train a model (no CONFIG: the built-in quickstart)\n"
+    "  eval RUN_DIR [--json] [--batches N] [--fully-quantized] [--set data.key=value ...]\n"
+    "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint\n"
+    "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
+    "                       sample text from a byte-level language model run (or a packed export)\n"
+    "  quantize SRC_RUN_DIR --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
+    "                       data-free ternarization of a full-precision run, with its validation loss\n"
+    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
+    "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
+    "                       BitNetForCausalLM, or a llama.cpp GGUF file\n"
+    "  version              print the version\n"
+    "\n"
+    "`bitqat <command> --help` describes a command.\n";
+
+const char* kTrainHelp =
+    "Trains the model a YAML config describes (configs/ has examples; without CONFIG the built-in\n"
+    "quickstart runs: a ternary byte-level LM on the KJV Bible, prepared by data/prepare_kjv.sh).\n"
+    "Results: run.dir/run.name/{config.resolved.yaml, metrics.jsonl, checkpoints/}.\n"
+    "A config's `init_from: PATH` starts a fresh run from existing weights: a bitqat run, checkpoint or\n"
+    "safetensors file, or a Hugging Face Llama directory (configs/finetune_*.yaml fine-tune a\n"
+    "full-precision run into a ternary one).\n"
+    "Launch several processes (launch/local.sh, torchrun --no-python, SLURM) for data parallelism.\n";
+
+const char* kEvalHelp =
+    "Validation loss of the run's newest checkpoint (plus val_bpb for byte-level text, val_acc for\n"
+    "images), with the lambdas the trainer used at that checkpoint, so the loss equals the val_loss the\n"
+    "trainer logged for it. RUN_DIR may be a packed export (bitqat export). Only the validation data is\n"
+    "read; when it has moved, point at it with --set data.path=... (or data.val / data.dir).\n";
+
+const char* kGenerateHelp =
+    "Samples a continuation from a byte-level language model run or a packed export (temperature 0:\n"
+    "greedy), with the lambdas of the run's newest checkpoint. Reads no training data.\n";
+
+const char* kQuantizeHelp =
+    "Data-free ternarization: the newest checkpoint of a (full-precision) run becomes a ternary model\n"
+    "without training (absmean ternary weights per tensor, 8-bit per-token activations, lambda 1, on\n"
+    "the layers quant.include / quant.exclude select), and its validation loss is reported. This is\n"
+    "the baseline a progressive fine-tune (configs/finetune_*.yaml) must beat.\n"
+    "OUT_RUN_DIR receives config.resolved.yaml, metrics.jsonl with the validation loss and\n"
+    "checkpoints/step_00000000; `bitqat eval`, `bitqat train --resume` and init_from accept it.\n";
+
+const char* kExportHelp =
+    "Exports the fully quantized model (lambda = 1) of a run's newest checkpoint:\n"
+    "  packed     a directory with 2-bit ternary weights + scales and the rest in full precision;\n"
+    "             `bitqat eval PATH` and `bitqat generate PATH` run it like a run directory\n"
+    "  hf-bitnet  a directory Hugging Face transformers loads as BitNetForCausalLM (config.json,\n"
+    "             model.safetensors with packed uint8 weights); needs model.ffn relu2_glu, sub_norm,\n"
+    "             per_tensor ternary weights, 8-bit per-token activations\n"
+    "  gguf       one GGUF file for llama.cpp's bitnet architecture (TQ2_0 by default, --gguf-type\n"
+    "             tq1_0 for 1.69 bits/weight) with a byte-level tokenizer; needs relu2_glu, sub_norm,\n"
+    "             tied embeddings, vocabulary 256 and dims that are multiples of 256\n"
+    "PATH must not exist. The export runs on the CPU and reads no training data.\n";
+
+// Strict integer and number checks: the whole text must be one value inside [lo, hi].
+CLI::Validator integer_in(int64_t lo, int64_t hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const long long v = std::strtoll(s.c_str(), &end, 10);
+        const bool ok = !s.empty() && end && *end == '\0' && errno == 0;
+        if (!ok || v < lo || v > hi) {
+          return hi == std::numeric_limits<int64_t>::max()
+                     ? fmt::format("'{}': expected an integer >= {}", s, lo)
+                     : fmt::format("'{}': expected an integer in [{}, {}]", s, lo, hi);
+        }
+        return "";
+      },
+      "");
+}
+
+CLI::Validator number_in(double lo, double hi) {
+  return CLI::Validator(
+      [lo, hi](std::string& s) -> std::string {
+        errno = 0;
+        char* end = nullptr;
+        const double v = std::strtod(s.c_str(), &end);
+        const bool ok = !s.empty() && end && *end == '\0' && errno != ERANGE && std::isfinite(v);
+        if (!ok || v < lo || v > hi) return fmt::format("'{}': expected a finite number in [{}, {}]", s, lo, hi);
+        return "";
+      },
+      "");
+}
+
+void add_sets(CLI::App* c, std::vector<std::string>* sets, const char* what) {
+  c->add_option("--set", *sets, what)
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->type_name("key.path=value");
+}
+
+// Usage lines name the program: "Usage: bitqat train [OPTIONS] [CONFIG]".
+class Formatter : public CLI::Formatter {
+ public:
+  std::string make_usage(const CLI::App* app, std::string name) const override {
+    return CLI::Formatter::make_usage(app, app->get_parent() ? "bitqat " + name : name);
+  }
+};
+
+// The first token of a CLI11 message names what it refused; say which command was being parsed.
+[[noreturn]] void refuse(const std::string& command, const CLI::ParseError& e) {
+  std::string msg = e.what();
+  if (msg.rfind("The following argument", 0) == 0 || msg.rfind("The following arguments", 0) == 0) {
+    const auto colon = msg.find(':');
+    msg = "unknown option or extra argument '" + msg.substr(colon + 2) + "'";
+  }
+  throw core::UserError(fmt::format("{} (see bitqat {} --help)", msg, command));
+}
+
+}  // namespace
+
+const char* usage() { return kUsage; }
+
+Command parse_command_line(int argc, char** argv) {
+  Command cmd;
+  CLI::App app{"bitqat: ternary / binary quantization-aware training", "bitqat"};
+  app.require_subcommand(1);
+  app.fallthrough(false);
+  app.formatter(std::make_shared<Formatter>());
+
+  auto* train = app.add_subcommand("train", "train a model (no CONFIG: the built-in quickstart)");
+  train->footer(kTrainHelp);
+  train->add_option("CONFIG", cmd.train.config, "a YAML config (configs/ has examples)");
+  add_sets(train, &cmd.train.sets, "override one config value (same checks as the file; repeatable)");
+  train->add_flag("--resume", cmd.train.resume, "continue from the newest complete checkpoint in run.dir/run.name");
+
+  auto* eval = app.add_subcommand("eval", "validation loss of a run's newest checkpoint");
+  eval->footer(kEvalHelp);
+  eval->add_option("RUN_DIR", cmd.eval.run_dir, "a run directory or a packed export")->required();
+  eval->add_flag("--json", cmd.eval.json, "print one JSON object");
+  eval->add_option("--batches", cmd.eval.batches, "validation batches (default: the run's train.eval_batches)")
+      ->check(integer_in(1, std::numeric_limits<int64_t>::max()));
+  eval->add_flag("--fully-quantized", cmd.eval.fully_quantized,
+                 "evaluate at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
+  add_sets(eval, &cmd.eval.sets, "override a data.* key of the run's config, e.g. data.path=/new/place/kjv.txt");
+
+  auto* gen = app.add_subcommand("generate", "sample text from a byte-level language model run");
+  gen->footer(kGenerateHelp);
+  gen->add_option("RUN_DIR", cmd.generate.run_dir, "a run directory or a packed export")->required();
+  gen->add_option("--prompt", cmd.generate.prompt, "the text to continue (at least one byte)")->required();
+  gen->add_option("--tokens", cmd.generate.tokens, "new bytes to generate")
+      ->check(integer_in(1, int64_t{1} << 24))
+      ->default_str("200");
+  gen->add_option("--temperature", cmd.generate.temperature, "sampling temperature; 0: greedy")
+      ->check(number_in(0.0, 1e6))
+      ->default_str("0.8");
+  gen->add_option("--top-k", cmd.generate.top_k, "sample from the K most likely tokens; 0: all")
+      ->check(integer_in(0, std::numeric_limits<int64_t>::max()))
+      ->default_str("40");
+  gen->add_option("--seed", cmd.generate.seed, "sampling seed")
+      ->check(integer_in(0, std::numeric_limits<int64_t>::max()))
+      ->default_str("1");
+  gen->add_flag("--fully-quantized", cmd.generate.fully_quantized,
+                "generate at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
+
+  auto* quant = app.add_subcommand("quantize", "data-free ternarization of a full-precision run");
+  quant->footer(kQuantizeHelp);
+  quant->add_option("SRC_RUN_DIR", cmd.quantize.src_run_dir, "the full-precision run")->required();
+  quant->add_option("--out", cmd.quantize.out, "the run directory to write (run.dir and run.name come from it)")
+      ->required();
+  add_sets(quant, &cmd.quantize.sets,
+           "override a value of the resulting config, e.g. quant.weight.granularity=per_channel");
+  quant->add_flag("--json", cmd.quantize.json, "print the result as one JSON object");
+
+  auto* exp = app.add_subcommand("export", "export the ternary model: packed, hf-bitnet or gguf");
+  exp->footer(kExportHelp);
+  exp->add_option("RUN_DIR", cmd.export_.run_dir, "a run directory")->required();
+  exp->add_option("--format", cmd.export_.format, "packed | hf-bitnet | gguf")
+      ->required()
+      ->check(CLI::IsMember({"packed", "hf-bitnet", "gguf"}));
+  exp->add_option("--out", cmd.export_.out, "the directory or file to write; must not exist")->required();
+  exp->add_option("--gguf-type", cmd.export_.gguf_type, "tq2_0 (default, 2.06 bits/weight) | tq1_0 (1.69)")
+      ->check(CLI::IsMember({"tq2_0", "tq1_0"}));
+  exp->add_option("--name", cmd.export_.name, "general.name in the GGUF file (default: the run directory's name)");
+
+  auto* version = app.add_subcommand("version", "print the version");
+  version->add_flag("--cpu-capability", cmd.cpu_capability,
+                    "print only the CPU kernel set LibTorch runs (default, avx2 or avx512)");
+
+  for (auto* sub : app.get_subcommands({})) sub->group("");  // usage() lists them
+
+  std::string current = argc > 1 ? argv[1] : "";
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    const auto subs = app.get_subcommands();
+    std::fputs(subs.empty() ? kUsage : subs.front()->help().c_str(), stdout);
+    return cmd;
+  } catch (const CLI::ParseError& e) {
+    const auto subs = app.get_subcommands();
+    refuse(subs.empty() ? current : subs.front()->get_name(), e);
+  }
+  cmd.name = app.get_subcommands().front()->get_name();
+  return cmd;
+}
+
+}  // namespace bitqat::apps

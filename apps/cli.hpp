@@ -1,0 +1,68 @@
+// The bitqat command line, parsed by CLI11: one subcommand per job, each filling its options struct.
+// Unknown options, missing values and values of the wrong type or range are refused by the parser,
+// naming the option; the commands (apps/commands.hpp) receive typed, checked values.
+#pragma once
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace bitqat::apps {
+
+struct TrainArgs {
+  std::string config;  // empty: the built-in quickstart
+  std::vector<std::string> sets;
+  bool resume = false;
+};
+
+struct EvalArgs {
+  std::string run_dir;
+  bool json = false;
+  std::optional<int64_t> batches;
+  bool fully_quantized = false;   // lambda 1 instead of the checkpoint's lambdas
+  std::vector<std::string> sets;  // data.* overrides (where the validation data is)
+};
+
+struct GenerateArgs {
+  std::string run_dir;
+  std::string prompt;
+  int64_t tokens = 200;
+  double temperature = 0.8;
+  int64_t top_k = 40;
+  uint64_t seed = 1;
+  bool fully_quantized = false;
+};
+
+struct QuantizeArgs {
+  std::string src_run_dir;
+  std::string out;
+  std::vector<std::string> sets;
+  bool json = false;
+};
+
+struct ExportArgs {
+  std::string run_dir;
+  std::string format;
+  std::string out;
+  std::string gguf_type;  // empty: tq2_0
+  std::string name;
+};
+
+struct Command {
+  std::string name;  // train | eval | generate | quantize | export | version; empty: help was printed
+  TrainArgs train;
+  EvalArgs eval;
+  GenerateArgs generate;
+  QuantizeArgs quantize;
+  ExportArgs export_;
+  bool cpu_capability = false;  // version --cpu-capability
+};
+
+// The top-level usage text (printed for `bitqat`, `bitqat --help` and unknown commands).
+const char* usage();
+
+// Parses argv. Help requests print the help on stdout and return a Command with an empty name.
+// Throws core::UserError (exit code 2) for anything the parser refuses, with "bitqat CMD: " context.
+Command parse_command_line(int argc, char** argv);
+
+}  // namespace bitqat::apps

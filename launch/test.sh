@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The test suite, once per LibTorch CPU capability: ATEN_CPU_CAPABILITY=default, avx2, avx512.
+# LibTorch picks its CPU kernels by instruction set, and a test that passes under one can fail under
+# another (REFERENCE.md section 7), so every numerics test must hold under all three. A capability the
+# CPU lacks falls back silently to the best one it has; each run prints the one that actually ran.
+#
+#   launch/test.sh [ctest arguments...]     (default: --output-on-failure -j 2)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD="${BITQAT_BUILD:-$root/build}"
+args=("$@")
+[ ${#args[@]} -gt 0 ] || args=(--output-on-failure -j 2)
+status=0
+for cap in default avx2 avx512; do
+  ran="$(ATEN_CPU_CAPABILITY=$cap "$BUILD/bitqat" version --cpu-capability)"
+  printf '[test] ATEN_CPU_CAPABILITY=%s: LibTorch runs its %s kernels\n' "$cap" "$ran"
+  if ! ATEN_CPU_CAPABILITY=$cap ctest --test-dir "$BUILD" "${args[@]}"; then
+    printf '[test] FAILED under ATEN_CPU_CAPABILITY=%s (%s)\n' "$cap" "$ran"
+    status=1
+  fi
+done
+exit $status
