@@ -38,6 +38,34 @@ void set_path(YAML::Node node, const std::vector<std::string>& parts, size_t i, 
   set_path(node[key], parts, i + 1, value, flag);
 }
 
+// Every mapping key at any depth must be a scalar and appear once: yaml-cpp keeps a repeated key's
+// first value and silently ignores the second, and a mapping used as a key cannot name a setting.
+void check_keys(const YAML::Node& node, const std::string& path, const std::string& file) {
+  if (node.IsSequence()) {
+    for (size_t i = 0; i < node.size(); ++i) check_keys(node[i], fmt::format("{}[{}]", path, i), file);
+    return;
+  }
+  if (!node.IsMap()) return;
+  std::map<std::string, int> seen;  // key -> 1-based line
+  for (const auto& kv : node) {
+    const int line = kv.first.Mark().line + 1;
+    if (!kv.first.IsScalar()) {
+      throw ConfigError(fmt::format("{}:{}: {}: a {} is used as a key; expected a plain key name", file, line,
+                                    path.empty() ? "(top level)" : path,
+                                    kv.first.IsMap() ? "mapping" : (kv.first.IsSequence() ? "sequence" : "null")));
+    }
+    const std::string key = kv.first.Scalar();
+    const std::string kp = path.empty() ? key : path + "." + key;
+    const auto [it, fresh] = seen.emplace(key, line);
+    if (!fresh) {
+      throw ConfigError(
+          fmt::format("{}:{}: {} is given twice (first at line {}, again at line {}); expected each key once", file,
+                      line, kp, it->second, line));
+    }
+    check_keys(kv.second, kp, file);
+  }
+}
+
 Node apply_overrides(YAML::Node root, const std::string& name, const std::vector<std::string>& overrides) {
   auto source = std::make_shared<ConfigSource>();
   source->file = name;
@@ -59,6 +87,7 @@ Node apply_overrides(YAML::Node root, const std::string& name, const std::vector
     } catch (const YAML::Exception& e) {
       throw ConfigError(fmt::format("{}: value '{}' is not valid YAML: {}", flag, raw, e.msg));
     }
+    check_keys(value, path, flag);
     const auto parts = split_path(path);
     for (const auto& p : parts) {
       if (p.empty()) throw ConfigError(fmt::format("{}: empty component in key path '{}'", flag, path));
@@ -96,6 +125,7 @@ Node Node::load_string(const std::string& text, const std::string& name, const s
   } catch (const YAML::ParserException& e) {
     throw ConfigError(fmt::format("{}:{}: YAML syntax error: {}", name, e.mark.line + 1, e.msg));
   }
+  check_keys(root, "", name);
   return apply_overrides(root, name, overrides);
 }
 
@@ -238,7 +268,12 @@ bool parse_scalar(const YAML::Node& n, T* out) {
         // Accept integral floats written as 1e3 or 1000.0, but nothing fractional.
         size_t dpos = 0;
         const double d = std::stod(s, &dpos);
-        if (dpos != s.size() || std::floor(d) != d || std::fabs(d) > 9.0e18) return false;
+        if (dpos != s.size() || std::floor(d) != d) return false;
+        // Compare in double before converting: casting a value outside T's range is undefined.
+        if (!(d >= static_cast<double>(std::numeric_limits<T>::min()) &&
+              d <= static_cast<double>(std::numeric_limits<T>::max()) && std::fabs(d) <= 9.0e18)) {
+          return false;
+        }
         *out = static_cast<T>(d);
         return true;
       }
@@ -270,7 +305,16 @@ T Node::get(const std::string& key, const T& fallback) const {
   if (!has(key)) return fallback;
   const YAML::Node& self = node_;
   T v{};
-  if (!parse_scalar<T>(self[key], &v)) fail(key, type_name<T>());
+  if (!parse_scalar<T>(self[key], &v)) {
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      // A whole number beyond the type's range (1e10 for an int) is refused with the range.
+      double d = 0;
+      if (parse_scalar<double>(self[key], &d) && std::floor(d) == d) {
+        fail(key, fmt::format("an integer in [{}, {}]", std::numeric_limits<T>::min(), std::numeric_limits<T>::max()));
+      }
+    }
+    fail(key, type_name<T>());
+  }
   return v;
 }
 

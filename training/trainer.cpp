@@ -83,282 +83,353 @@ std::string hms(double seconds) {
   return fmt::format("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60);
 }
 
-}  // namespace
+struct Schedules {
+  std::unique_ptr<schedules::Schedule> lr, wd, lambda_w, lambda_a;
+};
 
-TrainResult train(const Config& cfg, const TrainOptions& options) {
+// Everything a run holds between steps.
+struct Run {
+  Run(const Config& c, const TrainOptions& o, const at::Device& d)
+      : cfg(c),
+        options(o),
+        device(d),
+        dist(dist_env_from_environment(), c.dist.backend, std::chrono::seconds(c.dist.timeout_s), d) {}
+
+  const Config& cfg;
+  const TrainOptions& options;
+  at::Device device;
+  DistContext dist;
+  bool autocast = false;
+  std::string run_dir, ckpt_dir, hash;
+  std::unique_ptr<data::Source> source;
+  std::unique_ptr<Task> task;
+  std::vector<std::pair<std::string, at::Tensor>> named;  // trainable parameters
+  std::vector<at::Tensor> params;
+  std::vector<at::Tensor> replicated;  // parameters and buffers: bit-identical across ranks
+  std::unique_ptr<AdamW> optimizer;
+  Schedules sched;
+  std::unique_ptr<GradSync> sync;
+  std::unique_ptr<MetricsWriter> metrics;
+  std::vector<data::Batch> val_batches;
+  int64_t global_batch = 0;
+  int64_t start_step = 0;
+  int64_t bad_streak = 0;
+  bool main() const { return dist.is_main(); }
+};
+
+// ---- set-up and resume --------------------------------------------------------------------------
+
+// Weights, optimizer state, RNG and counters from the newest checkpoint of this run.
+void resume_from(Run& r, const std::string& latest) {
+  const auto ck = checkpoints::read_checkpoint(latest);
+  const std::string saved_hash = ck.state.value("config_hash", std::string());
+  if (saved_hash != r.hash) {
+    throw core::UserError(
+        fmt::format("{}: written with config hash {}, this config has {}: the model or "
+                    "quantization settings differ, so its tensors do not fit; resume with "
+                    "the run's own config ({}/config.resolved.yaml)",
+                    latest, saved_hash, r.hash, r.run_dir));
+  }
+  std::map<std::string, at::Tensor> model_map(ck.model.begin(), ck.model.end());
+  load_model_tensors(r.task->module(), model_map, latest + "/model.safetensors");
+  std::map<std::string, at::Tensor> opt_map(ck.optimizer.begin(), ck.optimizer.end());
+  r.optimizer->load_state_tensors(opt_map, latest + "/optimizer.safetensors");
+  std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
+  restore_rng_states(extra);
+  r.start_step = ck.step;
+  r.bad_streak = ck.state.value("bad_streak", int64_t{0});
+  const int64_t saved_gb = ck.state.value("global_batch", r.global_batch);
+  const int64_t saved_world = ck.state.value("world_size", int64_t{1});
+  if (!r.main()) return;
+  // Every rank holds the whole model and optimizer state, and a batch is a function of the global
+  // row index, so another world size resumes exactly when the global batch is the same.
+  if (saved_world != r.dist.world() && saved_gb == r.global_batch) {
+    spdlog::info(
+        "resuming a {}-rank run on {} ranks with the same global batch {}: the data order continues "
+        "unchanged",
+        saved_world, r.dist.world(), r.global_batch);
+  }
+  if (saved_gb != r.global_batch) {
+    spdlog::warn(
+        "resuming with global batch {} (checkpoint: {}): the data order continues by step, but the "
+        "run no longer matches one uninterrupted run",
+        r.global_batch, saved_gb);
+  }
+  spdlog::info("resumed from {} at step {}", latest, r.start_step);
+  if (!r.cfg.init_from.empty()) {
+    spdlog::info("init_from = {} is not read: the resumed checkpoint holds the weights", r.cfg.init_from);
+  }
+}
+
+std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   const auto env = dist_env_from_environment();
   if (cfg.device.threads > 0) at::set_num_threads(cfg.device.threads);
-  const at::Device device = pick_device(cfg.device, env.local_rank);
-  DistContext dist(env, cfg.dist.backend, std::chrono::seconds(cfg.dist.timeout_s), device);
-  const bool main_rank = dist.is_main();
-  const int rank = dist.rank();
-  const int world = dist.world();
-  const bool autocast = device.is_cuda() && cfg.device.precision != "fp32";
-  if (device.is_cpu() && cfg.device.precision == "bf16") {
+  auto r = std::make_unique<Run>(cfg, options, pick_device(cfg.device, env.local_rank));
+  r->autocast = r->device.is_cuda() && cfg.device.precision != "fp32";
+  if (r->device.is_cpu() && cfg.device.precision == "bf16") {
     throw core::ConfigError(fmt::format("{} = bf16: bf16 autocast is for GPUs; use fp32 (or auto) on CPU",
                                         cfg.root.child("device").where("precision")));
   }
-
-  const std::string run_dir = cfg.run.run_dir();
-  const std::string ckpt_dir = run_dir + "/checkpoints";
-  TrainResult result;
-  result.run_dir = run_dir;
+  r->run_dir = cfg.run.run_dir();
+  r->ckpt_dir = r->run_dir + "/checkpoints";
 
   // Refuse to clobber: a run directory with checkpoints is resumed or renamed, never overwritten.
-  const auto latest = checkpoints::find_latest_checkpoint(ckpt_dir);
+  const auto latest = checkpoints::find_latest_checkpoint(r->ckpt_dir);
   if (options.resume && !latest) {
     throw core::UserError(
         fmt::format("--resume: no complete checkpoint in {} (nothing to resume; drop --resume "
                     "to start this run from scratch)",
-                    ckpt_dir));
+                    r->ckpt_dir));
   }
   if (!options.resume && latest) {
     throw core::UserError(
         fmt::format("{} already holds checkpoints (newest: {}); pass --resume to continue it, or "
                     "choose another run.name (--set run.name=...)",
-                    run_dir, *latest));
+                    r->run_dir, *latest));
   }
 
   torch::manual_seed(cfg.run.seed);
-  const auto data_cfg = data::DataConfig::from_yaml(cfg.data);
-  const auto source = data::make_source(data_cfg, cfg.run.seed);
-  auto task = make_task(cfg, *source, device);
-  auto& model = task->module();
-
-  std::vector<std::pair<std::string, at::Tensor>> named;
+  r->source = data::make_source(data::DataConfig::from_yaml(cfg.data), cfg.run.seed);
+  r->task = make_task(cfg, *r->source, r->device);
+  auto& model = r->task->module();
   for (const auto& item : model.named_parameters(true)) {
-    if (item.value().requires_grad()) named.emplace_back(item.key(), item.value());
+    if (item.value().requires_grad()) r->named.emplace_back(item.key(), item.value());
   }
-  AdamW optimizer(named, AdamWOptions{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps});
-  std::vector<at::Tensor> params;
-  for (const auto& [n, p] : named) params.push_back(p);
+  for (const auto& [n, p] : r->named) r->params.push_back(p);
+  r->optimizer = std::make_unique<AdamW>(r->named, AdamWOptions{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps});
 
   const int64_t steps = cfg.train.steps;
-  const auto lr_sched = schedule_or_constant(cfg.optim.lr, schedules::ScheduleRole::kLearningRate, steps, 1e-3);
-  const auto wd_sched = schedule_or_constant(cfg.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, steps, 0.0);
-  const auto lw_sched = schedule_or_constant(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, steps, 1.0);
-  const auto la_sched = schedule_or_constant(cfg.quant.lambda_a, schedules::ScheduleRole::kLambda, steps, 1.0);
+  r->sched.lr = schedule_or_constant(cfg.optim.lr, schedules::ScheduleRole::kLearningRate, steps, 1e-3);
+  r->sched.wd = schedule_or_constant(cfg.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, steps, 0.0);
+  r->sched.lambda_w = schedule_or_constant(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, steps, 1.0);
+  r->sched.lambda_a = schedule_or_constant(cfg.quant.lambda_a, schedules::ScheduleRole::kLambda, steps, 1.0);
 
-  const int64_t global_batch = cfg.train.batch_size * world * cfg.train.grad_accum;
-  const std::string hash = cfg.compat_hash();
-  int64_t start_step = 0;
-  int64_t bad_streak = 0;
+  r->global_batch = cfg.train.batch_size * r->dist.world() * cfg.train.grad_accum;
+  r->hash = cfg.compat_hash();
   if (latest) {
-    const auto ck = checkpoints::read_checkpoint(*latest);
-    const std::string saved_hash = ck.state.value("config_hash", std::string());
-    if (saved_hash != hash) {
-      throw core::UserError(
-          fmt::format("{}: written with config hash {}, this config has {}: the model or "
-                      "quantization settings differ, so its tensors do not fit; resume with "
-                      "the run's own config ({}/config.resolved.yaml)",
-                      *latest, saved_hash, hash, run_dir));
-    }
-    std::map<std::string, at::Tensor> model_map(ck.model.begin(), ck.model.end());
-    load_model_tensors(model, model_map, *latest + "/model.safetensors");
-    std::map<std::string, at::Tensor> opt_map(ck.optimizer.begin(), ck.optimizer.end());
-    optimizer.load_state_tensors(opt_map, *latest + "/optimizer.safetensors");
-    std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
-    restore_rng_states(extra);
-    start_step = ck.step;
-    bad_streak = ck.state.value("bad_streak", int64_t{0});
-    const int64_t saved_gb = ck.state.value("global_batch", global_batch);
-    const int64_t saved_world = ck.state.value("world_size", int64_t{1});
-    // Every rank holds the whole model and optimizer state, and a batch is a function of the global
-    // row index, so another world size resumes exactly when the global batch is the same.
-    if (saved_world != world && saved_gb == global_batch && main_rank) {
-      spdlog::info(
-          "resuming a {}-rank run on {} ranks with the same global batch {}: the data order continues "
-          "unchanged",
-          saved_world, world, global_batch);
-    }
-    if (saved_gb != global_batch && main_rank) {
-      spdlog::warn(
-          "resuming with global batch {} (checkpoint: {}): the data order continues by step, but the "
-          "run no longer matches one uninterrupted run",
-          global_batch, saved_gb);
-    }
-    if (main_rank) spdlog::info("resumed from {} at step {}", *latest, start_step);
-    if (main_rank && !cfg.init_from.empty()) {
-      spdlog::info("init_from = {} is not read: the resumed checkpoint holds the weights", cfg.init_from);
-    }
+    resume_from(*r, *latest);
   } else if (!cfg.init_from.empty()) {
     // Every rank reads the source; the broadcast below would make them agree anyway.
     init_model_from(cfg.init_from, model, cfg.root.where("init_from"));
   }
 
-  GradSync sync(dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024), cfg.dist.overlap);
-  sync.broadcast_parameters();
-  std::vector<at::Tensor> replicated = params;  // what must stay bit-identical across ranks
-  for (const auto& b : model.buffers(true)) replicated.push_back(b);
-  if (dist.active() && main_rank) {
-    const auto bk = sync.buckets();
+  r->sync = std::make_unique<GradSync>(r->dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024),
+                                       cfg.dist.overlap);
+  r->sync->broadcast_parameters();
+  r->replicated = r->params;
+  for (const auto& b : model.buffers(true)) r->replicated.push_back(b);
+  if (r->dist.active() && r->main()) {
     int64_t bytes = 0;
+    const auto bk = r->sync->buckets();
     for (const auto& b : bk) bytes += b.bytes;
     spdlog::info("data parallel: {} gradient buckets, {:.2f} MiB all-reduced per step (dist.bucket_mb {}, overlap {})",
                  bk.size(), static_cast<double>(bytes) / (1 << 20), cfg.dist.bucket_mb, cfg.dist.overlap);
   }
+  if (r->main()) {
+    fs::create_directories(r->run_dir);
+    core::write_file_atomic(r->run_dir + "/config.resolved.yaml", core::to_yaml_string(cfg.resolved()));
+    r->metrics = std::make_unique<MetricsWriter>(r->run_dir + "/metrics.jsonl", r->start_step);
+    spdlog::info("run {}: {} on {}{}, world {}, global batch {} (= {} x {} ranks x {} accumulation)", r->run_dir,
+                 r->source->describe(), r->device.str(), r->autocast ? " (bf16 autocast)" : "", r->dist.world(),
+                 r->global_batch, cfg.train.batch_size, r->dist.world(), cfg.train.grad_accum);
+    spdlog::info("schedules: lr {}; weight decay {}; lambda_w {}; lambda_a {}", r->sched.lr->describe(),
+                 r->sched.wd->describe(), r->sched.lambda_w->describe(), r->sched.lambda_a->describe());
+  }
+  r->val_batches = r->source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
+  return r;
+}
 
-  std::unique_ptr<MetricsWriter> metrics;
-  if (main_rank) {
-    fs::create_directories(run_dir);
-    core::write_file_atomic(run_dir + "/config.resolved.yaml", core::to_yaml_string(cfg.resolved()));
-    metrics = std::make_unique<MetricsWriter>(run_dir + "/metrics.jsonl", start_step);
-    spdlog::info("run {}: {} on {}{}, world {}, global batch {} (= {} x {} ranks x {} accumulation)", run_dir,
-                 source->describe(), device.str(), autocast ? " (bf16 autocast)" : "", world, global_batch,
-                 cfg.train.batch_size, world, cfg.train.grad_accum);
-    spdlog::info("schedules: lr {}; weight decay {}; lambda_w {}; lambda_a {}", lr_sched->describe(),
-                 wd_sched->describe(), lw_sched->describe(), la_sched->describe());
+// ---- one optimizer step -------------------------------------------------------------------------
+
+struct StepOutcome {
+  double loss = 0.0;  // mean over micro-batches and ranks
+  double grad_norm = 0.0;
+  bool bad = false;  // non-finite loss or gradient on some rank: the update was skipped
+  double lr = 0.0, wd = 0.0, lambda_w = 0.0, lambda_a = 0.0;
+  int64_t units = 0;  // tokens or samples of the global batch
+};
+
+// Micro-batches with gradient accumulation, the gradient all-reduce, clipping, the finiteness
+// decision every rank agrees on, then the update (or its skip).
+StepOutcome run_step(Run& r, int64_t step) {
+  const auto& cfg = r.cfg;
+  StepOutcome o;
+  o.lambda_w = r.sched.lambda_w->at(step);
+  o.lambda_a = r.sched.lambda_a->at(step);
+  o.lr = r.sched.lr->at(step);
+  o.wd = r.sched.wd->at(step);
+  bitlinear::set_quant_lambdas(r.task->module(), o.lambda_w, o.lambda_a);
+  r.optimizer->zero_grad();
+
+  double loss_sum = 0.0;
+  bool finite = true;
+  r.sync->prepare();
+  for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
+    const auto batch = to_device(
+        r.source->train_batch(step, micro, r.dist.rank(), r.dist.world(), cfg.train.batch_size, cfg.train.grad_accum),
+        r.device);
+    r.sync->set_sync(micro == cfg.train.grad_accum - 1);
+    at::Tensor loss;
+    {
+      AutocastScope ac(r.autocast);
+      loss = r.task->loss(batch);
+    }
+    if (r.options.loss_hook) r.options.loss_hook(step, micro, loss);
+    (loss / cfg.train.grad_accum).backward();
+    const double l = loss.detach().to(at::kDouble).item<double>();
+    finite = finite && std::isfinite(l);
+    loss_sum += l;
+    o.units += r.task->units(batch) * r.dist.world();
+  }
+  r.sync->finish();
+  o.grad_norm = torch::nn::utils::clip_grad_norm_(
+      r.params, cfg.optim.grad_clip > 0.0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity());
+  // Every rank must take the same decision: agree on the worst case.
+  at::Tensor flags =
+      at::tensor({loss_sum / cfg.train.grad_accum, (finite && std::isfinite(o.grad_norm)) ? 0.0 : 1.0}, at::kDouble);
+  r.dist.all_reduce_mean_(flags, "all-reduce of the step's loss and finiteness flag");
+  o.loss = flags[0].item<double>();
+  o.bad = flags[1].item<double>() > 0.0;
+  if (!o.bad) {
+    r.bad_streak = 0;
+    r.optimizer->step(o.lr, o.wd);
+    return o;
+  }
+  ++r.bad_streak;
+  r.optimizer->zero_grad();
+  if (r.main()) {
+    spdlog::warn("step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, limit {})",
+                 step + 1, o.loss, o.grad_norm, r.bad_streak, cfg.train.max_bad_steps);
+    r.metrics->write({{"step", step + 1}, {"skipped", true}, {"loss", nullptr}, {"lr", o.lr}});
+  }
+  if (r.bad_streak >= cfg.train.max_bad_steps) {
+    throw core::UserError(
+        fmt::format("training stopped at step {}: {} consecutive steps with a non-finite loss "
+                    "or gradient (train.max_bad_steps = {}); lower optim.lr or check the data",
+                    step + 1, r.bad_streak, cfg.train.max_bad_steps));
+  }
+  return o;
+}
+
+// ---- logging ------------------------------------------------------------------------------------
+
+// One line and one metrics record per logged step, with the throughput since the previous one.
+class StepLog {
+ public:
+  explicit StepLog(Run& r) : r_(r), t0_(Clock::now()), t_log_(t0_) {}
+
+  void record(int64_t done, const StepOutcome& o) {
+    units_ += o.units;
+    if (o.bad || !r_.main() || (done % r_.cfg.train.log_every != 0 && done != r_.cfg.train.steps)) return;
+    const auto now = Clock::now();
+    const double dt = std::chrono::duration<double>(now - t_log_).count();
+    const double rate = dt > 0 ? static_cast<double>(units_) / dt : 0.0;
+    const double elapsed = std::chrono::duration<double>(now - t0_).count();
+    const int64_t synced = r_.sync->synced_steps() - synced_at_log_;
+    const double sync_wait_ms = synced > 0 ? 1e3 * (r_.sync->wait_seconds() - sync_wait_at_log_) / synced : 0.0;
+    sync_wait_at_log_ = r_.sync->wait_seconds();
+    synced_at_log_ = r_.sync->synced_steps();
+    const char* unit = r_.task->unit_name();
+    spdlog::info(
+        "step {}/{} | loss {:.4f} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
+        "{:.0f} {}/s | {}",
+        done, r_.cfg.train.steps, o.loss, o.lr, o.lambda_w, o.lambda_a, o.grad_norm, rate, unit, hms(elapsed));
+    r_.metrics->write({{"step", done},
+                       {"loss", o.loss},
+                       {"lr", o.lr},
+                       {"weight_decay", o.wd},
+                       {"lambda_w", o.lambda_w},
+                       {"lambda_a", o.lambda_a},
+                       {"grad_norm", o.grad_norm},
+                       {std::string(unit) + "_per_s", rate},
+                       {"elapsed_s", elapsed},
+                       {"sync_wait_ms", sync_wait_ms}});
+    t_log_ = now;
+    units_ = 0;
   }
 
-  const auto val_batches = source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
-  auto write_checkpoint = [&](int64_t step_done) {
-    // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
-    // buffers were updated from each rank's own share in this step: take rank 0's, as the next
-    // step would).
-    sync.broadcast_buffers();
-    dist.check_same({step_done, bit_fingerprint(replicated)},
-                    {"the step", "the fingerprint of parameters and buffers"});
-    dist.barrier("barrier before writing checkpoint");
-    if (main_rank) {
-      checkpoints::CheckpointData ck;
-      ck.step = step_done;
-      ck.model = model_tensors(model);
-      ck.optimizer = optimizer.state_tensors();
-      ck.extra = rng_states();
-      ck.state = {{"step", step_done},
-                  {"config_hash", hash},
-                  {"global_batch", global_batch},
-                  {"world_size", world},
-                  {"bad_streak", bad_streak},
-                  {"data", {{"kind", source->describe()}, {"samples_seen", step_done * global_batch}}}};
-      const auto path = checkpoints::write_checkpoint(ckpt_dir, ck, cfg.checkpoint.keep_last);
-      spdlog::info("checkpoint {}", path);
-    }
-    dist.barrier("barrier after writing checkpoint");
-  };
-  auto run_eval = [&](int64_t step_done) {
-    if (!main_rank) return;
-    const auto ev = task->evaluate(val_batches, device);
-    nlohmann::json rec = {{"step", step_done}, {"val_loss", ev.loss}};
-    std::string extra;
-    if (!ev.metric_name.empty()) {
-      rec[ev.metric_name] = ev.metric;
-      extra = fmt::format(" | {} {:.4f}", ev.metric_name, ev.metric);
-    }
-    metrics->write(rec);
-    spdlog::info("eval step {} | val_loss {:.4f}{}", step_done, ev.loss, extra);
-    result.last_val_loss = ev.loss;
-  };
+ private:
+  Run& r_;
+  Clock::time_point t0_, t_log_;
+  int64_t units_ = 0;
+  double sync_wait_at_log_ = 0.0;
+  int64_t synced_at_log_ = 0;
+};
 
-  ProgressBar bar(steps, main_rank && core::stdout_is_terminal());
-  const auto t0 = Clock::now();
-  auto t_log = t0;
-  int64_t units_since_log = 0;
-  double sync_wait_at_log = 0.0;
-  int64_t synced_at_log = 0;
-  result.start_step = start_step;
-  model.train();
-  for (int64_t step = start_step; step < steps; ++step) {
-    const double lw = lw_sched->at(step);
-    const double la = la_sched->at(step);
-    const double lr = lr_sched->at(step);
-    const double wd = wd_sched->at(step);
-    bitlinear::set_quant_lambdas(model, lw, la);
-    optimizer.zero_grad();
+// ---- evaluation and checkpoints -----------------------------------------------------------------
 
-    double loss_sum = 0.0;
-    bool finite = true;
-    sync.prepare();
-    for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
-      const auto batch =
-          to_device(source->train_batch(step, micro, rank, world, cfg.train.batch_size, cfg.train.grad_accum), device);
-      sync.set_sync(micro == cfg.train.grad_accum - 1);
-      at::Tensor loss;
-      {
-        AutocastScope ac(autocast);
-        loss = task->loss(batch);
-      }
-      if (options.loss_hook) options.loss_hook(step, micro, loss);
-      (loss / cfg.train.grad_accum).backward();
-      const double l = loss.detach().to(at::kDouble).item<double>();
-      finite = finite && std::isfinite(l);
-      loss_sum += l;
-      units_since_log += task->units(batch) * world;
-    }
-    sync.finish();
-    double grad_norm = 0.0;
-    if (cfg.optim.grad_clip > 0.0) {
-      grad_norm = torch::nn::utils::clip_grad_norm_(params, cfg.optim.grad_clip);
-    } else {
-      grad_norm = torch::nn::utils::clip_grad_norm_(params, std::numeric_limits<double>::infinity());
-    }
-    // Every rank must take the same decision: agree on the worst case.
-    at::Tensor flags =
-        at::tensor({loss_sum / cfg.train.grad_accum, (finite && std::isfinite(grad_norm)) ? 0.0 : 1.0}, at::kDouble);
-    dist.all_reduce_mean_(flags, "all-reduce of the step's loss and finiteness flag");
-    const double mean_loss = flags[0].item<double>();
-    const bool bad = flags[1].item<double>() > 0.0;
-    if (bad) {
-      ++bad_streak;
-      ++result.skipped_steps;
-      optimizer.zero_grad();
-      if (main_rank) {
-        spdlog::warn(
-            "step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, "
-            "limit {})",
-            step + 1, mean_loss, grad_norm, bad_streak, cfg.train.max_bad_steps);
-        metrics->write({{"step", step + 1}, {"skipped", true}, {"loss", nullptr}, {"lr", lr}});
-      }
-      if (bad_streak >= cfg.train.max_bad_steps) {
-        throw core::UserError(
-            fmt::format("training stopped at step {}: {} consecutive steps with a non-finite loss "
-                        "or gradient (train.max_bad_steps = {}); lower optim.lr or check the data",
-                        step + 1, bad_streak, cfg.train.max_bad_steps));
-      }
-    } else {
-      bad_streak = 0;
-      optimizer.step(lr, wd);
-    }
+std::optional<double> evaluate(Run& r, int64_t done) {
+  if (!r.main()) return std::nullopt;
+  const auto ev = r.task->evaluate(r.val_batches, r.device);
+  nlohmann::json rec = {{"step", done}, {"val_loss", ev.loss}};
+  std::string extra;
+  if (!ev.metric_name.empty()) {
+    rec[ev.metric_name] = ev.metric;
+    extra = fmt::format(" | {} {:.4f}", ev.metric_name, ev.metric);
+  }
+  r.metrics->write(rec);
+  spdlog::info("eval step {} | val_loss {:.4f}{}", done, ev.loss, extra);
+  return ev.loss;
+}
+
+void checkpoint(Run& r, int64_t done) {
+  // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
+  // buffers were updated from each rank's own share in this step: take rank 0's, as the next step
+  // would).
+  r.sync->broadcast_buffers();
+  r.dist.check_same({done, bit_fingerprint(r.replicated)}, {"the step", "the fingerprint of parameters and buffers"});
+  r.dist.barrier("barrier before writing checkpoint");
+  if (r.main()) {
+    checkpoints::CheckpointData ck;
+    ck.step = done;
+    ck.model = model_tensors(r.task->module());
+    ck.optimizer = r.optimizer->state_tensors();
+    ck.extra = rng_states();
+    ck.state = {{"step", done},
+                {"config_hash", r.hash},
+                {"global_batch", r.global_batch},
+                {"world_size", r.dist.world()},
+                {"bad_streak", r.bad_streak},
+                {"data", {{"kind", r.source->describe()}, {"samples_seen", done * r.global_batch}}}};
+    spdlog::info("checkpoint {}", checkpoints::write_checkpoint(r.ckpt_dir, ck, r.cfg.checkpoint.keep_last));
+  }
+  r.dist.barrier("barrier after writing checkpoint");
+}
+
+bool due(int64_t done, int64_t every, int64_t steps) { return (every > 0 && done % every == 0) || done == steps; }
+
+}  // namespace
+
+TrainResult train(const Config& cfg, const TrainOptions& options) {
+  auto run = set_up(cfg, options);
+  Run& r = *run;
+  TrainResult result;
+  result.run_dir = r.run_dir;
+  result.start_step = r.start_step;
+  const int64_t steps = cfg.train.steps;
+  ProgressBar bar(steps, r.main() && core::stdout_is_terminal());
+  StepLog log(r);
+  r.task->module().train();
+  for (int64_t step = r.start_step; step < steps; ++step) {
+    const auto o = run_step(r, step);
     const int64_t done = step + 1;
     result.final_step = done;
-    if (!bad) result.last_loss = mean_loss;
-    bar.update(done, mean_loss);
-
-    if (!bad && (done % cfg.train.log_every == 0 || done == steps) && main_rank) {
-      const auto now = Clock::now();
-      const double dt = std::chrono::duration<double>(now - t_log).count();
-      const double rate = dt > 0 ? static_cast<double>(units_since_log) / dt : 0.0;
-      const double elapsed = std::chrono::duration<double>(now - t0).count();
-      const int64_t synced = sync.synced_steps() - synced_at_log;
-      const double sync_wait_ms = synced > 0 ? 1e3 * (sync.wait_seconds() - sync_wait_at_log) / synced : 0.0;
-      sync_wait_at_log = sync.wait_seconds();
-      synced_at_log = sync.synced_steps();
-      spdlog::info(
-          "step {}/{} | loss {:.4f} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
-          "{:.0f} {}/s | {}",
-          done, steps, mean_loss, lr, lw, la, grad_norm, rate, task->unit_name(), hms(elapsed));
-      metrics->write({{"step", done},
-                      {"loss", mean_loss},
-                      {"lr", lr},
-                      {"weight_decay", wd},
-                      {"lambda_w", lw},
-                      {"lambda_a", la},
-                      {"grad_norm", grad_norm},
-                      {std::string(task->unit_name()) + "_per_s", rate},
-                      {"elapsed_s", elapsed},
-                      {"sync_wait_ms", sync_wait_ms}});
-      t_log = now;
-      units_since_log = 0;
+    if (o.bad) {
+      ++result.skipped_steps;
+    } else {
+      result.last_loss = o.loss;
     }
-    if ((cfg.train.eval_every > 0 && done % cfg.train.eval_every == 0) || done == steps) {
+    bar.update(done, o.loss);
+    log.record(done, o);
+    if (due(done, cfg.train.eval_every, steps)) {
       bar.finish();
-      run_eval(done);
+      if (const auto v = evaluate(r, done)) result.last_val_loss = v;
     }
-    if ((cfg.checkpoint.every > 0 && done % cfg.checkpoint.every == 0) || done == steps) write_checkpoint(done);
+    if (due(done, cfg.checkpoint.every, steps)) checkpoint(r, done);
     if (options.after_step) options.after_step(done);
   }
   bar.finish();
-  if (main_rank) spdlog::info("done: {} steps, results in {}", result.final_step, run_dir);
+  if (r.main()) spdlog::info("done: {} steps, results in {}", result.final_step, r.run_dir);
   return result;
 }
 
