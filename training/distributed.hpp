@@ -89,9 +89,14 @@ class DistContext {
   // Every rank passes its values; throws a UserError listing the values that differ between ranks.
   void check_same(const std::vector<int64_t>& values, const std::vector<std::string>& names);
 
-  // After a failure: the group is left to the operating system instead of being torn down, whose
-  // destructor could wait on collectives of a dead peer. Called by PendingOp::wait on failure.
+  // After a failed collective: the group is left to the operating system instead of being torn down,
+  // whose destructor could wait on collectives of a dead peer. Its worker threads then outlive this
+  // object, so a process whose group failed must end with std::_Exit (bitqat's main does), not a
+  // normal exit that runs static destructors under those threads. Called by PendingOp::wait on
+  // failure. Errors a rank finds itself (GradSync's unused parameter) drain their collectives and
+  // leave the group healthy.
   void mark_failed() { failed_ = true; }
+  bool failed() const { return failed_; }
 
  private:
   friend class PendingOp;

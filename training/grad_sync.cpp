@@ -182,12 +182,27 @@ void GradSync::launch_locked(size_t bi) {
                           b.params.size(), static_cast<double>(b.numel * b.flat.element_size()) / (1 << 20)));
 }
 
+void GradSync::drain_launched_locked() {
+  // The error is this rank's own finding (every rank meets it in the same step), not a failed
+  // collective: the group is healthy. Finish the all-reduces already on the wire, so that no Gloo or
+  // NCCL work is left in flight when the error unwinds and the group is shut down; a process that
+  // leaves work in flight and then exits normally can die in teardown (std::system_error from a
+  // worker thread touching destroyed state). A collective that fails here marks the group failed.
+  for (size_t i = 0; i < next_launch_ && i < buckets_.size(); ++i) {
+    try {
+      buckets_[i].op.wait();
+    } catch (const core::UserError&) {
+      // wait() already marked the group failed; the caller's error is the one to report.
+    }
+  }
+}
+
 void GradSync::finish() {
   if (!hooked_) return;
   std::unique_lock<std::mutex> lock(mu_);
   if (!sync_) return;
   if (!hook_error_.empty()) {
-    dist_.mark_failed();
+    drain_launched_locked();
     throw core::UserError(fmt::format("rank {}: {}", dist_.rank(), hook_error_));
   }
   std::vector<std::string> missing;
@@ -195,7 +210,7 @@ void GradSync::finish() {
     if (!ready_[k]) missing.push_back(names_[k]);
   }
   if (!missing.empty()) {
-    dist_.mark_failed();
+    drain_launched_locked();
     std::string list;
     for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
     if (missing.size() > 8) list += fmt::format(" and {} more", missing.size() - 8);

@@ -71,6 +71,7 @@ class GradSync {
     PendingOp op;
   };
   void launch_locked(size_t b);
+  void drain_launched_locked();
 
   DistContext& dist_;
   std::vector<std::string> names_;

@@ -11,7 +11,9 @@
 #include <torch/nn/modules/linear.h>
 #include <torch/serialize.h>
 
+#include <atomic>
 #include <filesystem>
+#include <thread>
 
 #include "core/error.hpp"
 #include "spawn.hpp"
@@ -129,13 +131,20 @@ TEST(GradSyncWorker, Run) {
   DistContext dist(env, "gloo", std::chrono::seconds(20));
   // Ranks start from different weights: the broadcast must make them rank 0's.
   auto net = make_net(1 + static_cast<uint64_t>(env.rank));
-  // "unused": a trainable parameter that the loss never touches; finish() must name it.
+  // "unused": a trainable parameter that the loss never touches; finish() must name it. As the
+  // Sequential's own parameter it comes before its children's, so it is the last bucket (reverse
+  // order) and every other bucket is already on the wire when finish() finds it. "unused_idle" puts
+  // it in a child registered last: the first bucket, so nothing has been launched.
   if (mode == "unused") net->register_parameter("extra", at::zeros({4}));
-  GradSync sync(dist, *net, std::atoll(std::getenv("BITQAT_GS_BUCKET")),
+  auto holder = std::make_shared<torch::nn::Module>();
+  holder->register_module("net", net.ptr());
+  if (mode == "unused_idle")
+    holder->register_module("tail", std::make_shared<torch::nn::Module>())->register_parameter("extra", at::zeros({4}));
+  GradSync sync(dist, mode == "unused_idle" ? *holder : *net, std::atoll(std::getenv("BITQAT_GS_BUCKET")),
                 std::string(std::getenv("BITQAT_GS_OVERLAP")) == "1");
   sync.broadcast_parameters();
   const std::string tag = "_rank" + std::to_string(env.rank) + ".pt";
-  if (mode == "unused") {
+  if (mode == "unused" || mode == "unused_idle") {
     sync.prepare();
     sync.set_sync(true);
     auto [x, y] = global_batch(0);
@@ -146,7 +155,9 @@ TEST(GradSyncWorker, Run) {
     } catch (const bitqat::core::UserError& e) {
       std::printf("UserError: %s\n", e.what());
     }
-    return;
+    std::printf("launched %zu of %zu buckets; group failed: %d\n", sync.launched_buckets(), sync.buckets().size(),
+                dist.failed() ? 1 : 0);
+    return;  // a normal exit: destructors and the process teardown run with the group still alive
   }
   if (mode == "buffers") {
     // Batch norm's running statistics come from each rank's own rows; prepare() makes them rank 0's.
@@ -255,6 +266,44 @@ TEST(GradSync, UnusedParameterIsNamedNotHung) {
         << log;
   }
   EXPECT_LT(s, 30.0);
+  fs::remove_all(dir);
+}
+
+// The failure path must end in the rank's own message and exit code, never in an abort while the
+// process shuts down (it once died with "terminate called ... std::system_error: Invalid argument",
+// exit 134, after its error, under ctest -j 2). Repeated, with both ranks competing for the cores with
+// busy threads, and with all-reduces still in flight when the error is found.
+TEST(GradSync, FailurePathsExitCleanlyUnderLoad) {
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> hogs;
+  for (int i = 0; i < 2; ++i) {
+    hogs.emplace_back([&stop] {
+      volatile double x = 0;
+      while (!stop) x = x + 1.0;
+    });
+  }
+  const auto dir = fs::temp_directory_path() / ("bitqat_gs_load_" + std::to_string(::getpid()));
+  for (const char* mode : {"unused", "unused_idle"}) {
+    for (int rep = 0; rep < 6; ++rep) {
+      fs::remove_all(dir);
+      fs::create_directories(dir);
+      const auto r = run_ranks(dir, 2, 1, "64", true, mode);
+      for (int i = 0; i < 2; ++i) {
+        const auto log = bitqat::testing::slurp(r.logs[static_cast<size_t>(i)]);
+        EXPECT_EQ(r.codes[static_cast<size_t>(i)], 0) << mode << " rep " << rep << " rank " << i << ":\n" << log;
+        EXPECT_NE(log.find("got no gradient"), std::string::npos) << log;
+        EXPECT_NE(log.find("group failed: 0"), std::string::npos) << log;
+        EXPECT_EQ(log.find("terminate called"), std::string::npos) << log;
+      }
+      // 64-byte buckets in reverse order: "unused" has the 6 tensors of 3 linears in 6 buckets, all on
+      // the wire, and the extra alone in the last; "unused_idle" has the extra (16 bytes) sharing the
+      // first bucket with the last bias (12 bytes), so that bucket never completes and none starts.
+      const char* want = std::string(mode) == "unused" ? "launched 6 of 7 buckets" : "launched 0 of 6 buckets";
+      EXPECT_NE(bitqat::testing::slurp(r.logs[0]).find(want), std::string::npos) << bitqat::testing::slurp(r.logs[0]);
+    }
+  }
+  stop = true;
+  for (auto& t : hogs) t.join();
   fs::remove_all(dir);
 }
 
