@@ -15,6 +15,7 @@
 #include "apps/cli.hpp"
 #include "apps/quickstart_config.hpp"
 #include "core/error.hpp"
+#include "data/source.hpp"
 #include "models/generate.hpp"
 #include "models/lm.hpp"
 #include "training/config.hpp"
@@ -55,6 +56,16 @@ int cmd_train(const TrainArgs& a) {
   training::TrainOptions options;
   options.resume = a.resume;
   const auto result = training::train(cfg, options);
+  if (result.nothing_to_train) {
+    if (rank_from_environment() == 0) {
+      std::printf(
+          "nothing to train: %s is already at step %lld = train.steps (raise train.steps, e.g. --set "
+          "train.steps=%lld, to continue it)\n",
+          result.run_dir.c_str(), static_cast<long long>(result.final_step),
+          static_cast<long long>(2 * result.final_step));
+    }
+    return 0;
+  }
   if (rank_from_environment() == 0) {
     std::printf("trained %lld steps; last loss %.4f%s; results in %s\n", static_cast<long long>(result.final_step),
                 result.last_loss,
@@ -67,16 +78,29 @@ int cmd_train(const TrainArgs& a) {
 int cmd_eval(const EvalArgs& a) {
   const auto device = default_device();
   auto run = training::load_run(a.run_dir, device);
-  const int64_t batches = a.batches.value_or(run.cfg.train.eval_batches);
-  const auto val = run.source->val_batches(run.cfg.train.batch_size, batches);
+  if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
+  const auto source = training::open_validation_data(run, a.sets);
+  const int64_t batch = run.cfg.train.batch_size;
+  const int64_t want = a.batches.value_or(run.cfg.train.eval_batches);
+  const auto val = source->val_batches(batch, want);
+  if (val.empty()) {
+    throw core::UserError(fmt::format("{}: the validation split holds no batch of {} windows", a.run_dir, batch));
+  }
+  if (a.batches && static_cast<int64_t>(val.size()) < *a.batches) {
+    throw core::UserError(fmt::format(
+        "--batches {}: the validation split of {} holds {} batch(es) of {} (train.batch_size); expected 1..{}",
+        *a.batches, a.run_dir, val.size(), batch, val.size()));
+  }
   const auto ev = run.task->evaluate(val, device);
   if (a.json) {
-    nlohmann::json j = {
-        {"run_dir", a.run_dir}, {"checkpoint", run.checkpoint}, {"step", run.step}, {"val_loss", ev.loss}};
+    nlohmann::json j = {{"run_dir", a.run_dir},    {"checkpoint", run.checkpoint}, {"step", run.step},
+                        {"val_loss", ev.loss},     {"batches", val.size()},        {"lambda_w", run.lambda_w},
+                        {"lambda_a", run.lambda_a}};
     if (!ev.metric_name.empty()) j[ev.metric_name] = ev.metric;
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s (step %lld): val_loss %.4f", run.checkpoint.c_str(), static_cast<long long>(run.step), ev.loss);
+    std::printf("%s (step %lld, lambda_w %.4g, lambda_a %.4g): val_loss %.4f", run.checkpoint.c_str(),
+                static_cast<long long>(run.step), run.lambda_w, run.lambda_a, ev.loss);
     if (!ev.metric_name.empty()) std::printf(", %s %.4f", ev.metric_name.c_str(), ev.metric);
     std::printf("\n");
   }
@@ -86,17 +110,25 @@ int cmd_eval(const EvalArgs& a) {
 int cmd_generate(const GenerateArgs& a) {
   if (a.prompt.empty()) throw core::UserError("--prompt '': expected a prompt of at least one byte");
   auto run = training::load_run(a.run_dir, default_device());
+  if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.run_dir));
-  if (run.source->vocab_size() != 256) {
+  if (!data::DataConfig::from_yaml(run.cfg.data, /*check_files=*/false).is_bytes()) {
     throw core::UserError(
-        fmt::format("{}: generate works on byte-level text models (vocabulary 256); this run has "
-                    "vocabulary {}",
-                    a.run_dir, run.source->vocab_size()));
+        fmt::format("{}: generate works on byte-level text models (data.kind text, vocabulary 256); this run has "
+                    "data.kind {} with vocabulary {}",
+                    a.run_dir, run.cfg.data.get<std::string>("kind", "text"), lm->config.vocab_size));
   }
   const std::string& prompt = a.prompt;
   std::vector<int64_t> tokens(prompt.begin(), prompt.end());
   for (auto& t : tokens) t &= 0xff;
+  const int64_t window = lm->config.max_seq_len;
+  if (static_cast<int64_t>(tokens.size()) > window) {
+    std::fprintf(stderr,
+                 "bitqat generate: note: the prompt has %zu bytes and the model's window (model.max_seq_len) is %lld: "
+                 "the model sees only the prompt's last %lld bytes\n",
+                 tokens.size(), static_cast<long long>(window), static_cast<long long>(window));
+  }
   const auto out = models::generate(*lm, tokens, a.tokens, a.temperature, a.top_k, a.seed);
   std::string text(prompt);
   for (size_t i = tokens.size(); i < out.size(); ++i) text.push_back(static_cast<char>(out[i]));
@@ -139,6 +171,13 @@ int cmd_export(const ExportArgs& a) {
     throw core::UserError(fmt::format("--out {} already exists; exports never overwrite", out));
   }
   auto run = training::load_run(run_dir, at::Device(at::kCPU));
+  if (run.lambda_w != 1.0 || run.lambda_a != 1.0) {
+    std::fprintf(stderr,
+                 "bitqat export: note: %s (step %lld) was trained at lambda_w %.4g, lambda_a %.4g; every export is "
+                 "the fully quantized model (lambda 1), which computes something else than the checkpoint did "
+                 "(bitqat eval %s --fully-quantized scores it)\n",
+                 run.checkpoint.c_str(), static_cast<long long>(run.step), run.lambda_w, run.lambda_a, run_dir.c_str());
+  }
   if (format == "packed") {
     const auto s = training::export_packed(run, run_dir, out);
     std::printf(

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <regex>
 
+#include "checkpoints/manifest.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 
@@ -41,18 +42,12 @@ std::string write_checkpoint(const std::string& checkpoints_dir, const Checkpoin
   const fs::path tmp = fs::path(checkpoints_dir) / fmt::format(".tmp-{}-{}", name, ::getpid());
   fs::create_directories(tmp);
 
-  std::vector<std::pair<std::string, std::string>> files = {
-      {"model.safetensors", encode_safetensors(data.model, {{"format", "bitqat-model"}})},
-      {"optimizer.safetensors", encode_safetensors(data.optimizer)},
-      {"extra.safetensors", encode_safetensors(data.extra)},
-      {"state.json", data.state.dump(2) + "\n"},
-  };
-  nlohmann::json manifest = {{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}};
-  for (const auto& [file, bytes] : files) {
-    core::write_file_atomic((tmp / file).string(), bytes);
-    manifest["files"][file] = {{"size", bytes.size()}, {"crc32", core::crc32(bytes.data(), bytes.size())}};
-  }
-  core::write_file_atomic((tmp / "manifest.json").string(), manifest.dump(2) + "\n");
+  ManifestWriter writer(tmp.string());
+  writer.add("model.safetensors", encode_safetensors(data.model, {{"format", "bitqat-model"}}));
+  writer.add("optimizer.safetensors", encode_safetensors(data.optimizer));
+  writer.add("extra.safetensors", encode_safetensors(data.extra));
+  writer.add("state.json", data.state.dump(2) + "\n");
+  writer.finish({{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}});
   if (fs::exists(final_dir)) {
     // Rewriting a step (a resumed run that checkpoints the same step again): swap, then drop the old.
     const fs::path old = fs::path(checkpoints_dir) / fmt::format(".tmp-old-{}-{}", name, ::getpid());
@@ -82,60 +77,34 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
 }
 
 CheckpointData read_checkpoint(const std::string& dir) {
-  const std::string mpath = dir + "/manifest.json";
-  if (!fs::is_regular_file(mpath)) {
-    throw core::UserError(
-        fmt::format("checkpoint {}: manifest.json is missing: the checkpoint is incomplete (its "
-                    "write was interrupted)",
-                    dir));
-  }
-  const auto manifest = nlohmann::json::parse(core::read_file(mpath), nullptr, false);
-  if (manifest.is_discarded() || !manifest.is_object() || !manifest.contains("files")) {
-    throw core::UserError(fmt::format("checkpoint {}: manifest.json is not a valid manifest", dir));
-  }
-  if (manifest.value("format", std::string()) != kCheckpointFormat ||
-      manifest.value("version", -1) != kCheckpointVersion) {
-    throw core::UserError(
-        fmt::format("checkpoint {}: format {} version {} is not {} version {} (written by another "
-                    "program or an incompatible bitqat)",
-                    dir, manifest.value("format", std::string("?")), manifest.value("version", -1), kCheckpointFormat,
-                    kCheckpointVersion));
-  }
-  std::map<std::string, std::string> contents;
-  for (const auto& f : {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"}) {
-    if (!manifest["files"].contains(f)) {
-      throw core::UserError(fmt::format("checkpoint {}: the manifest does not list {}", dir, f));
-    }
-    const std::string path = dir + "/" + f;
-    if (!fs::is_regular_file(path)) {
-      throw core::UserError(fmt::format("checkpoint {}: {} is missing", dir, f));
-    }
-    auto bytes = core::read_file(path);
-    const auto& entry = manifest["files"][f];
-    const uint64_t want_size = entry.value("size", uint64_t{0});
-    if (bytes.size() != want_size) {
-      throw core::UserError(
-          fmt::format("checkpoint {}: {} is {} bytes, the manifest says {}: the checkpoint is "
-                      "truncated or corrupted",
-                      dir, f, bytes.size(), want_size));
-    }
-    const uint32_t want_crc = entry.value("crc32", uint32_t{0});
-    const uint32_t crc = core::crc32(bytes.data(), bytes.size());
-    if (crc != want_crc) {
-      throw core::UserError(
-          fmt::format("checkpoint {}: {} has CRC-32 {:08x}, the manifest says {:08x}: the file is "
-                      "corrupted",
-                      dir, f, crc, want_crc));
-    }
-    contents[f] = std::move(bytes);
-  }
+  const auto md = read_manifest_dir(dir, "checkpoint", kCheckpointFormat, kCheckpointVersion,
+                                    {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"});
   CheckpointData d;
-  d.step = manifest.value("step", int64_t{0});
-  d.model = decode_safetensors(contents["model.safetensors"], dir + "/model.safetensors").tensors;
-  d.optimizer = decode_safetensors(contents["optimizer.safetensors"], dir + "/optimizer.safetensors").tensors;
-  d.extra = decode_safetensors(contents["extra.safetensors"], dir + "/extra.safetensors").tensors;
-  d.state = nlohmann::json::parse(contents["state.json"], nullptr, false);
-  if (d.state.is_discarded()) throw core::UserError(fmt::format("checkpoint {}: state.json is not JSON", dir));
+  const std::string mpath = dir + "/manifest.json";
+  d.step = json_int(md.manifest, "step", mpath, 0, kMaxStep);
+  // The step is written three times: in the directory's name, the manifest and state.json.
+  fs::path p = fs::path(dir).lexically_normal();
+  if (p.filename().empty()) p = p.parent_path();
+  const std::string name = p.filename().string();
+  if (std::regex_match(name, kStepDir) && std::stoll(name.substr(5)) != d.step) {
+    throw core::UserError(
+        fmt::format("{}: step = {} disagrees with the directory name {}: the checkpoint was "
+                    "tampered with or copied into the wrong place",
+                    mpath, d.step, name));
+  }
+  const std::string spath = dir + "/state.json";
+  d.state = nlohmann::json::parse(md.contents.at("state.json"), nullptr, false);
+  if (d.state.is_discarded() || !d.state.is_object()) {
+    throw core::UserError(fmt::format("{}: not a JSON object", spath));
+  }
+  const int64_t state_step = json_int(d.state, "step", spath, 0, kMaxStep);
+  if (state_step != d.step) {
+    throw core::UserError(
+        fmt::format("{}: step = {} disagrees with manifest.json's step = {}", spath, state_step, d.step));
+  }
+  d.model = decode_safetensors(md.contents.at("model.safetensors"), dir + "/model.safetensors").tensors;
+  d.optimizer = decode_safetensors(md.contents.at("optimizer.safetensors"), dir + "/optimizer.safetensors").tensors;
+  d.extra = decode_safetensors(md.contents.at("extra.safetensors"), dir + "/extra.safetensors").tensors;
   return d;
 }
 

@@ -14,6 +14,7 @@ namespace bitqat::checkpoints {
 
 constexpr const char* kCheckpointFormat = "bitqat-checkpoint";
 constexpr int kCheckpointVersion = 1;
+constexpr int64_t kMaxStep = 99999999;  // step_XXXXXXXX directories hold 8 digits
 
 struct CheckpointData {
   int64_t step = 0;
@@ -30,8 +31,10 @@ std::string write_checkpoint(const std::string& checkpoints_dir, const Checkpoin
 // The newest checkpoint directory with a manifest (its files are verified by read_checkpoint).
 std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints_dir);
 
-// Loads and verifies a checkpoint: manifest format and version, every file present with the size
-// and CRC-32 the manifest records. Anything else is a UserError naming the directory and the file.
+// Loads and verifies a checkpoint (checkpoints/manifest.hpp): manifest format and version, every file
+// present with the size and CRC-32 the manifest records, and the step the same in the directory name,
+// the manifest and state.json (an integer in [0, kMaxStep]). Anything else is a UserError naming the
+// directory and the file.
 CheckpointData read_checkpoint(const std::string& dir);
 
 }  // namespace bitqat::checkpoints

@@ -315,14 +315,20 @@ File decode(const std::string& bytes, const std::string& origin) {
   const uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
   for (size_t i = 0; i < f.tensors.size(); ++i) {
     auto& t = f.tensors[i];
-    int64_t rows = 1;
-    for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
-    int64_t size = 0;
+    // The product of the dimensions may overflow 64 bits: compare it with the file in 128.
+    unsigned __int128 rows = 1;
+    for (size_t d = 1; d < t.ne.size(); ++d) rows *= static_cast<unsigned __int128>(t.ne[d]);
+    unsigned __int128 wide = 0;
     try {
-      size = rows * row_bytes(t.type, t.ne[0]);
+      wide = rows * static_cast<unsigned __int128>(row_bytes(t.type, t.ne[0]));
     } catch (const std::invalid_argument& e) {
       throw c.bad(fmt::format("tensor {}: {}", t.name, e.what()));
     }
+    if (wide > bytes.size()) {
+      throw c.bad(fmt::format("tensor {}: dimensions [{}] need more bytes than the whole {}-byte file", t.name,
+                              fmt::join(t.ne, ", "), bytes.size()));
+    }
+    const auto size = static_cast<int64_t>(wide);
     const uint64_t begin = data_start + offsets[i];
     if (begin > bytes.size() || static_cast<uint64_t>(size) > bytes.size() - begin) {
       throw c.bad(fmt::format("tensor {}: its {} bytes at offset {} run past the end of the file (truncated?)", t.name,

@@ -112,11 +112,15 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
     }
     if (!known) throw bad(fmt::format("tensor '{}' has unsupported dtype '{}'", name, dt));
     if (!v["shape"].is_array()) throw bad(fmt::format("tensor '{}': shape is not a list", name));
-    uint64_t numel = 1;
+    // The element count may overflow 64 bits: keep it in 128 and compare with the file's size.
+    unsigned __int128 numel = 1;
     for (const auto& d : v["shape"]) {
-      if (!d.is_number_unsigned()) throw bad(fmt::format("tensor '{}': shape has a non-integer entry", name));
+      if (!d.is_number_unsigned() || d.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
+        throw bad(fmt::format("tensor '{}': shape entry {} is not an integer in [0, 2^63)", name, d.dump()));
+      }
       e.shape.push_back(d.get<int64_t>());
       numel *= d.get<uint64_t>();
+      if (numel > bytes.size()) numel = static_cast<unsigned __int128>(bytes.size()) + 1;  // too big; stays too big
     }
     const auto& off = v["data_offsets"];
     if (!off.is_array() || off.size() != 2 || !off[0].is_number_unsigned() || !off[1].is_number_unsigned()) {
@@ -124,7 +128,12 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
     }
     e.begin = off[0].get<uint64_t>();
     e.end = off[1].get<uint64_t>();
-    const uint64_t want = numel * c10::elementSize(e.type);
+    const unsigned __int128 want_wide = numel * c10::elementSize(e.type);
+    if (want_wide > bytes.size()) {
+      throw bad(fmt::format("tensor '{}': shape [{}] of {} needs more bytes than the whole {}-byte file", name,
+                            fmt::join(e.shape, ", "), dt, bytes.size()));
+    }
+    const auto want = static_cast<uint64_t>(want_wide);
     if (e.end < e.begin || e.end - e.begin != want) {
       throw bad(fmt::format("tensor '{}': data_offsets [{}, {}] hold {} bytes, its {} shape needs {}", name, e.begin,
                             e.end, e.end - e.begin, dt, want));

@@ -67,6 +67,18 @@ std::string read_file(const std::string& path) {
   return buf.str();
 }
 
+std::string read_file_range(const std::string& path, uint64_t offset, uint64_t length) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw UserError(fmt::format("{}: cannot open file for reading", path));
+  std::string out(length, '\0');
+  in.seekg(static_cast<std::streamoff>(offset));
+  in.read(out.data(), static_cast<std::streamsize>(length));
+  if (static_cast<uint64_t>(in.gcount()) != length) {
+    throw UserError(fmt::format("{}: cannot read {} bytes at offset {} (the file is shorter)", path, length, offset));
+  }
+  return out;
+}
+
 void rename_dir_atomic(const std::string& tmp, const std::string& dest) {
   fsync_dir(tmp);
   if (::rename(tmp.c_str(), dest.c_str()) != 0) {

@@ -12,6 +12,8 @@ void write_file_atomic(const std::string& path, const std::string& bytes);
 
 // Read a whole file; throws UserError naming the path when it cannot be read.
 std::string read_file(const std::string& path);
+// Read `length` bytes at `offset`; throws UserError naming the path when they cannot be read.
+std::string read_file_range(const std::string& path, uint64_t offset, uint64_t length);
 
 // fsync a directory so that a rename inside it is durable.
 void fsync_dir(const std::string& dir);

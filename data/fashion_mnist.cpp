@@ -5,6 +5,7 @@
 
 #include <array>
 #include <mutex>
+#include <stdexcept>
 
 #include "core/error.hpp"
 #include "data/source.hpp"
@@ -64,6 +65,12 @@ at::Tensor read_idx_labels(const std::string& path) {
   if (static_cast<int64_t>(b.size()) != 8 + n) {
     throw core::UserError(fmt::format("{}: {} labels do not fit its {} bytes", path, n, b.size()));
   }
+  for (int64_t i = 0; i < n; ++i) {
+    if (p[8 + i] >= 10) {
+      throw core::UserError(
+          fmt::format("{}: label {} of sample {} is not a Fashion-MNIST class (expected 0..9)", path, p[8 + i], i));
+    }
+  }
   return at::from_blob(const_cast<char*>(b.data() + 8), {n}, at::kByte).to(at::kLong);
 }
 
@@ -71,9 +78,14 @@ namespace {
 
 class FashionMnist final : public Source {
  public:
-  FashionMnist(const std::string& dir, uint64_t seed) : seed_(seed), dir_(dir) {
-    train_x_ = read_idx_images(dir + "/train-images-idx3-ubyte.gz");
-    train_y_ = read_idx_labels(dir + "/train-labels-idx1-ubyte.gz");
+  FashionMnist(const std::string& dir, uint64_t seed, Split split) : seed_(seed), dir_(dir) {
+    if (split == Split::kAll) {
+      train_x_ = read_idx_images(dir + "/train-images-idx3-ubyte.gz");
+      train_y_ = read_idx_labels(dir + "/train-labels-idx1-ubyte.gz");
+    } else {
+      train_x_ = at::empty({0, 28, 28}, at::kByte);
+      train_y_ = at::empty({0}, at::kLong);
+    }
     test_x_ = read_idx_images(dir + "/t10k-images-idx3-ubyte.gz");
     test_y_ = read_idx_labels(dir + "/t10k-labels-idx1-ubyte.gz");
     if (train_x_.size(0) != train_y_.size(0) || test_x_.size(0) != test_y_.size(0)) {
@@ -89,6 +101,7 @@ class FashionMnist final : public Source {
 
   Batch train_batch(int64_t step, int micro, int rank, int world, int64_t b, int accum) const override {
     check_batch_args(step, micro, rank, world, b, accum);
+    if (train_x_.size(0) == 0) throw std::logic_error("train_batch: this source holds only the validation split");
     const int64_t global = b * world * accum;
     const int64_t first = step * global + (static_cast<int64_t>(micro) * world + rank) * b;
     const int64_t n = train_x_.size(0);
@@ -109,7 +122,7 @@ class FashionMnist final : public Source {
   std::vector<Batch> val_batches(int64_t b, int64_t max_batches) const override {
     check_val_args(b, max_batches);
     std::vector<Batch> out;
-    const int64_t n = std::min(test_x_.size(0), b * max_batches);
+    const int64_t n = capped_items(b, max_batches, test_x_.size(0));
     for (int64_t i = 0; i < n; i += b) {
       const int64_t m = std::min(b, n - i);
       out.push_back(
@@ -144,8 +157,8 @@ class FashionMnist final : public Source {
 
 }  // namespace
 
-std::unique_ptr<Source> make_fashion_mnist_source(const DataConfig& cfg, uint64_t seed) {
-  return std::make_unique<FashionMnist>(cfg.dir, seed);
+std::unique_ptr<Source> make_fashion_mnist_source(const DataConfig& cfg, uint64_t seed, Split split) {
+  return std::make_unique<FashionMnist>(cfg.dir, seed, split);
 }
 
 }  // namespace bitqat::data

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -21,14 +22,16 @@ void write_shard(const std::string& path, const std::vector<uint16_t>& tokens) {
   core::write_file_atomic(path, bytes);
 }
 
-std::vector<uint16_t> read_shard(const std::string& path) {
-  const std::string bytes = core::read_file(path);
-  if (bytes.size() < 1024) {
+namespace {
+
+// The header's token count, checked against the file size.
+int64_t checked_count(const std::string& path, const std::string& head, uint64_t file_size) {
+  if (head.size() < 1024) {
     throw core::UserError(
-        fmt::format("{}: {} bytes is shorter than the 1024-byte llm.c shard header", path, bytes.size()));
+        fmt::format("{}: {} bytes is shorter than the 1024-byte llm.c shard header", path, file_size));
   }
   int32_t header[256];
-  std::memcpy(header, bytes.data(), sizeof(header));
+  std::memcpy(header, head.data(), sizeof(header));
   if (header[0] != kShardMagic) {
     throw core::UserError(
         fmt::format("{}: magic number {} is not an llm.c token shard (expected {})", path, header[0], kShardMagic));
@@ -39,10 +42,25 @@ std::vector<uint16_t> read_shard(const std::string& path) {
   }
   const int64_t count = header[2];
   const uint64_t want = 1024 + 2 * static_cast<uint64_t>(std::max<int64_t>(count, 0));
-  if (count < 0 || bytes.size() != want) {
+  if (count < 0 || file_size != want) {
     throw core::UserError(fmt::format("{}: header says {} tokens ({} bytes with the header), the file has {} bytes",
-                                      path, count, want, bytes.size()));
+                                      path, count, want, file_size));
   }
+  return count;
+}
+
+}  // namespace
+
+int64_t read_shard_count(const std::string& path) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  if (ec) throw core::UserError(fmt::format("{}: cannot read the file: {}", path, ec.message()));
+  return checked_count(path, core::read_file_range(path, 0, std::min<uint64_t>(size, 1024)), size);
+}
+
+std::vector<uint16_t> read_shard(const std::string& path) {
+  const std::string bytes = core::read_file(path);
+  const int64_t count = checked_count(path, bytes, bytes.size());
   std::vector<uint16_t> tokens(static_cast<size_t>(count));
   if (count > 0) std::memcpy(tokens.data(), bytes.data() + 1024, 2 * tokens.size());
   return tokens;

@@ -12,7 +12,7 @@
 namespace bitqat::data {
 namespace fs = std::filesystem;
 
-DataConfig DataConfig::from_yaml(const core::Node& n) {
+DataConfig DataConfig::from_yaml(const core::Node& n, bool check_files) {
   DataConfig c;
   c.node = n;
   n.allow_only({"kind", "seq_len", "path", "val_fraction", "train", "val", "vocab_size", "dir"});
@@ -29,7 +29,7 @@ DataConfig DataConfig::from_yaml(const core::Node& n) {
     c.seq_len = n.get_in<int64_t>("seq_len", c.seq_len, 1, 1 << 20);
     c.path = n.require<std::string>("path");
     c.val_fraction = n.get_in<double>("val_fraction", c.val_fraction, 1e-6, 0.5);
-    if (!fs::is_regular_file(c.path)) {
+    if (check_files && !fs::is_regular_file(c.path)) {
       throw core::ConfigError(fmt::format("{}: file not found{}", n.describe("path"),
                                           c.path.find("kjv") != std::string::npos ? " (run data/prepare_kjv.sh)" : ""));
     }
@@ -40,16 +40,16 @@ DataConfig DataConfig::from_yaml(const core::Node& n) {
     c.val = n.get<std::string>("val", "");
     c.vocab_size = n.get_in<int64_t>("vocab_size", c.vocab_size, 2, 65536);
     c.val_fraction = n.get_in<double>("val_fraction", c.val_fraction, 1e-6, 0.5);
-    if (core::glob_files(c.train).empty()) {
+    if (check_files && core::glob_files(c.train).empty()) {
       throw core::ConfigError(fmt::format("{}: matched no files", n.describe("train")));
     }
-    if (!c.val.empty() && core::glob_files(c.val).empty()) {
+    if (check_files && !c.val.empty() && core::glob_files(c.val).empty()) {
       throw core::ConfigError(fmt::format("{}: matched no files", n.describe("val")));
     }
   } else {
     only_for({"dir"}, "fashion_mnist");
     c.dir = n.get<std::string>("dir", c.dir);
-    if (!fs::exists(c.dir + "/train-images-idx3-ubyte.gz")) {
+    if (check_files && !fs::exists(c.dir + "/train-images-idx3-ubyte.gz")) {
       throw core::ConfigError(
           fmt::format("{}: no train-images-idx3-ubyte.gz there (install the "
                       "dataset-fashion-mnist package; launch/setup.sh does)",
@@ -80,6 +80,11 @@ void check_batch_args(int64_t step, int micro, int rank, int world, int64_t batc
   }
 }
 
+int64_t capped_items(int64_t batch_size, int64_t max_batches, int64_t available) {
+  // batch_size * max_batches may overflow (eval --batches 9223372036854775807).
+  return max_batches >= (available + batch_size - 1) / batch_size ? available : batch_size * max_batches;
+}
+
 void check_val_args(int64_t batch_size, int64_t max_batches) {
   if (batch_size < 1 || max_batches < 0) {
     throw std::invalid_argument(
@@ -89,10 +94,28 @@ void check_val_args(int64_t batch_size, int64_t max_batches) {
   }
 }
 
-std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed) {
-  if (cfg.kind == "text") return make_text_source(cfg, seed);
-  if (cfg.kind == "shards") return make_shard_source(cfg, seed);
-  return make_fashion_mnist_source(cfg, seed);
+DataKind DataConfig::data_kind() const { return kind == "fashion_mnist" ? DataKind::kImages : DataKind::kTokens; }
+
+int64_t DataConfig::vocab() const {
+  if (kind == "text") return 256;
+  if (kind == "shards") return vocab_size;
+  return 10;
+}
+
+void DataConfig::write_absolute_paths(YAML::Node data) const {
+  auto abs = [](const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); };
+  if (kind == "text") data["path"] = abs(path);
+  if (kind == "shards") {
+    data["train"] = abs(train);
+    if (!val.empty()) data["val"] = abs(val);
+  }
+  if (kind == "fashion_mnist") data["dir"] = abs(dir);
+}
+
+std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed, Split split) {
+  if (cfg.kind == "text") return make_text_source(cfg, seed, split);
+  if (cfg.kind == "shards") return make_shard_source(cfg, seed, split);
+  return make_fashion_mnist_source(cfg, seed, split);
 }
 
 }  // namespace bitqat::data

@@ -47,11 +47,24 @@ struct DataConfig {
   std::string dir = "/usr/share/datasets/fashion-mnist";  // fashion_mnist
   core::Node node;                                        // for error locations when reading the files
 
-  // Validates keys, values and that the named files exist.
-  static DataConfig from_yaml(const core::Node& data);
+  // Validates keys and values and, with check_files, that the named files exist (a run directory's
+  // config is read without its data by export and generate).
+  static DataConfig from_yaml(const core::Node& data, bool check_files = true);
+
+  // What the data is, from the config alone (no file is read): tokens or images, the vocabulary (256
+  // bytes, the shards' vocab_size, 10 classes) and whether the tokens are bytes.
+  DataKind data_kind() const;
+  int64_t vocab() const;
+  bool is_bytes() const { return kind == "text"; }
+  // The same settings with every path made absolute against the working directory, so that a run's
+  // config.resolved.yaml still finds its data from another directory. Writes into `data`.
+  void write_absolute_paths(YAML::Node data) const;
 };
 
-std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed);
+// kAll: train and validation splits; kValidation: only the held-out split is read (the training
+// split is empty and train_batch throws), for `bitqat eval`.
+enum class Split { kAll, kValidation };
+std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed, Split split = Split::kAll);
 
 // llm.c token shards: 256 int32 header (magic 20240520, version 1, token count), then uint16 tokens.
 constexpr int32_t kShardMagic = 20240520;
@@ -59,6 +72,8 @@ constexpr int32_t kShardVersion = 1;
 void write_shard(const std::string& path, const std::vector<uint16_t>& tokens);
 // Throws UserError naming the file for a wrong magic, version or size.
 std::vector<uint16_t> read_shard(const std::string& path);
+// The token count of a shard, from its header alone (checked against the file size).
+int64_t read_shard_count(const std::string& path);
 
 // Counter-based sampling: a 64-bit hash of (seed, a, b) (splitmix64 rounds).
 uint64_t mix3(uint64_t seed, uint64_t a, uint64_t b);

@@ -17,6 +17,23 @@ void validate_model_config(const core::Node& model) {
   }
 }
 
+std::string model_identity(const core::Node& model, int64_t data_vocab) {
+  const auto kind = model.get_choice("kind", "lm", {"lm", "cnn"});
+  if (kind == "lm") {
+    auto c = LMConfig::from_yaml(model);
+    if (c.vocab_size == 0) c.vocab_size = data_vocab;
+    return fmt::format(
+        "lm vocab_size={} dim={} n_layers={} n_heads={} n_kv_heads={} ffn={} ffn_dim={} sub_norm={} rope_theta={} "
+        "norm_eps={} tie_embeddings={}",
+        c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn, c.ffn_dim, c.sub_norm, c.rope_theta,
+        c.norm_eps, c.tie_embeddings);
+  }
+  const auto c = CNNConfig::from_yaml(model);
+  return fmt::format(
+      "cnn channels1={} channels2={} hidden={} num_classes={} batch_norm={} quantize_first={} quantize_last={}",
+      c.channels1, c.channels2, c.hidden, c.num_classes, c.batch_norm, c.quantize_first, c.quantize_last);
+}
+
 ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec,
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                        int64_t data_vocab) {

@@ -24,6 +24,12 @@ struct ModelHandle {
 // Validates the section (kind and every key) without building anything.
 void validate_model_config(const core::Node& model);
 
+// The settings of the section that change the model's tensors or the function it computes, as one
+// canonical text (every such setting spelled out, defaults included, in a fixed order; max_seq_len,
+// init_std and other settings that leave checkpoints interchangeable are left out). Two sections
+// with the same identity hold interchangeable checkpoints. `data_vocab` resolves vocab_size 0.
+std::string model_identity(const core::Node& model, int64_t data_vocab);
+
 // `data_vocab` fills the LM vocabulary when the config leaves it out; a config value must cover it.
 ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec,
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,

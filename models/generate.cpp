@@ -40,15 +40,17 @@ std::vector<int64_t> generate(BitLMImpl& lm, const std::vector<int64_t>& prompt,
   };
   auto logits = encode(std::min<int64_t>(static_cast<int64_t>(out.size()), window));
   for (int64_t i = 0; i < max_new_tokens; ++i) {
-    auto l = logits.squeeze(0).to(at::kFloat).cpu();
+    auto l = logits.squeeze(0).to(at::kDouble).cpu();
     int64_t next;
     if (temperature <= 0.0) {
       next = l.argmax().item<int64_t>();
     } else {
-      l = l / temperature;
+      // Subtract the maximum before dividing: any positive temperature, however small (1e-40), gives
+      // finite scaled logits (0 for the best token, <= 0 elsewhere), so softmax never sees inf - inf.
+      l = (l - l.max()) / temperature;
       if (top_k > 0 && top_k < l.size(0)) {
         const auto kth = std::get<0>(l.topk(top_k)).min();
-        l = at::where(l < kth, at::full_like(l, -std::numeric_limits<float>::infinity()), l);
+        l = at::where(l < kth, at::full_like(l, -std::numeric_limits<double>::infinity()), l);
       }
       next = at::multinomial(at::softmax(l, -1), 1, false, gen).item<int64_t>();
     }

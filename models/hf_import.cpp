@@ -228,7 +228,16 @@ HFCheckpoint load_hf_llama(const std::string& dir) {
         throw core::UserError(
             fmt::format("{}: weight_map.{} = {}: expected a file name", index_path, name, file.dump()));
       }
-      shards.insert(file.get<std::string>());
+      // A shard is a file of the model directory itself: no directories, no "..", no absolute path.
+      const auto f = file.get<std::string>();
+      const fs::path fp(f);
+      if (f.empty() || fp.is_absolute() || fp.has_parent_path() || f == "." || f == "..") {
+        throw core::UserError(fmt::format(
+            "{}: weight_map.{} = {}: expected the name of a file in the model directory (no path), not a path "
+            "that leads elsewhere",
+            index_path, name, file.dump()));
+      }
+      shards.insert(f);
     }
     for (const auto& s : shards) {
       const auto p = (fs::path(dir) / s).string();

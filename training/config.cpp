@@ -2,11 +2,14 @@
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <functional>
 
 #include "bitlinear/quant_config.hpp"
+#include "checkpoints/checkpoint.hpp"
 #include "data/source.hpp"
 #include "models/factory.hpp"
+#include "models/lm.hpp"
 #include "schedules/schedule.hpp"
 
 namespace bitqat::training {
@@ -23,7 +26,7 @@ void parse_run(const core::Node& n, RunConfig* c) {
 
 void parse_train(const core::Node& n, TrainLoopConfig* c) {
   n.allow_only({"steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "max_bad_steps"});
-  c->steps = n.get_in<int64_t>("steps", c->steps, 1, int64_t{1} << 40);
+  c->steps = n.get_in<int64_t>("steps", c->steps, 1, checkpoints::kMaxStep);
   c->batch_size = n.get_in<int64_t>("batch_size", c->batch_size, 1, 1 << 20);
   c->grad_accum = n.get_in<int>("grad_accum", c->grad_accum, 1, 1 << 16);
   c->log_every = n.get_in<int>("log_every", c->log_every, 1, 1 << 30);
@@ -80,20 +83,20 @@ void validate_schedule(const core::Node& n, schedules::ScheduleRole role, int64_
 
 }  // namespace
 
-Config Config::load_file(const std::string& file, const std::vector<std::string>& overrides) {
-  auto c = from_node(core::Node::load_file(file, overrides));
+Config Config::load_file(const std::string& file, const std::vector<std::string>& overrides, bool check_files) {
+  auto c = from_node(core::Node::load_file(file, overrides), check_files);
   c.file = file;
   return c;
 }
 
-Config Config::load_string(const std::string& text, const std::string& name,
-                           const std::vector<std::string>& overrides) {
-  auto c = from_node(core::Node::load_string(text, name, overrides));
+Config Config::load_string(const std::string& text, const std::string& name, const std::vector<std::string>& overrides,
+                           bool check_files) {
+  auto c = from_node(core::Node::load_string(text, name, overrides), check_files);
   c.file = name;
   return c;
 }
 
-Config Config::from_node(const core::Node& root) {
+Config Config::from_node(const core::Node& root, bool check_files) {
   Config c;
   c.root = root;
   root.allow_only({"run", "model", "quant", "data", "optim", "train", "checkpoint", "device", "dist", "init_from"});
@@ -112,7 +115,16 @@ Config Config::from_node(const core::Node& root) {
 
   // Validate every section now, before any model, data or device work.
   models::validate_model_config(c.model);
-  data::DataConfig::from_yaml(c.data);
+  const auto data = data::DataConfig::from_yaml(c.data, check_files);
+  if (c.model.get<std::string>("kind", "lm") == "lm" && data.data_kind() == data::DataKind::kTokens) {
+    const auto lm = models::LMConfig::from_yaml(c.model);
+    if (data.seq_len > lm.max_seq_len) {
+      throw core::ConfigError(fmt::format(
+          "{} exceeds {} = {}: training windows longer than the model's context would train positions the model "
+          "(and its exports) do not have; lower data.seq_len or raise model.max_seq_len",
+          c.data.describe("seq_len"), c.model.where("max_seq_len"), lm.max_seq_len));
+    }
+  }
   validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
   validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
   validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);
@@ -122,6 +134,12 @@ Config Config::from_node(const core::Node& root) {
 
 YAML::Node Config::resolved() const {
   YAML::Node out = YAML::Clone(root.yaml());
+  const auto dc = data::DataConfig::from_yaml(data, /*check_files=*/false);
+  dc.write_absolute_paths(out["data"]);
+  if (model.get<std::string>("kind", "lm") == "lm" && model.get<int64_t>("vocab_size", 0) == 0) {
+    out["model"]["vocab_size"] = dc.vocab();
+  }
+  if (!init_from.empty()) out["init_from"] = std::filesystem::absolute(init_from).lexically_normal().string();
   out["run"]["name"] = run.name;
   out["run"]["dir"] = run.dir;
   out["run"]["seed"] = run.seed;
@@ -157,7 +175,28 @@ YAML::Node Config::resolved() const {
   return out;
 }
 
+namespace {
+// FNV-1a 64: stable across platforms and runs (std::hash is not).
+std::string fnv1a(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char ch : text) {
+    h ^= ch;
+    h *= 1099511628211ull;
+  }
+  return fmt::format("{:016x}", h);
+}
+}  // namespace
+
 std::string Config::compat_hash() const {
+  YAML::Node q;
+  bitlinear::quant_spec_to_yaml(quant.spec, &q);
+  q["include"] = quant.include;
+  q["exclude"] = quant.exclude;
+  const auto vocab = data::DataConfig::from_yaml(data, /*check_files=*/false).vocab();
+  return fnv1a("bitqat-compat-v2\n" + models::model_identity(model, vocab) + "\n" + core::to_yaml_string(q));
+}
+
+std::string Config::legacy_compat_hash() const {
   YAML::Node key;
   key["model"] = YAML::Clone(model.yaml());
   YAML::Node qs;
@@ -165,14 +204,7 @@ std::string Config::compat_hash() const {
   key["quant"] = qs;
   key["include"] = quant.include;
   key["exclude"] = quant.exclude;
-  const std::string text = core::to_yaml_string(key);
-  // FNV-1a 64: stable across platforms and runs (std::hash is not).
-  uint64_t h = 1469598103934665603ull;
-  for (unsigned char ch : text) {
-    h ^= ch;
-    h *= 1099511628211ull;
-  }
-  return fmt::format("{:016x}", h);
+  return fnv1a(core::to_yaml_string(key));
 }
 
 }  // namespace bitqat::training

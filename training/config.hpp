@@ -78,16 +78,25 @@ struct Config {
   core::Node data;        // parsed by data::
   std::string init_from;  // weights a fresh run starts from (training/init_from.hpp); "" = random
 
-  static Config load_file(const std::string& file, const std::vector<std::string>& overrides = {});
+  // check_files = false validates everything but the existence of the data files (a run directory
+  // opened by eval, generate or export, whose data may have moved or be absent).
+  static Config load_file(const std::string& file, const std::vector<std::string>& overrides = {},
+                          bool check_files = true);
   static Config load_string(const std::string& text, const std::string& name,
-                            const std::vector<std::string>& overrides = {});
-  static Config from_node(const core::Node& root);
+                            const std::vector<std::string>& overrides = {}, bool check_files = true);
+  static Config from_node(const core::Node& root, bool check_files = true);
 
-  // Everything, defaults filled in, as written to RUN_DIR/config.resolved.yaml.
+  // Everything, defaults filled in, as written to RUN_DIR/config.resolved.yaml: the vocabulary
+  // resolved from the data, data paths and init_from absolute (the run directory can be used from
+  // any working directory).
   YAML::Node resolved() const;
-  // Hash of what makes a checkpoint's tensors meaningful (model shape and quantization): a resume
+  // Hash of what makes a checkpoint's tensors meaningful: the parsed model settings that change
+  // tensors or the function (models::model_identity), the quantization spec and the include /
+  // exclude lists. Key order, comments and defaults spelled out or not do not change it. A resume
   // with a different hash is refused.
   std::string compat_hash() const;
+  // The hash of bitqat 0.1 checkpoints (of the YAML text), still accepted on resume.
+  std::string legacy_compat_hash() const;
 };
 
 }  // namespace bitqat::training

@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cmath>
 #include <filesystem>
 
 #include "core/error.hpp"
@@ -69,6 +70,19 @@ std::string utf8(uint32_t cp) {
     s.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
   }
   return s;
+}
+
+// Every block scale becomes an fp16 `d`: it must be finite, at most 65504, and a nonzero scale must
+// not round to 0 (below fp16's smallest subnormal, 2^-24, the layer would vanish).
+void check_fp16_scales(const std::string& tname, const at::Tensor& scales) {
+  const auto a = scales.abs();
+  const auto bad = at::isfinite(scales).logical_not() | a.gt(65504.0) | (a.gt(0.0) & a.lt(std::ldexp(1.0, -25)));
+  if (!bad.any().item<bool>()) return;
+  const auto i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+  throw core::UserError(fmt::format(
+      "gguf export: {} has block scale {} (block {}), which an fp16 d cannot hold (finite, |d| <= 65504, nonzero "
+      "scales >= 2^-25); the layer's weights are out of range for TQ1_0 / TQ2_0",
+      tname, scales.reshape({-1})[i].item<double>(), i));
 }
 
 }  // namespace
@@ -162,7 +176,9 @@ gguf::File gguf_from_lm(const models::BitLMImpl& lm, gguf::GgmlType type, const 
   auto linear = [&](const std::string& tname, const BitLinear& l) {
     const auto q = l->quantized_weight();
     const int64_t n = l->options.out_features, k = l->options.in_features;
-    f.tensors.push_back(gguf::ternary_tensor(tname, q.codes, block_scales(q, n, k), type));
+    const auto scales = block_scales(q, n, k);
+    check_fp16_scales(tname, scales);
+    f.tensors.push_back(gguf::ternary_tensor(tname, q.codes, scales, type));
   };
   f.tensors.push_back(gguf::float_tensor("token_embd.weight", lm.embed->weight));
   for (size_t i = 0; i < lm.blocks.size(); ++i) {

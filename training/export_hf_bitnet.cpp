@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 #include <unistd.h>
 
+#include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
@@ -102,8 +103,17 @@ void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
   auto fp = [](const at::Tensor& x) { return x.detach().to(at::kCPU, at::kFloat).contiguous(); };
   auto linear = [&](const std::string& name, const BitLinear& l) {
     const auto q = l->quantized_weight();
+    // transformers divides by weight_scale = 1 / gamma, stored as float32: gamma = 0 (or below
+    // float32's 1 / FLT_MAX) has no finite reciprocal.
+    const auto inv = (1.0 / q.scales.to(at::kDouble)).to(at::kFloat).reshape({1}).cpu();
+    if (!std::isfinite(inv.item<float>())) {
+      throw core::UserError(fmt::format(
+          "hf-bitnet export: {} has absmean scale {}: its weight_scale 1 / {} does not fit a float32 (the layer's "
+          "weights are all zero or vanishingly small)",
+          name, q.scales.item<double>(), q.scales.item<double>()));
+    }
     t.emplace_back(name + ".weight", pack_hf_ternary(q.codes));
-    t.emplace_back(name + ".weight_scale", (1.0 / q.scales.to(at::kDouble)).to(at::kFloat).reshape({1}).cpu());
+    t.emplace_back(name + ".weight_scale", inv);
   };
   t.emplace_back("model.embed_tokens.weight", fp(lm.embed->weight));
   for (size_t i = 0; i < lm.blocks.size(); ++i) {

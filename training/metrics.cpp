@@ -17,11 +17,19 @@ MetricsWriter::MetricsWriter(const std::string& path, int64_t truncate_after_ste
   if (truncate_after_step >= 0 && std::filesystem::exists(path_)) {
     std::istringstream in(core::read_file(path_));
     std::string kept, line;
+    int64_t line_no = 0;
     while (std::getline(in, line)) {
+      ++line_no;
       if (line.empty()) continue;
       const auto j = nlohmann::json::parse(line, nullptr, false);
       if (j.is_discarded()) continue;  // a line cut by a kill
-      if (j.value("step", int64_t{0}) > truncate_after_step) continue;
+      if (!j.is_object() || !j.contains("step") || !j["step"].is_number_integer()) {
+        throw core::UserError(
+            fmt::format("{}:{}: {}: expected a JSON object with an integer \"step\" (this file "
+                        "is written by bitqat train; move the foreign line away)",
+                        path_, line_no, line.substr(0, 80)));
+      }
+      if (j["step"].get<int64_t>() > truncate_after_step) continue;
       kept += line + "\n";
     }
     core::write_file_atomic(path_, kept);

@@ -80,7 +80,7 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   if (cfg.device.threads > 0) at::set_num_threads(cfg.device.threads);  // as the trainer does
 
   // The same model with the ternary quantization, holding the source's latent weights.
-  auto task = make_task(cfg, *src.source, device);
+  auto task = make_task(cfg, device);
   auto& model = task->module();
   const auto weights = model_tensors(src.task->module());
   load_model_tensors(model, {weights.begin(), weights.end()}, src.checkpoint + "/model.safetensors");
@@ -98,7 +98,7 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   }
   spdlog::info("quantize: {} layer(s) ternary with lambda 1: {}", r.quantized_layers.size(),
                fmt::join(r.quantized_layers, ", "));
-  const auto val = src.source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
+  const auto val = open_validation_data(src, {})->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
   r.eval = task->evaluate(val, device);
 
   // A complete run directory: resumable (fresh optimizer state at step 0) and readable by eval.
@@ -120,7 +120,9 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
               {"global_batch", cfg.train.batch_size * cfg.train.grad_accum},
               {"world_size", 1},
               {"bad_streak", 0},
-              {"data", {{"kind", src.source->describe()}, {"samples_seen", 0}}},
+              {"lambda_w", 1.0},
+              {"lambda_a", 1.0},
+              {"data", {{"kind", cfg.data.get<std::string>("kind", "text")}, {"samples_seen", 0}}},
               {"quantized_from", from}};
   r.checkpoint = checkpoints::write_checkpoint((out / "checkpoints").string(), ck, cfg.checkpoint.keep_last);
 

@@ -1,8 +1,11 @@
-// Opening a finished (or running) run directory: its resolved config, data source, model, and the
-// weights of its newest complete checkpoint. Used by eval, generate, quantize and export.
+// Opening a finished (or running) run directory: its resolved config, its model with the weights
+// and lambdas of its newest complete checkpoint, and, only for eval, its validation data. Used by
+// eval, generate, quantize and export, none of which reads training data, and all of which work from
+// any working directory (config.resolved.yaml holds absolute data paths).
 #pragma once
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "data/source.hpp"
 #include "training/config.hpp"
@@ -12,14 +15,24 @@ namespace bitqat::training {
 
 struct LoadedRun {
   Config cfg;
-  std::unique_ptr<data::Source> source;
   std::unique_ptr<Task> task;
   std::string checkpoint;  // directory the weights came from
   int64_t step = 0;
+  // The lambdas the model runs at: those the trainer used for the checkpoint's last step (state.json,
+  // or the run's schedules for checkpoints written before bitqat recorded them); 1 for a packed export.
+  double lambda_w = 1.0, lambda_a = 1.0;
 };
 
-// Throws UserError when the directory, its config or a complete checkpoint is missing. A packed
-// export (training/export_packed.hpp) opens the same way, with its quantized layers packed.
+// Throws UserError when the directory, its config or a complete checkpoint is missing, or a tensor
+// is missing, mis-shaped or not finite. A packed export (training/export_packed.hpp) opens the same
+// way, with its quantized layers packed. Reads no data.
 LoadedRun load_run(const std::string& run_dir, const at::Device& device);
+
+// Sets the model's lambdas (and LoadedRun's record of them).
+void set_run_lambdas(LoadedRun& run, double lambda_w, double lambda_a);
+
+// The run's validation split (only that is read). `data_sets` are --set overrides of data.* keys that
+// point at data that has moved; when the data is missing the error names the path and the override.
+std::unique_ptr<data::Source> open_validation_data(const LoadedRun& run, const std::vector<std::string>& data_sets);
 
 }  // namespace bitqat::training

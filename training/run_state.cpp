@@ -21,6 +21,25 @@ std::vector<std::pair<std::string, at::Tensor>> model_tensors(const torch::nn::M
   return out;
 }
 
+namespace {
+
+void check_finite_one(const std::string& name, const at::Tensor& t, const std::string& origin) {
+  if (!t.is_floating_point() || t.numel() == 0) return;
+  const auto bad = at::isfinite(t).logical_not();
+  if (!bad.any().item<bool>()) return;
+  const auto first = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+  throw core::UserError(fmt::format(
+      "{}: tensor '{}' holds {} non-finite value(s) (the first, {}, at flat index {}); refusing it: the file is "
+      "corrupted or came from a run that diverged",
+      origin, name, bad.sum().item<int64_t>(), t.reshape({-1})[first].item<double>(), first));
+}
+
+}  // namespace
+
+void check_finite(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const std::string& origin) {
+  for (const auto& [name, t] : tensors) check_finite_one(name, t, origin);
+}
+
 void load_model_tensors(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
                         const std::string& origin, bool strict) {
   at::NoGradGuard no_grad;
@@ -40,6 +59,7 @@ void load_model_tensors(torch::nn::Module& module, const std::map<std::string, a
       throw core::UserError(fmt::format("{}: tensor '{}' has shape [{}], the model needs [{}]", origin, name,
                                         fmt::join(it->second.sizes(), ", "), fmt::join(dst.sizes(), ", ")));
     }
+    check_finite_one(name, it->second, origin);
     dst.copy_(it->second);
     used.insert(name);
   };
@@ -70,18 +90,35 @@ std::vector<std::pair<std::string, at::Tensor>> rng_states() {
   return out;
 }
 
-void restore_rng_states(const std::map<std::string, at::Tensor>& tensors) {
+void restore_rng_states(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
   auto& ctx = at::globalContext();
   for (const auto& [name, state] : tensors) {
-    if (name == "rng.cpu") {
-      at::Generator g = ctx.defaultGenerator(at::Device(at::kCPU));
-      g.set_state(state);
-    } else if (name.rfind("rng.cuda.", 0) == 0 && ctx.hasCUDA()) {
-      const int idx = std::stoi(name.substr(9));
-      if (idx < static_cast<int>(at::detail::getCUDAHooks().deviceCount())) {
-        at::Generator g = ctx.defaultGenerator(at::Device(at::kCUDA, idx));
+    int cuda_index = -1;
+    if (name != "rng.cpu") {
+      const std::string prefix = "rng.cuda.";
+      const std::string digits = name.rfind(prefix, 0) == 0 ? name.substr(prefix.size()) : "";
+      if (digits.empty() || digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos) {
+        throw core::UserError(
+            fmt::format("{}: tensor '{}' is not a generator state this program writes (expected rng.cpu or rng.cuda.N)",
+                        origin, name));
+      }
+      cuda_index = std::stoi(digits);
+    }
+    if (state.scalar_type() != at::kByte || state.dim() != 1) {
+      throw core::UserError(fmt::format("{}: tensor '{}' is {} [{}]; a generator state is uint8 [n]", origin, name,
+                                        c10::toString(state.scalar_type()), fmt::join(state.sizes(), ", ")));
+    }
+    try {
+      if (cuda_index < 0) {
+        at::Generator g = ctx.defaultGenerator(at::Device(at::kCPU));
+        g.set_state(state);
+      } else if (ctx.hasCUDA() && cuda_index < static_cast<int>(at::detail::getCUDAHooks().deviceCount())) {
+        at::Generator g = ctx.defaultGenerator(at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(cuda_index)));
         g.set_state(state);
       }
+    } catch (const c10::Error& e) {
+      throw core::UserError(
+          fmt::format("{}: tensor '{}' is not a valid generator state: {}", origin, name, e.what_without_backtrace()));
     }
   }
 }

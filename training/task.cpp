@@ -83,11 +83,11 @@ class ImageTask final : public Task {
 
 }  // namespace
 
-std::unique_ptr<Task> make_task(const Config& cfg, const data::Source& source, const at::Device& device) {
-  auto handle =
-      models::make_model(cfg.model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude, source.vocab_size());
+std::unique_ptr<Task> make_task(const Config& cfg, const at::Device& device) {
+  const auto data = data::DataConfig::from_yaml(cfg.data, /*check_files=*/false);
+  auto handle = models::make_model(cfg.model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude, data.vocab());
   handle.module->to(device);
-  if (source.kind() == data::DataKind::kImages) {
+  if (data.data_kind() == data::DataKind::kImages) {
     if (handle.kind != "cnn") {
       throw core::ConfigError(
           fmt::format("{} = {}: image data needs model.kind cnn", cfg.model.where("kind"), handle.kind));
@@ -98,7 +98,7 @@ std::unique_ptr<Task> make_task(const Config& cfg, const data::Source& source, c
     throw core::ConfigError(
         fmt::format("{} = {}: token data needs model.kind lm", cfg.model.where("kind"), handle.kind));
   }
-  return std::make_unique<LMTask>(std::move(handle), source.vocab_size() == 256);
+  return std::make_unique<LMTask>(std::move(handle), data.is_bytes());
 }
 
 }  // namespace bitqat::training

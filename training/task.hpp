@@ -33,7 +33,8 @@ class Task {
 };
 
 // Builds the model of `cfg.model` (kind lm or cnn) on `device`, with the quantization policy of
-// `cfg.quant`; the vocabulary comes from the data when the config leaves it out.
-std::unique_ptr<Task> make_task(const Config& cfg, const data::Source& source, const at::Device& device);
+// `cfg.quant`; the vocabulary comes from the data section when the model leaves it out (256 for
+// bytes, data.vocab_size for shards, 10 classes). Reads no data file.
+std::unique_ptr<Task> make_task(const Config& cfg, const at::Device& device);
 
 }  // namespace bitqat::training

@@ -2,11 +2,14 @@
 
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
+#include <ATen/cuda/CUDAContext.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <torch/cuda.h>
 #include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
+
+#include <unistd.h>
 
 #include <chrono>
 #include <cmath>
@@ -15,6 +18,7 @@
 
 #include "bitlinear/convert.hpp"
 #include "checkpoints/checkpoint.hpp"
+#include "checkpoints/manifest.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "core/log.hpp"
@@ -114,6 +118,7 @@ struct Run {
   int64_t global_batch = 0;
   int64_t start_step = 0;
   int64_t bad_streak = 0;
+  double lambda_w = 1.0, lambda_a = 1.0;  // the model's lambdas: those of the last step run
   bool main() const { return dist.is_main(); }
 };
 
@@ -122,25 +127,44 @@ struct Run {
 // Weights, optimizer state, RNG and counters from the newest checkpoint of this run.
 void resume_from(Run& r, const std::string& latest) {
   const auto ck = checkpoints::read_checkpoint(latest);
-  const std::string saved_hash = ck.state.value("config_hash", std::string());
-  if (saved_hash != r.hash) {
+  const std::string spath = latest + "/state.json";
+  const std::string saved_hash = checkpoints::json_string(ck.state, "config_hash", spath);
+  if (saved_hash != r.hash && saved_hash != r.cfg.legacy_compat_hash()) {
     throw core::UserError(
         fmt::format("{}: written with config hash {}, this config has {}: the model or "
                     "quantization settings differ, so its tensors do not fit; resume with "
                     "the run's own config ({}/config.resolved.yaml)",
                     latest, saved_hash, r.hash, r.run_dir));
   }
+  const int64_t steps = r.cfg.train.steps;
+  if (steps < ck.step) {
+    throw core::UserError(fmt::format(
+        "{} = {} is below the step of the checkpoint to resume, {} ({}): a run cannot be trained back; raise "
+        "train.steps above {} to continue it, or evaluate / export the checkpoint as it is",
+        r.cfg.root.child("train").where("steps"), steps, ck.step, latest, ck.step));
+  }
+  r.start_step = ck.step;
+  r.bad_streak = checkpoints::json_int(ck.state, "bad_streak", spath, 0, checkpoints::kMaxStep, 0);
+  const int64_t saved_gb = checkpoints::json_int(ck.state, "global_batch", spath, 1, INT64_MAX, r.global_batch);
+  const int64_t saved_world = checkpoints::json_int(ck.state, "world_size", spath, 1, 1 << 20, 1);
+  const int64_t saved_steps = checkpoints::json_int(ck.state, "train_steps", spath, 1, checkpoints::kMaxStep, steps);
+  if (steps == ck.step) return;  // nothing to train: train() says so; nothing else is read or written
   std::map<std::string, at::Tensor> model_map(ck.model.begin(), ck.model.end());
   load_model_tensors(r.task->module(), model_map, latest + "/model.safetensors");
+  check_finite(ck.optimizer, latest + "/optimizer.safetensors");
   std::map<std::string, at::Tensor> opt_map(ck.optimizer.begin(), ck.optimizer.end());
   r.optimizer->load_state_tensors(opt_map, latest + "/optimizer.safetensors");
   std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
-  restore_rng_states(extra);
-  r.start_step = ck.step;
-  r.bad_streak = ck.state.value("bad_streak", int64_t{0});
-  const int64_t saved_gb = ck.state.value("global_batch", r.global_batch);
-  const int64_t saved_world = ck.state.value("world_size", int64_t{1});
+  restore_rng_states(extra, latest + "/extra.safetensors");
   if (!r.main()) return;
+  if (saved_steps != steps) {
+    // Schedules are functions of (step, train.steps): a longer run stretches every decay and ramp.
+    spdlog::warn(
+        "resuming a run planned for train.steps = {} with train.steps = {}: the schedules' horizon changes, so "
+        "from step {} on lr {}; lambda_w {}; lambda_a {}",
+        saved_steps, steps, ck.step, r.sched.lr->describe(), r.sched.lambda_w->describe(),
+        r.sched.lambda_a->describe());
+  }
   // Every rank holds the whole model and optimizer state, and a batch is a function of the global
   // row index, so another world size resumes exactly when the global batch is the same.
   if (saved_world != r.dist.world() && saved_gb == r.global_batch) {
@@ -158,6 +182,32 @@ void resume_from(Run& r, const std::string& latest) {
   spdlog::info("resumed from {} at step {}", latest, r.start_step);
   if (!r.cfg.init_from.empty()) {
     spdlog::info("init_from = {} is not read: the resumed checkpoint holds the weights", r.cfg.init_from);
+  }
+}
+
+// A micro-batch whose logits alone cannot fit in the device's memory is a config error, found before
+// anything is allocated (a lower bound: B x T x vocab float32 logits and as many gradients).
+void check_batch_fits(const Config& cfg, const at::Device& device) {
+  const auto data = data::DataConfig::from_yaml(cfg.data, /*check_files=*/false);
+  if (data.data_kind() != data::DataKind::kTokens) return;
+  const double tokens = static_cast<double>(cfg.train.batch_size) * static_cast<double>(data.seq_len);
+  const double logits_bytes = 2.0 * tokens * static_cast<double>(data.vocab()) * 4.0;
+  double available = 0.0;
+  std::string what;
+  if (device.is_cuda()) {
+    available = static_cast<double>(at::cuda::getDeviceProperties(device.index())->totalGlobalMem);
+    what = fmt::format("GPU {}", device.index());
+  } else {
+    available = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
+    what = "this machine";
+  }
+  if (available > 0 && logits_bytes > available) {
+    throw core::ConfigError(fmt::format(
+        "{} x {} = {:.4g} tokens per micro-batch: their logits and logit gradients alone need {:.3g} GiB (B x T x "
+        "vocabulary {} x 4 bytes x 2), more than the {:.3g} GiB of {}; lower train.batch_size (train.grad_accum keeps "
+        "the global batch) or data.seq_len",
+        cfg.root.child("train").describe("batch_size"), cfg.data.describe("seq_len"), tokens, logits_bytes / (1 << 30),
+        data.vocab(), available / (1 << 30), what));
   }
 }
 
@@ -188,9 +238,10 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
                     r->run_dir, *latest));
   }
 
+  check_batch_fits(cfg, r->device);
   torch::manual_seed(cfg.run.seed);
   r->source = data::make_source(data::DataConfig::from_yaml(cfg.data), cfg.run.seed);
-  r->task = make_task(cfg, *r->source, r->device);
+  r->task = make_task(cfg, r->device);
   auto& model = r->task->module();
   for (const auto& item : model.named_parameters(true)) {
     if (item.value().requires_grad()) r->named.emplace_back(item.key(), item.value());
@@ -208,6 +259,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   r->hash = cfg.compat_hash();
   if (latest) {
     resume_from(*r, *latest);
+    if (r->start_step == steps) return r;  // nothing to train
   } else if (!cfg.init_from.empty()) {
     // Every rank reads the source; the broadcast below would make them agree anyway.
     init_model_from(cfg.init_from, model, cfg.root.where("init_from"));
@@ -245,8 +297,8 @@ struct StepOutcome {
   double loss = 0.0;  // mean over micro-batches and ranks
   double grad_norm = 0.0;
   bool bad = false;  // non-finite loss or gradient on some rank: the update was skipped
-  double lr = 0.0, wd = 0.0, lambda_w = 0.0, lambda_a = 0.0;
-  int64_t units = 0;  // tokens or samples of the global batch
+  double lr = 0.0, wd = 0.0, lambda_w = 0.0, lambda_a = 0.0;  // this step's schedule values
+  int64_t units = 0;                                          // tokens or samples of the global batch
 };
 
 // Micro-batches with gradient accumulation, the gradient all-reduce, clipping, the finiteness
@@ -259,6 +311,8 @@ StepOutcome run_step(Run& r, int64_t step) {
   o.lr = r.sched.lr->at(step);
   o.wd = r.sched.wd->at(step);
   bitlinear::set_quant_lambdas(r.task->module(), o.lambda_w, o.lambda_a);
+  r.lambda_w = o.lambda_w;
+  r.lambda_a = o.lambda_a;
   r.optimizer->zero_grad();
 
   double loss_sum = 0.0;
@@ -384,9 +438,17 @@ void checkpoint(Run& r, int64_t done) {
     ck.step = done;
     ck.model = model_tensors(r.task->module());
     ck.optimizer = r.optimizer->state_tensors();
+    // Never write a checkpoint that could not be read back (non-finite steps are skipped, so this
+    // guards against what slipped past them).
+    const auto where = fmt::format("training at step {} (no checkpoint was written)", done);
+    check_finite(ck.model, where);
+    check_finite(ck.optimizer, where);
     ck.extra = rng_states();
     ck.state = {{"step", done},
                 {"config_hash", r.hash},
+                {"train_steps", r.cfg.train.steps},
+                {"lambda_w", r.lambda_w},
+                {"lambda_a", r.lambda_a},
                 {"global_batch", r.global_batch},
                 {"world_size", r.dist.world()},
                 {"bad_streak", r.bad_streak},
@@ -406,7 +468,16 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   TrainResult result;
   result.run_dir = r.run_dir;
   result.start_step = r.start_step;
+  result.final_step = r.start_step;
   const int64_t steps = cfg.train.steps;
+  if (r.start_step == steps) {
+    result.nothing_to_train = true;
+    if (r.main()) {
+      spdlog::info("{} is already at step {} = train.steps: nothing to train (raise train.steps to continue it)",
+                   r.run_dir, steps);
+    }
+    return result;
+  }
   ProgressBar bar(steps, r.main() && core::stdout_is_terminal());
   StepLog log(r);
   r.task->module().train();

@@ -27,6 +27,9 @@ struct TrainResult {
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
   int64_t skipped_steps = 0;
+  // Resumed at train.steps already: nothing was trained, read (beyond the checkpoint's manifest and
+  // state) or written.
+  bool nothing_to_train = false;
 };
 
 TrainResult train(const Config& cfg, const TrainOptions& options = {});

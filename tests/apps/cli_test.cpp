@@ -166,3 +166,109 @@ TEST(Cli, QuantizeThenEvalAndFineTune) {
   EXPECT_NE(r.out.find("(bitqat-run)"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }
+
+// Every input a user can type gets a clear answer: the list of inputs that used to end as
+// `internal error` (exit 1) or succeed wrongly, each with its message or its right value.
+TEST(Cli, UserInputsGetAClearAnswer) {
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_in_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const std::string run_dir = (dir / "cli").string();
+  const std::string sets = " --set run.dir=" + dir.string() +
+                           " --set run.name=cli --set data.path=" + (dir / "t.txt").string() +
+                           " --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32"
+                           " --set model.dim=32 --set model.n_layers=1 --set model.ffn_dim=64 --set train.eval_every=8"
+                           " --set checkpoint.every=8 --set train.log_every=4 --set optim.lr.warmup_steps=1"
+                           " --set device.type=cpu --set 'quant.lambda_w={kind: linear, end: 16}'"
+                           " --set 'quant.lambda_a={kind: linear, end: 16}'";
+  auto r = run("train configs/quickstart.yaml --set train.steps=8" + sets);
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  // Resuming a finished run: nothing to train, said so; below it: an error; above it: the horizon moves.
+  r = run("train configs/quickstart.yaml --resume --set train.steps=8" + sets);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("nothing to train: " + run_dir + " is already at step 8 = train.steps"), std::string::npos)
+      << r.out;
+  EXPECT_EQ(r.out.find("last loss 0.0000"), std::string::npos) << r.out;
+  r = run("train configs/quickstart.yaml --resume --set train.steps=4" + sets);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("train.steps = 4 is below the step of the checkpoint to resume, 8"), std::string::npos) << r.out;
+
+  // generate
+  r = run("generate " + run_dir + " --prompt ''");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat generate: error: --prompt '': expected a prompt of at least one byte"),
+            std::string::npos)
+      << r.out;
+  r = run("generate " + run_dir + " --prompt In --tokens 0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--tokens: '0': expected an integer in [1, 16777216]"), std::string::npos) << r.out;
+  r = run("generate " + run_dir + " --prompt In --temperature -1");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--temperature: '-1': expected a finite number in [0, 1000000]"), std::string::npos) << r.out;
+  // Temperature 0 is greedy; a tiny positive one (1e-40, whose logits / T used to overflow) is greedy too.
+  const auto greedy = run("generate " + run_dir + " --prompt In --tokens 20 --temperature 0");
+  ASSERT_EQ(greedy.code, 0) << greedy.out;
+  const auto tiny = run("generate " + run_dir + " --prompt In --tokens 20 --temperature 1e-40");
+  ASSERT_EQ(tiny.code, 0) << tiny.out;
+  EXPECT_EQ(tiny.out.substr(tiny.out.rfind("In")), greedy.out.substr(greedy.out.rfind("In")));
+  // A prompt longer than the model's window: what is kept is stated.
+  r = run("generate " + run_dir + " --prompt '" + std::string(40, 'a') + "' --tokens 2 --temperature 0");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("note: the prompt has 40 bytes and the model's window (model.max_seq_len) is 32: the model "
+                       "sees only the prompt's last 32 bytes"),
+            std::string::npos)
+      << r.out;
+
+  // eval: batches beyond the validation split, and the lambdas in the JSON
+  r = run("eval " + run_dir + " --batches 9223372036854775807");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--batches 9223372036854775807: the validation split of " + run_dir + " holds "),
+            std::string::npos)
+      << r.out;
+  r = run("eval " + run_dir + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_DOUBLE_EQ(j["lambda_w"].get<double>(), 7.0 / 16.0);  // the ramp's value at the last step, 7
+  r = run("eval " + run_dir + " --json --fully-quantized");
+  ASSERT_EQ(r.code, 0) << r.out;
+  j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  EXPECT_EQ(j["lambda_w"], 1.0);
+  EXPECT_EQ(j["lambda_a"], 1.0);
+
+  // export says when the checkpoint was not fully quantized; from another directory it reads no data.
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), "");  // the training data is gone
+  r = bitqat::testing::run_command("cd / && " + std::string(BITQAT_BINARY_DIR) + "/bitqat export " + run_dir +
+                                   " --format packed --out " + (dir / "packed").string());
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("note: " + run_dir +
+                       "/checkpoints/step_00000008 (step 8) was trained at lambda_w 0.4375, "
+                       "lambda_a 0.4375; every export is the fully quantized model"),
+            std::string::npos)
+      << r.out;
+  r = bitqat::testing::run_command("cd / && " + std::string(BITQAT_BINARY_DIR) + "/bitqat generate " + run_dir +
+                                   " --prompt In --tokens 4");
+  EXPECT_EQ(r.code, 0) << r.out;
+
+  // Configs: an impossible batch, a number beyond its type, a repeated key.
+  r =
+      run("train configs/quickstart.yaml --set train.batch_size=1048576 --set data.seq_len=1048576 --set "
+          "model.max_seq_len=1048576 --set run.dir=" +
+          dir.string() + " --set run.name=huge --set device.type=cpu");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("tokens per micro-batch: their logits and logit gradients alone need"), std::string::npos)
+      << r.out;
+  r = run("train configs/quickstart.yaml --set train.grad_accum=1e10");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("train.grad_accum = 1e10: expected an integer in [-2147483648, 2147483647]"), std::string::npos)
+      << r.out;
+  bitqat::core::write_file_atomic((dir / "twice.yaml").string(), "train:\n  steps: 2\n  steps: 5\n");
+  r = run("train " + (dir / "twice.yaml").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("twice.yaml:3: train.steps is given twice (first at line 2, again at line 3)"),
+            std::string::npos)
+      << r.out;
+  fs::remove_all(dir);
+}

@@ -96,3 +96,50 @@ TEST_F(CheckpointTest, TruncatedCorruptedAndForeignCheckpointsAreRefused) {
   std::ofstream(ck + "/manifest.json", std::ios::trunc) << manifest;
   EXPECT_NE(error_of(ck).find("version 7 is not bitqat-checkpoint version 1"), std::string::npos) << error_of(ck);
 }
+
+// The step is recorded three times: directory name, manifest.json and state.json. Every field the
+// reader uses must have its type; a wrong one is an error naming the file and the value, never an
+// internal error.
+TEST_F(CheckpointTest, ManifestAndStateFieldsOfTheWrongTypeOrValueAreRefused) {
+  const auto ck = write_checkpoint(dir_, data(16), 0);
+  const std::string mpath = ck + "/manifest.json";
+  const auto manifest = nlohmann::json::parse(bitqat::core::read_file(mpath));
+  auto with_step = [&](const nlohmann::json& step) {
+    auto m = manifest;
+    m["step"] = step;
+    bitqat::core::write_file_atomic(mpath, m.dump(2));
+    return error_of(ck);
+  };
+  EXPECT_EQ(with_step(int64_t{1} << 40), mpath + ": step = 1099511627776: expected an integer in [0, 99999999]");
+  EXPECT_EQ(with_step(-3), mpath + ": step = -3: expected an integer in [0, 99999999]");
+  EXPECT_EQ(with_step("16"), mpath + ": step = \"16\": expected an integer in [0, 99999999]");
+  EXPECT_EQ(with_step(17), mpath +
+                               ": step = 17 disagrees with the directory name step_00000016: the checkpoint was "
+                               "tampered with or copied into the wrong place");
+  EXPECT_EQ(with_step(16), "");
+
+  // state.json: its own step must agree, and it must be an object.
+  const std::string spath = ck + "/state.json";
+  auto with_state = [&](const std::string& text) {
+    bitqat::core::write_file_atomic(spath, text);
+    auto m = manifest;
+    m["files"]["state.json"] = {{"size", text.size()}, {"crc32", bitqat::core::crc32(text.data(), text.size())}};
+    bitqat::core::write_file_atomic(mpath, m.dump(2));
+    return error_of(ck);
+  };
+  EXPECT_EQ(with_state(R"({"step": 15, "config_hash": "abc"})"),
+            spath + ": step = 15 disagrees with manifest.json's step = 16");
+  EXPECT_EQ(with_state("[16]"), spath + ": not a JSON object");
+  EXPECT_EQ(with_state(R"({"step": "sixteen"})"), spath + ": step = \"sixteen\": expected an integer in [0, 99999999]");
+  EXPECT_EQ(with_state(R"({"step": 16})"), "");
+
+  // A file table entry of the wrong type.
+  auto m = manifest;
+  m["files"]["state.json"] = {{"size", "12"}, {"crc32", 0}};
+  bitqat::core::write_file_atomic(mpath, m.dump(2));
+  EXPECT_EQ(error_of(ck),
+            mpath + " (files.state.json): size = \"12\": expected an integer in [0, 9223372036854775807]");
+  m["files"] = "none";
+  bitqat::core::write_file_atomic(mpath, m.dump(2));
+  EXPECT_EQ(error_of(ck), mpath + ": 'files' is missing or not an object");
+}

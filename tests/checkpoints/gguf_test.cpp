@@ -178,6 +178,29 @@ TEST(GgufFile, RefusesMalformedFiles) {
   EXPECT_NE(error_of(bytes.substr(0, bytes.size() - 100)).find("past the end"), std::string::npos);
 }
 
+TEST(GgufFile, DimensionsWhoseProductOverflowsAreRefused) {
+  // One F32 tensor of [2^16, 2^16, 2^16, 2^16] in a file of 16 KiB (so that each dimension passes the
+  // per-dimension check, below the file's bit count): 2^64 elements, which wrap to 0 in 64 bits.
+  File f;
+  f.tensors.push_back(float_tensor("t", at::zeros({2})));
+  auto bytes = encode(f);
+  // The tensor info follows the header (4 + 4 + 8 + 8 bytes) and, with no metadata, starts with the
+  // name (8-byte length + "t"), the dimension count and the dimensions.
+  const size_t at = 24 + 8 + 1;
+  const uint32_t n_dims = 4;
+  std::string patched = bytes.substr(0, at);
+  patched.append(reinterpret_cast<const char*>(&n_dims), 4);
+  for (int d = 0; d < 4; ++d) {
+    const uint64_t v = uint64_t{1} << 16;
+    patched.append(reinterpret_cast<const char*>(&v), 8);
+  }
+  patched += bytes.substr(at + 4 + 8) + std::string(16384, '\0');
+  const auto e = error_of(patched);
+  EXPECT_NE(e.find("tensor t: dimensions [65536, 65536, 65536, 65536] need more bytes than the whole"),
+            std::string::npos)
+      << e;
+}
+
 TEST(GgufFile, GgufPythonPackageReadsAndDequantizesOurBytes) {
 #ifndef BITQAT_PYTHON
   GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";

@@ -88,3 +88,13 @@ TEST(Safetensors, MalformedFilesAreRefusedWithTheReason) {
       error_of(with_header(R"({"a":{"dtype":"U8","shape":[2]}})", "xx")).find("lacks dtype, shape or data_offsets"),
       std::string::npos);
 }
+
+TEST(Safetensors, ShapesWhoseElementCountOverflowsAreRefused) {
+  // 2^32 x 2^32 elements: the product wraps to 0 in 64 bits, which matched the empty data range.
+  EXPECT_EQ(error_of(with_header(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "")),
+            "f.safetensors: not a valid safetensors file: tensor 'a': shape [4294967296, 4294967296] of U8 needs more "
+            "bytes than the whole 81-byte file");
+  EXPECT_EQ(error_of(with_header(R"({"a":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,0]}})", "")),
+            "f.safetensors: not a valid safetensors file: tensor 'a': shape entry 9223372036854775808 is not an "
+            "integer in [0, 2^63)");
+}

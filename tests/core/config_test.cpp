@@ -96,3 +96,37 @@ TEST(Config, AssignmentRebindsAndNeverWritesThrough) {
   EXPECT_EQ(a.get<int>("steps", 0), 100);
   EXPECT_EQ(root.child("run").get<std::string>("name", ""), "demo");
 }
+
+TEST(Config, AKeyGivenTwiceAtAnyDepthNamesThePathAndBothLines) {
+  // The cases: train.steps given twice ran with the first value; a second quant: section was
+  // ignored. Both are errors now, naming the key path and both lines.
+  EXPECT_EQ(error_of([] { Node::load_string("train:\n  steps: 2\n  batch_size: 4\n  steps: 5\n", "d.yaml"); }),
+            "d.yaml:4: train.steps is given twice (first at line 2, again at line 4); expected each key once");
+  EXPECT_EQ(error_of([] { Node::load_string("quant: {weight: {type: ternary}}\nrun: {}\nquant: {}\n", "d.yaml"); }),
+            "d.yaml:3: quant is given twice (first at line 1, again at line 3); expected each key once");
+  EXPECT_EQ(error_of([] { Node::load_string("a:\n  b:\n    - {c: 1, c: 2}\n", "d.yaml"); }),
+            "d.yaml:3: a.b[0].c is given twice (first at line 3, again at line 3); expected each key once");
+  // The same key in two different sections is fine.
+  EXPECT_EQ(error_of([] { Node::load_string("a: {x: 1}\nb: {x: 2}\n", "d.yaml"); }), "");
+}
+
+TEST(Config, AMappingUsedAsAKeyIsAConfigError) {
+  EXPECT_EQ(error_of([] { Node::load_string("train:\n  {steps: 2}: 3\n", "d.yaml"); }),
+            "d.yaml:2: train: a mapping is used as a key; expected a plain key name");
+  EXPECT_EQ(error_of([] { Node::load_string("[a, b]: 1\n", "d.yaml"); }),
+            "d.yaml:1: (top level): a sequence is used as a key; expected a plain key name");
+  // Through --set as well.
+  EXPECT_EQ(error_of([] { Node::load_string("train: {}\n", "d.yaml", {"train={{x: 1}: 2}"}); }),
+            "--set train={{x: 1}: 2}:1: train: a mapping is used as a key; expected a plain key name");
+}
+
+TEST(Config, IntegersBeyondTheirTypeAreRefusedWithTheRange) {
+  const auto root = Node::load_string("train: {grad_accum: 1e10, steps: 1e3, big: 99999999999999999999}\n", "d.yaml");
+  const auto t = root.child("train");
+  EXPECT_EQ(error_of([&] { t.get<int>("grad_accum", 1); }),
+            "d.yaml:1: train.grad_accum = 1e10: expected an integer in [-2147483648, 2147483647]");
+  EXPECT_EQ(t.get<int>("steps", 0), 1000);  // an integral float in range is still accepted
+  EXPECT_EQ(error_of([&] { t.get<int64_t>("big", 0); }),
+            "d.yaml:1: train.big = 99999999999999999999: expected an integer in [-9223372036854775808, "
+            "9223372036854775807]");
+}

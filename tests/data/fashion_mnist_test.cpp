@@ -57,6 +57,11 @@ TEST_F(DataTest, IdxErrorsNameFileAndValues) {
             p + ": 2 images of 28x28 do not fit its 800 bytes (expected 28x28)");
   EXPECT_EQ(error_of(be32(2051) + be32(1) + be32(3), false), p + ": not an IDX label file (magic 2051, expected 2049)");
   EXPECT_EQ(error_of(be32(2049) + be32(3) + "ab", false), p + ": 3 labels do not fit its 10 bytes");
+  // A label byte of 10 or more is no Fashion-MNIST class (it would index past the 10 logits).
+  EXPECT_EQ(error_of(be32(2049) + be32(3) + std::string("\x07\x0a\x02", 3), false),
+            p + ": label 10 of sample 1 is not a Fashion-MNIST class (expected 0..9)");
+  EXPECT_EQ(error_of(be32(2049) + be32(1) + std::string("\xff", 1), false),
+            p + ": label 255 of sample 0 is not a Fashion-MNIST class (expected 0..9)");
   // A well-formed pair of tiny files reads back.
   write_gz(p, be32(2049) + be32(3) + std::string("\x07\x00\x02", 3));
   EXPECT_EQ(read_idx_labels(p).sum().item<int64_t>(), 9);

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <functional>
 
+#include <nlohmann/json.hpp>
 #include "bitlinear/convert.hpp"
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
@@ -225,6 +226,18 @@ TEST_F(HFImportTest, FileErrors) {
   EXPECT_NE(
       error_of([&] { load_hf_llama(s); }).find("model-00002-of-00002.safetensors named by the weight_map is missing"),
       std::string::npos);
+  // A weight_map may only name files of the model directory itself.
+  const auto index_path = s + "/model.safetensors.index.json";
+  const auto index = bitqat::core::read_file(index_path);
+  for (const std::string bad : {"../outside.safetensors", "/etc/passwd", "sub/x.safetensors", ".."}) {
+    auto j = nlohmann::json::parse(index);
+    j["weight_map"]["model.norm.weight"] = bad;
+    bitqat::core::write_file_atomic(index_path, j.dump());
+    EXPECT_EQ(error_of([&] { load_hf_llama(s); }),
+              fmt::format("{}: weight_map.model.norm.weight = \"{}\": expected the name of a file in the model "
+                          "directory (no path), not a path that leads elsewhere",
+                          index_path, bad));
+  }
   bitqat::core::write_file_atomic(s + "/config.json", "{not json");
   EXPECT_NE(error_of([&] { load_hf_llama(s); }).find(s + "/config.json: not valid JSON"), std::string::npos);
 }

@@ -137,6 +137,34 @@ TEST(GgufExport, RefusesWhatTheBitnetLayoutCannotExpress) {
   EXPECT_EQ(error_of(make_lm(tiny())), "");
 }
 
+// Every block scale becomes an fp16 d: values it cannot hold are refused, naming the layer and the
+// value, and nothing is written.
+TEST(GgufExport, ScalesAnFp16CannotHoldAreRefused) {
+  const auto dir = temp_dir();
+  for (const double scale : {1e5, 1e-9}) {
+    auto lm = make_lm(tiny());
+    {
+      at::NoGradGuard g;
+      lm->blocks[1]->ffn->up->weight.mul_(scale / lm->blocks[1]->ffn->up->weight.abs().mean().item<double>());
+    }
+    const auto out = (dir / "m.gguf").string();
+    std::string e;
+    try {
+      training::export_gguf(*lm, out, gguf::GgmlType::kTQ2_0, "m");
+    } catch (const core::UserError& err) {
+      e = err.what();
+    }
+    const auto gamma = lm->blocks[1]->ffn->up->quantized_weight().scales.item<double>();
+    EXPECT_NE(e.find(fmt::format("gguf export: blk.1.ffn_up.weight has block scale {} (block 0), which an fp16 d "
+                                 "cannot hold",
+                                 static_cast<double>(static_cast<float>(gamma)))),
+              std::string::npos)
+        << e;
+    EXPECT_FALSE(fs::exists(out));
+  }
+  fs::remove_all(dir);
+}
+
 TEST(GgufExport, GgufPythonPackageReadsTheExportedModel) {
 #ifndef BITQAT_PYTHON
   GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";

@@ -81,6 +81,28 @@ TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
   EXPECT_EQ(error_of(make_lm(tiny_bitnet())), "");
 }
 
+// weight_scale = 1 / gamma is stored as float32: a layer whose weights are all zero has none.
+TEST(HfBitnetExport, AWeightScaleAFloat32CannotHoldIsRefused) {
+  auto lm = make_lm(tiny_bitnet());
+  {
+    at::NoGradGuard g;
+    lm->blocks[0]->attn->v->weight.zero_();
+  }
+  const auto dir = fs::temp_directory_path() / ("bitqat_hf_range_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string e;
+  try {
+    training::export_hf_bitnet(*lm, (dir / "hf").string());
+  } catch (const core::UserError& err) {
+    e = err.what();
+  }
+  EXPECT_EQ(e,
+            "hf-bitnet export: model.layers.0.self_attn.v_proj has absmean scale 0: its weight_scale 1 / 0 does "
+            "not fit a float32 (the layer's weights are all zero or vanishingly small)");
+  EXPECT_FALSE(fs::exists(dir / "hf"));
+  fs::remove_all(dir);
+}
+
 TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
 #ifndef BITQAT_PYTHON
   GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";

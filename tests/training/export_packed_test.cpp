@@ -68,7 +68,7 @@ TEST_F(PackedExportTest, EvalAndGenerateMatchTheFakeQuantModelFromAFileEightTime
   bitlinear::set_quant_lambdas(ref.task->module(), 1.0, 1.0);  // the export is the fully quantized model
   const auto tokens = at::randint(0, 256, {2, 24}, at::kLong);
   const auto want = logits_of(ref, tokens);
-  const auto val = ref.source->val_batches(2, 2);
+  const auto val = training::open_validation_data(ref, {})->val_batches(2, 2);
   const auto want_eval = ref.task->evaluate(val, at::Device(at::kCPU));
 
   auto src = training::load_run(run_dir_, at::Device(at::kCPU));

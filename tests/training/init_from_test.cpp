@@ -36,8 +36,7 @@ class InitFromTest : public bitqat::testing::TinyRunTest {
   }
   // The model of `cfg`, built as the trainer builds it.
   std::unique_ptr<bitqat::training::Task> task(const Config& cfg) {
-    source_ = bitqat::data::make_source(bitqat::data::DataConfig::from_yaml(cfg.data), cfg.run.seed);
-    return bitqat::training::make_task(cfg, *source_, at::Device(at::kCPU));
+    return bitqat::training::make_task(cfg, at::Device(at::kCPU));
   }
   std::vector<double> losses(const std::string& run) {
     std::vector<double> out;
@@ -49,7 +48,6 @@ class InitFromTest : public bitqat::testing::TinyRunTest {
     }
     return out;
   }
-  std::unique_ptr<bitqat::data::Source> source_;
 };
 
 void expect_same_tensors(torch::nn::Module& m, const bitqat::checkpoints::NamedTensors& want) {

@@ -41,8 +41,9 @@ TEST_F(QuantizeTest, WritesACompleteTernaryRun) {
 
   // eval reads the same model and the same validation batches.
   auto run = bitqat::training::load_run(out, kCPU);
-  const auto ev =
-      run.task->evaluate(run.source->val_batches(run.cfg.train.batch_size, run.cfg.train.eval_batches), kCPU);
+  const auto ev = run.task->evaluate(bitqat::training::open_validation_data(run, {})->val_batches(
+                                         run.cfg.train.batch_size, run.cfg.train.eval_batches),
+                                     kCPU);
   EXPECT_NEAR(ev.loss, r.eval.loss, 1e-6);
   EXPECT_EQ(run.cfg.quant.spec.weight.type, bitqat::bitlinear::WeightQuant::kTernary);
   EXPECT_EQ(run.cfg.quant.spec.act.type, bitqat::bitlinear::ActQuant::kPerToken);

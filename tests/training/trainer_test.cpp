@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
@@ -226,7 +227,7 @@ TEST_F(TrainerTest, ConfigErrorsNameFileLineAndKey) {
     }
     return std::string();
   };
-  EXPECT_EQ(err({"train.steps=-3"}), "--set train.steps=-3: train.steps = -3: expected a value in [1, 1099511627776]");
+  EXPECT_EQ(err({"train.steps=-3"}), "--set train.steps=-3: train.steps = -3: expected a value in [1, 99999999]");
   EXPECT_NE(err({"train.stpes=3"}).find("unknown key 'stpes'"), std::string::npos);
   EXPECT_EQ(err({"optim.lr.warmup_steps=50"}),
             "--set optim.lr.warmup_steps=50: optim.lr.warmup_steps = 50 exceeds train.steps = 10");
@@ -245,8 +246,183 @@ TEST_F(TrainerTest, LoadRunEvaluatesTheCheckpoint) {
   bitqat::training::train(config(5));
   auto run = bitqat::training::load_run((dir_ / "runs/tiny").string(), at::Device(at::kCPU));
   EXPECT_EQ(run.step, 5);
-  const auto ev = run.task->evaluate(run.source->val_batches(4, 2), at::Device(at::kCPU));
+  const auto ev =
+      run.task->evaluate(bitqat::training::open_validation_data(run, {})->val_batches(4, 2), at::Device(at::kCPU));
   EXPECT_TRUE(std::isfinite(ev.loss));
   EXPECT_EQ(ev.metric_name, "val_bpb");
   EXPECT_NEAR(ev.metric, ev.loss / std::log(2.0), 1e-9);
+}
+
+// ---- resuming a finished run, the checkpoint's bookkeeping, and the config hash ----------------
+
+TEST_F(TrainerTest, ResumingAFinishedRunSaysThereIsNothingToTrain) {
+  bitqat::training::train(config(16, {"checkpoint.every=0"}));
+  const auto lines = metrics().size();
+  TrainOptions o;
+  o.resume = true;
+  const auto r = bitqat::training::train(config(16, {"checkpoint.every=0"}), o);
+  EXPECT_TRUE(r.nothing_to_train);
+  EXPECT_EQ(r.start_step, 16);
+  EXPECT_EQ(r.final_step, 16);
+  EXPECT_EQ(metrics().size(), lines);  // nothing written
+  // train.steps below the checkpoint's step cannot be trained back.
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(4, {"checkpoint.every=0"}), o); }),
+            "tiny.yaml:12: train.steps = 4 is below the step of the checkpoint to resume, 16 (" +
+                (dir_ / "runs/tiny/checkpoints/step_00000016").string() +
+                "): a run cannot be trained back; raise train.steps above 16 to continue it, or evaluate / export "
+                "the checkpoint as it is");
+  // A longer horizon trains on, and the checkpoint records the new plan and the lambdas it used.
+  const auto more = bitqat::training::train(config(20, {"checkpoint.every=0"}), o);
+  EXPECT_FALSE(more.nothing_to_train);
+  EXPECT_EQ(more.final_step, 20);
+  const auto ck = bitqat::checkpoints::read_checkpoint((dir_ / "runs/tiny/checkpoints/step_00000020").string());
+  EXPECT_EQ(ck.state["train_steps"], 20);
+  EXPECT_EQ(ck.state["lambda_w"], 1.0);  // the ramp ends at step 10
+  EXPECT_EQ(ck.state["lambda_a"], 1.0);
+}
+
+TEST_F(TrainerTest, TheCheckpointRecordsTheLambdasOfItsLastStep) {
+  // lambda_w ramps linearly 0 -> 1 over 10 steps: step s runs at s / 10; the checkpoint at step 5 was
+  // trained last at step 4.
+  bitqat::training::train(config(5, {"checkpoint.every=5"}));
+  const auto ck = bitqat::checkpoints::read_checkpoint((dir_ / "runs/tiny/checkpoints/step_00000005").string());
+  EXPECT_DOUBLE_EQ(ck.state["lambda_w"].get<double>(), 0.4);
+  EXPECT_DOUBLE_EQ(ck.state["lambda_a"].get<double>(), 1.0);
+}
+
+TEST_F(TrainerTest, TheConfigHashIsOfTheParsedSettingsNotTheText) {
+  const auto hash = [&](const std::string& yaml) { return Config::load_string(yaml, "h.yaml").compat_hash(); };
+  const auto base = tiny_lm_yaml((dir_ / "runs").string(), text_, 10);
+  // The same model with its keys in another order and its defaults spelled out.
+  std::string reordered = base;
+  const std::string model_line =
+      "model: {kind: lm, dim: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn_dim: 64, max_seq_len: 32}";
+  reordered.replace(reordered.find(model_line), model_line.size(),
+                    "model: {max_seq_len: 32, ffn_dim: 64, n_kv_heads: 2, n_heads: 4, n_layers: 2, dim: 32, kind: lm, "
+                    "ffn: relu2, sub_norm: true, rope_theta: 10000, norm_eps: 1.0e-6, tie_embeddings: true, "
+                    "vocab_size: 256, init_std: 0.02}");
+  EXPECT_EQ(hash(base), hash(reordered));
+  // Settings that leave the tensors interchangeable do not count; those that do, do.
+  EXPECT_EQ(Config::load_string(base, "h.yaml", {"model.max_seq_len=48", "data.seq_len=48"}).compat_hash(), hash(base));
+  EXPECT_NE(Config::load_string(base, "h.yaml", {"model.dim=48"}).compat_hash(), hash(base));
+  EXPECT_NE(Config::load_string(base, "h.yaml", {"quant.weight.granularity=per_tensor"}).compat_hash(), hash(base));
+  EXPECT_NE(Config::load_string(base, "h.yaml", {"quant.exclude=[layers.0.*]"}).compat_hash(), hash(base));
+  // And a resume across the two spellings is accepted.
+  bitqat::training::train(Config::load_string(base, "a.yaml"));
+  TrainOptions o;
+  o.resume = true;
+  EXPECT_EQ(error_of([&] { bitqat::training::train(Config::load_string(reordered, "b.yaml", {"train.steps=12"}), o); }),
+            "");
+}
+
+TEST_F(TrainerTest, CheckpointsOfTheOldTextHashStillResume) {
+  bitqat::training::train(config(5, {"checkpoint.every=5"}));
+  const auto path = (dir_ / "runs/tiny/checkpoints/step_00000005").string();
+  auto ck = bitqat::checkpoints::read_checkpoint(path);
+  ck.state["config_hash"] = config(5).legacy_compat_hash();  // what bitqat 0.1 wrote
+  bitqat::checkpoints::write_checkpoint((dir_ / "runs/tiny/checkpoints").string(), ck, 10);
+  TrainOptions o;
+  o.resume = true;
+  EXPECT_EQ(bitqat::training::train(config(7, {"checkpoint.every=5"}), o).final_step, 7);
+}
+
+TEST_F(TrainerTest, TrainingWindowsLongerThanTheModelAreRefused) {
+  EXPECT_EQ(error_of([&] {
+              config(4, {"data.seq_len=128", "model.max_seq_len=64"});
+            }),
+            "--set data.seq_len=128: data.seq_len = 128 exceeds --set model.max_seq_len=64: model.max_seq_len = 64: "
+            "training windows longer than the model's context would train positions the model (and its exports) do "
+            "not have; lower data.seq_len or raise model.max_seq_len");
+  EXPECT_EQ(error_of([&] { config(4, {"data.seq_len=33"}); }),
+            "--set data.seq_len=33: data.seq_len = 33 exceeds tiny.yaml:3: model.max_seq_len = 32: training windows "
+            "longer than the model's context would train positions the model (and its exports) do not have; lower "
+            "data.seq_len or raise model.max_seq_len");
+}
+
+TEST_F(TrainerTest, AnImpossibleBatchIsAConfigErrorBeforeAnyAllocation) {
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto msg = error_of([&] {
+    bitqat::training::train(
+        config(4, {"train.batch_size=1048576", "data.seq_len=1048576", "model.max_seq_len=1048576"}));
+  });
+  EXPECT_EQ(msg.rfind("--set train.batch_size=1048576: train.batch_size = 1048576 x --set data.seq_len=1048576: "
+                      "data.seq_len = 1048576 = 1.1e+12 tokens per micro-batch: their logits and logit gradients alone "
+                      "need 2.1e+06 GiB (B x T x vocabulary 256 x 4 bytes x 2), more than the ",
+                      0),
+            0u)
+      << msg;
+  EXPECT_NE(msg.find("lower train.batch_size (train.grad_accum keeps the global batch) or data.seq_len"),
+            std::string::npos);
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count(), 5.0);
+  EXPECT_FALSE(fs::exists(dir_ / "runs/tiny"));
+}
+
+TEST_F(TrainerTest, NonFiniteWeightsAreNeverLoadedNorWritten) {
+  // A checkpoint with one NaN, as the issue found it: init_from refused it only after training had
+  // written checkpoints holding the NaN.
+  bitqat::training::train(config(5, {"checkpoint.every=5", "run.name=src"}));
+  const auto path = (dir_ / "runs/src/checkpoints/step_00000005").string();
+  auto ck = bitqat::checkpoints::read_checkpoint(path);
+  for (auto& [name, t] : ck.model) {
+    if (name == "layers.0.ffn.up.weight") t[3][7] = std::numeric_limits<float>::quiet_NaN();
+  }
+  bitqat::checkpoints::write_checkpoint((dir_ / "runs/src/checkpoints").string(), ck, 10);
+  const std::string want = path +
+                           "/model.safetensors: tensor 'layers.0.ffn.up.weight' holds 1 non-finite value(s) "
+                           "(the first, nan, at flat index 103); refusing it: the file is corrupted or came "
+                           "from a run that diverged";
+  // init_from
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(5, {"run.name=ft", "init_from=" + path})); }), want);
+  EXPECT_FALSE(fs::exists(dir_ / "runs/ft/checkpoints"));
+  // --resume
+  TrainOptions o;
+  o.resume = true;
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(8, {"run.name=src", "checkpoint.every=5"}), o); }), want);
+  // eval, generate, export: every one opens the run through load_run
+  EXPECT_EQ(error_of([&] { bitqat::training::load_run((dir_ / "runs/src").string(), at::Device(at::kCPU)); }), want);
+}
+
+TEST_F(TrainerTest, ForeignTensorsAndLinesInARunAreRefusedOnResume) {
+  bitqat::training::train(config(5, {"checkpoint.every=5"}));
+  const auto ckdir = (dir_ / "runs/tiny/checkpoints").string();
+  const auto path = ckdir + "/step_00000005";
+  TrainOptions o;
+  o.resume = true;
+  // extra.safetensors holds what the writer writes: rng.cpu and rng.cuda.N.
+  auto ck = bitqat::checkpoints::read_checkpoint(path);
+  const auto good_extra = ck.extra;
+  ck.extra.emplace_back("rng.cuda.x", at::zeros({4}, at::kByte));
+  bitqat::checkpoints::write_checkpoint(ckdir, ck, 10);
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(8), o); }),
+            path +
+                "/extra.safetensors: tensor 'rng.cuda.x' is not a generator state this program writes (expected "
+                "rng.cpu or rng.cuda.N)");
+  ck.extra = good_extra;
+  ck.extra[0].second = at::zeros({3}, at::kFloat);
+  bitqat::checkpoints::write_checkpoint(ckdir, ck, 10);
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(8), o); }),
+            path + "/extra.safetensors: tensor 'rng.cpu' is Float [3]; a generator state is uint8 [n]");
+  // state.json fields of the wrong type.
+  ck.extra = good_extra;
+  ck.state["bad_streak"] = "none";
+  bitqat::checkpoints::write_checkpoint(ckdir, ck, 10);
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(8), o); }),
+            path + "/state.json: bad_streak = \"none\": expected an integer in [0, 99999999]");
+  ck.state["bad_streak"] = 0;
+  ck.state["config_hash"] = 7;
+  bitqat::checkpoints::write_checkpoint(ckdir, ck, 10);
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(8), o); }),
+            path + "/state.json: config_hash = 7: expected a string");
+  ck.state["config_hash"] = config(8).compat_hash();
+  bitqat::checkpoints::write_checkpoint(ckdir, ck, 10);
+  // A metrics.jsonl line of the wrong type.
+  const auto mpath = (dir_ / "runs/tiny/metrics.jsonl").string();
+  const auto lines = bitqat::core::read_file(mpath);
+  bitqat::core::write_file_atomic(mpath, lines + "[1, 2, 3]\n");
+  EXPECT_EQ(error_of([&] { bitqat::training::train(config(8), o); }),
+            mpath +
+                ":7: [1, 2, 3]: expected a JSON object with an integer \"step\" (this file is written by bitqat "
+                "train; move the foreign line away)");
+  bitqat::core::write_file_atomic(mpath, lines + "{\"step\": 3}\n{\"step\": 6, \"loss\"");  // a line cut by a kill
+  EXPECT_EQ(bitqat::training::train(config(8), o).final_step, 8);
 }

@@ -1,0 +1,48 @@
+// Directories whose manifest.json lists every file with its size and CRC-32, written last, so that a
+// directory counts only once it is complete: bitqat checkpoints and packed exports. The manifest is
+// {format, version, ..., files: {name: {size, crc32}}}; reading checks the format, the version and
+// every listed file, and refuses any field of the wrong JSON type with a UserError naming it.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace bitqat::checkpoints {
+
+// Assembles a directory (normally a temporary one, renamed into place by the caller).
+class ManifestWriter {
+ public:
+  explicit ManifestWriter(std::string dir);
+  // Writes one file atomically and records its size and CRC-32.
+  void add(const std::string& name, const std::string& bytes);
+  // manifest.json, last: `fields` (format, version, ...) plus the file table. Returns the manifest.
+  nlohmann::json finish(nlohmann::json fields);
+
+ private:
+  std::string dir_;
+  nlohmann::json files_ = nlohmann::json::object();
+};
+
+struct ManifestDir {
+  nlohmann::json manifest;
+  std::map<std::string, std::string> contents;  // the required files, verified
+};
+
+// Reads DIR/manifest.json: `format` and `version` must match, and every file of `required` must be
+// listed, present, and of the listed size and CRC-32. `what` names the kind of directory in errors
+// ("checkpoint", "packed export").
+ManifestDir read_manifest_dir(const std::string& dir, const std::string& what, const std::string& format, int version,
+                              const std::vector<std::string>& required);
+
+// Typed fields of a JSON object read from `origin` (a file): a missing key gives `fallback` (or, with
+// no fallback, an error); a value of another type or outside [lo, hi] is a UserError naming
+// origin, key, value and what was expected.
+int64_t json_int(const nlohmann::json& obj, const std::string& key, const std::string& origin, int64_t lo, int64_t hi);
+int64_t json_int(const nlohmann::json& obj, const std::string& key, const std::string& origin, int64_t lo, int64_t hi,
+                 int64_t fallback);
+std::string json_string(const nlohmann::json& obj, const std::string& key, const std::string& origin);
+
+}  // namespace bitqat::checkpoints
