@@ -16,12 +16,12 @@
 #include "apps/quickstart_config.hpp"
 #include "core/error.hpp"
 #include "data/source.hpp"
+#include "interop/export_gguf.hpp"
+#include "interop/export_hf_bitnet.hpp"
+#include "interop/export_packed.hpp"
 #include "models/generate.hpp"
 #include "models/lm.hpp"
 #include "training/config.hpp"
-#include "training/export_gguf.hpp"
-#include "training/export_hf_bitnet.hpp"
-#include "training/export_packed.hpp"
 #include "training/quantize.hpp"
 #include "training/run_loader.hpp"
 #include "training/trainer.hpp"
@@ -163,7 +163,7 @@ int cmd_export(const ExportArgs& a) {
   }
   const auto gguf_type =
       a.gguf_type == "tq1_0" ? checkpoints::gguf::GgmlType::kTQ1_0 : checkpoints::gguf::GgmlType::kTQ2_0;
-  if (training::is_packed_export(run_dir)) {
+  if (interop::is_packed_export(run_dir)) {
     throw core::UserError(
         fmt::format("{} is a packed export (no latent weights); export from its run directory", run_dir));
   }
@@ -179,7 +179,8 @@ int cmd_export(const ExportArgs& a) {
                  run.checkpoint.c_str(), static_cast<long long>(run.step), run.lambda_w, run.lambda_a, run_dir.c_str());
   }
   if (format == "packed") {
-    const auto s = training::export_packed(run, run_dir, out);
+    const auto s = interop::export_packed(run.task->module(), core::to_yaml_string(run.cfg.resolved()), run.checkpoint,
+                                          run.step, out, run_dir);
     std::printf(
         "wrote %s: %lld quantized layers, %lld bytes packed (2-bit codes + scales) vs %lld bytes in bf16: "
         "%.2fx smaller\n",
@@ -190,14 +191,14 @@ int cmd_export(const ExportArgs& a) {
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: --format {} needs a language model run", run_dir, format));
   if (format == "hf-bitnet") {
-    training::export_hf_bitnet(*lm, out);
+    interop::export_hf_bitnet(*lm, out);
     std::printf("wrote %s: BitNetForCausalLM (config.json, model.safetensors)\n", out.c_str());
     return 0;
   }
   std::string name = a.name;
   if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().filename().string();
   if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
-  const auto bytes = training::export_gguf(*lm, out, gguf_type, name);
+  const auto bytes = interop::export_gguf(*lm, out, gguf_type, name);
   std::printf("wrote %s: GGUF bitnet, %s ternary tensors, %lld bytes\n", out.c_str(),
               checkpoints::gguf::to_string(gguf_type), static_cast<long long>(bytes));
   return 0;

@@ -126,10 +126,10 @@ int train(const std::string& out_dir) {
       spec.weight.type = bitlinear::WeightQuant::kNone;
       spec.act.type = bitlinear::ActQuant::kNone;
     }
-    bitlinear::ops::set_cuda_fast_path_enabled(mode.fast);
     torch::manual_seed(0);
     models::BitLM lm(c, spec, std::vector<std::string>{"layers.*"}, std::vector<std::string>{});
     lm->to(dev);
+    if (mode.fast) bitlinear::ops::install_training_kernels(*lm);
     std::vector<std::pair<std::string, at::Tensor>> named;
     for (const auto& p : lm->named_parameters()) named.emplace_back(p.key(), p.value());
     training::AdamW opt(named, {});
@@ -155,7 +155,6 @@ int train(const std::string& out_dir) {
     std::printf("%-16s %10.0f tok/s %8.1f ms/step  peak %8.0f MiB\n", mode.name, B * T / (us / 1e6), us / 1e3, peak);
     csv << fmt::format("{},{:.0f},{:.2f},{:.0f}\n", mode.name, B * T / (us / 1e6), us / 1e3, peak);
   }
-  bitlinear::ops::set_cuda_fast_path_enabled(true);
   return 0;
 }
 

@@ -7,17 +7,10 @@
 #include <stdexcept>
 
 #include "bitlinear/estimators.hpp"
-#include "bitlinear/ops/w158a8_linear.hpp"
 #include "bitlinear/quantized_linear.hpp"
 
 namespace bitqat::bitlinear {
 namespace {
-
-void check_lambda(double v, const char* which) {
-  if (!(v >= 0.0 && v <= 1.0)) {
-    throw std::invalid_argument(fmt::format("set_lambdas: {} = {} is outside [0, 1]", which, v));
-  }
-}
 
 // Activation fake-quantization per (sample, position) over channels for NCHW maps.
 at::Tensor fake_quantize_nchw(const at::Tensor& x, const ActQuantSpec& spec, double lambda) {
@@ -52,16 +45,17 @@ void BitLinearImpl::reset_parameters() {
 }
 
 void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
-  check_lambda(lambda_w, "lambda_w");
-  check_lambda(lambda_a, "lambda_a");
+  check_lambda(lambda_w, "set_lambdas: lambda_w");
+  check_lambda(lambda_a, "set_lambdas: lambda_a");
   lambda_w_ = lambda_w;
   lambda_a_ = lambda_a;
 }
 
 at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
-  if (packed_) return packed_->forward(x).to(x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
-  // A fully quantized layer on a GPU runs on the int8 kernels (same values, STE gradients).
-  if (x.is_cuda() && ops::cuda_fast_path_applicable(*this, x)) return ops::bit_linear_cuda_forward(*this, x);
+  if (kernel_ && kernel_->applies(*this, x)) return kernel_->forward(*this, x);
+  if (!weight.defined()) {
+    throw std::logic_error("BitLinear::forward: the latent weights were replaced and the kernel does not apply");
+  }
   const auto h = norm ? norm->forward_float(x) : x;
   if (lambda_w_ == 1.0 && lambda_a_ == 1.0 && quantized_linear_applicable(h, options.quant.weight, options.quant.act)) {
     return quantized_linear(h, weight, bias, options.quant.weight, options.quant.act).to(x.scalar_type());
@@ -72,28 +66,15 @@ at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
 }
 
 QuantizedWeight BitLinearImpl::quantized_weight() const {
-  if (packed_) throw std::logic_error("BitLinear::quantized_weight: the layer is packed (no latent weights)");
+  if (!weight.defined()) {
+    throw std::logic_error("BitLinear::quantized_weight: the latent weights were replaced (a packed layer)");
+  }
   return quantize_weight(weight, options.quant.weight);
 }
 
-void BitLinearImpl::to_packed() {
-  if (packed_) return;
-  const auto& q = options.quant;
-  if (q.weight.type != WeightQuant::kTernary) {
-    throw std::invalid_argument(
-        fmt::format("BitLinear::to_packed: weights are {}, expected ternary", to_string(q.weight.type)));
-  }
-  if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % cuda::kGroupAlign != 0) {
-    throw std::invalid_argument(
-        fmt::format("BitLinear::to_packed: per_group group_size = {} must be a multiple of {} for the packed format",
-                    q.weight.group_size, cuda::kGroupAlign));
-  }
-  if (q.act.type != ActQuant::kPerToken || q.act.bits != 8) {
-    throw std::invalid_argument(
-        fmt::format("BitLinear::to_packed: activations are {} with {} bits, expected per_token with 8 bits",
-                    to_string(q.act.type), q.act.bits));
-  }
-  packed_ = register_module("packed", std::make_shared<ops::PackedBitLinearImpl>(*this));
+void BitLinearImpl::replace_latent_weights(const std::string& name, std::shared_ptr<torch::nn::Module> child,
+                                           std::shared_ptr<LinearKernel> kernel) {
+  register_module(name, std::move(child));
   parameters_.erase("weight");
   weight = at::Tensor();
   if (bias.defined()) {
@@ -104,7 +85,7 @@ void BitLinearImpl::to_packed() {
     unregister_module("norm");
     norm = nullptr;
   }
-  pack_cache = PackCache{};
+  kernel_ = std::move(kernel);
   lambda_w_ = lambda_a_ = 1.0;
 }
 
@@ -128,8 +109,8 @@ void BitConv2dImpl::reset_parameters() {
 }
 
 void BitConv2dImpl::set_lambdas(double lambda_w, double lambda_a) {
-  check_lambda(lambda_w, "lambda_w");
-  check_lambda(lambda_a, "lambda_a");
+  check_lambda(lambda_w, "set_lambdas: lambda_w");
+  check_lambda(lambda_a, "set_lambdas: lambda_a");
   lambda_w_ = lambda_w;
   lambda_a_ = lambda_a;
 }

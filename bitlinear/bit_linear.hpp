@@ -4,20 +4,15 @@
 #include <torch/nn/module.h>
 #include <torch/nn/pimpl.h>
 
+#include <memory>
+#include <string>
+
+#include "bitlinear/linear_kernel.hpp"
+#include "bitlinear/quant_spec.hpp"
 #include "bitlinear/quantizers.hpp"
 #include "bitlinear/rms_norm.hpp"
 
 namespace bitqat::bitlinear {
-
-namespace ops {
-struct PackedBitLinearImpl;
-}
-
-// What a Bit* layer quantizes and how; shared by BitLinear and BitConv2d and set from the config.
-struct QuantSpec {
-  WeightQuantSpec weight;  // weight.type == kNone: weights stay full precision
-  ActQuantSpec act;        // act.type == kNone: activations stay full precision
-};
 
 struct BitLinearOptions {
   BitLinearOptions(int64_t in, int64_t out) : in_features(in), out_features(out) {}
@@ -32,41 +27,36 @@ struct BitLinearOptions {
 struct BitLinearImpl : torch::nn::Module {
   explicit BitLinearImpl(BitLinearOptions options);
   void reset_parameters();  // same init as torch::nn::Linear (kaiming uniform a = sqrt(5))
-  // x: [..., in] -> [..., out]. Order: sub_norm, activation fake-quant, linear with the
-  // fake-quantized weight, bias.
+  // x: [..., in] -> [..., out]. An installed kernel that applies to x computes it; otherwise: sub_norm,
+  // activation fake-quant, linear with the fake-quantized weight, bias (at lambdas 1 on the CPU, from
+  // the integer codes: bitlinear/quantized_linear.hpp).
   at::Tensor forward(const at::Tensor& x);
 
   void set_lambdas(double lambda_w, double lambda_a);
   double lambda_w() const { return lambda_w_; }
   double lambda_a() const { return lambda_a_; }
   // The weights as the fully quantized layer sees them (codes and scales), for packing and export.
-  // Throws for a packed layer (its latent weights are gone).
+  // Throws std::logic_error when the latent weights were replaced (a packed layer).
   QuantizedWeight quantized_weight() const;
 
-  // Switches the layer to inference on 2-bit packed weights (ops::PackedBitLinear, registered as
-  // child `packed`, lambdas 1): the latent weight and the SubLN module are dropped (the packed layer
-  // keeps the norm weight), so the layer's tensors become packed.{packed, scales, norm_weight, bias}.
-  // Needs ternary weights (per tensor, per channel or per group of a multiple of 64) and 8-bit per
-  // token activations; throws std::invalid_argument naming what does not fit. Irreversible.
-  void to_packed();
-  bool is_packed() const { return packed_ != nullptr; }
+  // A kernel for the inputs it applies to (bitlinear/linear_kernel.hpp); nullptr removes it.
+  void set_kernel(std::shared_ptr<LinearKernel> kernel) { kernel_ = std::move(kernel); }
+  LinearKernel* kernel() const { return kernel_.get(); }
+  // Irreversibly replaces the latent weight, bias and SubLN by `child` (registered as `name`), with
+  // `kernel` computing every forward from then on and lambdas 1: how a layer becomes packed.
+  void replace_latent_weights(const std::string& name, std::shared_ptr<torch::nn::Module> child,
+                              std::shared_ptr<LinearKernel> kernel);
+  bool has_latent_weights() const { return weight.defined(); }
 
   BitLinearOptions options;
-  at::Tensor weight;  // latent fp32 [out, in]
+  at::Tensor weight;  // latent fp32 [out, in]; undefined once replaced
   at::Tensor bias;    // [out] or undefined
   RMSNorm norm{nullptr};
-
-  // The W1.58A8 path's packed weights, valid for one version of `weight` (bitlinear/ops).
-  struct PackCache {
-    at::Tensor packed, scales;
-    int64_t version = -1;
-    const void* data = nullptr;
-  } pack_cache;
 
  private:
   double lambda_w_ = 1.0;
   double lambda_a_ = 1.0;
-  std::shared_ptr<ops::PackedBitLinearImpl> packed_;
+  std::shared_ptr<LinearKernel> kernel_;
 };
 TORCH_MODULE(BitLinear);
 

@@ -138,20 +138,16 @@ std::vector<std::string> convert_linears(torch::nn::Module& root, const std::vec
   return replaced;
 }
 
-std::vector<std::string> pack_for_inference(torch::nn::Module& root) {
-  std::vector<std::string> packed;
+std::vector<std::string> quantized_layer_names(const torch::nn::Module& root) {
+  std::vector<std::string> out;
   for (const auto& item : root.named_modules("", /*include_self=*/false)) {
-    auto* lin = item.value()->as<BitLinearImpl>();
-    if (!lin || lin->options.quant.weight.type == WeightQuant::kNone || lin->is_packed()) continue;
-    try {
-      lin->to_packed();
-    } catch (const std::invalid_argument& e) {
-      throw std::invalid_argument(fmt::format("{}: {}", item.key(), e.what()));
+    if (const auto* l = item.value()->as<BitLinearImpl>()) {
+      if (l->options.quant.weight.type != WeightQuant::kNone) out.push_back(item.key());
+    } else if (const auto* c = item.value()->as<BitConv2dImpl>()) {
+      if (c->options.quant.weight.type != WeightQuant::kNone) out.push_back(item.key());
     }
-    packed.push_back(item.key());
   }
-  spdlog::info("pack_for_inference: packed {} layer(s) to 2-bit weights", packed.size());
-  return packed;
+  return out;
 }
 
 int set_quant_lambdas(torch::nn::Module& root, double lambda_w, double lambda_a) {

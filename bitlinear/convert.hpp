@@ -1,5 +1,5 @@
 // Model surgery: swap torch::nn::Linear / Conv2d for BitLinear / BitConv2d by module-name
-// patterns, and set the quantization lambdas of every Bit* layer in a tree.
+// patterns, list the quantized layers, and set the quantization lambdas of every Bit* layer in a tree.
 #pragma once
 #include <torch/nn/module.h>
 
@@ -23,10 +23,8 @@ bool name_selected(const std::string& name, const std::vector<std::string>& incl
 std::vector<std::string> convert_linears(torch::nn::Module& root, const std::vector<std::string>& include,
                                          const std::vector<std::string>& exclude, const QuantSpec& spec);
 
-// Switches every BitLinear with quantized weights in the tree to packed inference
-// (BitLinear::to_packed); full-precision BitLinears stay as they are. Returns the dotted names packed
-// (also logged); a layer whose quantization has no packed form is an std::invalid_argument naming it.
-std::vector<std::string> pack_for_inference(torch::nn::Module& root);
+// The dotted names of every BitLinear and BitConv2d with quantized weights in the tree, in module order.
+std::vector<std::string> quantized_layer_names(const torch::nn::Module& root);
 
 // Sets lambda_w / lambda_a on every BitLinear and BitConv2d in the tree; returns how many.
 int set_quant_lambdas(torch::nn::Module& root, double lambda_w, double lambda_a);

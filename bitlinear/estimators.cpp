@@ -1,5 +1,7 @@
 #include "bitlinear/estimators.hpp"
 
+#include "bitlinear/quant_spec.hpp"
+
 #include <fmt/format.h>
 #include <torch/autograd.h>
 
@@ -61,22 +63,16 @@ struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
   }
 };
 
-void check_lambda(double lambda, const char* fn) {
-  if (!(lambda >= 0.0 && lambda <= 1.0)) {
-    throw std::invalid_argument(fmt::format("{}: lambda = {} is outside [0, 1]", fn, lambda));
-  }
-}
-
 }  // namespace
 
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda) {
-  check_lambda(lambda, "fake_quantize_weight");
+  check_lambda(lambda, "fake_quantize_weight: lambda");
   if (spec.type == WeightQuant::kNone) return w;
   return FakeQuantWeight::apply(w, spec, lambda);
 }
 
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda) {
-  check_lambda(lambda, "fake_quantize_activation");
+  check_lambda(lambda, "fake_quantize_activation: lambda");
   if (spec.type == ActQuant::kNone) return x;
   return FakeQuantActivation::apply(x, spec, lambda);
 }

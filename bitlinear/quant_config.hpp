@@ -2,7 +2,7 @@
 #pragma once
 #include <yaml-cpp/yaml.h>
 
-#include "bitlinear/bit_linear.hpp"
+#include "bitlinear/quant_spec.hpp"
 #include "core/config.hpp"
 
 namespace bitqat::bitlinear {

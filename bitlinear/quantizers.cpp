@@ -1,5 +1,7 @@
 #include "bitlinear/quantizers.hpp"
 
+#include "bitlinear/quant_spec.hpp"
+
 #include <fmt/format.h>
 
 #include <stdexcept>
@@ -105,6 +107,12 @@ bool parse(const std::string& s, Estimator* out) {
     if (s == to_string(v)) return *out = v, true;
   }
   return false;
+}
+
+void check_lambda(double lambda, const char* what) {
+  if (!(lambda >= 0.0 && lambda <= 1.0)) {
+    throw std::invalid_argument(fmt::format("{} = {} is outside [0, 1]", what, lambda));
+  }
 }
 
 at::Tensor round_half_away(const at::Tensor& x) {

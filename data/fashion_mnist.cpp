@@ -108,8 +108,8 @@ class FashionMnist final : public Source {
     auto idx = at::empty({b}, at::kLong);
     auto* pi = idx.data_ptr<int64_t>();
     {
-      // The cached permutation is shared, so the whole lookup holds the lock (a prefetching thread
-      // may ask for another epoch at the same time).
+      // train_batch is const and may be called from several threads; the cached permutation is
+      // shared, so the whole lookup holds the lock.
       std::lock_guard<std::mutex> lock(mu_);
       for (int64_t r = 0; r < b; ++r) {
         const int64_t g = first + r;

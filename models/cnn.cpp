@@ -31,18 +31,6 @@ CNNConfig CNNConfig::from_yaml(const core::Node& n) {
   return c;
 }
 
-void CNNConfig::to_yaml(YAML::Node* out) const {
-  auto& o = *out;
-  o["kind"] = "cnn";
-  o["channels1"] = channels1;
-  o["channels2"] = channels2;
-  o["hidden"] = hidden;
-  o["num_classes"] = num_classes;
-  o["batch_norm"] = batch_norm;
-  o["quantize_first"] = quantize_first;
-  o["quantize_last"] = quantize_last;
-}
-
 BitCNNImpl::BitCNNImpl(CNNConfig c, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,
                        const std::vector<std::string>& exc)
     : config(c) {

@@ -25,7 +25,6 @@ struct CNNConfig {
   bool quantize_last = false;
 
   static CNNConfig from_yaml(const core::Node& model);
-  void to_yaml(YAML::Node* out) const;
 };
 
 struct BitCNNImpl : torch::nn::Module {

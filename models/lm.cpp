@@ -60,24 +60,6 @@ LMConfig LMConfig::from_yaml(const core::Node& n) {
   return c;
 }
 
-void LMConfig::to_yaml(YAML::Node* out) const {
-  auto& o = *out;
-  o["kind"] = "lm";
-  o["vocab_size"] = vocab_size;
-  o["dim"] = dim;
-  o["n_layers"] = n_layers;
-  o["n_heads"] = n_heads;
-  o["n_kv_heads"] = n_kv_heads;
-  o["ffn"] = ffn;
-  o["ffn_dim"] = ffn_dim;
-  o["sub_norm"] = sub_norm;
-  o["max_seq_len"] = max_seq_len;
-  o["rope_theta"] = rope_theta;
-  o["norm_eps"] = norm_eps;
-  o["tie_embeddings"] = tie_embeddings;
-  o["init_std"] = init_std;
-}
-
 void LMConfig::resolve_vocab(int64_t data_vocab, const std::string& where) {
   if (vocab_size == 0) vocab_size = data_vocab;
   if (vocab_size < 2) {
@@ -252,16 +234,6 @@ at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) {
 at::Tensor BitLMImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
   const auto logits = forward(tokens);
   return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
-}
-
-std::vector<std::string> BitLMImpl::quantized_layer_names() const {
-  std::vector<std::string> out;
-  for (const auto& item : named_modules("", /*include_self=*/false)) {
-    if (const auto* l = item.value()->as<bitlinear::BitLinearImpl>()) {
-      if (l->options.quant.weight.type != bitlinear::WeightQuant::kNone) out.push_back(item.key());
-    }
-  }
-  return out;
 }
 
 }  // namespace bitqat::models

@@ -38,7 +38,6 @@ struct LMConfig {
   double init_std = 0.02;
 
   static LMConfig from_yaml(const core::Node& model);  // validates (also the `kind` key)
-  void to_yaml(YAML::Node* out) const;
   // Fills vocab_size from the data when the config left it at 0; a configured vocabulary must
   // cover the data's. Throws ConfigError naming `where` (e.g. "configs/x.yaml:3: model.vocab_size").
   void resolve_vocab(int64_t data_vocab, const std::string& where = "model.vocab_size");
@@ -90,7 +89,6 @@ struct BitLMImpl : torch::nn::Module {
   // cache->pos and the cache is extended.
   at::Tensor forward(const at::Tensor& tokens, KVCache* cache = nullptr);
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);  // mean cross-entropy
-  std::vector<std::string> quantized_layer_names() const;
 
   LMConfig config;
   torch::nn::Embedding embed{nullptr};

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "bitlinear/bit_linear.hpp"
+#include "bitlinear/quant_spec.hpp"
 #include "core/config.hpp"
 
 namespace bitqat::training {

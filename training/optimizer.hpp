@@ -36,7 +36,6 @@ class AdamW {
   void load_state_tensors(const std::map<std::string, at::Tensor>& tensors, const std::string& origin);
 
   int64_t steps_taken() const { return step_; }
-  const std::vector<std::pair<std::string, at::Tensor>>& params() const { return params_; }
   size_t decay_count() const;
 
  private:

@@ -9,6 +9,7 @@
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "models/state_dict.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_loader.hpp"
 #include "training/run_state.hpp"
@@ -36,18 +37,6 @@ YAML::Node ternary_quant(const YAML::Node& source_quant) {
   q["lambda_w"] = one;
   q["lambda_a"] = YAML::Clone(one);
   return q;
-}
-
-std::vector<std::string> quantized_layers(torch::nn::Module& m) {
-  std::vector<std::string> out;
-  for (const auto& item : m.named_modules("", /*include_self=*/false)) {
-    if (const auto* l = item.value()->as<bitlinear::BitLinearImpl>()) {
-      if (l->options.quant.weight.type != bitlinear::WeightQuant::kNone) out.push_back(item.key());
-    } else if (const auto* c = item.value()->as<bitlinear::BitConv2dImpl>()) {
-      if (c->options.quant.weight.type != bitlinear::WeightQuant::kNone) out.push_back(item.key());
-    }
-  }
-  return out;
 }
 
 }  // namespace
@@ -82,15 +71,15 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   // The same model with the ternary quantization, holding the source's latent weights.
   auto task = make_task(cfg, device);
   auto& model = task->module();
-  const auto weights = model_tensors(src.task->module());
-  load_model_tensors(model, {weights.begin(), weights.end()}, src.checkpoint + "/model.safetensors");
+  const auto weights = models::model_tensors(src.task->module());
+  models::load_model_tensors(model, {weights.begin(), weights.end()}, src.checkpoint + "/model.safetensors");
   bitlinear::set_quant_lambdas(model, 1.0, 1.0);
 
   QuantizeResult r;
   r.out_dir = out.string();
   r.source_checkpoint = src.checkpoint;
   r.source_step = src.step;
-  r.quantized_layers = quantized_layers(model);
+  r.quantized_layers = bitlinear::quantized_layer_names(model);
   if (r.quantized_layers.empty()) {
     throw core::UserError(
         fmt::format("{}: quant.include / quant.exclude select no layer of the model, so nothing would be quantized",
@@ -112,7 +101,7 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   const nlohmann::json from = {{"run_dir", src_run_dir}, {"checkpoint", src.checkpoint}, {"step", src.step}};
   checkpoints::CheckpointData ck;
   ck.step = 0;
-  ck.model = model_tensors(model);
+  ck.model = models::model_tensors(model);
   ck.optimizer = fresh.state_tensors();
   ck.extra = rng_states();
   ck.state = {{"step", 0},

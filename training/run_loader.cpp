@@ -9,9 +9,9 @@
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/export_packed.hpp"
+#include "models/state_dict.hpp"
 #include "schedules/schedule.hpp"
-#include "training/export_packed.hpp"
-#include "training/run_state.hpp"
 
 namespace bitqat::training {
 namespace {
@@ -40,7 +40,14 @@ void set_run_lambdas(LoadedRun& run, double lambda_w, double lambda_a) {
 }
 
 LoadedRun load_run(const std::string& run_dir, const at::Device& device) {
-  if (is_packed_export(run_dir)) return load_packed_export(run_dir, device);
+  if (interop::is_packed_export(run_dir)) {
+    auto e = interop::read_packed_export(run_dir);
+    LoadedRun run{Config::load_string(e.config_yaml, run_dir + "/config.resolved.yaml", {}, /*check_files=*/false),
+                  nullptr, run_dir, e.step};
+    run.task = make_task(run.cfg, device);
+    interop::load_packed_weights(run.task->module(), e);
+    return run;  // packed layers run at lambda 1
+  }
   const std::string cfg_path = run_dir + "/config.resolved.yaml";
   if (!std::filesystem::exists(cfg_path)) {
     throw core::UserError(fmt::format("{}: not a bitqat run directory ({} is missing)", run_dir, cfg_path));
@@ -53,7 +60,7 @@ LoadedRun load_run(const std::string& run_dir, const at::Device& device) {
   run.task = make_task(run.cfg, device);
   const auto ck = checkpoints::read_checkpoint(*latest);
   std::map<std::string, at::Tensor> tensors(ck.model.begin(), ck.model.end());
-  load_model_tensors(run.task->module(), tensors, *latest + "/model.safetensors");
+  models::load_model_tensors(run.task->module(), tensors, *latest + "/model.safetensors");
   run.checkpoint = *latest;
   run.step = ck.step;
   // The trainer's step s runs at the schedules' value for s; a checkpoint at step s was trained last

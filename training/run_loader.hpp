@@ -24,7 +24,7 @@ struct LoadedRun {
 };
 
 // Throws UserError when the directory, its config or a complete checkpoint is missing, or a tensor
-// is missing, mis-shaped or not finite. A packed export (training/export_packed.hpp) opens the same
+// is missing, mis-shaped or not finite. A packed export (interop/export_packed.hpp) opens the same
 // way, with its quantized layers packed. Reads no data.
 LoadedRun load_run(const std::string& run_dir, const at::Device& device);
 

@@ -5,6 +5,7 @@
 
 #include <cmath>
 
+#include "bitlinear/ops/w158a8_linear.hpp"
 #include "core/error.hpp"
 #include "models/factory.hpp"
 
@@ -87,6 +88,8 @@ std::unique_ptr<Task> make_task(const Config& cfg, const at::Device& device) {
   const auto data = data::DataConfig::from_yaml(cfg.data, /*check_files=*/false);
   auto handle = models::make_model(cfg.model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude, data.vocab());
   handle.module->to(device);
+  // On a GPU, fully quantized ternary BitLinears run their forward on the W1.58A8 kernels.
+  if (device.is_cuda()) bitlinear::ops::install_training_kernels(*handle.module);
   if (data.data_kind() == data::DataKind::kImages) {
     if (handle.kind != "cnn") {
       throw core::ConfigError(

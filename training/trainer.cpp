@@ -23,10 +23,11 @@
 #include "core/fs.hpp"
 #include "core/log.hpp"
 #include "data/source.hpp"
+#include "interop/init_source.hpp"
+#include "models/state_dict.hpp"
 #include "schedules/schedule.hpp"
 #include "training/distributed.hpp"
 #include "training/grad_sync.hpp"
-#include "training/init_from.hpp"
 #include "training/metrics.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_state.hpp"
@@ -150,8 +151,8 @@ void resume_from(Run& r, const std::string& latest) {
   const int64_t saved_steps = checkpoints::json_int(ck.state, "train_steps", spath, 1, checkpoints::kMaxStep, steps);
   if (steps == ck.step) return;  // nothing to train: train() says so; nothing else is read or written
   std::map<std::string, at::Tensor> model_map(ck.model.begin(), ck.model.end());
-  load_model_tensors(r.task->module(), model_map, latest + "/model.safetensors");
-  check_finite(ck.optimizer, latest + "/optimizer.safetensors");
+  models::load_model_tensors(r.task->module(), model_map, latest + "/model.safetensors");
+  models::check_finite(ck.optimizer, latest + "/optimizer.safetensors");
   std::map<std::string, at::Tensor> opt_map(ck.optimizer.begin(), ck.optimizer.end());
   r.optimizer->load_state_tensors(opt_map, latest + "/optimizer.safetensors");
   std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
@@ -262,7 +263,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
     if (r->start_step == steps) return r;  // nothing to train
   } else if (!cfg.init_from.empty()) {
     // Every rank reads the source; the broadcast below would make them agree anyway.
-    init_model_from(cfg.init_from, model, cfg.root.where("init_from"));
+    interop::init_model_from(cfg.init_from, model, cfg.root.where("init_from"));
   }
 
   r->sync = std::make_unique<GradSync>(r->dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024),
@@ -436,13 +437,13 @@ void checkpoint(Run& r, int64_t done) {
   if (r.main()) {
     checkpoints::CheckpointData ck;
     ck.step = done;
-    ck.model = model_tensors(r.task->module());
+    ck.model = models::model_tensors(r.task->module());
     ck.optimizer = r.optimizer->state_tensors();
     // Never write a checkpoint that could not be read back (non-finite steps are skipped, so this
     // guards against what slipped past them).
     const auto where = fmt::format("training at step {} (no checkpoint was written)", done);
-    check_finite(ck.model, where);
-    check_finite(ck.optimizer, where);
+    models::check_finite(ck.model, where);
+    models::check_finite(ck.optimizer, where);
     ck.extra = rng_states();
     ck.state = {{"step", done},
                 {"config_hash", r.hash},

@@ -1,8 +1,8 @@
 #include "bitlinear/ops/w158a8_linear.hpp"
 
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
 #include <torch/autograd.h>
-
-#include <atomic>
 
 namespace bitqat::bitlinear::ops {
 namespace {
@@ -26,14 +26,16 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
     const auto xq = quantize_activations_int8(x2d, {}, 1e-6, act_eps);
     const auto out_dtype = x2d.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
     ctx->save_for_backward({xq.q, xq.scales, weight});
-    ctx->saved_data["has_bias"] = bias.defined();
+    // An absent bias arrives as an empty placeholder (autograd functions take no undefined inputs).
+    const bool has_bias = bias.numel() > 0;
+    ctx->saved_data["has_bias"] = has_bias;
     ctx->saved_data["k"] = p.k;
     ctx->saved_data["wtype"] = static_cast<int64_t>(wspec.type);
     ctx->saved_data["gran"] = static_cast<int64_t>(wspec.granularity);
     ctx->saved_data["group_size"] = wspec.group_size;
     ctx->saved_data["eps"] = wspec.eps;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x2d.scalar_type());
-    return w158a8_matmul(xq, p, bias, out_dtype);
+    return w158a8_matmul(xq, p, has_bias ? bias : at::Tensor(), out_dtype);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
     const auto saved = ctx->get_saved_variables();
@@ -57,47 +59,128 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
   }
 };
 
-std::atomic<bool> g_fast_path{true};
-
 bool supported_granularity(const WeightQuantSpec& w) {
   return w.granularity == Granularity::kPerTensor || w.granularity == Granularity::kPerChannel ||
          (w.granularity == Granularity::kPerGroup && w.group_size % cuda::kGroupAlign == 0);
 }
 
-}  // namespace
+// The training kernel: weights quantized and packed once per weight version, int8 forward.
+class TrainingKernel final : public LinearKernel {
+ public:
+  bool applies(const BitLinearImpl& layer, const at::Tensor& x) const override {
+    return cuda_fast_path_applicable(layer, x);
+  }
+  at::Tensor forward(BitLinearImpl& layer, const at::Tensor& x) override {
+    // A SubLN feeds float32 to the quantizer, as PackedBitLinear's fused norm does (same codes).
+    const auto h = layer.norm ? layer.norm->forward_float(x) : x;
+    const auto x2d = h.reshape({-1, layer.options.in_features}).contiguous();
+    // Micro-batches of one optimizer step share the packed weights.
+    const int64_t version = static_cast<int64_t>(layer.weight._version());
+    const auto& ws = layer.options.quant.weight;
+    if (!packed_.defined() || version_ != version || data_ != layer.weight.data_ptr()) {
+      const auto p = pack_ternary(layer.weight.detach(), ws.granularity, ws.group_size, ws.eps);
+      packed_ = p.packed;
+      scales_ = p.scales;
+      version_ = version;
+      data_ = layer.weight.data_ptr();
+    }
+    const auto bias = layer.bias.defined() ? layer.bias : at::empty({0}, layer.weight.options());
+    const auto y =
+        W158A8Linear::apply(x2d, layer.weight, bias, packed_, scales_, static_cast<int64_t>(scale_kind(ws.granularity)),
+                            ws.group_size, ws, layer.options.quant.act.eps);
+    auto shape = x.sizes().vec();
+    shape.back() = layer.options.out_features;
+    return y.reshape(shape).to(x.scalar_type());
+  }
+  const at::Tensor& cached_packed() const { return packed_; }
 
-void set_cuda_fast_path_enabled(bool enabled) { g_fast_path = enabled; }
+ private:
+  at::Tensor packed_, scales_;
+  int64_t version_ = -1;
+  const void* data_ = nullptr;
+};
+
+// The packed layer's kernel: every input goes to the PackedBitLinear child.
+class PackedKernel final : public LinearKernel {
+ public:
+  explicit PackedKernel(PackedBitLinear packed) : packed_(std::move(packed)) {}
+  bool applies(const BitLinearImpl&, const at::Tensor&) const override { return true; }
+  at::Tensor forward(BitLinearImpl&, const at::Tensor& x) override {
+    return packed_->forward(x).to(x.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat);
+  }
+  const PackedBitLinearImpl* packed() const { return packed_.get(); }
+
+ private:
+  PackedBitLinear packed_;
+};
+
+}  // namespace
 
 bool cuda_fast_path_applicable(const BitLinearImpl& layer, const at::Tensor& x) {
   const auto& q = layer.options.quant;
-  return g_fast_path && x.is_cuda() && layer.weight.is_cuda() && layer.lambda_w() == 1.0 && layer.lambda_a() == 1.0 &&
-         q.weight.type == WeightQuant::kTernary && q.weight.estimator == Estimator::kIdentity &&
-         supported_granularity(q.weight) && q.act.type == ActQuant::kPerToken && q.act.bits == 8 &&
-         q.act.estimator == Estimator::kIdentity && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+  return x.is_cuda() && layer.weight.defined() && layer.weight.is_cuda() && layer.lambda_w() == 1.0 &&
+         layer.lambda_a() == 1.0 && q.weight.type == WeightQuant::kTernary &&
+         q.weight.estimator == Estimator::kIdentity && supported_granularity(q.weight) &&
+         q.act.type == ActQuant::kPerToken && q.act.bits == 8 && q.act.estimator == Estimator::kIdentity &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
 }
 
-at::Tensor bit_linear_cuda_forward(BitLinearImpl& layer, const at::Tensor& x) {
-  // A SubLN feeds float32 to the quantizer, as PackedBitLinear's fused norm does (same codes).
-  const auto h = layer.norm ? layer.norm->forward_float(x) : x;
-  const auto x2d = h.reshape({-1, layer.options.in_features}).contiguous();
-  // Quantize and pack once per weight version: micro-batches of one optimizer step share it.
-  auto& cache = layer.pack_cache;
-  const int64_t version = static_cast<int64_t>(layer.weight._version());
-  if (!cache.packed.defined() || cache.version != version || cache.data != layer.weight.data_ptr()) {
-    const auto& ws = layer.options.quant.weight;
-    const auto p = pack_ternary(layer.weight.detach(), ws.granularity, ws.group_size, ws.eps);
-    cache.packed = p.packed;
-    cache.scales = p.scales;
-    cache.version = version;
-    cache.data = layer.weight.data_ptr();
+int install_training_kernels(torch::nn::Module& root) {
+  int n = 0;
+  for (const auto& m : root.modules(/*include_self=*/true)) {
+    if (auto* l = m->as<BitLinearImpl>(); l && l->has_latent_weights()) {
+      l->set_kernel(std::make_shared<TrainingKernel>());
+      ++n;
+    }
   }
-  const auto& ws = layer.options.quant.weight;
-  const auto y = W158A8Linear::apply(x2d, layer.weight, layer.bias, cache.packed, cache.scales,
-                                     static_cast<int64_t>(scale_kind(ws.granularity)), ws.group_size, ws,
-                                     layer.options.quant.act.eps);
-  auto shape = x.sizes().vec();
-  shape.back() = layer.options.out_features;
-  return y.reshape(shape).to(x.scalar_type());
+  return n;
+}
+
+const at::Tensor& training_kernel_cache(const BitLinearImpl& layer) {
+  static const at::Tensor none;
+  const auto* k = dynamic_cast<const TrainingKernel*>(layer.kernel());
+  return k ? k->cached_packed() : none;
+}
+
+void pack_layer(BitLinearImpl& layer) {
+  if (!layer.has_latent_weights()) return;
+  const auto& q = layer.options.quant;
+  if (q.weight.type != WeightQuant::kTernary) {
+    throw std::invalid_argument(fmt::format("pack_layer: weights are {}, expected ternary", to_string(q.weight.type)));
+  }
+  if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % cuda::kGroupAlign != 0) {
+    throw std::invalid_argument(
+        fmt::format("pack_layer: per_group group_size = {} must be a multiple of {} for the packed format",
+                    q.weight.group_size, cuda::kGroupAlign));
+  }
+  if (q.act.type != ActQuant::kPerToken || q.act.bits != 8) {
+    throw std::invalid_argument(
+        fmt::format("pack_layer: activations are {} with {} bits, expected per_token with 8 bits",
+                    to_string(q.act.type), q.act.bits));
+  }
+  PackedBitLinear packed(layer);
+  layer.replace_latent_weights("packed", packed.ptr(), std::make_shared<PackedKernel>(packed));
+}
+
+std::vector<std::string> pack_for_inference(torch::nn::Module& root) {
+  std::vector<std::string> packed;
+  for (const auto& item : root.named_modules("", /*include_self=*/false)) {
+    auto* lin = item.value()->as<BitLinearImpl>();
+    if (!lin || lin->options.quant.weight.type == WeightQuant::kNone || !lin->has_latent_weights()) continue;
+    try {
+      pack_layer(*lin);
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument(fmt::format("{}: {}", item.key(), e.what()));
+    }
+    packed.push_back(item.key());
+  }
+  spdlog::info("pack_for_inference: packed {} layer(s) to 2-bit weights", packed.size());
+  return packed;
+}
+
+const PackedBitLinearImpl* packed_of(const BitLinearImpl& layer) {
+  const auto* k = dynamic_cast<const PackedKernel*>(layer.kernel());
+  return k ? k->packed() : nullptr;
 }
 
 PackedBitLinearImpl::PackedBitLinearImpl(const BitLinearImpl& layer)

@@ -138,24 +138,3 @@ TEST(ConvertLinears, DirectChildrenStridesAndConvolutionsThatStayFullPrecision) 
   EXPECT_EQ(m2->named_modules()["proj"]->as<BitLinearImpl>()->options.quant.weight.type, WeightQuant::kBinary);
   EXPECT_EQ(set_quant_lambdas(*m2, 1.0, 1.0), 1);
 }
-
-TEST(PackForInference, PacksQuantizedLayersKeepsFullPrecisionOnesAndNamesBadOnes) {
-  auto root = std::make_shared<torch::nn::Module>();
-  BitLinearOptions q(64, 8), fp(64, 8), bad(64, 8);
-  fp.quant.weight.type = WeightQuant::kNone;
-  fp.quant.act.type = ActQuant::kNone;
-  root->register_module("a", BitLinear(q));
-  root->register_module("b", BitLinear(fp));
-  EXPECT_EQ(pack_for_inference(*root), (std::vector<std::string>{"a"}));
-  EXPECT_TRUE(root->named_modules()["a"]->as<BitLinearImpl>()->is_packed());
-  EXPECT_FALSE(root->named_modules()["b"]->as<BitLinearImpl>()->is_packed());
-  EXPECT_TRUE(pack_for_inference(*root).empty());  // idempotent
-  bad.quant.weight.type = WeightQuant::kBinary;
-  root->register_module("c", BitLinear(bad));
-  try {
-    pack_for_inference(*root);
-    FAIL() << "a binary layer was packed";
-  } catch (const std::invalid_argument& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("c: BitLinear::to_packed: weights are binary", 0), 0u) << e.what();
-  }
-}

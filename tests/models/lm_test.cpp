@@ -32,7 +32,7 @@ TEST(BitLM, ShapesNamesAndQuantizationPolicy) {
   BitLM lm(tiny(2), QuantSpec{}, S{"layers.*"}, S{"*.attn.v"});
   const auto tokens = at::randint(0, 50, {3, 10}, at::kLong);
   EXPECT_EQ(lm->forward(tokens).sizes(), (std::vector<int64_t>{3, 10, 50}));
-  const auto names = lm->quantized_layer_names();
+  const auto names = bitqat::bitlinear::quantized_layer_names(*lm);
   EXPECT_EQ(names, (std::vector<std::string>{"layers.0.attn.q", "layers.0.attn.k", "layers.0.attn.o", "layers.0.ffn.up",
                                              "layers.0.ffn.down", "layers.1.attn.q", "layers.1.attn.k",
                                              "layers.1.attn.o", "layers.1.ffn.up", "layers.1.ffn.down"}));

@@ -411,3 +411,16 @@ TEST_F(DataParallelRun, LocalLauncherStopsAllWhenOneFails) {
   EXPECT_NE(out.find("launch/local.sh: rank 1"), std::string::npos) << out;
   EXPECT_FALSE(bitqat::testing::alive(ranks[0])) << "stray rank 0";
 }
+
+// training/gloo_decls stands in for Gloo's headers, which the torch wheel does not ship: it declares
+// what c10d's ProcessGroupGloo.hpp needs, checked against that header of torch 2.11.0. A torch whose
+// header differs must fail here, loudly, before anyone relies on declarations written for another
+// version (training/gloo_decls/README.md says what to re-check).
+TEST(GlooDecls, WrittenForThisTorchsProcessGroupGlooHeader) {
+  const std::string path = std::string(BITQAT_TORCH_INCLUDE) + "/torch/csrc/distributed/c10d/ProcessGroupGloo.hpp";
+  const auto bytes = bitqat::core::read_file(path);
+  const uint32_t crc = bitqat::core::crc32(bytes.data(), bytes.size());
+  EXPECT_EQ(crc, 0xa1fa6787u) << path << " has CRC-32 " << std::hex << crc
+                              << ", not the one training/gloo_decls was written against (torch 2.11.0): compare the "
+                                 "Gloo names the new header uses with the declarations there, then update this CRC";
+}

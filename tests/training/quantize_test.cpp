@@ -7,8 +7,8 @@
 #include <nlohmann/json.hpp>
 
 #include "checkpoints/checkpoint.hpp"
+#include "interop/init_source.hpp"
 #include "tests/training/tiny_runs.hpp"
-#include "training/init_from.hpp"
 #include "training/run_loader.hpp"
 #include "training/trainer.hpp"
 
@@ -66,7 +66,7 @@ TEST_F(QuantizeTest, WritesACompleteTernaryRun) {
   resume.resume = true;
   const auto cont = bitqat::training::train(run.cfg, resume);
   EXPECT_EQ(cont.start_step, 0);
-  EXPECT_EQ(bitqat::training::read_init_source(out).kind, "bitqat-run");
+  EXPECT_EQ(bitqat::interop::read_init_source(out).kind, "bitqat-run");
 
   // Refusals: an output with checkpoints, the source itself.
   auto e = error_of([&] { bitqat::training::quantize_run(src, out, {}, kCPU); });

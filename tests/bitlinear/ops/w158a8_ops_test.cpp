@@ -183,6 +183,7 @@ TEST(W158A8GpuLinear, TrainingPathMatchesFakeQuantForwardAndBackward) {
     ref->bias.copy_(fast->bias);
   }
   fast->to(dev);
+  ASSERT_EQ(install_training_kernels(*fast), 1);
   const auto x = at::randn({4, 256}).to(dev).requires_grad_();
   const auto xr = x.detach().cpu().requires_grad_();
   ASSERT_TRUE(cuda_fast_path_applicable(*fast, x));
@@ -197,13 +198,13 @@ TEST(W158A8GpuLinear, TrainingPathMatchesFakeQuantForwardAndBackward) {
   EXPECT_LT(rel_err(fast->weight.grad().cpu(), ref->weight.grad()), 2e-2);
   EXPECT_LT(rel_err(fast->bias.grad().cpu(), ref->bias.grad()), 1e-5);
   // The packed weights are reused until the weight changes.
-  const auto packed = fast->pack_cache.packed;
+  const auto packed = training_kernel_cache(*fast);
   fast->forward(x);
-  EXPECT_TRUE(fast->pack_cache.packed.is_same(packed));
+  EXPECT_TRUE(training_kernel_cache(*fast).is_same(packed));
   {
     at::NoGradGuard g;
     fast->weight.add_(0.01);
   }
   fast->forward(x);
-  EXPECT_FALSE(fast->pack_cache.packed.is_same(packed));
+  EXPECT_FALSE(training_kernel_cache(*fast).is_same(packed));
 }

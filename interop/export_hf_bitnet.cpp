@@ -1,4 +1,4 @@
-#include "training/export_hf_bitnet.hpp"
+#include "interop/export_hf_bitnet.hpp"
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -10,40 +10,24 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/exportable.hpp"
 
-namespace bitqat::training {
+namespace bitqat::interop {
 namespace fs = std::filesystem;
 namespace {
 
 using bitqat::bitlinear::BitLinear;
 
 void check_linear(const std::string& name, const BitLinear& l, bool want_norm) {
-  const auto& q = l->options.quant;
-  auto fail = [&](const std::string& what) {
-    throw core::UserError(fmt::format("hf-bitnet export: {} {}", name, what));
-  };
-  if (l->is_packed()) fail("is already packed; export from a run directory");
-  if (q.weight.type != bitlinear::WeightQuant::kTernary) {
-    fail(
-        fmt::format("has weights '{}': BitNetForCausalLM quantizes every block linear to ternary (check "
-                    "quant.include / quant.exclude and quant.weight.type)",
-                    bitlinear::to_string(q.weight.type)));
-  }
-  if (q.weight.granularity != bitlinear::Granularity::kPerTensor) {
-    fail(
-        fmt::format("has quant.weight.granularity = {}: transformers' BitLinear has one weight_scale per tensor "
-                    "(expected per_tensor)",
-                    bitlinear::to_string(q.weight.granularity)));
-  }
-  if (q.act.type != bitlinear::ActQuant::kPerToken || q.act.bits != 8) {
-    fail(fmt::format("has activations {} with {} bits: expected quant.activation per_token with 8 bits",
-                     bitlinear::to_string(q.act.type), q.act.bits));
-  }
-  if (l->bias.defined()) fail("has a bias: BitNetForCausalLM has none");
-  if (l->options.out_features % 4 != 0) {
-    fail(fmt::format("has {} output features: the uint8 packing needs a multiple of 4", l->options.out_features));
-  }
-  if (want_norm != static_cast<bool>(l->norm)) fail("does not have the SubLN norm BitNet expects");
+  LinearRequirements req;
+  req.format = "hf-bitnet export";
+  req.holder = "BitNetForCausalLM";
+  req.granularity_reason = "transformers' BitLinear has one weight_scale per tensor (expected per_tensor)";
+  req.per_token_8bit_activations = true;
+  req.out_multiple = 4;
+  req.out_reason = "the uint8 packing needs a multiple of 4";
+  req.sub_norm = want_norm;
+  check_exportable(name, *l, req);
 }
 
 }  // namespace
@@ -172,4 +156,4 @@ void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
   core::rename_dir_atomic(tmp, out_dir);
 }
 
-}  // namespace bitqat::training
+}  // namespace bitqat::interop

@@ -1,6 +1,6 @@
 // The hf-bitnet export: transformers' packing layout, clear refusals, and the real check: Hugging
 // Face transformers loads the directory as BitNetForCausalLM and computes bitqat's logits.
-#include "training/export_hf_bitnet.hpp"
+#include "interop/export_hf_bitnet.hpp"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -44,7 +44,7 @@ models::BitLM make_lm(const models::LMConfig& c, bitlinear::QuantSpec spec = {})
 
 std::string error_of(const models::BitLM& lm) {
   try {
-    training::check_hf_bitnet_compatible(*lm);
+    interop::check_hf_bitnet_compatible(*lm);
   } catch (const core::UserError& e) {
     return e.what();
   }
@@ -56,7 +56,7 @@ std::string error_of(const models::BitLM& lm) {
 TEST(HfBitnetExport, PackingFollowsTransformersLayout) {
   at::manual_seed(1);
   const auto codes = at::randint(-1, 2, {8, 5}, at::kChar);
-  const auto p = training::pack_hf_ternary(codes);
+  const auto p = interop::pack_hf_ternary(codes);
   ASSERT_EQ(p.sizes(), (std::vector<int64_t>{2, 5}));
   for (int64_t r = 0; r < 2; ++r) {
     for (int64_t k = 0; k < 5; ++k) {
@@ -65,7 +65,7 @@ TEST(HfBitnetExport, PackingFollowsTransformersLayout) {
       EXPECT_EQ(p[r][k].item<int>(), want);
     }
   }
-  EXPECT_TRUE(training::unpack_hf_ternary(p).equal(codes));
+  EXPECT_TRUE(interop::unpack_hf_ternary(p).equal(codes));
 }
 
 TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
@@ -92,7 +92,7 @@ TEST(HfBitnetExport, AWeightScaleAFloat32CannotHoldIsRefused) {
   fs::remove_all(dir);
   std::string e;
   try {
-    training::export_hf_bitnet(*lm, (dir / "hf").string());
+    interop::export_hf_bitnet(*lm, (dir / "hf").string());
   } catch (const core::UserError& err) {
     e = err.what();
   }
@@ -118,8 +118,8 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   const auto dir = fs::temp_directory_path() / ("bitqat_hf_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   fs::create_directories(dir);
-  training::export_hf_bitnet(*lm, (dir / "hf").string());
-  EXPECT_THROW(training::export_hf_bitnet(*lm, (dir / "hf").string()), core::UserError);
+  interop::export_hf_bitnet(*lm, (dir / "hf").string());
+  EXPECT_THROW(interop::export_hf_bitnet(*lm, (dir / "hf").string()), core::UserError);
   const auto st = checkpoints::load_safetensors((dir / "hf/model.safetensors").string()).by_name();
   EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").scalar_type(), at::kByte);
   EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").sizes(), (std::vector<int64_t>{16, 64}));
@@ -129,7 +129,7 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   // an activation code that rounds the other way (bitqat rounds half away from zero, torch.round
   // half to even); measured 1e-6, bound 1e-3. bfloat16: transformers then runs every activation in
   // bf16 (8-bit mantissa) and activation codes move; measured 4.9% of the largest |logit|, bound 10%.
-  const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/training/hf_bitnet_check.py " +
+  const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/interop/hf_bitnet_check.py " +
                           (dir / "hf").string() + " " + (dir / "want.safetensors").string() + " 1e-3 0.1";
   const auto [rc, out] = bitqat::testing::run_command(cmd);
   std::printf("%s", out.c_str());
@@ -145,7 +145,7 @@ TEST(HfBitnetExport, AnUntiedHeadIsWrittenAsLmHead) {
   auto lm = make_lm(c);
   const auto dir = fs::temp_directory_path() / ("bitqat_hf_untied_" + std::to_string(::getpid()));
   fs::remove_all(dir);
-  training::export_hf_bitnet(*lm, dir.string());
+  interop::export_hf_bitnet(*lm, dir.string());
   const auto st = checkpoints::load_safetensors((dir / "model.safetensors").string()).by_name();
   ASSERT_EQ(st.count("lm_head.weight"), 1u);
   EXPECT_TRUE(st.at("lm_head.weight").equal(lm->lm_head->weight.detach()));
@@ -155,6 +155,6 @@ TEST(HfBitnetExport, AnUntiedHeadIsWrittenAsLmHead) {
   // weight_scale is the reciprocal of the absmean scale: transformers divides by it.
   const auto q = lm->blocks[1]->ffn->down->quantized_weight();
   EXPECT_FLOAT_EQ(st.at("model.layers.1.mlp.down_proj.weight_scale").item<float>(), 1.0f / q.scales.item<float>());
-  EXPECT_TRUE(training::unpack_hf_ternary(st.at("model.layers.1.mlp.down_proj.weight")).equal(q.codes));
+  EXPECT_TRUE(interop::unpack_hf_ternary(st.at("model.layers.1.mlp.down_proj.weight")).equal(q.codes));
   fs::remove_all(dir);
 }

@@ -25,7 +25,10 @@
 
 #include "models/lm.hpp"
 
-namespace bitqat::models {
+namespace bitqat::interop {
+
+using models::BitLM;
+using models::LMConfig;
 
 // The BitLM config of a Llama config.json. Unsupported values (another model_type or activation,
 // biases, rope_scaling, a head_dim other than hidden_size / num_attention_heads) are UserErrors
@@ -59,4 +62,4 @@ HFCheckpoint load_hf_llama(const std::string& dir);
 BitLM import_hf_llama(const std::string& dir, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
                       const std::vector<std::string>& exclude);
 
-}  // namespace bitqat::models
+}  // namespace bitqat::interop

@@ -1,7 +1,7 @@
 // Import of Hugging Face Llama checkpoints: tiny checkpoints written by the Python `safetensors`
 // package (make_tiny_llama.py, run with the project's virtual environment) must give the logits of
 // an independent numpy Llama forward pass; malformed configs, tensors and files give clear errors.
-#include "models/hf_import.hpp"
+#include "interop/hf_llama.hpp"
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -20,6 +20,7 @@
 
 namespace fs = std::filesystem;
 using namespace bitqat::models;
+using namespace bitqat::interop;
 using bitqat::bitlinear::QuantSpec;
 
 namespace {
@@ -59,7 +60,7 @@ class HFImportTest : public ::testing::Test {
       ADD_FAILURE() << "BITQAT_PYTHON is not set: configure with -DPython3_EXECUTABLE=.venv/bin/python";
     const auto out = (dir_ / name).string();
     const auto cmd =
-        fmt::format("'{}' '{}/tests/models/make_tiny_llama.py' '{}' {}", python, BITQAT_SOURCE_DIR, out, flags);
+        fmt::format("'{}' '{}/tests/interop/make_tiny_llama.py' '{}' {}", python, BITQAT_SOURCE_DIR, out, flags);
     EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
     return out;
   }
@@ -103,7 +104,7 @@ TEST_F(HFImportTest, LogitsMatchAnIndependentLlamaForward) {
     EXPECT_EQ(lm->config.ffn, "swiglu") << name;
     EXPECT_EQ(lm->config.n_kv_heads, 2) << name;  // grouped-query attention is exercised
     EXPECT_EQ(lm->config.tie_embeddings, name == "tied") << name;
-    EXPECT_TRUE(lm->quantized_layer_names().empty());
+    EXPECT_TRUE(bitqat::bitlinear::quantized_layer_names(*lm).empty());
     expect_logits_match(lm, expected(d), name);
   }
 }
@@ -111,7 +112,7 @@ TEST_F(HFImportTest, LogitsMatchAnIndependentLlamaForward) {
 TEST_F(HFImportTest, TernaryLayersAtLambdaZeroAreTheLlamaFunction) {
   const auto d = make("m");
   auto lm = import_hf_llama(d, QuantSpec{}, S{"layers.*"}, S{"*.attn.v"});
-  const auto q = lm->quantized_layer_names();
+  const auto q = bitqat::bitlinear::quantized_layer_names(*lm);
   EXPECT_EQ(q.size(), 2u * 6u);  // q, k, o, gate, up, down per layer; v excluded
   for (const auto& n : q) EXPECT_EQ(n.find("attn.v"), std::string::npos) << n;
   bitqat::bitlinear::set_quant_lambdas(*lm, 0.0, 0.0);

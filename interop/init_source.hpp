@@ -21,7 +21,7 @@
 
 #include "models/lm.hpp"
 
-namespace bitqat::training {
+namespace bitqat::interop {
 
 struct InitSource {
   std::string kind;    // "hf-llama", "bitqat-run", "bitqat-checkpoint" or "safetensors"
@@ -38,4 +38,4 @@ InitSource read_init_source(const std::string& path, const std::string& where = 
 // over); for a BitLM, checks the source's model config first. Returns a one-line description.
 std::string init_model_from(const std::string& path, torch::nn::Module& model, const std::string& where = "init_from");
 
-}  // namespace bitqat::training
+}  // namespace bitqat::interop

@@ -1,6 +1,6 @@
 // The gguf export: a tiny bitnet-shaped model written as TQ2_0 and TQ1_0, read back by our reader
 // (codes exact, scales to fp16) and by llama.cpp's gguf-py; refusals name the option.
-#include "training/export_gguf.hpp"
+#include "interop/export_gguf.hpp"
 
 #include <gtest/gtest.h>
 
@@ -36,7 +36,7 @@ models::BitLM make_lm(const models::LMConfig& c, bitlinear::QuantSpec spec = {})
 
 std::string error_of(const models::BitLM& lm) {
   try {
-    training::check_gguf_compatible(*lm);
+    interop::check_gguf_compatible(*lm);
   } catch (const core::UserError& e) {
     return e.what();
   }
@@ -56,7 +56,7 @@ at::Tensor half_rounded(const at::Tensor& x) { return x.to(at::kHalf).to(at::kFl
 }  // namespace
 
 TEST(GgufExport, ByteTokensAreGpt2sAlphabet) {
-  const auto t = training::gpt2_byte_tokens();
+  const auto t = interop::gpt2_byte_tokens();
   ASSERT_EQ(t.size(), 256u);
   EXPECT_EQ(t['A'], "A");
   EXPECT_EQ(t[' '], "\xc4\xa0");   // U+0120
@@ -71,7 +71,7 @@ TEST(GgufExport, WritesTheBitnetLayoutWithExactCodes) {
   const auto dir = temp_dir();
   for (auto type : {gguf::GgmlType::kTQ2_0, gguf::GgmlType::kTQ1_0}) {
     const auto path = (dir / fmt::format("m_{}.gguf", gguf::to_string(type))).string();
-    const auto size = training::export_gguf(*lm, path, type, "tiny");
+    const auto size = interop::export_gguf(*lm, path, type, "tiny");
     EXPECT_EQ(size, static_cast<int64_t>(fs::file_size(path)));
     const auto f = gguf::load(path);
     EXPECT_EQ(f.find("general.architecture")->data, "bitnet");
@@ -110,7 +110,7 @@ TEST(GgufExport, PerChannelScalesGoIntoEachRowsBlocks) {
   bitlinear::QuantSpec spec;
   spec.weight.granularity = bitlinear::Granularity::kPerChannel;
   const auto lm = make_lm(tiny(), spec);
-  const auto f = training::gguf_from_lm(*lm, gguf::GgmlType::kTQ2_0, "pc");
+  const auto f = interop::gguf_from_lm(*lm, gguf::GgmlType::kTQ2_0, "pc");
   const auto q = lm->blocks[0]->ffn->up->quantized_weight();
   EXPECT_TRUE(gguf::dequantize(*f.tensor("blk.0.ffn_up.weight"))
                   .equal(q.codes.to(at::kFloat) * half_rounded(q.scales).unsqueeze(1)));
@@ -150,7 +150,7 @@ TEST(GgufExport, ScalesAnFp16CannotHoldAreRefused) {
     const auto out = (dir / "m.gguf").string();
     std::string e;
     try {
-      training::export_gguf(*lm, out, gguf::GgmlType::kTQ2_0, "m");
+      interop::export_gguf(*lm, out, gguf::GgmlType::kTQ2_0, "m");
     } catch (const core::UserError& err) {
       e = err.what();
     }
@@ -174,7 +174,7 @@ TEST(GgufExport, GgufPythonPackageReadsTheExportedModel) {
   const auto dir = temp_dir();
   for (const char* type : {"tq2", "tq1"}) {
     const auto path = (dir / (std::string(type) + ".gguf")).string();
-    training::export_gguf(*lm, path, type[2] == '2' ? gguf::GgmlType::kTQ2_0 : gguf::GgmlType::kTQ1_0, "tiny");
+    interop::export_gguf(*lm, path, type[2] == '2' ? gguf::GgmlType::kTQ2_0 : gguf::GgmlType::kTQ1_0, "tiny");
     checkpoints::NamedTensors want;
     for (const auto& t : gguf::load(path).tensors) want.emplace_back(t.name, gguf::dequantize(t));
     const auto want_path = (dir / (std::string(type) + ".safetensors")).string();

@@ -1,4 +1,4 @@
-#include "models/hf_import.hpp"
+#include "interop/hf_llama.hpp"
 
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
@@ -12,7 +12,10 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 
-namespace bitqat::models {
+namespace bitqat::interop {
+
+using models::BitLM;
+using models::LMConfig;
 namespace {
 
 namespace fs = std::filesystem;
@@ -278,4 +281,4 @@ BitLM import_hf_llama(const std::string& dir, const bitlinear::QuantSpec& spec, 
   return lm;
 }
 
-}  // namespace bitqat::models
+}  // namespace bitqat::interop

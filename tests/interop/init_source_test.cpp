@@ -1,7 +1,7 @@
 // init_from: fresh runs start from a bitqat run, checkpoint, safetensors file or a Hugging Face
 // Llama directory; resumed runs never re-read it; mismatched models and unknown paths are refused
 // with the differences named.
-#include "training/init_from.hpp"
+#include "interop/init_source.hpp"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -12,7 +12,7 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "data/source.hpp"
-#include "models/hf_import.hpp"
+#include "interop/hf_llama.hpp"
 #include "tests/training/tiny_runs.hpp"
 #include "training/task.hpp"
 #include "training/trainer.hpp"
@@ -69,15 +69,15 @@ TEST_F(InitFromTest, RunDirectoryCheckpointAndSafetensorsFile) {
   const auto ck = bitqat::checkpoints::read_checkpoint(ck_dir);
   for (const auto& path : {src, ck_dir, ck_dir + "/model.safetensors"}) {
     auto t = task(finetune(path, 2));
-    const auto text = bitqat::training::init_model_from(path, t->module());
+    const auto text = bitqat::interop::init_model_from(path, t->module());
     EXPECT_NE(text.find("initialised"), std::string::npos) << text;
     expect_same_tensors(t->module(), ck.model);
   }
-  EXPECT_EQ(bitqat::training::read_init_source(src).kind, "bitqat-run");
-  EXPECT_EQ(bitqat::training::read_init_source(ck_dir).kind, "bitqat-checkpoint");
-  EXPECT_TRUE(bitqat::training::read_init_source(ck_dir).lm.has_value());  // the run's config, two levels up
-  EXPECT_TRUE(bitqat::training::read_init_source(ck_dir + "/").lm.has_value());
-  EXPECT_EQ(bitqat::training::read_init_source(ck_dir + "/model.safetensors").kind, "safetensors");
+  EXPECT_EQ(bitqat::interop::read_init_source(src).kind, "bitqat-run");
+  EXPECT_EQ(bitqat::interop::read_init_source(ck_dir).kind, "bitqat-checkpoint");
+  EXPECT_TRUE(bitqat::interop::read_init_source(ck_dir).lm.has_value());  // the run's config, two levels up
+  EXPECT_TRUE(bitqat::interop::read_init_source(ck_dir + "/").lm.has_value());
+  EXPECT_EQ(bitqat::interop::read_init_source(ck_dir + "/model.safetensors").kind, "safetensors");
 }
 
 TEST_F(InitFromTest, TrainerStartsFromTheSourceAndResumeDoesNotRereadIt) {
@@ -110,15 +110,15 @@ TEST_F(InitFromTest, MismatchedModelsAndBadPathsAreRefused) {
   e = error_of([&] { bitqat::training::train(finetune(src, 1, {"model.ffn=relu2_glu", "run.name=glu"})); });
   EXPECT_NE(e.find("model.ffn = relu2_glu (source: relu2)"), std::string::npos) << e;
 
-  e = error_of([&] { bitqat::training::read_init_source(runs() + "/nope", "x.yaml:3: init_from"); });
+  e = error_of([&] { bitqat::interop::read_init_source(runs() + "/nope", "x.yaml:3: init_from"); });
   EXPECT_NE(e.find("x.yaml:3: init_from = " + runs() + "/nope: no such file or directory"), std::string::npos) << e;
-  e = error_of([&] { bitqat::training::read_init_source(dir_.string()); });
+  e = error_of([&] { bitqat::interop::read_init_source(dir_.string()); });
   EXPECT_NE(e.find("neither a Hugging Face model (config.json), a bitqat run"), std::string::npos) << e;
   fs::create_directories(dir_ / "empty_run");
   bitqat::core::write_file_atomic((dir_ / "empty_run/config.resolved.yaml").string(), "{}\n");
-  e = error_of([&] { bitqat::training::read_init_source((dir_ / "empty_run").string()); });
+  e = error_of([&] { bitqat::interop::read_init_source((dir_ / "empty_run").string()); });
   EXPECT_NE(e.find("a bitqat run directory without a complete checkpoint"), std::string::npos) << e;
-  e = error_of([&] { bitqat::training::read_init_source(text_); });
+  e = error_of([&] { bitqat::interop::read_init_source(text_); });
   EXPECT_NE(e.find(text_ + ": not a valid safetensors file"), std::string::npos) << e;
 }
 
@@ -127,7 +127,7 @@ TEST_F(InitFromTest, HuggingFaceLlamaDirectory) {
   ASSERT_FALSE(python.empty()) << "configure with -DPython3_EXECUTABLE=.venv/bin/python";
   const auto hf = (dir_ / "llama").string();
   const auto cmd =
-      fmt::format("'{}' '{}/tests/models/make_tiny_llama.py' '{}' --vocab 256", python, BITQAT_SOURCE_DIR, hf);
+      fmt::format("'{}' '{}/tests/interop/make_tiny_llama.py' '{}' --vocab 256", python, BITQAT_SOURCE_DIR, hf);
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
 
   // The default (BitNet-style) model section does not fit; the error gives the one that does.
@@ -144,8 +144,8 @@ TEST_F(InitFromTest, HuggingFaceLlamaDirectory) {
       "sub_norm: false, max_seq_len: 64, rope_theta: 500, norm_eps: 1.0e-5, tie_embeddings: false}",
       "train.log_every=1"};
   auto t = task(finetune(hf, 2, llama));
-  bitqat::training::init_model_from(hf, t->module());
-  const auto ck = bitqat::models::load_hf_llama(hf);
+  bitqat::interop::init_model_from(hf, t->module());
+  const auto ck = bitqat::interop::load_hf_llama(hf);
   expect_same_tensors(t->module(), {ck.tensors.begin(), ck.tensors.end()});
   const auto r = bitqat::training::train(finetune(hf, 2, llama));
   EXPECT_EQ(r.final_step, 2);

@@ -1,4 +1,4 @@
-#include "training/init_from.hpp"
+#include "interop/init_source.hpp"
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
@@ -9,10 +9,10 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
-#include "models/hf_import.hpp"
-#include "training/run_state.hpp"
+#include "interop/hf_llama.hpp"
+#include "models/state_dict.hpp"
 
-namespace bitqat::training {
+namespace bitqat::interop {
 namespace {
 
 namespace fs = std::filesystem;
@@ -54,8 +54,8 @@ InitSource read_init_source(const std::string& path, const std::string& where) {
   fs::path p = fs::path(path).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();
   if (fs::is_directory(p)) {
-    if (models::is_hf_model_dir(path)) {
-      auto ck = models::load_hf_llama(path);
+    if (is_hf_model_dir(path)) {
+      auto ck = load_hf_llama(path);
       InitSource s;
       s.kind = "hf-llama";
       s.origin = path;
@@ -103,15 +103,15 @@ std::string init_model_from(const std::string& path, torch::nn::Module& model, c
       std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
                                     src.kind, fmt::join(diffs, "; "));
       if (src.kind == "hf-llama") {
-        msg += fmt::format("; this checkpoint needs model: {}", models::lm_config_yaml(*src.lm));
+        msg += fmt::format("; this checkpoint needs model: {}", lm_config_yaml(*src.lm));
       }
       throw core::UserError(msg);
     }
   }
-  load_model_tensors(model, src.tensors, src.origin);
+  models::load_model_tensors(model, src.tensors, src.origin);
   const auto text = fmt::format("initialised {} tensors from {} ({})", src.tensors.size(), src.origin, src.kind);
   spdlog::info("{}", text);
   return text;
 }
 
-}  // namespace bitqat::training
+}  // namespace bitqat::interop

@@ -1,4 +1,4 @@
-#include "training/export_gguf.hpp"
+#include "interop/export_gguf.hpp"
 
 #include <fmt/format.h>
 
@@ -7,8 +7,9 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/exportable.hpp"
 
-namespace bitqat::training {
+namespace bitqat::interop {
 namespace fs = std::filesystem;
 namespace gguf = checkpoints::gguf;
 namespace {
@@ -20,28 +21,19 @@ constexpr uint32_t kFileTypeTQ1_0 = 36;  // llama_ftype LLAMA_FTYPE_MOSTLY_TQ1_0
 constexpr uint32_t kFileTypeTQ2_0 = 37;  // llama_ftype LLAMA_FTYPE_MOSTLY_TQ2_0
 
 void check_linear(const std::string& name, const BitLinear& l) {
-  const auto& q = l->options.quant;
-  auto fail = [&](const std::string& what) { throw core::UserError(fmt::format("gguf export: {} {}", name, what)); };
-  if (l->is_packed()) fail("is already packed; export from a run directory");
-  if (q.weight.type != bitlinear::WeightQuant::kTernary) {
-    fail(
-        fmt::format("has weights '{}': the bitnet layout stores every block linear as ternary (check quant.include "
-                    "/ quant.exclude and quant.weight.type)",
-                    bitlinear::to_string(q.weight.type)));
-  }
-  if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % gguf::kQK != 0) {
-    fail(
-        fmt::format("has quant.weight.group_size = {}: a GGUF block of {} weights carries one scale, so groups must "
-                    "be a multiple of {}",
-                    q.weight.group_size, gguf::kQK, gguf::kQK));
-  }
-  if (l->options.in_features % gguf::kQK != 0) {
-    fail(
-        fmt::format("has {} input features: TQ1_0 / TQ2_0 rows are whole blocks of {} weights (set model.dim and "
-                    "model.ffn_dim to multiples of {})",
-                    l->options.in_features, gguf::kQK, gguf::kQK));
-  }
-  if (l->bias.defined()) fail("has a bias: llama.cpp's bitnet graph has none");
+  LinearRequirements req;
+  req.format = "gguf export";
+  req.holder = "the bitnet layout";
+  req.granularities = {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup};
+  req.granularity_reason = "a GGUF block carries one scale; use per_tensor, per_channel or per_group";
+  req.group_multiple = gguf::kQK;
+  req.group_reason = fmt::format("a GGUF block of {} weights carries one scale, so groups must be a multiple of {}",
+                                 gguf::kQK, gguf::kQK);
+  req.in_multiple = gguf::kQK;
+  req.in_reason = fmt::format(
+      "TQ1_0 / TQ2_0 rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})",
+      gguf::kQK, gguf::kQK);
+  check_exportable(name, *l, req);
 }
 
 // Block scales [N, K / 256] of a layer's quantized weight.
@@ -211,4 +203,4 @@ int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, gg
   return static_cast<int64_t>(bytes.size());
 }
 
-}  // namespace bitqat::training
+}  // namespace bitqat::interop

@@ -16,7 +16,7 @@
 #include "checkpoints/gguf.hpp"
 #include "models/lm.hpp"
 
-namespace bitqat::training {
+namespace bitqat::interop {
 
 // Throws core::UserError naming the first model option the bitnet GGUF layout cannot express.
 void check_gguf_compatible(const models::BitLMImpl& lm);
@@ -32,4 +32,4 @@ std::vector<std::string> gpt2_byte_tokens();
 int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, checkpoints::gguf::GgmlType type,
                     const std::string& name);
 
-}  // namespace bitqat::training
+}  // namespace bitqat::interop

@@ -1,7 +1,7 @@
 // The packed export: a tiny trained run is exported, reopened through load_run (as eval and
 // generate do), and must compute what the fully quantized fake-quant model computes, from 2-bit
 // weights at least 7.7x smaller than bf16.
-#include "training/export_packed.hpp"
+#include "interop/export_packed.hpp"
 
 #include <gtest/gtest.h>
 
@@ -13,6 +13,7 @@
 #include "core/fs.hpp"
 #include "models/generate.hpp"
 #include "models/lm.hpp"
+#include "training/run_loader.hpp"
 #include "training/trainer.hpp"
 
 namespace fs = std::filesystem;
@@ -73,14 +74,15 @@ TEST_F(PackedExportTest, EvalAndGenerateMatchTheFakeQuantModelFromAFileEightTime
 
   auto src = training::load_run(run_dir_, at::Device(at::kCPU));
   const std::string out = (dir_ / "packed").string();
-  const auto stats = training::export_packed(src, run_dir_, out);
+  const auto stats = interop::export_packed(src.task->module(), core::to_yaml_string(src.cfg.resolved()),
+                                            src.checkpoint, src.step, out, run_dir_);
   EXPECT_EQ(stats.layers, 14);  // 2 blocks x (q, k, v, o, gate, up, down)
   // 2 bits per weight plus one float32 scale per layer.
   std::printf("packed %lld bytes vs bf16 %lld bytes: %.3fx\n", static_cast<long long>(stats.packed_bytes),
               static_cast<long long>(stats.bf16_bytes), stats.ratio());
   EXPECT_GE(stats.ratio(), 7.7);
-  EXPECT_TRUE(training::is_packed_export(out));
-  EXPECT_FALSE(training::is_packed_export(run_dir_));
+  EXPECT_TRUE(interop::is_packed_export(out));
+  EXPECT_FALSE(interop::is_packed_export(run_dir_));
 
   auto packed = training::load_run(out, at::Device(at::kCPU));
   EXPECT_EQ(packed.step, 3);
@@ -90,14 +92,15 @@ TEST_F(PackedExportTest, EvalAndGenerateMatchTheFakeQuantModelFromAFileEightTime
   EXPECT_FALSE(params.contains("layers.0.attn.o.norm.weight"));
   EXPECT_TRUE(buffers.contains("layers.0.attn.q.packed.packed"));
   EXPECT_TRUE(buffers.contains("layers.0.attn.o.packed.norm_weight"));
-  EXPECT_EQ(training::packed_stats(packed.task->module()).packed_bytes, stats.packed_bytes);
+  EXPECT_EQ(interop::packed_stats(packed.task->module()).packed_bytes, stats.packed_bytes);
 
   // The codes first: every packed layer holds exactly the codes and scales of the trained layer.
   auto ref_lm = std::dynamic_pointer_cast<models::BitLMImpl>(ref.task->module_ptr());
   auto packed_lm = std::dynamic_pointer_cast<models::BitLMImpl>(packed.task->module_ptr());
-  for (const auto& name : ref_lm->quantized_layer_names()) {
+  for (const auto& name : bitlinear::quantized_layer_names(*ref_lm)) {
     const auto* l = ref_lm->named_modules()[name]->as<bitlinear::BitLinearImpl>();
     const auto* p = packed_lm->named_modules()[name + ".packed"]->as<bitlinear::ops::PackedBitLinearImpl>();
+    ASSERT_NE(p, nullptr) << name;
     const auto q = l->quantized_weight();
     bitlinear::ops::PackedTernary pt;
     pt.packed = p->packed;
@@ -126,9 +129,12 @@ TEST_F(PackedExportTest, RefusesExistingOutputAndCorruptedFiles) {
   auto src = training::load_run(run_dir_, at::Device(at::kCPU));
   const std::string out = (dir_ / "packed").string();
   fs::create_directories(out);
-  EXPECT_THROW(training::export_packed(src, run_dir_, out), core::UserError);
+  EXPECT_THROW(interop::export_packed(src.task->module(), core::to_yaml_string(src.cfg.resolved()), src.checkpoint,
+                                      src.step, out, run_dir_),
+               core::UserError);
   fs::remove_all(out);
-  training::export_packed(src, run_dir_, out);
+  interop::export_packed(src.task->module(), core::to_yaml_string(src.cfg.resolved()), src.checkpoint, src.step, out,
+                         run_dir_);
   auto bytes = core::read_file(out + "/model.safetensors");
   bytes[bytes.size() - 3] ^= 0x5a;
   core::write_file_atomic(out + "/model.safetensors", bytes);

@@ -15,7 +15,7 @@
 
 #include "models/lm.hpp"
 
-namespace bitqat::training {
+namespace bitqat::interop {
 
 // transformers' layout: codes [N, K] in {-1, 0, 1} (N % 4 == 0) -> uint8 [N/4, K] where byte
 // [r, k] holds code[r + i * N/4, k] + 1 in bits 2i (i = 0..3).
@@ -28,4 +28,4 @@ void check_hf_bitnet_compatible(const models::BitLMImpl& lm);
 // Writes the directory atomically; `out_dir` must not exist.
 void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir);
 
-}  // namespace bitqat::training
+}  // namespace bitqat::interop
