@@ -43,9 +43,9 @@ std::string write_checkpoint(const std::string& checkpoints_dir, const Checkpoin
   fs::create_directories(tmp);
 
   ManifestWriter writer(tmp.string());
-  writer.add("model.safetensors", encode_safetensors(data.model, {{"format", "bitqat-model"}}));
-  writer.add("optimizer.safetensors", encode_safetensors(data.optimizer));
-  writer.add("extra.safetensors", encode_safetensors(data.extra));
+  writer.add_safetensors("model.safetensors", data.model, {{"format", "bitqat-model"}});
+  writer.add_safetensors("optimizer.safetensors", data.optimizer);
+  writer.add_safetensors("extra.safetensors", data.extra);
   writer.add("state.json", data.state.dump(2) + "\n");
   writer.finish({{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}});
   if (fs::exists(final_dir)) {
@@ -76,6 +76,11 @@ std::optional<std::string> find_latest_checkpoint(const std::string& checkpoints
   return std::nullopt;
 }
 
+void CheckpointData::release(const at::Tensor& t) const {
+  if (!t.defined() || !t.is_cpu()) return;
+  for (const auto& m : mappings) m->release(t.data_ptr(), static_cast<size_t>(t.nbytes()));
+}
+
 CheckpointData read_checkpoint(const std::string& dir) {
   const auto md = read_manifest_dir(dir, "checkpoint", kCheckpointFormat, kCheckpointVersion,
                                     {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"});
@@ -93,7 +98,7 @@ CheckpointData read_checkpoint(const std::string& dir) {
                     mpath, d.step, name));
   }
   const std::string spath = dir + "/state.json";
-  d.state = nlohmann::json::parse(md.contents.at("state.json"), nullptr, false);
+  d.state = nlohmann::json::parse(md.text("state.json"), nullptr, false);
   if (d.state.is_discarded() || !d.state.is_object()) {
     throw core::UserError(fmt::format("{}: not a JSON object", spath));
   }
@@ -102,9 +107,13 @@ CheckpointData read_checkpoint(const std::string& dir) {
     throw core::UserError(
         fmt::format("{}: step = {} disagrees with manifest.json's step = {}", spath, state_step, d.step));
   }
-  d.model = decode_safetensors(md.contents.at("model.safetensors"), dir + "/model.safetensors").tensors;
-  d.optimizer = decode_safetensors(md.contents.at("optimizer.safetensors"), dir + "/optimizer.safetensors").tensors;
-  d.extra = decode_safetensors(md.contents.at("extra.safetensors"), dir + "/extra.safetensors").tensors;
+  // The tensors view the mapped files: loading copies each into place and releases its pages.
+  for (const auto& [field, name] :
+       {std::pair{&d.model, "model.safetensors"}, std::pair{&d.optimizer, "optimizer.safetensors"},
+        std::pair{&d.extra, "extra.safetensors"}}) {
+    *field = decode_safetensors(md.files.at(name), dir + "/" + name).tensors;
+    d.mappings.push_back(md.files.at(name));
+  }
   return d;
 }
 

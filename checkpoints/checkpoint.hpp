@@ -1,7 +1,8 @@
 // Crash-safe checkpoint directories: RUN_DIR/checkpoints/step_XXXXXXXX/ holding model, optimizer and
 // extra tensors (safetensors) and state.json, plus manifest.json written last with every file's size
-// and CRC-32. The directory is assembled under a temporary name and renamed into place, so a kill at
-// any moment leaves either the previous checkpoints or a complete new one.
+// and CRC-32. Files are written tensor by tensor and read through memory maps (checkpoints/safetensors.hpp). The
+// directory is assembled under a temporary name and renamed into place, so a kill at any moment leaves either the
+// previous checkpoints or a complete new one.
 #pragma once
 #include <nlohmann/json.hpp>
 
@@ -22,6 +23,10 @@ struct CheckpointData {
   NamedTensors optimizer;                           // optimizer.safetensors
   NamedTensors extra;                               // extra.safetensors (RNG states, ...)
   nlohmann::json state = nlohmann::json::object();  // state.json
+  // Read checkpoints: the mapped files the tensors view. release(t) drops the pages of a tensor
+  // that was copied elsewhere from the resident set (reading it again fetches them from the file).
+  std::vector<std::shared_ptr<const core::MappedFile>> mappings;
+  void release(const at::Tensor& t) const;
 };
 
 // Writes checkpoints_dir/step_XXXXXXXX atomically, then keeps only the newest `keep_last` complete

@@ -17,6 +17,19 @@ void ManifestWriter::add(const std::string& name, const std::string& bytes) {
   files_[name] = {{"size", bytes.size()}, {"crc32", core::crc32(bytes.data(), bytes.size())}};
 }
 
+void ManifestWriter::add_safetensors(const std::string& name, const NamedTensors& tensors,
+                                     const std::map<std::string, std::string>& metadata) {
+  core::FileWriter out(dir_ + "/" + name);
+  write_safetensors(out, tensors, metadata);
+  out.commit();
+  files_[name] = {{"size", out.size()}, {"crc32", out.crc32()}};
+}
+
+std::string ManifestDir::text(const std::string& name) const {
+  const auto v = files.at(name)->view();
+  return std::string(v.begin(), v.end());
+}
+
 nlohmann::json ManifestWriter::finish(nlohmann::json fields) {
   fields["files"] = files_;
   core::write_file_atomic(dir_ + "/manifest.json", fields.dump(2) + "\n");
@@ -80,17 +93,17 @@ ManifestDir read_manifest_dir(const std::string& dir, const std::string& what, c
     const auto want_crc = static_cast<uint32_t>(json_int(entry, "crc32", origin, 0, UINT32_MAX));
     const std::string file = dir + "/" + f;
     if (!fs::is_regular_file(file)) throw core::UserError(fmt::format("{} {}: {} is missing", what, dir, f));
-    auto bytes = core::read_file(file);
-    if (bytes.size() != want_size) {
+    auto mapped = core::MappedFile::open(file);
+    if (mapped->size() != want_size) {
       throw core::UserError(fmt::format("{} {}: {} is {} bytes, the manifest says {}: the {} is truncated or corrupted",
-                                        what, dir, f, bytes.size(), want_size, what));
+                                        what, dir, f, mapped->size(), want_size, what));
     }
-    const uint32_t crc = core::crc32(bytes.data(), bytes.size());
+    const uint32_t crc = mapped->crc32_streaming();
     if (crc != want_crc) {
       throw core::UserError(fmt::format("{} {}: {} has CRC-32 {:08x}, the manifest says {:08x}: the {} is corrupted",
                                         what, dir, f, crc, want_crc, what));
     }
-    out.contents[f] = std::move(bytes);
+    out.files[f] = std::move(mapped);
   }
   return out;
 }

@@ -7,8 +7,12 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "checkpoints/safetensors.hpp"
+#include "core/fs.hpp"
 
 namespace bitqat::checkpoints {
 
@@ -18,6 +22,9 @@ class ManifestWriter {
   explicit ManifestWriter(std::string dir);
   // Writes one file atomically and records its size and CRC-32.
   void add(const std::string& name, const std::string& bytes);
+  // The same for a safetensors file, streamed one tensor at a time (never encoded whole in memory).
+  void add_safetensors(const std::string& name, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata = {});
   // manifest.json, last: `fields` (format, version, ...) plus the file table. Returns the manifest.
   nlohmann::json finish(nlohmann::json fields);
 
@@ -28,11 +35,15 @@ class ManifestWriter {
 
 struct ManifestDir {
   nlohmann::json manifest;
-  std::map<std::string, std::string> contents;  // the required files, verified
+  // The required files, verified and mapped (their pages were released after the check: reading
+  // them again costs no resident memory beyond what is in use).
+  std::map<std::string, std::shared_ptr<const core::MappedFile>> files;
+  std::string text(const std::string& name) const;  // a (small) file's bytes
 };
 
 // Reads DIR/manifest.json: `format` and `version` must match, and every file of `required` must be
-// listed, present, and of the listed size and CRC-32. `what` names the kind of directory in errors
+// listed, present, and of the listed size and CRC-32 (computed streaming through the mapping). `what` names the kind of
+// directory in errors
 // ("checkpoint", "packed export").
 ManifestDir read_manifest_dir(const std::string& dir, const std::string& what, const std::string& format, int version,
                               const std::vector<std::string>& required);

@@ -32,43 +32,67 @@ const char* dtype_name(at::ScalarType t) {
 
 std::map<std::string, at::Tensor> SafetensorsFile::by_name() const { return {tensors.begin(), tensors.end()}; }
 
-std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+namespace {
+
+// The 8-byte length and the JSON header of `tensors` (from their dtypes and shapes alone), and the
+// data size that follows.
+std::string header_bytes(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata,
+                         uint64_t* data_size) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   if (!metadata.empty()) header["__metadata__"] = metadata;
-  std::vector<at::Tensor> data;
   uint64_t offset = 0;
   for (const auto& [name, t] : tensors) {
     if (name == "__metadata__" || header.contains(name)) {
       throw std::invalid_argument(fmt::format("safetensors: duplicate or reserved tensor name '{}'", name));
     }
-    const auto c = t.detach().cpu().contiguous();
-    const uint64_t bytes = static_cast<uint64_t>(c.numel()) * c.element_size();
+    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * t.element_size();
     header[name] = {
-        {"dtype", dtype_name(c.scalar_type())}, {"shape", c.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
+        {"dtype", dtype_name(t.scalar_type())}, {"shape", t.sizes().vec()}, {"data_offsets", {offset, offset + bytes}}};
     offset += bytes;
-    data.push_back(c);
   }
   std::string json = header.dump();
   json.append((8 - json.size() % 8) % 8, ' ');  // align the data to 8 bytes, as the Python package does
-  std::string out(8 + json.size() + offset, '\0');
+  std::string out(8, '\0');
   const uint64_t n = json.size();
   for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>((n >> (8 * i)) & 0xff);
-  std::memcpy(out.data() + 8, json.data(), json.size());
-  char* p = out.data() + 8 + json.size();
-  for (const auto& c : data) {
-    const size_t bytes = static_cast<size_t>(c.numel()) * c.element_size();
-    if (bytes) std::memcpy(p, c.data_ptr(), bytes);
-    p += bytes;
+  *data_size = offset;
+  return out + json;
+}
+
+}  // namespace
+
+std::string encode_safetensors(const NamedTensors& tensors, const std::map<std::string, std::string>& metadata) {
+  uint64_t data_size = 0;
+  std::string out = header_bytes(tensors, metadata, &data_size);
+  out.reserve(out.size() + data_size);
+  for (const auto& [name, t] : tensors) {
+    const auto c = t.detach().cpu().contiguous();
+    out.append(static_cast<const char*>(c.data_ptr()), static_cast<size_t>(c.numel()) * c.element_size());
   }
   return out;
 }
 
-void save_safetensors(const std::string& path, const NamedTensors& tensors,
-                      const std::map<std::string, std::string>& metadata) {
-  core::write_file_atomic(path, encode_safetensors(tensors, metadata));
+void write_safetensors(core::FileWriter& out, const NamedTensors& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  uint64_t data_size = 0;
+  out.write(header_bytes(tensors, metadata, &data_size));
+  for (const auto& [name, t] : tensors) {
+    const auto c = t.detach().cpu().contiguous();  // one tensor on the host at a time
+    if (c.numel() > 0) out.write(c.data_ptr(), static_cast<size_t>(c.numel()) * c.element_size());
+  }
 }
 
-SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& origin) {
+void save_safetensors(const std::string& path, const NamedTensors& tensors,
+                      const std::map<std::string, std::string>& metadata) {
+  core::FileWriter out(path);
+  write_safetensors(out, tensors, metadata);
+  out.commit();
+}
+
+namespace {
+
+SafetensorsFile decode_view(std::string_view bytes, const std::string& origin,
+                            const std::shared_ptr<const core::MappedFile>& mapping) {
   auto bad = [&](const std::string& what) {
     return core::UserError(fmt::format("{}: not a valid safetensors file: {}", origin, what));
   };
@@ -78,8 +102,7 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
     n |= static_cast<uint64_t>(static_cast<unsigned char>(bytes[static_cast<size_t>(i)])) << (8 * i);
   if (n > bytes.size() - 8)
     throw bad(fmt::format("header length {} runs past the end of the {}-byte file", n, bytes.size()));
-  const auto header =
-      nlohmann::json::parse(bytes.begin() + 8, bytes.begin() + 8 + static_cast<std::ptrdiff_t>(n), nullptr, false);
+  const auto header = nlohmann::json::parse(bytes.substr(8, n), nullptr, false);
   if (header.is_discarded() || !header.is_object()) throw bad("the header is not a JSON object");
   const uint64_t data_size = bytes.size() - 8 - n;
   const char* data = bytes.data() + 8 + n;
@@ -152,17 +175,42 @@ SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& 
                             covered));
     }
     covered = e.end;
-    auto t = at::empty(e.shape, at::TensorOptions().dtype(e.type));
-    if (e.end > e.begin) std::memcpy(t.data_ptr(), data + e.begin, e.end - e.begin);
-    f.tensors.emplace_back(e.name, t);
+    const char* p = data + e.begin;
+    const auto opts = at::TensorOptions().dtype(e.type);
+    if (mapping && e.end > e.begin && reinterpret_cast<uintptr_t>(p) % c10::elementSize(e.type) == 0) {
+      // A view of the mapping: the tensor keeps the file mapped while it lives.
+      f.tensors.emplace_back(e.name, at::from_blob(
+                                         const_cast<char*>(p), e.shape, [mapping](void*) {}, opts));
+    } else {
+      auto t = at::empty(e.shape, opts);
+      if (e.end > e.begin) std::memcpy(t.data_ptr(), p, e.end - e.begin);
+      f.tensors.emplace_back(e.name, t);
+    }
   }
   if (covered != data_size) {
     throw bad(fmt::format("{} bytes of data follow the last tensor (the data is {} bytes, the tensors cover {})",
                           data_size - covered, data_size, covered));
   }
+  f.mapping = mapping;
   return f;
 }
 
-SafetensorsFile load_safetensors(const std::string& path) { return decode_safetensors(core::read_file(path), path); }
+}  // namespace
+
+SafetensorsFile decode_safetensors(const std::string& bytes, const std::string& origin) {
+  return decode_view(bytes, origin, nullptr);
+}
+
+SafetensorsFile decode_safetensors(std::shared_ptr<const core::MappedFile> file, const std::string& origin) {
+  return decode_view(file->view(), origin, file);
+}
+
+SafetensorsFile load_safetensors(const std::string& path) {
+  return decode_safetensors(core::MappedFile::open(path), path);
+}
+
+void SafetensorsFile::release(const at::Tensor& t) const {
+  if (mapping && t.defined() && t.is_cpu()) mapping->release(t.data_ptr(), static_cast<size_t>(t.nbytes()));
+}
 
 }  // namespace bitqat::checkpoints

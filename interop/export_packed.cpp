@@ -48,8 +48,7 @@ PackedStats export_packed(torch::nn::Module& module, const std::string& config_y
   fs::create_directories(tmp);
   checkpoints::ManifestWriter writer(tmp);
   writer.add("config.resolved.yaml", config_yaml);
-  writer.add("model.safetensors",
-             checkpoints::encode_safetensors(models::model_tensors(module), {{"format", kPackedFormat}}));
+  writer.add_safetensors("model.safetensors", models::model_tensors(module), {{"format", kPackedFormat}});
   writer.finish({{"format", kPackedFormat},
                  {"version", kPackedVersion},
                  {"source", source},
@@ -73,10 +72,9 @@ PackedExport read_packed_export(const std::string& dir) {
                                                  {"config.resolved.yaml", "model.safetensors"});
   PackedExport e;
   e.dir = dir;
-  e.config_yaml = md.contents.at("config.resolved.yaml");
+  e.config_yaml = md.text("config.resolved.yaml");
   e.step = checkpoints::json_int(md.manifest, "step", dir + "/manifest.json", 0, checkpoints::kMaxStep, 0);
-  e.tensors =
-      checkpoints::decode_safetensors(md.contents.at("model.safetensors"), dir + "/model.safetensors").by_name();
+  e.tensors = checkpoints::decode_safetensors(md.files.at("model.safetensors"), dir + "/model.safetensors").by_name();
   return e;
 }
 

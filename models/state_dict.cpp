@@ -4,18 +4,29 @@
 #include <fmt/format.h>
 
 #include <set>
+#include <tuple>
 
 #include "core/error.hpp"
 
 namespace bitqat::models {
 
-std::vector<std::pair<std::string, at::Tensor>> model_tensors(const torch::nn::Module& module) {
+std::vector<std::pair<std::string, at::Tensor>> model_tensors(const torch::nn::Module& module, bool to_cpu) {
   std::vector<std::pair<std::string, at::Tensor>> out;
-  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
-    out.emplace_back(item.key(), item.value().detach().cpu().contiguous());
-  }
-  for (const auto& item : module.named_buffers(/*recurse=*/true)) {
-    out.emplace_back(item.key(), item.value().detach().cpu().contiguous());
+  auto add = [&](const std::string& name, const at::Tensor& t) {
+    out.emplace_back(name, to_cpu ? t.detach().cpu().contiguous() : t.detach());
+  };
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) add(item.key(), item.value());
+  for (const auto& item : module.named_buffers(/*recurse=*/true)) add(item.key(), item.value());
+  return out;
+}
+
+LazyTensors lazy_tensors(const std::map<std::string, at::Tensor>& tensors,
+                         const std::function<void(const at::Tensor&)>& release) {
+  LazyTensors out;
+  for (const auto& [name, t] : tensors) {
+    LazyTensor l{t.sizes().vec(), [t] { return t; }, {}};
+    if (release) l.release = [release, t] { release(t); };
+    out.emplace(name, std::move(l));
   }
   return out;
 }
@@ -41,9 +52,14 @@ void check_finite(const std::vector<std::pair<std::string, at::Tensor>>& tensors
 
 void load_model_tensors(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
                         const std::string& origin, bool strict) {
+  load_model_tensors(module, lazy_tensors(tensors), origin, strict);
+}
+
+void load_model_tensors(torch::nn::Module& module, const LazyTensors& tensors, const std::string& origin, bool strict) {
   at::NoGradGuard no_grad;
+  std::vector<std::tuple<std::string, const LazyTensor*, at::Tensor>> plan;
   std::set<std::string> used;
-  auto load = [&](const std::string& name, at::Tensor& dst) {
+  auto find = [&](const std::string& name, at::Tensor& dst) {
     const auto it = tensors.find(name);
     if (it == tensors.end()) {
       if (strict) {
@@ -54,16 +70,15 @@ void load_model_tensors(torch::nn::Module& module, const std::map<std::string, a
       }
       return;
     }
-    if (it->second.sizes() != dst.sizes()) {
+    if (at::IntArrayRef(it->second.shape) != dst.sizes()) {
       throw core::UserError(fmt::format("{}: tensor '{}' has shape [{}], the model needs [{}]", origin, name,
-                                        fmt::join(it->second.sizes(), ", "), fmt::join(dst.sizes(), ", ")));
+                                        fmt::join(it->second.shape, ", "), fmt::join(dst.sizes(), ", ")));
     }
-    check_finite_one(name, it->second, origin);
-    dst.copy_(it->second);
+    plan.emplace_back(name, &it->second, dst);
     used.insert(name);
   };
-  for (auto& item : module.named_parameters(true)) load(item.key(), item.value());
-  for (auto& item : module.named_buffers(true)) load(item.key(), item.value());
+  for (auto& item : module.named_parameters(true)) find(item.key(), item.value());
+  for (auto& item : module.named_buffers(true)) find(item.key(), item.value());
   if (strict) {
     for (const auto& [name, t] : tensors) {
       if (!used.count(name)) {
@@ -73,6 +88,13 @@ void load_model_tensors(torch::nn::Module& module, const std::map<std::string, a
                         origin, name));
       }
     }
+  }
+  // Names and shapes agree: read, check and copy one tensor at a time.
+  for (auto& [name, src, dst] : plan) {
+    const auto values = src->read();
+    check_finite_one(name, values, origin);
+    dst.copy_(values);
+    if (src->release) src->release();
   }
 }
 

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -11,14 +12,30 @@
 
 namespace bitqat::models {
 
-// Parameters and buffers by dotted name, as CPU tensors.
-std::vector<std::pair<std::string, at::Tensor>> model_tensors(const torch::nn::Module& module);
+// Parameters and buffers by dotted name, as CPU tensors (to_cpu = false: where they are, so that a
+// checkpoint writer can bring them to the host one at a time).
+std::vector<std::pair<std::string, at::Tensor>> model_tensors(const torch::nn::Module& module, bool to_cpu = true);
+
+// A tensor read on demand, so that a loader holds one converted tensor at a time beside the model
+// (imports dequantize or convert each tensor only when it is copied into place).
+struct LazyTensor {
+  std::vector<int64_t> shape;
+  std::function<at::Tensor()> read;  // its values (any floating dtype; copied into the module)
+  std::function<void()> release;     // optional: called once the values are copied (drops file pages)
+};
+using LazyTensors = std::map<std::string, LazyTensor>;
+// Tensors already in memory, as lazy ones; release(t) (optional) is called after t is copied.
+LazyTensors lazy_tensors(const std::map<std::string, at::Tensor>& tensors,
+                         const std::function<void(const at::Tensor&)>& release = {});
 
 // Copies tensors into the module's parameters and buffers. strict: every module tensor must be
 // present with the same shape, and no extra tensor may be left over; a floating-point tensor holding
 // NaN or infinity is refused. Errors are UserErrors naming `origin` and the tensor.
 void load_model_tensors(torch::nn::Module& module, const std::map<std::string, at::Tensor>& tensors,
                         const std::string& origin, bool strict = true);
+// The same, reading each tensor only when it is copied (shapes are checked before any read).
+void load_model_tensors(torch::nn::Module& module, const LazyTensors& tensors, const std::string& origin,
+                        bool strict = true);
 
 // Throws UserError naming `origin` and the first tensor that holds NaN or infinity (with their count and
 // the first one's index); integer tensors pass.

@@ -1,8 +1,12 @@
 #include "checkpoints/safetensors.hpp"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
 
 #include "core/error.hpp"
+#include "core/fs.hpp"
 
 using namespace bitqat::checkpoints;
 
@@ -97,4 +101,29 @@ TEST(Safetensors, ShapesWhoseElementCountOverflowsAreRefused) {
   EXPECT_EQ(error_of(with_header(R"({"a":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,0]}})", "")),
             "f.safetensors: not a valid safetensors file: tensor 'a': shape entry 9223372036854775808 is not an "
             "integer in [0, 2^63)");
+}
+
+// Saving streams the same bytes encode_safetensors builds; loading maps the file: the tensors view
+// the mapping (no copy), keep it alive, and may be changed in place without changing the file.
+TEST(Safetensors, SaveStreamsAndLoadViewsTheMappedFile) {
+  const auto path = (std::filesystem::temp_directory_path() / ("bitqat_st_" + std::to_string(::getpid()))).string();
+  const NamedTensors in = {
+      {"w", at::randn({64, 32})}, {"b", at::arange(5, at::kLong)}, {"h", at::randn({3}).to(at::kHalf)}};
+  save_safetensors(path, in, {{"format", "x"}});
+  EXPECT_EQ(bitqat::core::read_file(path), encode_safetensors(in, {{"format", "x"}}));
+  at::Tensor w;
+  {
+    const auto f = load_safetensors(path);
+    ASSERT_TRUE(f.mapping);
+    for (const auto& [name, t] : f.tensors) {
+      const auto* p = static_cast<const uint8_t*>(t.data_ptr());
+      EXPECT_TRUE(p >= f.mapping->data() && p + t.nbytes() <= f.mapping->data() + f.mapping->size()) << name;
+    }
+    w = f.by_name().at("w");
+    f.release(w);  // pages dropped; the values come back from the file
+  }
+  EXPECT_TRUE(w.equal(in[0].second));  // the tensor outlives the SafetensorsFile it came from
+  w.mul_(2);                           // copy-on-write pages: the file is unchanged
+  EXPECT_TRUE(load_safetensors(path).by_name().at("w").equal(in[0].second));
+  std::filesystem::remove(path);
 }
