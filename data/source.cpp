@@ -38,7 +38,7 @@ DataConfig DataConfig::from_yaml(const core::Node& n, bool check_files) {
     c.seq_len = n.get_in<int64_t>("seq_len", c.seq_len, 1, 1 << 20);
     c.train = n.require<std::string>("train");
     c.val = n.get<std::string>("val", "");
-    c.vocab_size = n.get_in<int64_t>("vocab_size", c.vocab_size, 2, 65536);
+    c.vocab_size = n.get_in<int64_t>("vocab_size", c.vocab_size, 2, int64_t{1} << 31);
     c.val_fraction = n.get_in<double>("val_fraction", c.val_fraction, 1e-6, 0.5);
     if (check_files && core::glob_files(c.train).empty()) {
       throw core::ConfigError(fmt::format("{}: matched no files", n.describe("train")));

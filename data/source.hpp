@@ -43,7 +43,7 @@ struct DataConfig {
   double val_fraction = 0.05;                             // text, and shards without a val glob
   std::string train;                                      // shards: glob
   std::string val;                                        // shards: glob (optional)
-  int64_t vocab_size = 50304;                             // shards
+  int64_t vocab_size = 50304;                             // shards (above 65,536: uint32 shards)
   std::string dir = "/usr/share/datasets/fashion-mnist";  // fashion_mnist
   core::Node node;                                        // for error locations when reading the files
 
@@ -66,13 +66,20 @@ struct DataConfig {
 enum class Split { kAll, kValidation };
 std::unique_ptr<Source> make_source(const DataConfig& cfg, uint64_t seed, Split split = Split::kAll);
 
-// llm.c token shards: 256 int32 header (magic 20240520, version 1, token count), then uint16 tokens.
+// llm.c token shards (dev/data/data_common.py): 256 int32 header (magic, version, token count), then
+// the tokens: magic 20240520 version 1 with uint16 tokens (GPT-2's layout), or magic 20240801
+// version 7 with uint32 tokens (Llama 3's, for vocabularies above 65,536).
 constexpr int32_t kShardMagic = 20240520;
 constexpr int32_t kShardVersion = 1;
+constexpr int32_t kShard32Magic = 20240801;
+constexpr int32_t kShard32Version = 7;
 void write_shard(const std::string& path, const std::vector<uint16_t>& tokens);
-// Throws UserError naming the file for a wrong magic, version or size.
+void write_shard32(const std::string& path, const std::vector<uint32_t>& tokens);
+// uint16 shards only; throws UserError naming the file for a wrong magic, version or size.
 std::vector<uint16_t> read_shard(const std::string& path);
-// The token count of a shard, from its header alone (checked against the file size).
+// Either layout, as uint32 tokens; the same errors.
+std::vector<uint32_t> read_shard_tokens(const std::string& path);
+// The token count of a shard of either layout, from its header alone (checked against the file size).
 int64_t read_shard_count(const std::string& path);
 
 // Counter-based sampling: a 64-bit hash of (seed, a, b) (splitmix64 rounds).

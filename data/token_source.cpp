@@ -1,5 +1,5 @@
 // Language-model data: a train and a validation token stream (bytes of a text file, or llm.c shard
-// tokens), sampled as random windows of seq_len + 1 tokens.
+// tokens of either width, held as uint32), sampled as random windows of seq_len + 1 tokens.
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -16,7 +16,7 @@ namespace {
 
 class TokenSource final : public Source {
  public:
-  TokenSource(std::vector<uint16_t> train, std::vector<uint16_t> val, int64_t vocab, int64_t seq_len, uint64_t seed,
+  TokenSource(std::vector<uint32_t> train, std::vector<uint32_t> val, int64_t vocab, int64_t seq_len, uint64_t seed,
               std::string what)
       : train_(std::move(train)),
         val_(std::move(val)),
@@ -65,7 +65,7 @@ class TokenSource final : public Source {
   }
 
  private:
-  std::vector<uint16_t> train_, val_;
+  std::vector<uint32_t> train_, val_;
   int64_t vocab_, seq_len_;
   uint64_t seed_;
   std::string what_;
@@ -83,15 +83,15 @@ void check_length(const DataConfig& cfg, const std::string& key, const std::stri
 // The validation split of n tokens: the last floor(n * fraction).
 size_t val_count(size_t n, double fraction) { return static_cast<size_t>(static_cast<double>(n) * fraction); }
 
-std::pair<std::vector<uint16_t>, std::vector<uint16_t>> split_tail(std::vector<uint16_t> all, double fraction) {
+std::pair<std::vector<uint32_t>, std::vector<uint32_t>> split_tail(std::vector<uint32_t> all, double fraction) {
   const auto n_val = val_count(all.size(), fraction);
-  std::vector<uint16_t> val(all.end() - static_cast<std::ptrdiff_t>(n_val), all.end());
+  std::vector<uint32_t> val(all.end() - static_cast<std::ptrdiff_t>(n_val), all.end());
   all.resize(all.size() - n_val);
   return {std::move(all), std::move(val)};
 }
 
 void check_vocab(const DataConfig& cfg, const std::string& key, const std::string& f,
-                 const std::vector<uint16_t>& toks) {
+                 const std::vector<uint32_t>& toks) {
   for (size_t i = 0; i < toks.size(); ++i) {
     if (toks[i] >= cfg.vocab_size) {
       throw core::UserError(fmt::format("{}: token {} at position {} is >= data.vocab_size = {} ({})", f, toks[i], i,
@@ -100,10 +100,10 @@ void check_vocab(const DataConfig& cfg, const std::string& key, const std::strin
   }
 }
 
-std::vector<uint16_t> read_shards(const DataConfig& cfg, const std::string& key, const std::string& pattern) {
-  std::vector<uint16_t> all;
+std::vector<uint32_t> read_shards(const DataConfig& cfg, const std::string& key, const std::string& pattern) {
+  std::vector<uint32_t> all;
   for (const auto& f : core::glob_files(pattern)) {
-    const auto toks = read_shard(f);
+    const auto toks = read_shard_tokens(f);
     check_vocab(cfg, key, f, toks);
     all.insert(all.end(), toks.begin(), toks.end());
   }
@@ -111,11 +111,11 @@ std::vector<uint16_t> read_shards(const DataConfig& cfg, const std::string& key,
 }
 
 // The last `count` tokens of the concatenated train shards, reading only the shards that hold them.
-std::vector<uint16_t> read_shard_tail(const DataConfig& cfg, size_t count) {
+std::vector<uint32_t> read_shard_tail(const DataConfig& cfg, size_t count) {
   const auto files = core::glob_files(cfg.train);
-  std::vector<uint16_t> tail;
+  std::vector<uint32_t> tail;
   for (auto it = files.rbegin(); it != files.rend() && tail.size() < count; ++it) {
-    auto toks = read_shard(*it);
+    auto toks = read_shard_tokens(*it);
     check_vocab(cfg, "train", *it, toks);
     toks.insert(toks.end(), tail.begin(), tail.end());
     tail = std::move(toks);
@@ -137,9 +137,9 @@ std::string read_text(const DataConfig& cfg, Split split) {
 
 std::unique_ptr<Source> make_text_source(const DataConfig& cfg, uint64_t seed, Split split) {
   const std::string bytes = read_text(cfg, split);
-  std::vector<uint16_t> all(bytes.begin(), bytes.end());
+  std::vector<uint32_t> all(bytes.size());
   for (size_t i = 0; i < bytes.size(); ++i) all[i] = static_cast<uint8_t>(bytes[i]);
-  std::vector<uint16_t> train, val;
+  std::vector<uint32_t> train, val;
   if (split == Split::kValidation) {
     val = std::move(all);
   } else {
@@ -152,7 +152,7 @@ std::unique_ptr<Source> make_text_source(const DataConfig& cfg, uint64_t seed, S
 }
 
 std::unique_ptr<Source> make_shard_source(const DataConfig& cfg, uint64_t seed, Split split) {
-  std::vector<uint16_t> train, val;
+  std::vector<uint32_t> train, val;
   if (split == Split::kValidation) {
     if (cfg.val.empty()) {
       size_t total = 0;
