@@ -6,6 +6,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "checkpoints/gguf_quants.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 
@@ -68,7 +69,7 @@ void pad_to(std::string* out, uint64_t alignment) {
 
 class Cursor {
  public:
-  Cursor(const std::string& bytes, const std::string& origin) : b_(bytes), origin_(origin) {}
+  Cursor(std::string_view bytes, const std::string& origin) : b_(bytes), origin_(origin) {}
   core::UserError bad(const std::string& what) const {
     return core::UserError(fmt::format("{}: not a valid GGUF file: {} (at byte {})", origin_, what, pos_));
   }
@@ -84,14 +85,14 @@ class Cursor {
     const auto n = get<uint64_t>(what);
     if (n > b_.size() - pos_)
       throw bad(fmt::format("{} of {} bytes runs past the end of the file (truncated?)", what, n));
-    std::string s = b_.substr(pos_, n);
+    std::string s(b_.substr(pos_, n));
     pos_ += n;
     return s;
   }
   size_t pos() const { return pos_; }
 
  private:
-  const std::string& b_;
+  std::string_view b_;
   const std::string& origin_;
   size_t pos_ = 0;
 };
@@ -137,7 +138,7 @@ bool known_tensor_type(uint32_t t) {
   for (auto k : {GgmlType::kF32, GgmlType::kF16, GgmlType::kTQ1_0, GgmlType::kTQ2_0}) {
     if (static_cast<uint32_t>(k) == t) return true;
   }
-  return false;
+  return dequant_traits(t) != nullptr;  // the types of published models, read only
 }
 
 uint8_t to_code(int8_t w) {
@@ -169,7 +170,7 @@ const char* to_string(GgmlType t) {
     case GgmlType::kTQ2_0:
       return "TQ2_0";
   }
-  return "?";
+  return ggml_type_name(static_cast<uint32_t>(t));
 }
 
 int64_t row_bytes(GgmlType t, int64_t n) {
@@ -186,7 +187,23 @@ int64_t row_bytes(GgmlType t, int64_t n) {
       }
       return n / kQK * (t == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes);
   }
+  if (const auto* q = dequant_traits(static_cast<uint32_t>(t))) {
+    if (n % q->block != 0) {
+      throw std::invalid_argument(
+          fmt::format("gguf: {} rows hold whole blocks of {} weights; a row of {} is not", q->name, q->block, n));
+    }
+    return n / q->block * q->bytes;
+  }
   throw std::invalid_argument("gguf: unknown tensor type");
+}
+
+std::string_view Tensor::bytes() const {
+  if (!mapping) return data;
+  return mapping->view().substr(offset, size);
+}
+
+void Tensor::release() const {
+  if (mapping) mapping->release(mapping->data() + offset, size);
 }
 
 const Value* File::find(const std::string& key) const {
@@ -231,20 +248,20 @@ std::string encode(const File& f) {
   for (const auto& t : f.tensors) {
     int64_t rows = 1;
     for (size_t i = 1; i < t.ne.size(); ++i) rows *= t.ne[i];
-    if (t.ne.empty() || static_cast<int64_t>(t.data.size()) != rows * row_bytes(t.type, t.ne[0])) {
+    if (t.ne.empty() || static_cast<int64_t>(t.bytes().size()) != rows * row_bytes(t.type, t.ne[0])) {
       throw std::invalid_argument(fmt::format("gguf: tensor {} holds {} bytes, its {} shape needs another size", t.name,
-                                              t.data.size(), to_string(t.type)));
+                                              t.bytes().size(), to_string(t.type)));
     }
     put_string(&out, t.name);
     put<uint32_t>(&out, static_cast<uint32_t>(t.ne.size()));
     for (auto d : t.ne) put<uint64_t>(&out, static_cast<uint64_t>(d));
     put<uint32_t>(&out, static_cast<uint32_t>(t.type));
     put<uint64_t>(&out, offset);
-    offset += (t.data.size() + alignment - 1) / alignment * alignment;
+    offset += (t.bytes().size() + alignment - 1) / alignment * alignment;
   }
   pad_to(&out, alignment);
   for (const auto& t : f.tensors) {
-    out.append(t.data);
+    out.append(t.bytes());
     pad_to(&out, alignment);
   }
   return out;
@@ -252,7 +269,10 @@ std::string encode(const File& f) {
 
 void save(const std::string& path, const File& f) { core::write_file_atomic(path, encode(f)); }
 
-File decode(const std::string& bytes, const std::string& origin) {
+namespace {
+
+File decode_view(std::string_view bytes, const std::string& origin,
+                 const std::shared_ptr<const core::MappedFile>& mapping) {
   Cursor c(bytes, origin);
   if (bytes.size() < 4 || std::memcmp(bytes.data(), kMagic, 4) != 0) throw c.bad("the magic is not GGUF");
   c.get<uint32_t>("the magic");
@@ -304,7 +324,10 @@ File decode(const std::string& bytes, const std::string& origin) {
       t.ne.push_back(static_cast<int64_t>(n));
     }
     const auto type = c.get<uint32_t>("a tensor type");
-    if (!known_tensor_type(type)) throw c.bad(fmt::format("tensor {}: unsupported ggml type {}", t.name, type));
+    if (!known_tensor_type(type)) {
+      throw c.bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {}, TQ1_0, TQ2_0)", t.name,
+                              ggml_type_name(type), type, dequant_type_names()));
+    }
     t.type = static_cast<GgmlType>(type);
     const auto off = c.get<uint64_t>("a tensor offset");
     if (off % alignment != 0)
@@ -334,12 +357,26 @@ File decode(const std::string& bytes, const std::string& origin) {
       throw c.bad(fmt::format("tensor {}: its {} bytes at offset {} run past the end of the file (truncated?)", t.name,
                               size, offsets[i]));
     }
-    t.data = bytes.substr(begin, static_cast<size_t>(size));
+    if (mapping) {
+      t.mapping = mapping;
+      t.offset = begin;
+      t.size = static_cast<uint64_t>(size);
+    } else {
+      t.data = std::string(bytes.substr(begin, static_cast<size_t>(size)));
+    }
   }
   return f;
 }
 
-File load(const std::string& path) { return decode(core::read_file(path), path); }
+}  // namespace
+
+File decode(const std::string& bytes, const std::string& origin) { return decode_view(bytes, origin, nullptr); }
+
+File decode(std::shared_ptr<const core::MappedFile> file, const std::string& origin) {
+  return decode_view(file->view(), origin, file);
+}
+
+File load(const std::string& path) { return decode(core::MappedFile::open(path), path); }
 
 void encode_tq2_0_block(const int8_t* codes, float d, uint8_t* out) {
   std::memset(out, 0, kTQ2_0Bytes);
@@ -454,10 +491,11 @@ at::Tensor ternary_codes(const Tensor& t) {
   if (t.type != GgmlType::kTQ1_0 && t.type != GgmlType::kTQ2_0) {
     throw std::invalid_argument(fmt::format("gguf: tensor {} is {}, not ternary", t.name, to_string(t.type)));
   }
-  const int64_t k = t.ne[0], rows = static_cast<int64_t>(t.data.size()) / row_bytes(t.type, k);
+  const auto raw = t.bytes();
+  const int64_t k = t.ne[0], rows = static_cast<int64_t>(raw.size()) / row_bytes(t.type, k);
   auto codes = at::empty({rows, k}, at::kChar);
   const int bb = t.type == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes;
-  const auto* in = reinterpret_cast<const uint8_t*>(t.data.data());
+  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
   float d = 0;
   for (int64_t b = 0; b < rows * (k / kQK); ++b) {
     if (t.type == GgmlType::kTQ1_0) {
@@ -471,16 +509,20 @@ at::Tensor ternary_codes(const Tensor& t) {
 
 at::Tensor dequantize(const Tensor& t) {
   std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-  if (t.type == GgmlType::kF32 || t.type == GgmlType::kF16) {
-    auto v = at::empty(shape, t.type == GgmlType::kF32 ? at::kFloat : at::kHalf);
-    std::memcpy(v.data_ptr(), t.data.data(), t.data.size());
-    return v.to(at::kFloat);
+  const auto raw = t.bytes();
+  if (t.type != GgmlType::kTQ1_0 && t.type != GgmlType::kTQ2_0) {
+    // One float32 tensor straight from the bytes (F32 included: a copy, never a view of the file).
+    int64_t n = 1;
+    for (auto d : t.ne) n *= d;
+    auto v = at::empty(shape, at::kFloat);
+    dequantize_row(static_cast<uint32_t>(t.type), reinterpret_cast<const uint8_t*>(raw.data()), v.data_ptr<float>(), n);
+    return v;
   }
-  const int64_t k = t.ne[0], blocks = static_cast<int64_t>(t.data.size()) / row_bytes(t.type, kQK);
+  const int64_t k = t.ne[0], blocks = static_cast<int64_t>(raw.size()) / row_bytes(t.type, kQK);
   const auto codes = ternary_codes(t);
   auto scales = at::empty({blocks}, at::kFloat);
   const int bb = t.type == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes;
-  const auto* in = reinterpret_cast<const uint8_t*>(t.data.data());
+  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
   auto* sp = scales.data_ptr<float>();
   for (int64_t b = 0; b < blocks; ++b) sp[b] = get_half(in + b * bb + bb - 2);
   const auto w = codes.to(at::kFloat).reshape({blocks, kQK}) * scales.unsqueeze(1);

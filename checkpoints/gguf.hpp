@@ -16,14 +16,22 @@
 //     160 + 16t + m in byte 32 + m), [240, 256) as 4 bytes of 4 trits (weight 240 + 4t + m in
 //     qh[m]); a byte holding the base-3 number v (4 trits: v * 3) is stored as
 //     ceil(v * 256 / 243), so that trit t is ((byte * 3^t mod 256) * 3) >> 8.
+//
+// Reading also accepts the float and block-quantized types of published models (BF16, Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K; checkpoints/gguf_quants.hpp) and refuses any other type by
+// its ggml name. load() maps the file: its tensors view the mapping instead of copying the data.
 #pragma once
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
+
+#include "core/fs.hpp"
 
 namespace bitqat::checkpoints::gguf {
 
@@ -39,6 +47,8 @@ static_assert((kQK - 16) % 5 == 0 && 160 % 32 == 0 && 80 % 16 == 0, "TQ1_0 trit 
 
 // ggml tensor types used here (the numbers are ggml's enum ggml_type).
 enum class GgmlType : uint32_t { kF32 = 0, kF16 = 1, kTQ1_0 = 34, kTQ2_0 = 35 };
+// Types that are only read (gguf_quants.hpp), never written by bitqat.
+constexpr GgmlType kQ4_0{2}, kQ4_1{3}, kQ5_0{6}, kQ5_1{7}, kQ8_0{8}, kQ4_K{12}, kQ5_K{13}, kQ6_K{14}, kBF16{30};
 const char* to_string(GgmlType t);
 // Bytes of one row of n weights; throws std::invalid_argument when n is not a whole number of blocks.
 int64_t row_bytes(GgmlType t, int64_t n);
@@ -79,7 +89,14 @@ struct Tensor {
   std::string name;
   std::vector<int64_t> ne;  // dims, innermost (contiguous) first, as GGUF stores them
   GgmlType type = GgmlType::kF32;
-  std::string data;  // raw bytes: rows of row_bytes(type, ne[0])
+  std::string data;  // raw bytes: rows of row_bytes(type, ne[0]) (tensors built or decoded in memory)
+  // Tensors of a loaded file view it instead: `size` bytes at `offset` of `mapping`.
+  std::shared_ptr<const core::MappedFile> mapping{};
+  uint64_t offset = 0, size = 0;
+  // The raw bytes, wherever they are.
+  std::string_view bytes() const;
+  // Drops a mapped tensor's pages from the resident set (after its values were copied elsewhere).
+  void release() const;
 };
 
 struct File {
@@ -95,6 +112,8 @@ void save(const std::string& path, const File& f);  // atomic
 // Refuses malformed files (magic, version, truncation, types, sizes, offsets) with a UserError
 // naming `origin`.
 File decode(const std::string& bytes, const std::string& origin);
+// The same checks on a mapped file; the tensors view the mapping.
+File decode(std::shared_ptr<const core::MappedFile> file, const std::string& origin);
 File load(const std::string& path);
 
 // Reference block codecs: 256 int8 codes in {-1, 0, 1} and the scale d (stored as fp16).
@@ -108,7 +127,8 @@ void decode_tq1_0_block(const uint8_t* in, int8_t* codes, float* d);
 Tensor ternary_tensor(const std::string& name, const at::Tensor& codes, const at::Tensor& block_scales, GgmlType type);
 // A float tensor (F32 or F16) of any shape; ne is the shape reversed.
 Tensor float_tensor(const std::string& name, const at::Tensor& values, GgmlType type = GgmlType::kF32);
-// Dequantized float32 values in torch order (ne reversed): F32, F16, TQ1_0, TQ2_0.
+// Dequantized float32 values in torch order (ne reversed): F32, F16, TQ1_0, TQ2_0 and every type of
+// gguf_quants.hpp.
 at::Tensor dequantize(const Tensor& t);
 // Codes int8 [rows, K] of a TQ tensor.
 at::Tensor ternary_codes(const Tensor& t);

@@ -132,8 +132,9 @@ std::string lm_config_yaml(const LMConfig& c) {
       c.rope_theta, c.norm_eps, c.tie_embeddings);
 }
 
-std::map<std::string, at::Tensor> bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,
-                                                         const std::string& origin) {
+models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,
+                                           const std::string& origin,
+                                           const std::function<void(const at::Tensor&)>& release) {
   // HF name -> (bitqat name, shape), in model order.
   std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>> want;
   const int64_t hd = c.head_dim();
@@ -158,7 +159,7 @@ std::map<std::string, at::Tensor> bitqat_tensors_from_hf(const std::map<std::str
     want.emplace_back("lm_head.weight", "lm_head.weight", std::vector<int64_t>{c.vocab_size, c.dim});
   }
 
-  std::map<std::string, at::Tensor> out;
+  models::LazyTensors out;
   std::set<std::string> used;
   for (const auto& [hf_name, name, shape] : want) {
     const auto it = hf.find(hf_name);
@@ -174,7 +175,10 @@ std::map<std::string, at::Tensor> bitqat_tensors_from_hf(const std::map<std::str
       throw core::UserError(fmt::format("{}: tensor '{}' has dtype {}, expected a floating-point type", origin, hf_name,
                                         c10::toString(it->second.scalar_type())));
     }
-    out[name] = it->second.to(at::kFloat).contiguous();
+    const at::Tensor src = it->second;
+    models::LazyTensor l{shape, [src] { return src.to(at::kFloat).contiguous(); }, {}};
+    if (release) l.release = [release, src] { release(src); };
+    out.emplace(name, std::move(l));
     used.insert(hf_name);
   }
   for (const auto& [hf_name, t] : hf) {
@@ -253,15 +257,22 @@ HFCheckpoint load_hf_llama(const std::string& dir) {
     throw core::UserError(fmt::format("{}: neither model.safetensors nor model.safetensors.index.json is there", dir));
   }
 
+  // Mapped, not read: the tensors view the files until each is copied into a model.
   std::map<std::string, at::Tensor> hf;
+  std::vector<std::shared_ptr<const core::MappedFile>> mappings;
   for (const auto& f : ck.files) {
-    for (auto& [name, t] : checkpoints::load_safetensors(f).tensors) {
+    auto file = checkpoints::load_safetensors(f);
+    mappings.push_back(file.mapping);
+    for (auto& [name, t] : file.tensors) {
       if (!hf.emplace(name, t).second) {
         throw core::UserError(fmt::format("{}: tensor '{}' appears in more than one shard", f, name));
       }
     }
   }
-  ck.tensors = bitqat_tensors_from_hf(hf, ck.config, ck.files.size() == 1 ? ck.files[0] : dir);
+  auto release = [mappings](const at::Tensor& t) {
+    for (const auto& m : mappings) m->release(t.data_ptr(), static_cast<size_t>(t.nbytes()));
+  };
+  ck.tensors = bitqat_tensors_from_hf(hf, ck.config, ck.files.size() == 1 ? ck.files[0] : dir, release);
   return ck;
 }
 
@@ -269,13 +280,8 @@ BitLM import_hf_llama(const std::string& dir, const bitlinear::QuantSpec& spec, 
                       const std::vector<std::string>& exclude) {
   auto ck = load_hf_llama(dir);
   BitLM lm(ck.config, spec, include, exclude);
-  at::NoGradGuard no_grad;
-  for (auto& item : lm->named_parameters(/*recurse=*/true)) {
-    const auto it = ck.tensors.find(item.key());
-    // bitqat_tensors_from_hf produced exactly the model's tensors (sub_norm off, no biases).
-    TORCH_INTERNAL_ASSERT(it != ck.tensors.end(), "import_hf_llama: no tensor for ", item.key());
-    item.value().copy_(it->second);
-  }
+  // bitqat_tensors_from_hf produced exactly the model's tensors (sub_norm off, no biases).
+  models::load_model_tensors(*lm, ck.tensors, dir);
   spdlog::info("imported {} ({} tensors from {} file(s)): {}", dir, ck.tensors.size(), ck.files.size(),
                lm_config_yaml(ck.config));
   return lm;

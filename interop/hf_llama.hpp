@@ -23,7 +23,9 @@
 #include <string>
 #include <vector>
 
+#include "checkpoints/safetensors.hpp"
 #include "models/lm.hpp"
+#include "models/state_dict.hpp"
 
 namespace bitqat::interop {
 
@@ -38,23 +40,27 @@ LMConfig lm_config_from_hf(const nlohmann::json& config, const std::string& orig
 // The same config as a one-line YAML `model:` section, for error messages and documentation.
 std::string lm_config_yaml(const LMConfig& c);
 
-// Renames Hugging Face tensors to bitqat names and converts them to float32. Every tensor the
-// model needs must be present with its shape; an unknown tensor is an error (rotary inv_freq
-// buffers of old checkpoints are skipped). Errors name `origin` and the tensor.
-std::map<std::string, at::Tensor> bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,
-                                                         const std::string& origin);
+// Renames Hugging Face tensors to bitqat names; each is converted to float32 only when read (one at
+// a time while loading, so that no full copy in another dtype sits beside the model). Every tensor
+// the model needs must be present with its shape; an unknown tensor is an error (rotary inv_freq
+// buffers of old checkpoints are skipped). Errors name `origin` and the tensor. `release` (optional)
+// is called with the source tensor once it was copied.
+models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,
+                                           const std::string& origin,
+                                           const std::function<void(const at::Tensor&)>& release = {});
 
 struct HFCheckpoint {
   LMConfig config;
-  std::map<std::string, at::Tensor> tensors;  // bitqat names, float32
-  std::vector<std::string> files;             // safetensors files read
+  models::LazyTensors tensors;     // bitqat names, float32 when read
+  std::vector<std::string> files;  // safetensors files mapped
 };
 
 // True when `dir` holds a config.json (the mark of a Hugging Face model directory).
 bool is_hf_model_dir(const std::string& dir);
 
-// Reads config.json and the weights (model.safetensors, or every shard named by
-// model.safetensors.index.json); clear errors for a missing file, shard or tensor.
+// Reads config.json and maps the weights (model.safetensors, or every shard named by
+// model.safetensors.index.json); clear errors for a missing file, shard or tensor. The tensors read
+// from the mapped files, and their pages are released once each was copied.
 HFCheckpoint load_hf_llama(const std::string& dir);
 
 // A BitLM with the checkpoint's weights; its linears are BitLinear with `spec` where selected by

@@ -9,6 +9,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/config.hpp"
 #include "core/error.hpp"
+#include "interop/gguf_llama.hpp"
 #include "interop/hf_llama.hpp"
 #include "models/state_dict.hpp"
 
@@ -19,8 +20,7 @@ namespace fs = std::filesystem;
 
 // The model a run directory's resolved config describes (kind lm only). A vocabulary left to the
 // data (0) is taken from the embedding the checkpoint holds.
-std::optional<models::LMConfig> run_lm_config(const std::string& run_dir,
-                                              const std::map<std::string, at::Tensor>& tensors) {
+std::optional<models::LMConfig> run_lm_config(const std::string& run_dir, const models::LazyTensors& tensors) {
   const auto path = run_dir + "/config.resolved.yaml";
   if (!fs::is_regular_file(path)) return std::nullopt;
   const auto model = core::Node::load_file(path).child("model");
@@ -28,7 +28,7 @@ std::optional<models::LMConfig> run_lm_config(const std::string& run_dir,
   auto c = models::LMConfig::from_yaml(model);
   if (c.vocab_size == 0) {
     const auto it = tensors.find("embed.weight");
-    if (it != tensors.end() && it->second.dim() == 2) c.vocab_size = it->second.size(0);
+    if (it != tensors.end() && it->second.shape.size() == 2) c.vocab_size = it->second.shape[0];
   }
   return c;
 }
@@ -37,15 +37,29 @@ InitSource from_checkpoint(const std::string& ck_dir, const std::string& run_dir
   InitSource s;
   s.kind = kind;
   s.origin = ck_dir + "/model.safetensors";
-  const auto ck = checkpoints::read_checkpoint(ck_dir);
-  s.tensors = {ck.model.begin(), ck.model.end()};
+  const auto ck = std::make_shared<checkpoints::CheckpointData>(checkpoints::read_checkpoint(ck_dir));
+  s.tensors = models::lazy_tensors({ck->model.begin(), ck->model.end()}, [ck](const at::Tensor& t) { ck->release(t); });
   s.lm = run_lm_config(run_dir, s.tensors);
   return s;
 }
 
 }  // namespace
 
+namespace {
+
+InitSource open_source(const std::string& path, const std::string& where);
+
+}  // namespace
+
 InitSource read_init_source(const std::string& path, const std::string& where) {
+  auto s = open_source(path, where);
+  s.path = path;
+  return s;
+}
+
+namespace {
+
+InitSource open_source(const std::string& path, const std::string& where) {
   if (path.empty()) throw core::UserError(fmt::format("{} is empty: expected a path", where));
   if (!fs::exists(path)) {
     throw core::UserError(fmt::format("{} = {}: no such file or directory", where, path));
@@ -53,6 +67,15 @@ InitSource read_init_source(const std::string& path, const std::string& where) {
   // A trailing '/' would make the checkpoint's run directory below one level off.
   fs::path p = fs::path(path).lexically_normal();
   if (p.filename().empty()) p = p.parent_path();
+  if (is_gguf_file(path)) {
+    auto ck = load_gguf_llama(path);
+    InitSource s;
+    s.kind = "gguf-llama";
+    s.origin = path;
+    s.tensors = std::move(ck.tensors);
+    s.lm = ck.config;
+    return s;
+  }
   if (fs::is_directory(p)) {
     if (is_hf_model_dir(path)) {
       auto ck = load_hf_llama(path);
@@ -81,11 +104,11 @@ InitSource read_init_source(const std::string& path, const std::string& where) {
                     "(config.resolved.yaml) nor a bitqat checkpoint (manifest.json)",
                     where, path));
   }
-  const auto file = checkpoints::load_safetensors(path);
+  const auto file = std::make_shared<checkpoints::SafetensorsFile>(checkpoints::load_safetensors(path));
   InitSource s;
   s.kind = "safetensors";
   s.origin = path;
-  s.tensors = file.by_name();
+  s.tensors = models::lazy_tensors(file->by_name(), [file](const at::Tensor& t) { file->release(t); });
   if (s.tensors.count("model.embed_tokens.weight")) {
     throw core::UserError(
         fmt::format("{} = {}: holds Hugging Face tensor names; point {} at the model's directory so that its "
@@ -95,14 +118,20 @@ InitSource read_init_source(const std::string& path, const std::string& where) {
   return s;
 }
 
+}  // namespace
+
 std::string init_model_from(const std::string& path, torch::nn::Module& model, const std::string& where) {
-  const auto src = read_init_source(path, where);
+  return init_model_from(read_init_source(path, where), model, where);
+}
+
+std::string init_model_from(const InitSource& src, torch::nn::Module& model, const std::string& where) {
+  const auto& path = src.path;
   if (const auto* lm = dynamic_cast<const models::BitLMImpl*>(&model); lm && src.lm) {
     const auto diffs = lm->config.differences(*src.lm);
     if (!diffs.empty()) {
       std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
                                     src.kind, fmt::join(diffs, "; "));
-      if (src.kind == "hf-llama") {
+      if (src.kind == "hf-llama" || src.kind == "gguf-llama") {
         msg += fmt::format("; this checkpoint needs model: {}", lm_config_yaml(*src.lm));
       }
       throw core::UserError(msg);

@@ -3,15 +3,20 @@
 //
 // PATH may be
 //   - a Hugging Face Llama directory (config.json + model.safetensors or sharded safetensors with
-//     model.safetensors.index.json), imported by models/hf_import;
+//     model.safetensors.index.json), imported by interop/hf_llama;
+//   - a llama-architecture GGUF file (interop/gguf_llama), dequantized to float32;
 //   - a bitqat run directory (config.resolved.yaml + checkpoints/): its newest complete checkpoint;
 //   - a bitqat checkpoint directory (RUN_DIR/checkpoints/step_XXXXXXXX);
 //   - a safetensors file with bitqat tensor names (e.g. a checkpoint's model.safetensors).
 // The model is always built from the config's `model:` section, never derived from the source: when
 // the source says what model it holds (config.json, the run's config.resolved.yaml) every setting
 // that changes the tensors or the function must agree, and the error lists each difference and,
-// for Hugging Face sources, the model section to use. Quantization settings may differ: that is
-// the point.
+// for Hugging Face and GGUF sources, the model section to use. Quantization settings may differ:
+// that is the point.
+//
+// Memory: files are mapped, not read, and each tensor is converted (dequantized, cast to float32)
+// only when it is copied into the model, then its pages are released: loading holds the model plus
+// about one tensor, never a second copy of the weights.
 #pragma once
 #include <torch/nn/module.h>
 
@@ -20,13 +25,15 @@
 #include <string>
 
 #include "models/lm.hpp"
+#include "models/state_dict.hpp"
 
 namespace bitqat::interop {
 
 struct InitSource {
-  std::string kind;    // "hf-llama", "bitqat-run", "bitqat-checkpoint" or "safetensors"
-  std::string origin;  // what the tensors were read from (for messages)
-  std::map<std::string, at::Tensor> tensors;
+  std::string kind;                    // "hf-llama", "gguf-llama", "bitqat-run", "bitqat-checkpoint" or "safetensors"
+  std::string path;                    // what init_from named
+  std::string origin;                  // what the tensors are read from (for messages)
+  models::LazyTensors tensors;         // bitqat names, read when loaded
   std::optional<models::LMConfig> lm;  // the source's model, when it says
 };
 
@@ -37,5 +44,7 @@ InitSource read_init_source(const std::string& path, const std::string& where = 
 // Reads PATH and copies every tensor into `model` (strict: same names and shapes, nothing left
 // over); for a BitLM, checks the source's model config first. Returns a one-line description.
 std::string init_model_from(const std::string& path, torch::nn::Module& model, const std::string& where = "init_from");
+// The same for a source already opened.
+std::string init_model_from(const InitSource& src, torch::nn::Module& model, const std::string& where);
 
 }  // namespace bitqat::interop
