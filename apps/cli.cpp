@@ -26,7 +26,7 @@ const char* kUsage =
     "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint\n"
     "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "                       sample text from a byte-level language model run (or a packed export)\n"
-    "  quantize SRC_RUN_DIR --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
+    "  quantize SRC_RUN_DIR|CONFIG --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
     "                       data-free ternarization of a full-precision run, with its validation loss\n"
     "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
     "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
@@ -58,7 +58,9 @@ const char* kQuantizeHelp =
     "Data-free ternarization: the newest checkpoint of a (full-precision) run becomes a ternary model\n"
     "without training (absmean ternary weights per tensor, 8-bit per-token activations, lambda 1, on\n"
     "the layers quant.include / quant.exclude select), and its validation loss is reported. This is\n"
-    "the baseline a progressive fine-tune (configs/finetune_*.yaml) must beat.\n"
+    "the baseline a progressive fine-tune (configs/finetune_*.yaml) must beat. SRC may also be a training\n"
+    "config whose init_from names the full-precision model (a GGUF, a Hugging Face directory): the\n"
+    "model is the config's, read from init_from.\n"
     "OUT_RUN_DIR receives config.resolved.yaml, metrics.jsonl with the validation loss and\n"
     "checkpoints/step_00000000; `bitqat eval`, `bitqat train --resume` and init_from accept it.\n";
 
@@ -179,7 +181,9 @@ Command parse_command_line(int argc, char** argv) {
 
   auto* quant = app.add_subcommand("quantize", "data-free ternarization of a full-precision run");
   quant->footer(kQuantizeHelp);
-  quant->add_option("SRC_RUN_DIR", cmd.quantize.src_run_dir, "the full-precision run")->required();
+  quant->add_option("SRC", cmd.quantize.src_run_dir,
+                    "the full-precision run, or a config whose init_from is the model (e.g. a GGUF)")
+      ->required();
   quant->add_option("--out", cmd.quantize.out, "the run directory to write (run.dir and run.name come from it)")
       ->required();
   add_sets(quant, &cmd.quantize.sets,

@@ -219,12 +219,26 @@ void BitLMImpl::init_weights() {
   if (lm_head) lm_head->weight.normal_(0.0, std);
 }
 
-at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) {
+at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) { return run(tokens, cache, {}, nullptr); }
+
+at::Tensor BitLMImpl::forward_hidden(const at::Tensor& tokens, const std::vector<int64_t>& layers,
+                                     std::vector<at::Tensor>* hidden) {
+  return run(tokens, nullptr, layers, hidden);
+}
+
+at::Tensor BitLMImpl::run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
+                          std::vector<at::Tensor>* hidden) {
   const int64_t T = tokens.size(1);
   const int64_t pos = cache ? cache->pos : 0;
   const auto [cos, sin] = rope_tables(pos, T, config.head_dim(), config.rope_theta, tokens.device());
   auto h = embed->forward(tokens);
-  for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->forward(h, cos, sin, cache, i);
+  if (hidden) hidden->assign(layers.size(), at::Tensor());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    h = blocks[i]->forward(h, cos, sin, cache, i);
+    for (size_t j = 0; j < layers.size(); ++j) {
+      if (hidden && layers[j] == static_cast<int64_t>(i)) (*hidden)[j] = h;
+    }
+  }
   h = norm->forward(h);
   if (cache) cache->pos += T;
   const auto logits = lm_head ? lm_head->forward(h) : at::linear(h, embed->weight.to(h.scalar_type()));

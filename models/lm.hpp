@@ -88,6 +88,10 @@ struct BitLMImpl : torch::nn::Module {
   // tokens [B, T] int64 -> logits [B, T, V] (float32). With a cache, positions continue from
   // cache->pos and the cache is extended.
   at::Tensor forward(const at::Tensor& tokens, KVCache* cache = nullptr);
+  // The same logits, and the residual stream after each block in `layers` (hidden[i] is after block
+  // layers[i], [B, T, dim] in the forward's dtype), for distillation's hidden-state loss.
+  at::Tensor forward_hidden(const at::Tensor& tokens, const std::vector<int64_t>& layers,
+                            std::vector<at::Tensor>* hidden);
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);  // mean cross-entropy
 
   LMConfig config;
@@ -99,6 +103,8 @@ struct BitLMImpl : torch::nn::Module {
 
  private:
   void init_weights();
+  at::Tensor run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
+                 std::vector<at::Tensor>* hidden);
 };
 TORCH_MODULE(BitLM);
 

@@ -25,12 +25,14 @@ void parse_run(const core::Node& n, RunConfig* c) {
 }
 
 void parse_train(const core::Node& n, TrainLoopConfig* c) {
-  n.allow_only({"steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_batches", "max_bad_steps"});
+  n.allow_only({"steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_at_start", "eval_batches",
+                "max_bad_steps"});
   c->steps = n.get_in<int64_t>("steps", c->steps, 1, checkpoints::kMaxStep);
   c->batch_size = n.get_in<int64_t>("batch_size", c->batch_size, 1, 1 << 20);
   c->grad_accum = n.get_in<int>("grad_accum", c->grad_accum, 1, 1 << 16);
   c->log_every = n.get_in<int>("log_every", c->log_every, 1, 1 << 30);
   c->eval_every = n.get_in<int>("eval_every", c->eval_every, 0, 1 << 30);
+  c->eval_at_start = n.get<bool>("eval_at_start", c->eval_at_start);
   c->eval_batches = n.get_in<int>("eval_batches", c->eval_batches, 1, 1 << 20);
   c->max_bad_steps = n.get_in<int>("max_bad_steps", c->max_bad_steps, 1, 1 << 20);
 }
@@ -75,6 +77,31 @@ void parse_dist(const core::Node& n, DistConfig* c) {
   c->overlap = n.get<bool>("overlap", c->overlap);
 }
 
+// The distill: section; its cross-checks with the model and init_from are in from_node.
+void parse_distill(const core::Node& n, bool check_files, DistillConfig* c) {
+  c->node = n;
+  if (!n.defined()) return;
+  n.allow_only({"enabled", "teacher", "alpha", "temperature", "hidden"});
+  c->enabled = n.get<bool>("enabled", true);
+  c->teacher = n.get<std::string>("teacher", "");
+  c->alpha = n.get_in<double>("alpha", c->alpha, 0.0, 1.0);
+  c->temperature = n.get_in<double>("temperature", c->temperature, 1e-3, 1e3);
+  if (check_files && c->enabled && !c->teacher.empty() && !std::filesystem::exists(c->teacher)) {
+    n.fail("teacher", "an existing model path (a GGUF, a Hugging Face directory or a bitqat run or checkpoint)");
+  }
+  const auto h = n.child("hidden");
+  if (h.defined()) {
+    h.allow_only({"layers", "weight"});
+    for (double l : h.get_doubles("layers")) {
+      if (l != static_cast<double>(static_cast<int64_t>(l)) || l < 0) {
+        h.fail("layers", "a list of block indices (integers >= 0)");
+      }
+      c->hidden_layers.push_back(static_cast<int64_t>(l));
+    }
+    c->hidden_weight = h.get_in<double>("weight", c->hidden_weight, 0.0, 1e6);
+  }
+}
+
 // Schedules are built once here only to validate them (with train.steps known); the trainer builds
 // its own copies.
 void validate_schedule(const core::Node& n, schedules::ScheduleRole role, int64_t steps) {
@@ -99,7 +126,8 @@ Config Config::load_string(const std::string& text, const std::string& name, con
 Config Config::from_node(const core::Node& root, bool check_files) {
   Config c;
   c.root = root;
-  root.allow_only({"run", "model", "quant", "data", "optim", "train", "checkpoint", "device", "dist", "init_from"});
+  root.allow_only(
+      {"run", "model", "quant", "data", "optim", "train", "checkpoint", "device", "dist", "init_from", "distill"});
   parse_run(root.child("run"), &c.run);
   parse_train(root.child("train"), &c.train);
   parse_optim(root.child("optim"), &c.optim);
@@ -110,6 +138,7 @@ Config Config::from_node(const core::Node& root, bool check_files) {
   c.model = root.child("model");
   c.data = root.child("data");
   c.init_from = root.get<std::string>("init_from", "");
+  parse_distill(root.child("distill"), check_files, &c.distill);
   if (!c.model.defined()) throw core::ConfigError(fmt::format("{}: the config needs a model: section", root.where()));
   if (!c.data.defined()) throw core::ConfigError(fmt::format("{}: the config needs a data: section", root.where()));
 
@@ -123,6 +152,24 @@ Config Config::from_node(const core::Node& root, bool check_files) {
           "{} exceeds {} = {}: training windows longer than the model's context would train positions the model "
           "(and its exports) do not have; lower data.seq_len or raise model.max_seq_len",
           c.data.describe("seq_len"), c.model.where("max_seq_len"), lm.max_seq_len));
+    }
+  }
+  if (c.distill.enabled) {
+    const auto& d = c.distill.node;
+    if (c.model.get<std::string>("kind", "lm") != "lm" || data.data_kind() != data::DataKind::kTokens) {
+      throw core::ConfigError(
+          fmt::format("{}: distillation is for language models (model.kind lm on token data)", d.where()));
+    }
+    if (c.distill.teacher.empty() && c.init_from.empty()) {
+      throw core::ConfigError(fmt::format(
+          "{}: no teacher: set distill.teacher to a model path, or init_from (the default teacher)", d.where()));
+    }
+    const auto lm = models::LMConfig::from_yaml(c.model);
+    for (auto l : c.distill.hidden_layers) {
+      if (l >= lm.n_layers) {
+        throw core::ConfigError(fmt::format("{} holds block {}, but the model has {} blocks (0 to {})",
+                                            d.child("hidden").where("layers"), l, lm.n_layers, lm.n_layers - 1));
+      }
     }
   }
   validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
@@ -140,6 +187,13 @@ YAML::Node Config::resolved() const {
     out["model"]["vocab_size"] = dc.vocab();
   }
   if (!init_from.empty()) out["init_from"] = std::filesystem::absolute(init_from).lexically_normal().string();
+  if (distill.node.defined()) {
+    auto d = out["distill"];
+    d["enabled"] = distill.enabled;
+    if (!distill.teacher.empty()) d["teacher"] = std::filesystem::absolute(distill.teacher).lexically_normal().string();
+    d["alpha"] = distill.alpha;
+    d["temperature"] = distill.temperature;
+  }
   out["run"]["name"] = run.name;
   out["run"]["dir"] = run.dir;
   out["run"]["seed"] = run.seed;
@@ -149,6 +203,7 @@ YAML::Node Config::resolved() const {
   t["grad_accum"] = train.grad_accum;
   t["log_every"] = train.log_every;
   t["eval_every"] = train.eval_every;
+  t["eval_at_start"] = train.eval_at_start;
   t["eval_batches"] = train.eval_batches;
   t["max_bad_steps"] = train.max_bad_steps;
   auto o = out["optim"];

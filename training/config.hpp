@@ -25,6 +25,7 @@ struct TrainLoopConfig {
   int grad_accum = 1;
   int log_every = 10;
   int eval_every = 100;  // 0: only at the end
+  bool eval_at_start = false;  // also evaluate a fresh run before its first step (the starting point)
   int eval_batches = 8;
   int max_bad_steps = 5;  // consecutive non-finite steps before the run stops
 };
@@ -64,6 +65,17 @@ struct DistConfig {
   bool overlap = true;
 };
 
+// distill: knowledge distillation from a full-precision teacher (training/distill.hpp).
+struct DistillConfig {
+  bool enabled = false;  // true when the section is present (enabled: false turns it off)
+  std::string teacher;   // an init_from-style path; "" = the init_from source
+  double alpha = 0.5;    // weight of the cross-entropy on the data, in [0, 1]
+  double temperature = 1.0;
+  std::vector<int64_t> hidden_layers;  // blocks whose residual streams are matched (none: off)
+  double hidden_weight = 1.0;
+  core::Node node;  // the section, for error locations
+};
+
 struct Config {
   core::Node root;  // the document after --set overrides, for locations in later errors
   std::string file;
@@ -76,7 +88,8 @@ struct Config {
   DistConfig dist;
   core::Node model;       // parsed by models::
   core::Node data;        // parsed by data::
-  std::string init_from;  // weights a fresh run starts from (training/init_from.hpp); "" = random
+  std::string init_from;  // weights a fresh run starts from (interop/init_source.hpp); "" = random
+  DistillConfig distill;
 
   // check_files = false validates everything but the existence of the data files (a run directory
   // opened by eval, generate or export, whose data may have moved or be absent).

@@ -298,6 +298,24 @@ void DistContext::barrier(const std::string& what) {
   op.wait();
 }
 
+void run_on_main(DistContext& dist, const std::function<void()>& fn, const std::string& what) {
+  if (!dist.active()) return fn();
+  std::exception_ptr error;
+  if (dist.is_main()) {
+    try {
+      fn();
+    } catch (...) {
+      error = std::current_exception();
+    }
+  }
+  at::Tensor failed = at::full({1}, error ? 1.0 : 0.0, at::kFloat);
+  dist.all_reduce_mean_(failed, "agreement on " + what);
+  if (error) std::rethrow_exception(error);
+  if (failed.item<float>() > 0.0f) {
+    throw core::UserError(fmt::format("rank {}: rank 0 failed at {} (its log says why)", dist.rank(), what));
+  }
+}
+
 void DistContext::check_same(const std::vector<int64_t>& values, const std::vector<std::string>& names) {
   if (!pg_ || values.empty()) return;
   const auto n = static_cast<int64_t>(values.size());

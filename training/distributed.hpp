@@ -7,6 +7,7 @@
 #include <c10/util/intrusive_ptr.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -109,6 +110,11 @@ class DistContext {
   c10::intrusive_ptr<c10d::Backend> pg_;
   bool failed_ = false;
 };
+
+// Runs `fn` on rank 0 only (reading a source whose weights the other ranks then receive by
+// broadcast), and tells every rank whether it succeeded: rank 0 rethrows its own error, the others
+// throw a UserError saying that rank 0 failed at `what`. Without a process group it just runs `fn`.
+void run_on_main(DistContext& dist, const std::function<void()>& fn, const std::string& what);
 
 // An exact, order-independent fingerprint of tensors' bits (for "are the ranks' copies identical").
 int64_t bit_fingerprint(const std::vector<at::Tensor>& tensors);

@@ -69,13 +69,14 @@ std::vector<std::pair<std::string, at::Tensor>> AdamW::state_tensors() const {
   std::vector<std::pair<std::string, at::Tensor>> out;
   out.emplace_back("step", at::tensor({step_}, at::kLong));
   for (size_t i = 0; i < params_.size(); ++i) {
-    out.emplace_back(params_[i].first + ".exp_avg", slots_[i].exp_avg.cpu());
-    out.emplace_back(params_[i].first + ".exp_avg_sq", slots_[i].exp_avg_sq.cpu());
+    out.emplace_back(params_[i].first + ".exp_avg", slots_[i].exp_avg);
+    out.emplace_back(params_[i].first + ".exp_avg_sq", slots_[i].exp_avg_sq);
   }
   return out;
 }
 
-void AdamW::load_state_tensors(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
+void AdamW::load_state_tensors(const std::map<std::string, at::Tensor>& tensors, const std::string& origin,
+                               const std::function<void(const at::Tensor&)>& copied) {
   auto get = [&](const std::string& key, const at::Tensor& like) {
     const auto it = tensors.find(key);
     if (it == tensors.end()) {
@@ -94,8 +95,11 @@ void AdamW::load_state_tensors(const std::map<std::string, at::Tensor>& tensors,
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < params_.size(); ++i) {
     const auto& name = params_[i].first;
-    slots_[i].exp_avg.copy_(get(name + ".exp_avg", slots_[i].exp_avg));
-    slots_[i].exp_avg_sq.copy_(get(name + ".exp_avg_sq", slots_[i].exp_avg_sq));
+    for (auto* slot : {&slots_[i].exp_avg, &slots_[i].exp_avg_sq}) {
+      const auto& src = get(name + (slot == &slots_[i].exp_avg ? ".exp_avg" : ".exp_avg_sq"), *slot);
+      slot->copy_(src);
+      if (copied) copied(src);
+    }
   }
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <utility>
@@ -30,10 +31,13 @@ class AdamW {
   // Norms, biases, embeddings and any 1-D tensor take no weight decay (BitNet / GPT practice).
   static bool no_decay(const std::string& name, const at::Tensor& p);
 
-  // name.exp_avg, name.exp_avg_sq and a global "step" count.
+  // name.exp_avg, name.exp_avg_sq (on the parameters' device: a checkpoint writer brings them to the
+  // host one at a time) and a global "step" count.
   std::vector<std::pair<std::string, at::Tensor>> state_tensors() const;
   // Restores what state_tensors() wrote; throws UserError naming a missing or mis-shaped entry.
-  void load_state_tensors(const std::map<std::string, at::Tensor>& tensors, const std::string& origin);
+  // `copied` (optional) is called with each source tensor once it was copied (to release its pages).
+  void load_state_tensors(const std::map<std::string, at::Tensor>& tensors, const std::string& origin,
+                          const std::function<void(const at::Tensor&)>& copied = {});
 
   int64_t steps_taken() const { return step_; }
   size_t decay_count() const;

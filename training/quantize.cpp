@@ -9,6 +9,7 @@
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/init_source.hpp"
 #include "models/state_dict.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_loader.hpp"
@@ -39,6 +40,22 @@ YAML::Node ternary_quant(const YAML::Node& source_quant) {
   return q;
 }
 
+// The source: a run's newest checkpoint, or a config's init_from model read into the config's model.
+LoadedRun load_source(const std::string& src, const at::Device& device) {
+  if (!fs::is_regular_file(src)) return load_run(src, device);
+  LoadedRun run{Config::load_file(src), nullptr, "", 0};
+  if (run.cfg.init_from.empty()) {
+    throw core::UserError(fmt::format(
+        "{}: a config given to quantize needs init_from (the full-precision model to ternarize); or give a run "
+        "directory",
+        src));
+  }
+  run.task = make_task(run.cfg, device);
+  interop::init_model_from(run.cfg.init_from, run.task->module(), run.cfg.root.where("init_from"));
+  run.checkpoint = run.cfg.init_from;
+  return run;
+}
+
 }  // namespace
 
 QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& out_run_dir,
@@ -57,12 +74,13 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
         fmt::format("--out {} already holds checkpoints (newest: {}); choose another directory", out_run_dir, *latest));
   }
 
-  auto src = load_run(src_run_dir, device);
+  auto src = load_source(src_run_dir, device);
   YAML::Node doc = YAML::Clone(src.cfg.root.yaml());
   doc["quant"] = ternary_quant(doc["quant"]);
   doc["run"]["dir"] = out.has_parent_path() ? out.parent_path().string() : std::string(".");
   doc["run"]["name"] = out.filename().string();
   doc.remove("init_from");  // the weights come from the source checkpoint, recorded in state.json
+  doc.remove("distill");    // no training, no teacher
   const auto cfg = Config::load_string(core::to_yaml_string(doc),
                                        fmt::format("<quantize of {}/config.resolved.yaml>", src_run_dir), sets);
 
@@ -72,7 +90,8 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   auto task = make_task(cfg, device);
   auto& model = task->module();
   const auto weights = models::model_tensors(src.task->module());
-  models::load_model_tensors(model, {weights.begin(), weights.end()}, src.checkpoint + "/model.safetensors");
+  models::load_model_tensors(model, std::map<std::string, at::Tensor>(weights.begin(), weights.end()),
+                             src.checkpoint + "/model.safetensors");
   bitlinear::set_quant_lambdas(model, 1.0, 1.0);
 
   QuantizeResult r;

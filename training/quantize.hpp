@@ -1,6 +1,7 @@
-// Data-free ternarization (`bitqat quantize`): a full-precision run's newest checkpoint becomes a
-// ternary run without training: the same model and weights with absmean ternary weights, 8-bit
-// per-token activations and lambda = 1. The baseline that progressive fine-tuning must beat.
+// Data-free ternarization (`bitqat quantize`): a full-precision run's newest checkpoint (or the
+// init_from model of a training config, e.g. a GGUF) becomes a ternary run without training: the
+// same model and weights with absmean ternary weights, 8-bit per-token activations and lambda = 1.
+// The baseline that progressive fine-tuning must beat.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -20,6 +21,8 @@ struct QuantizeResult {
   EvalResult eval;  // validation loss of the ternary model (train.eval_batches batches)
 };
 
+// SRC is a run directory, or a config file (YAML) whose init_from holds the full-precision model;
+// its model, data and settings are the config's, its distill: section is dropped.
 // Writes OUT_RUN_DIR as a complete run directory (config.resolved.yaml, metrics.jsonl with the
 // validation loss, checkpoints/step_00000000 with a fresh optimizer state) that `bitqat eval`,
 // `bitqat train --resume` and `init_from` accept. `sets` (--set k.p=v) apply on top of the

@@ -3,9 +3,11 @@
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
+#include <nlohmann/json.hpp>
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "data/source.hpp"
@@ -30,6 +32,12 @@ class Task {
   virtual EvalResult evaluate(const std::vector<data::Batch>& batches, const at::Device& device) = 0;
   virtual int64_t units(const data::Batch& batch) const = 0;  // tokens or samples in a batch
   virtual const char* unit_name() const = 0;                  // "tok" or "samples"
+  // Named parts of the last loss() (detached scalars, e.g. loss_ce and loss_kd), logged beside it.
+  virtual std::vector<std::pair<std::string, at::Tensor>> loss_parts() const { return {}; }
+  // What a checkpoint's state.json records about the task beyond the model (null: nothing), and the
+  // check of that record when a run resumes (a UserError naming `origin` when it no longer holds).
+  virtual nlohmann::json checkpoint_state() const { return nullptr; }
+  virtual void check_resume(const nlohmann::json& state, const std::string& origin) const {}
 };
 
 // Builds the model of `cfg.model` (kind lm or cnn) on `device`, with the quantization policy of

@@ -26,6 +26,7 @@
 #include "interop/init_source.hpp"
 #include "models/state_dict.hpp"
 #include "schedules/schedule.hpp"
+#include "training/distill.hpp"
 #include "training/distributed.hpp"
 #include "training/grad_sync.hpp"
 #include "training/metrics.hpp"
@@ -149,12 +150,17 @@ void resume_from(Run& r, const std::string& latest) {
   const int64_t saved_gb = checkpoints::json_int(ck.state, "global_batch", spath, 1, INT64_MAX, r.global_batch);
   const int64_t saved_world = checkpoints::json_int(ck.state, "world_size", spath, 1, 1 << 20, 1);
   const int64_t saved_steps = checkpoints::json_int(ck.state, "train_steps", spath, 1, checkpoints::kMaxStep, steps);
-  if (steps == ck.step) return;  // nothing to train: train() says so; nothing else is read or written
-  std::map<std::string, at::Tensor> model_map(ck.model.begin(), ck.model.end());
-  models::load_model_tensors(r.task->module(), model_map, latest + "/model.safetensors");
+  if (steps == ck.step) return;           // nothing to train: train() says so; nothing else is read or written
+  r.task->check_resume(ck.state, spath);  // e.g. the distillation teacher is the checkpoint's
+  // The tensors view the mapped files: each is copied into place, then its pages are released.
+  const auto release = [&ck](const at::Tensor& t) { ck.release(t); };
+  models::load_model_tensors(
+      r.task->module(),
+      models::lazy_tensors(std::map<std::string, at::Tensor>(ck.model.begin(), ck.model.end()), release),
+      latest + "/model.safetensors");
   models::check_finite(ck.optimizer, latest + "/optimizer.safetensors");
-  std::map<std::string, at::Tensor> opt_map(ck.optimizer.begin(), ck.optimizer.end());
-  r.optimizer->load_state_tensors(opt_map, latest + "/optimizer.safetensors");
+  r.optimizer->load_state_tensors(std::map<std::string, at::Tensor>(ck.optimizer.begin(), ck.optimizer.end()),
+                                  latest + "/optimizer.safetensors", release);
   std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
   restore_rng_states(extra, latest + "/extra.safetensors");
   if (!r.main()) return;
@@ -243,6 +249,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   torch::manual_seed(cfg.run.seed);
   r->source = data::make_source(data::DataConfig::from_yaml(cfg.data), cfg.run.seed);
   r->task = make_task(cfg, r->device);
+  if (cfg.distill.enabled) r->task = make_distill_task(std::move(r->task), cfg, r->device, r->dist);
   auto& model = r->task->module();
   for (const auto& item : model.named_parameters(true)) {
     if (item.value().requires_grad()) r->named.emplace_back(item.key(), item.value());
@@ -262,8 +269,13 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
     resume_from(*r, *latest);
     if (r->start_step == steps) return r;  // nothing to train
   } else if (!cfg.init_from.empty()) {
-    // Every rank reads the source; the broadcast below would make them agree anyway.
-    interop::init_model_from(cfg.init_from, model, cfg.root.where("init_from"));
+    // Only rank 0 reads the source (once: a distillation teacher read from it is copied); the broadcast
+    // below brings its weights to the others.
+    if (!init_student_from_teacher(*r->task, cfg)) {
+      run_on_main(
+          r->dist, [&] { interop::init_model_from(cfg.init_from, model, cfg.root.where("init_from")); },
+          "reading init_from");
+    }
   }
 
   r->sync = std::make_unique<GradSync>(r->dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024),
@@ -295,7 +307,8 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
 // ---- one optimizer step -------------------------------------------------------------------------
 
 struct StepOutcome {
-  double loss = 0.0;  // mean over micro-batches and ranks
+  double loss = 0.0;                                  // mean over micro-batches and ranks
+  std::vector<std::pair<std::string, double>> parts;  // the task's loss parts (loss_ce, ...), means likewise
   double grad_norm = 0.0;
   bool bad = false;  // non-finite loss or gradient on some rank: the update was skipped
   double lr = 0.0, wd = 0.0, lambda_w = 0.0, lambda_a = 0.0;  // this step's schedule values
@@ -317,6 +330,7 @@ StepOutcome run_step(Run& r, int64_t step) {
   r.optimizer->zero_grad();
 
   double loss_sum = 0.0;
+  at::Tensor part_sums;  // the task's loss parts summed on the device: one host sync per step
   bool finite = true;
   r.sync->prepare();
   for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
@@ -334,17 +348,30 @@ StepOutcome run_step(Run& r, int64_t step) {
     const double l = loss.detach().to(at::kDouble).item<double>();
     finite = finite && std::isfinite(l);
     loss_sum += l;
+    if (const auto parts = r.task->loss_parts(); !parts.empty()) {
+      std::vector<at::Tensor> values;
+      for (const auto& [name, v] : parts) values.push_back(v.to(at::kDouble));
+      part_sums = part_sums.defined() ? part_sums + at::stack(values) : at::stack(values);
+      if (micro == 0) {
+        for (const auto& [name, v] : parts) o.parts.emplace_back(name, 0.0);
+      }
+    }
     o.units += r.task->units(batch) * r.dist.world();
   }
   r.sync->finish();
   o.grad_norm = torch::nn::utils::clip_grad_norm_(
       r.params, cfg.optim.grad_clip > 0.0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity());
   // Every rank must take the same decision: agree on the worst case.
-  at::Tensor flags =
-      at::tensor({loss_sum / cfg.train.grad_accum, (finite && std::isfinite(o.grad_norm)) ? 0.0 : 1.0}, at::kDouble);
+  std::vector<double> flag_values{loss_sum / cfg.train.grad_accum, (finite && std::isfinite(o.grad_norm)) ? 0.0 : 1.0};
+  if (part_sums.defined()) {
+    const auto sums = part_sums.cpu();
+    for (int64_t i = 0; i < sums.numel(); ++i) flag_values.push_back(sums[i].item<double>() / cfg.train.grad_accum);
+  }
+  at::Tensor flags = at::tensor(flag_values, at::kDouble);
   r.dist.all_reduce_mean_(flags, "all-reduce of the step's loss and finiteness flag");
   o.loss = flags[0].item<double>();
   o.bad = flags[1].item<double>() > 0.0;
+  for (size_t i = 0; i < o.parts.size(); ++i) o.parts[i].second = flags[static_cast<int64_t>(i) + 2].item<double>();
   if (!o.bad) {
     r.bad_streak = 0;
     r.optimizer->step(o.lr, o.wd);
@@ -385,20 +412,25 @@ class StepLog {
     sync_wait_at_log_ = r_.sync->wait_seconds();
     synced_at_log_ = r_.sync->synced_steps();
     const char* unit = r_.task->unit_name();
+    std::string parts;  // " (loss_ce 3.1000, loss_kd 0.2000)" when the task has parts
+    for (const auto& [name, v] : o.parts) parts += fmt::format("{}{} {:.4f}", parts.empty() ? " (" : ", ", name, v);
+    if (!parts.empty()) parts += ")";
     spdlog::info(
-        "step {}/{} | loss {:.4f} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
+        "step {}/{} | loss {:.4f}{} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
         "{:.0f} {}/s | {}",
-        done, r_.cfg.train.steps, o.loss, o.lr, o.lambda_w, o.lambda_a, o.grad_norm, rate, unit, hms(elapsed));
-    r_.metrics->write({{"step", done},
-                       {"loss", o.loss},
-                       {"lr", o.lr},
-                       {"weight_decay", o.wd},
-                       {"lambda_w", o.lambda_w},
-                       {"lambda_a", o.lambda_a},
-                       {"grad_norm", o.grad_norm},
-                       {std::string(unit) + "_per_s", rate},
-                       {"elapsed_s", elapsed},
-                       {"sync_wait_ms", sync_wait_ms}});
+        done, r_.cfg.train.steps, o.loss, parts, o.lr, o.lambda_w, o.lambda_a, o.grad_norm, rate, unit, hms(elapsed));
+    nlohmann::json rec = {{"step", done},
+                          {"loss", o.loss},
+                          {"lr", o.lr},
+                          {"weight_decay", o.wd},
+                          {"lambda_w", o.lambda_w},
+                          {"lambda_a", o.lambda_a},
+                          {"grad_norm", o.grad_norm},
+                          {std::string(unit) + "_per_s", rate},
+                          {"elapsed_s", elapsed},
+                          {"sync_wait_ms", sync_wait_ms}};
+    for (const auto& [name, v] : o.parts) rec[name] = v;
+    r_.metrics->write(rec);
     t_log_ = now;
     units_ = 0;
   }
@@ -437,7 +469,7 @@ void checkpoint(Run& r, int64_t done) {
   if (r.main()) {
     checkpoints::CheckpointData ck;
     ck.step = done;
-    ck.model = models::model_tensors(r.task->module());
+    ck.model = models::model_tensors(r.task->module(), /*to_cpu=*/false);  // to the host one at a time
     ck.optimizer = r.optimizer->state_tensors();
     // Never write a checkpoint that could not be read back (non-finite steps are skipped, so this
     // guards against what slipped past them).
@@ -454,6 +486,9 @@ void checkpoint(Run& r, int64_t done) {
                 {"world_size", r.dist.world()},
                 {"bad_streak", r.bad_streak},
                 {"data", {{"kind", r.source->describe()}, {"samples_seen", done * r.global_batch}}}};
+    // Held in a local: items() of a temporary would dangle inside the loop.
+    const auto task_state = r.task->checkpoint_state();
+    for (const auto& [key, value] : task_state.items()) ck.state[key] = value;
     spdlog::info("checkpoint {}", checkpoints::write_checkpoint(r.ckpt_dir, ck, r.cfg.checkpoint.keep_last));
   }
   r.dist.barrier("barrier after writing checkpoint");
@@ -478,6 +513,11 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
                    r.run_dir, steps);
     }
     return result;
+  }
+  if (cfg.train.eval_at_start && r.start_step == 0) {
+    // The starting point at step 0's lambdas: with a ramp from 0, the full-precision source itself.
+    bitlinear::set_quant_lambdas(r.task->module(), r.sched.lambda_w->at(0), r.sched.lambda_a->at(0));
+    evaluate(r, 0);
   }
   ProgressBar bar(steps, r.main() && core::stdout_is_terminal());
   StepLog log(r);

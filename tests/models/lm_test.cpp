@@ -132,3 +132,20 @@ TEST(BitLM, FfnKindsUntiedHeadAndConfigErrors) {
       "m.yaml:1: model.layers: unknown key 'layers'; expected one of: dim, ffn, ffn_dim, init_std, kind, max_seq_len, "
       "n_heads, n_kv_heads, n_layers, norm_eps, rope_theta, sub_norm, tie_embeddings, vocab_size");
 }
+
+// forward_hidden is forward (the same logits, bit for bit) plus the residual stream after the chosen
+// blocks: block 1's output is the input of the final norm, so norm(hidden) through the head gives
+// the logits again.
+TEST(BitLM, ForwardHiddenGivesTheResidualStreamOfChosenBlocks) {
+  at::manual_seed(4);
+  BitLM lm(tiny(2), QuantSpec{}, S{"layers.*"}, S{});
+  const auto tokens = at::randint(0, 50, {2, 6}, at::kLong);
+  std::vector<at::Tensor> hidden;
+  const auto logits = lm->forward_hidden(tokens, {1, 0}, &hidden);
+  EXPECT_TRUE(logits.equal(lm->forward(tokens)));
+  ASSERT_EQ(hidden.size(), 2u);
+  EXPECT_EQ(hidden[0].sizes(), (std::vector<int64_t>{2, 6, 32}));
+  const auto again = at::linear(lm->norm->forward(hidden[0]), lm->embed->weight);
+  EXPECT_TRUE(again.allclose(logits, 1e-5, 1e-5));
+  EXPECT_FALSE(hidden[1].equal(hidden[0]));
+}

@@ -1,0 +1,258 @@
+#include "training/distill.hpp"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include <cstring>
+#include <filesystem>
+#include <optional>
+
+#include "core/error.hpp"
+#include "interop/init_source.hpp"
+#include "models/state_dict.hpp"
+#include "training/distributed.hpp"
+#include "training/run_state.hpp"
+
+namespace bitqat::training {
+namespace {
+
+bitlinear::QuantSpec full_precision() {
+  bitlinear::QuantSpec s;
+  s.weight.type = bitlinear::WeightQuant::kNone;
+  s.act.type = bitlinear::ActQuant::kNone;
+  return s;
+}
+
+// The teacher runs in float32 whatever autocast the student's step uses.
+class NoAutocast {
+ public:
+  NoAutocast() : prev_(at::autocast::is_autocast_enabled(at::kCUDA)) {
+    at::autocast::set_autocast_enabled(at::kCUDA, false);
+  }
+  ~NoAutocast() { at::autocast::set_autocast_enabled(at::kCUDA, prev_); }
+  NoAutocast(const NoAutocast&) = delete;
+  NoAutocast& operator=(const NoAutocast&) = delete;
+
+ private:
+  bool prev_;
+};
+
+class DistillTask final : public Task {
+ public:
+  DistillTask(std::unique_ptr<Task> student, std::shared_ptr<models::BitLMImpl> student_lm,
+              std::shared_ptr<models::BitLMImpl> teacher, DistillConfig cfg, std::string teacher_path)
+      : student_(std::move(student)),
+        student_lm_(std::move(student_lm)),
+        teacher_(std::move(teacher)),
+        cfg_(std::move(cfg)),
+        teacher_path_(std::move(teacher_path)) {}
+
+  torch::nn::Module& module() override { return student_->module(); }
+  std::shared_ptr<torch::nn::Module> module_ptr() override { return student_->module_ptr(); }
+
+  at::Tensor loss(const data::Batch& b) override {
+    std::vector<at::Tensor> hs, ht;
+    const auto logits = student_lm_->forward_hidden(b.inputs, cfg_.hidden_layers, &hs);
+    at::Tensor teacher_logits;
+    {
+      at::NoGradGuard no_grad;
+      NoAutocast fp32;
+      teacher_logits = teacher_->forward_hidden(b.inputs, cfg_.hidden_layers, &ht);
+    }
+    const int64_t v = logits.size(-1);
+    const auto parts = distill_loss(logits.reshape({-1, v}), teacher_logits.reshape({-1, v}), b.targets.reshape({-1}),
+                                    cfg_.alpha, cfg_.temperature, hs, ht, cfg_.hidden_weight);
+    parts_ = {{"loss_ce", parts.ce.detach()}, {"loss_kd", parts.kd.detach()}};
+    if (parts.hidden.defined()) parts_.emplace_back("loss_hidden", parts.hidden.detach());
+    return parts.total;
+  }
+
+  EvalResult evaluate(const std::vector<data::Batch>& batches, const at::Device& device) override {
+    return student_->evaluate(batches, device);
+  }
+  int64_t units(const data::Batch& b) const override { return student_->units(b); }
+  const char* unit_name() const override { return student_->unit_name(); }
+  std::vector<std::pair<std::string, at::Tensor>> loss_parts() const override { return parts_; }
+
+  nlohmann::json checkpoint_state() const override {
+    return {{"distill", {{"teacher", teacher_path_}, {"teacher_fingerprint", fingerprint()}}}};
+  }
+
+  void check_resume(const nlohmann::json& state, const std::string& origin) const override {
+    const auto d = state.contains("distill") ? state["distill"] : nlohmann::json();
+    if (!d.is_object() || !d.contains("teacher_fingerprint") || !d["teacher_fingerprint"].is_number_integer()) {
+      throw core::UserError(fmt::format(
+          "{}: the checkpoint records no distillation teacher, but {} asks for one ({}): a run cannot switch "
+          "distillation on when it resumes; start a new run with init_from pointing at this checkpoint",
+          origin, cfg_.node.where(), teacher_path_));
+    }
+    const int64_t want = d["teacher_fingerprint"].get<int64_t>();
+    if (want != fingerprint()) {
+      throw core::UserError(fmt::format(
+          "{}: the distillation teacher changed since this checkpoint: {} has fingerprint {}, the checkpoint's "
+          "teacher ({}) had {}; resume with the same teacher",
+          origin, teacher_path_, fingerprint(), d.value("teacher", std::string("?")), want));
+    }
+  }
+
+  models::BitLMImpl& teacher() { return *teacher_; }
+  models::BitLMImpl& student_lm() { return *student_lm_; }
+  const std::string& teacher_path() const { return teacher_path_; }
+  int64_t fingerprint() const {
+    std::vector<at::Tensor> ts;
+    for (const auto& p : teacher_->parameters()) ts.push_back(p);
+    return bit_fingerprint(ts);
+  }
+
+ private:
+  std::unique_ptr<Task> student_;
+  std::shared_ptr<models::BitLMImpl> student_lm_, teacher_;
+  DistillConfig cfg_;
+  std::string teacher_path_;
+  std::vector<std::pair<std::string, at::Tensor>> parts_;
+};
+
+// LMConfig <-> int64 words, so that rank 0 can broadcast the teacher's model to the others.
+std::vector<int64_t> encode(const models::LMConfig& c) {
+  auto bits = [](double d) {
+    int64_t i = 0;
+    std::memcpy(&i, &d, 8);
+    return i;
+  };
+  const int64_t ffn = c.ffn == "relu2" ? 0 : c.ffn == "relu2_glu" ? 1 : 2;
+  return {c.vocab_size, c.dim,      c.n_layers,    c.n_heads,          c.n_kv_heads,     c.ffn_dim,
+          ffn,          c.sub_norm, c.max_seq_len, bits(c.rope_theta), bits(c.norm_eps), c.tie_embeddings};
+}
+
+models::LMConfig decode(const std::vector<int64_t>& w) {
+  auto real = [](int64_t i) {
+    double d = 0;
+    std::memcpy(&d, &i, 8);
+    return d;
+  };
+  models::LMConfig c;
+  c.vocab_size = w[0], c.dim = w[1], c.n_layers = w[2], c.n_heads = w[3], c.n_kv_heads = w[4], c.ffn_dim = w[5];
+  c.ffn = w[6] == 0 ? "relu2" : w[6] == 1 ? "relu2_glu" : "swiglu";
+  c.sub_norm = w[7] != 0, c.max_seq_len = w[8], c.rope_theta = real(w[9]), c.norm_eps = real(w[10]);
+  c.tie_embeddings = w[11] != 0;
+  return c;
+}
+
+// The teacher's model on every rank: what the source says (read on rank 0), else the student's.
+models::LMConfig teacher_config(std::optional<interop::InitSource>& src, const models::LMConfig& student,
+                                DistContext& dist) {
+  auto words = encode(src && src->lm ? *src->lm : student);
+  at::Tensor t = at::tensor(words, at::kLong);
+  dist.broadcast_(t, "broadcast of the distillation teacher's model config");
+  const auto* p = t.data_ptr<int64_t>();
+  return decode(std::vector<int64_t>(p, p + t.numel()));
+}
+
+void check_teacher(const models::LMConfig& t, const models::LMConfig& s, const DistillConfig& cfg,
+                   const std::string& path) {
+  const auto where = cfg.node.where(cfg.teacher.empty() ? "" : "teacher");
+  if (t.vocab_size != s.vocab_size) {
+    throw core::UserError(fmt::format(
+        "{} = {}: the teacher's vocabulary has {} tokens, the student's {}: distillation compares the two models' "
+        "distributions over the same tokens, so the teacher must share the student's tokenizer",
+        where, path, t.vocab_size, s.vocab_size));
+  }
+  for (auto l : cfg.hidden_layers) {
+    if (l >= t.n_layers || t.dim != s.dim) {
+      throw core::UserError(fmt::format(
+          "{}: hidden-state block {} needs it in both models with the same width; the teacher ({}) has {} blocks of "
+          "width {}, the student {} of width {}",
+          cfg.node.child("hidden").where("layers"), l, path, t.n_layers, t.dim, s.n_layers, s.dim));
+    }
+  }
+}
+
+}  // namespace
+
+DistillLoss distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
+                         double alpha, double temperature, const std::vector<at::Tensor>& student_hidden,
+                         const std::vector<at::Tensor>& teacher_hidden, double hidden_weight) {
+  TORCH_CHECK(student_logits.dim() == 2 && student_logits.sizes() == teacher_logits.sizes(),
+              "distill_loss: logits must be [N, V] and of one shape, got ", student_logits.sizes(), " and ",
+              teacher_logits.sizes());
+  TORCH_CHECK(student_hidden.size() == teacher_hidden.size(), "distill_loss: ", student_hidden.size(), " vs ",
+              teacher_hidden.size(), " hidden states");
+  DistillLoss out;
+  out.ce = at::cross_entropy_loss(student_logits, targets);
+  const auto ls = at::log_softmax(student_logits / temperature, -1);
+  const auto lt = at::log_softmax(teacher_logits.detach().to(ls.scalar_type()) / temperature, -1);
+  out.kd = (lt.exp() * (lt - ls)).sum(-1).mean();
+  out.total = alpha * out.ce + (1.0 - alpha) * temperature * temperature * out.kd;
+  if (!student_hidden.empty()) {
+    std::vector<at::Tensor> mses;
+    for (size_t i = 0; i < student_hidden.size(); ++i) {
+      mses.push_back(at::mse_loss(student_hidden[i], teacher_hidden[i].detach().to(student_hidden[i].scalar_type())));
+    }
+    out.hidden = at::stack(mses).mean();
+    out.total = out.total + hidden_weight * out.hidden;
+  }
+  return out;
+}
+
+std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Config& cfg, const at::Device& device,
+                                        DistContext& dist) {
+  const auto& d = cfg.distill;
+  auto student_lm = std::dynamic_pointer_cast<models::BitLMImpl>(student->module_ptr());
+  if (!student_lm) {
+    throw core::ConfigError(fmt::format("{}: distillation needs a language model (model.kind lm)", d.node.where()));
+  }
+  const std::string path = d.teacher.empty() ? cfg.init_from : d.teacher;
+  const std::string where =
+      d.teacher.empty() ? cfg.root.where("init_from") + " (the distillation teacher)" : d.node.where("teacher");
+  // Rank 0 opens the source; its model config, then its weights, reach the other ranks by broadcast.
+  std::optional<interop::InitSource> src;
+  run_on_main(
+      dist, [&] { src = interop::read_init_source(path, where); }, "opening the distillation teacher");
+  const auto tcfg = teacher_config(src, student_lm->config, dist);
+  check_teacher(tcfg, student_lm->config, d, path);
+
+  // Built under a saved RNG state: the teacher's (overwritten) initialisation draws nothing from the
+  // generator the student's run uses.
+  const auto rng = rng_states();
+  auto teacher = std::make_shared<models::BitLMImpl>(tcfg, full_precision(), std::vector<std::string>{},
+                                                     std::vector<std::string>{});
+  restore_rng_states({rng.begin(), rng.end()}, "the RNG state saved before building the teacher");
+  teacher->to(device);
+  run_on_main(
+      dist, [&] { interop::init_model_from(*src, *teacher, where); }, "reading the distillation teacher");
+  src.reset();  // unmaps the source
+  for (auto& p : teacher->parameters()) {
+    p.set_requires_grad(false);
+    dist.broadcast_(p, "broadcast of the distillation teacher's weights");
+  }
+  teacher->eval();
+  auto task = std::make_unique<DistillTask>(std::move(student), student_lm, teacher, d,
+                                            std::filesystem::absolute(path).lexically_normal().string());
+  dist.check_same({task->fingerprint()}, {"the fingerprint of the distillation teacher"});
+  spdlog::info("distillation: teacher {} ({} blocks, width {}, fingerprint {}); loss = {} CE + {} T^2 KL (T = {}){}",
+               path, tcfg.n_layers, tcfg.dim, task->fingerprint(), d.alpha, 1.0 - d.alpha, d.temperature,
+               d.hidden_layers.empty()
+                   ? std::string()
+                   : fmt::format(" + {} hidden MSE at blocks {}", d.hidden_weight, fmt::join(d.hidden_layers, ", ")));
+  return task;
+}
+
+bool init_student_from_teacher(Task& task, const Config& cfg) {
+  auto* t = dynamic_cast<DistillTask*>(&task);
+  if (!t || cfg.init_from.empty() || !cfg.distill.teacher.empty()) return false;
+  const auto diffs = t->student_lm().config.differences(t->teacher().config);
+  if (!diffs.empty()) {
+    throw core::UserError(fmt::format("{} = {}: the config's model does not match the source: {}",
+                                      cfg.root.where("init_from"), cfg.init_from, fmt::join(diffs, "; ")));
+  }
+  // Every rank holds the broadcast teacher: copy it, no second read of the file.
+  const auto tensors = models::model_tensors(t->teacher(), /*to_cpu=*/false);
+  models::load_model_tensors(t->student_lm(), std::map<std::string, at::Tensor>(tensors.begin(), tensors.end()),
+                             t->teacher_path() + " (the distillation teacher)");
+  spdlog::info("initialised {} tensors from the distillation teacher {} (init_from)", tensors.size(), cfg.init_from);
+  return true;
+}
+
+}  // namespace bitqat::training

@@ -1,0 +1,56 @@
+// Knowledge distillation from a frozen full-precision teacher while a student is fine-tuned into
+// ternary: the loss and the task that runs both models (the `distill:` section is DistillConfig in
+// training/config.hpp).
+//
+// Loss per batch (Hinton, Vinyals and Dean 2015, "Distilling the Knowledge in a Neural Network";
+// the T^2 factor keeps the soft targets' gradient scale independent of T):
+//   loss = alpha * CE(student logits, targets)
+//        + (1 - alpha) * T^2 * KL(p_teacher || p_student)        p = softmax(logits / T)
+//        + hidden.weight * mean over hidden.layers of MSE(h_student[l], h_teacher[l])
+// CE and KL are means over the batch's tokens (KL summed over the vocabulary); h[l] is the residual
+// stream after block l ([B, T, dim]), its MSE the mean over elements.
+//
+// The teacher is a BitLM with every layer in full precision and no gradient, on the student's
+// device, its forward in float32 (outside any autocast). By default it is the init_from source; it is
+// never checkpointed: a resumed run reads it again and refuses it when its fingerprint (the bits of
+// its parameters, training/distributed.hpp's bit_fingerprint) differs from the checkpoint's. In a
+// data-parallel run only rank 0 reads it; the model config and the weights reach the other ranks by
+// broadcast. A teacher whose vocabulary differs from the student's is refused: the two distributions
+// must be over the same tokens.
+#pragma once
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/lm.hpp"
+#include "training/task.hpp"
+
+namespace bitqat::training {
+
+class DistContext;
+
+struct DistillLoss {
+  at::Tensor total, ce, kd, hidden;  // scalars; hidden is undefined without hidden layers
+};
+
+// The loss above. student_logits / teacher_logits [N, V] (any float dtype; the teacher's carry no
+// gradient), targets [N] int64, hidden lists of equal length with equal shapes.
+DistillLoss distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
+                         double alpha, double temperature, const std::vector<at::Tensor>& student_hidden = {},
+                         const std::vector<at::Tensor>& teacher_hidden = {}, double hidden_weight = 0.0);
+
+// Wraps the student's task (kind lm) with a teacher read from cfg.distill.teacher (or init_from),
+// on rank 0 only, then broadcast. The returned task's loss() is the distillation loss, its
+// loss_parts() are loss_ce, loss_kd (and loss_hidden), evaluate() is the student's. UserErrors name
+// the config key for a missing teacher, another vocabulary or a hidden layer either model lacks.
+std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Config& cfg, const at::Device& device,
+                                        DistContext& dist);
+
+// A fresh run whose teacher is its init_from source: copies the teacher's weights (already read and
+// broadcast) into the student, so the source is read once. Returns false (nothing done) otherwise.
+bool init_student_from_teacher(Task& task, const Config& cfg);
+
+}  // namespace bitqat::training
