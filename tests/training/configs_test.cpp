@@ -1,4 +1,5 @@
-// Every shipped config parses and validates (the GPU config's shards are replaced by temporary ones).
+// Every shipped config parses and validates (the shards of the GPU and SmolLM2 configs, which a setup
+// step prepares, are replaced by temporary ones).
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -16,7 +17,7 @@ TEST(ShippedConfigs, AllValidate) {
   int n = 0;
   for (const auto& f : bitqat::core::glob_files(std::string(BITQAT_SOURCE_DIR) + "/configs/*.yaml")) {
     std::vector<std::string> sets;
-    if (f.find("lm_gpu") != std::string::npos) {
+    if (f.find("lm_gpu") != std::string::npos || f.find("smollm2") != std::string::npos) {
       sets = {"data.train=" + (dir / "s.bin").string(), "data.val=" + (dir / "s.bin").string()};
     }
     EXPECT_NO_THROW(bitqat::training::Config::load_file(f, sets)) << f;
