@@ -5,6 +5,9 @@
 #include <torch/autograd.h>
 #include <torch/nn/init.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "bitlinear/convert.hpp"
@@ -118,6 +121,69 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t he
   return {emb.cos().to(at::kFloat).to(device), emb.sin().to(at::kFloat).to(device)};
 }
 
+namespace {
+
+// RoPE on x [B, T, H, D] (the projections' own layout, before the head transpose) with cos, sin
+// [T, D] broadcast over heads: for the halves x1, x2 of each head, y1 = x1 c1 - x2 s1 and
+// y2 = x2 c2 + x1 s2 (apply_rope's arithmetic, operation for operation); backward
+// dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1. A CPU float32 loop; other tensors take apply_rope.
+struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
+  static void run(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool backward,
+                  at::Tensor& out) {
+    const int64_t B = in.size(0), T = in.size(1), H = in.size(2), D = in.size(3), half = D / 2;
+    const float* x = in.data_ptr<float>();
+    const float* c = cos.data_ptr<float>();
+    const float* sn = sin.data_ptr<float>();
+    float* y = out.data_ptr<float>();
+    at::parallel_for(0, B * T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t b0, int64_t b1) {
+      for (int64_t bt = b0; bt < b1; ++bt) {
+        const float* ct = c + (bt % T) * D;
+        const float* st = sn + (bt % T) * D;
+        for (int64_t h = 0; h < H; ++h) {
+          const float* xr = x + (bt * H + h) * D;
+          float* yr = y + (bt * H + h) * D;
+          for (int64_t j = 0; j < half; ++j) {
+            const float x1 = xr[j], x2 = xr[j + half];
+            if (!backward) {
+              yr[j] = x1 * ct[j] + (-x2) * st[j];
+              yr[j + half] = x2 * ct[j + half] + x1 * st[j + half];
+            } else {
+              yr[j] = x1 * ct[j] + x2 * st[j + half];
+              yr[j + half] = x2 * ct[j + half] + (-x1) * st[j];
+            }
+          }
+        }
+      }
+    });
+  }
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    const auto xc = x.detach().contiguous();
+    auto y = at::empty_like(xc);
+    run(xc, cos, sin, false, y);
+    return y;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list g) {
+    const auto v = ctx->get_saved_variables();
+    const auto gc = g[0].contiguous();
+    auto dx = at::empty_like(gc);
+    run(gc, v[0], v[1], true, dx);
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor rope_bthd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
+      cos.is_contiguous() && sin.is_contiguous() && x.size(-1) % 2 == 0) {
+    return RopeBTHD::apply(x, cos, sin);
+  }
+  return apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2);
+}
+
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   const auto x1 = x.narrow(-1, 0, half);
@@ -150,8 +216,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
     kx = k->forward(x);
     vx = v->forward(x);
   }
-  auto qh = apply_rope(qx.view({B, T, n_heads, head_dim}).transpose(1, 2), cos, sin);
-  auto kh = apply_rope(kx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
+  auto qh = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin).transpose(1, 2);
+  auto kh = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin).transpose(1, 2);
   auto vh = vx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   int64_t past = 0;
   if (cache) {
@@ -260,7 +326,14 @@ void BitLMImpl::init_weights() {
 at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) {
   const int64_t T = tokens.size(1);
   const int64_t pos = cache ? cache->pos : 0;
-  const auto [cos, sin] = rope_tables(pos, T, config.head_dim(), config.rope_theta, tokens.device());
+  // The tables are built once per device and length, then sliced.
+  auto& tables = rope_cache_[tokens.device().str()];
+  if (!tables.first.defined() || tables.first.size(0) < pos + T) {
+    tables = rope_tables(0, std::max(config.max_seq_len, pos + T), config.head_dim(), config.rope_theta,
+                         tokens.device());
+  }
+  const auto cos = tables.first.narrow(0, pos, T);
+  const auto sin = tables.second.narrow(0, pos, T);
   auto h = embed->forward(tokens);
   for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->forward(h, cos, sin, cache, i);
   h = norm->forward(h);
