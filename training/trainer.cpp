@@ -77,9 +77,13 @@ std::unique_ptr<schedules::Schedule> schedule_or_constant(const core::Node& node
   return schedules::make_schedule(doc, role, steps);
 }
 
+// A GPU batch is staged in pinned host memory (the caching host allocator keeps it alive until
+// the copy has run) and copied asynchronously on the current stream. The step makes no host sync,
+// so the host prepares and queues the next micro-batch while the device still computes this one.
 data::Batch to_device(const data::Batch& b, const at::Device& d) {
   if (d.is_cpu()) return b;
-  return data::Batch{b.inputs.to(d, /*non_blocking=*/true), b.targets.to(d, /*non_blocking=*/true)};
+  auto copy = [&](const at::Tensor& t) { return t.pin_memory().to(d, /*non_blocking=*/true); };
+  return data::Batch{copy(b.inputs), copy(b.targets)};
 }
 
 std::string hms(double seconds) {
