@@ -29,10 +29,11 @@ at::Tensor ste_grad(const at::Tensor& g, const at::Tensor& mask, double lambda) 
   return g * factor;
 }
 
-// The fused CPU passes (bitlinear/quant_kernels.hpp) serve float32 2-D ternary weights with the
-// identity estimator, and per-token float32 activations; they compute the same values.
+// The fused passes (bitlinear/quant_kernels.hpp; CPU row kernels or CUDA kernels) serve float32 2-D
+// ternary weights with the identity estimator, and per-token float32 activations; they compute the
+// same values as the composed definitions.
 bool fused_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
-  return kernels::fused_cpu(w) && w.dim() == 2 && spec.type == WeightQuant::kTernary &&
+  return kernels::fused_fake_quant(w) && w.dim() == 2 && spec.type == WeightQuant::kTernary &&
          spec.estimator == Estimator::kIdentity && spec.granularity != Granularity::kPerKernel;
 }
 
@@ -64,7 +65,7 @@ struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, ActQuantSpec spec, double lambda) {
     ctx->saved_data["lambda"] = lambda;
     ctx->saved_data["fused"] = false;
-    if (kernels::fused_cpu(x) && spec.type == ActQuant::kPerToken && x.dim() >= 1 && x.size(-1) > 0) {
+    if (kernels::fused_fake_quant(x) && spec.type == ActQuant::kPerToken && x.dim() >= 1 && x.size(-1) > 0) {
       const int64_t k = x.size(-1);
       const auto x2 = x.detach().reshape({-1, k}).contiguous();
       auto [out, s] = kernels::act_fake_quant(x2, spec.eps, spec.bits, lambda);

@@ -298,12 +298,24 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
 
 bool fused_cpu(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
 
+bool fused_fake_quant(const at::Tensor& t) {
+  return (t.device().is_cpu() || t.is_cuda()) && t.scalar_type() == at::kFloat;
+}
+
 std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double eps, int bits, double lambda) {
   check_2d(x2d, "act_fake_quant");
   check_bits(bits);
   const int64_t m = x2d.size(0), k = x2d.size(1);
   auto out = at::empty({m, k}, x2d.options());
   auto s = at::empty({m}, x2d.options());
+  if (x2d.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(x2d.device());
+    const auto x = x2d.contiguous();
+    cuda::act_fake_quant(x.data_ptr<float>(), m, k, static_cast<float>(eps), cuda::act_qmax(bits),
+                         static_cast<float>(lambda), out.data_ptr<float>(), s.data_ptr<float>(),
+                         at::cuda::getCurrentCUDAStream());
+    return {out, s};
+  }
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
     rk.act_fake_quant_rows(x2d.data_ptr<float>(), k, static_cast<float>(eps), cuda::act_qmax(bits),
@@ -317,6 +329,15 @@ at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const 
   const int64_t m = x2d.size(0), k = x2d.size(1);
   const auto g = g2d.contiguous();
   auto dx = at::empty({m, k}, x2d.options());
+  if (x2d.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(x2d.device());
+    const auto x = x2d.contiguous();
+    const auto sc = scales.contiguous();
+    cuda::act_ste_backward(g.data_ptr<float>(), x.data_ptr<float>(), sc.data_ptr<float>(), m, k, cuda::act_qmax(bits),
+                           static_cast<float>(clip), static_cast<float>(lambda), dx.data_ptr<float>(),
+                           at::cuda::getCurrentCUDAStream());
+    return dx;
+  }
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
     rk.act_ste_backward(g.data_ptr<float>(), x2d.data_ptr<float>(), scales.data_ptr<float>(), k, cuda::act_qmax(bits),
@@ -346,6 +367,19 @@ std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int6
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
   if (per_tensor) group = cols;
   const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
+  if (w2d.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(w2d.device());
+    const auto w = w2d.contiguous();
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    auto gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, stride}, w.options());
+    auto ws = per_tensor ? at::empty({2 * rows}, w.options().dtype(at::kDouble)) : at::Tensor();
+    cuda::weight_scales(w.data_ptr<float>(), rows, cols, group, per_tensor, gamma.data_ptr<float>(), nullptr,
+                        ws.defined() ? ws.data_ptr<double>() : nullptr, stream);
+    auto out = at::empty({rows, cols}, w.options());
+    cuda::ternary_fake_quant(w.data_ptr<float>(), rows, cols, group, stride, gamma.data_ptr<float>(),
+                             static_cast<float>(eps), static_cast<float>(lambda), out.data_ptr<float>(), stream);
+    return {out, gamma};
+  }
   auto gamma = ternary_gamma(w2d, group, per_tensor);
   auto out = at::empty({rows, cols}, w2d.options());
   const auto& rk = cpu::row_kernels();

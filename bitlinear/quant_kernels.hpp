@@ -49,6 +49,10 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
 
 // Whether the fused CPU kernels serve this tensor (float32 on the CPU).
 bool fused_cpu(const at::Tensor& t);
+// Whether the fused fake-quantization passes below (act_fake_quant, act_ste_backward,
+// ternary_fake_quant) serve this tensor: float32 on the CPU (row kernels) or on a CUDA device
+// (cuda/quant.hpp, the same values bit for bit).
+bool fused_fake_quant(const at::Tensor& t);
 
 // Fake-quantized activations of x [M, K]: out = x + lambda * (code / s - x), scales [M].
 std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double eps, int bits, double lambda);

@@ -243,3 +243,37 @@ TEST(W158A8GpuLinear, AutocastGivesBf16OutputsWithMatchingGradients) {
   EXPECT_LT(rel_err(fast->weight.grad().cpu(), ref->weight.grad()), 2e-2);
 }
 
+
+TEST(FakeQuantGpu, FusedPassesEqualTheCpuRowKernelsBitForBit) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  namespace k = bitqat::bitlinear::kernels;
+  const auto dev = at::Device(at::kCUDA, 0);
+  at::manual_seed(12);
+  for (const int64_t cols : {1, 63, 64, 65, 300, 1000}) {
+    auto x = at::randn({37, cols}) * 3.0;
+    x[5].fill_(std::numeric_limits<float>::quiet_NaN());  // a non-finite row: NaN out, NaN scale
+    x[6].zero_();
+    for (const double lambda : {0.0, 0.5, 1.0}) {
+      const auto [cpu_out, cpu_s] = k::act_fake_quant(x, 1e-5, 8, lambda);
+      const auto [gpu_out, gpu_s] = k::act_fake_quant(x.to(dev), 1e-5, 8, lambda);
+      EXPECT_TRUE(at::equal(cpu_s.isnan(), gpu_s.cpu().isnan()));
+      EXPECT_TRUE(at::equal(cpu_s.nan_to_num(0), gpu_s.cpu().nan_to_num(0))) << cols << " " << lambda;
+      EXPECT_TRUE(at::equal(cpu_out.nan_to_num(7), gpu_out.cpu().nan_to_num(7))) << cols << " " << lambda;
+      const auto g = at::randn({37, cols});
+      const auto xs = x.nan_to_num(0);
+      const auto [o2, s2] = k::act_fake_quant(xs, 1e-5, 8, lambda);
+      const auto dc = k::act_ste_backward(g, xs, s2, 8, 1.0, lambda);
+      const auto dg = k::act_ste_backward(g.to(dev), xs.to(dev), s2.to(dev), 8, 1.0, lambda);
+      EXPECT_TRUE(at::equal(dc, dg.cpu())) << cols << " " << lambda;
+    }
+    const auto w = at::randn({19, cols}) * 0.02;
+    for (const auto& [group, per_tensor] : std::vector<std::pair<int64_t, bool>>{{64, false}, {cols, false}, {cols, true}}) {
+      for (const double lambda : {0.25, 1.0}) {
+        const auto [co, cg] = k::ternary_fake_quant(w, group, per_tensor, 1e-5, lambda);
+        const auto [go, gg] = k::ternary_fake_quant(w.to(dev), group, per_tensor, 1e-5, lambda);
+        EXPECT_TRUE(at::equal(cg, gg.cpu())) << cols << " " << group << " " << per_tensor;
+        EXPECT_TRUE(at::equal(co, go.cpu())) << cols << " " << group << " " << per_tensor << " " << lambda;
+      }
+    }
+  }
+}
