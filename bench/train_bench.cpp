@@ -23,6 +23,9 @@
 #include <map>
 #include <mutex>
 
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <torch/cuda.h>
+
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "training/trainer.hpp"
@@ -73,7 +76,10 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::Range(1, 100000));
   app.add_option("--steps", steps, "timed steps")->check(CLI::Range(1, 100000));
   app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024));
-  app.add_option("--set", sets, "config override")->expected(1)->allow_extra_args(false);
+  app.add_option("--set", sets, "config override")
+      ->expected(1)
+      ->allow_extra_args(false)
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   bool ops = false;
   app.add_flag("--ops", ops, "also print the ATen ops of the timed steps by inclusive time");
   CLI11_PARSE(app, argc, argv);
@@ -95,7 +101,22 @@ int main(int argc, char** argv) {
     // run) and is stopped once enough steps are timed.
     if (ops) install_op_timer();
     struct Stop {};
+    // On a GPU the host runs ahead of the device (no sync inside a step): per-step host times
+    // mean nothing there, so the timed window is bracketed by device syncs and reported as a mean,
+    // and the caching allocator's peak is taken over the timed steps.
+    const bool gpu = cfg.device.type != "cpu" && torch::cuda::is_available();
+    std::chrono::steady_clock::time_point window_start;
+    double window_s = 0.0;
     o.after_step = [&](int64_t) {
+      if (gpu && (static_cast<int>(seconds.size()) + 1 == warmup || static_cast<int>(seconds.size()) + 1 == warmup + steps)) {
+        torch::cuda::synchronize();
+        if (static_cast<int>(seconds.size()) + 1 == warmup) {
+          c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+          window_start = std::chrono::steady_clock::now();
+        } else {
+          window_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - window_start).count();
+        }
+      }
       const auto now = std::chrono::steady_clock::now();
       seconds.push_back(std::chrono::duration<double>(now - last).count());
       last = now;
@@ -114,13 +135,20 @@ int main(int argc, char** argv) {
     std::vector<double> timed(seconds.begin() + warmup, seconds.end());
     std::sort(timed.begin(), timed.end());
     const double median = timed[timed.size() / 2];
-    const nlohmann::json j = {{"trainer", "bitqat"},
+    nlohmann::json j = {{"trainer", "bitqat"},
                               {"config", config},
                               {"threads", threads},
                               {"timed_steps", timed.size()},
                               {"tokens_per_step", tokens_per_step},
                               {"median_step_ms", 1e3 * median},
                               {"median_tokens_per_s", static_cast<double>(tokens_per_step) / median}};
+    if (gpu) {
+      const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+      j["device"] = "cuda";
+      j["mean_step_ms"] = 1e3 * window_s / steps;
+      j["tokens_per_s"] = static_cast<double>(tokens_per_step) * steps / window_s;
+      j["peak_allocated_bytes"] = stats.allocated_bytes[0].peak;
+    }
     std::printf("%s\n", j.dump().c_str());
     if (ops) {
       std::vector<std::pair<double, std::string>> rows;
