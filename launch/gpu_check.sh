@@ -100,7 +100,7 @@ step reference_tests tests.log 20 "$bin/cuda_reference_tests"
 kernels='gemv_kernel|gemm_kernel|quantize_rows_kernel|rms_norm_kernel|pack_codes_kernel|weight_codes_kernel|group_sums_kernel|tensor_'
 step memcheck memcheck.log 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
   --error-exitcode 9 --kernel-regex kns="$kernels" "$bin/bitlinear_ops_tests" \
-  --gtest_filter='W158A8Gpu*:W158A8NonFinite*:-W158A8GpuGrid*'
+  --gtest_filter='Shapes/W158A8Gpu*:W158A8Gpu*:W158A8NonFinite*:-W158A8GpuGrid*'
 if grep -q -i "unrecognized\|invalid option\|unknown option" "$out/memcheck.log"; then
   step memcheck memcheck.log 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 9 "$bin/bitlinear_ops_tests" --gtest_filter='Shapes/W158A8Gpu*:W158A8NonFinite*'
