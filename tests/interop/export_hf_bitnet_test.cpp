@@ -72,6 +72,8 @@ TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
   auto c = tiny_bitnet();
   c.ffn = "relu2";
   EXPECT_NE(error_of(make_lm(c)).find("model.ffn = relu2"), std::string::npos);
+  c.ffn = "swiglu";
+  EXPECT_EQ(error_of(make_lm(c)), "");
   c = tiny_bitnet();
   c.sub_norm = false;
   EXPECT_NE(error_of(make_lm(c)).find("model.sub_norm"), std::string::npos);
@@ -107,8 +109,12 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
 #ifndef BITQAT_PYTHON
   GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
 #else
+  // swiglu is hidden_act silu: transformers' BitNetMLP applies ACT2FN[hidden_act] to the gate.
+  for (const std::string ffn : {"relu2_glu", "swiglu"}) {
   at::manual_seed(7);
-  auto lm = make_lm(tiny_bitnet());
+  auto c = tiny_bitnet();
+  c.ffn = ffn;
+  auto lm = make_lm(c);
   const auto tokens = at::randint(0, 96, {2, 20}, at::kLong);
   at::Tensor logits;
   {
@@ -124,6 +130,8 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").scalar_type(), at::kByte);
   EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").sizes(), (std::vector<int64_t>{16, 64}));
   EXPECT_EQ(st.count("lm_head.weight"), 0u);  // tied
+  const auto config = nlohmann::json::parse(core::read_file((dir / "hf/config.json").string()));
+  EXPECT_EQ(config["hidden_act"], ffn == "swiglu" ? "silu" : "relu2");
   checkpoints::save_safetensors((dir / "want.safetensors").string(), {{"tokens", tokens}, {"logits", logits}});
   // float32: the same integer products; differences come from float summation order and, rarely,
   // an activation code that rounds the other way (bitqat rounds half away from zero, torch.round
@@ -136,6 +144,7 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   EXPECT_EQ(rc, 0) << out;
   EXPECT_NE(out.find("OK"), std::string::npos) << out;
   fs::remove_all(dir);
+  }
 #endif
 }
 
