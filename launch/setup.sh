@@ -5,6 +5,10 @@
 #
 #   launch/setup.sh            install + configure + build
 #   launch/setup.sh --deps     install only (no build)
+#   launch/setup.sh --tests    install + configure + build, plus what only the test suite needs:
+#                              llama-cpp-python (pinned), which compiles llama.cpp from source (the
+#                              first time about 40 minutes on the project's shared 2-core machine; a
+#                              no-op once that version is installed). The tests run our GGUF exports in it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -52,7 +56,8 @@ fi
 # fixtures; transformers (with accelerate, which its BitNet loader requires) and llama.cpp's gguf-py
 # read our hf-bitnet and GGUF exports.
 # Pinned, so that a fresh machine tests against the versions these tests were written for.
-py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0)
+py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0
+                  tokenizers==0.23.3)
 if ! "$VENV/bin/python" - "${py_test_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -64,6 +69,20 @@ fi
 
 # The text the quickstart trains on (fast; a no-op when present).
 "$root/data/prepare_kjv.sh"
+
+# llama.cpp for the tests that run our GGUF exports in it (--tests only: the main job never pays for
+# it). 0.3.36 vendors a llama.cpp with the bitnet graph and the Q1_0 / Q2_0 types (ggml types 41 / 42).
+# The multimodal library is not built: the tests do not use it and it lengthens the build.
+LLAMA_CPP_PYTHON_VERSION="0.3.36"
+if [ "${1:-}" = "--tests" ]; then
+  if "$VENV/bin/python" -c "import sys; from importlib.metadata import version; sys.exit(0 if version('llama_cpp_python') == '$LLAMA_CPP_PYTHON_VERSION' else 1)" 2>/dev/null; then
+    log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION present"
+  else
+    log "installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp: the first time takes tens of minutes)"
+    CMAKE_ARGS="-DLLAVA_BUILD=OFF" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+      "$VENV/bin/pip" install -q "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+  fi
+fi
 
 [ "${1:-}" = "--deps" ] && exit 0
 
