@@ -135,7 +135,8 @@ nlohmann::json get_scalar(Cursor* c, ValueType t, const std::string& key) {
 bool known_value_type(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::kFloat64); }
 
 bool known_tensor_type(uint32_t t) {
-  for (auto k : {GgmlType::kF32, GgmlType::kF16, GgmlType::kTQ1_0, GgmlType::kTQ2_0, GgmlType::kQ1_0, GgmlType::kQ2_0}) {
+  for (auto k :
+       {GgmlType::kF32, GgmlType::kF16, GgmlType::kTQ1_0, GgmlType::kTQ2_0, GgmlType::kQ1_0, GgmlType::kQ2_0}) {
     if (static_cast<uint32_t>(k) == t) return true;
   }
   return false;
@@ -557,8 +558,8 @@ Tensor block_tensor(const std::string& name, const at::Tensor& codes_in, const a
   }
   const int64_t rows = codes_in.size(0), k = codes_in.size(1), bs = block_size(type), bb = block_bytes(type);
   if (k % bs != 0) {
-    throw std::invalid_argument(fmt::format("gguf: tensor {}: K = {} is not a multiple of {} ({} blocks run along rows)",
-                                            name, k, bs, to_string(type)));
+    throw std::invalid_argument(fmt::format(
+        "gguf: tensor {}: K = {} is not a multiple of {} ({} blocks run along rows)", name, k, bs, to_string(type)));
   }
   const int64_t blocks = k / bs;
   const auto codes = codes_in.cpu().contiguous();

@@ -74,8 +74,8 @@ void check_linear(const std::string& name, const BitLinear& l, GgmlType type) {
   req.group_reason = fmt::format("a {} block of {} weights carries one scale, so groups must be a multiple of {}{}", t,
                                  bs, bs, type == GgmlType::kQ2_0 ? " (group_size 64 maps one group to one block)" : "");
   req.in_multiple = bs;
-  req.in_reason = fmt::format("{} rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})",
-                              t, bs, bs);
+  req.in_reason = fmt::format(
+      "{} rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})", t, bs, bs);
   req.per_token_8bit_activations = true;
   check_exportable(name, *l, req);
 }
@@ -111,7 +111,7 @@ void check_fp16_scales(const std::string& tname, const at::Tensor& scales, GgmlT
 }
 
 // F16 float tensors: every value must be finite and within fp16's range.
-gguf::Tensor float_tensor(const std::string& tname, const at::Tensor& v, GgmlType type) {
+gguf::Tensor checked_float_tensor(const std::string& tname, const at::Tensor& v, GgmlType type) {
   if (type == GgmlType::kF16) {
     const auto x = v.detach().to(at::kCPU, at::kFloat);
     const auto bad = at::isfinite(x).logical_not() | x.abs().gt(65504.0);
@@ -146,7 +146,7 @@ struct Writer {
   void linear(const std::string& tname, const BitLinear& l, int64_t rope_heads = 0) {
     if (!is_quantized(l)) {
       const auto w = rope_heads > 0 ? permute_rope_rows(l->weight.detach(), rope_heads) : l->weight.detach();
-      f->tensors.push_back(float_tensor(tname, w, o.float_type));
+      f->tensors.push_back(checked_float_tensor(tname, w, o.float_type));
       return;
     }
     const auto q = l->quantized_weight();
@@ -236,7 +236,8 @@ GgmlType parse_gguf_type(const std::string& s) {
 
 GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOptions& o,
                                std::vector<std::string>* warnings) {
-  if (!gguf::is_block_type(o.type)) throw core::UserError("gguf export: the weight type must be tq2_0, tq1_0, q2_0 or q1_0");
+  if (!gguf::is_block_type(o.type))
+    throw core::UserError("gguf export: the weight type must be tq2_0, tq1_0, q2_0 or q1_0");
   if (o.float_type != GgmlType::kF32 && o.float_type != GgmlType::kF16) {
     throw core::UserError("gguf export: the float type must be f32 or f16");
   }
@@ -285,10 +286,10 @@ gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o)
   }
   for (auto& kv : tokenizer_for(c, o)) f.metadata.push_back(std::move(kv));
   Writer w{lm, o, arch, &f};
-  f.tensors.push_back(float_tensor("token_embd.weight", lm.embed->weight, o.float_type));
+  f.tensors.push_back(checked_float_tensor("token_embd.weight", lm.embed->weight, o.float_type));
   w.blocks();
   w.norm("output_norm.weight", lm.norm->weight);
-  if (lm.lm_head) f.tensors.push_back(float_tensor("output.weight", lm.lm_head->weight, o.float_type));
+  if (lm.lm_head) f.tensors.push_back(checked_float_tensor("output.weight", lm.lm_head->weight, o.float_type));
   return f;
 }
 

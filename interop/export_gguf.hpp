@@ -41,9 +41,9 @@ enum class GgufArch { kBitnet, kLlama };
 const char* to_string(GgufArch a);
 
 struct GgufExportOptions {
-  checkpoints::gguf::GgmlType type = checkpoints::gguf::GgmlType::kTQ2_0;       // TQ2_0, TQ1_0, Q2_0 or Q1_0
+  checkpoints::gguf::GgmlType type = checkpoints::gguf::GgmlType::kTQ2_0;      // TQ2_0, TQ1_0, Q2_0 or Q1_0
   checkpoints::gguf::GgmlType float_type = checkpoints::gguf::GgmlType::kF32;  // F32 or F16
-  std::string name;              // general.name
+  std::string name;                                                            // general.name
   bool force_relu2 = false;      // write a relu2_glu model although llama.cpp computes SiLU
   std::string tokenizer_source;  // the run's init_from ("" = none): where its tokenizer comes from
 };

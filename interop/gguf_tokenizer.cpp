@@ -41,7 +41,9 @@ nlohmann::json read_json(const std::string& path) {
 
 // The id of a special token named in tokenizer_config.json (a string or {"content": ...}).
 std::optional<int64_t> token_id(const nlohmann::json& spec, const std::vector<std::string>& tokens) {
-  const auto name = spec.is_object() ? spec.value("content", std::string()) : spec.is_string() ? spec.get<std::string>() : "";
+  const auto name = spec.is_object()   ? spec.value("content", std::string())
+                    : spec.is_string() ? spec.get<std::string>()
+                                       : "";
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (!name.empty() && tokens[i] == name) return static_cast<int64_t>(i);
   }
@@ -83,9 +85,11 @@ GgufMetadata hf_tokenizer(const fs::path& dir, int64_t vocab_size) {
     tokens[static_cast<size_t>(id)] = text;
     types[static_cast<size_t>(id)] = type;
   };
-  for (const auto& [text, id] : model.value("vocab", nlohmann::json::object()).items()) put(id.get<int64_t>(), text, kNormal);
+  const auto vocab = model.value("vocab", nlohmann::json::object());  // items() must not outlive it
+  for (const auto& [text, id] : vocab.items()) put(id.get<int64_t>(), text, kNormal);
   for (const auto& t : tj.value("added_tokens", nlohmann::json::array())) {
-    put(t.at("id").get<int64_t>(), t.at("content").get<std::string>(), t.value("special", false) ? kControl : kUserDefined);
+    put(t.at("id").get<int64_t>(), t.at("content").get<std::string>(),
+        t.value("special", false) ? kControl : kUserDefined);
   }
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (types[i] == kUnused) tokens[i] = fmt::format("[PAD{}]", i);
@@ -102,9 +106,10 @@ GgufMetadata hf_tokenizer(const fs::path& dir, int64_t vocab_size) {
       {"tokenizer.ggml.merges", Value::array(ValueType::kString, merges)},
   };
   // Special tokens: config.json's ids first, then tokenizer_config.json's names.
-  const auto cfg = fs::exists(dir / "config.json") ? read_json((dir / "config.json").string()) : nlohmann::json::object();
+  const auto cfg =
+      fs::exists(dir / "config.json") ? read_json((dir / "config.json").string()) : nlohmann::json::object();
   const auto tcfg = fs::exists(dir / "tokenizer_config.json") ? read_json((dir / "tokenizer_config.json").string())
-                                                                : nlohmann::json::object();
+                                                              : nlohmann::json::object();
   for (const char* which : {"bos", "eos"}) {
     std::optional<int64_t> id;
     const auto key = std::string(which) + "_token_id";

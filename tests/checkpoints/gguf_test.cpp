@@ -359,8 +359,8 @@ TEST(GgufFile, LlamaCppsGgmlReadsAndDequantizesEveryBlockType) {
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out << "\n(llama.cpp comes from launch/setup.sh --tests)";
   EXPECT_NE(out.find("6 tensors checked, 0 bad"), std::string::npos) << out;
-  for (const char* line : {"ok q2 q2_0 valid True", "ok q1 q1_0 valid True", "ok w2 tq2_0 valid True",
-                           "ok w1 tq1_0 valid True"}) {
+  for (const char* line :
+       {"ok q2 q2_0 valid True", "ok q1 q1_0 valid True", "ok w2 tq2_0 valid True", "ok w1 tq1_0 valid True"}) {
     EXPECT_NE(out.find(line), std::string::npos) << line;
   }
   fs::remove_all(dir);

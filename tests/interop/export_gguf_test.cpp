@@ -343,7 +343,8 @@ class GgmlLinear : public bitlinear::LinearKernel {
   bool applies(const bitlinear::BitLinearImpl&, const at::Tensor&) const override { return true; }
   at::Tensor forward(bitlinear::BitLinearImpl& l, const at::Tensor& x) override {
     const auto h = (l.norm ? l.norm->forward_float(x) : x).to(at::kFloat);
-    if (l.options.quant.weight.type == bitlinear::WeightQuant::kNone) return at::linear(h, l.weight).to(x.scalar_type());
+    if (l.options.quant.weight.type == bitlinear::WeightQuant::kNone)
+      return at::linear(h, l.weight).to(x.scalar_type());
     const auto q = l.quantized_weight();
     const auto w = q.codes.to(at::kDouble) *
                    bitlinear::expand_scales(half_rounded(q.scales).to(at::kDouble), q.spec, q.codes.sizes());
@@ -468,8 +469,9 @@ device: {{type: cpu, threads: 2}}
     const auto text_t = at::from_blob(text.data(), {static_cast<int64_t>(text.size())}, at::kByte).clone();
     const auto in = (dir_ / "in.safetensors").string(), out = (dir_ / "out.safetensors").string();
     checkpoints::save_safetensors(in, {{"windows", windows}, {"text", text_t}});
-    const auto [rc, log] = bitqat::testing::run_command(std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR +
-                                                        "/tests/interop/llama_cpp_check.py " + path + " " + in + " " + out);
+    const auto [rc, log] =
+        bitqat::testing::run_command(std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR +
+                                     "/tests/interop/llama_cpp_check.py " + path + " " + in + " " + out);
     if (rc != 0) {
       ADD_FAILURE() << log << "\n(llama.cpp comes from launch/setup.sh --tests)";
       return r;

@@ -140,8 +140,8 @@ TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
   core::write_file_atomic((dir / "sample.txt").string(),
                           all.substr(all.size() - 3000) + "caf\xc3\xa9 \xe2\x80\x94 1234 it's   done\n");
   const std::string py = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/interop/hf_tokenizer_check.py ";
-  const auto made = bitqat::testing::run_command(py + "make " + (dir / "hf").string() + " " +
-                                                 (dir / "train.txt").string() + " 400");
+  const auto made =
+      bitqat::testing::run_command(py + "make " + (dir / "hf").string() + " " + (dir / "train.txt").string() + " 400");
   ASSERT_EQ(made.code, 0) << made.out;
   models::LMConfig c;
   c.vocab_size = 512;  // larger than the tokenizer: padded
@@ -157,8 +157,8 @@ TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
   o.tokenizer_source = (dir / "hf").string();
   const auto model = (dir / "m.gguf").string();
   interop::export_gguf(*lm, model, o);
-  const auto [rc, out] =
-      bitqat::testing::run_command(py + "compare " + (dir / "hf").string() + " " + model + " " + (dir / "sample.txt").string());
+  const auto [rc, out] = bitqat::testing::run_command(py + "compare " + (dir / "hf").string() + " " + model + " " +
+                                                      (dir / "sample.txt").string());
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out << "\n(llama.cpp comes from launch/setup.sh --tests)";
   EXPECT_NE(out.find("tokens equal"), std::string::npos) << out;
