@@ -148,6 +148,7 @@ TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
   c.dim = 256;
   c.n_layers = 1;
   c.n_heads = 4;
+  c.n_kv_heads = 4;
   c.ffn = "swiglu";
   c.ffn_dim = 256;
   c.sub_norm = false;
