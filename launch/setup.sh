@@ -7,7 +7,7 @@
 #   launch/setup.sh --deps     install only (no build)
 #   launch/setup.sh --tests    install + configure + build, plus what only the test suite needs:
 #                              llama-cpp-python (pinned), which compiles llama.cpp from source (the
-#                              first time about 40 minutes on the project's shared 2-core machine; a
+#                              first time 44 minutes on the project's shared 2-core machine; a
 #                              no-op once that version is installed). The tests run our GGUF exports in it.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
