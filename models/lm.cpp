@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
+#include <torch/autograd.h>
 #include <torch/nn/init.h>
 
 #include <cmath>
@@ -33,7 +34,23 @@ bitlinear::BitLinear make_linear(int64_t in, int64_t out, const bitlinear::Quant
   return bitlinear::BitLinear(o);
 }
 
+// relu(x)^2 as one autograd node: forward relu(x) * relu(x), backward 2 relu(x) g (at::square goes
+// through pow and its generic backward).
+struct ReluSquared : torch::autograd::Function<ReluSquared> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    const auto r = at::relu(x.detach());
+    ctx->save_for_backward({r});
+    return r * r;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    const auto r = ctx->get_saved_variables()[0];
+    return {g[0] * (r + r)};
+  }
+};
+
 }  // namespace
+
+at::Tensor relu_squared(const at::Tensor& x) { return ReluSquared::apply(x); }
 
 LMConfig LMConfig::from_yaml(const core::Node& n) {
   LMConfig c;
@@ -121,9 +138,21 @@ AttentionImpl::AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& qs, 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
                                   size_t layer) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto qh = apply_rope(q->forward(x).view({B, T, n_heads, head_dim}).transpose(1, 2), cos, sin);
-  auto kh = apply_rope(k->forward(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
-  auto vh = v->forward(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  at::Tensor qx, kx, vx;
+  if (q->can_share_input(*k, x) && q->can_share_input(*v, x)) {
+    // One activation quantization for the three projections of the same input.
+    const auto in = q->quantize_input(x);
+    qx = q->forward_quantized(in, x.scalar_type());
+    kx = k->forward_quantized(in, x.scalar_type());
+    vx = v->forward_quantized(in, x.scalar_type());
+  } else {
+    qx = q->forward(x);
+    kx = k->forward(x);
+    vx = v->forward(x);
+  }
+  auto qh = apply_rope(qx.view({B, T, n_heads, head_dim}).transpose(1, 2), cos, sin);
+  auto kh = apply_rope(kx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
+  auto vh = vx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   int64_t past = 0;
   if (cache) {
     past = cache->pos;
@@ -163,9 +192,18 @@ FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlin
 }
 
 at::Tensor FFNImpl::forward(const at::Tensor& x) {
-  if (kind == "relu2") return down->forward(at::relu(up->forward(x)).square());
-  if (kind == "relu2_glu") return down->forward(at::relu(gate->forward(x)).square() * up->forward(x));
-  return down->forward(at::silu(gate->forward(x)) * up->forward(x));
+  if (kind == "relu2") return down->forward(relu_squared(up->forward(x)));
+  at::Tensor g, u;
+  if (gate->can_share_input(*up, x)) {
+    // One activation quantization for gate and up, which read the same input.
+    const auto in = gate->quantize_input(x);
+    g = gate->forward_quantized(in, x.scalar_type());
+    u = up->forward_quantized(in, x.scalar_type());
+  } else {
+    g = gate->forward(x);
+    u = up->forward(x);
+  }
+  return down->forward((kind == "relu2_glu" ? relu_squared(g) : at::silu(g)) * u);
 }
 
 BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,

@@ -109,4 +109,7 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t he
 // x [B, H, T, D]: x * cos + rotate_half(x) * sin.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
+// relu(x)^2 (the BitNet FFN activation) with a one-node backward 2 relu(x) g.
+at::Tensor relu_squared(const at::Tensor& x);
+
 }  // namespace bitqat::models
