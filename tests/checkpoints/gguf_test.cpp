@@ -11,6 +11,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "tests/command.hpp"
+#include "tests/llama_cpp.hpp"
 
 using namespace bitqat::checkpoints;
 using namespace bitqat::checkpoints::gguf;
@@ -339,9 +340,7 @@ TEST(GgufFile, MetadataIsReadableWhateverTheTensorTypes) {
 // llama.cpp's own C code reads our file: gguf_init_from_file, ggml_validate_row_data and ggml's
 // reference dequantizers for every block type we write.
 TEST(GgufFile, LlamaCppsGgmlReadsAndDequantizesEveryBlockType) {
-#ifndef BITQAT_PYTHON
-  GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
-#else
+  BITQAT_REQUIRE_LLAMA_CPP_OR_SKIP(BITQAT_PYTHON);
   const auto dir = fs::temp_directory_path() / ("bitqat_ggml_" + std::to_string(::getpid()));
   fs::create_directories(dir);
   auto f = sample_file();
@@ -364,5 +363,4 @@ TEST(GgufFile, LlamaCppsGgmlReadsAndDequantizesEveryBlockType) {
     EXPECT_NE(out.find(line), std::string::npos) << line;
   }
   fs::remove_all(dir);
-#endif
 }

@@ -14,6 +14,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "tests/command.hpp"
+#include "tests/llama_cpp.hpp"
 #include "training/run_loader.hpp"
 #include "training/task.hpp"
 #include "training/trainer.hpp"
@@ -293,16 +294,15 @@ TEST(GgufExport, ScalesAnFp16CannotHoldAreRefused) {
 }
 
 // Two other readers of every type: gguf-py (TQ1_0, TQ2_0: it has no Q2_0 / Q1_0 dequantizer) and
-// llama.cpp's own ggml (all four).
-TEST(GgufExport, GgufPyAndGgmlReadTheExportedModel) {
-#ifndef BITQAT_PYTHON
-  GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
-#else
+// llama.cpp's own ggml (all four). Each exports the same small models and compares every tensor.
+namespace {
+
+void expect_reader_agrees(const std::string& script, const std::vector<gguf::GgmlType>& types) {
   at::manual_seed(5);
   const auto ternary = make_lm(tiny("swiglu", false));
   const auto binary_lm = make_lm(tiny("swiglu", false), binary(128));
   const auto dir = temp_dir();
-  for (auto type : kTypes) {
+  for (auto type : types) {
     const std::string t = gguf::to_string(type);
     const auto path = (dir / (t + ".gguf")).string();
     interop::export_gguf(type == gguf::GgmlType::kQ1_0 ? *binary_lm : *ternary, path, opts(type));
@@ -310,18 +310,25 @@ TEST(GgufExport, GgufPyAndGgmlReadTheExportedModel) {
     for (const auto& x : gguf::load(path).tensors) want.emplace_back(x.name, gguf::dequantize(x));
     const auto want_path = (dir / (t + ".safetensors")).string();
     checkpoints::save_safetensors(want_path, want);
-    std::vector<std::string> checks = {"ggml_check.py"};
-    if (type == gguf::GgmlType::kTQ2_0 || type == gguf::GgmlType::kTQ1_0) checks.push_back("gguf_check.py");
-    for (const auto& script : checks) {
-      const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/checkpoints/" + script +
-                              " " + path + " " + want_path;
-      const auto [rc, out] = bitqat::testing::run_command(cmd);
-      EXPECT_EQ(rc, 0) << script << " " << t << "\n" << out;
-      EXPECT_NE(out.find("20 tensors checked, 0 bad"), std::string::npos) << script << " " << t << "\n" << out;
-    }
+    const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/checkpoints/" + script +
+                            " " + path + " " + want_path;
+    const auto [rc, out] = bitqat::testing::run_command(cmd);
+    EXPECT_EQ(rc, 0) << script << " " << t << "\n" << out;
+    EXPECT_NE(out.find("20 tensors checked, 0 bad"), std::string::npos) << script << " " << t << "\n" << out;
   }
   fs::remove_all(dir);
-#endif
+}
+
+}  // namespace
+
+TEST(GgufExport, GgufPyReadsTheExportedModel) {
+  if (std::string(BITQAT_PYTHON).empty()) GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
+  expect_reader_agrees("gguf_check.py", {gguf::GgmlType::kTQ2_0, gguf::GgmlType::kTQ1_0});
+}
+
+TEST(GgufExport, LlamaCppsGgmlReadsTheExportedModel) {
+  BITQAT_REQUIRE_LLAMA_CPP_OR_SKIP(BITQAT_PYTHON);
+  expect_reader_agrees("ggml_check.py", kTypes);
 }
 
 // ---- llama.cpp itself -----------------------------------------------------------------------------
@@ -400,6 +407,8 @@ std::string kjv() { return std::string(BITQAT_SOURCE_DIR) + "/data/cache/kjv.txt
 
 class GgufInLlamaCpp : public ::testing::Test {
  protected:
+  void SetUp() override { BITQAT_REQUIRE_LLAMA_CPP_OR_SKIP(BITQAT_PYTHON); }
+
   static void SetUpTestSuite() {
     dir_ = fs::temp_directory_path() / ("bitqat_llama_cpp_" + std::to_string(::getpid()));
     fs::remove_all(dir_);
@@ -532,18 +541,24 @@ TEST_F(GgufInLlamaCpp, BinaryBitnetComputesWhatWasTrainedInQ1_0) {
   expect_computes_what_was_trained(check("bitnet_b1", gguf::GgmlType::kQ1_0));
 }
 
-TEST_F(GgufInLlamaCpp, LlamaLayoutComputesWhatWasTrainedInEveryType) {
+// One trained model per test (ctest's 600 s limit per test holds on a loaded 2-core machine).
+TEST_F(GgufInLlamaCpp, LlamaLayoutComputesWhatWasTrainedInEveryTernaryType) {
   for (auto type : {gguf::GgmlType::kTQ2_0, gguf::GgmlType::kTQ1_0, gguf::GgmlType::kQ2_0}) {
     expect_computes_what_was_trained(check("llama", type));
   }
+}
+
+TEST_F(GgufInLlamaCpp, BinaryLlamaComputesWhatWasTrainedInQ1_0) {
   expect_computes_what_was_trained(check("llama_b1", gguf::GgmlType::kQ1_0));
 }
 
-// The test can fail: a relu2_glu model forced into the bitnet layout is run by llama.cpp with SiLU,
-// and its perplexity is far from bitqat's.
+// The checks above can fail: a relu2_glu model forced into the bitnet layout is run by llama.cpp
+// with SiLU, and both of expect_computes_what_was_trained's numeric checks reject it: its perplexity
+// is more than 1% from bitqat's (measured +3.3% after 60 steps, 2026-11-30) and its logits are far
+// outside the bound (measured 5.05 against a bound of 0.095).
 TEST_F(GgufInLlamaCpp, AForcedRelu2ExportShowsTheMismatch) {
   const auto r = check("relu2", gguf::GgmlType::kTQ2_0, /*force_relu2=*/true);
-  EXPECT_GT(std::fabs(r.ppl_llama / r.ppl_bitqat - 1.0), 0.05);
+  EXPECT_GT(std::fabs(r.ppl_llama / r.ppl_bitqat - 1.0), 0.01);
   EXPECT_GT(r.diff_llama_emulated, 1e-2 * r.max_logit);
   EXPECT_TRUE(r.tokens_equal);
 }

@@ -5,13 +5,16 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "data/source.hpp"
 #include "interop/export_gguf.hpp"
 #include "tests/command.hpp"
+#include "tests/llama_cpp.hpp"
 
 namespace fs = std::filesystem;
 namespace gguf = bitqat::checkpoints::gguf;
@@ -129,9 +132,10 @@ TEST(GgufTokenizer, CopiesAGgufSourcesTokenizerKeys) {
 }
 
 // The real check: a tokenizer trained with Hugging Face's `tokenizers` on KJV text, written into a
-// llama-layout export, tokenizes text in llama.cpp exactly as `tokenizers` does (the ids in the
-// training shards, i.e. what bitqat's data pipeline reads).
+// llama-layout export, tokenizes text in llama.cpp exactly as `tokenizers` does: the ids of a token
+// shard made with it, read back by bitqat's data pipeline (data::read_shard), equal llama.cpp's.
 TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
+  BITQAT_REQUIRE_LLAMA_CPP_OR_SKIP(BITQAT_PYTHON);
   const auto dir = temp_dir();
   const std::string kjv = std::string(BITQAT_SOURCE_DIR) + "/data/cache/kjv.txt";
   ASSERT_TRUE(fs::exists(kjv)) << kjv << " is missing: run data/prepare_kjv.sh (launch/setup.sh does)";
@@ -163,5 +167,12 @@ TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
   std::printf("%s", out.c_str());
   EXPECT_EQ(rc, 0) << out << "\n(llama.cpp comes from launch/setup.sh --tests)";
   EXPECT_NE(out.find("tokens equal"), std::string::npos) << out;
+  // The ids as bitqat's data pipeline reads them from the shard, against llama.cpp's.
+  const auto trained_on = data::read_shard((dir / "hf" / "sample_hf.bin").string());
+  const auto llama_cpp = data::read_shard((dir / "hf" / "sample_llama_cpp.bin").string());
+  EXPECT_EQ(trained_on, llama_cpp);
+  const auto bytes = core::read_file((dir / "sample.txt").string()).size();
+  EXPECT_LT(trained_on.size(), bytes / 2);  // the merges were used: well under one token per byte
+  EXPECT_TRUE(std::any_of(trained_on.begin(), trained_on.end(), [](uint16_t t) { return t >= 258; }));
   fs::remove_all(dir);
 }
