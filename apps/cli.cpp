@@ -28,7 +28,7 @@ const char* kUsage =
     "                       sample text from a byte-level language model run (or a packed export)\n"
     "  quantize SRC_RUN_DIR --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
     "                       data-free ternarization of a full-precision run, with its validation loss\n"
-    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
+    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0|q2_0|q1_0]\n"
     "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
     "                       BitNetForCausalLM, or a llama.cpp GGUF file\n"
     "  version              print the version\n"
@@ -67,11 +67,16 @@ const char* kExportHelp =
     "  packed     a directory with 2-bit ternary weights + scales and the rest in full precision;\n"
     "             `bitqat eval PATH` and `bitqat generate PATH` run it like a run directory\n"
     "  hf-bitnet  a directory Hugging Face transformers loads as BitNetForCausalLM (config.json,\n"
-    "             model.safetensors with packed uint8 weights); needs model.ffn relu2_glu, sub_norm,\n"
-    "             per_tensor ternary weights, 8-bit per-token activations\n"
-    "  gguf       one GGUF file for llama.cpp's bitnet architecture (TQ2_0 by default, --gguf-type\n"
-    "             tq1_0 for 1.69 bits/weight) with a byte-level tokenizer; needs relu2_glu, sub_norm,\n"
-    "             tied embeddings, vocabulary 256 and dims that are multiples of 256\n"
+    "             model.safetensors with packed uint8 weights); needs sub_norm, a gated FFN (swiglu:\n"
+    "             hidden_act silu, relu2_glu: relu2), per_tensor ternary weights, 8-bit per-token\n"
+    "             activations\n"
+    "  gguf       one GGUF file for llama.cpp: architecture bitnet (model.sub_norm true) or llama\n"
+    "             (sub_norm false); model.ffn must be swiglu, what llama.cpp computes. Quantized\n"
+    "             linears as --gguf-type: tq2_0 (default, 2.06 bits/weight, CPU), tq1_0 (1.69, CPU),\n"
+    "             q2_0 (2.25, CPU/CUDA/Metal), q1_0 (1.125, binary weights); dims must be multiples of\n"
+    "             the block (256, 256, 64, 128). The tokenizer is the source model's (init_from) or,\n"
+    "             for vocabulary 256, the byte tokenizer. --gguf-float f16 halves the float tensors.\n"
+    "             --gguf-force-relu2 writes a relu2_glu model anyway (llama.cpp computes SiLU instead)\n"
     "PATH must not exist. The export runs on the CPU and reads no training data.\n";
 
 // Strict integer and number checks: the whole text must be one value inside [lo, hi].
@@ -193,8 +198,15 @@ Command parse_command_line(int argc, char** argv) {
       ->required()
       ->check(CLI::IsMember({"packed", "hf-bitnet", "gguf"}));
   exp->add_option("--out", cmd.export_.out, "the directory or file to write; must not exist")->required();
-  exp->add_option("--gguf-type", cmd.export_.gguf_type, "tq2_0 (default, 2.06 bits/weight) | tq1_0 (1.69)")
-      ->check(CLI::IsMember({"tq2_0", "tq1_0"}));
+  exp->add_option("--gguf-type", cmd.export_.gguf_type,
+                  "tq2_0 (default, 2.06 bits/weight) | tq1_0 (1.69) | q2_0 (2.25, GPU too) | q1_0 (1.125, binary)")
+      ->check(CLI::IsMember({"tq2_0", "tq1_0", "q2_0", "q1_0"}));
+  exp->add_option("--gguf-float", cmd.export_.gguf_float,
+                  "f32 (default, exact) | f16: the type of embeddings, an untied head and unquantized linears")
+      ->check(CLI::IsMember({"f32", "f16"}));
+  exp->add_flag("--gguf-force-relu2", cmd.export_.gguf_force_relu2,
+                "write a relu2_glu model although llama.cpp computes SiLU (for runtimes that honour "
+                "bitnet.hidden_activation); prints a warning");
   exp->add_option("--name", cmd.export_.name, "general.name in the GGUF file (default: the run directory's name)");
 
   auto* version = app.add_subcommand("version", "print the version");

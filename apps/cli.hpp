@@ -44,7 +44,9 @@ struct ExportArgs {
   std::string run_dir;
   std::string format;
   std::string out;
-  std::string gguf_type;  // empty: tq2_0
+  std::string gguf_type;   // empty: tq2_0
+  std::string gguf_float;  // empty: f32
+  bool gguf_force_relu2 = false;
   std::string name;
 };
 

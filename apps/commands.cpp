@@ -158,11 +158,9 @@ int cmd_quantize(const QuantizeArgs& a) {
 
 int cmd_export(const ExportArgs& a) {
   const std::string &run_dir = a.run_dir, &format = a.format, &out = a.out;
-  if ((!a.gguf_type.empty() || !a.name.empty()) && format != "gguf") {
-    throw core::UserError("--gguf-type and --name apply to --format gguf only");
+  if ((!a.gguf_type.empty() || !a.gguf_float.empty() || a.gguf_force_relu2 || !a.name.empty()) && format != "gguf") {
+    throw core::UserError("--gguf-type, --gguf-float, --gguf-force-relu2 and --name apply to --format gguf only");
   }
-  const auto gguf_type =
-      a.gguf_type == "tq1_0" ? checkpoints::gguf::GgmlType::kTQ1_0 : checkpoints::gguf::GgmlType::kTQ2_0;
   if (interop::is_packed_export(run_dir)) {
     throw core::UserError(
         fmt::format("{} is a packed export (no latent weights); export from its run directory", run_dir));
@@ -195,12 +193,20 @@ int cmd_export(const ExportArgs& a) {
     std::printf("wrote %s: BitNetForCausalLM (config.json, model.safetensors)\n", out.c_str());
     return 0;
   }
-  std::string name = a.name;
-  if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().filename().string();
-  if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
-  const auto bytes = interop::export_gguf(*lm, out, gguf_type, name);
-  std::printf("wrote %s: GGUF bitnet, %s ternary tensors, %lld bytes\n", out.c_str(),
-              checkpoints::gguf::to_string(gguf_type), static_cast<long long>(bytes));
+  interop::GgufExportOptions o;
+  o.type = interop::parse_gguf_type(a.gguf_type.empty() ? "tq2_0" : a.gguf_type);
+  o.float_type = a.gguf_float == "f16" ? checkpoints::gguf::GgmlType::kF16 : checkpoints::gguf::GgmlType::kF32;
+  o.force_relu2 = a.gguf_force_relu2;
+  o.tokenizer_source = run.cfg.init_from;
+  o.name = a.name;
+  if (o.name.empty()) o.name = std::filesystem::path(run_dir).lexically_normal().filename().string();
+  if (o.name.empty()) o.name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
+  std::vector<std::string> warnings;
+  const auto arch = interop::check_gguf_compatible(*lm, o, &warnings);
+  for (const auto& w : warnings) std::fprintf(stderr, "bitqat export: warning: %s\n", w.c_str());
+  const auto bytes = interop::export_gguf(*lm, out, o);
+  std::printf("wrote %s: GGUF %s, %s quantized tensors, %lld bytes\n", out.c_str(), interop::to_string(arch),
+              checkpoints::gguf::to_string(o.type), static_cast<long long>(bytes));
   return 0;
 }
 

@@ -10,6 +10,13 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${BITQAT_BUILD:-$root/build}"
 args=("$@")
 [ ${#args[@]} -gt 0 ] || args=(--output-on-failure -j 2)
+# Whether the tests that run our GGUF files in llama.cpp will run (they skip without llama-cpp-python).
+py="$(sed -n 's/^Python3_EXECUTABLE:[A-Z]*=//p' "$BUILD/CMakeCache.txt" 2>/dev/null || true)"
+if [ -n "$py" ] && lv="$("$py" -c "from importlib.metadata import version; print(version('llama_cpp_python'))" 2>/dev/null)"; then
+  printf '[test] llama.cpp tests run (llama-cpp-python %s)\n' "$lv"
+else
+  printf '[test] llama.cpp tests will be skipped: no llama-cpp-python for %s (launch/setup.sh --tests installs it)\n' "${py:-the configured Python}"
+fi
 status=0
 for cap in default avx2 avx512; do
   ran="$(ATEN_CPU_CAPABILITY=$cap "$BUILD/bitqat" version --cpu-capability)"

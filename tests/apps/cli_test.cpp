@@ -119,6 +119,39 @@ TEST(Cli, TrainEvalGenerate) {
   r = run("export " + (dir / "cli").string() + " --format hf-bitnet --out " + (dir / "hf").string());
   EXPECT_EQ(r.code, 2);  // the quickstart's FFN is relu2, not BitNet's gated relu2_glu
   EXPECT_NE(r.out.find("model.ffn = relu2"), std::string::npos) << r.out;
+  r = run("export " + (dir / "cli").string() + " --format gguf --out " + (dir / "m.gguf").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("model.ffn = relu2"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "m.gguf"));
+  fs::remove_all(dir);
+}
+
+// llama.cpp's graphs build a SiLU-gated FFN: a relu2_glu run is refused by the GGUF export (exit 2, the
+// error naming model.ffn and the option), and --gguf-force-relu2 writes it with a warning.
+TEST(Cli, GgufExportRefusesRelu2GluUnlessForced) {
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_gguf_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < 100; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  auto r = run("train configs/quickstart.yaml --set run.dir=" + dir.string() + " --set run.name=glu --set data.path=" +
+               (dir / "t.txt").string() +
+               " --set model.ffn=relu2_glu --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
+               " --set model.max_seq_len=16 --set model.dim=64 --set model.n_layers=1 --set model.ffn_dim=64"
+               " --set train.eval_every=0 --set checkpoint.every=4 --set optim.lr.warmup_steps=1 --set device.type=cpu");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto out = (dir / "m.gguf").string();
+  r = run("export " + (dir / "glu").string() + " --format gguf --gguf-type q2_0 --out " + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("model.ffn = relu2_glu: llama.cpp's bitnet and llama graphs compute a SiLU-gated FFN"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("--gguf-force-relu2"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out));
+  r = run("export " + (dir / "glu").string() + " --format gguf --gguf-type q2_0 --gguf-force-relu2 --out " + out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("llama.cpp will not compute what was trained"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(out));
   fs::remove_all(dir);
 }
 
