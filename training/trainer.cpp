@@ -80,7 +80,7 @@ std::unique_ptr<schedules::Schedule> schedule_or_constant(const core::Node& node
 
 data::Batch to_device(const data::Batch& b, const at::Device& d) {
   if (d.is_cpu()) return b;
-  return data::Batch{b.inputs.to(d, /*non_blocking=*/true), b.targets.to(d, /*non_blocking=*/true)};
+  return data::Batch{b.inputs.to(d, /*non_blocking=*/true), b.targets.to(d, /*non_blocking=*/true), b.rows};
 }
 
 std::string hms(double seconds) {
