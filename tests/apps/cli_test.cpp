@@ -16,6 +16,14 @@ bitqat::testing::CommandResult run(const std::string& args) {
   return bitqat::testing::run_command(std::string(BITQAT_BINARY_DIR) + "/bitqat " + args);
 }
 
+// The last line of a command's output that is a JSON object (the log lines come before it; the
+// object may nest others, so the last '{' is not its start).
+nlohmann::json last_json_line(const std::string& out) {
+  const auto end = out.find_last_not_of('\n');
+  const auto start = out.rfind('\n', end);
+  return nlohmann::json::parse(out.substr(start == std::string::npos ? 0 : start + 1));
+}
+
 }  // namespace
 
 TEST(Cli, HelpVersionAndUnknownThings) {
@@ -300,7 +308,7 @@ TEST(Cli, DiffusionTransformerSampleEvalQuantizeExport) {
 
   r = run("eval " + d + "/dit --json --classifier " + d + "/clf --samples 20 --steps 2 --cfg 1.5 --solver euler");
   ASSERT_EQ(r.code, 0) << r.out;
-  auto j = nlohmann::json::parse(r.out.substr(r.out.rfind('{')));
+  auto j = last_json_line(r.out);
   EXPECT_TRUE(j["val_loss"].is_number());
   EXPECT_GE(j["frechet_distance"].get<double>(), 0.0);
   EXPECT_GE(j["classifier_accuracy"].get<double>(), 0.0);
@@ -310,11 +318,11 @@ TEST(Cli, DiffusionTransformerSampleEvalQuantizeExport) {
   EXPECT_EQ(j["sampler"]["solver"], "euler");
   r = run("eval " + d + "/dit --json --samples 0");
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_FALSE(nlohmann::json::parse(r.out.substr(r.out.rfind('{'))).contains("frechet_distance"));
+  EXPECT_FALSE(last_json_line(r.out).contains("frechet_distance"));
 
   r = run("quantize " + d + "/dit --out " + d + "/dq --json");
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_EQ(nlohmann::json::parse(r.out.substr(r.out.rfind('{')))["quantized_layers"], 5);
+  EXPECT_EQ(last_json_line(r.out)["quantized_layers"], 5);
   r = run("export " + d + "/dq --format packed --out " + d + "/dq-packed");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("5 quantized layers"), std::string::npos) << r.out;
