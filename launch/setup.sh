@@ -23,7 +23,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev zlib1g-dev libcli11-dev
+  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev
   dataset-fashion-mnist bible-kjv bible-kjv-text
 )
 
@@ -56,10 +56,11 @@ else
 fi
 # Python packages used only by tests of the interchange formats: safetensors and numpy write import
 # fixtures; transformers (with accelerate, which its BitNet loader requires) and llama.cpp's gguf-py
-# read our hf-bitnet and GGUF exports.
+# read our hf-bitnet and GGUF exports; scipy computes the Frechet distance that the image-quality
+# metric's test compares with.
 # Pinned, so that a fresh machine tests against the versions these tests were written for.
 py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0
-                  tokenizers==0.23.3)
+                  tokenizers==0.23.3 scipy==1.17.1)
 if ! "$VENV/bin/python" - "${py_test_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version

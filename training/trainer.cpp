@@ -83,7 +83,7 @@ std::unique_ptr<schedules::Schedule> schedule_or_constant(const core::Node& node
 data::Batch to_device(const data::Batch& b, const at::Device& d) {
   if (d.is_cpu()) return b;
   auto copy = [&](const at::Tensor& t) { return t.pin_memory().to(d, /*non_blocking=*/true); };
-  return data::Batch{copy(b.inputs), copy(b.targets)};
+  return data::Batch{copy(b.inputs), copy(b.targets), b.rows};
 }
 
 std::string hms(double seconds) {

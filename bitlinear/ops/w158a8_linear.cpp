@@ -151,8 +151,10 @@ const at::Tensor& training_kernel_cache(const BitLinearImpl& layer) {
 void pack_layer(BitLinearImpl& layer) {
   if (!layer.has_latent_weights()) return;
   const auto& q = layer.options.quant;
-  if (q.weight.type != WeightQuant::kTernary) {
-    throw std::invalid_argument(fmt::format("pack_layer: weights are {}, expected ternary", to_string(q.weight.type)));
+  // Binary codes {-1, +1} are a subset of the ternary ones: the same 2-bit layout holds them.
+  if (q.weight.type != WeightQuant::kTernary && q.weight.type != WeightQuant::kBinary) {
+    throw std::invalid_argument(
+        fmt::format("pack_layer: weights are {}, expected ternary or binary", to_string(q.weight.type)));
   }
   if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % cuda::kGroupAlign != 0) {
     throw std::invalid_argument(
@@ -196,7 +198,9 @@ PackedBitLinearImpl::PackedBitLinearImpl(const BitLinearImpl& layer)
       group(layer.options.quant.weight.group_size),
       norm_eps(layer.options.norm_eps),
       act(layer.options.quant.act) {
-  TORCH_CHECK(layer.options.quant.weight.type == WeightQuant::kTernary, "PackedBitLinear: the layer is not ternary");
+  TORCH_CHECK(layer.options.quant.weight.type == WeightQuant::kTernary ||
+                  layer.options.quant.weight.type == WeightQuant::kBinary,
+              "PackedBitLinear: the layer is neither ternary nor binary");
   TORCH_CHECK(act.type == ActQuant::kPerToken && act.bits == 8,
               "PackedBitLinear: needs 8-bit per-token activation quantization");
   const auto q = layer.quantized_weight();
