@@ -23,12 +23,16 @@ const char* kUsage =
     "  train [CONFIG.yaml] [--set key.path=value ...] [--resume]\n"
     "                       train a model (no CONFIG: the built-in quickstart)\n"
     "  eval RUN_DIR [--json] [--batches N] [--fully-quantized] [--set data.key=value ...]\n"
-    "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint\n"
+    "       [--classifier DIR] [--samples N] [--steps S] [--cfg W] [--solver euler|heun] [--sample-seed X]\n"
+    "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint;\n"
+    "                       for a DiT run also the Frechet distance and accuracy of its samples\n"
     "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
     "                       sample text from a byte-level language model run (or a packed export)\n"
+    "  sample RUN_DIR --out grid.png [--n N] [--class K|all] [--steps S] [--cfg W] [--solver euler|heun]\n"
+    "         [--seed X]    class-conditional images from a DiT run (or a packed export) as a PNG grid\n"
     "  quantize SRC_RUN_DIR|CONFIG --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
     "                       data-free ternarization of a full-precision run, with its validation loss\n"
-    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0]\n"
+    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0|q2_0|q1_0]\n"
     "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
     "                       BitNetForCausalLM, or a llama.cpp GGUF file\n"
     "  version              print the version\n"
@@ -48,11 +52,25 @@ const char* kEvalHelp =
     "Validation loss of the run's newest checkpoint (plus val_bpb for byte-level text, val_acc for\n"
     "images), with the lambdas the trainer used at that checkpoint, so the loss equals the val_loss the\n"
     "trainer logged for it. RUN_DIR may be a packed export (bitqat export). Only the validation data is\n"
-    "read; when it has moved, point at it with --set data.path=... (or data.val / data.dir).\n";
+    "read; when it has moved, point at it with --set data.path=... (or data.val / data.dir).\n"
+    "For a diffusion transformer (model.kind dit) the loss is the held-out flow-matching loss, and eval\n"
+    "also generates --samples images (class i mod 10 for sample i, with --steps, --cfg, --solver and\n"
+    "--sample-seed as in `bitqat sample`) and reports the Frechet distance between their features and\n"
+    "the test set's, and the accuracy of their labels, under a full-precision Fashion-MNIST classifier run\n"
+    "(--classifier, default runs/fashion_mnist_fp: bitqat train configs/fashion_mnist_fp.yaml). A relative\n"
+    "metric for comparing runs, not FID. --samples 0 reports the loss only.\n";
 
 const char* kGenerateHelp =
     "Samples a continuation from a byte-level language model run or a packed export (temperature 0:\n"
     "greedy), with the lambdas of the run's newest checkpoint. Reads no training data.\n";
+
+const char* kSampleHelp =
+    "Class-conditional images from a diffusion transformer run (model.kind dit) or its packed export:\n"
+    "noise integrated from t = 0 to 1 along the learned velocity (flow matching) with S Euler or Heun\n"
+    "steps (Heun: two model evaluations per step) and classifier-free guidance weight W (0: unconditional,\n"
+    "1: conditional, above 1: stronger conditioning; each evaluation runs the model on 2N images).\n"
+    "--class all draws N images of every class, one grid row per class; --class K draws N images of\n"
+    "class K, 10 per row. Sample i starts from the noise of (seed, i). Writes one PNG (libpng).\n";
 
 const char* kQuantizeHelp =
     "Data-free ternarization: the newest checkpoint of a (full-precision) run becomes a ternary model\n"
@@ -69,11 +87,16 @@ const char* kExportHelp =
     "  packed     a directory with 2-bit ternary weights + scales and the rest in full precision;\n"
     "             `bitqat eval PATH` and `bitqat generate PATH` run it like a run directory\n"
     "  hf-bitnet  a directory Hugging Face transformers loads as BitNetForCausalLM (config.json,\n"
-    "             model.safetensors with packed uint8 weights); needs model.ffn relu2_glu, sub_norm,\n"
-    "             per_tensor ternary weights, 8-bit per-token activations\n"
-    "  gguf       one GGUF file for llama.cpp's bitnet architecture (TQ2_0 by default, --gguf-type\n"
-    "             tq1_0 for 1.69 bits/weight) with a byte-level tokenizer; needs relu2_glu, sub_norm,\n"
-    "             tied embeddings, vocabulary 256 and dims that are multiples of 256\n"
+    "             model.safetensors with packed uint8 weights); needs sub_norm, a gated FFN (swiglu:\n"
+    "             hidden_act silu, relu2_glu: relu2), per_tensor ternary weights, 8-bit per-token\n"
+    "             activations\n"
+    "  gguf       one GGUF file for llama.cpp: architecture bitnet (model.sub_norm true) or llama\n"
+    "             (sub_norm false); model.ffn must be swiglu, what llama.cpp computes. Quantized\n"
+    "             linears as --gguf-type: tq2_0 (default, 2.06 bits/weight, CPU), tq1_0 (1.69, CPU),\n"
+    "             q2_0 (2.25, CPU/CUDA/Metal), q1_0 (1.125, binary weights); dims must be multiples of\n"
+    "             the block (256, 256, 64, 128). The tokenizer is the source model's (init_from) or,\n"
+    "             for vocabulary 256, the byte tokenizer. --gguf-float f16 halves the float tensors.\n"
+    "             --gguf-force-relu2 writes a relu2_glu model anyway (llama.cpp computes SiLU instead)\n"
     "PATH must not exist. The export runs on the CPU and reads no training data.\n";
 
 // Strict integer and number checks: the whole text must be one value inside [lo, hi].
@@ -160,6 +183,16 @@ Command parse_command_line(int argc, char** argv) {
                  "evaluate at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
   add_sets(eval, &cmd.eval.sets, "override a data.* key of the run's config, e.g. data.path=/new/place/kjv.txt");
 
+  eval->add_option("--classifier", cmd.eval.classifier, "DiT runs: the Fashion-MNIST classifier run of the metric");
+  eval->add_option("--samples", cmd.eval.samples, "DiT runs: images generated for the metric (0: none)")
+      ->check(integer_in(0, int64_t{1} << 24));
+  eval->add_option("--steps", cmd.eval.steps, "DiT runs: integration steps per image")
+      ->check(integer_in(1, int64_t{1} << 20));
+  eval->add_option("--cfg", cmd.eval.cfg, "DiT runs: classifier-free guidance weight")->check(number_in(0.0, 1e3));
+  eval->add_option("--solver", cmd.eval.solver, "DiT runs: euler | heun")->check(CLI::IsMember({"euler", "heun"}));
+  eval->add_option("--sample-seed", cmd.eval.seed, "DiT runs: noise seed of the generated images")
+      ->check(integer_in(0, std::numeric_limits<int64_t>::max()));
+
   auto* gen = app.add_subcommand("generate", "sample text from a byte-level language model run");
   gen->footer(kGenerateHelp);
   gen->add_option("RUN_DIR", cmd.generate.run_dir, "a run directory or a packed export")->required();
@@ -179,6 +212,38 @@ Command parse_command_line(int argc, char** argv) {
   gen->add_flag("--fully-quantized", cmd.generate.fully_quantized,
                 "generate at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
 
+  auto* smp = app.add_subcommand("sample", "class-conditional images from a DiT run as a PNG grid");
+  smp->footer(kSampleHelp);
+  smp->add_option("RUN_DIR", cmd.sample.run_dir, "a DiT run directory or its packed export")->required();
+  smp->add_option("--out", cmd.sample.out, "the PNG file to write")->required();
+  smp->add_option("--n", cmd.sample.n, "images per class (--class all) or in total")
+      ->check(integer_in(1, int64_t{1} << 16))
+      ->default_str("8");
+  smp->add_option("--class", cmd.sample.cls, "a class index, or all")
+      ->check(CLI::Validator(
+          [](std::string& s) -> std::string {
+            if (s == "all") return "";
+            return integer_in(std::numeric_limits<int64_t>::min(), std::numeric_limits<int64_t>::max())(s).empty()
+                       ? ""
+                       : fmt::format("'{}': expected a class index or all", s);
+          },
+          ""))
+      ->default_str("all");
+  smp->add_option("--steps", cmd.sample.steps, "integration steps")
+      ->check(integer_in(1, int64_t{1} << 20))
+      ->default_str("10");
+  smp->add_option("--cfg", cmd.sample.cfg, "classifier-free guidance weight (0 unconditional, 1 conditional)")
+      ->check(number_in(0.0, 1e3))
+      ->default_str("2");
+  smp->add_option("--solver", cmd.sample.solver, "euler | heun")
+      ->check(CLI::IsMember({"euler", "heun"}))
+      ->default_str("heun");
+  smp->add_option("--seed", cmd.sample.seed, "noise seed")
+      ->check(integer_in(0, std::numeric_limits<int64_t>::max()))
+      ->default_str("1");
+  smp->add_flag("--fully-quantized", cmd.sample.fully_quantized,
+                "sample at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
+
   auto* quant = app.add_subcommand("quantize", "data-free ternarization of a full-precision run");
   quant->footer(kQuantizeHelp);
   quant->add_option("SRC", cmd.quantize.src_run_dir,
@@ -197,8 +262,15 @@ Command parse_command_line(int argc, char** argv) {
       ->required()
       ->check(CLI::IsMember({"packed", "hf-bitnet", "gguf"}));
   exp->add_option("--out", cmd.export_.out, "the directory or file to write; must not exist")->required();
-  exp->add_option("--gguf-type", cmd.export_.gguf_type, "tq2_0 (default, 2.06 bits/weight) | tq1_0 (1.69)")
-      ->check(CLI::IsMember({"tq2_0", "tq1_0"}));
+  exp->add_option("--gguf-type", cmd.export_.gguf_type,
+                  "tq2_0 (default, 2.06 bits/weight) | tq1_0 (1.69) | q2_0 (2.25, GPU too) | q1_0 (1.125, binary)")
+      ->check(CLI::IsMember({"tq2_0", "tq1_0", "q2_0", "q1_0"}));
+  exp->add_option("--gguf-float", cmd.export_.gguf_float,
+                  "f32 (default, exact) | f16: the type of embeddings, an untied head and unquantized linears")
+      ->check(CLI::IsMember({"f32", "f16"}));
+  exp->add_flag("--gguf-force-relu2", cmd.export_.gguf_force_relu2,
+                "write a relu2_glu model although llama.cpp computes SiLU (for runtimes that honour "
+                "bitnet.hidden_activation); prints a warning");
   exp->add_option("--name", cmd.export_.name, "general.name in the GGUF file (default: the run directory's name)");
 
   auto* version = app.add_subcommand("version", "print the version");

@@ -21,6 +21,25 @@ struct EvalArgs {
   std::optional<int64_t> batches;
   bool fully_quantized = false;   // lambda 1 instead of the checkpoint's lambdas
   std::vector<std::string> sets;  // data.* overrides (where the validation data is)
+  // DiT runs only: the image-quality metric (training/image_quality.hpp). Unset: the defaults below.
+  std::optional<std::string> classifier;  // default runs/fashion_mnist_fp
+  std::optional<int64_t> samples;         // default 1000; 0: held-out loss only
+  std::optional<int64_t> steps;           // default 10
+  std::optional<double> cfg;              // default 2
+  std::optional<std::string> solver;      // default heun
+  std::optional<uint64_t> seed;           // default 1
+};
+
+struct SampleArgs {
+  std::string run_dir;
+  int64_t n = 8;
+  std::string cls = "all";  // a class index or "all"
+  int64_t steps = 10;
+  double cfg = 2.0;
+  std::string solver = "heun";
+  uint64_t seed = 1;
+  std::string out;
+  bool fully_quantized = false;
 };
 
 struct GenerateArgs {
@@ -44,15 +63,18 @@ struct ExportArgs {
   std::string run_dir;
   std::string format;
   std::string out;
-  std::string gguf_type;  // empty: tq2_0
+  std::string gguf_type;   // empty: tq2_0
+  std::string gguf_float;  // empty: f32
+  bool gguf_force_relu2 = false;
   std::string name;
 };
 
 struct Command {
-  std::string name;  // train | eval | generate | quantize | export | version; empty: help was printed
+  std::string name;  // train | eval | generate | sample | quantize | export | version; empty: help was printed
   TrainArgs train;
   EvalArgs eval;
   GenerateArgs generate;
+  SampleArgs sample;
   QuantizeArgs quantize;
   ExportArgs export_;
   bool cpu_capability = false;  // version --cpu-capability

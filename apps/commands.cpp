@@ -19,17 +19,67 @@
 #include "interop/export_gguf.hpp"
 #include "interop/export_hf_bitnet.hpp"
 #include "interop/export_packed.hpp"
+#include "models/dit.hpp"
 #include "models/generate.hpp"
 #include "models/lm.hpp"
 #include "training/config.hpp"
+#include "training/image_quality.hpp"
 #include "training/quantize.hpp"
 #include "training/run_loader.hpp"
+#include "training/sampling.hpp"
 #include "training/trainer.hpp"
 
 namespace bitqat::apps {
 namespace {
 
 at::Device default_device() { return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU); }
+
+models::Solver solver_of(const std::string& name) {
+  models::Solver s = models::Solver::kHeun;
+  if (!models::parse_solver(name, &s)) throw core::UserError(fmt::format("--solver {}: expected euler or heun", name));
+  return s;
+}
+
+// The image-quality metric of a DiT run (nullopt with --samples 0); the options name what they set.
+std::optional<training::QualityResult> dit_quality(const EvalArgs& a, training::LoadedRun& run,
+                                                   const data::Source& test, const at::Device& device,
+                                                   nlohmann::json* j) {
+  auto dit = std::dynamic_pointer_cast<models::BitDiTImpl>(run.task->module_ptr());
+  if (!dit) {
+    if (a.classifier || a.samples || a.steps || a.cfg || a.solver || a.seed) {
+      throw core::UserError(
+          fmt::format("--classifier, --samples, --steps, --cfg, --solver and --sample-seed apply to diffusion "
+                      "transformer runs; {} is a model.kind {} run",
+                      a.run_dir, run.cfg.model.get<std::string>("kind", "lm")));
+    }
+    return std::nullopt;
+  }
+  training::QualityOptions o;
+  o.samples = a.samples.value_or(o.samples);
+  if (o.samples == 0) return std::nullopt;
+  o.steps = a.steps.value_or(o.steps);
+  o.cfg = a.cfg.value_or(o.cfg);
+  o.solver = solver_of(a.solver.value_or("heun"));
+  o.seed = a.seed.value_or(o.seed);
+  const std::string dir = a.classifier.value_or("runs/fashion_mnist_fp");
+  if (!std::filesystem::exists(dir)) {
+    throw core::UserError(fmt::format(
+        "--classifier {}: no such run; the DiT quality metric needs a full-precision Fashion-MNIST classifier: train "
+        "it with `bitqat train configs/fashion_mnist_fp.yaml`, or pass --classifier DIR, or --samples 0 for the loss "
+        "only",
+        dir));
+  }
+  auto classifier = training::load_run(dir, device);
+  training::check_quality_classifier(classifier, dir, dit->config);
+  const auto q = training::image_quality(*dit, classifier, test, o);
+  (*j)["frechet_distance"] = q.frechet;
+  (*j)["classifier_accuracy"] = q.accuracy;
+  (*j)["samples"] = q.samples;
+  (*j)["reference_images"] = q.reference;
+  (*j)["classifier"] = classifier.checkpoint;
+  (*j)["sampler"] = {{"steps", o.steps}, {"cfg", o.cfg}, {"solver", models::to_string(o.solver)}, {"seed", o.seed}};
+  return q;
+}
 
 }  // namespace
 
@@ -92,18 +142,43 @@ int cmd_eval(const EvalArgs& a) {
         *a.batches, a.run_dir, val.size(), batch, val.size()));
   }
   const auto ev = run.task->evaluate(val, device);
+  nlohmann::json j = {{"run_dir", a.run_dir},    {"checkpoint", run.checkpoint}, {"step", run.step},
+                      {"val_loss", ev.loss},     {"batches", val.size()},        {"lambda_w", run.lambda_w},
+                      {"lambda_a", run.lambda_a}};
+  if (!ev.metric_name.empty()) j[ev.metric_name] = ev.metric;
+  const auto q = dit_quality(a, run, *source, device, &j);
   if (a.json) {
-    nlohmann::json j = {{"run_dir", a.run_dir},    {"checkpoint", run.checkpoint}, {"step", run.step},
-                        {"val_loss", ev.loss},     {"batches", val.size()},        {"lambda_w", run.lambda_w},
-                        {"lambda_a", run.lambda_a}};
-    if (!ev.metric_name.empty()) j[ev.metric_name] = ev.metric;
     std::printf("%s\n", j.dump().c_str());
   } else {
     std::printf("%s (step %lld, lambda_w %.4g, lambda_a %.4g): val_loss %.4f", run.checkpoint.c_str(),
                 static_cast<long long>(run.step), run.lambda_w, run.lambda_a, ev.loss);
     if (!ev.metric_name.empty()) std::printf(", %s %.4f", ev.metric_name.c_str(), ev.metric);
+    if (q) {
+      std::printf(", frechet_distance %.4f, classifier_accuracy %.4f (%lld samples vs %lld test images)", q->frechet,
+                  q->accuracy, static_cast<long long>(q->samples), static_cast<long long>(q->reference));
+    }
     std::printf("\n");
   }
+  return 0;
+}
+
+int cmd_sample(const SampleArgs& a) {
+  training::SampleOptions o;
+  o.n = a.n;
+  if (a.cls != "all") o.cls = std::stoll(a.cls);  // the parser checked that it is an integer
+  o.steps = a.steps;
+  o.cfg = a.cfg;
+  o.solver = solver_of(a.solver);
+  o.seed = a.seed;
+  o.fully_quantized = a.fully_quantized;
+  o.out = a.out;
+  const auto r = training::sample_run(a.run_dir, o, default_device());
+  std::printf("wrote %s: %lld images (%lld x %lld grid, %lld x %lld pixels) from %s (step %lld, lambda_w %.4g, "
+              "lambda_a %.4g), %lld %s steps, guidance %.4g, seed %llu\n",
+              a.out.c_str(), static_cast<long long>(r.images), static_cast<long long>(r.rows),
+              static_cast<long long>(r.columns), static_cast<long long>(r.width), static_cast<long long>(r.height),
+              r.checkpoint.c_str(), static_cast<long long>(r.step), r.lambda_w, r.lambda_a,
+              static_cast<long long>(a.steps), a.solver.c_str(), a.cfg, static_cast<unsigned long long>(a.seed));
   return 0;
 }
 
@@ -158,11 +233,9 @@ int cmd_quantize(const QuantizeArgs& a) {
 
 int cmd_export(const ExportArgs& a) {
   const std::string &run_dir = a.run_dir, &format = a.format, &out = a.out;
-  if ((!a.gguf_type.empty() || !a.name.empty()) && format != "gguf") {
-    throw core::UserError("--gguf-type and --name apply to --format gguf only");
+  if ((!a.gguf_type.empty() || !a.gguf_float.empty() || a.gguf_force_relu2 || !a.name.empty()) && format != "gguf") {
+    throw core::UserError("--gguf-type, --gguf-float, --gguf-force-relu2 and --name apply to --format gguf only");
   }
-  const auto gguf_type =
-      a.gguf_type == "tq1_0" ? checkpoints::gguf::GgmlType::kTQ1_0 : checkpoints::gguf::GgmlType::kTQ2_0;
   if (interop::is_packed_export(run_dir)) {
     throw core::UserError(
         fmt::format("{} is a packed export (no latent weights); export from its run directory", run_dir));
@@ -195,12 +268,20 @@ int cmd_export(const ExportArgs& a) {
     std::printf("wrote %s: BitNetForCausalLM (config.json, model.safetensors)\n", out.c_str());
     return 0;
   }
-  std::string name = a.name;
-  if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().filename().string();
-  if (name.empty()) name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
-  const auto bytes = interop::export_gguf(*lm, out, gguf_type, name);
-  std::printf("wrote %s: GGUF bitnet, %s ternary tensors, %lld bytes\n", out.c_str(),
-              checkpoints::gguf::to_string(gguf_type), static_cast<long long>(bytes));
+  interop::GgufExportOptions o;
+  o.type = interop::parse_gguf_type(a.gguf_type.empty() ? "tq2_0" : a.gguf_type);
+  o.float_type = a.gguf_float == "f16" ? checkpoints::gguf::GgmlType::kF16 : checkpoints::gguf::GgmlType::kF32;
+  o.force_relu2 = a.gguf_force_relu2;
+  o.tokenizer_source = run.cfg.init_from;
+  o.name = a.name;
+  if (o.name.empty()) o.name = std::filesystem::path(run_dir).lexically_normal().filename().string();
+  if (o.name.empty()) o.name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
+  std::vector<std::string> warnings;
+  const auto arch = interop::check_gguf_compatible(*lm, o, &warnings);
+  for (const auto& w : warnings) std::fprintf(stderr, "bitqat export: warning: %s\n", w.c_str());
+  const auto bytes = interop::export_gguf(*lm, out, o);
+  std::printf("wrote %s: GGUF %s, %s quantized tensors, %lld bytes\n", out.c_str(), interop::to_string(arch),
+              checkpoints::gguf::to_string(o.type), static_cast<long long>(bytes));
   return 0;
 }
 

@@ -8,6 +8,7 @@ int cmd_version(bool cpu_capability_only);
 int cmd_train(const TrainArgs& args);
 int cmd_eval(const EvalArgs& args);
 int cmd_generate(const GenerateArgs& args);
+int cmd_sample(const SampleArgs& args);
 int cmd_quantize(const QuantizeArgs& args);
 int cmd_export(const ExportArgs& args);
 

@@ -1,4 +1,4 @@
-// The bitqat command line: train, eval, generate, quantize, export, version (apps/cli.hpp parses,
+// The bitqat command line: train, eval, generate, sample, quantize, export, version (apps/cli.hpp parses,
 // apps/commands.hpp runs). User errors print one clear line and exit 2, internal failures exit 1.
 #include <spdlog/spdlog.h>
 
@@ -26,7 +26,7 @@ int fail_now(int code) {
 }
 
 bool is_command(const std::string& s) {
-  for (const char* c : {"train", "eval", "generate", "quantize", "export", "version"}) {
+  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export", "version"}) {
     if (s == c) return true;
   }
   return false;
@@ -39,6 +39,7 @@ int run(const bitqat::apps::Command& c) {
   if (c.name == "train") return cmd_train(c.train);
   if (c.name == "eval") return cmd_eval(c.eval);
   if (c.name == "generate") return cmd_generate(c.generate);
+  if (c.name == "sample") return cmd_sample(c.sample);
   if (c.name == "quantize") return cmd_quantize(c.quantize);
   return cmd_export(c.export_);
 }

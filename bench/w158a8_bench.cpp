@@ -1,10 +1,15 @@
 // Benchmarks of the W1.58A8 path (a program, not a test):
-//   w158a8_bench kernels OUT_DIR   our matmul (alone and with activation quantization) against
-//                                  cuBLAS bf16 (at::matmul) in the same run, CUDA events after
-//                                  warm-up, weights rotated through > 200 MB so L2 never holds them
+//   w158a8_bench kernels OUT_DIR   measures the device's ceilings (copy bandwidth, cuBLAS bf16 and
+//                                  int8 matmul), then our layer call (activation quantization
+//                                  included; the matmul alone beside it) against cuBLAS bf16
+//                                  (at::matmul) of the same shape, CUDA events after warm-up,
+//                                  weights rotated through > 200 MB so L2 never holds them;
+//                                  kernels.csv and kernels.json (fractions of the measured floors)
 //   w158a8_bench train OUT_DIR     one QAT training step of a GPU-sized LM: int8 forward vs the
 //                                  fake-quant bf16 path vs the plain bf16 model (tokens/s, peak memory)
-//   w158a8_bench memory OUT_DIR    inference bytes of packed ternary linear layers vs bf16 (any machine)
+//   w158a8_bench memory OUT_DIR    inference bytes of packed ternary linear layers vs bf16 (any machine);
+//                                  on a GPU also the allocator's measured bytes of a packed vs a bf16
+//                                  LM, loaded and over a forward (memory_gpu.csv)
 // Results are printed and written to OUT_DIR as CSV.
 #include <ATen/autocast_mode.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -29,9 +34,6 @@ namespace {
 
 using namespace bitqat;
 
-// H100 SXM ceilings (REFERENCE.md section 3): measured copy bandwidth, datasheet dense peaks.
-constexpr double kBandwidth = 3.0e12, kPeakInt8 = 1979e12, kPeakBf16 = 989e12;
-
 template <class F>
 double time_us(F&& fn, int warmup, int iters) {
   for (int i = 0; i < warmup; ++i) fn(i);
@@ -50,13 +52,58 @@ double time_us(F&& fn, int warmup, int iters) {
   return 1000.0 * ms / iters;
 }
 
+// The device's ceilings, measured in this run (never assumed): a 1 GiB device-to-device copy (bytes
+// read + written per second), a 8192^3 cuBLAS bf16 matmul and a 8192^3 int8 matmul (at::_int_mm,
+// cuBLASLt IMMA), each the best of a few timed repeats after warm-up.
+struct Ceilings {
+  double bandwidth = 0, bf16_flops = 0, int8_ops = 0;  // bytes/s, FLOP/s, OP/s
+};
+
+Ceilings measure_ceilings() {
+  const auto on = at::TensorOptions().device(at::kCUDA, 0);
+  Ceilings c;
+  {
+    const int64_t n = int64_t{1} << 30;
+    auto src = at::empty({n}, on.dtype(at::kByte)).fill_(1), dst = at::empty({n}, on.dtype(at::kByte));
+    double best = 1e30;
+    for (int r = 0; r < 3; ++r) best = std::min(best, time_us([&](int) { dst.copy_(src); }, 2, 10));
+    c.bandwidth = 2.0 * static_cast<double>(n) / (best * 1e-6);
+  }
+  const int64_t s = 8192;
+  const double ops = 2.0 * s * s * s;
+  {
+    const auto a = at::randn({s, s}, on.dtype(at::kBFloat16)), b = at::randn({s, s}, on.dtype(at::kBFloat16));
+    double best = 1e30;
+    for (int r = 0; r < 3; ++r) best = std::min(best, time_us([&](int) { at::matmul(a, b); }, 2, 10));
+    c.bf16_flops = ops / (best * 1e-6);
+  }
+  {
+    const auto a = at::randint(-128, 128, {s, s}, on.dtype(at::kChar));
+    const auto b = at::randint(-128, 128, {s, s}, on.dtype(at::kChar));
+    double best = 1e30;
+    for (int r = 0; r < 3; ++r) best = std::min(best, time_us([&](int) { at::_int_mm(a, b); }, 2, 10));
+    c.int8_ops = ops / (best * 1e-6);
+  }
+  std::printf("ceilings (measured): copy %.0f GB/s, bf16 matmul %.0f TFLOP/s, int8 matmul %.0f TOP/s\n",
+              c.bandwidth / 1e9, c.bf16_flops / 1e12, c.int8_ops / 1e12);
+  return c;
+}
+
+// Every time includes the activation quantization (bf16 input to bf16 output), as a BitLinear layer
+// runs; the matmul alone is reported beside it. Weights rotate through > 200 MB so L2 never holds them.
 int kernels(const std::string& out_dir) {
   const auto dev = at::Device(at::kCUDA, 0);
+  const Ceilings ceil = measure_ceilings();
   std::ofstream csv(out_dir + "/kernels.csv");
-  csv << "M,N,K,us_ours,us_ours_with_quant,us_cublas_bf16,gbps_ours,tops_ours,speedup,speedup_with_quant,"
-         "floor_us_w2a8,floor_fraction,floor_us_bf16\n";
-  std::printf("%6s %6s %6s | %9s %9s %9s | %8s %8s | %7s %7s | %6s\n", "M", "N", "K", "ours us", "+quant us", "bf16 us",
-              "GB/s", "TOP/s", "speedup", "w/quant", "floor");
+  csv << "M,N,K,us,us_matmul_only,us_cublas_bf16,speedup_vs_bf16,gbps,tops,floor_us,floor_fraction,"
+         "floor_us_bf16,cublas_floor_fraction\n";
+  std::string json = fmt::format(
+      "{{\n  \"ceilings\": {{\"copy_bytes_per_s\": {:.6g}, \"bf16_flop_per_s\": {:.6g}, \"int8_op_per_s\": {:.6g}}},\n"
+      "  \"kernels\": [",
+      ceil.bandwidth, ceil.bf16_flops, ceil.int8_ops);
+  std::printf("%6s %6s %6s | %9s %9s %9s | %8s %8s | %7s | %6s %6s\n", "M", "N", "K", "us", "mm us", "bf16 us", "GB/s",
+              "TOP/s", "speedup", "floor", "bf16fl");
+  bool first = true;
   for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}}) {
     const int64_t bf16_bytes = n * k * 2;
     const int copies = static_cast<int>(std::max<int64_t>(2, (200ll << 20) / bf16_bytes + 1));
@@ -71,13 +118,13 @@ int kernels(const std::string& out_dir) {
     while (static_cast<int>(wp.size()) < packed_copies) wp.push_back(wp[wp.size() % copies]);
     // Distinct packed buffers for rotation (copies of the first ones are real copies).
     for (size_t c = static_cast<size_t>(copies); c < wp.size(); ++c) wp[c].packed = wp[c].packed.clone();
-    for (int64_t m : {1, 4, 16, 64, 128, 512, 4096}) {
+    for (int64_t m : {1, 4, 16, 17, 64, 128, 512, 4096}) {
       const auto x = at::randn({m, k}, at::TensorOptions().device(dev).dtype(at::kBFloat16));
       const auto xq = bitlinear::ops::quantize_activations_int8(x);
       const at::Tensor none;
-      const double ours =
+      const double mm_only =
           time_us([&](int i) { bitlinear::ops::w158a8_matmul(xq, wp[i % wp.size()], none, at::kBFloat16); }, 10, 50);
-      const double ours_q = time_us(
+      const double ours = time_us(
           [&](int i) {
             bitlinear::ops::w158a8_matmul(bitlinear::ops::quantize_activations_int8(x), wp[i % wp.size()], none,
                                           at::kBFloat16);
@@ -85,18 +132,29 @@ int kernels(const std::string& out_dir) {
           10, 50);
       const double bf16 = time_us([&](int i) { at::matmul(x, wb[i % wb.size()].t()); }, 10, 50);
       const double kp = static_cast<double>((k + 127) / 128 * 128);
-      const double bytes = n * kp / 4 + m * kp + m * n * 2.0;
+      // Bytes of the whole layer call: x in bf16, packed weights, codes written and read, y in bf16.
+      const double bytes = n * kp / 4 + m * k * 2.0 + 2.0 * m * kp + m * n * 2.0;
       const double ops = 2.0 * m * n * k;
-      const double floor = std::max(bytes / kBandwidth, ops / kPeakInt8) * 1e6;
-      const double floor_bf16 = std::max((n * k * 2.0 + m * k * 2.0 + m * n * 2.0) / kBandwidth, ops / kPeakBf16) * 1e6;
-      std::printf("%6lld %6lld %6lld | %9.2f %9.2f %9.2f | %8.0f %8.1f | %6.2fx %6.2fx | %5.0f%%\n",
-                  static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ours, ours_q, bf16,
-                  bytes / ours / 1e3, ops / ours / 1e6, bf16 / ours, bf16 / ours_q, 100.0 * floor / ours);
-      csv << fmt::format("{},{},{},{:.3f},{:.3f},{:.3f},{:.1f},{:.2f},{:.3f},{:.3f},{:.3f},{:.3f},{:.3f}\n", m, n, k,
-                         ours, ours_q, bf16, bytes / ours / 1e3, ops / ours / 1e6, bf16 / ours, bf16 / ours_q, floor,
-                         floor / ours, floor_bf16);
+      const double floor = std::max(bytes / ceil.bandwidth, ops / ceil.int8_ops) * 1e6;
+      const double floor_bf16 =
+          std::max((n * k * 2.0 + m * k * 2.0 + m * n * 2.0) / ceil.bandwidth, ops / ceil.bf16_flops) * 1e6;
+      std::printf("%6lld %6lld %6lld | %9.2f %9.2f %9.2f | %8.0f %8.1f | %6.2fx | %5.0f%% %5.0f%%\n",
+                  static_cast<long long>(m), static_cast<long long>(n), static_cast<long long>(k), ours, mm_only, bf16,
+                  bytes / ours / 1e3, ops / ours / 1e6, bf16 / ours, 100.0 * floor / ours, 100.0 * floor_bf16 / bf16);
+      csv << fmt::format("{},{},{},{:.3f},{:.3f},{:.3f},{:.3f},{:.1f},{:.2f},{:.3f},{:.4f},{:.3f},{:.4f}\n", m, n, k,
+                         ours, mm_only, bf16, bf16 / ours, bytes / ours / 1e3, ops / ours / 1e6, floor, floor / ours,
+                         floor_bf16, floor_bf16 / bf16);
+      json += fmt::format(
+          "{}\n    {{\"M\": {}, \"N\": {}, \"K\": {}, \"us\": {:.3f}, \"us_matmul_only\": {:.3f}, "
+          "\"us_cublas_bf16\": {:.3f}, \"speedup_vs_bf16\": {:.4f}, \"floor_us\": {:.4f}, \"floor_fraction\": {:.4f}, "
+          "\"floor_us_bf16\": {:.4f}, \"cublas_floor_fraction\": {:.4f}}}",
+          first ? "" : ",", m, n, k, ours, mm_only, bf16, bf16 / ours, floor, floor / ours, floor_bf16,
+          floor_bf16 / bf16);
+      first = false;
     }
   }
+  json += "\n  ]\n}\n";
+  std::ofstream(out_dir + "/kernels.json") << json;
   return 0;
 }
 
@@ -158,6 +216,58 @@ int train(const std::string& out_dir) {
   return 0;
 }
 
+// Measured, not computed: the caching allocator's bytes after loading a model onto the GPU and its
+// peak over a forward of 1 x 512 tokens, for the GPU-sized LM (configs/lm_gpu.yaml's model) in bf16
+// against the same model packed for inference. The packed model is packed on the CPU and then moved:
+// its float32 latent weights never reach the GPU. Embeddings, norms and the LM head stay float32 in
+// the packed model (they are not ternary), bf16 in the other.
+int memory_gpu(const std::string& out_dir) {
+  const auto dev = at::Device(at::kCUDA, 0);
+  std::ofstream csv(out_dir + "/memory_gpu.csv");
+  csv << "model,loaded_bytes,forward_peak_bytes\n";
+  models::LMConfig c;
+  c.vocab_size = 50304;
+  c.dim = 768;
+  c.n_layers = 12;
+  c.n_heads = 12;
+  c.n_kv_heads = 4;
+  c.ffn = "relu2_glu";
+  c.ffn_dim = 2048;
+  c.max_seq_len = 1024;
+  const auto tokens = at::randint(0, c.vocab_size, {1, 512}, at::TensorOptions().dtype(at::kLong));
+  auto allocated = [] {
+    const auto st = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
+    return st.allocated_bytes[static_cast<size_t>(c10::CachingAllocator::StatType::AGGREGATE)];
+  };
+  for (const bool packed : {false, true}) {
+    torch::manual_seed(0);
+    models::BitLM lm(c, bitlinear::QuantSpec{}, std::vector<std::string>{"layers.*"}, std::vector<std::string>{});
+    lm->eval();
+    if (packed) bitlinear::ops::pack_for_inference(*lm);
+    at::cuda::getCurrentCUDAStream().synchronize();
+    c10::cuda::CUDACachingAllocator::emptyCache();
+    const int64_t base = allocated().current;
+    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+    if (packed) {
+      lm->to(dev);
+    } else {
+      lm->to(dev, at::kBFloat16);
+    }
+    const int64_t loaded = allocated().current - base;
+    {
+      at::NoGradGuard ng;
+      lm->forward(tokens.to(dev));
+    }
+    at::cuda::getCurrentCUDAStream().synchronize();
+    const int64_t peak = allocated().peak - base;
+    const char* name = packed ? "packed_ternary" : "bf16";
+    std::printf("GPU memory, %-14s: loaded %8.1f MiB, forward peak %8.1f MiB\n", name, loaded / 1048576.0,
+                peak / 1048576.0);
+    csv << fmt::format("{},{},{}\n", name, loaded, peak);
+  }
+  return 0;
+}
+
 int memory(const std::string& out_dir) {
   std::ofstream csv(out_dir + "/memory.csv");
   csv << "layer,in,out,bf16_bytes,packed_bytes,ratio\n";
@@ -185,6 +295,8 @@ int memory(const std::string& out_dir) {
               static_cast<long long>(total_packed), static_cast<double>(total_bf16) / total_packed);
   csv << fmt::format("block,,,{},{},{:.3f}\n", total_bf16, total_packed,
                      static_cast<double>(total_bf16) / total_packed);
+  if (torch::cuda::is_available()) return memory_gpu(out_dir);
+  std::printf("no CUDA device: the measured GPU memory (memory_gpu.csv) needs one\n");
   return 0;
 }
 

@@ -15,7 +15,11 @@ namespace {
 // Activation fake-quantization per (sample, position) over channels for NCHW maps.
 at::Tensor fake_quantize_nchw(const at::Tensor& x, const ActQuantSpec& spec, double lambda) {
   if (spec.type != ActQuant::kPerToken) return fake_quantize_activation(x, spec, lambda);
-  return fake_quantize_activation(x.permute({0, 2, 3, 1}), spec, lambda).permute({0, 3, 1, 2});
+  // Back in NCHW memory order with standard strides: the convolution's algorithm (and its rounding)
+  // depends on the layout, and size-1 dimensions make a channels-last tensor look contiguous.
+  return fake_quantize_activation(x.permute({0, 2, 3, 1}), spec, lambda)
+      .permute({0, 3, 1, 2})
+      .clone(at::MemoryFormat::Contiguous);
 }
 
 }  // namespace
@@ -53,16 +57,46 @@ void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
 
 at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
   if (kernel_ && kernel_->applies(*this, x)) return kernel_->forward(*this, x);
+  return forward_quantized(quantize_input(x), x.scalar_type());
+}
+
+BitLinearImpl::QuantizedInput BitLinearImpl::quantize_input(const at::Tensor& x) {
   if (!weight.defined()) {
     throw std::logic_error("BitLinear::forward: the latent weights were replaced and the kernel does not apply");
   }
-  const auto h = norm ? norm->forward_float(x) : x;
-  if (lambda_w_ == 1.0 && lambda_a_ == 1.0 && quantized_linear_applicable(h, options.quant.weight, options.quant.act)) {
-    return quantized_linear(h, weight, bias, options.quant.weight, options.quant.act).to(x.scalar_type());
+  QuantizedInput in;
+  in.x = norm ? norm->forward_float(x) : x;
+  in.exact = lambda_w_ == 1.0 && lambda_a_ == 1.0 &&
+             quantized_linear_applicable(in.x, options.quant.weight, options.quant.act);
+  if (in.exact) {
+    auto c = quantize_input_codes(in.x, options.quant.act);
+    in.codes = c.codes;
+    in.scales = c.scales;
+  } else {
+    in.fake = fake_quantize_activation(in.x, options.quant.act, lambda_a_).to(x.scalar_type());
   }
-  const auto xq = fake_quantize_activation(h, options.quant.act, lambda_a_).to(x.scalar_type());
+  return in;
+}
+
+at::Tensor BitLinearImpl::forward_quantized(const QuantizedInput& in, at::ScalarType out_dtype) {
+  if (in.exact) {
+    return quantized_linear(in.x, ActCodes{in.codes, in.scales}, weight, bias, options.quant.weight, options.quant.act)
+        .to(out_dtype);
+  }
   const auto wq = fake_quantize_weight(weight, options.quant.weight, lambda_w_);
-  return at::linear(xq, wq.to(xq.scalar_type()), bias.defined() ? bias.to(xq.scalar_type()) : bias);
+  return at::linear(in.fake, wq.to(in.fake.scalar_type()), bias.defined() ? bias.to(in.fake.scalar_type()) : bias);
+}
+
+bool BitLinearImpl::can_share_input(const BitLinearImpl& other, const at::Tensor& x) const {
+  auto same_act = [](const ActQuantSpec& a, const ActQuantSpec& b) {
+    return a.type == b.type && a.bits == b.bits && a.estimator == b.estimator && a.clip == b.clip && a.eps == b.eps;
+  };
+  auto same_weight = [](const WeightQuantSpec& a, const WeightQuantSpec& b) { return a.type == b.type; };
+  const bool kernels = (kernel_ && kernel_->applies(*this, x)) || (other.kernel_ && other.kernel_->applies(other, x));
+  return !norm && !other.norm && !kernels && weight.defined() && other.weight.defined() &&
+         same_act(options.quant.act, other.options.quant.act) &&
+         same_weight(options.quant.weight, other.options.quant.weight) && lambda_w_ == other.lambda_w_ &&
+         lambda_a_ == other.lambda_a_;
 }
 
 QuantizedWeight BitLinearImpl::quantized_weight() const {

@@ -35,6 +35,23 @@ struct BitLinearImpl : torch::nn::Module {
   void set_lambdas(double lambda_w, double lambda_a);
   double lambda_w() const { return lambda_w_; }
   double lambda_a() const { return lambda_a_; }
+
+  // An input quantized once for several layers that read it (q, k and v; gate and up): forward(x) is
+  // forward_quantized(quantize_input(x)), and a layer for which can_share_input holds may take
+  // another's quantize_input. exact: the codes feed the integer forward at lambdas 1
+  // (bitlinear/quantized_linear.hpp); otherwise `fake` holds the fake-quantized activations.
+  struct QuantizedInput {
+    at::Tensor x;     // the input after the SubLN (the autograd path of the straight-through estimator)
+    at::Tensor fake;  // fake-quantized activations in the input's dtype
+    at::Tensor codes, scales;
+    bool exact = false;
+  };
+  QuantizedInput quantize_input(const at::Tensor& x);
+  at::Tensor forward_quantized(const QuantizedInput& in, at::ScalarType out_dtype);
+  // Whether `other` computes the same quantize_input(x) as this layer (no SubLN on either, the same
+  // quantization and lambdas, no installed kernel taking x).
+  bool can_share_input(const BitLinearImpl& other, const at::Tensor& x) const;
+
   // The weights as the fully quantized layer sees them (codes and scales), for packing and export.
   // Throws std::logic_error when the latent weights were replaced (a packed layer).
   QuantizedWeight quantized_weight() const;

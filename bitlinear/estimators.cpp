@@ -7,6 +7,8 @@
 
 #include <stdexcept>
 
+#include "bitlinear/quant_kernels.hpp"
+
 namespace bitqat::bitlinear {
 namespace {
 
@@ -27,15 +29,29 @@ at::Tensor ste_grad(const at::Tensor& g, const at::Tensor& mask, double lambda) 
   return g * factor;
 }
 
+// The fused passes (bitlinear/quant_kernels.hpp; CPU row kernels or CUDA kernels) serve float32 2-D
+// ternary weights with the identity estimator, and per-token float32 activations; they compute the
+// same values as the composed definitions.
+bool fused_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
+  return kernels::fused_fake_quant(w) && w.dim() == 2 && spec.type == WeightQuant::kTernary &&
+         spec.estimator == Estimator::kIdentity && spec.granularity != Granularity::kPerKernel;
+}
+
 struct FakeQuantWeight : torch::autograd::Function<FakeQuantWeight> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, WeightQuantSpec spec, double lambda) {
+    ctx->saved_data["lambda"] = lambda;
+    if (fused_weight(w, spec)) {
+      ctx->save_for_backward({at::Tensor()});
+      const bool per_tensor = spec.granularity == Granularity::kPerTensor;
+      const int64_t group = spec.granularity == Granularity::kPerGroup ? spec.group_size : w.size(1);
+      return kernels::ternary_fake_quant(w.detach().contiguous(), group, per_tensor, spec.eps, lambda).first;
+    }
     const auto q = quantize_weight(w, spec);
     at::Tensor mask;
     if (spec.estimator == Estimator::kClipped && lambda != 0.0) {
       const auto scale = expand_scales(q.scales, spec, w.sizes());
       mask = (w.detach().to(scale.scalar_type()).abs() / scale.clamp_min(spec.eps)).le(spec.clip);
     }
-    ctx->saved_data["lambda"] = lambda;
     ctx->save_for_backward({mask});
     return blend(w.detach(), dequantize_weight(q), lambda);
   }
@@ -47,19 +63,41 @@ struct FakeQuantWeight : torch::autograd::Function<FakeQuantWeight> {
 
 struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, ActQuantSpec spec, double lambda) {
+    ctx->saved_data["lambda"] = lambda;
+    ctx->saved_data["fused"] = false;
+    if (kernels::fused_fake_quant(x) && spec.type == ActQuant::kPerToken && x.dim() >= 1 && x.size(-1) > 0) {
+      const int64_t k = x.size(-1);
+      const auto x2 = x.detach().reshape({-1, k}).contiguous();
+      auto [out, s] = kernels::act_fake_quant(x2, spec.eps, spec.bits, lambda);
+      const bool clipped = spec.estimator == Estimator::kClipped && lambda != 0.0;
+      ctx->saved_data["fused"] = true;
+      ctx->saved_data["clip"] = clipped ? spec.clip : -1.0;
+      ctx->saved_data["bits"] = static_cast<int64_t>(spec.bits);
+      ctx->save_for_backward({clipped ? x2 : at::Tensor(), clipped ? s : at::Tensor()});
+      return out.view(x.sizes());
+    }
     const auto q = quantize_activation(x, spec);
     at::Tensor mask;
     if (spec.estimator == Estimator::kClipped && lambda != 0.0) {
       const double qmax = static_cast<double>((1 << (spec.bits - 1)) - 1);
       mask = (x.detach().to(q.scales.scalar_type()).abs() * q.scales / qmax).le(spec.clip);
     }
-    ctx->saved_data["lambda"] = lambda;
     ctx->save_for_backward({mask});
     return blend(x.detach(), dequantize_activation(q), lambda);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
-    const auto mask = ctx->get_saved_variables()[0];
-    return {ste_grad(grad_out[0], mask, ctx->saved_data["lambda"].toDouble()), at::Tensor(), at::Tensor()};
+    const auto saved = ctx->get_saved_variables();
+    const double lambda = ctx->saved_data["lambda"].toDouble();
+    if (ctx->saved_data["fused"].toBool()) {
+      const double clip = ctx->saved_data["clip"].toDouble();
+      if (clip < 0.0) return {grad_out[0], at::Tensor(), at::Tensor()};
+      const auto& x2 = saved[0];
+      const auto g = grad_out[0].reshape({-1, x2.size(1)}).to(at::kFloat).contiguous();
+      const auto dx =
+          kernels::act_ste_backward(g, x2, saved[1], static_cast<int>(ctx->saved_data["bits"].toInt()), clip, lambda);
+      return {dx.view(grad_out[0].sizes()).to(grad_out[0].scalar_type()), at::Tensor(), at::Tensor()};
+    }
+    return {ste_grad(grad_out[0], saved[0], lambda), at::Tensor(), at::Tensor()};
   }
 };
 

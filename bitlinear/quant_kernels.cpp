@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <utility>
+#include <vector>
 
+#include "bitlinear/cpu/row_kernels.hpp"
 #include "cuda/quant.hpp"
 #include "cuda/quant_codes.hpp"
 
@@ -66,6 +69,16 @@ RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq,
   const auto x = x2d.to(compute_dtype(x2d)).contiguous();
   out.codes = at::empty({m, ldq}, x.options().dtype(at::kChar));
   out.scales = at::empty({m}, x.options());
+  if (x.scalar_type() == at::kFloat) {
+    const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+    const auto& rk = cpu::row_kernels();
+    at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+      rk.act_quant_rows(x.data_ptr<float>(), k, ldq, static_cast<float>(eps), qmax,
+                        nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(), nullptr,
+                        out.scales.data_ptr<float>(), begin, end);
+    });
+    return out;
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quantize_rows", [&] {
     const auto* px = x.data_ptr<scalar_t>();
     const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, x.scalar_type()).contiguous() : at::Tensor();
@@ -138,6 +151,15 @@ std::pair<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x2d, const at::Tens
   const auto x = x2d.to(compute_dtype(x2d)).contiguous();
   auto y = at::empty({m, k}, x.options());
   auto r = at::empty({m}, x.options());
+  if (x.scalar_type() == at::kFloat) {
+    const auto wc = w.defined() ? w.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+    const auto& rk = cpu::row_kernels();
+    at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+      rk.rms_norm(x.data_ptr<float>(), k, wc.defined() ? wc.data_ptr<float>() : nullptr, eps, y.data_ptr<float>(),
+                  r.data_ptr<float>(), begin, end);
+    });
+    return {y, r};
+  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rms_norm", [&] {
     const auto wc = w.defined() ? w.to(at::kCPU, x.scalar_type()).contiguous() : at::Tensor();
     const scalar_t* pw = wc.defined() ? wc.data_ptr<scalar_t>() : nullptr;
@@ -151,7 +173,38 @@ std::pair<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x2d, const at::Tens
   return {y, r};
 }
 
-WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps) {
+namespace {
+
+// gamma of a float32 weight [rows, cols] from the row kernels' canonical sums.
+at::Tensor ternary_gamma(const at::Tensor& w, int64_t group, bool per_tensor) {
+  const int64_t rows = w.size(0), cols = w.size(1);
+  const int64_t groups = per_tensor ? 1 : (cols + group - 1) / group;
+  auto sums = at::empty({rows, groups}, w.options().dtype(at::kDouble));
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+    rk.abs_sums(w.data_ptr<float>(), cols, per_tensor ? cols : group, sums.data_ptr<double>(), begin, end);
+  });
+  const auto* ps = sums.data_ptr<double>();
+  if (per_tensor) {
+    const double total = cuda::canonical_sum(rows, [&](int64_t r) { return ps[r]; });
+    return at::full({1}, static_cast<float>(total / (static_cast<double>(rows) * static_cast<double>(cols))),
+                    w.options());
+  }
+  auto gamma = at::empty({rows, groups}, w.options());
+  auto* pg = gamma.data_ptr<float>();
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t n = std::min(group, cols - g * group);
+      pg[r * groups + g] = static_cast<float>(ps[r * groups + g] / static_cast<double>(n));
+    }
+  }
+  return gamma;
+}
+
+}  // namespace
+
+WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps,
+                         bool float_codes) {
   check_2d(w2d, "weight_codes");
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
   if (rows < 1 || cols < 1) {
@@ -179,6 +232,18 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
     return out;
   }
   const auto w = w2d.to(compute_dtype(w2d)).contiguous();
+  if (w.scalar_type() == at::kFloat && !binary) {
+    out.gamma = ternary_gamma(w, group, per_tensor);
+    out.codes = at::empty({rows, cols}, w.options().dtype(float_codes ? at::kFloat : at::kChar));
+    const auto& rk = cpu::row_kernels();
+    at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+      rk.ternary_rows(w.data_ptr<float>(), cols, group, stride, out.gamma.data_ptr<float>(), static_cast<float>(eps),
+                      float_codes ? nullptr : out.codes.data_ptr<int8_t>(),
+                      float_codes ? out.codes.data_ptr<float>() : nullptr, 1.0f, nullptr, begin, end);
+    });
+    return out;
+  }
+  if (float_codes) throw std::invalid_argument("weight_codes: float codes are for float32 ternary weights on the CPU");
   out.gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, groups}, w.options());
   if (binary) out.mean = at::empty_like(out.gamma);
   out.codes = at::empty({rows, cols}, w.options().dtype(at::kChar));
@@ -229,6 +294,167 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
     });
   });
   return out;
+}
+
+bool fused_cpu(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
+
+bool fused_fake_quant(const at::Tensor& t) {
+  return (t.device().is_cpu() || t.is_cuda()) && t.scalar_type() == at::kFloat;
+}
+
+std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double eps, int bits, double lambda) {
+  check_2d(x2d, "act_fake_quant");
+  check_bits(bits);
+  const int64_t m = x2d.size(0), k = x2d.size(1);
+  auto out = at::empty({m, k}, x2d.options());
+  auto s = at::empty({m}, x2d.options());
+  if (x2d.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(x2d.device());
+    const auto x = x2d.contiguous();
+    cuda::act_fake_quant(x.data_ptr<float>(), m, k, static_cast<float>(eps), cuda::act_qmax(bits),
+                         static_cast<float>(lambda), out.data_ptr<float>(), s.data_ptr<float>(),
+                         at::cuda::getCurrentCUDAStream());
+    return {out, s};
+  }
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    rk.act_fake_quant_rows(x2d.data_ptr<float>(), k, static_cast<float>(eps), cuda::act_qmax(bits),
+                           static_cast<float>(lambda), out.data_ptr<float>(), s.data_ptr<float>(), begin, end);
+  });
+  return {out, s};
+}
+
+at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& scales, int bits,
+                            double clip, double lambda) {
+  const int64_t m = x2d.size(0), k = x2d.size(1);
+  const auto g = g2d.contiguous();
+  auto dx = at::empty({m, k}, x2d.options());
+  if (x2d.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(x2d.device());
+    const auto x = x2d.contiguous();
+    const auto sc = scales.contiguous();
+    cuda::act_ste_backward(g.data_ptr<float>(), x.data_ptr<float>(), sc.data_ptr<float>(), m, k, cuda::act_qmax(bits),
+                           static_cast<float>(clip), static_cast<float>(lambda), dx.data_ptr<float>(),
+                           at::cuda::getCurrentCUDAStream());
+    return dx;
+  }
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    rk.act_ste_backward(g.data_ptr<float>(), x2d.data_ptr<float>(), scales.data_ptr<float>(), k, cuda::act_qmax(bits),
+                        static_cast<float>(clip), static_cast<float>(lambda), dx.data_ptr<float>(), begin, end);
+  });
+  return dx;
+}
+
+RowCodes quantize_rows_float(const at::Tensor& x2d, double eps, int bits) {
+  check_2d(x2d, "quantize_rows_float");
+  check_bits(bits);
+  const int64_t m = x2d.size(0), k = x2d.size(1);
+  RowCodes out;
+  out.codes = at::empty({m, k}, x2d.options());
+  out.scales = at::empty({m}, x2d.options());
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    rk.act_quant_rows(x2d.data_ptr<float>(), k, k, static_cast<float>(eps), cuda::act_qmax(bits), nullptr, 0.0, nullptr,
+                      out.codes.data_ptr<float>(), out.scales.data_ptr<float>(), begin, end);
+  });
+  return out;
+}
+
+std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
+                                                     double lambda) {
+  check_2d(w2d, "ternary_fake_quant");
+  const int64_t rows = w2d.size(0), cols = w2d.size(1);
+  if (per_tensor) group = cols;
+  const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
+  if (w2d.is_cuda()) {
+    const c10::cuda::CUDAGuard guard(w2d.device());
+    const auto w = w2d.contiguous();
+    const auto stream = at::cuda::getCurrentCUDAStream();
+    auto gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, stride}, w.options());
+    auto ws = per_tensor ? at::empty({2 * rows}, w.options().dtype(at::kDouble)) : at::Tensor();
+    cuda::weight_scales(w.data_ptr<float>(), rows, cols, group, per_tensor, gamma.data_ptr<float>(), nullptr,
+                        ws.defined() ? ws.data_ptr<double>() : nullptr, stream);
+    auto out = at::empty({rows, cols}, w.options());
+    cuda::ternary_fake_quant(w.data_ptr<float>(), rows, cols, group, stride, gamma.data_ptr<float>(),
+                             static_cast<float>(eps), static_cast<float>(lambda), out.data_ptr<float>(), stream);
+    return {out, gamma};
+  }
+  auto gamma = ternary_gamma(w2d, group, per_tensor);
+  auto out = at::empty({rows, cols}, w2d.options());
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+    rk.ternary_rows(w2d.data_ptr<float>(), cols, group, stride, gamma.data_ptr<float>(), static_cast<float>(eps),
+                    nullptr, nullptr, static_cast<float>(lambda), out.data_ptr<float>(), begin, end);
+  });
+  return {out, gamma};
+}
+
+at::Tensor scale_codes(const at::Tensor& codes_f, const at::Tensor& gamma, int64_t group, bool per_tensor) {
+  const int64_t rows = codes_f.size(0), cols = codes_f.size(1);
+  if (per_tensor) group = cols;
+  const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
+  const auto gm = gamma.contiguous();
+  auto out = at::empty({rows, cols}, codes_f.options());
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+    rk.scale_codes(codes_f.data_ptr<float>(), cols, group, stride, gm.data_ptr<float>(), out.data_ptr<float>(), begin,
+                   end);
+  });
+  return out;
+}
+
+at::Tensor dequant_rows(const at::Tensor& codes_f, const at::Tensor& scales) {
+  const int64_t m = codes_f.size(0), k = codes_f.size(1);
+  auto out = at::empty({m, k}, codes_f.options());
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    rk.dequant_rows(codes_f.data_ptr<float>(), k, scales.data_ptr<float>(), out.data_ptr<float>(), begin, end);
+  });
+  return out;
+}
+
+at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
+                           const at::Tensor& scales, const at::Tensor& bias) {
+  const int64_t m = acc[0].size(0), n = acc[0].size(1);
+  std::vector<at::Tensor> accs;
+  std::vector<const float*> ptrs;
+  for (const auto& a : acc) {
+    accs.push_back(a.contiguous());
+    ptrs.push_back(accs.back().data_ptr<float>());
+  }
+  const auto gm = gamma.contiguous();
+  const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  auto y = at::empty({m, n}, acc[0].options());
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
+    rk.linear_epilogue(ptrs.data(), static_cast<int64_t>(ptrs.size()), n, gm.data_ptr<float>(), gstride,
+                       scales.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>(),
+                       begin, end);
+  });
+  return y;
+}
+
+std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
+                                                    const at::Tensor& r) {
+  const int64_t m = x2d.size(0), k = x2d.size(1);
+  const auto g = g2d.contiguous();
+  const auto wc = w.defined() ? w.to(at::kFloat).contiguous() : at::Tensor();
+  auto dx = at::empty({m, k}, x2d.options());
+  // dw: per-chunk partial sums in a fixed chunking of the rows, added in chunk order (deterministic
+  // for any thread count).
+  const int64_t chunk = std::max<int64_t>(grain(k), 64);
+  const int64_t chunks = (m + chunk - 1) / chunk;
+  auto partial = at::zeros({std::max<int64_t>(chunks, 1), k}, x2d.options());
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      rk.rms_norm_backward(g.data_ptr<float>(), x2d.data_ptr<float>(), wc.defined() ? wc.data_ptr<float>() : nullptr,
+                           r.data_ptr<float>(), k, dx.data_ptr<float>(), partial.data_ptr<float>() + c * k, c * chunk,
+                           std::min(m, (c + 1) * chunk));
+    }
+  });
+  return {dx, partial.sum(0)};
 }
 
 }  // namespace bitqat::bitlinear::kernels

@@ -38,7 +38,43 @@ struct WeightCodes {
 
 // Codes of w [rows, cols] (contiguous) with one scale per `group` consecutive columns of a row (the
 // last may be shorter; group = cols: per channel) or, per_tensor, one scale for all. Ternary:
-// clamp(round(w / (gamma + eps)), -1, 1); binary: sign(w - mean) (sign(0) = +1).
-WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps);
+// clamp(round(w / (gamma + eps)), -1, 1); binary: sign(w - mean) (sign(0) = +1). float_codes: the
+// codes as float32 values (-1, 0, 1) instead of int8 (CPU float32 ternary only; for matmuls).
+WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps,
+                         bool float_codes = false);
+
+// ---- fused passes of the float32 CPU training path (bitlinear/cpu/row_kernels.hpp) --------------
+// Each produces exactly the values of the composed definitions above (the same codes and scales, one
+// IEEE operation per step); double and CUDA tensors take the composed path in the callers.
+
+// Whether the fused CPU kernels serve this tensor (float32 on the CPU).
+bool fused_cpu(const at::Tensor& t);
+// Whether the fused fake-quantization passes below (act_fake_quant, act_ste_backward,
+// ternary_fake_quant) serve this tensor: float32 on the CPU (row kernels) or on a CUDA device
+// (cuda/quant.hpp, the same values bit for bit).
+bool fused_fake_quant(const at::Tensor& t);
+
+// Fake-quantized activations of x [M, K]: out = x + lambda * (code / s - x), scales [M].
+std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double eps, int bits, double lambda);
+// The straight-through gradient of act_fake_quant: g itself for the identity estimator (clip < 0),
+// else g * ((1 - lambda) + lambda * [|x| * s / qmax <= clip]).
+at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& scales, int bits,
+                            double clip, double lambda);
+// Per-token codes as float32 values (for exact float matmuls) and scales: quantize_rows' codes.
+RowCodes quantize_rows_float(const at::Tensor& x2d, double eps, int bits);
+// Fake-quantized ternary weights: out = w + lambda * (code * gamma - w), with gamma as weight_codes.
+std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
+                                                     double lambda);
+// w_deq [rows, cols] = codes (float) * gamma per group (per_tensor: gamma [1]).
+at::Tensor scale_codes(const at::Tensor& codes_f, const at::Tensor& gamma, int64_t group, bool per_tensor);
+// x_deq [M, K] = codes (float) / s per row.
+at::Tensor dequant_rows(const at::Tensor& codes_f, const at::Tensor& scales);
+// The exact linear's epilogue (bitlinear/quantized_linear.hpp): acc per group [M, N], gamma [N, G]
+// (or [1] / [N]), s [M], bias [N] or undefined -> y [M, N].
+at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
+                           const at::Tensor& scales, const at::Tensor& bias);
+// RMSNorm backward: (dx [M, K], dw [K]) from the upstream gradient, x, w and the forward's r [M].
+std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
+                                                    const at::Tensor& r);
 
 }  // namespace bitqat::bitlinear::kernels

@@ -12,11 +12,14 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kExactFloatK = (int64_t{1} << 24) / 128;  // |acc| <= 128 K must stay below 2^24
 
-// The epilogue, in the order of cuda/reference.cpp epilogue_ref: y = 0; y += acc_g * gamma_g for each
-// group g in order; y / s; + bias. acc [M, N] (one group) or a list of per-group accumulators.
+// The float32 CPU path runs the fused row kernels; float64 (gradient checks) the composed ATen ops.
+bool fused(const at::Tensor& t) { return kernels::fused_cpu(t); }
+
+// The epilogue of the composed path, in the order of cuda/reference.cpp epilogue_ref: y = 0;
+// y += acc_g * gamma_g for each group g in order; y / s; + bias.
 at::Tensor epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, const WeightQuantSpec& spec,
                     const at::Tensor& s, const at::Tensor& bias) {
-  at::Tensor y;
+  at::Tensor y = at::zeros_like(acc[0]);
   for (size_t g = 0; g < acc.size(); ++g) {
     at::Tensor scale;
     switch (spec.granularity) {
@@ -30,24 +33,35 @@ at::Tensor epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma,
         scale = gamma.select(1, static_cast<int64_t>(g)).reshape({1, -1});
         break;
     }
-    const auto term = acc[g] * scale;
-    y = g == 0 ? term : y + term;  // 0 + term == term exactly
+    y = y + acc[g] * scale;
   }
   y = y / s;
   if (bias.defined()) y = y + bias.to(y.scalar_type()).reshape({1, -1});
   return y;
 }
 
+// Weight codes in the compute dtype (values -1, 0, 1) and their scales ([1], [N] or [N, groups]).
+std::pair<at::Tensor, at::Tensor> weight_codes_as(const at::Tensor& weight, const WeightQuantSpec& wspec,
+                                                  at::ScalarType dt) {
+  if (dt == at::kFloat && fused(weight) && wspec.type == WeightQuant::kTernary) {
+    const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
+    const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : weight.size(1);
+    auto c = kernels::weight_codes(weight.detach().contiguous(), group, per_tensor, false, wspec.eps, true);
+    return {c.codes, wspec.granularity == Granularity::kPerChannel ? c.gamma.reshape({-1}) : c.gamma};
+  }
+  const auto q = quantize_weight(weight.detach(), wspec);
+  return {q.codes.to(dt), q.scales.to(dt)};
+}
+
 struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                            WeightQuantSpec wspec, ActQuantSpec aspec) {
+                            const at::Tensor& codes, const at::Tensor& scales, WeightQuantSpec wspec,
+                            ActQuantSpec aspec) {
     const int64_t k = x.size(-1);
-    const auto qa = quantize_activation(x.detach(), aspec);
-    const auto qw = quantize_weight(weight.detach(), wspec);
-    const auto dt = qa.scales.scalar_type();
-    const auto cx = qa.codes.reshape({-1, k}).to(dt);
-    const auto cw = qw.codes.to(dt);
-    const auto s = aspec.type == ActQuant::kPerToken ? qa.scales.reshape({-1, 1}) : qa.scales.reshape({1, 1});
+    const auto dt = codes.scalar_type();
+    const auto cx = codes.reshape({-1, k});
+    const auto [cw, gamma] = weight_codes_as(weight, wspec, dt);
+    const auto s = aspec.type == ActQuant::kPerToken ? scales.reshape({-1, 1}) : scales.reshape({1, 1});
     std::vector<at::Tensor> acc;
     if (wspec.granularity == Granularity::kPerGroup) {
       const int64_t g = wspec.group_size;
@@ -60,20 +74,32 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     }
     // An absent bias arrives as an empty placeholder (autograd functions take no undefined inputs).
     const bool has_bias = bias.numel() > 0;
-    const auto y = epilogue(acc, qw.scales.to(dt), wspec, s, has_bias ? bias.detach() : at::Tensor());
+    const auto b = has_bias ? bias.detach() : at::Tensor();
+    at::Tensor y;
+    if (fused(cx) && aspec.type == ActQuant::kPerToken) {
+      const int64_t gstride = wspec.granularity == Granularity::kPerGroup ? gamma.size(1) : 0;
+      const auto gm =
+          wspec.granularity == Granularity::kPerTensor ? gamma.expand({weight.size(0)}).contiguous() : gamma;
+      y = kernels::linear_epilogue(acc, gm, wspec.granularity == Granularity::kPerGroup ? gstride : 1,
+                                   scales.reshape({-1}).contiguous(), b);
+    } else {
+      y = epilogue(acc, gamma, wspec, s, b);
+    }
 
     at::Tensor mask_w, mask_a;
     if (wspec.estimator == Estimator::kClipped) {
-      const auto scale = expand_scales(qw.scales, wspec, weight.sizes());
+      const auto q = quantize_weight(weight.detach(), wspec);
+      const auto scale = expand_scales(q.scales, wspec, weight.sizes());
       mask_w = (weight.detach().to(scale.scalar_type()).abs() / scale.clamp_min(wspec.eps)).le(wspec.clip);
     }
     if (aspec.estimator == Estimator::kClipped) {
       const double qmax = static_cast<double>((1 << (aspec.bits - 1)) - 1);
-      mask_a = (x.detach().to(qa.scales.scalar_type()).abs() * qa.scales / qmax).le(aspec.clip);
+      mask_a = (x.detach().reshape({-1, k}).to(dt).abs() * s / qmax).le(aspec.clip);
     }
-    ctx->save_for_backward({qa.codes, qa.scales, qw.codes, qw.scales, mask_w, mask_a});
+    ctx->save_for_backward({cx, scales, cw, gamma, mask_w, mask_a});
     ctx->saved_data["wspec_gran"] = static_cast<int64_t>(wspec.granularity);
     ctx->saved_data["wspec_group"] = wspec.group_size;
+    ctx->saved_data["per_token"] = aspec.type == ActQuant::kPerToken;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x.scalar_type());
     ctx->saved_data["w_dtype"] = static_cast<int64_t>(weight.scalar_type());
     ctx->saved_data["has_bias"] = has_bias;
@@ -84,23 +110,40 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
 
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
     const auto v = ctx->get_saved_variables();
-    const auto &xc = v[0], &xs = v[1], &wc = v[2], &ws = v[3], &mask_w = v[4], &mask_a = v[5];
+    const auto &cx = v[0], &xs = v[1], &cw = v[2], &gamma = v[3], &mask_w = v[4], &mask_a = v[5];
     WeightQuantSpec wspec;
     wspec.granularity = static_cast<Granularity>(ctx->saved_data["wspec_gran"].toInt());
     wspec.group_size = ctx->saved_data["wspec_group"].toInt();
-    const auto dt = xs.scalar_type();
-    const int64_t k = xc.size(-1);
-    const auto g = grad_out[0].reshape({-1, wc.size(0)}).to(dt);
-    const auto w_deq = wc.to(dt) * expand_scales(ws.to(dt), wspec, wc.sizes());
-    const auto x_deq = (xc.to(dt) / xs).reshape({-1, k});
-    auto grad_x = at::mm(g, w_deq).view(xc.sizes());
+    const bool per_token = ctx->saved_data["per_token"].toBool();
+    const auto dt = cx.scalar_type();
+    const int64_t k = cx.size(1), n = cw.size(0);
+    const auto g = grad_out[0].reshape({-1, n}).to(dt);
+    at::Tensor w_deq, x_deq;
+    if (fused(cx)) {
+      const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
+      const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : k;
+      w_deq = kernels::scale_codes(cw, gamma, group, per_tensor);
+      x_deq = per_token ? kernels::dequant_rows(cx, xs.reshape({-1}).contiguous()) : cx / xs.reshape({1, 1});
+    } else {
+      w_deq = cw * expand_scales(gamma, wspec, cw.sizes());
+      x_deq = per_token ? cx / xs.reshape({-1, 1}) : cx / xs.reshape({1, 1});
+    }
+    auto grad_x = at::mm(g, w_deq);
     auto grad_w = at::mm(g.t(), x_deq);
     if (mask_a.defined()) grad_x = grad_x * mask_a.to(dt);
     if (mask_w.defined()) grad_w = grad_w * mask_w.to(dt);
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
     const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const auto grad_b = ctx->saved_data["has_bias"].toBool() ? g.sum(0) : at::Tensor();
-    return {grad_x.to(x_dtype), grad_w.to(w_dtype), grad_b, at::Tensor(), at::Tensor()};
+    auto x_shape = grad_out[0].sizes().vec();
+    x_shape.back() = k;
+    return {grad_x.view(x_shape).to(x_dtype),
+            grad_w.to(w_dtype),
+            grad_b,
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -112,9 +155,26 @@ bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, 
   return x.scalar_type() == at::kDouble || x.size(-1) < kExactFloatK;
 }
 
+ActCodes quantize_input_codes(const at::Tensor& x, const ActQuantSpec& spec) {
+  const int64_t k = x.size(-1);
+  const auto x2 = x.detach().reshape({-1, k}).contiguous();
+  if (fused(x2) && spec.type == ActQuant::kPerToken) {
+    auto r = kernels::quantize_rows_float(x2, spec.eps, spec.bits);
+    return {r.codes, r.scales};
+  }
+  const auto q = quantize_activation(x2, spec);
+  return {q.codes.to(q.scales.scalar_type()), q.scales.reshape({-1})};
+}
+
+at::Tensor quantized_linear(const at::Tensor& x, const ActCodes& codes, const at::Tensor& weight,
+                            const at::Tensor& bias, const WeightQuantSpec& wspec, const ActQuantSpec& aspec) {
+  return QuantizedLinearFn::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()), codes.codes,
+                                  codes.scales, wspec, aspec);
+}
+
 at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const WeightQuantSpec& wspec, const ActQuantSpec& aspec) {
-  return QuantizedLinearFn::apply(x, weight, bias.defined() ? bias : at::empty({0}, weight.options()), wspec, aspec);
+  return quantized_linear(x, quantize_input_codes(x, aspec), weight, bias, wspec, aspec);
 }
 
 }  // namespace bitqat::bitlinear

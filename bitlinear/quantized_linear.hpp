@@ -21,8 +21,19 @@ namespace bitqat::bitlinear {
 // exact float sums (or double inputs).
 bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, const ActQuantSpec& a);
 
+// The activation codes of an input (values -1..127 as the compute dtype, [M, K]) and their scales
+// ([M] per token, [1] per tensor): computed once when several layers read the same input (q, k, v).
+struct ActCodes {
+  at::Tensor codes;
+  at::Tensor scales;
+};
+ActCodes quantize_input_codes(const at::Tensor& x, const ActQuantSpec& spec);
+
 // x [..., K] float32 / float64 (or bf16, widened), weight [N, K], bias [N] or undefined ->
-// [..., N] in x's dtype. Autograd-aware in x, weight and bias.
+// [..., N] in x's dtype. Autograd-aware in x (through the straight-through estimator), weight and
+// bias; `codes` must be quantize_input_codes(x, aspec).
+at::Tensor quantized_linear(const at::Tensor& x, const ActCodes& codes, const at::Tensor& weight,
+                            const at::Tensor& bias, const WeightQuantSpec& wspec, const ActQuantSpec& aspec);
 at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const WeightQuantSpec& wspec, const ActQuantSpec& aspec);
 

@@ -25,6 +25,10 @@ struct RMSNormFunction : torch::autograd::Function<RMSNormFunction> {
     const auto& w = saved[1];
     const auto& r = saved[2];
     const int64_t k = x.size(-1);
+    if (kernels::fused_cpu(x) && kernels::fused_cpu(grad_out[0]) && kernels::fused_cpu(w)) {
+      auto [dx, dw] = kernels::rms_norm_backward(grad_out[0].reshape({-1, k}), x.reshape({-1, k}).contiguous(), w, r);
+      return {dx.view(x.sizes()), dw, at::Tensor()};
+    }
     const auto dt = r.scalar_type();
     const auto x2 = x.reshape({-1, k}).to(dt);
     const auto g = grad_out[0].reshape({-1, k}).to(dt);

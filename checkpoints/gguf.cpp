@@ -3,6 +3,7 @@
 #include <c10/util/Half.h>
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 #include <stdexcept>
 
@@ -135,7 +136,8 @@ nlohmann::json get_scalar(Cursor* c, ValueType t, const std::string& key) {
 bool known_value_type(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::kFloat64); }
 
 bool known_tensor_type(uint32_t t) {
-  for (auto k : {GgmlType::kF32, GgmlType::kF16, GgmlType::kTQ1_0, GgmlType::kTQ2_0}) {
+  for (auto k :
+       {GgmlType::kF32, GgmlType::kF16, GgmlType::kTQ1_0, GgmlType::kTQ2_0, GgmlType::kQ1_0, GgmlType::kQ2_0}) {
     if (static_cast<uint32_t>(k) == t) return true;
   }
   return dequant_traits(t) != nullptr;  // the types of published models, read only
@@ -169,32 +171,77 @@ const char* to_string(GgmlType t) {
       return "TQ1_0";
     case GgmlType::kTQ2_0:
       return "TQ2_0";
+    case GgmlType::kQ1_0:
+      return "Q1_0";
+    case GgmlType::kQ2_0:
+      return "Q2_0";
   }
   return ggml_type_name(static_cast<uint32_t>(t));
 }
 
-int64_t row_bytes(GgmlType t, int64_t n) {
+int64_t block_size(GgmlType t) {
   switch (t) {
     case GgmlType::kF32:
-      return 4 * n;
     case GgmlType::kF16:
-      return 2 * n;
+      return 1;
     case GgmlType::kTQ1_0:
     case GgmlType::kTQ2_0:
-      if (n % kQK != 0) {
-        throw std::invalid_argument(
-            fmt::format("gguf: {} rows hold whole blocks of {} weights; a row of {} is not", to_string(t), kQK, n));
-      }
-      return n / kQK * (t == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes);
+      return kQK;
+    case GgmlType::kQ1_0:
+      return kQK1_0;
+    case GgmlType::kQ2_0:
+      return kQK2_0;
   }
-  if (const auto* q = dequant_traits(static_cast<uint32_t>(t))) {
-    if (n % q->block != 0) {
-      throw std::invalid_argument(
-          fmt::format("gguf: {} rows hold whole blocks of {} weights; a row of {} is not", q->name, q->block, n));
-    }
-    return n / q->block * q->bytes;
+  if (const auto* q = dequant_traits(static_cast<uint32_t>(t))) return q->block;
+  throw std::invalid_argument(fmt::format("gguf: unknown tensor type {}", static_cast<uint32_t>(t)));
+}
+
+int64_t block_bytes(GgmlType t) {
+  switch (t) {
+    case GgmlType::kF32:
+      return 4;
+    case GgmlType::kF16:
+      return 2;
+    case GgmlType::kTQ1_0:
+      return kTQ1_0Bytes;
+    case GgmlType::kTQ2_0:
+      return kTQ2_0Bytes;
+    case GgmlType::kQ1_0:
+      return kQ1_0Bytes;
+    case GgmlType::kQ2_0:
+      return kQ2_0Bytes;
   }
-  throw std::invalid_argument("gguf: unknown tensor type");
+  if (const auto* q = dequant_traits(static_cast<uint32_t>(t))) return q->bytes;
+  throw std::invalid_argument(fmt::format("gguf: unknown tensor type {}", static_cast<uint32_t>(t)));
+}
+
+bool is_block_type(GgmlType t) {
+  return t == GgmlType::kTQ1_0 || t == GgmlType::kTQ2_0 || t == GgmlType::kQ1_0 || t == GgmlType::kQ2_0;
+}
+
+std::pair<int, int> code_range(GgmlType t) {
+  switch (t) {
+    case GgmlType::kTQ1_0:
+    case GgmlType::kTQ2_0:
+      return {-1, 1};
+    case GgmlType::kQ2_0:
+      return {-1, 2};
+    case GgmlType::kQ1_0:
+      return {-1, 1};
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+      break;
+  }
+  throw std::invalid_argument(fmt::format("gguf: {} has no codes", to_string(t)));
+}
+
+int64_t row_bytes(GgmlType t, int64_t n) {
+  const int64_t b = block_size(t);
+  if (n % b != 0) {
+    throw std::invalid_argument(
+        fmt::format("gguf: {} rows hold whole blocks of {} weights; a row of {} is not", to_string(t), b, n));
+  }
+  return n / b * block_bytes(t);
 }
 
 std::string_view Tensor::bytes() const {
@@ -325,7 +372,7 @@ File decode_view(std::string_view bytes, const std::string& origin,
     }
     const auto type = c.get<uint32_t>("a tensor type");
     if (!known_tensor_type(type)) {
-      throw c.bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {}, TQ1_0, TQ2_0)", t.name,
+      throw c.bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {}, TQ1_0, TQ2_0, Q1_0, Q2_0)", t.name,
                               ggml_type_name(type), type, dequant_type_names()));
     }
     t.type = static_cast<GgmlType>(type);
@@ -377,6 +424,47 @@ File decode(std::shared_ptr<const core::MappedFile> file, const std::string& ori
 }
 
 File load(const std::string& path) { return decode(core::MappedFile::open(path), path); }
+
+// A separate walk over the header rather than a mode of decode(): tensor infos and data are not
+// looked at, so a source model whose tensors use types this reader does not decode still yields
+// its metadata.
+std::vector<std::pair<std::string, Value>> decode_metadata(const std::string& bytes, const std::string& origin) {
+  Cursor c(bytes, origin);
+  if (bytes.size() < 4 || std::memcmp(bytes.data(), kMagic, 4) != 0) throw c.bad("the magic is not GGUF");
+  c.get<uint32_t>("the magic");
+  const auto version = c.get<uint32_t>("the version");
+  if (version != kVersion) throw c.bad(fmt::format("version {}, this reader knows version {}", version, kVersion));
+  c.get<uint64_t>("the tensor count");
+  const auto n_kv = c.get<uint64_t>("the metadata count");
+  if (n_kv > bytes.size()) throw c.bad("metadata count larger than the file");
+  std::vector<std::pair<std::string, Value>> out;
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    auto key = c.get_string("a metadata key");
+    const auto type = c.get<uint32_t>("a value type");
+    if (!known_value_type(type)) throw c.bad(fmt::format("metadata {}: unknown value type {}", key, type));
+    Value v;
+    v.type = v.elem = static_cast<ValueType>(type);
+    if (v.type == ValueType::kArray) {
+      const auto elem = c.get<uint32_t>("an array type");
+      if (!known_value_type(elem) || elem == static_cast<uint32_t>(ValueType::kArray)) {
+        throw c.bad(fmt::format("metadata {}: unsupported array element type {}", key, elem));
+      }
+      v.elem = static_cast<ValueType>(elem);
+      const auto n = c.get<uint64_t>("an array length");
+      if (n > bytes.size()) throw c.bad(fmt::format("metadata {}: array length {} larger than the file", key, n));
+      v.data = nlohmann::json::array();
+      for (uint64_t j = 0; j < n; ++j) v.data.push_back(get_scalar(&c, v.elem, key));
+    } else {
+      v.data = get_scalar(&c, v.type, key);
+    }
+    out.emplace_back(std::move(key), std::move(v));
+  }
+  return out;
+}
+
+std::vector<std::pair<std::string, Value>> load_metadata(const std::string& path) {
+  return decode_metadata(core::read_file(path), path);
+}
 
 void encode_tq2_0_block(const int8_t* codes, float d, uint8_t* out) {
   std::memset(out, 0, kTQ2_0Bytes);
@@ -441,19 +529,73 @@ void decode_tq1_0_block(const uint8_t* in, int8_t* codes, float* d) {
   *d = get_half(in + 52);
 }
 
-Tensor ternary_tensor(const std::string& name, const at::Tensor& codes_in, const at::Tensor& scales_in, GgmlType type) {
-  if (type != GgmlType::kTQ1_0 && type != GgmlType::kTQ2_0) {
-    throw std::invalid_argument(fmt::format("gguf: {} is not a ternary type", to_string(type)));
+void encode_q2_0_block(const int8_t* codes, float d, uint8_t* out) {
+  put_half(d, out);
+  std::memset(out + 2, 0, kQK2_0 / 4);
+  for (int j = 0; j < kQK2_0; ++j) {
+    if (codes[j] < -1 || codes[j] > 2) {
+      throw std::invalid_argument(fmt::format("gguf: Q2_0 code {} is not in {{-1, 0, 1, 2}}", codes[j]));
+    }
+    out[2 + j / 4] |= static_cast<uint8_t>((codes[j] + 1) << (2 * (j % 4)));
   }
+}
+
+void decode_q2_0_block(const uint8_t* in, int8_t* codes, float* d) {
+  *d = get_half(in);
+  for (int j = 0; j < kQK2_0; ++j) codes[j] = static_cast<int8_t>(((in[2 + j / 4] >> (2 * (j % 4))) & 3) - 1);
+}
+
+void encode_q1_0_block(const int8_t* codes, float d, uint8_t* out) {
+  put_half(d, out);
+  std::memset(out + 2, 0, kQK1_0 / 8);
+  for (int j = 0; j < kQK1_0; ++j) {
+    if (codes[j] != -1 && codes[j] != 1) {
+      throw std::invalid_argument(fmt::format("gguf: Q1_0 code {} is not -1 or +1", codes[j]));
+    }
+    if (codes[j] == 1) out[2 + j / 8] |= static_cast<uint8_t>(1u << (j % 8));
+  }
+}
+
+void decode_q1_0_block(const uint8_t* in, int8_t* codes, float* d) {
+  *d = get_half(in);
+  for (int j = 0; j < kQK1_0; ++j) codes[j] = static_cast<int8_t>((in[2 + j / 8] >> (j % 8)) & 1 ? 1 : -1);
+}
+
+namespace {
+
+using BlockEncoder = void (*)(const int8_t*, float, uint8_t*);
+using BlockDecoder = void (*)(const uint8_t*, int8_t*, float*);
+
+std::pair<BlockEncoder, BlockDecoder> block_codec(GgmlType t) {
+  switch (t) {
+    case GgmlType::kTQ1_0:
+      return {encode_tq1_0_block, decode_tq1_0_block};
+    case GgmlType::kTQ2_0:
+      return {encode_tq2_0_block, decode_tq2_0_block};
+    case GgmlType::kQ1_0:
+      return {encode_q1_0_block, decode_q1_0_block};
+    case GgmlType::kQ2_0:
+      return {encode_q2_0_block, decode_q2_0_block};
+    case GgmlType::kF32:
+    case GgmlType::kF16:
+      break;
+  }
+  throw std::invalid_argument(fmt::format("gguf: {} is not a block type", to_string(t)));
+}
+
+}  // namespace
+
+Tensor block_tensor(const std::string& name, const at::Tensor& codes_in, const at::Tensor& scales_in, GgmlType type) {
+  const auto encode_block = block_codec(type).first;
   if (codes_in.dim() != 2 || codes_in.scalar_type() != at::kChar) {
     throw std::invalid_argument(fmt::format("gguf: tensor {}: expected int8 codes [rows, K]", name));
   }
-  const int64_t rows = codes_in.size(0), k = codes_in.size(1);
-  if (k % kQK != 0) {
+  const int64_t rows = codes_in.size(0), k = codes_in.size(1), bs = block_size(type), bb = block_bytes(type);
+  if (k % bs != 0) {
     throw std::invalid_argument(fmt::format(
-        "gguf: tensor {}: K = {} is not a multiple of {} (ternary GGUF blocks run along rows)", name, k, kQK));
+        "gguf: tensor {}: K = {} is not a multiple of {} ({} blocks run along rows)", name, k, bs, to_string(type)));
   }
-  const int64_t blocks = k / kQK;
+  const int64_t blocks = k / bs;
   const auto codes = codes_in.cpu().contiguous();
   const auto scales = scales_in.detach().cpu().to(at::kFloat).contiguous();
   if (scales.numel() != rows * blocks) {
@@ -461,18 +603,25 @@ Tensor ternary_tensor(const std::string& name, const at::Tensor& codes_in, const
         fmt::format("gguf: tensor {}: {} block scales for {} x {} blocks", name, scales.numel(), rows, blocks));
   }
   Tensor t{name, {k, rows}, type, std::string(static_cast<size_t>(rows * row_bytes(type, k)), '\0')};
-  const int bb = type == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes;
   auto* out = reinterpret_cast<uint8_t*>(t.data.data());
   const auto* c = codes.data_ptr<int8_t>();
   const auto* s = scales.data_ptr<float>();
   for (int64_t b = 0; b < rows * blocks; ++b) {
-    if (type == GgmlType::kTQ1_0) {
-      encode_tq1_0_block(c + b * kQK, s[b], out + b * bb);
-    } else {
-      encode_tq2_0_block(c + b * kQK, s[b], out + b * bb);
+    // fp16's largest finite value; beyond it the narrowing would store infinity.
+    if (!std::isfinite(s[b]) || std::fabs(s[b]) > 65504.0f) {
+      throw std::invalid_argument(fmt::format("gguf: tensor {}: block scale {} (block {}) does not fit an fp16 d", name,
+                                              static_cast<double>(s[b]), b));
     }
+    encode_block(c + b * bs, s[b], out + b * bb);
   }
   return t;
+}
+
+Tensor ternary_tensor(const std::string& name, const at::Tensor& codes, const at::Tensor& scales, GgmlType type) {
+  if (type != GgmlType::kTQ1_0 && type != GgmlType::kTQ2_0) {
+    throw std::invalid_argument(fmt::format("gguf: {} is not a ternary type", to_string(type)));
+  }
+  return block_tensor(name, codes, scales, type);
 }
 
 Tensor float_tensor(const std::string& name, const at::Tensor& values, GgmlType type) {
@@ -487,30 +636,39 @@ Tensor float_tensor(const std::string& name, const at::Tensor& values, GgmlType 
   return t;
 }
 
+namespace {
+
+// Decodes every block of a block tensor into codes [rows, K] and scales [rows, K / block size].
+std::pair<at::Tensor, at::Tensor> decode_blocks(const Tensor& t) {
+  const auto decode_block = block_codec(t.type).second;
+  const int64_t k = t.ne[0], bs = block_size(t.type), bb = block_bytes(t.type);
+  const auto raw = t.bytes();
+  const int64_t rows = static_cast<int64_t>(raw.size()) / row_bytes(t.type, k);
+  auto codes = at::empty({rows, k}, at::kChar);
+  auto scales = at::empty({rows, k / bs}, at::kFloat);
+  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
+  auto* c = codes.data_ptr<int8_t>();
+  auto* s = scales.data_ptr<float>();
+  for (int64_t b = 0; b < rows * (k / bs); ++b) decode_block(in + b * bb, c + b * bs, s + b);
+  return {codes, scales};
+}
+
+}  // namespace
+
+at::Tensor block_codes(const Tensor& t) { return decode_blocks(t).first; }
+at::Tensor block_scales(const Tensor& t) { return decode_blocks(t).second; }
+
 at::Tensor ternary_codes(const Tensor& t) {
   if (t.type != GgmlType::kTQ1_0 && t.type != GgmlType::kTQ2_0) {
     throw std::invalid_argument(fmt::format("gguf: tensor {} is {}, not ternary", t.name, to_string(t.type)));
   }
-  const auto raw = t.bytes();
-  const int64_t k = t.ne[0], rows = static_cast<int64_t>(raw.size()) / row_bytes(t.type, k);
-  auto codes = at::empty({rows, k}, at::kChar);
-  const int bb = t.type == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes;
-  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
-  float d = 0;
-  for (int64_t b = 0; b < rows * (k / kQK); ++b) {
-    if (t.type == GgmlType::kTQ1_0) {
-      decode_tq1_0_block(in + b * bb, codes.data_ptr<int8_t>() + b * kQK, &d);
-    } else {
-      decode_tq2_0_block(in + b * bb, codes.data_ptr<int8_t>() + b * kQK, &d);
-    }
-  }
-  return codes;
+  return block_codes(t);
 }
 
 at::Tensor dequantize(const Tensor& t) {
   std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-  const auto raw = t.bytes();
-  if (t.type != GgmlType::kTQ1_0 && t.type != GgmlType::kTQ2_0) {
+  if (!is_block_type(t.type)) {
+    const auto raw = t.bytes();
     // One float32 tensor straight from the bytes (F32 included: a copy, never a view of the file).
     int64_t n = 1;
     for (auto d : t.ne) n *= d;
@@ -518,15 +676,10 @@ at::Tensor dequantize(const Tensor& t) {
     dequantize_row(static_cast<uint32_t>(t.type), reinterpret_cast<const uint8_t*>(raw.data()), v.data_ptr<float>(), n);
     return v;
   }
-  const int64_t k = t.ne[0], blocks = static_cast<int64_t>(raw.size()) / row_bytes(t.type, kQK);
-  const auto codes = ternary_codes(t);
-  auto scales = at::empty({blocks}, at::kFloat);
-  const int bb = t.type == GgmlType::kTQ1_0 ? kTQ1_0Bytes : kTQ2_0Bytes;
-  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
-  auto* sp = scales.data_ptr<float>();
-  for (int64_t b = 0; b < blocks; ++b) sp[b] = get_half(in + b * bb + bb - 2);
-  const auto w = codes.to(at::kFloat).reshape({blocks, kQK}) * scales.unsqueeze(1);
-  return w.reshape({blocks * kQK / k, k}).reshape(shape);
+  const auto [codes, scales] = decode_blocks(t);
+  const int64_t bs = block_size(t.type);
+  const auto w = codes.to(at::kFloat).reshape({-1, bs}) * scales.reshape({-1, 1});
+  return w.reshape(shape);
 }
 
 }  // namespace bitqat::checkpoints::gguf

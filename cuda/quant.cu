@@ -216,6 +216,62 @@ __global__ void pack_codes_kernel(const int8_t* __restrict__ codes, int64_t n, i
   packed[idx] = word;
 }
 
+// One block per row: per-token absmax fake quantization blended with lambda, the CPU row kernel's
+// arithmetic (bitlinear/cpu/row_kernels_impl.hpp act_fake_quant_rows): d = code / s,
+// out = lambda == 1 ? d : lambda == 0 ? x : x + lambda * (d - x); a row holding NaN or infinity has
+// scale NaN and gives NaN (x itself at lambda 0).
+__global__ void __launch_bounds__(kLanes)
+    act_fake_quant_kernel(const float* __restrict__ x, int64_t k, float eps, int qmax, float lambda,
+                          float* __restrict__ out, float* __restrict__ scales) {
+  __shared__ float fsmem[kLanes / 32];
+  __shared__ int bad;
+  const float* xr = x + blockIdx.x * k;
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t j = threadIdx.x; j < k; j += kLanes) {
+    const float a = fabsf(xr[j]);
+    finite = finite && isfinite(a);
+    amax = fmaxf(amax, a);
+  }
+  const float m = block_absmax(amax, finite, fsmem, &bad);
+  const float s = act_scale(m, eps, qmax, isfinite(m));
+  float* o = out + blockIdx.x * k;
+  for (int64_t j = threadIdx.x; j < k; j += kLanes) {
+    const float v = xr[j];
+    if (!(s == s)) {
+      o[j] = lambda == 0.0f ? v : NAN;
+      continue;
+    }
+    const float d = static_cast<float>(act_code(v, s, qmax)) / s;
+    o[j] = lambda == 1.0f ? d : (lambda == 0.0f ? v : v + lambda * (d - v));
+  }
+  if (threadIdx.x == 0) scales[blockIdx.x] = s;
+}
+
+// Elementwise: the clipped straight-through gradient g * ((1 - lambda) + lambda * [|x| s / qmax <= clip]).
+__global__ void act_ste_backward_kernel(const float* __restrict__ g, const float* __restrict__ x,
+                                        const float* __restrict__ scales, int64_t m, int64_t k, float qmax, float clip,
+                                        float lambda, float* __restrict__ dx) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= m * k) return;
+  const float inside = (fabsf(x[i]) * scales[i / k] / qmax <= clip) ? 1.0f : 0.0f;
+  dx[i] = g[i] * ((1.0f - lambda) + lambda * inside);
+}
+
+// Elementwise: ternary fake quantization blended with lambda, the CPU row kernel's arithmetic
+// (ternary_rows): d = code * gamma, out = lambda == 1 ? d : lambda == 0 ? w : w + lambda * (d - w).
+__global__ void ternary_fake_quant_kernel(const float* __restrict__ w, int64_t rows, int64_t cols, int64_t group,
+                                          int64_t stride, const float* __restrict__ gamma, float eps, float lambda,
+                                          float* __restrict__ out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols, c = i % cols;
+  const float gm = gamma[r * stride + (stride > 0 ? c / group : 0)];
+  const float v = w[i];
+  const float d = static_cast<float>(ternary_code(v, gm, eps)) * gm;
+  out[i] = lambda == 1.0f ? d : (lambda == 0.0f ? v : v + lambda * (d - v));
+}
+
 constexpr int kElementwise = 256;
 unsigned blocks(int64_t items) { return static_cast<unsigned>((items + kElementwise - 1) / kElementwise); }
 
@@ -301,6 +357,33 @@ void pack_codes(const int8_t* codes, int64_t n, int64_t k, uint32_t* packed, cud
   const int64_t wpr = words_per_row(k);
   pack_codes_kernel<<<blocks(n * wpr), kElementwise, 0, stream>>>(codes, n, k, wpr, packed);
   BITQAT_CUDA_CHECK_LAUNCH("pack_codes_kernel");
+}
+
+void act_fake_quant(const float* x, int64_t m, int64_t k, float eps, int qmax, float lambda, float* out, float* scales,
+                    cudaStream_t stream) {
+  check_rows("act_fake_quant", m, k);
+  if (m == 0) return;
+  act_fake_quant_kernel<<<static_cast<unsigned>(m), kLanes, 0, stream>>>(x, k, eps, qmax, lambda, out, scales);
+  BITQAT_CUDA_CHECK_LAUNCH("act_fake_quant_kernel");
+}
+
+void act_ste_backward(const float* g, const float* x, const float* scales, int64_t m, int64_t k, int qmax, float clip,
+                      float lambda, float* dx, cudaStream_t stream) {
+  check_rows("act_ste_backward", m, k);
+  if (m == 0) return;
+  act_ste_backward_kernel<<<blocks(m * k), kElementwise, 0, stream>>>(g, x, scales, m, k, static_cast<float>(qmax),
+                                                                       clip, lambda, dx);
+  BITQAT_CUDA_CHECK_LAUNCH("act_ste_backward_kernel");
+}
+
+void ternary_fake_quant(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
+                        const float* gamma, float eps, float lambda, float* out, cudaStream_t stream) {
+  check_rows("ternary_fake_quant", rows, cols);
+  if (group < 1) throw std::invalid_argument("ternary_fake_quant: group size must be >= 1, got " + std::to_string(group));
+  if (rows == 0) return;
+  ternary_fake_quant_kernel<<<blocks(rows * cols), kElementwise, 0, stream>>>(w, rows, cols, group, scale_stride, gamma,
+                                                                              eps, lambda, out);
+  BITQAT_CUDA_CHECK_LAUNCH("ternary_fake_quant_kernel");
 }
 
 }  // namespace bitqat::cuda

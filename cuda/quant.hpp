@@ -43,4 +43,21 @@ void weight_codes(const float* w, int64_t rows, int64_t cols, int64_t group, int
 // Packs ternary codes [N, K] int8 into words [N, words_per_row(K)] (cuda/ternary_format.hpp).
 void pack_codes(const int8_t* codes, int64_t n, int64_t k, uint32_t* packed, cudaStream_t stream);
 
+// ---- fake quantization for the lambda-ramp training path (float32; the CPU row kernels' values) --
+
+// Per-token fake quantization of x [M, K]: out [M, K] = x + lambda * (code / s - x) (exactly d at
+// lambda 1 and x at lambda 0), scales [M] as quantize_rows.
+void act_fake_quant(const float* x, int64_t m, int64_t k, float eps, int qmax, float lambda, float* out, float* scales,
+                    cudaStream_t stream);
+
+// The clipped straight-through gradient: dx = g * ((1 - lambda) + lambda * [|x| s / qmax <= clip]),
+// all [M, K] with scales [M].
+void act_ste_backward(const float* g, const float* x, const float* scales, int64_t m, int64_t k, int qmax, float clip,
+                      float lambda, float* dx, cudaStream_t stream);
+
+// Ternary fake quantization of w [rows, cols] with gamma from weight_scales (indexing as
+// weight_codes): out = w + lambda * (code * gamma - w).
+void ternary_fake_quant(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
+                        const float* gamma, float eps, float lambda, float* out, cudaStream_t stream);
+
 }  // namespace bitqat::cuda

@@ -23,22 +23,25 @@ __device__ __forceinline__ int decode4(uint32_t word, int i) {
 }
 
 // GEMV: one warp per output column n, lanes stride over 64-weight chunks (one 16-byte load each).
+// Only the chunks holding some k < K are visited: the row padding past K is zero codes, and its chunks
+// have no scale group (reading one would run past the row's scales, or past the tensor for row N-1).
 constexpr int kGemvMaxM = 16;
 constexpr int kGemvWarps = 8;
 template <typename OutT, bool kRaw, bool kPerGroup>
 __global__ void __launch_bounds__(kGemvWarps * 32)
-    gemv_kernel(const int8_t* __restrict__ q, const float* __restrict__ xs, int m, int64_t kp,
+    gemv_kernel(const int8_t* __restrict__ q, const float* __restrict__ xs, int m, int64_t k, int64_t kp,
                 const uint4* __restrict__ wp, const float* __restrict__ ws, int64_t scale_stride_n, int64_t group,
                 int64_t n, const float* __restrict__ bias, OutT* __restrict__ y, int32_t* __restrict__ y_int) {
   const int lane = threadIdx.x % 32;
   const int64_t col = static_cast<int64_t>(blockIdx.x) * kGemvWarps + threadIdx.x / 32;
   if (col >= n) return;
-  const int64_t chunks = kp / 64;
+  const int64_t chunks = kp / 64;             // 16-byte loads per packed row (its stride)
+  const int64_t live_chunks = (k + 63) / 64;  // those holding some k < K
   int32_t acci[kGemvMaxM];
   float accf[kGemvMaxM];
 #pragma unroll
   for (int i = 0; i < kGemvMaxM; ++i) acci[i] = 0, accf[i] = 0.0f;
-  for (int64_t c = lane; c < chunks; c += 32) {
+  for (int64_t c = lane; c < live_chunks; c += 32) {
     const uint4 w4 = __ldg(wp + col * chunks + c);
     const uint32_t words[4] = {w4.x, w4.y, w4.z, w4.w};
     int dec[16];
@@ -103,7 +106,7 @@ __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], cons
 
 template <typename OutT, bool kRaw, bool kPerGroup>
 __global__ void __launch_bounds__(kGemmThreads)
-    gemm_kernel(const int8_t* __restrict__ q, const float* __restrict__ xs, int64_t m, int64_t kp,
+    gemm_kernel(const int8_t* __restrict__ q, const float* __restrict__ xs, int64_t m, int64_t k, int64_t kp,
                 const uint32_t* __restrict__ packed, const float* __restrict__ ws, int64_t scale_stride_n,
                 int64_t group, int64_t n, const float* __restrict__ bias, OutT* __restrict__ y,
                 int32_t* __restrict__ y_int) {
@@ -124,7 +127,10 @@ __global__ void __launch_bounds__(kGemmThreads)
 #pragma unroll
       for (int c = 0; c < 4; ++c) acc[a][b][c] = 0, accf[a][b][c] = 0.0f;
 
-  for (int64_t k0 = 0; k0 < kp; k0 += kTileK) {
+  // K tiles holding some k < K only (tiles of the zero padding add nothing and have no scale group);
+  // k0 < K and kTileK | kBlockK keep every staged tile inside the padded row.
+  static_assert(kBlockK % kTileK == 0, "a K tile never straddles the row padding");
+  for (int64_t k0 = 0; k0 < k; k0 += kTileK) {
     // Stage A: 64 rows x 64 bytes = 256 x 16 bytes.
     for (int idx = tid; idx < kTileM * kTileK / 16; idx += kGemmThreads) {
       const int r = idx / (kTileK / 16), c16 = idx % (kTileK / 16);
@@ -165,7 +171,7 @@ __global__ void __launch_bounds__(kGemmThreads)
     __syncthreads();
     if (kPerGroup) {
       const int64_t k_end = k0 + kTileK;
-      if (k_end % group == 0 || k_end >= kp) {
+      if (k_end % group == 0 || k_end >= k) {  // the end of a group, or the last tile
         const int64_t gi = k0 / group;
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
@@ -204,17 +210,17 @@ __global__ void __launch_bounds__(kGemmThreads)
 unsigned blocks_for(int64_t items, int per_block) { return static_cast<unsigned>((items + per_block - 1) / per_block); }
 
 template <typename OutT, bool kRaw, bool kPerGroup>
-void launch_matmul(const int8_t* q, const float* xs, int64_t m, int64_t kp, const uint32_t* packed, const float* ws,
+void launch_matmul(const int8_t* q, const float* xs, int64_t m, int64_t k, int64_t kp, const uint32_t* packed, const float* ws,
                    int64_t stride, int64_t group, int64_t n, const float* bias, OutT* y, int32_t* y_int,
                    cudaStream_t stream) {
   if (uses_gemv(m)) {
     gemv_kernel<OutT, kRaw, kPerGroup><<<blocks_for(n, kGemvWarps), kGemvWarps * 32, 0, stream>>>(
-        q, xs, static_cast<int>(m), kp, reinterpret_cast<const uint4*>(packed), ws, stride, group, n, bias, y, y_int);
+        q, xs, static_cast<int>(m), k, kp, reinterpret_cast<const uint4*>(packed), ws, stride, group, n, bias, y, y_int);
     BITQAT_CUDA_CHECK_LAUNCH("gemv_kernel");
   } else {
     const dim3 grid(blocks_for(n, kTileN), blocks_for(m, kTileM));
     gemm_kernel<OutT, kRaw, kPerGroup>
-        <<<grid, kGemmThreads, 0, stream>>>(q, xs, m, kp, packed, ws, stride, group, n, bias, y, y_int);
+        <<<grid, kGemmThreads, 0, stream>>>(q, xs, m, k, kp, packed, ws, stride, group, n, bias, y, y_int);
     BITQAT_CUDA_CHECK_LAUNCH("gemm_kernel");
   }
 }
@@ -223,6 +229,14 @@ void check_sizes(int64_t m, int64_t n, int64_t k) {
   if (m < 1 || n < 1 || k < 1) {
     throw std::invalid_argument("w158a8: M, N and K must be >= 1, got " + std::to_string(m) + ", " + std::to_string(n) +
                                 ", " + std::to_string(k));
+  }
+}
+
+// The GEMM's grid has one row of blocks per 64 tokens (at most 65535 rows).
+void check_grid(int64_t m) {
+  if (!uses_gemv(m) && (m + kTileM - 1) / kTileM > 65535) {
+    throw std::invalid_argument("w158a8_matmul: M = " + std::to_string(m) + " exceeds the GEMM grid (at most " +
+                                std::to_string(int64_t{65535} * kTileM) + " rows); split the batch");
   }
 }
 
@@ -252,7 +266,18 @@ void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint3
                    ScaleKind kind, int64_t group, int64_t n, int64_t k, const float* bias, void* y, DType y_dtype,
                    cudaStream_t stream) {
   check_sizes(m, n, k);
+  check_grid(m);
   const int64_t kp = padded_k(k);
+  if (kind != ScaleKind::kPerTensor && kind != ScaleKind::kPerChannel && kind != ScaleKind::kPerGroup) {
+    throw std::invalid_argument("w158a8_matmul: unknown scale kind " + std::to_string(static_cast<int>(kind)));
+  }
+  if (y_dtype != DType::kF32 && y_dtype != DType::kBF16) {
+    throw std::invalid_argument("w158a8_matmul: output dtype must be float32 or bf16, got code " +
+                                std::to_string(static_cast<int>(y_dtype)));
+  }
+  if (!q || !xscales || !packed || !wscales || !y) {
+    throw std::invalid_argument("w158a8_matmul: null operand (q, xscales, packed, wscales and y are required)");
+  }
   const bool per_group = kind == ScaleKind::kPerGroup;
   if (per_group && (group < 1 || group % kGroupAlign != 0)) {
     throw std::invalid_argument("w158a8_matmul: group size must be a positive multiple of 64, got " +
@@ -262,15 +287,15 @@ void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint3
   const int64_t g = per_group ? group : kp;
   if (y_dtype == DType::kF32) {
     auto* out = static_cast<float*>(y);
-    per_group ? launch_matmul<float, false, true>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr,
+    per_group ? launch_matmul<float, false, true>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out, nullptr,
                                                   stream)
-              : launch_matmul<float, false, false>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out, nullptr,
+              : launch_matmul<float, false, false>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out, nullptr,
                                                    stream);
   } else {
     auto* out = static_cast<__nv_bfloat16*>(y);
-    per_group ? launch_matmul<__nv_bfloat16, false, true>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out,
+    per_group ? launch_matmul<__nv_bfloat16, false, true>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out,
                                                           nullptr, stream)
-              : launch_matmul<__nv_bfloat16, false, false>(q, xscales, m, kp, packed, wscales, stride, g, n, bias, out,
+              : launch_matmul<__nv_bfloat16, false, false>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out,
                                                            nullptr, stream);
   }
 }
@@ -278,8 +303,10 @@ void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint3
 void w158a8_matmul_int32(const int8_t* q, int64_t m, const uint32_t* packed, int64_t n, int64_t k, int32_t* y_int,
                          cudaStream_t stream) {
   check_sizes(m, n, k);
+  check_grid(m);
+  if (!q || !packed || !y_int) throw std::invalid_argument("w158a8_matmul_int32: null operand");
   const int64_t kp = padded_k(k);
-  launch_matmul<float, true, false>(q, nullptr, m, kp, packed, nullptr, 0, kp, n, nullptr, nullptr, y_int, stream);
+  launch_matmul<float, true, false>(q, nullptr, m, k, kp, packed, nullptr, 0, kp, n, nullptr, nullptr, y_int, stream);
 }
 
 }  // namespace bitqat::cuda

@@ -116,7 +116,8 @@ class FashionMnist final : public Source {
         pi[r] = permutation_locked(g / n)[static_cast<size_t>(g % n)];
       }
     }
-    return Batch{train_x_.index_select(0, idx).unsqueeze(1).to(at::kFloat).div_(255.0), train_y_.index_select(0, idx)};
+    return Batch{train_x_.index_select(0, idx).unsqueeze(1).to(at::kFloat).div_(255.0), train_y_.index_select(0, idx),
+                 at::arange(first, first + b, at::kLong)};
   }
 
   std::vector<Batch> val_batches(int64_t b, int64_t max_batches) const override {
@@ -125,8 +126,8 @@ class FashionMnist final : public Source {
     const int64_t n = capped_items(b, max_batches, test_x_.size(0));
     for (int64_t i = 0; i < n; i += b) {
       const int64_t m = std::min(b, n - i);
-      out.push_back(
-          Batch{test_x_.narrow(0, i, m).unsqueeze(1).to(at::kFloat).div_(255.0), test_y_.narrow(0, i, m).clone()});
+      out.push_back(Batch{test_x_.narrow(0, i, m).unsqueeze(1).to(at::kFloat).div_(255.0),
+                          test_y_.narrow(0, i, m).clone(), at::arange(i, i + m, at::kLong)});
     }
     return out;
   }

@@ -102,6 +102,11 @@ int64_t DataConfig::vocab() const {
   return 10;
 }
 
+std::vector<int64_t> DataConfig::image_shape() const {
+  if (data_kind() == DataKind::kImages) return {1, 28, 28};
+  return {};
+}
+
 void DataConfig::write_absolute_paths(YAML::Node data) const {
   auto abs = [](const std::string& p) { return p.empty() ? p : fs::absolute(p).lexically_normal().string(); };
   if (kind == "text") data["path"] = abs(path);

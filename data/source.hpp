@@ -16,6 +16,10 @@ namespace bitqat::data {
 struct Batch {
   at::Tensor inputs;   // LM: int64 [B, T]; images: float32 [B, 1, 28, 28] in [0, 1]
   at::Tensor targets;  // LM: int64 [B, T] (inputs shifted by one); images: int64 [B]
+  // Images: int64 [B] on the CPU, a global id per sample that does not depend on how the global
+  // batch is split (training: step * global batch + row; validation: the test-set index), for
+  // per-sample randomness (the flow-matching noise). Undefined for token data.
+  at::Tensor rows;
 };
 
 enum class DataKind { kTokens, kImages };
@@ -56,6 +60,8 @@ struct DataConfig {
   DataKind data_kind() const;
   int64_t vocab() const;
   bool is_bytes() const { return kind == "text"; }
+  // Images: channels, height, width of every sample (Fashion-MNIST: 1, 28, 28); tokens: empty.
+  std::vector<int64_t> image_shape() const;
   // The same settings with every path made absolute against the working directory, so that a run's
   // config.resolved.yaml still finds its data from another directory. Writes into `data`.
   void write_absolute_paths(YAML::Node data) const;

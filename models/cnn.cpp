@@ -57,16 +57,19 @@ BitCNNImpl::BitCNNImpl(CNNConfig c, const bitlinear::QuantSpec& spec, const std:
   fc2 = register_module("fc2", bitlinear::BitLinear(l2));
 }
 
-at::Tensor BitCNNImpl::forward(const at::Tensor& x) {
+at::Tensor BitCNNImpl::hidden(const at::Tensor& x) {
   auto h = conv1->forward(x);
   if (bn1) h = bn1->forward(h);
   h = at::max_pool2d(at::relu(h), {2, 2});
   h = conv2->forward(h);
   if (bn2) h = bn2->forward(h);
   h = at::max_pool2d(at::relu(h), {2, 2});
-  h = at::relu(fc1->forward(h.flatten(1)));
-  return fc2->forward(h).to(at::kFloat);
+  return at::relu(fc1->forward(h.flatten(1)));
 }
+
+at::Tensor BitCNNImpl::features(const at::Tensor& x) { return hidden(x).to(at::kFloat); }
+
+at::Tensor BitCNNImpl::forward(const at::Tensor& x) { return fc2->forward(hidden(x)).to(at::kFloat); }
 
 at::Tensor BitCNNImpl::loss(const at::Tensor& images, const at::Tensor& labels) {
   return at::cross_entropy_loss(forward(images), labels);

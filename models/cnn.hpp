@@ -32,12 +32,18 @@ struct BitCNNImpl : torch::nn::Module {
   BitCNNImpl(CNNConfig config, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
              const std::vector<std::string>& exclude);
   at::Tensor forward(const at::Tensor& images);  // [B, 1, 28, 28] -> logits [B, classes] (float32)
+  // The penultimate layer, ReLU(fc1(...)): [B, 1, 28, 28] -> [B, hidden] (float32); forward is
+  // fc2(features). The image-quality metric's feature space (training/image_quality.hpp).
+  at::Tensor features(const at::Tensor& images);
   at::Tensor loss(const at::Tensor& images, const at::Tensor& labels);
 
   CNNConfig config;
   bitlinear::BitConv2d conv1{nullptr}, conv2{nullptr};
   torch::nn::BatchNorm2d bn1{nullptr}, bn2{nullptr};
   bitlinear::BitLinear fc1{nullptr}, fc2{nullptr};
+
+ private:
+  at::Tensor hidden(const at::Tensor& images);  // ReLU(fc1(...)) in the compute dtype
 };
 TORCH_MODULE(BitCNN);
 

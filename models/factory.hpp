@@ -1,5 +1,5 @@
-// Building a model from the `model:` config section: kind lm (BitLM) or cnn (BitCNN), with the
-// quantization policy, behind one handle the trainer uses.
+// Building a model from the `model:` config section: kind lm (BitLM), cnn (BitCNN) or dit (BitDiT),
+// with the quantization policy, behind one handle the trainer uses.
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -15,8 +15,9 @@
 namespace bitqat::models {
 
 struct ModelHandle {
-  std::string kind;  // "lm" or "cnn"
+  std::string kind;  // "lm", "cnn" or "dit"
   std::shared_ptr<torch::nn::Module> module;
+  // lm and cnn only (a dit's flow-matching objective takes noise and times too: training/task.cpp).
   std::function<at::Tensor(const at::Tensor& inputs, const at::Tensor& targets)> loss;
   std::function<at::Tensor(const at::Tensor& inputs)> forward;  // logits
 };
@@ -31,6 +32,7 @@ void validate_model_config(const core::Node& model);
 std::string model_identity(const core::Node& model, int64_t data_vocab);
 
 // `data_vocab` fills the LM vocabulary when the config leaves it out; a config value must cover it.
+// (A dit's shape and classes are checked against the data by training::Config.)
 ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec,
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                        int64_t data_vocab);

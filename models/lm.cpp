@@ -2,8 +2,12 @@
 
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
+#include <torch/autograd.h>
 #include <torch/nn/init.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
 
 #include "bitlinear/convert.hpp"
@@ -33,7 +37,23 @@ bitlinear::BitLinear make_linear(int64_t in, int64_t out, const bitlinear::Quant
   return bitlinear::BitLinear(o);
 }
 
+// relu(x)^2 as one autograd node: forward relu(x) * relu(x), backward 2 relu(x) g (at::square goes
+// through pow and its generic backward).
+struct ReluSquared : torch::autograd::Function<ReluSquared> {
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    const auto r = at::relu(x.detach());
+    ctx->save_for_backward({r});
+    return r * r;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
+    const auto r = ctx->get_saved_variables()[0];
+    return {g[0] * (r + r)};
+  }
+};
+
 }  // namespace
+
+at::Tensor relu_squared(const at::Tensor& x) { return ReluSquared::apply(x); }
 
 LMConfig LMConfig::from_yaml(const core::Node& n) {
   LMConfig c;
@@ -101,6 +121,69 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t he
   return {emb.cos().to(at::kFloat).to(device), emb.sin().to(at::kFloat).to(device)};
 }
 
+namespace {
+
+// RoPE on x [B, T, H, D] (the projections' own layout, before the head transpose) with cos, sin
+// [T, D] broadcast over heads: for the halves x1, x2 of each head, y1 = x1 c1 - x2 s1 and
+// y2 = x2 c2 + x1 s2 (apply_rope's arithmetic, operation for operation); backward
+// dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1. A CPU float32 loop; other tensors take apply_rope.
+struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
+  static void run(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool backward,
+                  at::Tensor& out) {
+    const int64_t B = in.size(0), T = in.size(1), H = in.size(2), D = in.size(3), half = D / 2;
+    const float* x = in.data_ptr<float>();
+    const float* c = cos.data_ptr<float>();
+    const float* sn = sin.data_ptr<float>();
+    float* y = out.data_ptr<float>();
+    at::parallel_for(0, B * T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t b0, int64_t b1) {
+      for (int64_t bt = b0; bt < b1; ++bt) {
+        const float* ct = c + (bt % T) * D;
+        const float* st = sn + (bt % T) * D;
+        for (int64_t h = 0; h < H; ++h) {
+          const float* xr = x + (bt * H + h) * D;
+          float* yr = y + (bt * H + h) * D;
+          for (int64_t j = 0; j < half; ++j) {
+            const float x1 = xr[j], x2 = xr[j + half];
+            if (!backward) {
+              yr[j] = x1 * ct[j] + (-x2) * st[j];
+              yr[j + half] = x2 * ct[j + half] + x1 * st[j + half];
+            } else {
+              yr[j] = x1 * ct[j] + x2 * st[j + half];
+              yr[j + half] = x2 * ct[j + half] + (-x1) * st[j];
+            }
+          }
+        }
+      }
+    });
+  }
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
+                            const at::Tensor& sin) {
+    ctx->save_for_backward({cos, sin});
+    const auto xc = x.detach().contiguous();
+    auto y = at::empty_like(xc);
+    run(xc, cos, sin, false, y);
+    return y;
+  }
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
+                                               torch::autograd::tensor_list g) {
+    const auto v = ctx->get_saved_variables();
+    const auto gc = g[0].contiguous();
+    auto dx = at::empty_like(gc);
+    run(gc, v[0], v[1], true, dx);
+    return {dx, at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor rope_bthd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
+      cos.is_contiguous() && sin.is_contiguous() && x.size(-1) % 2 == 0) {
+    return RopeBTHD::apply(x, cos, sin);
+  }
+  return apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2);
+}
+
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   const auto x1 = x.narrow(-1, 0, half);
@@ -121,9 +204,21 @@ AttentionImpl::AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& qs, 
 at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
                                   size_t layer) {
   const int64_t B = x.size(0), T = x.size(1);
-  auto qh = apply_rope(q->forward(x).view({B, T, n_heads, head_dim}).transpose(1, 2), cos, sin);
-  auto kh = apply_rope(k->forward(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2), cos, sin);
-  auto vh = v->forward(x).view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
+  at::Tensor qx, kx, vx;
+  if (q->can_share_input(*k, x) && q->can_share_input(*v, x)) {
+    // One activation quantization for the three projections of the same input.
+    const auto in = q->quantize_input(x);
+    qx = q->forward_quantized(in, x.scalar_type());
+    kx = k->forward_quantized(in, x.scalar_type());
+    vx = v->forward_quantized(in, x.scalar_type());
+  } else {
+    qx = q->forward(x);
+    kx = k->forward(x);
+    vx = v->forward(x);
+  }
+  auto qh = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin).transpose(1, 2);
+  auto kh = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin).transpose(1, 2);
+  auto vh = vx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
   int64_t past = 0;
   if (cache) {
     past = cache->pos;
@@ -163,9 +258,18 @@ FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlin
 }
 
 at::Tensor FFNImpl::forward(const at::Tensor& x) {
-  if (kind == "relu2") return down->forward(at::relu(up->forward(x)).square());
-  if (kind == "relu2_glu") return down->forward(at::relu(gate->forward(x)).square() * up->forward(x));
-  return down->forward(at::silu(gate->forward(x)) * up->forward(x));
+  if (kind == "relu2") return down->forward(relu_squared(up->forward(x)));
+  at::Tensor g, u;
+  if (gate->can_share_input(*up, x)) {
+    // One activation quantization for gate and up, which read the same input.
+    const auto in = gate->quantize_input(x);
+    g = gate->forward_quantized(in, x.scalar_type());
+    u = up->forward_quantized(in, x.scalar_type());
+  } else {
+    g = gate->forward(x);
+    u = up->forward(x);
+  }
+  return down->forward((kind == "relu2_glu" ? relu_squared(g) : at::silu(g)) * u);
 }
 
 BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,
@@ -230,7 +334,14 @@ at::Tensor BitLMImpl::run(const at::Tensor& tokens, KVCache* cache, const std::v
                           std::vector<at::Tensor>* hidden) {
   const int64_t T = tokens.size(1);
   const int64_t pos = cache ? cache->pos : 0;
-  const auto [cos, sin] = rope_tables(pos, T, config.head_dim(), config.rope_theta, tokens.device());
+  // The tables are built once per device and length, then sliced.
+  auto& tables = rope_cache_[tokens.device().str()];
+  if (!tables.first.defined() || tables.first.size(0) < pos + T) {
+    tables = rope_tables(0, std::max(config.max_seq_len, pos + T), config.head_dim(), config.rope_theta,
+                         tokens.device());
+  }
+  const auto cos = tables.first.narrow(0, pos, T);
+  const auto sin = tables.second.narrow(0, pos, T);
   auto h = embed->forward(tokens);
   if (hidden) hidden->assign(layers.size(), at::Tensor());
   for (size_t i = 0; i < blocks.size(); ++i) {

@@ -13,6 +13,7 @@
 #include <torch/nn/pimpl.h>
 #include <yaml-cpp/yaml.h>
 
+#include <map>
 #include <string>
 #include <vector>
 
@@ -105,6 +106,7 @@ struct BitLMImpl : torch::nn::Module {
   void init_weights();
   at::Tensor run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
                  std::vector<at::Tensor>* hidden);
+  std::map<std::string, std::pair<at::Tensor, at::Tensor>> rope_cache_;  // device -> (cos, sin) from position 0
 };
 TORCH_MODULE(BitLM);
 
@@ -114,5 +116,10 @@ std::pair<at::Tensor, at::Tensor> rope_tables(int64_t pos, int64_t T, int64_t he
                                               const at::Device& device);
 // x [B, H, T, D]: x * cos + rotate_half(x) * sin.
 at::Tensor apply_rope(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+// The same on x [B, T, H, D] (the projections' layout), one fused pass each way on the CPU.
+at::Tensor rope_bthd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// relu(x)^2 (the BitNet FFN activation) with a one-node backward 2 relu(x) g.
+at::Tensor relu_squared(const at::Tensor& x);
 
 }  // namespace bitqat::models

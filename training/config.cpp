@@ -8,6 +8,7 @@
 #include "bitlinear/quant_config.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "data/source.hpp"
+#include "models/dit.hpp"
 #include "models/factory.hpp"
 #include "models/lm.hpp"
 #include "schedules/schedule.hpp"
@@ -108,6 +109,29 @@ void validate_schedule(const core::Node& n, schedules::ScheduleRole role, int64_
   if (n.defined()) schedules::make_schedule(n, role, steps);
 }
 
+// A diffusion transformer generates the data's images: the same shape and classes.
+void check_dit_data(const core::Node& model, const data::DataConfig& data) {
+  if (data.data_kind() != data::DataKind::kImages) {
+    throw core::ConfigError(fmt::format("{} = dit: a diffusion transformer needs image data, got data.kind {}",
+                                        model.where("kind"), data.kind));
+  }
+  const auto dit = models::DiTConfig::from_yaml(model);
+  const auto shape = data.image_shape();
+  const std::vector<std::pair<const char*, int64_t>> have = {
+      {"channels", dit.channels}, {"height", dit.height}, {"width", dit.width}};
+  for (size_t i = 0; i < have.size(); ++i) {
+    if (have[i].second != shape[i]) {
+      throw core::ConfigError(fmt::format("{} = {}: data.kind {} has images of {} x {} x {} (channels x height x width)",
+                                          model.where(have[i].first), have[i].second, data.kind, shape[0], shape[1],
+                                          shape[2]));
+    }
+  }
+  if (dit.num_classes != data.vocab()) {
+    throw core::ConfigError(fmt::format("{} = {}: expected the data's {} classes", model.where("num_classes"),
+                                        dit.num_classes, data.vocab()));
+  }
+}
+
 }  // namespace
 
 Config Config::load_file(const std::string& file, const std::vector<std::string>& overrides, bool check_files) {
@@ -154,6 +178,7 @@ Config Config::from_node(const core::Node& root, bool check_files) {
           c.data.describe("seq_len"), c.model.where("max_seq_len"), lm.max_seq_len));
     }
   }
+  if (c.model.get<std::string>("kind", "lm") == "dit") check_dit_data(c.model, data);
   if (c.distill.enabled) {
     const auto& d = c.distill.node;
     if (c.model.get<std::string>("kind", "lm") != "lm" || data.data_kind() != data::DataKind::kTokens) {

@@ -104,7 +104,8 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
         fmt::format("{}: quant.include / quant.exclude select no layer of the model, so nothing would be quantized",
                     cfg.root.child("quant").where("include")));
   }
-  spdlog::info("quantize: {} layer(s) ternary with lambda 1: {}", r.quantized_layers.size(),
+  spdlog::info("quantize: {} layer(s) {} ({}) with lambda 1: {}", r.quantized_layers.size(),
+               bitlinear::to_string(cfg.quant.spec.weight.type), bitlinear::to_string(cfg.quant.spec.weight.granularity),
                fmt::join(r.quantized_layers, ", "));
   const auto val = open_validation_data(src, {})->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
   r.eval = task->evaluate(val, device);

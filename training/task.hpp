@@ -1,5 +1,6 @@
 // A model plus what turns a batch into a loss and a validation metric: the language model
-// (val_loss, val_bpb for byte data) or the image classifier (val_loss, val_acc).
+// (val_loss, val_bpb for byte data), the image classifier (val_loss, val_acc) or the class-conditional
+// image generator (model.kind dit: the flow-matching loss, held out with fixed noise and times).
 #pragma once
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
@@ -40,7 +41,7 @@ class Task {
   virtual void check_resume(const nlohmann::json& state, const std::string& origin) const {}
 };
 
-// Builds the model of `cfg.model` (kind lm or cnn) on `device`, with the quantization policy of
+// Builds the model of `cfg.model` (kind lm, cnn or dit) on `device`, with the quantization policy of
 // `cfg.quant`; the vocabulary comes from the data section when the model leaves it out (256 for
 // bytes, data.vocab_size for shards, 10 classes). Reads no data file.
 std::unique_ptr<Task> make_task(const Config& cfg, const at::Device& device);

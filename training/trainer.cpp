@@ -6,7 +6,6 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <torch/cuda.h>
-#include <torch/nn/utils/clip_grad.h>
 #include <torch/utils.h>
 
 #include <unistd.h>
@@ -79,9 +78,13 @@ std::unique_ptr<schedules::Schedule> schedule_or_constant(const core::Node& node
   return schedules::make_schedule(doc, role, steps);
 }
 
+// A GPU batch is staged in pinned host memory (the caching host allocator keeps it alive until
+// the copy has run) and copied asynchronously on the current stream. The step makes no host sync,
+// so the host prepares and queues the next micro-batch while the device still computes this one.
 data::Batch to_device(const data::Batch& b, const at::Device& d) {
   if (d.is_cpu()) return b;
-  return data::Batch{b.inputs.to(d, /*non_blocking=*/true), b.targets.to(d, /*non_blocking=*/true)};
+  auto copy = [&](const at::Tensor& t) { return t.pin_memory().to(d, /*non_blocking=*/true); };
+  return data::Batch{copy(b.inputs), copy(b.targets), b.rows};
 }
 
 std::string hms(double seconds) {
@@ -306,20 +309,46 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
 
 // ---- one optimizer step -------------------------------------------------------------------------
 
+// What a step leaves on the device, read by the host only when the step is settled (at log,
+// evaluation and checkpoint steps and at the end): no host sync inside a step.
 struct StepOutcome {
-  double loss = 0.0;                                  // mean over micro-batches and ranks
-  std::vector<std::pair<std::string, double>> parts;  // the task's loss parts (loss_ce, ...), means likewise
-  double grad_norm = 0.0;
-  bool bad = false;  // non-finite loss or gradient on some rank: the update was skipped
+  int64_t done = 0;  // 1-based step number
+  at::Tensor flags;  // double [3] on the device: mean loss over micro-batches and ranks; > 0 when
+                     // some rank saw a non-finite loss or gradient (the update was skipped on the
+                     // device); the gradient norm before clipping (NaN when it was not computed);
+                     // then the task's loss parts (part_names), means likewise
+  std::vector<std::string> part_names;  // the task's loss parts (loss_ce, loss_kd, ...), in flags[3...]
   double lr = 0.0, wd = 0.0, lambda_w = 0.0, lambda_a = 0.0;  // this step's schedule values
   int64_t units = 0;                                          // tokens or samples of the global batch
 };
 
+// The step as the host sees it once settled.
+struct Settled {
+  StepOutcome o;
+  double loss = 0.0, grad_norm = 0.0;
+  bool bad = false;
+  std::vector<std::pair<std::string, double>> parts;  // the task's loss parts
+};
+
+bool due(int64_t done, int64_t every, int64_t steps) { return (every > 0 && done % every == 0) || done == steps; }
+
+// The global L2 norm of the gradients (one multi-tensor pass)
+// and, when max_norm > 0, the gradients scaled by min(1, max_norm / (norm + 1e-6)) as
+// torch.nn.utils.clip_grad_norm_ does, all on the device. Returns the norm as a double scalar.
+at::Tensor grad_norm_clip_(const std::vector<at::Tensor>& grads, double max_norm) {
+  if (grads.empty()) return at::zeros({}, at::kDouble);
+  const auto norms = at::_foreach_norm(grads, 2);
+  const auto total = at::linalg_vector_norm(at::stack(norms), 2);
+  if (max_norm > 0.0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
+  return total.to(at::kDouble);
+}
+
 // Micro-batches with gradient accumulation, the gradient all-reduce, clipping, the finiteness
-// decision every rank agrees on, then the update (or its skip).
+// flag every rank agrees on, then the update, which the device skips when the flag is set.
 StepOutcome run_step(Run& r, int64_t step) {
   const auto& cfg = r.cfg;
   StepOutcome o;
+  o.done = step + 1;
   o.lambda_w = r.sched.lambda_w->at(step);
   o.lambda_a = r.sched.lambda_a->at(step);
   o.lr = r.sched.lr->at(step);
@@ -329,9 +358,8 @@ StepOutcome run_step(Run& r, int64_t step) {
   r.lambda_a = o.lambda_a;
   r.optimizer->zero_grad();
 
-  double loss_sum = 0.0;
-  at::Tensor part_sums;  // the task's loss parts summed on the device: one host sync per step
-  bool finite = true;
+  at::Tensor loss_sum;
+  at::Tensor part_sums;  // the task's loss parts summed on the device
   r.sync->prepare();
   for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
     const auto batch = to_device(
@@ -345,52 +373,83 @@ StepOutcome run_step(Run& r, int64_t step) {
     }
     if (r.options.loss_hook) r.options.loss_hook(step, micro, loss);
     (loss / cfg.train.grad_accum).backward();
-    const double l = loss.detach().to(at::kDouble).item<double>();
-    finite = finite && std::isfinite(l);
-    loss_sum += l;
+    const auto l = loss.detach().to(at::kDouble);
+    loss_sum = loss_sum.defined() ? loss_sum + l : l;
     if (const auto parts = r.task->loss_parts(); !parts.empty()) {
       std::vector<at::Tensor> values;
-      for (const auto& [name, v] : parts) values.push_back(v.to(at::kDouble));
+      for (const auto& [name, v] : parts) values.push_back(v.detach().to(at::kDouble));
       part_sums = part_sums.defined() ? part_sums + at::stack(values) : at::stack(values);
       if (micro == 0) {
-        for (const auto& [name, v] : parts) o.parts.emplace_back(name, 0.0);
+        for (const auto& [name, v] : parts) o.part_names.push_back(name);
       }
     }
     o.units += r.task->units(batch) * r.dist.world();
   }
   r.sync->finish();
-  o.grad_norm = torch::nn::utils::clip_grad_norm_(
-      r.params, cfg.optim.grad_clip > 0.0 ? cfg.optim.grad_clip : std::numeric_limits<double>::infinity());
+  std::vector<at::Tensor> grads;
+  for (const auto& p : r.params) {
+    if (p.grad().defined()) grads.push_back(p.grad());
+  }
+  at::Tensor norm, bad;
+  if (cfg.optim.grad_clip > 0.0 || due(o.done, cfg.train.log_every, cfg.train.steps)) {
+    norm = grad_norm_clip_(grads, cfg.optim.grad_clip);
+    bad = norm.isfinite().logical_not();
+  } else {
+    // Only finiteness is needed: one multi-tensor check (scaling by exactly 1 changes nothing).
+    auto found = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(r.device));
+    if (!grads.empty()) at::_amp_foreach_non_finite_check_and_unscale_(grads, found, at::ones_like(found));
+    norm = at::full({}, std::numeric_limits<double>::quiet_NaN(), found.options().dtype(at::kDouble));
+    bad = found.gt(0);
+  }
+  bad = bad.logical_or(loss_sum.isfinite().logical_not()).to(at::kDouble);
   // Every rank must take the same decision: agree on the worst case.
-  std::vector<double> flag_values{loss_sum / cfg.train.grad_accum, (finite && std::isfinite(o.grad_norm)) ? 0.0 : 1.0};
-  if (part_sums.defined()) {
-    const auto sums = part_sums.cpu();
-    for (int64_t i = 0; i < sums.numel(); ++i) flag_values.push_back(sums[i].item<double>() / cfg.train.grad_accum);
-  }
-  at::Tensor flags = at::tensor(flag_values, at::kDouble);
-  r.dist.all_reduce_mean_(flags, "all-reduce of the step's loss and finiteness flag");
-  o.loss = flags[0].item<double>();
-  o.bad = flags[1].item<double>() > 0.0;
-  for (size_t i = 0; i < o.parts.size(); ++i) o.parts[i].second = flags[static_cast<int64_t>(i) + 2].item<double>();
-  if (!o.bad) {
-    r.bad_streak = 0;
-    r.optimizer->step(o.lr, o.wd);
-    return o;
-  }
-  ++r.bad_streak;
-  r.optimizer->zero_grad();
-  if (r.main()) {
-    spdlog::warn("step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, limit {})",
-                 step + 1, o.loss, o.grad_norm, r.bad_streak, cfg.train.max_bad_steps);
-    r.metrics->write({{"step", step + 1}, {"skipped", true}, {"loss", nullptr}, {"lr", o.lr}});
-  }
-  if (r.bad_streak >= cfg.train.max_bad_steps) {
-    throw core::UserError(
-        fmt::format("training stopped at step {}: {} consecutive steps with a non-finite loss "
-                    "or gradient (train.max_bad_steps = {}); lower optim.lr or check the data",
-                    step + 1, r.bad_streak, cfg.train.max_bad_steps));
-  }
+  o.flags = at::stack({loss_sum / cfg.train.grad_accum, bad, norm});
+  if (part_sums.defined()) o.flags = at::cat({o.flags, part_sums / cfg.train.grad_accum});
+  r.dist.all_reduce_mean_(o.flags, "all-reduce of the step's loss, finiteness flag and loss parts");
+  r.optimizer->step(o.lr, o.wd, o.flags[1].gt(0).to(at::kFloat));
   return o;
+}
+
+// Reads the pending steps' flags in one host transfer, reports skipped steps and stops the run
+// when train.max_bad_steps consecutive steps were skipped.
+std::vector<Settled> settle(Run& r, std::vector<StepOutcome>& pending) {
+  std::vector<Settled> out;
+  if (pending.empty()) return out;
+  std::vector<at::Tensor> flags;
+  for (const auto& o : pending) flags.push_back(o.flags);
+  const auto host = at::cat(flags).cpu();  // one transfer
+  const auto* f = host.data_ptr<double>();
+  for (size_t i = 0; i < pending.size(); ++i) {
+    Settled s;
+    s.o = std::move(pending[i]);
+    s.loss = f[0];
+    s.bad = f[1] > 0.0;
+    s.grad_norm = f[2];
+    for (size_t k = 0; k < s.o.part_names.size(); ++k) s.parts.emplace_back(s.o.part_names[k], f[3 + k]);
+    f += 3 + s.o.part_names.size();
+    const auto& cfg = r.cfg;
+    if (!s.bad) {
+      r.bad_streak = 0;
+      out.push_back(std::move(s));
+      continue;
+    }
+    ++r.bad_streak;
+    if (r.main()) {
+      spdlog::warn("step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, limit {})",
+                   s.o.done, s.loss, s.grad_norm, r.bad_streak, cfg.train.max_bad_steps);
+      r.metrics->write({{"step", s.o.done}, {"skipped", true}, {"loss", nullptr}, {"lr", s.o.lr}});
+    }
+    if (r.bad_streak >= cfg.train.max_bad_steps) {
+      const int64_t now = pending.back().done;
+      throw core::UserError(fmt::format(
+          "training stopped at step {}: {} consecutive steps with a non-finite loss or gradient (steps {} to {}; "
+          "train.max_bad_steps = {}); lower optim.lr or check the data",
+          now, r.bad_streak, s.o.done - r.bad_streak + 1, s.o.done, cfg.train.max_bad_steps));
+    }
+    out.push_back(std::move(s));
+  }
+  pending.clear();
+  return out;
 }
 
 // ---- logging ------------------------------------------------------------------------------------
@@ -400,9 +459,11 @@ class StepLog {
  public:
   explicit StepLog(Run& r) : r_(r), t0_(Clock::now()), t_log_(t0_) {}
 
-  void record(int64_t done, const StepOutcome& o) {
+  void record(const Settled& s) {
+    const auto& o = s.o;
+    const int64_t done = o.done;
     units_ += o.units;
-    if (o.bad || !r_.main() || (done % r_.cfg.train.log_every != 0 && done != r_.cfg.train.steps)) return;
+    if (s.bad || !r_.main() || !due(done, r_.cfg.train.log_every, r_.cfg.train.steps)) return;
     const auto now = Clock::now();
     const double dt = std::chrono::duration<double>(now - t_log_).count();
     const double rate = dt > 0 ? static_cast<double>(units_) / dt : 0.0;
@@ -413,23 +474,23 @@ class StepLog {
     synced_at_log_ = r_.sync->synced_steps();
     const char* unit = r_.task->unit_name();
     std::string parts;  // " (loss_ce 3.1000, loss_kd 0.2000)" when the task has parts
-    for (const auto& [name, v] : o.parts) parts += fmt::format("{}{} {:.4f}", parts.empty() ? " (" : ", ", name, v);
+    for (const auto& [name, v] : s.parts) parts += fmt::format("{}{} {:.4f}", parts.empty() ? " (" : ", ", name, v);
     if (!parts.empty()) parts += ")";
     spdlog::info(
         "step {}/{} | loss {:.4f}{} | lr {:.3e} | lambda_w {:.3f} | lambda_a {:.3f} | grad_norm {:.3f} | "
         "{:.0f} {}/s | {}",
-        done, r_.cfg.train.steps, o.loss, parts, o.lr, o.lambda_w, o.lambda_a, o.grad_norm, rate, unit, hms(elapsed));
+        done, r_.cfg.train.steps, s.loss, parts, o.lr, o.lambda_w, o.lambda_a, s.grad_norm, rate, unit, hms(elapsed));
     nlohmann::json rec = {{"step", done},
-                          {"loss", o.loss},
+                          {"loss", s.loss},
                           {"lr", o.lr},
                           {"weight_decay", o.wd},
                           {"lambda_w", o.lambda_w},
                           {"lambda_a", o.lambda_a},
-                          {"grad_norm", o.grad_norm},
+                          {"grad_norm", s.grad_norm},
                           {std::string(unit) + "_per_s", rate},
                           {"elapsed_s", elapsed},
                           {"sync_wait_ms", sync_wait_ms}};
-    for (const auto& [name, v] : o.parts) rec[name] = v;
+    for (const auto& [name, v] : s.parts) rec[name] = v;
     r_.metrics->write(rec);
     t_log_ = now;
     units_ = 0;
@@ -494,8 +555,6 @@ void checkpoint(Run& r, int64_t done) {
   r.dist.barrier("barrier after writing checkpoint");
 }
 
-bool due(int64_t done, int64_t every, int64_t steps) { return (every > 0 && done % every == 0) || done == steps; }
-
 }  // namespace
 
 TrainResult train(const Config& cfg, const TrainOptions& options) {
@@ -521,23 +580,30 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   }
   ProgressBar bar(steps, r.main() && core::stdout_is_terminal());
   StepLog log(r);
+  std::vector<StepOutcome> pending;
   r.task->module().train();
   for (int64_t step = r.start_step; step < steps; ++step) {
-    const auto o = run_step(r, step);
+    pending.push_back(run_step(r, step));
     const int64_t done = step + 1;
     result.final_step = done;
-    if (o.bad) {
-      ++result.skipped_steps;
-    } else {
-      result.last_loss = o.loss;
+    const bool eval_due = due(done, cfg.train.eval_every, steps);
+    const bool ckpt_due = due(done, cfg.checkpoint.every, steps);
+    if (eval_due || ckpt_due || due(done, cfg.train.log_every, steps)) {
+      for (const auto& s : settle(r, pending)) {
+        if (s.bad) {
+          ++result.skipped_steps;
+        } else {
+          result.last_loss = s.loss;
+        }
+        log.record(s);
+      }
     }
-    bar.update(done, o.loss);
-    log.record(done, o);
-    if (due(done, cfg.train.eval_every, steps)) {
+    bar.update(done, result.last_loss);
+    if (eval_due) {
       bar.finish();
       if (const auto v = evaluate(r, done)) result.last_val_loss = v;
     }
-    if (due(done, cfg.checkpoint.every, steps)) checkpoint(r, done);
+    if (ckpt_due) checkpoint(r, done);
     if (options.after_step) options.after_step(done);
   }
   bar.finish();

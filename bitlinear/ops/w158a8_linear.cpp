@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
+#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 namespace bitqat::bitlinear::ops {
@@ -11,11 +12,14 @@ using torch::autograd::AutogradContext;
 using torch::autograd::tensor_list;
 
 // Forward: int8 activations x packed ternary weights. Backward: identity STE with bf16 matmuls
-// against the dequantized operands (the fake-quant path's gradients).
+// against the dequantized operands (the fake-quant path's gradients): the weight's from the
+// kernel's cache (quantized once per weight version, not per micro-batch), the activation's from
+// the int8 codes and per-token scales saved by the forward (no float copy of the input is kept).
+// The output is bf16 when the input is bf16 or CUDA autocast is on (its dtype), else float32.
 struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x2d, const at::Tensor& weight,
-                            const at::Tensor& bias, const at::Tensor& packed, const at::Tensor& scales, int64_t kind,
-                            int64_t group, WeightQuantSpec wspec, double act_eps) {
+                            const at::Tensor& bias, const at::Tensor& packed, const at::Tensor& scales,
+                            const at::Tensor& w_deq, int64_t kind, int64_t group, double act_eps) {
     PackedTernary p;
     p.packed = packed;
     p.scales = scales;
@@ -24,38 +28,37 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
     p.n = weight.size(0);
     p.k = weight.size(1);
     const auto xq = quantize_activations_int8(x2d, {}, 1e-6, act_eps);
-    const auto out_dtype = x2d.scalar_type() == at::kBFloat16 ? at::kBFloat16 : at::kFloat;
-    ctx->save_for_backward({xq.q, xq.scales, weight});
+    const auto out_dtype = output_dtype(x2d);
+    ctx->save_for_backward({xq.q, xq.scales, w_deq});
     // An absent bias arrives as an empty placeholder (autograd functions take no undefined inputs).
     const bool has_bias = bias.numel() > 0;
     ctx->saved_data["has_bias"] = has_bias;
     ctx->saved_data["k"] = p.k;
-    ctx->saved_data["wtype"] = static_cast<int64_t>(wspec.type);
-    ctx->saved_data["gran"] = static_cast<int64_t>(wspec.granularity);
-    ctx->saved_data["group_size"] = wspec.group_size;
-    ctx->saved_data["eps"] = wspec.eps;
     ctx->saved_data["x_dtype"] = static_cast<int64_t>(x2d.scalar_type());
+    ctx->saved_data["w_dtype"] = static_cast<int64_t>(weight.scalar_type());
     return w158a8_matmul(xq, p, has_bias ? bias : at::Tensor(), out_dtype);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
     const auto saved = ctx->get_saved_variables();
     const auto& q = saved[0];
     const auto& xs = saved[1];
-    const auto& weight = saved[2];
+    const auto& w_deq = saved[2];
     const int64_t k = ctx->saved_data["k"].toInt();
-    WeightQuantSpec spec;
-    spec.type = static_cast<WeightQuant>(ctx->saved_data["wtype"].toInt());
-    spec.granularity = static_cast<Granularity>(ctx->saved_data["gran"].toInt());
-    spec.group_size = ctx->saved_data["group_size"].toInt();
-    spec.eps = ctx->saved_data["eps"].toDouble();
     const auto g = grad_out[0].to(at::kBFloat16);
-    const auto w_deq = dequantize_weight(quantize_weight(weight.detach(), spec)).to(at::kBFloat16);
     const auto x_deq = (q.narrow(1, 0, k).to(at::kFloat) / xs.unsqueeze(1)).to(at::kBFloat16);
     const auto x_dtype = static_cast<at::ScalarType>(ctx->saved_data["x_dtype"].toInt());
+    const auto w_dtype = static_cast<at::ScalarType>(ctx->saved_data["w_dtype"].toInt());
     const auto grad_x = at::matmul(g, w_deq).to(x_dtype);
-    const auto grad_w = at::matmul(g.t(), x_deq).to(weight.scalar_type());
+    const auto grad_w = at::matmul(g.t(), x_deq).to(w_dtype);
     const auto grad_b = ctx->saved_data["has_bias"].toBool() ? grad_out[0].sum(0).to(at::kFloat) : at::Tensor();
     return {grad_x, grad_w, grad_b, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+  static at::ScalarType output_dtype(const at::Tensor& x) {
+    if (x.scalar_type() == at::kBFloat16) return at::kBFloat16;
+    if (at::autocast::is_autocast_enabled(at::kCUDA) && at::autocast::get_autocast_dtype(at::kCUDA) == at::kBFloat16) {
+      return at::kBFloat16;
+    }
+    return at::kFloat;
   }
 };
 
@@ -81,21 +84,24 @@ class TrainingKernel final : public LinearKernel {
       const auto p = pack_ternary(layer.weight.detach(), ws.granularity, ws.group_size, ws.eps);
       packed_ = p.packed;
       scales_ = p.scales;
+      w_deq_ = dequantize_weight(quantize_weight(layer.weight.detach(), ws)).to(at::kBFloat16);
       version_ = version;
       data_ = layer.weight.data_ptr();
     }
     const auto bias = layer.bias.defined() ? layer.bias : at::empty({0}, layer.weight.options());
-    const auto y =
-        W158A8Linear::apply(x2d, layer.weight, bias, packed_, scales_, static_cast<int64_t>(scale_kind(ws.granularity)),
-                            ws.group_size, ws, layer.options.quant.act.eps);
+    const auto y = W158A8Linear::apply(x2d, layer.weight, bias, packed_, scales_, w_deq_,
+                                       static_cast<int64_t>(scale_kind(ws.granularity)), ws.group_size,
+                                       layer.options.quant.act.eps);
     auto shape = x.sizes().vec();
     shape.back() = layer.options.out_features;
-    return y.reshape(shape).to(x.scalar_type());
+    // bf16 stays bf16 (autocast's choice); a float32 output of a float32 input stays float32.
+    return y.reshape(shape);
   }
   const at::Tensor& cached_packed() const { return packed_; }
 
  private:
   at::Tensor packed_, scales_;
+  at::Tensor w_deq_;  // bf16 [out, in]: the quantized weight, dequantized, for the backward
   int64_t version_ = -1;
   const void* data_ = nullptr;
 };
@@ -145,8 +151,10 @@ const at::Tensor& training_kernel_cache(const BitLinearImpl& layer) {
 void pack_layer(BitLinearImpl& layer) {
   if (!layer.has_latent_weights()) return;
   const auto& q = layer.options.quant;
-  if (q.weight.type != WeightQuant::kTernary) {
-    throw std::invalid_argument(fmt::format("pack_layer: weights are {}, expected ternary", to_string(q.weight.type)));
+  // Binary codes {-1, +1} are a subset of the ternary ones: the same 2-bit layout holds them.
+  if (q.weight.type != WeightQuant::kTernary && q.weight.type != WeightQuant::kBinary) {
+    throw std::invalid_argument(
+        fmt::format("pack_layer: weights are {}, expected ternary or binary", to_string(q.weight.type)));
   }
   if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % cuda::kGroupAlign != 0) {
     throw std::invalid_argument(
@@ -190,7 +198,9 @@ PackedBitLinearImpl::PackedBitLinearImpl(const BitLinearImpl& layer)
       group(layer.options.quant.weight.group_size),
       norm_eps(layer.options.norm_eps),
       act(layer.options.quant.act) {
-  TORCH_CHECK(layer.options.quant.weight.type == WeightQuant::kTernary, "PackedBitLinear: the layer is not ternary");
+  TORCH_CHECK(layer.options.quant.weight.type == WeightQuant::kTernary ||
+                  layer.options.quant.weight.type == WeightQuant::kBinary,
+              "PackedBitLinear: the layer is neither ternary nor binary");
   TORCH_CHECK(act.type == ActQuant::kPerToken && act.bits == 8,
               "PackedBitLinear: needs 8-bit per-token activation quantization");
   const auto q = layer.quantized_weight();

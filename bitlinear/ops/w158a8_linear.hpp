@@ -40,8 +40,9 @@ TORCH_MODULE(PackedBitLinear);
 
 // Switches one layer to inference on 2-bit packed weights: a PackedBitLinear registered as child
 // `packed` replaces its latent weight, bias and SubLN (the packed layer keeps the norm weight), so
-// its tensors become packed.{packed, scales, norm_weight, bias}. Needs ternary weights (per tensor,
-// per channel or per group of a multiple of 64) and 8-bit per-token activations; throws
+// its tensors become packed.{packed, scales, norm_weight, bias}. Needs ternary or binary weights (binary
+// codes {-1, +1} use the ternary layout; per tensor, per channel or per group of a multiple of 64) and
+// 8-bit per-token activations; throws
 // std::invalid_argument naming what does not fit. Irreversible.
 void pack_layer(BitLinearImpl& layer);
 

@@ -3,6 +3,9 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <cstdint>
+#include <initializer_list>
+
 #include "bitlinear/quant_kernels.hpp"
 #include "cuda/quant.hpp"
 #include "cuda/reference.hpp"
@@ -16,11 +19,64 @@ int64_t stride_for(const PackedTernary& w) {
   return w.kind == cuda::ScaleKind::kPerChannel ? 1 : cuda::scale_groups(w.k, w.group);
 }
 
-void check_pair(const QuantizedTokens& x, const PackedTernary& w) {
-  TORCH_CHECK(x.k == w.k, "w158a8_matmul: activations have K = ", x.k, ", the packed weight has K = ", w.k);
-  TORCH_CHECK(x.q.device() == w.packed.device(), "w158a8_matmul: activations on ", x.q.device(), ", weights on ",
-              w.packed.device());
-  TORCH_CHECK(x.q.is_contiguous() && w.packed.is_contiguous(), "w158a8_matmul: inputs must be contiguous");
+// Every operand of a packed matmul, with the values found: a wrong device, dtype, shape or layout
+// must fail here with a clear message, never reach a kernel as a bad pointer.
+void check_operands(const char* what, const QuantizedTokens& x, const PackedTernary& w) {
+  TORCH_CHECK(x.q.defined() && x.scales.defined(), what, ": the quantized activations are empty");
+  TORCH_CHECK(w.packed.defined() && w.scales.defined(), what, ": the packed weight is empty");
+  TORCH_CHECK(x.k >= 1 && w.k >= 1 && w.n >= 1, what, ": K and N must be >= 1, got activations K = ", x.k,
+              ", weight N = ", w.n, ", K = ", w.k);
+  TORCH_CHECK(x.k == w.k, what, ": activations have K = ", x.k, ", the packed weight has K = ", w.k);
+  const auto dev = x.q.device();
+  TORCH_CHECK(x.scales.device() == dev && w.packed.device() == dev && w.scales.device() == dev, what,
+              ": operands on different devices: codes ", dev, ", activation scales ", x.scales.device(),
+              ", packed weight ", w.packed.device(), ", weight scales ", w.scales.device());
+  TORCH_CHECK(x.q.scalar_type() == at::kChar, what, ": activation codes must be int8, got ", x.q.scalar_type());
+  TORCH_CHECK(x.q.dim() == 2 && x.q.size(1) == cuda::padded_k(x.k), what, ": activation codes must be [M, ",
+              cuda::padded_k(x.k), "] (K = ", x.k, " padded to ", cuda::kBlockK, "), got ", x.q.sizes());
+  TORCH_CHECK(x.scales.scalar_type() == at::kFloat, what, ": activation scales must be float32, got ",
+              x.scales.scalar_type());
+  TORCH_CHECK(x.scales.numel() == x.q.size(0), what, ": ", x.scales.numel(), " activation scales for M = ",
+              x.q.size(0), " tokens");
+  TORCH_CHECK(w.packed.scalar_type() == at::kInt, what, ": packed weight must be int32 words, got ",
+              w.packed.scalar_type());
+  TORCH_CHECK(w.packed.dim() == 2 && w.packed.size(0) == w.n && w.packed.size(1) == cuda::words_per_row(w.k), what,
+              ": packed weight must be [", w.n, ", ", cuda::words_per_row(w.k), "] words for N = ", w.n, ", K = ", w.k,
+              ", got ", w.packed.sizes());
+  TORCH_CHECK(w.scales.scalar_type() == at::kFloat, what, ": weight scales must be float32, got ",
+              w.scales.scalar_type());
+  TORCH_CHECK(w.kind == cuda::ScaleKind::kPerTensor || w.kind == cuda::ScaleKind::kPerChannel ||
+                  w.kind == cuda::ScaleKind::kPerGroup,
+              what, ": unknown scale kind ", static_cast<int>(w.kind));
+  TORCH_CHECK(w.kind != cuda::ScaleKind::kPerGroup || (w.group > 0 && w.group % cuda::kGroupAlign == 0), what,
+              ": group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", w.group);
+  const int64_t want = w.kind == cuda::ScaleKind::kPerTensor    ? 1
+                       : w.kind == cuda::ScaleKind::kPerChannel ? w.n
+                                                                : w.n * cuda::scale_groups(w.k, w.group);
+  TORCH_CHECK(w.scales.numel() == want, what, ": ", w.scales.numel(), " weight scales, expected ", want, " (N = ", w.n,
+              ", K = ", w.k, ", group ", w.group, ")");
+  TORCH_CHECK(x.q.is_contiguous() && x.scales.is_contiguous() && w.packed.is_contiguous() && w.scales.is_contiguous(),
+              what, ": operands must be contiguous (codes ", x.q.is_contiguous(), ", activation scales ",
+              x.scales.is_contiguous(), ", packed ", w.packed.is_contiguous(), ", weight scales ",
+              w.scales.is_contiguous(), ")");
+  if (dev.is_cuda()) {
+    for (const auto* t : {&x.q, &w.packed}) {  // read in 16-byte loads
+      TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, what,
+                  ": CUDA codes and packed words must start 16-byte aligned (a view at an offset is not)");
+    }
+  }
+}
+
+void check_out(const char* what, const at::Tensor& out, int64_t m, int64_t n, at::Device dev,
+               std::initializer_list<at::ScalarType> dtypes) {
+  TORCH_CHECK(out.defined(), what, ": the output tensor is undefined");
+  bool ok = false;
+  for (auto d : dtypes) ok = ok || out.scalar_type() == d;
+  TORCH_CHECK(ok, what, ": output dtype ", out.scalar_type(), " is not accepted here");
+  TORCH_CHECK(out.device() == dev, what, ": output on ", out.device(), ", operands on ", dev);
+  TORCH_CHECK(out.dim() == 2 && out.size(0) == m && out.size(1) == n && out.is_contiguous(), what,
+              ": output must be a contiguous [", m, ", ", n, "], got ", out.sizes(),
+              out.is_contiguous() ? "" : " (not contiguous)");
 }
 
 }  // namespace
@@ -104,40 +160,50 @@ at::Tensor unpack_codes(const PackedTernary& p) {
 
 at::Tensor w158a8_matmul(const QuantizedTokens& x, const PackedTernary& w, const at::Tensor& bias,
                          at::ScalarType out_dtype) {
-  check_pair(x, w);
   TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16,
-              "w158a8_matmul: output must be float32 or bfloat16");
+              "w158a8_matmul: output must be float32 or bfloat16, got ", out_dtype);
+  check_operands("w158a8_matmul", x, w);
+  auto y = at::empty({x.q.size(0), w.n}, x.q.options().dtype(out_dtype));
+  w158a8_matmul_out(x, w, bias, y);
+  return y;
+}
+
+void w158a8_matmul_out(const QuantizedTokens& x, const PackedTernary& w, const at::Tensor& bias, at::Tensor& y) {
+  check_operands("w158a8_matmul", x, w);
   const int64_t m = x.q.size(0);
+  check_out("w158a8_matmul", y, m, w.n, x.q.device(), {at::kFloat, at::kBFloat16});
   at::Tensor b;
   if (bias.defined()) {
     TORCH_CHECK(bias.numel() == w.n, "w158a8_matmul: bias has ", bias.numel(), " entries, N = ", w.n);
     b = bias.detach().to(x.q.device(), at::kFloat).contiguous();
   }
+  if (m == 0) return;  // no tokens: nothing to launch
   if (x.q.is_cuda()) {
     const c10::cuda::CUDAGuard guard(x.q.device());
-    auto y = at::empty({m, w.n}, x.q.options().dtype(out_dtype));
     cuda::w158a8_matmul(x.q.data_ptr<int8_t>(), x.scales.data_ptr<float>(), m,
                         reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.scales.data_ptr<float>(),
                         w.kind, w.group, w.n, w.k, b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
-                        out_dtype == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16,
+                        y.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16,
                         at::cuda::getCurrentCUDAStream());
-    return y;
+    return;
   }
   const int64_t groups = w.kind == cuda::ScaleKind::kPerGroup ? cuda::scale_groups(w.k, w.group) : 1;
   auto yi = at::empty({m, w.n, groups}, at::kInt);
   cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1),
                        reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), m, w.n, w.k, groups, w.group,
                        yi.data_ptr<int32_t>());
-  auto y = at::empty({m, w.n}, at::kFloat);
+  auto yf = at::empty({m, w.n}, at::kFloat);
   cuda::epilogue_ref(yi.data_ptr<int32_t>(), m, w.n, groups, w.scales.data_ptr<float>(), stride_for(w),
-                     x.scales.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr<float>());
-  return y.to(out_dtype);
+                     x.scales.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr, yf.data_ptr<float>());
+  y.copy_(yf);
 }
 
-at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w) {
-  check_pair(x, w);
+at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w, at::Tensor out) {
+  check_operands("w158a8_matmul_int32", x, w);
   const int64_t m = x.q.size(0);
-  auto y = at::empty({m, w.n}, x.q.options().dtype(at::kInt));
+  auto y = out.defined() ? out : at::empty({m, w.n}, x.q.options().dtype(at::kInt));
+  check_out("w158a8_matmul_int32", y, m, w.n, x.q.device(), {at::kInt});
+  if (m == 0) return y;
   if (x.q.is_cuda()) {
     const c10::cuda::CUDAGuard guard(x.q.device());
     cuda::w158a8_matmul_int32(x.q.data_ptr<int8_t>(), m,

@@ -32,11 +32,19 @@ PackedTernary pack_ternary(const at::Tensor& w, Granularity granularity, int64_t
 // From codes and scales already computed (e.g. QuantizedWeight of a BitLinear).
 PackedTernary pack_codes(const at::Tensor& codes, const at::Tensor& scales, Granularity granularity, int64_t group);
 at::Tensor unpack_codes(const PackedTernary& p);  // int8 [N, K]
-// y [M, N] in out_dtype (float32 or bfloat16).
+// y [M, N] = (x.q @ codes^T) * wscale / xscale (+ bias [N]) in out_dtype (float32 or bfloat16), on
+// the operands' device (CUDA: the kernels of cuda/w158a8.hpp on the current stream; CPU: the scalar
+// references). Throws c10::Error naming the operand and the value found when any operand is on
+// another device, has another dtype (codes int8, packed int32, scales float32), another shape
+// (codes [M, padded_k(K)], activation scales [M], packed [N, words_per_row(K)], weight scales [1],
+// [N] or [N, ceil(K / group)]), is not contiguous or (CUDA) not 16-byte aligned, when K differs, or
+// when a per-group weight has a group size that is not a positive multiple of 64.
 at::Tensor w158a8_matmul(const QuantizedTokens& x, const PackedTernary& w, const at::Tensor& bias,
                          at::ScalarType out_dtype);
-// Raw int32 accumulators [M, N] (tests).
-at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w);
+// The same into out (float32 or bfloat16, contiguous [M, N], same device); every element is written.
+void w158a8_matmul_out(const QuantizedTokens& x, const PackedTernary& w, const at::Tensor& bias, at::Tensor& out);
+// Raw int32 accumulators [M, N] = x.q @ codes^T (tests), into out when given (int32 [M, N]).
+at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w, at::Tensor out = {});
 
 cuda::ScaleKind scale_kind(Granularity g);
 

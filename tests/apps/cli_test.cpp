@@ -16,6 +16,14 @@ bitqat::testing::CommandResult run(const std::string& args) {
   return bitqat::testing::run_command(std::string(BITQAT_BINARY_DIR) + "/bitqat " + args);
 }
 
+// The last line of a command's output that is a JSON object (the log lines come before it; the
+// object may nest others, so the last '{' is not its start).
+nlohmann::json last_json_line(const std::string& out) {
+  const auto end = out.find_last_not_of('\n');
+  const auto start = out.rfind('\n', end);
+  return nlohmann::json::parse(out.substr(start == std::string::npos ? 0 : start + 1));
+}
+
 }  // namespace
 
 TEST(Cli, HelpVersionAndUnknownThings) {
@@ -32,14 +40,15 @@ TEST(Cli, HelpVersionAndUnknownThings) {
   r = run("train --bogus");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("bitqat train: error: unknown option or extra argument '--bogus'"), std::string::npos) << r.out;
-  for (const char* c : {"train", "eval", "generate", "quantize", "export"}) {
+  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export"}) {
     r = run(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find(std::string("Usage: bitqat ") + c), std::string::npos) << r.out;
   }
   // The top-level help lists every command once.
   r = run("--help");
-  for (const char* c : {"\n  train ", "\n  eval ", "\n  generate ", "\n  quantize ", "\n  export ", "\n  version "}) {
+  for (const char* c :
+       {"\n  train ", "\n  eval ", "\n  generate ", "\n  sample ", "\n  quantize ", "\n  export ", "\n  version "}) {
     const auto at = r.out.find(c);
     EXPECT_NE(at, std::string::npos) << c;
     EXPECT_EQ(r.out.find(c, at + 1), std::string::npos) << c << " listed twice";
@@ -119,6 +128,39 @@ TEST(Cli, TrainEvalGenerate) {
   r = run("export " + (dir / "cli").string() + " --format hf-bitnet --out " + (dir / "hf").string());
   EXPECT_EQ(r.code, 2);  // the quickstart's FFN is relu2, not BitNet's gated relu2_glu
   EXPECT_NE(r.out.find("model.ffn = relu2"), std::string::npos) << r.out;
+  r = run("export " + (dir / "cli").string() + " --format gguf --out " + (dir / "m.gguf").string());
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("model.ffn = relu2"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(dir / "m.gguf"));
+  fs::remove_all(dir);
+}
+
+// llama.cpp's graphs build a SiLU-gated FFN: a relu2_glu run is refused by the GGUF export (exit 2, the
+// error naming model.ffn and the option), and --gguf-force-relu2 writes it with a warning.
+TEST(Cli, GgufExportRefusesRelu2GluUnlessForced) {
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_gguf_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < 100; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  auto r = run("train configs/quickstart.yaml --set run.dir=" + dir.string() + " --set run.name=glu --set data.path=" +
+               (dir / "t.txt").string() +
+               " --set model.ffn=relu2_glu --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
+               " --set model.max_seq_len=16 --set model.dim=64 --set model.n_layers=1 --set model.ffn_dim=64"
+               " --set train.eval_every=0 --set checkpoint.every=4 --set optim.lr.warmup_steps=1 --set device.type=cpu");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto out = (dir / "m.gguf").string();
+  r = run("export " + (dir / "glu").string() + " --format gguf --gguf-type q2_0 --out " + out);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("model.ffn = relu2_glu: llama.cpp's bitnet and llama graphs compute a SiLU-gated FFN"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("--gguf-force-relu2"), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(out));
+  r = run("export " + (dir / "glu").string() + " --format gguf --gguf-type q2_0 --gguf-force-relu2 --out " + out);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("llama.cpp will not compute what was trained"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(out));
   fs::remove_all(dir);
 }
 
@@ -270,5 +312,86 @@ TEST(Cli, UserInputsGetAClearAnswer) {
   EXPECT_NE(r.out.find("twice.yaml:3: train.steps is given twice (first at line 2, again at line 3)"),
             std::string::npos)
       << r.out;
+  fs::remove_all(dir);
+}
+
+// Image generation end to end on tiny models: train a DiT and a classifier, sample a grid, eval with
+// the quality metric, ternarize data-free, export packed and sample from the export; and the bad
+// inputs of sample and eval (a class out of range, zero steps, a run that is not a DiT).
+TEST(Cli, DiffusionTransformerSampleEvalQuantizeExport) {
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_dit_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const std::string d = dir.string();
+  const std::string tiny =
+      " --set run.dir=" + d +
+      " --set model.dim=16 --set model.n_layers=1 --set model.n_heads=2 --set model.mlp_dim=32"
+      " --set model.patch_size=7 --set train.steps=3 --set train.batch_size=8 --set train.eval_every=3"
+      " --set train.eval_batches=2 --set checkpoint.every=3 --set optim.lr.warmup_steps=1 --set device.type=cpu";
+  auto r = run("train configs/fmnist_dit.yaml --set run.name=dit" + tiny);
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("samples/s"), std::string::npos) << r.out;
+  r = run("train configs/fashion_mnist_fp.yaml --set run.dir=" + d +
+          " --set run.name=clf --set train.steps=3 --set train.batch_size=16 --set train.eval_every=3"
+          " --set train.eval_batches=1 --set checkpoint.every=3 --set optim.lr.warmup_steps=1 --set device.type=cpu");
+  ASSERT_EQ(r.code, 0) << r.out;
+
+  r = run("sample " + d + "/dit --n 2 --steps 2 --out " + d + "/g.png");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("wrote " + d + "/g.png: 20 images (10 x 2 grid, 62 x 302 pixels)"), std::string::npos) << r.out;
+
+  r = run("eval " + d + "/dit --json --classifier " + d + "/clf --samples 20 --steps 2 --cfg 1.5 --solver euler");
+  ASSERT_EQ(r.code, 0) << r.out;
+  auto j = last_json_line(r.out);
+  EXPECT_TRUE(j["val_loss"].is_number());
+  EXPECT_GE(j["frechet_distance"].get<double>(), 0.0);
+  EXPECT_GE(j["classifier_accuracy"].get<double>(), 0.0);
+  EXPECT_LE(j["classifier_accuracy"].get<double>(), 1.0);
+  EXPECT_EQ(j["samples"], 20);
+  EXPECT_EQ(j["reference_images"], 10000);
+  EXPECT_EQ(j["sampler"]["solver"], "euler");
+  r = run("eval " + d + "/dit --json --samples 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_FALSE(last_json_line(r.out).contains("frechet_distance"));
+
+  r = run("quantize " + d + "/dit --out " + d + "/dq --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_EQ(last_json_line(r.out)["quantized_layers"], 5);
+  r = run("export " + d + "/dq --format packed --out " + d + "/dq-packed");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("5 quantized layers"), std::string::npos) << r.out;
+  r = run("sample " + d + "/dq-packed --class 3 --n 4 --steps 2 --out " + d + "/p.png");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("4 images (1 x 4 grid"), std::string::npos) << r.out;
+
+  // Bad inputs: one line, exit 2.
+  r = run("sample " + d + "/dit --class 10 --out " + d + "/x.png");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat sample: error: --class 10: the model has classes 0..9 (or all)"), std::string::npos)
+      << r.out;
+  r = run("sample " + d + "/dit --class shoes --out " + d + "/x.png");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("'shoes': expected a class index or all"), std::string::npos) << r.out;
+  r = run("sample " + d + "/dit --steps 0 --out " + d + "/x.png");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--steps: '0': expected an integer in [1, 1048576]"), std::string::npos) << r.out;
+  r = run("sample " + d + "/clf --out " + d + "/x.png");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat sample: error: " + d +
+                       "/clf: a model.kind cnn run; sample needs a diffusion transformer (model.kind dit)"),
+            std::string::npos)
+      << r.out;
+  EXPECT_FALSE(fs::exists(d + "/x.png"));
+  r = run("eval " + d + "/clf --samples 5");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("apply to diffusion transformer runs; " + d + "/clf is a model.kind cnn run"),
+            std::string::npos)
+      << r.out;
+  r = run("eval " + d + "/dit --classifier " + d + "/dit --samples 4");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--classifier " + d + "/dit: a dit run on data.kind fashion_mnist"), std::string::npos)
+      << r.out;
+  r = run("eval " + d + "/dit --classifier " + d + "/none");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--classifier " + d + "/none: no such run"), std::string::npos) << r.out;
   fs::remove_all(dir);
 }

@@ -87,6 +87,58 @@ TEST(Estimators, FiniteDifferencesMatchAtLambdaZero) {
   }
 }
 
+// At lambda = 0.5, for both estimators, in double: the chain rule through the fake quantizer is
+// the downstream loss's derivative at the fake-quantized point (central finite differences there)
+// times the straight-through factor, 1 (identity) or (1 - lambda) + lambda [inside the clip range]
+// (clipped), with the mask computed here from the quantizer's own scales.
+TEST(Estimators, FiniteDifferencesThroughTheStraightThroughFactorAtLambdaHalf) {
+  at::manual_seed(5);
+  const double lambda = 0.5, h = 1e-6;
+  const auto c = at::randn({3, 8}, at::kDouble);
+  auto downstream = [&](const at::Tensor& y) { return ((y * 1.7).sin() * c).sum(); };
+  for (const auto est : {Estimator::kIdentity, Estimator::kClipped}) {
+    for (const bool weights : {true, false}) {
+      auto x = (at::randn({3, 8}, at::kDouble) * 0.8).requires_grad_();
+      WeightQuantSpec ws;
+      ws.granularity = Granularity::kPerChannel;
+      ws.estimator = est;
+      ws.clip = 1.2;
+      ActQuantSpec as;
+      as.estimator = est;
+      as.clip = 0.6;
+      auto fq = [&](const at::Tensor& v) {
+        return weights ? fake_quantize_weight(v, ws, lambda) : fake_quantize_activation(v, as, lambda);
+      };
+      const auto y = fq(x);
+      const auto g = torch::autograd::grad({downstream(y)}, {x})[0];
+      // The straight-through factor, from the quantizers' scales.
+      at::Tensor factor = at::ones_like(x);
+      if (est == Estimator::kClipped) {
+        at::Tensor inside;
+        if (weights) {
+          const auto q = quantize_weight(x.detach(), ws);
+          inside = (x.detach().abs() / q.scales.reshape({-1, 1})).le(ws.clip);
+        } else {
+          const auto q = quantize_activation(x.detach(), as);
+          inside = (x.detach().abs() * q.scales / 127.0).le(as.clip);
+        }
+        ASSERT_TRUE(inside.any().item<bool>() && inside.logical_not().any().item<bool>()) << "both sides exercised";
+        factor = (1.0 - lambda) + lambda * inside.to(at::kDouble);
+      }
+      const auto yd = y.detach();
+      for (int64_t i = 0; i < yd.numel(); ++i) {
+        auto p = yd.clone();
+        auto m = yd.clone();
+        p.view(-1)[i] += h;
+        m.view(-1)[i] -= h;
+        const double fd = (downstream(p).item<double>() - downstream(m).item<double>()) / (2 * h);
+        EXPECT_NEAR(g.view(-1)[i].item<double>(), fd * factor.view(-1)[i].item<double>(), 1e-8)
+            << (weights ? "weights " : "activations ") << to_string(est) << " " << i;
+      }
+    }
+  }
+}
+
 TEST(Estimators, ClippedPerChannelWeightsAndBlendedActivations) {
   // Per channel gammas: row 0 (0.1 + 2.0) / 2 = 1.05, row 1 (3.0 + 0.5) / 2 = 1.75;
   // |w| / gamma = 0.095, 1.905, 1.714, 0.286.

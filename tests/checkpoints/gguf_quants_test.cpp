@@ -69,7 +69,7 @@ TEST_F(GgufQuantsTest, AnUnsupportedTypeIsRefusedByName) {
     const std::string m = e.what();
     EXPECT_NE(m.find("q3_k.gguf: not a valid GGUF file: tensor blk.0.attn_q.weight: ggml type Q3_K (11) is not "
                      "supported (bitqat reads F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, TQ1_0, "
-                     "TQ2_0)"),
+                     "TQ2_0, Q1_0, Q2_0)"),
               std::string::npos)
         << m;
   }

@@ -72,6 +72,8 @@ TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
   auto c = tiny_bitnet();
   c.ffn = "relu2";
   EXPECT_NE(error_of(make_lm(c)).find("model.ffn = relu2"), std::string::npos);
+  c.ffn = "swiglu";
+  EXPECT_EQ(error_of(make_lm(c)), "");
   c = tiny_bitnet();
   c.sub_norm = false;
   EXPECT_NE(error_of(make_lm(c)).find("model.sub_norm"), std::string::npos);
@@ -107,35 +109,43 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
 #ifndef BITQAT_PYTHON
   GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
 #else
-  at::manual_seed(7);
-  auto lm = make_lm(tiny_bitnet());
-  const auto tokens = at::randint(0, 96, {2, 20}, at::kLong);
-  at::Tensor logits;
-  {
-    at::NoGradGuard g;
-    logits = lm->forward(tokens);
+  // swiglu is hidden_act silu: transformers' BitNetMLP applies ACT2FN[hidden_act] to the gate.
+  for (const std::string ffn : {"relu2_glu", "swiglu"}) {
+    at::manual_seed(7);
+    auto c = tiny_bitnet();
+    c.ffn = ffn;
+    auto lm = make_lm(c);
+    const auto tokens = at::randint(0, 96, {2, 20}, at::kLong);
+    at::Tensor logits;
+    {
+      at::NoGradGuard g;
+      logits = lm->forward(tokens);
+    }
+    const auto dir = fs::temp_directory_path() / ("bitqat_hf_" + std::to_string(::getpid()));
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    interop::export_hf_bitnet(*lm, (dir / "hf").string());
+    EXPECT_THROW(interop::export_hf_bitnet(*lm, (dir / "hf").string()), core::UserError);
+    const auto st = checkpoints::load_safetensors((dir / "hf/model.safetensors").string()).by_name();
+    EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").scalar_type(), at::kByte);
+    EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").sizes(), (std::vector<int64_t>{16, 64}));
+    EXPECT_EQ(st.count("lm_head.weight"), 0u);  // tied
+    const auto config = nlohmann::json::parse(core::read_file((dir / "hf/config.json").string()));
+    EXPECT_EQ(config["hidden_act"], ffn == "swiglu" ? "silu" : "relu2");
+    checkpoints::save_safetensors((dir / "want.safetensors").string(), {{"tokens", tokens}, {"logits", logits}});
+    // float32: the same integer products; differences come from float summation order and, rarely,
+    // an activation code that rounds the other way (bitqat rounds half away from zero, torch.round
+    // half to even); measured 1e-6, bound 1e-3. bfloat16: transformers then runs every activation in
+    // bf16 (8-bit mantissa) and activation codes move; measured 4.9% of the largest |logit|, bound 10%.
+    const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR +
+                            "/tests/interop/hf_bitnet_check.py " + (dir / "hf").string() + " " +
+                            (dir / "want.safetensors").string() + " 1e-3 0.1";
+    const auto [rc, out] = bitqat::testing::run_command(cmd);
+    std::printf("%s", out.c_str());
+    EXPECT_EQ(rc, 0) << out;
+    EXPECT_NE(out.find("OK"), std::string::npos) << out;
+    fs::remove_all(dir);
   }
-  const auto dir = fs::temp_directory_path() / ("bitqat_hf_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  interop::export_hf_bitnet(*lm, (dir / "hf").string());
-  EXPECT_THROW(interop::export_hf_bitnet(*lm, (dir / "hf").string()), core::UserError);
-  const auto st = checkpoints::load_safetensors((dir / "hf/model.safetensors").string()).by_name();
-  EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").scalar_type(), at::kByte);
-  EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").sizes(), (std::vector<int64_t>{16, 64}));
-  EXPECT_EQ(st.count("lm_head.weight"), 0u);  // tied
-  checkpoints::save_safetensors((dir / "want.safetensors").string(), {{"tokens", tokens}, {"logits", logits}});
-  // float32: the same integer products; differences come from float summation order and, rarely,
-  // an activation code that rounds the other way (bitqat rounds half away from zero, torch.round
-  // half to even); measured 1e-6, bound 1e-3. bfloat16: transformers then runs every activation in
-  // bf16 (8-bit mantissa) and activation codes move; measured 4.9% of the largest |logit|, bound 10%.
-  const std::string cmd = std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR + "/tests/interop/hf_bitnet_check.py " +
-                          (dir / "hf").string() + " " + (dir / "want.safetensors").string() + " 1e-3 0.1";
-  const auto [rc, out] = bitqat::testing::run_command(cmd);
-  std::printf("%s", out.c_str());
-  EXPECT_EQ(rc, 0) << out;
-  EXPECT_NE(out.find("OK"), std::string::npos) << out;
-  fs::remove_all(dir);
 #endif
 }
 

@@ -91,6 +91,27 @@ TEST(Rope, RotatesPairsOfHalvesByPositionTimesFrequency) {
   EXPECT_NEAR(y[3].item<float>(), 4 * std::cos(b) + 2 * std::sin(b), 1e-5);
 }
 
+TEST(Rope, FusedProjectionLayoutPassMatchesApplyRopeBitForBit) {
+  // rope_bthd does apply_rope's float operations in the same order, and the project builds as ISO
+  // C++17 (CMAKE_CXX_EXTENSIONS OFF) where GCC does not contract a*b+c, so both agree exactly.
+  at::manual_seed(11);
+  const int64_t B = 2, T = 5, H = 3, D = 8;
+  const auto [cos, sin] = rope_tables(7, T, D, 10000.0, at::Device(at::kCPU));
+  const auto x = at::randn({B, T, H, D}).requires_grad_(true);
+  const auto x2 = x.detach().clone().requires_grad_(true);
+  const auto fused = rope_bthd(x, cos, sin);
+  const auto ref = apply_rope(x2.transpose(1, 2), cos, sin).transpose(1, 2);
+  EXPECT_TRUE(at::equal(fused, ref));
+  const auto g = at::randn({B, T, H, D});
+  fused.backward(g);
+  ref.backward(g);
+  EXPECT_TRUE(at::equal(x.grad(), x2.grad()));
+  // The backward is the transpose of the rotation: <R x, g> = <x, R^T g> in double.
+  const double lhs = (fused.detach().to(at::kDouble) * g.to(at::kDouble)).sum().item<double>();
+  const double rhs = (x.detach().to(at::kDouble) * x.grad().to(at::kDouble)).sum().item<double>();
+  EXPECT_NEAR(lhs, rhs, 1e-4 * (std::abs(lhs) + 1));
+}
+
 TEST(BitLM, KVCacheMatchesFullRecompute) {
   at::manual_seed(4);
   BitLM lm(tiny(2), QuantSpec{}, S{"*"}, S{});

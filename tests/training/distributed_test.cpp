@@ -312,6 +312,38 @@ TEST_F(DataParallelRun, TwoRanksFollowTheOneRankLossCurve) {
   EXPECT_EQ(bitqat::testing::slurp(log("two", 1)).find("global batch"), std::string::npos);
 }
 
+// The diffusion transformer's flow-matching loss draws each sample's noise, time and label dropout
+// from its global id, so the data-parallel run follows the 1-rank curve as the LM does (a tiny
+// ternary DiT of configs/fmnist_dit_ternary.yaml's shape, global batch 8, on Fashion-MNIST).
+TEST_F(DataParallelRun, DiffusionTransformerTwoRanksFollowTheOneRankLossCurve) {
+  auto dit = [&](const std::string& name, int batch) {
+    std::vector<std::string> a{std::string(BITQAT_BINARY_DIR) + "/bitqat", "train",
+                               std::string(BITQAT_SOURCE_DIR) + "/configs/fmnist_dit_ternary.yaml"};
+    for (const std::string& s :
+         {"run.dir=" + dir_.string(), "run.name=" + name, std::string("train.steps=5"),
+          "train.batch_size=" + std::to_string(batch), std::string("model.dim=16"), std::string("model.n_layers=1"),
+          std::string("model.n_heads=2"), std::string("model.mlp_dim=32"), std::string("model.patch_size=7"),
+          std::string("train.log_every=1"), std::string("train.eval_every=0"), std::string("checkpoint.every=5"),
+          std::string("optim.lr.warmup_steps=2"), std::string("device.type=cpu"), std::string("device.threads=1"),
+          std::string("dist.timeout_s=20")}) {
+      a.push_back("--set");
+      a.push_back(s);
+    }
+    return a;
+  };
+  auto one = start(dit("dit1", 8), 1, "dit1");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("dit1", 0));
+  auto two = start(dit("dit2", 4), 2, "dit2");
+  for (int r = 0; r < 2; ++r)
+    ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log("dit2", r));
+  const auto a = losses("dit1");
+  const auto b = losses("dit2");
+  ASSERT_EQ(a.size(), 5u);
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
+  EXPECT_LT(a.back(), a.front());  // it learns
+}
+
 // launch/torchrun.sh: torchrun --standalone starts the binary itself (--no-python) and every rank
 // joins the agent's store; the curve is the one of a 1-rank run with the same global batch.
 TEST_F(DataParallelRun, UnderTorchrun) {

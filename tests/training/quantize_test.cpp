@@ -101,3 +101,24 @@ TEST_F(QuantizeTest, ProgressiveFineTuneBeatsDataFreeTernarization) {
   EXPECT_GT(dq.eval.loss, *fp.last_val_loss);
   EXPECT_LT(*ft.last_val_loss, dq.eval.loss - 0.05);
 }
+
+// A DiT run: every block linear becomes ternary (or binary with --set), the embedders and the final
+// layer stay full precision, and the reported loss is the held-out flow-matching loss eval measures.
+TEST_F(QuantizeTest, DiffusionTransformerRun) {
+  bitqat::training::train(Config::load_string(bitqat::testing::tiny_dit_yaml(runs(), "dit", 3), "dit.yaml"));
+  const auto r = bitqat::training::quantize_run(runs() + "/dit", runs() + "/dit_q", {}, kCPU);
+  EXPECT_EQ(r.quantized_layers, (std::vector<std::string>{"blocks.0.adaln", "blocks.0.qkv", "blocks.0.proj",
+                                                          "blocks.0.fc1", "blocks.0.fc2"}));
+  EXPECT_TRUE(std::isfinite(r.eval.loss));
+  auto run = bitqat::training::load_run(runs() + "/dit_q", kCPU);
+  const auto ev = run.task->evaluate(bitqat::training::open_validation_data(run, {})->val_batches(
+                                         run.cfg.train.batch_size, run.cfg.train.eval_batches),
+                                     kCPU);
+  EXPECT_EQ(ev.loss, r.eval.loss);
+  const auto b = bitqat::training::quantize_run(runs() + "/dit", runs() + "/dit_b",
+                                                {"quant.weight.type=binary", "quant.weight.granularity=per_channel"}, kCPU);
+  EXPECT_EQ(b.quantized_layers.size(), 5u);
+  EXPECT_NE(b.eval.loss, r.eval.loss);
+  EXPECT_EQ(Config::load_file(runs() + "/dit_b/config.resolved.yaml").quant.spec.weight.type,
+            bitqat::bitlinear::WeightQuant::kBinary);
+}

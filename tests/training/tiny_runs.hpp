@@ -1,5 +1,6 @@
-// Shared by the init_from and quantize tests: a learnable text file and tiny byte-level LM configs
-// (a full-precision source and a ternary fine-tune of it) that train in a second or two.
+// Shared by the init_from, quantize and image-generation tests: a learnable text file, tiny byte-level
+// LM configs (a full-precision source and a ternary fine-tune of it) and a tiny Fashion-MNIST DiT that
+// train in a second or two.
 #pragma once
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -55,6 +56,26 @@ checkpoint: {{every: 0, keep_last: 1}}
 device: {{type: cpu, threads: 1}}
 )",
                      runs, init_from.empty() ? "# no init_from" : "init_from: " + init_from, ramp, ramp, text, steps);
+}
+
+// A tiny class-conditional DiT on Fashion-MNIST (Debian's dataset-fashion-mnist): 16 tokens of 7 x 7
+// patches, one block of width 16. `quant` is the quant section's weight and activation lines.
+inline std::string tiny_dit_yaml(const std::string& runs, const std::string& name, int steps,
+                                 const std::string& quant = "weight: {type: none}\n  activation: {type: none}") {
+  return fmt::format(R"(
+run: {{name: {}, dir: {}, seed: 5}}
+model: {{kind: dit, patch_size: 7, dim: 16, n_layers: 1, n_heads: 2, mlp_dim: 32, freq_dim: 16}}
+quant:
+  {}
+  include: ["blocks.*"]
+data: {{kind: fashion_mnist}}
+optim:
+  lr: {{kind: constant, value: 0.003}}
+train: {{steps: {}, batch_size: 8, log_every: 1, eval_every: 0, eval_batches: 2}}
+checkpoint: {{every: 0, keep_last: 1}}
+device: {{type: cpu, threads: 1}}
+)",
+                     name, runs, quant, steps);
 }
 
 // A temporary directory per test holding text.txt: a repeated verse-like pattern with variation.

@@ -217,6 +217,56 @@ TEST_F(TrainerTest, NonFiniteStepsAreSkippedThenStop) {
   EXPECT_NE(msg.find("3 consecutive steps"), std::string::npos) << msg;
 }
 
+TEST_F(TrainerTest, StepsSettledAtLogStepsGiveTheSameRunAndCatchGradientOnlyFaults) {
+  // Flags stay on the device between log steps (log_every 5) and no norm is computed when
+  // grad_clip is 0 and the step is not logged. The run must equal the one settled every step.
+  const std::vector<std::string> common = {"checkpoint.every=0", "train.eval_every=0", "optim.grad_clip=0"};
+  auto with = [&](std::vector<std::string> extra) {
+    extra.insert(extra.end(), common.begin(), common.end());
+    return extra;
+  };
+  // A NaN in the gradients only: sqrt'(0) = inf times d(loss - loss) = 0 gives NaN, while the
+  // loss itself stays finite. Injected at step 3 (0-based 2).
+  TrainOptions o;
+  o.loss_hook = [](int64_t step, int, at::Tensor& loss) {
+    if (step == 2) loss = loss + 0.0 * at::sqrt(loss - loss);
+  };
+  const auto every = bitqat::training::train(config(10, with({"run.name=every", "train.log_every=1"})), o);
+  const auto every_m = metrics("every");
+  const auto deferred = bitqat::training::train(config(10, with({"run.name=deferred", "train.log_every=5"})), o);
+  const auto deferred_m = metrics("deferred");
+  EXPECT_EQ(every.skipped_steps, 1);
+  EXPECT_EQ(deferred.skipped_steps, 1);
+  EXPECT_EQ(every.last_loss, deferred.last_loss);  // the same updates, bit for bit
+  std::vector<int64_t> skipped;
+  for (const auto& rec : deferred_m) {
+    if (rec.value("skipped", false)) skipped.push_back(rec["step"].get<int64_t>());
+  }
+  EXPECT_EQ(skipped, std::vector<int64_t>{3});
+  std::vector<int64_t> logged;
+  for (const auto& rec : deferred_m) {
+    if (rec.contains("grad_norm")) logged.push_back(rec["step"].get<int64_t>());
+  }
+  EXPECT_EQ(logged, (std::vector<int64_t>{5, 10}));
+  for (const auto& rec : deferred_m) {
+    if (rec.contains("grad_norm")) {
+      EXPECT_TRUE(std::isfinite(rec["grad_norm"].get<double>())) << rec.dump();
+    }
+  }
+
+  // The streak limit still stops the run, naming the steps, at the next settling point.
+  TrainOptions always;
+  always.loss_hook = [](int64_t step, int, at::Tensor& loss) {
+    if (step >= 1) loss = loss * std::numeric_limits<double>::infinity();
+  };
+  const auto msg = error_of([&] {
+    bitqat::training::train(config(20, with({"run.name=bad", "train.log_every=5", "train.max_bad_steps=3"})), always);
+  });
+  EXPECT_NE(msg.find("training stopped at step 5: 3 consecutive steps with a non-finite loss or gradient (steps 2 to 4"),
+            std::string::npos)
+      << msg;
+}
+
 TEST_F(TrainerTest, ConfigErrorsNameFileLineAndKey) {
   const auto text = tiny_lm_yaml((dir_ / "runs").string(), text_, 10);
   auto err = [&](const std::vector<std::string>& sets) {

@@ -37,11 +37,40 @@ TEST(BitLinear, ToPackedKeepsTheFullyQuantizedForwardWithoutLatentWeights) {
   EXPECT_TRUE(got.equal(want));
 }
 
+// Binary codes {-1, +1} (sign of W - mean(W), scale mean|W| per channel) fit the ternary 2-bit layout:
+// the packed layer computes what the binary layer computes at lambda 1.
+TEST(PackLayer, BinaryWeightsUseTheTernaryLayout) {
+  at::manual_seed(22);
+  BitLinearOptions o(128, 16);
+  o.bias = true;
+  o.quant.weight.type = WeightQuant::kBinary;
+  o.quant.weight.granularity = Granularity::kPerChannel;
+  BitLinear l(o);
+  const auto x = at::randn({4, 128});
+  const auto q = l->quantized_weight();
+  at::Tensor want;
+  {
+    at::NoGradGuard g;
+    want = l->forward(x);
+  }
+  pack_layer(*l);
+  const auto* p = packed_of(*l);
+  ASSERT_NE(p, nullptr);
+  PackedTernary pt;
+  pt.packed = p->packed;
+  pt.scales = p->scales;
+  pt.kind = p->kind;
+  pt.n = 16;
+  pt.k = 128;
+  pt.group = 128;
+  const auto codes = unpack_codes(pt);
+  EXPECT_TRUE(codes.equal(q.codes));  // every code is -1 or +1, stored exactly
+  EXPECT_EQ(codes.abs().min().item<int>(), 1);
+  EXPECT_TRUE(l->forward(x).equal(want));  // same integer products and epilogue order
+}
+
 TEST(PackLayer, RefusesQuantizationsWithoutAPackedForm) {
   BitLinearOptions o(64, 8);
-  o.quant.weight.type = WeightQuant::kBinary;
-  EXPECT_THROW(pack_layer(*BitLinear(o)), std::invalid_argument);
-  o = BitLinearOptions(64, 8);
   o.quant.act.bits = 4;
   EXPECT_THROW(pack_layer(*BitLinear(o)), std::invalid_argument);
   o = BitLinearOptions(64, 8);
@@ -61,12 +90,12 @@ TEST(PackForInference, PacksQuantizedLayersKeepsFullPrecisionOnesAndNamesBadOnes
   EXPECT_TRUE(root->named_modules()["a"]->as<BitLinearImpl>()->has_latent_weights() == false);
   EXPECT_FALSE(root->named_modules()["b"]->as<BitLinearImpl>()->has_latent_weights() == false);
   EXPECT_TRUE(pack_for_inference(*root).empty());  // idempotent
-  bad.quant.weight.type = WeightQuant::kBinary;
+  bad.quant.act.bits = 4;
   root->register_module("c", BitLinear(bad));
   try {
     pack_for_inference(*root);
-    FAIL() << "a binary layer was packed";
+    FAIL() << "a layer with 4-bit activations was packed";
   } catch (const std::invalid_argument& e) {
-    EXPECT_EQ(std::string(e.what()).rfind("c: pack_layer: weights are binary", 0), 0u) << e.what();
+    EXPECT_EQ(std::string(e.what()).rfind("c: pack_layer: activations are per_token with 4 bits", 0), 0u) << e.what();
   }
 }

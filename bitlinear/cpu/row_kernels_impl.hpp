@@ -1,0 +1,289 @@
+// The body of the CPU row kernels (row_kernels.hpp), included by one .cpp per instruction set with
+// BITQAT_ROWK_NS naming its namespace. Plain loops written for the compiler's vectorizer: lane
+// arrays for the maxima and the canonical sums (each lane an independent left-to-right sum, so the
+// vector code equals the scalar definition), and a branch-free exact round-half-away through integer
+// truncation. Nothing here has external linkage beyond the kernel table, and no standard-library
+// template is instantiated (std::min, std::fill, std::vector): an AVX-512 copy of a shared inline
+// function or template could otherwise be picked by the linker for baseline callers. The arithmetic is the
+// one of cuda/quant_codes.hpp, restated here for that reason; tests compare every variant with it.
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+#include "bitlinear/cpu/row_kernels.hpp"
+
+namespace bitqat::bitlinear::cpu::BITQAT_ROWK_NS {
+namespace {
+
+constexpr int kLanes = 256;  // cuda/quant_codes.hpp kReduceLanes
+constexpr int kMaxLanes = 16;
+
+int64_t pow2_at_least(int64_t n) {
+  int64_t p = 1;
+  while (p < n && p < kLanes) p *= 2;
+  return p;
+}
+
+// The canonical sum (cuda/quant_codes.hpp): lane l sums terms l, l + 256, ... left to right, then the
+// halving tree. Lanes past the last term hold 0, and adding 0 changes nothing, so the tree may start
+// at the smallest power of two covering min(n, 256) lanes.
+template <class Term>
+double canonical_sum(int64_t n, Term term) {
+  alignas(64) double lane[kLanes];
+  const int64_t p = pow2_at_least(n);
+  for (int64_t l = 0; l < p; ++l) lane[l] = 0.0;
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int l = 0; l < kLanes; ++l) lane[l] += term(i + l);
+  }
+  for (int64_t l = 0; i + l < n; ++l) lane[l] += term(i + l);
+  for (int64_t o = p / 2; o > 0; o /= 2) {
+    for (int64_t l = 0; l < o; ++l) lane[l] += lane[l + o];
+  }
+  return lane[0];
+}
+
+// Exact round half away from zero for |v| < 2^22: t = trunc(v) and v - t are exact.
+inline float round_half_away(float v) {
+  const float t = static_cast<float>(static_cast<int32_t>(v));
+  const float f = v - t;
+  return t + (f >= 0.5f ? 1.0f : 0.0f) - (f <= -0.5f ? 1.0f : 0.0f);
+}
+
+// max |x| over a row (exact in any order) and whether every value was finite.
+float row_absmax(const float* x, int64_t k, bool* finite) {
+  float m[kMaxLanes] = {};
+  int bad[kMaxLanes] = {};
+  int64_t i = 0;
+  for (; i + kMaxLanes <= k; i += kMaxLanes) {
+    for (int l = 0; l < kMaxLanes; ++l) {
+      const float a = std::fabs(x[i + l]);
+      bad[l] |= !(a <= std::numeric_limits<float>::max());
+      m[l] = a > m[l] ? a : m[l];
+    }
+  }
+  for (int l = 0; i + l < k; ++l) {
+    const float a = std::fabs(x[i + l]);
+    bad[l] |= !(a <= std::numeric_limits<float>::max());
+    m[l] = a > m[l] ? a : m[l];
+  }
+  float amax = 0.0f;
+  int any_bad = 0;
+  for (int l = 0; l < kMaxLanes; ++l) {
+    amax = m[l] > amax ? m[l] : amax;
+    any_bad |= bad[l];
+  }
+  *finite = any_bad == 0;
+  return amax;
+}
+
+// s = qmax / max(amax, eps), NaN for a non-finite row (cuda/quant_codes.hpp act_scale).
+float act_scale(float amax, float eps, int qmax, bool finite) {
+  if (!finite) return std::numeric_limits<float>::quiet_NaN();
+  return static_cast<float>(qmax) / (amax > eps ? amax : eps);
+}
+
+float rms_inverse(const float* x, int64_t k, double eps) {
+  const double ss = canonical_sum(k, [&](int64_t j) { return static_cast<double>(x[j]) * static_cast<double>(x[j]); });
+  return static_cast<float>(1.0 / std::sqrt(ss / static_cast<double>(k) + eps));
+}
+
+void rms_norm(const float* x, int64_t k, const float* w, double eps, float* y, float* r, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const float* xr = x + row * k;
+    float* yr = y + row * k;
+    const float ri = rms_inverse(xr, k, eps);
+    if (w) {
+      for (int64_t j = 0; j < k; ++j) yr[j] = (xr[j] * ri) * w[j];
+    } else {
+      for (int64_t j = 0; j < k; ++j) yr[j] = xr[j] * ri;
+    }
+    if (r) r[row] = ri;
+  }
+}
+
+void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, float* dx,
+                       float* dw_partial, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const float* gr = g + row * k;
+    const float* xr = x + row * k;
+    float* dxr = dx + row * k;
+    const float ri = r[row];
+    // c = mean over the row of (g w)(x r), in double for accuracy (gradients need no canonical order).
+    double c = 0.0;
+    for (int64_t j = 0; j < k; ++j) {
+      const float gw = w ? gr[j] * w[j] : gr[j];
+      c += static_cast<double>(gw) * static_cast<double>(xr[j] * ri);
+    }
+    const float cf = static_cast<float>(c / static_cast<double>(k));
+    for (int64_t j = 0; j < k; ++j) {
+      const float xhat = xr[j] * ri;
+      const float gw = w ? gr[j] * w[j] : gr[j];
+      dxr[j] = ri * (gw - xhat * cf);
+      if (dw_partial) dw_partial[j] += gr[j] * xhat;
+    }
+  }
+}
+
+void act_codes_row(const float* h, int64_t k, int64_t ldq, float s, int qmax, int8_t* q, float* qf) {
+  const float hi = static_cast<float>(qmax), lo = static_cast<float>(-qmax - 1);
+  if (!(s == s)) {  // a non-finite row: codes 0
+    if (q) std::memset(q, 0, static_cast<size_t>(ldq));
+    if (qf) {
+      for (int64_t j = 0; j < ldq; ++j) qf[j] = 0.0f;
+    }
+    return;
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    const float v = round_half_away(h[j] * s);
+    const float c = v > hi ? hi : (v < lo ? lo : v);
+    if (q) q[j] = static_cast<int8_t>(c);
+    if (qf) qf[j] = c;
+  }
+  for (int64_t j = k; j < ldq; ++j) {
+    if (q) q[j] = 0;
+    if (qf) qf[j] = 0.0f;
+  }
+}
+
+void act_quant_rows(const float* x, int64_t k, int64_t ldq, float eps, int qmax, const float* norm_w, double norm_eps,
+                    int8_t* q, float* qf, float* s, int64_t begin, int64_t end) {
+  float* h = norm_w ? static_cast<float*>(std::malloc(static_cast<size_t>(k) * sizeof(float))) : nullptr;
+  for (int64_t row = begin; row < end; ++row) {
+    const float* xr = x + row * k;
+    if (norm_w) {
+      rms_norm(xr, k, norm_w, norm_eps, h, nullptr, 0, 1);
+      xr = h;
+    }
+    bool finite = true;
+    const float amax = row_absmax(xr, k, &finite);
+    const float si = act_scale(amax, eps, qmax, finite);
+    act_codes_row(xr, k, ldq, si, qmax, q ? q + row * ldq : nullptr, qf ? qf + row * ldq : nullptr);
+    s[row] = si;
+  }
+  std::free(h);
+}
+
+void act_fake_quant_rows(const float* x, int64_t k, float eps, int qmax, float lambda, float* out, float* s,
+                         int64_t begin, int64_t end) {
+  const float hi = static_cast<float>(qmax), lo = static_cast<float>(-qmax - 1);
+  for (int64_t row = begin; row < end; ++row) {
+    const float* xr = x + row * k;
+    float* o = out + row * k;
+    bool finite = true;
+    const float si = act_scale(row_absmax(xr, k, &finite), eps, qmax, finite);
+    s[row] = si;
+    if (!(si == si)) {  // codes 0, scale NaN: code / s is NaN, and so is every blend with it
+      for (int64_t j = 0; j < k; ++j) o[j] = lambda == 0.0f ? xr[j] : std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const float v = round_half_away(xr[j] * si);
+      const float d = (v > hi ? hi : (v < lo ? lo : v)) / si;
+      o[j] = lambda == 1.0f ? d : (lambda == 0.0f ? xr[j] : xr[j] + lambda * (d - xr[j]));
+    }
+  }
+}
+
+void act_ste_backward(const float* g, const float* x, const float* s, int64_t k, int qmax, float clip, float lambda,
+                      float* dx, int64_t begin, int64_t end) {
+  const float keep = 1.0f - lambda;
+  const float q = static_cast<float>(qmax);
+  for (int64_t row = begin; row < end; ++row) {
+    const float* gr = g + row * k;
+    const float* xr = x + row * k;
+    float* d = dx + row * k;
+    const float si = s[row];
+    if (clip < 0.0f) {
+      std::memcpy(d, gr, static_cast<size_t>(k) * sizeof(float));
+      continue;
+    }
+    for (int64_t j = 0; j < k; ++j) {
+      const float inside = (std::fabs(xr[j]) * si / q <= clip) ? 1.0f : 0.0f;
+      d[j] = gr[j] * (keep + lambda * inside);
+    }
+  }
+}
+
+void abs_sums(const float* w, int64_t cols, int64_t group, double* out, int64_t begin, int64_t end) {
+  const int64_t groups = (cols + group - 1) / group;
+  for (int64_t row = begin; row < end; ++row) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* p = w + row * cols + g * group;
+      const int64_t n = cols - g * group < group ? cols - g * group : group;
+      out[row * groups + g] = canonical_sum(n, [&](int64_t j) { return static_cast<double>(std::fabs(p[j])); });
+    }
+  }
+}
+
+void ternary_rows(const float* w, int64_t cols, int64_t group, int64_t stride, const float* gamma, float eps,
+                  int8_t* codes, float* codes_f, float lambda, float* out, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const float* wr = w + row * cols;
+    for (int64_t c0 = 0; c0 < cols; c0 += group) {
+      const int64_t n = cols - c0 < group ? cols - c0 : group;
+      const float gm = gamma[row * stride + (stride > 0 ? c0 / group : 0)];
+      const float denom = gm + eps;
+      for (int64_t j = c0; j < c0 + n; ++j) {
+        const float v = wr[j] / denom;
+        // Clamp before rounding (round(clamp(v, -2, 2)) clamped to [-1, 1] equals clamp(round(v), -1, 1)),
+        // and a NaN weight gives code 0 (cuda/quant_codes.hpp ternary_code).
+        const float vc = v == v ? (v > 2.0f ? 2.0f : (v < -2.0f ? -2.0f : v)) : 0.0f;
+        const float r = round_half_away(vc);
+        const float c = r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);
+        if (codes) codes[row * cols + j] = static_cast<int8_t>(c);
+        if (codes_f) codes_f[row * cols + j] = c;
+        if (out) {
+          const float d = c * gm;
+          out[row * cols + j] = lambda == 1.0f ? d : (lambda == 0.0f ? wr[j] : wr[j] + lambda * (d - wr[j]));
+        }
+      }
+    }
+  }
+}
+
+void linear_epilogue(const float* const* acc, int64_t groups, int64_t n, const float* gamma, int64_t gstride,
+                     const float* s, const float* bias, float* y, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    float* yr = y + row * n;
+    for (int64_t c = 0; c < n; ++c) yr[c] = 0.0f;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float* a = acc[g] + row * n;
+      for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + a[c] * gamma[c * gstride + g];
+    }
+    const float si = s[row];
+    for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] / si;
+    if (bias) {
+      for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + bias[c];
+    }
+  }
+}
+
+void dequant_rows(const float* codes, int64_t k, const float* s, float* out, int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    const float si = s[row];
+    for (int64_t j = 0; j < k; ++j) out[row * k + j] = codes[row * k + j] / si;
+  }
+}
+
+void scale_codes(const float* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
+                 int64_t begin, int64_t end) {
+  for (int64_t row = begin; row < end; ++row) {
+    for (int64_t c0 = 0; c0 < cols; c0 += group) {
+      const int64_t n = cols - c0 < group ? cols - c0 : group;
+      const float gm = gamma[row * stride + (stride > 0 ? c0 / group : 0)];
+      for (int64_t j = c0; j < c0 + n; ++j) out[row * cols + j] = codes[row * cols + j] * gm;
+    }
+  }
+}
+
+}  // namespace
+
+extern const RowKernels kKernels;
+const RowKernels kKernels = {BITQAT_ROWK_NAME,    rms_norm,         rms_norm_backward, act_quant_rows,
+                             act_fake_quant_rows, act_ste_backward, abs_sums,          ternary_rows,
+                             linear_epilogue,     dequant_rows,     scale_codes};
+
+}  // namespace bitqat::bitlinear::cpu::BITQAT_ROWK_NS

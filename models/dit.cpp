@@ -1,0 +1,218 @@
+#include "models/dit.hpp"
+
+#include <ATen/core/grad_mode.h>
+#include <fmt/format.h>
+#include <torch/nn/init.h>
+
+#include <cmath>
+
+#include "bitlinear/convert.hpp"
+#include "core/error.hpp"
+
+namespace bitqat::models {
+namespace {
+
+bitlinear::QuantSpec full_precision() {
+  bitlinear::QuantSpec s;
+  s.weight.type = bitlinear::WeightQuant::kNone;
+  s.act.type = bitlinear::ActQuant::kNone;
+  return s;
+}
+
+// A block linear: the config's spec when selected (per_kernel, meant for the patch embedding, becomes
+// per_channel as in BitCNN), full precision otherwise.
+bitlinear::BitLinear make_linear(const std::string& name, int64_t in, int64_t out, bool sub_norm,
+                                 const DiTConfig& c, const bitlinear::QuantSpec& spec,
+                                 const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
+  bitlinear::BitLinearOptions o(in, out);
+  o.bias = true;
+  o.sub_norm = sub_norm;
+  o.norm_eps = c.norm_eps;
+  o.quant = bitlinear::name_selected(name, include, exclude) ? spec : full_precision();
+  if (o.quant.weight.granularity == bitlinear::Granularity::kPerKernel) {
+    o.quant.weight.granularity = bitlinear::Granularity::kPerChannel;
+  }
+  return bitlinear::BitLinear(o);
+}
+
+// The patch embedding's quantization: per-kernel weight scales (XNOR-Net style, one per p x p
+// kernel) and per-tensor activations (a patch of a one-channel image has one value per position,
+// so per-position scales would quantize nothing).
+bitlinear::QuantSpec patch_spec(const DiTConfig& c, const bitlinear::QuantSpec& spec,
+                                const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
+  if (!c.quantize_patch_embed || !bitlinear::name_selected("patch_embed", include, exclude)) return full_precision();
+  auto s = spec;
+  s.weight.granularity = bitlinear::Granularity::kPerKernel;
+  if (s.act.type != bitlinear::ActQuant::kNone) s.act.type = bitlinear::ActQuant::kPerTensor;
+  return s;
+}
+
+at::Tensor modulate(const at::Tensor& x, const at::Tensor& shift, const at::Tensor& scale) {
+  return x * (1 + scale) + shift;
+}
+
+at::Tensor layer_norm(const at::Tensor& x, double eps) { return at::layer_norm(x, {x.size(-1)}, {}, {}, eps); }
+
+void xavier_zero_bias(bitlinear::BitLinear& l) {
+  torch::nn::init::xavier_uniform_(l->weight);
+  torch::nn::init::zeros_(l->bias);
+}
+
+}  // namespace
+
+DiTConfig DiTConfig::from_yaml(const core::Node& n) {
+  DiTConfig c;
+  n.allow_only({"kind", "channels", "height", "width", "patch_size", "dim", "n_layers", "n_heads", "mlp_dim",
+                "num_classes", "pos_embed", "freq_dim", "sub_norm", "quantize_patch_embed", "norm_eps", "init_std",
+                "class_dropout"});
+  c.channels = n.get_in<int64_t>("channels", c.channels, 1, 4096);
+  c.height = n.get_in<int64_t>("height", c.height, 1, 1 << 16);
+  c.width = n.get_in<int64_t>("width", c.width, 1, 1 << 16);
+  c.patch_size = n.get_in<int64_t>("patch_size", c.patch_size, 1, 1 << 16);
+  c.dim = n.get_in<int64_t>("dim", c.dim, 4, 1 << 16);
+  c.n_layers = n.get_in<int64_t>("n_layers", c.n_layers, 1, 1024);
+  c.n_heads = n.get_in<int64_t>("n_heads", c.n_heads, 1, 1024);
+  c.mlp_dim = n.get_in<int64_t>("mlp_dim", 4 * c.dim, 1, 1 << 20);
+  c.num_classes = n.get_in<int64_t>("num_classes", c.num_classes, 1, 1 << 20);
+  c.pos_embed = n.get_choice("pos_embed", c.pos_embed, {"sinusoidal", "learned"});
+  c.freq_dim = n.get_in<int64_t>("freq_dim", c.freq_dim, 2, 1 << 16);
+  c.sub_norm = n.get<bool>("sub_norm", c.sub_norm);
+  c.quantize_patch_embed = n.get<bool>("quantize_patch_embed", c.quantize_patch_embed);
+  c.norm_eps = n.get_in<double>("norm_eps", c.norm_eps, 1e-12, 1e-1);
+  c.init_std = n.get_in<double>("init_std", c.init_std, 1e-6, 1.0);
+  c.class_dropout = n.get_in<double>("class_dropout", c.class_dropout, 0.0, 1.0);
+  if (c.class_dropout >= 1.0) n.fail("class_dropout", "a fraction in [0, 1) (1 would never train the labels)");
+  if (c.height % c.patch_size != 0 || c.width % c.patch_size != 0) {
+    n.fail("patch_size", fmt::format("a divisor of model.height = {} and model.width = {}", c.height, c.width));
+  }
+  if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
+  if (c.pos_embed == "sinusoidal" && c.dim % 4 != 0) {
+    n.fail("dim", "a multiple of 4 for the 2-D sine-cosine position table (or model.pos_embed: learned)");
+  }
+  return c;
+}
+
+at::Tensor timestep_features(const at::Tensor& t, int64_t dim) {
+  const int64_t half = dim / 2;
+  const auto opts = at::TensorOptions().dtype(at::kDouble).device(t.device());
+  const auto freqs = at::exp(-std::log(10000.0) * at::arange(half, opts) / static_cast<double>(half));
+  const auto args = (1000.0 * t.to(at::kDouble)).unsqueeze(1) * freqs.unsqueeze(0);
+  auto emb = at::cat({at::cos(args), at::sin(args)}, -1);
+  if (dim % 2 == 1) emb = at::cat({emb, at::zeros({t.size(0), 1}, opts)}, -1);
+  return emb.to(t.scalar_type());
+}
+
+at::Tensor sincos_position_table(int64_t gh, int64_t gw, int64_t dim) {
+  if (dim % 4 != 0) throw std::invalid_argument(fmt::format("sincos_position_table: dim {} is not a multiple of 4", dim));
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const int64_t quarter = dim / 4;
+  const auto omega = at::pow(10000.0, -at::arange(quarter, opts) / static_cast<double>(quarter));
+  auto axis = [&](const at::Tensor& pos) {
+    const auto a = pos.unsqueeze(1) * omega.unsqueeze(0);
+    return at::cat({at::sin(a), at::cos(a)}, 1);  // [n, dim / 2]
+  };
+  const auto rows = at::arange(gh, opts).repeat_interleave(gw);  // row of patch r * gw + col
+  const auto cols = at::arange(gw, opts).repeat({gh});
+  return at::cat({axis(rows), axis(cols)}, 1);
+}
+
+at::Tensor unpatchify(const at::Tensor& tokens, int64_t channels, int64_t height, int64_t width, int64_t p) {
+  const int64_t B = tokens.size(0), gh = height / p, gw = width / p;
+  return tokens.reshape({B, gh, gw, p, p, channels}).permute({0, 5, 1, 3, 2, 4}).reshape({B, channels, height, width});
+}
+
+DiTBlockImpl::DiTBlockImpl(const DiTConfig& c, size_t i, const bitlinear::QuantSpec& spec,
+                           const std::vector<std::string>& inc, const std::vector<std::string>& exc)
+    : n_heads(c.n_heads), head_dim(c.head_dim()), eps(c.norm_eps) {
+  const std::string p = fmt::format("blocks.{}.", i);
+  adaln = register_module("adaln", make_linear(p + "adaln", c.dim, 6 * c.dim, false, c, spec, inc, exc));
+  qkv = register_module("qkv", make_linear(p + "qkv", c.dim, 3 * c.dim, false, c, spec, inc, exc));
+  proj = register_module("proj", make_linear(p + "proj", c.dim, c.dim, c.sub_norm, c, spec, inc, exc));
+  fc1 = register_module("fc1", make_linear(p + "fc1", c.dim, c.mlp_width(), false, c, spec, inc, exc));
+  fc2 = register_module("fc2", make_linear(p + "fc2", c.mlp_width(), c.dim, c.sub_norm, c, spec, inc, exc));
+}
+
+at::Tensor DiTBlockImpl::forward(const at::Tensor& x, const at::Tensor& silu_c) {
+  const int64_t B = x.size(0), T = x.size(1), D = x.size(2);
+  // shift, scale, gate of attention, then of the MLP (DiT's order).
+  const auto m = adaln->forward(silu_c).unsqueeze(1).chunk(6, -1);
+  const auto qkv_heads = qkv->forward(modulate(layer_norm(x, eps), m[0], m[1]))
+                             .reshape({B, T, 3, n_heads, head_dim})
+                             .permute({2, 0, 3, 1, 4});  // [3, B, heads, T, head_dim]
+  const auto a = at::scaled_dot_product_attention(qkv_heads[0], qkv_heads[1], qkv_heads[2]);
+  const auto h = x + m[2] * proj->forward(a.transpose(1, 2).reshape({B, T, D}));
+  const auto f = fc2->forward(at::gelu(fc1->forward(modulate(layer_norm(h, eps), m[3], m[4])), "tanh"));
+  return h + m[5] * f;
+}
+
+BitDiTImpl::BitDiTImpl(DiTConfig c, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+                       const std::vector<std::string>& exclude)
+    : config(std::move(c)) {
+  bitlinear::BitConv2dOptions po(config.channels, config.dim, config.patch_size);
+  po.stride = config.patch_size;
+  po.bias = true;
+  po.quant = patch_spec(config, spec, include, exclude);
+  patch_embed = register_module("patch_embed", bitlinear::BitConv2d(po));
+  // A learned table starts from the fixed one (or from zeros when dim is not a multiple of 4).
+  const auto table = config.dim % 4 == 0 ? sincos_position_table(config.height / config.patch_size,
+                                                                 config.width / config.patch_size, config.dim)
+                                               .to(at::kFloat)
+                                               .unsqueeze(0)
+                                         : at::zeros({1, config.tokens(), config.dim});
+  if (config.pos_embed == "sinusoidal") {
+    pos_embed = register_buffer("pos_embed", table);
+  } else {
+    pos_embed = register_parameter("pos_embed", table.clone());
+  }
+  t_fc1 = register_module("t_fc1", torch::nn::Linear(config.freq_dim, config.dim));
+  t_fc2 = register_module("t_fc2", torch::nn::Linear(config.dim, config.dim));
+  y_embed = register_module("y_embed", torch::nn::Embedding(config.num_classes + 1, config.dim));
+  layers = register_module("blocks", torch::nn::ModuleList());
+  for (int64_t i = 0; i < config.n_layers; ++i) {
+    blocks.push_back(DiTBlock(config, static_cast<size_t>(i), spec, include, exclude));
+    layers->push_back(blocks.back());
+  }
+  final_adaln = register_module("final_adaln", torch::nn::Linear(config.dim, 2 * config.dim));
+  final_linear = register_module("final_linear", torch::nn::Linear(config.dim, config.patch_values()));
+  init_weights();
+}
+
+// DiT's initialize_weights: xavier-uniform linears with zero biases, the patch embedding like a
+// linear over a flattened patch, N(0, 0.02^2) embedders, and adaLN-Zero.
+void BitDiTImpl::init_weights() {
+  at::NoGradGuard no_grad;
+  const auto& w = patch_embed->weight;
+  torch::nn::init::xavier_uniform_(w.view({w.size(0), -1}));
+  torch::nn::init::zeros_(patch_embed->bias);
+  for (auto* l : {&t_fc1, &t_fc2}) {
+    (*l)->weight.normal_(0.0, config.init_std);
+    torch::nn::init::zeros_((*l)->bias);
+  }
+  y_embed->weight.normal_(0.0, config.init_std);
+  for (auto& b : blocks) {
+    for (auto* l : {&b->qkv, &b->proj, &b->fc1, &b->fc2}) xavier_zero_bias(*l);
+    torch::nn::init::zeros_(b->adaln->weight);
+    torch::nn::init::zeros_(b->adaln->bias);
+  }
+  for (auto* l : {&final_adaln, &final_linear}) {
+    torch::nn::init::zeros_((*l)->weight);
+    torch::nn::init::zeros_((*l)->bias);
+  }
+}
+
+at::Tensor BitDiTImpl::forward(const at::Tensor& x, const at::Tensor& t, const at::Tensor& labels) {
+  const auto& c = config;
+  TORCH_CHECK(x.dim() == 4 && x.size(1) == c.channels && x.size(2) == c.height && x.size(3) == c.width,
+              "BitDiT: expected images [B, ", c.channels, ", ", c.height, ", ", c.width, "], got ", x.sizes());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(0) && labels.dim() == 1 && labels.size(0) == x.size(0),
+              "BitDiT: expected t and labels of shape [", x.size(0), "], got ", t.sizes(), " and ", labels.sizes());
+  auto h = patch_embed->forward(x).flatten(2).transpose(1, 2) + pos_embed.to(x.scalar_type());
+  const auto te = t_fc2->forward(at::silu(t_fc1->forward(timestep_features(t.to(x.scalar_type()), c.freq_dim))));
+  const auto silu_c = at::silu(te + y_embed->forward(labels));
+  for (auto& b : blocks) h = b->forward(h, silu_c);
+  const auto m = final_adaln->forward(silu_c).unsqueeze(1).chunk(2, -1);
+  h = final_linear->forward(modulate(layer_norm(h, c.norm_eps), m[0], m[1]));
+  return unpatchify(h, c.channels, c.height, c.width, c.patch_size);
+}
+
+}  // namespace bitqat::models
