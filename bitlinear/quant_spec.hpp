@@ -8,6 +8,14 @@ namespace bitqat::bitlinear {
 struct QuantSpec {
   WeightQuantSpec weight;  // weight.type == kNone: weights stay full precision
   ActQuantSpec act;        // act.type == kNone: activations stay full precision
+
+  // Weights and activations both unquantized: a BitLinear with this spec is exactly a linear layer.
+  static QuantSpec full_precision() {
+    QuantSpec s;
+    s.weight.type = WeightQuant::kNone;
+    s.act.type = ActQuant::kNone;
+    return s;
+  }
 };
 
 // Throws std::invalid_argument when lambda is outside [0, 1]; `what` names the caller and the value.

@@ -12,12 +12,6 @@
 namespace bitqat::models {
 namespace {
 
-bitlinear::QuantSpec full_precision() {
-  bitlinear::QuantSpec s;
-  s.weight.type = bitlinear::WeightQuant::kNone;
-  s.act.type = bitlinear::ActQuant::kNone;
-  return s;
-}
 
 // A block linear: the config's spec when selected (per_kernel, meant for the patch embedding, becomes
 // per_channel as in BitCNN), full precision otherwise.
@@ -28,7 +22,7 @@ bitlinear::BitLinear make_linear(const std::string& name, int64_t in, int64_t ou
   o.bias = true;
   o.sub_norm = sub_norm;
   o.norm_eps = c.norm_eps;
-  o.quant = bitlinear::name_selected(name, include, exclude) ? spec : full_precision();
+  o.quant = bitlinear::name_selected(name, include, exclude) ? spec : bitlinear::QuantSpec::full_precision();
   if (o.quant.weight.granularity == bitlinear::Granularity::kPerKernel) {
     o.quant.weight.granularity = bitlinear::Granularity::kPerChannel;
   }
@@ -40,7 +34,8 @@ bitlinear::BitLinear make_linear(const std::string& name, int64_t in, int64_t ou
 // so per-position scales would quantize nothing).
 bitlinear::QuantSpec patch_spec(const DiTConfig& c, const bitlinear::QuantSpec& spec,
                                 const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
-  if (!c.quantize_patch_embed || !bitlinear::name_selected("patch_embed", include, exclude)) return full_precision();
+  if (!c.quantize_patch_embed || !bitlinear::name_selected("patch_embed", include, exclude))
+    return bitlinear::QuantSpec::full_precision();
   auto s = spec;
   s.weight.granularity = bitlinear::Granularity::kPerKernel;
   if (s.act.type != bitlinear::ActQuant::kNone) s.act.type = bitlinear::ActQuant::kPerTensor;

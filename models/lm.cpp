@@ -16,17 +16,11 @@
 namespace bitqat::models {
 namespace {
 
-bitlinear::QuantSpec full_precision() {
-  bitlinear::QuantSpec s;
-  s.weight.type = bitlinear::WeightQuant::kNone;
-  s.act.type = bitlinear::ActQuant::kNone;
-  return s;
-}
 
 // The quantization of one named linear: the config's spec when selected, full precision otherwise.
 bitlinear::QuantSpec spec_for(const std::string& name, const bitlinear::QuantSpec& spec,
                               const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
-  return bitlinear::name_selected(name, include, exclude) ? spec : full_precision();
+  return bitlinear::name_selected(name, include, exclude) ? spec : bitlinear::QuantSpec::full_precision();
 }
 
 bitlinear::BitLinear make_linear(int64_t in, int64_t out, const bitlinear::QuantSpec& q, bool sub_norm, double eps) {

@@ -18,12 +18,6 @@
 namespace bitqat::training {
 namespace {
 
-bitlinear::QuantSpec full_precision() {
-  bitlinear::QuantSpec s;
-  s.weight.type = bitlinear::WeightQuant::kNone;
-  s.act.type = bitlinear::ActQuant::kNone;
-  return s;
-}
 
 // The teacher runs in float32 whatever autocast the student's step uses.
 class NoAutocast {
@@ -216,8 +210,8 @@ std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Con
   // Built under a saved RNG state: the teacher's (overwritten) initialisation draws nothing from the
   // generator the student's run uses.
   const auto rng = rng_states();
-  auto teacher = std::make_shared<models::BitLMImpl>(tcfg, full_precision(), std::vector<std::string>{},
-                                                     std::vector<std::string>{});
+  auto teacher = std::make_shared<models::BitLMImpl>(tcfg, bitlinear::QuantSpec::full_precision(),
+                                                     std::vector<std::string>{}, std::vector<std::string>{});
   restore_rng_states({rng.begin(), rng.end()}, "the RNG state saved before building the teacher");
   teacher->to(device);
   run_on_main(

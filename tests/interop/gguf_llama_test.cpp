@@ -35,12 +35,6 @@ std::string error_of(const std::function<void()>& fn) {
   return "(no error)";
 }
 
-bitqat::bitlinear::QuantSpec full_precision() {
-  bitqat::bitlinear::QuantSpec s;
-  s.weight.type = bitqat::bitlinear::WeightQuant::kNone;
-  s.act.type = bitqat::bitlinear::ActQuant::kNone;
-  return s;
-}
 
 class GgufLlamaTest : public ::testing::Test {
  protected:
@@ -67,7 +61,8 @@ class GgufLlamaTest : public ::testing::Test {
   static void compare(const std::string& path, const std::string& expected_dir, double logit_bound) {
     const auto want = bitqat::checkpoints::load_safetensors(expected_dir + "/expected.safetensors").by_name();
     const auto ck = load_gguf_llama(path);
-    BitLM lm(ck.config, full_precision(), std::vector<std::string>{"*"}, std::vector<std::string>{});
+    BitLM lm(ck.config, bitqat::bitlinear::QuantSpec::full_precision(), std::vector<std::string>{"*"},
+             std::vector<std::string>{});
     init_model_from(path, *lm);
     at::NoGradGuard no_grad;
     lm->eval();
@@ -154,7 +149,8 @@ TEST_F(GgufLlamaTest, BadFilesNameWhatIsWrong) {
   EXPECT_EQ(read_init_source(good).kind, "gguf-llama");
   auto c = load_gguf_llama(good).config;
   c.vocab_size = 256;
-  BitLM other(c, full_precision(), std::vector<std::string>{"*"}, std::vector<std::string>{});
+  BitLM other(c, bitqat::bitlinear::QuantSpec::full_precision(), std::vector<std::string>{"*"},
+              std::vector<std::string>{});
   const auto m = error_of([&] { init_model_from(good, *other, "x.yaml:2: init_from"); });
   EXPECT_NE(m.find("x.yaml:2: init_from = " + good +
                    ": the config's model does not match the gguf-llama source: "

@@ -27,12 +27,6 @@ namespace {
 
 using S = std::vector<std::string>;
 
-QuantSpec full_precision() {
-  QuantSpec s;
-  s.weight.type = bitqat::bitlinear::WeightQuant::kNone;
-  s.act.type = bitqat::bitlinear::ActQuant::kNone;
-  return s;
-}
 
 std::string error_of(const std::function<void()>& fn) {
   try {
@@ -99,7 +93,7 @@ TEST_F(HFImportTest, LogitsMatchAnIndependentLlamaForward) {
   for (const auto& [name, flags] : std::vector<std::pair<std::string, std::string>>{
            {"untied", ""}, {"tied", "--tied --seed 1"}, {"sharded", "--sharded --seed 2"}, {"fp16", "--float16"}}) {
     const auto d = make(name, flags);
-    auto lm = import_hf_llama(d, full_precision(), S{"*"}, S{});
+    auto lm = import_hf_llama(d, QuantSpec::full_precision(), S{"*"}, S{});
     EXPECT_FALSE(lm->config.sub_norm) << name;
     EXPECT_EQ(lm->config.ffn, "swiglu") << name;
     EXPECT_EQ(lm->config.n_kv_heads, 2) << name;  // grouped-query attention is exercised
