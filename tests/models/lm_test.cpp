@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+
 #include "bitlinear/convert.hpp"
 #include "core/error.hpp"
 
@@ -110,6 +112,36 @@ TEST(Rope, FusedProjectionLayoutPassMatchesApplyRopeBitForBit) {
   const double lhs = (fused.detach().to(at::kDouble) * g.to(at::kDouble)).sum().item<double>();
   const double rhs = (x.detach().to(at::kDouble) * x.grad().to(at::kDouble)).sum().item<double>();
   EXPECT_NEAR(lhs, rhs, 1e-4 * (std::abs(lhs) + 1));
+}
+
+TEST(ReluSquared, FusedPassEqualsDoubleDefinitionAndKeepsNaN) {
+  // Values by hand: relu(x)^2 and d/dx = 2 relu(x) (0 for x <= 0). Each output is one rounding of an
+  // exact double value (r * r, g * 2r), so float results equal the rounded double ones exactly.
+  const auto x = at::tensor({-2.0f, -0.0f, 0.0f, 0.5f, 3.0f, 1e20f, std::nanf("")}).requires_grad_(true);
+  const auto y = relu_squared(x);
+  const std::vector<double> want = {0.0, 0.0, 0.0, 0.25, 9.0, 1e40};
+  for (size_t i = 0; i < want.size(); ++i) EXPECT_EQ(y[i].item<float>(), static_cast<float>(want[i])) << i;
+  EXPECT_TRUE(std::isinf(y[5].item<float>()));  // 1e40 overflows float, as at::relu(x) * at::relu(x) does
+  EXPECT_TRUE(std::isnan(y[6].item<float>()));  // NaN reaches the trainer's finiteness check
+  y.backward(at::tensor({1.0f, 1.0f, 1.0f, 3.0f, -0.5f, 0.0f, 1.0f}));
+  const auto g = x.grad();
+  EXPECT_EQ(g[0].item<float>(), 0.0f);
+  EXPECT_EQ(g[3].item<float>(), 3.0f);   // 3 * 2 * 0.5
+  EXPECT_EQ(g[4].item<float>(), -3.0f);  // -0.5 * 2 * 3
+  EXPECT_TRUE(std::isnan(g[6].item<float>()));
+
+  // The fused CPU pass (float32, many threads' worth of elements, a non-contiguous input) against the
+  // ATen path (double) rounded to float.
+  at::manual_seed(5);
+  const auto big = at::randn({300, 700}).t().requires_grad_(true);  // non-contiguous
+  const auto bd = big.detach().to(at::kDouble).requires_grad_(true);
+  const auto yf = relu_squared(big);
+  const auto yd = relu_squared(bd);
+  EXPECT_TRUE(at::equal(yf, yd.to(at::kFloat)));
+  const auto go = at::randn({700, 300});
+  yf.backward(go);
+  yd.backward(go.to(at::kDouble));
+  EXPECT_TRUE(at::equal(big.grad(), bd.grad().to(at::kFloat)));
 }
 
 TEST(BitLM, KVCacheMatchesFullRecompute) {
