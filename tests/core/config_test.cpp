@@ -4,19 +4,14 @@
 
 #include <string>
 
+#include "tests/user_error.hpp"
+
 using bitqat::core::ConfigError;
 using bitqat::core::Node;
 
 namespace {
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const ConfigError& e) {
-    return e.what();
-  }
-  return "";
-}
+const auto error_of = bitqat::testing::error_of<ConfigError>;
 
 const char* kDoc =
     "run:\n"

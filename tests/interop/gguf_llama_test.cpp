@@ -18,6 +18,9 @@
 #include "interop/hf_llama.hpp"
 #include "interop/init_source.hpp"
 #include "tests/command.hpp"
+#include "tests/user_error.hpp"
+
+using bitqat::testing::error_of;
 
 namespace fs = std::filesystem;
 using namespace bitqat::interop;
@@ -25,15 +28,6 @@ using namespace bitqat::interop;
 namespace {
 
 const char* kSmolLM2 = BITQAT_SOURCE_DIR "/data/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const bitqat::core::UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 
 class GgufLlamaTest : public ::testing::Test {

@@ -17,6 +17,9 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "tests/user_error.hpp"
+
+using bitqat::testing::error_of;
 
 namespace fs = std::filesystem;
 using namespace bitqat::models;
@@ -26,16 +29,6 @@ using bitqat::bitlinear::QuantSpec;
 namespace {
 
 using S = std::vector<std::string>;
-
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const bitqat::core::UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 class HFImportTest : public ::testing::Test {
  protected:

@@ -14,6 +14,9 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "spawn.hpp"
+#include "tests/user_error.hpp"
+
+using bitqat::testing::error_of;
 
 namespace fs = std::filesystem;
 using bitqat::training::DistContext;
@@ -42,15 +45,6 @@ class ScopedEnv {
  private:
   std::map<std::string, std::string> saved_, set_;
 };
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const bitqat::core::UserError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 DistEnv loopback_env(int rank, int world, int port) {
   DistEnv e;

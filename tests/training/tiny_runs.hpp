@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "tests/user_error.hpp"
 
 namespace bitqat::testing {
 
@@ -98,14 +99,5 @@ class TinyRunTest : public ::testing::Test {
   std::filesystem::path dir_;
   std::string text_;
 };
-
-inline std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const core::UserError& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
 
 }  // namespace bitqat::testing

@@ -16,6 +16,9 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "training/run_loader.hpp"
+#include "tests/user_error.hpp"
+
+using bitqat::testing::error_of;
 
 namespace fs = std::filesystem;
 using bitqat::training::Config;
@@ -79,15 +82,6 @@ class TrainerTest : public ::testing::Test {
   fs::path dir_;
   std::string text_;
 };
-
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const bitqat::core::UserError& e) {
-    return e.what();
-  }
-  return "";
-}
 
 }  // namespace
 
