@@ -12,7 +12,6 @@
 namespace bitqat::models {
 namespace {
 
-
 // A block linear: the config's spec when selected (per_kernel, meant for the patch embedding, becomes
 // per_channel as in BitCNN), full precision otherwise.
 bitlinear::BitLinear make_linear(const std::string& name, int64_t in, int64_t out, bool sub_norm,

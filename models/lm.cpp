@@ -18,7 +18,6 @@
 namespace bitqat::models {
 namespace {
 
-
 // The quantization of one named linear: the config's spec when selected, full precision otherwise.
 bitlinear::QuantSpec spec_for(const std::string& name, const bitlinear::QuantSpec& spec,
                               const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
@@ -36,8 +35,8 @@ bitlinear::BitLinear make_linear(int64_t in, int64_t out, const bitlinear::Quant
 // relu(x)^2 as one autograd node: forward relu(x) * relu(x), backward g * (relu(x) + relu(x)), with x
 // saved (at::square goes through pow and its generic backward). On CPU float32 each direction is one
 // pass over memory (a loop the compiler vectorizes); elsewhere the ATen ops compute the same values.
-// relu keeps NaN (x < 0 is false for NaN), as at::relu does, so non-finite values still reach the
-// trainer's finiteness check.
+// Both paths keep NaN, as at::relu does, so non-finite values still reach the trainer's finiteness
+// check.
 struct ReluSquared : torch::autograd::Function<ReluSquared> {
   static bool fused(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
   // relu on the bits: negative numbers and -0 become +0, NaN of either sign is kept. Written as an

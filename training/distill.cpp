@@ -18,7 +18,6 @@
 namespace bitqat::training {
 namespace {
 
-
 // The teacher runs in float32 whatever autocast the student's step uses.
 class NoAutocast {
  public:

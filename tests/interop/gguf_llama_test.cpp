@@ -29,7 +29,6 @@ namespace {
 
 const char* kSmolLM2 = BITQAT_SOURCE_DIR "/data/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf";
 
-
 class GgufLlamaTest : public ::testing::Test {
  protected:
   void SetUp() override {

@@ -259,14 +259,20 @@ class DataParallelRun : public ::testing::Test {
     return (dir_ / (tag + "_rank" + std::to_string(rank) + ".log")).string();
   }
 
-  std::vector<double> losses(const std::string& run) const {
-    std::vector<double> out;
+  // The run's logged steps: the metrics.jsonl records that carry a loss.
+  std::vector<nlohmann::json> step_records(const std::string& run) const {
+    std::vector<nlohmann::json> out;
     std::ifstream in(dir_ / run / "metrics.jsonl");
     std::string line;
     while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss") && !j["loss"].is_null()) out.push_back(j["loss"].get<double>());
+      auto j = nlohmann::json::parse(line);
+      if (j.contains("loss") && !j["loss"].is_null()) out.push_back(std::move(j));
     }
+    return out;
+  }
+  std::vector<double> losses(const std::string& run) const {
+    std::vector<double> out;
+    for (const auto& j : step_records(run)) out.push_back(j["loss"].get<double>());
     return out;
   }
 
@@ -355,18 +361,8 @@ TEST_F(DataParallelRun, DistillationTwoRanksFollowTheOneRankCurve) {
   auto two = start(args("kd2", 6, 4, 1, kd), 2, "kd2");
   for (int r = 0; r < 2; ++r)
     ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log("kd2", r));
-  auto records = [&](const std::string& run) {
-    std::vector<nlohmann::json> out;
-    std::ifstream in(dir_ / run / "metrics.jsonl");
-    std::string line;
-    while (std::getline(in, line)) {
-      const auto j = nlohmann::json::parse(line);
-      if (j.contains("loss") && j["loss"].is_number()) out.push_back(j);
-    }
-    return out;
-  };
-  const auto a = records("kd1");
-  const auto b = records("kd2");
+  const auto a = step_records("kd1");
+  const auto b = step_records("kd2");
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) {
