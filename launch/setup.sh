@@ -7,7 +7,7 @@
 #   launch/setup.sh --deps     install only (no build)
 #   launch/setup.sh --tests    install + configure + build, plus what only the test suite needs:
 #                              llama-cpp-python (pinned), which compiles llama.cpp from source (the
-#                              first build 2 min 49 s on the project's idle 2-core machine, see
+#                              first build 2 min 49 s on the project's 2-core machine, nothing else running, see
 #                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
 #                              version is installed and seconds from the cache). The tests run our
 #                              GGUF exports in it.
