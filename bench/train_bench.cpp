@@ -32,11 +32,18 @@
 
 namespace {
 
-// --ops: per ATen op name, calls and inclusive wall time over the timed steps (nested ops count in
-// their callers too), to see where a step goes.
+// --ops: per ATen op name, calls, inclusive wall time (nested ops count in their callers too) and
+// self time (less the time of the ops it called), to see where a step goes. Time outside any
+// recorded op (the fused bitqat kernels of a custom autograd forward, the trainer's own code) is the
+// step time less the top-level ops' total.
 struct OpStats {
   std::mutex mu;
-  std::map<std::string, std::pair<int64_t, double>> by_name;
+  struct Entry {
+    int64_t calls = 0;
+    double inclusive = 0.0, self = 0.0;
+  };
+  std::map<std::string, Entry> by_name;
+  double top_level = 0.0;
   bool on = false;
 };
 OpStats g_ops;
@@ -44,23 +51,31 @@ OpStats g_ops;
 struct OpTimer : at::ObserverContext {
   std::chrono::steady_clock::time_point t0;
 };
+// Per thread: the time spent in the children of each open op.
+thread_local std::vector<double> t_child_time;
 
 void install_op_timer() {
   at::addGlobalCallback(at::RecordFunctionCallback(
                             [](const at::RecordFunction&) -> std::unique_ptr<at::ObserverContext> {
                               auto c = std::make_unique<OpTimer>();
+                              t_child_time.push_back(0.0);
                               c->t0 = std::chrono::steady_clock::now();
                               return c;
                             },
                             [](const at::RecordFunction& fn, at::ObserverContext* ctx) {
-                              if (!g_ops.on) return;
                               const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() -
                                                                               static_cast<OpTimer*>(ctx)->t0)
                                                     .count();
+                              const double children = t_child_time.empty() ? 0.0 : t_child_time.back();
+                              if (!t_child_time.empty()) t_child_time.pop_back();
+                              if (!t_child_time.empty()) t_child_time.back() += dt;
+                              if (!g_ops.on) return;
                               std::lock_guard<std::mutex> lock(g_ops.mu);
                               auto& e = g_ops.by_name[fn.name()];
-                              e.first += 1;
-                              e.second += dt;
+                              e.calls += 1;
+                              e.inclusive += dt;
+                              e.self += dt - children;
+                              if (t_child_time.empty()) g_ops.top_level += dt;
                             })
                             .scopes({at::RecordScope::FUNCTION, at::RecordScope::BACKWARD_FUNCTION}));
 }
@@ -81,7 +96,7 @@ int main(int argc, char** argv) {
       ->allow_extra_args(false)
       ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll);
   bool ops = false;
-  app.add_flag("--ops", ops, "also print the ATen ops of the timed steps by inclusive time");
+  app.add_flag("--ops", ops, "also print the ATen ops of the timed steps by self time");
   CLI11_PARSE(app, argc, argv);
   try {
     bitqat::core::init_logging(0);
@@ -152,11 +167,19 @@ int main(int argc, char** argv) {
     std::printf("%s\n", j.dump().c_str());
     if (ops) {
       std::vector<std::pair<double, std::string>> rows;
+      double total_self = 0.0;
       for (const auto& [name, e] : g_ops.by_name) {
-        rows.emplace_back(e.second, fmt::format("{:>8.2f} ms/step {:>7.1f} calls/step  {}", 1e3 * e.second / steps,
-                                                static_cast<double>(e.first) / steps, name));
+        total_self += e.self;
+        rows.emplace_back(e.self, fmt::format("{:>8.2f} ms/step self {:>8.2f} inclusive {:>7.1f} calls/step  {}",
+                                              1e3 * e.self / steps, 1e3 * e.inclusive / steps,
+                                              static_cast<double>(e.calls) / steps, name));
       }
       std::sort(rows.rbegin(), rows.rend());
+      double step_total = 0.0;
+      for (double t : timed) step_total += t;
+      std::printf("step %.2f ms (mean), in recorded ops %.2f ms (self times sum to %.2f), outside them %.2f ms\n",
+                  1e3 * step_total / steps, 1e3 * g_ops.top_level / steps, 1e3 * total_self / steps,
+                  1e3 * (step_total - g_ops.top_level) / steps);
       for (size_t i = 0; i < rows.size() && i < 45; ++i) std::printf("%s\n", rows[i].second.c_str());
     }
     return 0;

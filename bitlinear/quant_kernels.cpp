@@ -1,6 +1,7 @@
 #include "bitlinear/quant_kernels.hpp"
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <fmt/format.h>
@@ -44,6 +45,7 @@ at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at
 
 RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq, const at::Tensor& norm_weight,
                        double norm_eps) {
+  RECORD_FUNCTION("bitqat::quantize_rows", std::vector<c10::IValue>());
   check_2d(x2d, "quantize_rows");
   check_bits(bits);
   const int64_t m = x2d.size(0), k = x2d.size(1);
@@ -102,6 +104,7 @@ RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq,
 }
 
 RowCodes quantize_tensor(const at::Tensor& x_in, double eps, int bits) {
+  RECORD_FUNCTION("bitqat::quantize_tensor", std::vector<c10::IValue>());
   check_bits(bits);
   const int qmax = cuda::act_qmax(bits);
   RowCodes out;
@@ -133,6 +136,7 @@ RowCodes quantize_tensor(const at::Tensor& x_in, double eps, int bits) {
 }
 
 std::pair<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x2d, const at::Tensor& w, double eps) {
+  RECORD_FUNCTION("bitqat::rms_norm", std::vector<c10::IValue>());
   check_2d(x2d, "rms_norm");
   const int64_t m = x2d.size(0), k = x2d.size(1);
   if (w.defined() && w.numel() != k) {
@@ -205,6 +209,7 @@ at::Tensor ternary_gamma(const at::Tensor& w, int64_t group, bool per_tensor) {
 
 WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps,
                          bool float_codes) {
+  RECORD_FUNCTION("bitqat::weight_codes", std::vector<c10::IValue>());
   check_2d(w2d, "weight_codes");
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
   if (rows < 1 || cols < 1) {
@@ -303,6 +308,7 @@ bool fused_fake_quant(const at::Tensor& t) {
 }
 
 std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double eps, int bits, double lambda) {
+  RECORD_FUNCTION("bitqat::act_fake_quant", std::vector<c10::IValue>());
   check_2d(x2d, "act_fake_quant");
   check_bits(bits);
   const int64_t m = x2d.size(0), k = x2d.size(1);
@@ -326,6 +332,7 @@ std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double e
 
 at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& scales, int bits,
                             double clip, double lambda) {
+  RECORD_FUNCTION("bitqat::act_ste_backward", std::vector<c10::IValue>());
   const int64_t m = x2d.size(0), k = x2d.size(1);
   const auto g = g2d.contiguous();
   auto dx = at::empty({m, k}, x2d.options());
@@ -347,6 +354,7 @@ at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const 
 }
 
 RowCodes quantize_rows_float(const at::Tensor& x2d, double eps, int bits) {
+  RECORD_FUNCTION("bitqat::quantize_rows_float", std::vector<c10::IValue>());
   check_2d(x2d, "quantize_rows_float");
   check_bits(bits);
   const int64_t m = x2d.size(0), k = x2d.size(1);
@@ -363,6 +371,7 @@ RowCodes quantize_rows_float(const at::Tensor& x2d, double eps, int bits) {
 
 std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
                                                      double lambda) {
+  RECORD_FUNCTION("bitqat::ternary_fake_quant", std::vector<c10::IValue>());
   check_2d(w2d, "ternary_fake_quant");
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
   if (per_tensor) group = cols;
@@ -391,6 +400,7 @@ std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int6
 }
 
 at::Tensor scale_codes(const at::Tensor& codes_f, const at::Tensor& gamma, int64_t group, bool per_tensor) {
+  RECORD_FUNCTION("bitqat::scale_codes", std::vector<c10::IValue>());
   const int64_t rows = codes_f.size(0), cols = codes_f.size(1);
   if (per_tensor) group = cols;
   const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
@@ -405,6 +415,7 @@ at::Tensor scale_codes(const at::Tensor& codes_f, const at::Tensor& gamma, int64
 }
 
 at::Tensor dequant_rows(const at::Tensor& codes_f, const at::Tensor& scales) {
+  RECORD_FUNCTION("bitqat::dequant_rows", std::vector<c10::IValue>());
   const int64_t m = codes_f.size(0), k = codes_f.size(1);
   auto out = at::empty({m, k}, codes_f.options());
   const auto& rk = cpu::row_kernels();
@@ -416,6 +427,7 @@ at::Tensor dequant_rows(const at::Tensor& codes_f, const at::Tensor& scales) {
 
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
                            const at::Tensor& scales, const at::Tensor& bias) {
+  RECORD_FUNCTION("bitqat::linear_epilogue", std::vector<c10::IValue>());
   const int64_t m = acc[0].size(0), n = acc[0].size(1);
   std::vector<at::Tensor> accs;
   std::vector<const float*> ptrs;
@@ -437,6 +449,7 @@ at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor&
 
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
                                                     const at::Tensor& r) {
+  RECORD_FUNCTION("bitqat::rms_norm_backward", std::vector<c10::IValue>());
   const int64_t m = x2d.size(0), k = x2d.size(1);
   const auto g = g2d.contiguous();
   const auto wc = w.defined() ? w.to(at::kFloat).contiguous() : at::Tensor();

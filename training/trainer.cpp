@@ -3,6 +3,7 @@
 #include <ATen/autocast_mode.h>
 #include <ATen/core/grad_mode.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <ATen/record_function.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 #include <torch/cuda.h>
@@ -362,12 +363,16 @@ StepOutcome run_step(Run& r, int64_t step) {
   at::Tensor part_sums;  // the task's loss parts summed on the device
   r.sync->prepare();
   for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
-    const auto batch = to_device(
-        r.source->train_batch(step, micro, r.dist.rank(), r.dist.world(), cfg.train.batch_size, cfg.train.grad_accum),
-        r.device);
+    const auto batch = [&] {
+      RECORD_FUNCTION("bitqat::train_batch", std::vector<c10::IValue>());
+      return to_device(r.source->train_batch(step, micro, r.dist.rank(), r.dist.world(), cfg.train.batch_size,
+                                             cfg.train.grad_accum),
+                       r.device);
+    }();
     r.sync->set_sync(micro == cfg.train.grad_accum - 1);
     at::Tensor loss;
     {
+      RECORD_FUNCTION("bitqat::forward", std::vector<c10::IValue>());
       AutocastScope ac(r.autocast);
       loss = r.task->loss(batch);
     }
@@ -406,6 +411,7 @@ StepOutcome run_step(Run& r, int64_t step) {
   o.flags = at::stack({loss_sum / cfg.train.grad_accum, bad, norm});
   if (part_sums.defined()) o.flags = at::cat({o.flags, part_sums / cfg.train.grad_accum});
   r.dist.all_reduce_mean_(o.flags, "all-reduce of the step's loss, finiteness flag and loss parts");
+  RECORD_FUNCTION("bitqat::optimizer_step", std::vector<c10::IValue>());
   r.optimizer->step(o.lr, o.wd, o.flags[1].gt(0).to(at::kFloat));
   return o;
 }
