@@ -353,22 +353,6 @@ at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const 
   return dx;
 }
 
-RowCodes quantize_rows_float(const at::Tensor& x2d, double eps, int bits) {
-  RECORD_FUNCTION("bitqat::quantize_rows_float", std::vector<c10::IValue>());
-  check_2d(x2d, "quantize_rows_float");
-  check_bits(bits);
-  const int64_t m = x2d.size(0), k = x2d.size(1);
-  RowCodes out;
-  out.codes = at::empty({m, k}, x2d.options());
-  out.scales = at::empty({m}, x2d.options());
-  const auto& rk = cpu::row_kernels();
-  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
-    rk.act_quant_rows(x2d.data_ptr<float>(), k, k, static_cast<float>(eps), cuda::act_qmax(bits), nullptr, 0.0, nullptr,
-                      out.codes.data_ptr<float>(), out.scales.data_ptr<float>(), begin, end);
-  });
-  return out;
-}
-
 std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
                                                      double lambda) {
   RECORD_FUNCTION("bitqat::ternary_fake_quant", std::vector<c10::IValue>());
@@ -399,28 +383,30 @@ std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int6
   return {out, gamma};
 }
 
-at::Tensor scale_codes(const at::Tensor& codes_f, const at::Tensor& gamma, int64_t group, bool per_tensor) {
+at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor) {
   RECORD_FUNCTION("bitqat::scale_codes", std::vector<c10::IValue>());
-  const int64_t rows = codes_f.size(0), cols = codes_f.size(1);
+  check_2d(codes, "scale_codes");
+  const int64_t rows = codes.size(0), cols = codes.size(1);
   if (per_tensor) group = cols;
   const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
   const auto gm = gamma.contiguous();
-  auto out = at::empty({rows, cols}, codes_f.options());
+  auto out = at::empty({rows, cols}, gm.options());
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
-    rk.scale_codes(codes_f.data_ptr<float>(), cols, group, stride, gm.data_ptr<float>(), out.data_ptr<float>(), begin,
+    rk.scale_codes(codes.data_ptr<int8_t>(), cols, group, stride, gm.data_ptr<float>(), out.data_ptr<float>(), begin,
                    end);
   });
   return out;
 }
 
-at::Tensor dequant_rows(const at::Tensor& codes_f, const at::Tensor& scales) {
+at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales) {
   RECORD_FUNCTION("bitqat::dequant_rows", std::vector<c10::IValue>());
-  const int64_t m = codes_f.size(0), k = codes_f.size(1);
-  auto out = at::empty({m, k}, codes_f.options());
+  check_2d(codes, "dequant_rows");
+  const int64_t m = codes.size(0), k = codes.size(1);
+  auto out = at::empty({m, k}, scales.options());
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
-    rk.dequant_rows(codes_f.data_ptr<float>(), k, scales.data_ptr<float>(), out.data_ptr<float>(), begin, end);
+    rk.dequant_rows(codes.data_ptr<int8_t>(), k, scales.data_ptr<float>(), out.data_ptr<float>(), begin, end);
   });
   return out;
 }
@@ -430,14 +416,14 @@ at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor&
   RECORD_FUNCTION("bitqat::linear_epilogue", std::vector<c10::IValue>());
   const int64_t m = acc[0].size(0), n = acc[0].size(1);
   std::vector<at::Tensor> accs;
-  std::vector<const float*> ptrs;
+  std::vector<const int32_t*> ptrs;
   for (const auto& a : acc) {
     accs.push_back(a.contiguous());
-    ptrs.push_back(accs.back().data_ptr<float>());
+    ptrs.push_back(accs.back().data_ptr<int32_t>());
   }
   const auto gm = gamma.contiguous();
   const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-  auto y = at::empty({m, n}, acc[0].options());
+  auto y = at::empty({m, n}, gm.options());
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
     rk.linear_epilogue(ptrs.data(), static_cast<int64_t>(ptrs.size()), n, gm.data_ptr<float>(), gstride,

@@ -60,16 +60,15 @@ std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double e
 // else g * ((1 - lambda) + lambda * [|x| * s / qmax <= clip]).
 at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& scales, int bits,
                             double clip, double lambda);
-// Per-token codes as float32 values (for exact float matmuls) and scales: quantize_rows' codes.
-RowCodes quantize_rows_float(const at::Tensor& x2d, double eps, int bits);
 // Fake-quantized ternary weights: out = w + lambda * (code * gamma - w), with gamma as weight_codes.
 std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
                                                      double lambda);
-// w_deq [rows, cols] = codes (float) * gamma per group (per_tensor: gamma [1]).
-at::Tensor scale_codes(const at::Tensor& codes_f, const at::Tensor& gamma, int64_t group, bool per_tensor);
-// x_deq [M, K] = codes (float) / s per row.
-at::Tensor dequant_rows(const at::Tensor& codes_f, const at::Tensor& scales);
-// The exact linear's epilogue (bitlinear/quantized_linear.hpp): acc per group [M, N], gamma [N, G]
+// w_deq [rows, cols] float32 = codes (int8, contiguous) * gamma per group (per_tensor: gamma [1]).
+at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor);
+// x_deq [M, K] float32 = codes (int8, contiguous) / s per row (s float32 [M]).
+at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales);
+// The exact linear's epilogue (bitlinear/quantized_linear.hpp): acc per group int32 [M, N] (the
+// integer sums, each |acc| < 2^24), gamma float32 [N, G]
 // (or [1] / [N]), s [M], bias [N] or undefined -> y [M, N].
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
                            const at::Tensor& scales, const at::Tensor& bias);

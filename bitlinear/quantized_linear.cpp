@@ -12,8 +12,9 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kExactFloatK = (int64_t{1} << 24) / 128;  // |acc| <= 128 K must stay below 2^24
 
-// The float32 CPU path runs the fused row kernels; float64 (gradient checks) the composed ATen ops.
-bool fused(const at::Tensor& t) { return kernels::fused_cpu(t); }
+// The float32 CPU path (int8 codes): integer matmuls (at::_int_mm, int32 sums) and the row kernels.
+// float64 (gradient checks) runs the composed ATen ops on codes held as doubles.
+bool int8_path(const at::Tensor& codes) { return codes.scalar_type() == at::kChar; }
 
 // The epilogue of the composed path, in the order of cuda/reference.cpp epilogue_ref: y = 0;
 // y += acc_g * gamma_g for each group g in order; y / s; + bias.
@@ -40,17 +41,23 @@ at::Tensor epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma,
   return y;
 }
 
-// Weight codes in the compute dtype (values -1, 0, 1) and their scales ([1], [N] or [N, groups]).
-std::pair<at::Tensor, at::Tensor> weight_codes_as(const at::Tensor& weight, const WeightQuantSpec& wspec,
-                                                  at::ScalarType dt) {
-  if (dt == at::kFloat && fused(weight) && wspec.type == WeightQuant::kTernary) {
-    const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
-    const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : weight.size(1);
-    auto c = kernels::weight_codes(weight.detach().contiguous(), group, per_tensor, false, wspec.eps, true);
-    return {c.codes, wspec.granularity == Granularity::kPerChannel ? c.gamma.reshape({-1}) : c.gamma};
+// The integer sums acc = cx cw^T, one [M, N] matrix per weight group (one for per-tensor and
+// per-channel scales): int32 from int8 codes, else exact integer values in the codes' dtype.
+std::vector<at::Tensor> code_products(const at::Tensor& cx, const at::Tensor& cw, const WeightQuantSpec& wspec) {
+  auto product = [&](const at::Tensor& a, const at::Tensor& b) {
+    return int8_path(a) ? at::_int_mm(a.contiguous(), b.t()) : at::mm(a, b.t());
+  };
+  std::vector<at::Tensor> acc;
+  if (wspec.granularity == Granularity::kPerGroup) {
+    const int64_t k = cx.size(1), g = wspec.group_size;
+    for (int64_t lo = 0; lo < k; lo += g) {
+      const int64_t n = std::min(g, k - lo);
+      acc.push_back(product(cx.narrow(1, lo, n), cw.narrow(1, lo, n).contiguous()));
+    }
+  } else {
+    acc.push_back(product(cx, cw));
   }
-  const auto q = quantize_weight(weight.detach(), wspec);
-  return {q.codes.to(dt), q.scales.to(dt)};
+  return acc;
 }
 
 struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
@@ -58,44 +65,36 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
                             const at::Tensor& codes, const at::Tensor& scales, WeightQuantSpec wspec,
                             ActQuantSpec aspec) {
     const int64_t k = x.size(-1);
-    const auto dt = codes.scalar_type();
+    const bool int8 = int8_path(codes);
+    const auto dt = int8 ? at::kFloat : codes.scalar_type();
     const auto cx = codes.reshape({-1, k});
-    const auto [cw, gamma] = weight_codes_as(weight, wspec, dt);
+    const auto qw = quantize_weight(weight.detach(), wspec);
+    const auto cw = int8 ? qw.codes : qw.codes.to(dt);
+    const auto gamma = qw.scales.to(dt);
     const auto s = aspec.type == ActQuant::kPerToken ? scales.reshape({-1, 1}) : scales.reshape({1, 1});
-    std::vector<at::Tensor> acc;
-    if (wspec.granularity == Granularity::kPerGroup) {
-      const int64_t g = wspec.group_size;
-      for (int64_t lo = 0; lo < k; lo += g) {
-        const int64_t n = std::min(g, k - lo);
-        acc.push_back(at::mm(cx.narrow(1, lo, n), cw.narrow(1, lo, n).t()));
-      }
-    } else {
-      acc.push_back(at::mm(cx, cw.t()));
-    }
+    const auto acc = code_products(cx, cw, wspec);
     // An absent bias arrives as an empty placeholder (autograd functions take no undefined inputs).
     const bool has_bias = bias.numel() > 0;
     const auto b = has_bias ? bias.detach() : at::Tensor();
     at::Tensor y;
-    if (fused(cx) && aspec.type == ActQuant::kPerToken) {
-      const int64_t gstride = wspec.granularity == Granularity::kPerGroup ? gamma.size(1) : 0;
-      const auto gm =
-          wspec.granularity == Granularity::kPerTensor ? gamma.expand({weight.size(0)}).contiguous() : gamma;
-      y = kernels::linear_epilogue(acc, gm, wspec.granularity == Granularity::kPerGroup ? gstride : 1,
-                                   scales.reshape({-1}).contiguous(), b);
+    if (int8) {
+      const bool grouped = wspec.granularity == Granularity::kPerGroup;
+      const auto gm = wspec.granularity == Granularity::kPerTensor ? gamma.expand({weight.size(0)}).contiguous() : gamma;
+      y = kernels::linear_epilogue(acc, gm, grouped ? gamma.size(1) : 1, scales.reshape({-1}).contiguous(), b);
     } else {
       y = epilogue(acc, gamma, wspec, s, b);
     }
 
     at::Tensor mask_w, mask_a;
     if (wspec.estimator == Estimator::kClipped) {
-      const auto q = quantize_weight(weight.detach(), wspec);
-      const auto scale = expand_scales(q.scales, wspec, weight.sizes());
+      const auto scale = expand_scales(qw.scales, wspec, weight.sizes());
       mask_w = (weight.detach().to(scale.scalar_type()).abs() / scale.clamp_min(wspec.eps)).le(wspec.clip);
     }
     if (aspec.estimator == Estimator::kClipped) {
       const double qmax = static_cast<double>((1 << (aspec.bits - 1)) - 1);
       mask_a = (x.detach().reshape({-1, k}).to(dt).abs() * s / qmax).le(aspec.clip);
     }
+    // The backward needs the codes and scales only: int8 activations, not a float copy.
     ctx->save_for_backward({cx, scales, cw, gamma, mask_w, mask_a});
     ctx->saved_data["wspec_gran"] = static_cast<int64_t>(wspec.granularity);
     ctx->saved_data["wspec_group"] = wspec.group_size;
@@ -115,15 +114,16 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     wspec.granularity = static_cast<Granularity>(ctx->saved_data["wspec_gran"].toInt());
     wspec.group_size = ctx->saved_data["wspec_group"].toInt();
     const bool per_token = ctx->saved_data["per_token"].toBool();
-    const auto dt = cx.scalar_type();
+    const bool int8 = int8_path(cx);
+    const auto dt = int8 ? at::kFloat : cx.scalar_type();
     const int64_t k = cx.size(1), n = cw.size(0);
     const auto g = grad_out[0].reshape({-1, n}).to(dt);
     at::Tensor w_deq, x_deq;
-    if (fused(cx)) {
+    if (int8) {
       const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
       const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : k;
       w_deq = kernels::scale_codes(cw, gamma, group, per_tensor);
-      x_deq = per_token ? kernels::dequant_rows(cx, xs.reshape({-1}).contiguous()) : cx / xs.reshape({1, 1});
+      x_deq = kernels::dequant_rows(cx, xs.reshape({-1}).contiguous());
     } else {
       w_deq = cw * expand_scales(gamma, wspec, cw.sizes());
       x_deq = per_token ? cx / xs.reshape({-1, 1}) : cx / xs.reshape({1, 1});
@@ -158,8 +158,8 @@ bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, 
 ActCodes quantize_input_codes(const at::Tensor& x, const ActQuantSpec& spec) {
   const int64_t k = x.size(-1);
   const auto x2 = x.detach().reshape({-1, k}).contiguous();
-  if (fused(x2) && spec.type == ActQuant::kPerToken) {
-    auto r = kernels::quantize_rows_float(x2, spec.eps, spec.bits);
+  if (kernels::fused_cpu(x2) && spec.type == ActQuant::kPerToken) {
+    auto r = kernels::quantize_rows(x2, spec.eps, spec.bits);
     return {r.codes, r.scales};
   }
   const auto q = quantize_activation(x2, spec);

@@ -1,11 +1,13 @@
 // The fully quantized linear layer (lambda_w = lambda_a = 1) computed from its integer codes:
 //   y[m, n] = (sum_g acc[m, n, g] * gamma[n, g]) / s[m] + bias[n],  acc = sum_k cx[m, k] * cw[n, k]
 // with cx the int8 activation codes (scale s per token or per tensor) and cw the ternary / binary
-// weight codes (scale gamma per tensor, channel or group). The products of codes are summed exactly
-// (a float32 matmul of integer values is exact while every partial sum is below 2^24, i.e. for K <
-// 131072), and the scales are applied in the order of the W1.58A8 reference epilogue
-// (cuda/reference.hpp epilogue_ref), so this layer computes bit for bit what PackedBitLinear computes
-// on the CPU. The fake-quant formula (x_q W_q^T in float) is the same value up to float rounding.
+// weight codes (scale gamma per tensor, channel or group). The products of codes are summed exactly:
+// on the CPU in float32 by an int8 x int8 -> int32 matmul (at::_int_mm, oneDNN), whose sums are
+// exact on every instruction set; for float64 inputs (gradient checks) by a float64 matmul of the
+// codes. Each sum then converts to float exactly while |acc| <= 128 K < 2^24, i.e. for K < 131072.
+// The scales are applied in the order of the W1.58A8 reference epilogue (cuda/reference.hpp
+// epilogue_ref), so this layer computes bit for bit what PackedBitLinear computes on the CPU. The
+// fake-quant formula (x_q W_q^T in float) is the same value up to float rounding.
 //
 // Backward: the straight-through estimator of the fake-quant path at lambda 1 (bitlinear/estimators):
 // grad_x = (g W_deq) * mask_a, grad_w = (g^T X_deq) * mask_w (masks 1 for the identity estimator),
@@ -21,8 +23,9 @@ namespace bitqat::bitlinear {
 // exact float sums (or double inputs).
 bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, const ActQuantSpec& a);
 
-// The activation codes of an input (values -1..127 as the compute dtype, [M, K]) and their scales
-// ([M] per token, [1] per tensor): computed once when several layers read the same input (q, k, v).
+// The activation codes of an input ([M, K]: int8 for float32 CPU inputs quantized per token, else
+// the integer values -128..127 held in the compute dtype) and their scales ([M] per token, [1] per
+// tensor): computed once when several layers read the same input (q, k, v).
 struct ActCodes {
   at::Tensor codes;
   at::Tensor scales;

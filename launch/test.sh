@@ -3,6 +3,9 @@
 # LibTorch picks its CPU kernels by instruction set, and a test that passes under one can fail under
 # another (REFERENCE.md section 7), so every numerics test must hold under all three. A capability the
 # CPU lacks falls back silently to the best one it has; each run prints the one that actually ran.
+# oneDNN (LibTorch's int8 matmul, at::_int_mm, which the exact quantized linear uses) picks its own
+# kernels by instruction set: each pass caps it to the matching one (ONEDNN_MAX_CPU_ISA SSE41, AVX2,
+# and the CPU's best), so its non-VNNI int8 kernels are tested too.
 #
 #   launch/test.sh [ctest arguments...]     (default: --output-on-failure -j 2)
 set -euo pipefail
@@ -19,8 +22,10 @@ else
 fi
 status=0
 for cap in default avx2 avx512; do
+  case "$cap" in default) dnnl=SSE41 ;; avx2) dnnl=AVX2 ;; *) dnnl=ALL ;; esac
+  export ONEDNN_MAX_CPU_ISA=$dnnl
   ran="$(ATEN_CPU_CAPABILITY=$cap "$BUILD/bitqat" version --cpu-capability)"
-  printf '[test] ATEN_CPU_CAPABILITY=%s: LibTorch runs its %s kernels\n' "$cap" "$ran"
+  printf '[test] ATEN_CPU_CAPABILITY=%s: LibTorch runs its %s kernels (oneDNN capped at %s)\n' "$cap" "$ran" "$dnnl"
   # The GgufInLlamaCpp tests train five small models and run them in llama.cpp (minutes each on
   # this 2-core machine): they check llama.cpp's computation of our files, so they run in the
   # first pass only; the bitqat numerics they rely on are tested under every capability by the rest.

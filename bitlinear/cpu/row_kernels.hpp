@@ -46,13 +46,14 @@ struct RowKernels {
                        int8_t* codes, float* codes_f, float lambda, float* out, int64_t begin, int64_t end);
   // The exact quantized linear's epilogue (cuda/reference.cpp epilogue_ref's order): for each row m,
   // y[m, n] = (sum over groups g of acc[g][m, n] * gamma[n * gstride + g]) / s[m] (+ bias[n]).
-  // acc holds `groups` pointers to [rows, n] float matrices of exact integer sums.
-  void (*linear_epilogue)(const float* const* acc, int64_t groups, int64_t n, const float* gamma, int64_t gstride,
+  // acc holds `groups` pointers to [rows, n] int32 matrices of the integer sums (|acc| < 2^24, so
+  // each converts to float exactly).
+  void (*linear_epilogue)(const int32_t* const* acc, int64_t groups, int64_t n, const float* gamma, int64_t gstride,
                           const float* s, const float* bias, float* y, int64_t begin, int64_t end);
-  // Dequantized activations for the backward: out[row, j] = codes[row, j] / s[row] (codes as floats).
-  void (*dequant_rows)(const float* codes, int64_t k, const float* s, float* out, int64_t begin, int64_t end);
-  // Dequantized weights: out[row, j] = codes[row, j] * gamma[row * stride + j / group] (codes as floats).
-  void (*scale_codes)(const float* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
+  // Dequantized activations for the backward: out[row, j] = float(codes[row, j]) / s[row].
+  void (*dequant_rows)(const int8_t* codes, int64_t k, const float* s, float* out, int64_t begin, int64_t end);
+  // Dequantized weights: out[row, j] = float(codes[row, j]) * gamma[row * stride + j / group].
+  void (*scale_codes)(const int8_t* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
                       int64_t begin, int64_t end);
 };
 

@@ -104,6 +104,31 @@ void rms_norm(const float* x, int64_t k, const float* w, double eps, float* y, f
   }
 }
 
+// c = sum over the row of (g w)(x r), each product exact in double, summed in kMaxLanes
+// interleaved lanes (lane l takes terms l, l + kMaxLanes, ...) and then the lanes in order: a fixed
+// order, so every variant computes the same value, and one the vectorizer keeps in registers (a
+// single running sum is one dependent add per element). Gradients need no canonical (CUDA) order.
+double grad_dot_xhat(const float* gr, const float* w, const float* xr, float ri, int64_t k) {
+  double lane[kMaxLanes] = {};
+  int64_t i = 0;
+  if (w) {
+    for (; i + kMaxLanes <= k; i += kMaxLanes) {
+      for (int l = 0; l < kMaxLanes; ++l) {
+        lane[l] += static_cast<double>(gr[i + l] * w[i + l]) * static_cast<double>(xr[i + l] * ri);
+      }
+    }
+    for (int l = 0; i + l < k; ++l) lane[l] += static_cast<double>(gr[i + l] * w[i + l]) * static_cast<double>(xr[i + l] * ri);
+  } else {
+    for (; i + kMaxLanes <= k; i += kMaxLanes) {
+      for (int l = 0; l < kMaxLanes; ++l) lane[l] += static_cast<double>(gr[i + l]) * static_cast<double>(xr[i + l] * ri);
+    }
+    for (int l = 0; i + l < k; ++l) lane[l] += static_cast<double>(gr[i + l]) * static_cast<double>(xr[i + l] * ri);
+  }
+  double c = 0.0;
+  for (int l = 0; l < kMaxLanes; ++l) c += lane[l];
+  return c;
+}
+
 void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, float* dx,
                        float* dw_partial, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
@@ -111,18 +136,15 @@ void rms_norm_backward(const float* g, const float* x, const float* w, const flo
     const float* xr = x + row * k;
     float* dxr = dx + row * k;
     const float ri = r[row];
-    // c = mean over the row of (g w)(x r), in double for accuracy (gradients need no canonical order).
-    double c = 0.0;
-    for (int64_t j = 0; j < k; ++j) {
-      const float gw = w ? gr[j] * w[j] : gr[j];
-      c += static_cast<double>(gw) * static_cast<double>(xr[j] * ri);
+    // c = mean over the row of (g w)(x r), in double for accuracy.
+    const float cf = static_cast<float>(grad_dot_xhat(gr, w, xr, ri, k) / static_cast<double>(k));
+    if (w) {
+      for (int64_t j = 0; j < k; ++j) dxr[j] = ri * (gr[j] * w[j] - (xr[j] * ri) * cf);
+    } else {
+      for (int64_t j = 0; j < k; ++j) dxr[j] = ri * (gr[j] - (xr[j] * ri) * cf);
     }
-    const float cf = static_cast<float>(c / static_cast<double>(k));
-    for (int64_t j = 0; j < k; ++j) {
-      const float xhat = xr[j] * ri;
-      const float gw = w ? gr[j] * w[j] : gr[j];
-      dxr[j] = ri * (gw - xhat * cf);
-      if (dw_partial) dw_partial[j] += gr[j] * xhat;
+    if (dw_partial) {
+      for (int64_t j = 0; j < k; ++j) dw_partial[j] += gr[j] * (xr[j] * ri);
     }
   }
 }
@@ -218,40 +240,60 @@ void abs_sums(const float* w, int64_t cols, int64_t group, double* out, int64_t 
   }
 }
 
+// The ternary code clamp(round_half_away(v), -1, 1) of v = w / (gamma + eps), NaN -> 0
+// (cuda/quant_codes.hpp ternary_code), as a float: round_half_away(v) >= 1 exactly when v >= 0.5
+// and <= -1 exactly when v <= -0.5, and a NaN fails both compares. No branch, so it vectorizes.
+inline float ternary_code_f(float v) {
+  return static_cast<float>(v >= 0.5f) - static_cast<float>(v <= -0.5f);
+}
+
 void ternary_rows(const float* w, int64_t cols, int64_t group, int64_t stride, const float* gamma, float eps,
                   int8_t* codes, float* codes_f, float lambda, float* out, int64_t begin, int64_t end) {
+  constexpr int64_t kChunk = 256;
+  alignas(64) float c[kChunk];
   for (int64_t row = begin; row < end; ++row) {
     const float* wr = w + row * cols;
     for (int64_t c0 = 0; c0 < cols; c0 += group) {
       const int64_t n = cols - c0 < group ? cols - c0 : group;
       const float gm = gamma[row * stride + (stride > 0 ? c0 / group : 0)];
       const float denom = gm + eps;
-      for (int64_t j = c0; j < c0 + n; ++j) {
-        const float v = wr[j] / denom;
-        // Clamp before rounding (round(clamp(v, -2, 2)) clamped to [-1, 1] equals clamp(round(v), -1, 1)),
-        // and a NaN weight gives code 0 (cuda/quant_codes.hpp ternary_code).
-        const float vc = v == v ? (v > 2.0f ? 2.0f : (v < -2.0f ? -2.0f : v)) : 0.0f;
-        const float r = round_half_away(vc);
-        const float c = r > 1.0f ? 1.0f : (r < -1.0f ? -1.0f : r);
-        if (codes) codes[row * cols + j] = static_cast<int8_t>(c);
-        if (codes_f) codes_f[row * cols + j] = c;
+      // Chunks of the group: the codes first, then each requested output in its own plain loop.
+      for (int64_t j0 = c0; j0 < c0 + n; j0 += kChunk) {
+        const int64_t len = c0 + n - j0 < kChunk ? c0 + n - j0 : kChunk;
+        const float* wj = wr + j0;
+        for (int64_t j = 0; j < len; ++j) c[j] = ternary_code_f(wj[j] / denom);
+        if (codes) {
+          int8_t* q = codes + row * cols + j0;
+          for (int64_t j = 0; j < len; ++j) q[j] = static_cast<int8_t>(c[j]);
+        }
+        if (codes_f) std::memcpy(codes_f + row * cols + j0, c, static_cast<size_t>(len) * sizeof(float));
         if (out) {
-          const float d = c * gm;
-          out[row * cols + j] = lambda == 1.0f ? d : (lambda == 0.0f ? wr[j] : wr[j] + lambda * (d - wr[j]));
+          float* o = out + row * cols + j0;
+          if (lambda == 1.0f) {
+            for (int64_t j = 0; j < len; ++j) o[j] = c[j] * gm;
+          } else if (lambda == 0.0f) {
+            std::memcpy(o, wj, static_cast<size_t>(len) * sizeof(float));
+          } else {
+            for (int64_t j = 0; j < len; ++j) o[j] = wj[j] + lambda * (c[j] * gm - wj[j]);
+          }
         }
       }
     }
   }
 }
 
-void linear_epilogue(const float* const* acc, int64_t groups, int64_t n, const float* gamma, int64_t gstride,
+void linear_epilogue(const int32_t* const* acc, int64_t groups, int64_t n, const float* gamma, int64_t gstride,
                      const float* s, const float* bias, float* y, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
     float* yr = y + row * n;
     for (int64_t c = 0; c < n; ++c) yr[c] = 0.0f;
     for (int64_t g = 0; g < groups; ++g) {
-      const float* a = acc[g] + row * n;
-      for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + a[c] * gamma[c * gstride + g];
+      const int32_t* a = acc[g] + row * n;
+      if (gstride == 1 && groups == 1) {
+        for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + static_cast<float>(a[c]) * gamma[c];
+      } else {
+        for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + static_cast<float>(a[c]) * gamma[c * gstride + g];
+      }
     }
     const float si = s[row];
     for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] / si;
@@ -261,20 +303,24 @@ void linear_epilogue(const float* const* acc, int64_t groups, int64_t n, const f
   }
 }
 
-void dequant_rows(const float* codes, int64_t k, const float* s, float* out, int64_t begin, int64_t end) {
+void dequant_rows(const int8_t* codes, int64_t k, const float* s, float* out, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
     const float si = s[row];
-    for (int64_t j = 0; j < k; ++j) out[row * k + j] = codes[row * k + j] / si;
+    const int8_t* q = codes + row * k;
+    float* o = out + row * k;
+    for (int64_t j = 0; j < k; ++j) o[j] = static_cast<float>(q[j]) / si;
   }
 }
 
-void scale_codes(const float* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
+void scale_codes(const int8_t* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
                  int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
     for (int64_t c0 = 0; c0 < cols; c0 += group) {
       const int64_t n = cols - c0 < group ? cols - c0 : group;
       const float gm = gamma[row * stride + (stride > 0 ? c0 / group : 0)];
-      for (int64_t j = c0; j < c0 + n; ++j) out[row * cols + j] = codes[row * cols + j] * gm;
+      const int8_t* q = codes + row * cols + c0;
+      float* o = out + row * cols + c0;
+      for (int64_t j = 0; j < n; ++j) o[j] = static_cast<float>(q[j]) * gm;
     }
   }
 }

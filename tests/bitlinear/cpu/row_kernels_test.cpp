@@ -168,29 +168,91 @@ TEST(RowKernels, WeightSumsCodesAndFakeQuantEqualTheScalarDefinition) {
       for (size_t i = 0; i < codes.size(); ++i) ASSERT_EQ(codes_f[i], static_cast<float>(codes[i]));
     }
   }
+  // The rounding boundaries: w / (gamma + eps) exactly +-0.5 (rounds away: +-1), the floats just
+  // inside (0), +-1.5, +-0, infinities and NaN, against ternary_code, in every variant.
+  const float gm = 0.03f, denom = gm + 1e-5f;
+  const float half = 0.5f * denom;  // exact: half / denom == 0.5
+  const std::vector<float> edge = {half,
+                                   -half,
+                                   std::nextafter(half, 0.0f),
+                                   std::nextafter(-half, 0.0f),
+                                   1.5f * denom,
+                                   -1.5f * denom,
+                                   0.0f,
+                                   -0.0f,
+                                   std::numeric_limits<float>::infinity(),
+                                   -std::numeric_limits<float>::infinity(),
+                                   std::numeric_limits<float>::quiet_NaN(),
+                                   1e30f};
+  ASSERT_EQ(half / denom, 0.5f);
+  const int64_t n = static_cast<int64_t>(edge.size());
+  std::vector<int8_t> want(edge.size());
+  for (size_t i = 0; i < edge.size(); ++i) want[i] = qc::ternary_code(edge[i], gm, 1e-5f);
+  EXPECT_EQ(want[0], 1);
+  EXPECT_EQ(want[1], -1);
+  EXPECT_EQ(want[2], 0);
+  for (const auto* rk : variants()) {
+    std::vector<int8_t> codes(edge.size());
+    std::vector<float> out(edge.size());
+    rk->ternary_rows(edge.data(), n, n, 0, &gm, 1e-5f, codes.data(), nullptr, 1.0f, out.data(), 0, 1);
+    EXPECT_EQ(codes, want) << rk->isa;
+    for (size_t i = 0; i < edge.size(); ++i) EXPECT_EQ(out[i], static_cast<float>(want[i]) * gm) << rk->isa << " " << i;
+  }
 }
 
 TEST(RowKernels, EpilogueFollowsTheReferenceOrder) {
-  const int64_t m = 4, n = 6, groups = 3;
-  std::mt19937 rng(8);
-  std::vector<int32_t> acc_i(static_cast<size_t>(m * n * groups));
-  for (auto& a : acc_i) a = static_cast<int32_t>(rng() % 20001) - 10000;
-  const auto gamma = randn(static_cast<size_t>(n * groups), 9, 0.1f);
-  const auto s = randn(static_cast<size_t>(m), 10, 30.0f);
-  const auto bias = randn(static_cast<size_t>(n), 11, 1.0f);
-  std::vector<float> want(static_cast<size_t>(m * n));
-  qc::epilogue_ref(acc_i.data(), m, n, groups, gamma.data(), groups, s.data(), bias.data(), want.data());
-  // The kernel takes one [m, n] float matrix per group.
-  std::vector<std::vector<float>> acc(groups, std::vector<float>(static_cast<size_t>(m * n)));
-  std::vector<const float*> ptrs;
-  for (int64_t g = 0; g < groups; ++g) {
-    for (int64_t i = 0; i < m * n; ++i) acc[g][i] = static_cast<float>(acc_i[static_cast<size_t>(i * groups + g)]);
-    ptrs.push_back(acc[g].data());
+  const int64_t m = 4, n = 6;
+  // Three groups (per-group scales), and one group with one scale per column (per channel, the
+  // kernel's gstride 1 loop).
+  for (const int64_t groups : {int64_t{3}, int64_t{1}}) {
+    std::mt19937 rng(8);
+    std::vector<int32_t> acc_i(static_cast<size_t>(m * n * groups));
+    for (auto& a : acc_i) a = static_cast<int32_t>(rng() % 20001) - 10000;
+    const auto gamma = randn(static_cast<size_t>(n * groups), 9, 0.1f);
+    const auto s = randn(static_cast<size_t>(m), 10, 30.0f);
+    const auto bias = randn(static_cast<size_t>(n), 11, 1.0f);
+    std::vector<float> want(static_cast<size_t>(m * n));
+    qc::epilogue_ref(acc_i.data(), m, n, groups, gamma.data(), groups, s.data(), bias.data(), want.data());
+    // The kernel takes one [m, n] int32 matrix per group.
+    std::vector<std::vector<int32_t>> acc(groups, std::vector<int32_t>(static_cast<size_t>(m * n)));
+    std::vector<const int32_t*> ptrs;
+    for (int64_t g = 0; g < groups; ++g) {
+      for (int64_t i = 0; i < m * n; ++i) acc[g][i] = acc_i[static_cast<size_t>(i * groups + g)];
+      ptrs.push_back(acc[g].data());
+    }
+    for (const auto* rk : variants()) {
+      std::vector<float> y(static_cast<size_t>(m * n));
+      rk->linear_epilogue(ptrs.data(), groups, n, gamma.data(), groups, s.data(), bias.data(), y.data(), 0, m);
+      EXPECT_TRUE(same_bits(y.data(), want.data(), y.size())) << rk->isa << " groups " << groups;
+    }
   }
+}
+
+TEST(RowKernels, DequantizedCodesAreOneFloatOperationPerValue) {
+  // The backward's dequantization from int8 codes: code / s per row, code * gamma per group; each a
+  // single correctly rounded float operation, so the expected value is that operation here.
+  const int64_t rows = 5, cols = 300, group = 64, groups = (cols + group - 1) / group;
+  std::mt19937 rng(21);
+  std::vector<int8_t> codes(static_cast<size_t>(rows * cols));
+  for (auto& c : codes) c = static_cast<int8_t>(static_cast<int>(rng() % 256) - 128);
+  const auto s = randn(static_cast<size_t>(rows), 22, 40.0f);
+  const auto gamma = randn(static_cast<size_t>(rows * groups), 23, 0.05f);
   for (const auto* rk : variants()) {
-    std::vector<float> y(static_cast<size_t>(m * n));
-    rk->linear_epilogue(ptrs.data(), groups, n, gamma.data(), groups, s.data(), bias.data(), y.data(), 0, m);
-    EXPECT_TRUE(same_bits(y.data(), want.data(), y.size())) << rk->isa;
+    std::vector<float> x(codes.size()), w(codes.size());
+    rk->dequant_rows(codes.data(), cols, s.data(), x.data(), 0, rows);
+    rk->scale_codes(codes.data(), cols, group, groups, gamma.data(), w.data(), 0, rows);
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t j = 0; j < cols; ++j) {
+        const auto i = static_cast<size_t>(r * cols + j);
+        const float c = static_cast<float>(codes[i]);
+        ASSERT_EQ(x[i], c / s[static_cast<size_t>(r)]) << rk->isa << " row " << r << " col " << j;
+        ASSERT_EQ(w[i], c * gamma[static_cast<size_t>(r * groups + j / group)]) << rk->isa << " row " << r;
+      }
+    }
+    // One scale for the whole tensor (stride 0).
+    std::vector<float> w1(codes.size());
+    rk->scale_codes(codes.data(), cols, cols, 0, gamma.data(), w1.data(), 0, rows);
+    for (size_t i = 0; i < codes.size(); ++i) ASSERT_EQ(w1[i], static_cast<float>(codes[i]) * gamma[0]) << rk->isa;
   }
 }
 
