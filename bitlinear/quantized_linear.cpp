@@ -1,5 +1,6 @@
 #include "bitlinear/quantized_linear.hpp"
 
+#include <ATen/record_function.h>
 #include <torch/autograd.h>
 
 #include "bitlinear/quant_kernels.hpp"
@@ -64,6 +65,7 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& codes, const at::Tensor& scales, WeightQuantSpec wspec,
                             ActQuantSpec aspec) {
+    RECORD_FUNCTION("bitqat::quantized_linear", std::vector<c10::IValue>());
     const int64_t k = x.size(-1);
     const bool int8 = int8_path(codes);
     const auto dt = int8 ? at::kFloat : codes.scalar_type();

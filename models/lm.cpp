@@ -6,6 +6,7 @@
 #include <torch/nn/init.h>
 
 #include <ATen/Parallel.h>
+#include <ATen/record_function.h>
 
 #include <algorithm>
 #include <cmath>
@@ -67,6 +68,7 @@ struct ReluSquared : torch::autograd::Function<ReluSquared> {
     });
   }
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
+    RECORD_FUNCTION("bitqat::relu_squared", std::vector<c10::IValue>());
     const auto xd = x.detach();
     if (fused(xd)) {
       const auto xc = xd.contiguous();
@@ -199,6 +201,7 @@ struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
   }
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin) {
+    RECORD_FUNCTION("bitqat::rope", std::vector<c10::IValue>());
     ctx->save_for_backward({cos, sin});
     const auto xc = x.detach().contiguous();
     auto y = at::empty_like(xc);

@@ -33,8 +33,12 @@ template <class Term>
 double canonical_sum(int64_t n, Term term) {
   alignas(64) double lane[kLanes];
   const int64_t p = pow2_at_least(n);
-  for (int64_t l = 0; l < p; ++l) lane[l] = 0.0;
-  int64_t i = 0;
+  // The first block is written rather than added to zeroed lanes: 0.0 + t keeps that addition's value
+  // (-0 becomes +0) without a separate pass clearing the lanes.
+  const int64_t first = n < kLanes ? n : kLanes;
+  for (int64_t l = 0; l < first; ++l) lane[l] = 0.0 + term(l);
+  for (int64_t l = first; l < p; ++l) lane[l] = 0.0;
+  int64_t i = first;
   for (; i + kLanes <= n; i += kLanes) {
     for (int l = 0; l < kLanes; ++l) lane[l] += term(i + l);
   }
@@ -52,30 +56,39 @@ inline float round_half_away(float v) {
   return t + (f >= 0.5f ? 1.0f : 0.0f) - (f <= -0.5f ? 1.0f : 0.0f);
 }
 
-// max |x| over a row (exact in any order) and whether every value was finite.
+// max |x| over a row (exact in any order) and whether every value was finite. Written with GCC
+// vector types (16 float lanes: one AVX-512 register, two AVX2 or four SSE ones), because GCC
+// unrolls a 16-lane array loop into scalar code here. z sums x * 0, which is +-0 for a finite x and
+// NaN for an infinite or NaN one, so z is NaN exactly when a value was not finite; a NaN never wins
+// `a > m`, as in the scalar definition (whose scale is NaN for such a row whatever amax is).
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+
 float row_absmax(const float* x, int64_t k, bool* finite) {
-  float m[kMaxLanes] = {};
-  int bad[kMaxLanes] = {};
+  f32x16 m = {}, z = {};
   int64_t i = 0;
   for (; i + kMaxLanes <= k; i += kMaxLanes) {
-    for (int l = 0; l < kMaxLanes; ++l) {
-      const float a = std::fabs(x[i + l]);
-      bad[l] |= !(a <= std::numeric_limits<float>::max());
-      m[l] = a > m[l] ? a : m[l];
-    }
+    f32x16 v;
+    std::memcpy(&v, x + i, sizeof v);
+    i32x16 bits;
+    std::memcpy(&bits, &v, sizeof bits);
+    bits &= 0x7fffffff;
+    f32x16 a;
+    std::memcpy(&a, &bits, sizeof a);
+    m = a > m ? a : m;
+    z += v * 0.0f;
   }
-  for (int l = 0; i + l < k; ++l) {
-    const float a = std::fabs(x[i + l]);
-    bad[l] |= !(a <= std::numeric_limits<float>::max());
-    m[l] = a > m[l] ? a : m[l];
-  }
-  float amax = 0.0f;
-  int any_bad = 0;
+  float amax = 0.0f, zs = 0.0f;
   for (int l = 0; l < kMaxLanes; ++l) {
     amax = m[l] > amax ? m[l] : amax;
-    any_bad |= bad[l];
+    zs += z[l];
   }
-  *finite = any_bad == 0;
+  for (; i < k; ++i) {
+    const float a = std::fabs(x[i]);
+    amax = a > amax ? a : amax;
+    zs += x[i] * 0.0f;
+  }
+  *finite = zs == zs;
   return amax;
 }
 

@@ -1,0 +1,84 @@
+// Throughput of the CPU row kernels behind the quantized linear and RMSNorm (bitlinear/quant_kernels)
+// at the quickstart's shapes (2048 tokens x K = 128 or 512), against a copy of the same bytes as the
+// memory floor. A program, not a test: the numbers depend on the machine and its load.
+//
+//   row_kernels_bench [--threads 2] [--iters 200]
+//
+// Prints one line per kernel and shape: median microseconds over --iters calls after 20 warm-up
+// calls, the bytes it must read and write, and that traffic's rate next to the copy's.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <fmt/format.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "bitlinear/quant_kernels.hpp"
+
+namespace {
+
+using namespace bitqat::bitlinear;
+
+double median_us(const std::function<void()>& fn, int iters) {
+  for (int i = 0; i < 20; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+void row(const std::string& name, int64_t m, int64_t k, double bytes, double us, double copy_gbs) {
+  const double gbs = bytes / us * 1e-3;
+  std::printf("%-22s [%lld, %lld] %9.1f us %8.2f MB %7.1f GB/s (copy %5.1f GB/s: %.2fx its time)\n", name.c_str(),
+              static_cast<long long>(m), static_cast<long long>(k), us, bytes * 1e-6, gbs, copy_gbs, copy_gbs / gbs);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2, iters = 200;
+  CLI::App app{"CPU row kernel throughput"};
+  app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_option("--iters", iters, "timed calls per kernel")->check(CLI::Range(1, 1000000));
+  CLI11_PARSE(app, argc, argv);
+  at::set_num_threads(threads);
+  at::manual_seed(0);
+  const int64_t m = 2048;
+  for (const int64_t k : {int64_t{128}, int64_t{512}}) {
+    const auto x = at::randn({m, k});
+    const auto g = at::randn({m, k});
+    const auto w = at::randn({k});
+    auto dst = at::empty_like(x);
+    const double f = 4.0 * static_cast<double>(m * k);  // bytes of one float [m, k]
+    const double copy_us = median_us([&] { dst.copy_(x); }, iters);
+    const double copy_gbs = 2 * f / copy_us * 1e-3;
+    row("copy", m, k, 2 * f, copy_us, copy_gbs);
+    row("quantize_rows", m, k, f + f / 4, median_us([&] { kernels::quantize_rows(x, 1e-5, 8); }, iters), copy_gbs);
+    row("rms_norm", m, k, 2 * f, median_us([&] { kernels::rms_norm(x, w, 1e-6); }, iters), copy_gbs);
+    const auto r = kernels::rms_norm(x, w, 1e-6).second;
+    row("rms_norm_backward", m, k, 3 * f, median_us([&] { kernels::rms_norm_backward(g, x, w, r); }, iters), copy_gbs);
+    const auto codes = kernels::quantize_rows(x, 1e-5, 8);
+    row("dequant_rows", m, k, f + f / 4, median_us([&] { kernels::dequant_rows(codes.codes, codes.scales); }, iters),
+        copy_gbs);
+    // The epilogue of an [m, k] output: int32 sums in, float out.
+    const auto acc = at::randint(-20000, 20000, {m, k}, at::kInt);
+    const auto gamma = at::full({k}, 0.02f);
+    row("linear_epilogue", m, k, 2 * f,
+        median_us([&] { kernels::linear_epilogue({acc}, gamma, 1, codes.scales, at::Tensor()); }, iters), copy_gbs);
+    // A weight [4k, k]... the quickstart's largest is [512, 128]: weight codes and per-tensor gamma.
+    const auto wt = at::randn({512, 128}) * 0.05;
+    row("weight_codes [512,128]", 512, 128, 4.0 * 512 * 128 * 1.25,
+        median_us([&] { kernels::weight_codes(wt, 128, true, false, 1e-5); }, iters), copy_gbs);
+    std::printf("\n");
+  }
+  return 0;
+}
