@@ -207,8 +207,7 @@ at::Tensor ternary_gamma(const at::Tensor& w, int64_t group, bool per_tensor) {
 
 }  // namespace
 
-WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps,
-                         bool float_codes) {
+WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps) {
   RECORD_FUNCTION("bitqat::weight_codes", std::vector<c10::IValue>());
   check_2d(w2d, "weight_codes");
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
@@ -239,16 +238,14 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
   const auto w = w2d.to(compute_dtype(w2d)).contiguous();
   if (w.scalar_type() == at::kFloat && !binary) {
     out.gamma = ternary_gamma(w, group, per_tensor);
-    out.codes = at::empty({rows, cols}, w.options().dtype(float_codes ? at::kFloat : at::kChar));
+    out.codes = at::empty({rows, cols}, w.options().dtype(at::kChar));
     const auto& rk = cpu::row_kernels();
     at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
       rk.ternary_rows(w.data_ptr<float>(), cols, group, stride, out.gamma.data_ptr<float>(), static_cast<float>(eps),
-                      float_codes ? nullptr : out.codes.data_ptr<int8_t>(),
-                      float_codes ? out.codes.data_ptr<float>() : nullptr, 1.0f, nullptr, begin, end);
+                      out.codes.data_ptr<int8_t>(), nullptr, 1.0f, nullptr, begin, end);
     });
     return out;
   }
-  if (float_codes) throw std::invalid_argument("weight_codes: float codes are for float32 ternary weights on the CPU");
   out.gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, groups}, w.options());
   if (binary) out.mean = at::empty_like(out.gamma);
   out.codes = at::empty({rows, cols}, w.options().dtype(at::kChar));

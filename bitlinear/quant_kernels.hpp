@@ -38,10 +38,8 @@ struct WeightCodes {
 
 // Codes of w [rows, cols] (contiguous) with one scale per `group` consecutive columns of a row (the
 // last may be shorter; group = cols: per channel) or, per_tensor, one scale for all. Ternary:
-// clamp(round(w / (gamma + eps)), -1, 1); binary: sign(w - mean) (sign(0) = +1). float_codes: the
-// codes as float32 values (-1, 0, 1) instead of int8 (CPU float32 ternary only; for matmuls).
-WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps,
-                         bool float_codes = false);
+// clamp(round(w / (gamma + eps)), -1, 1); binary: sign(w - mean) (sign(0) = +1).
+WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps);
 
 // ---- fused passes of the float32 CPU training path (bitlinear/cpu/row_kernels.hpp) --------------
 // Each produces exactly the values of the composed definitions above (the same codes and scales, one

@@ -20,7 +20,7 @@
 namespace bitqat::bitlinear {
 
 // Whether quantized_linear serves this input: both quantizers on, a CPU tensor, K small enough for
-// exact float sums (or double inputs).
+// the integer sums to convert to float exactly (K < 131072; any K for double inputs).
 bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, const ActQuantSpec& a);
 
 // The activation codes of an input ([M, K]: int8 for float32 CPU inputs quantized per token, else
