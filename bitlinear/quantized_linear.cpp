@@ -1,7 +1,10 @@
 #include "bitlinear/quantized_linear.hpp"
 
 #include <ATen/record_function.h>
+#include <fmt/format.h>
 #include <torch/autograd.h>
+
+#include <stdexcept>
 
 #include "bitlinear/quant_kernels.hpp"
 
@@ -13,9 +16,19 @@ using torch::autograd::tensor_list;
 
 constexpr int64_t kExactFloatK = (int64_t{1} << 24) / 128;  // |acc| <= 128 K must stay below 2^24
 
-// The float32 CPU path (int8 codes): integer matmuls (at::_int_mm, int32 sums) and the row kernels.
-// float64 (gradient checks) runs the composed ATen ops on codes held as doubles.
+// The float32 CPU path with per-token scales (int8 codes): integer matmuls (at::_int_mm, int32
+// sums) and the row kernels. Other inputs (float64 for gradient checks, per-tensor activation
+// scales) run the composed ATen ops on the codes held in the compute dtype.
 bool int8_path(const at::Tensor& codes) { return codes.scalar_type() == at::kChar; }
+
+// acc = a b^T for int8 a [M, K], b [N, K]: int32, exact. LibTorch 2.11's CPU at::_int_mm returns
+// wrong sums for K = 1 (oneDNN's gemm is handed leading dimensions taken from the strides of a
+// size-1 dimension and rejects the call silently; pytorch/pytorch#195066), so K = 1 is the
+// broadcast product of the two columns.
+at::Tensor int8_product(const at::Tensor& a, const at::Tensor& b) {
+  if (a.size(1) == 1) return a.to(at::kInt) * b.to(at::kInt).t();
+  return at::_int_mm(a.contiguous(), b.t());
+}
 
 // The epilogue of the composed path, in the order of cuda/reference.cpp epilogue_ref: y = 0;
 // y += acc_g * gamma_g for each group g in order; y / s; + bias.
@@ -46,7 +59,7 @@ at::Tensor epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma,
 // per-channel scales): int32 from int8 codes, else exact integer values in the codes' dtype.
 std::vector<at::Tensor> code_products(const at::Tensor& cx, const at::Tensor& cw, const WeightQuantSpec& wspec) {
   auto product = [&](const at::Tensor& a, const at::Tensor& b) {
-    return int8_path(a) ? at::_int_mm(a.contiguous(), b.t()) : at::mm(a, b.t());
+    return int8_path(a) ? int8_product(a, b) : at::mm(a, b.t());
   };
   std::vector<at::Tensor> acc;
   if (wspec.granularity == Granularity::kPerGroup) {
@@ -70,6 +83,12 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     const bool int8 = int8_path(codes);
     const auto dt = int8 ? at::kFloat : codes.scalar_type();
     const auto cx = codes.reshape({-1, k});
+    if (int8 && (aspec.type != ActQuant::kPerToken || scales.scalar_type() != at::kFloat ||
+                 scales.numel() != cx.size(0))) {
+      throw std::invalid_argument(fmt::format(
+          "quantized_linear: int8 codes [{}, {}] need per-token float32 scales [{}], got {} scales of {}", cx.size(0),
+          k, cx.size(0), scales.numel(), c10::toString(scales.scalar_type())));
+    }
     const auto qw = quantize_weight(weight.detach(), wspec);
     const auto cw = int8 ? qw.codes : qw.codes.to(dt);
     const auto gamma = qw.scales.to(dt);

@@ -4,7 +4,9 @@
 // Every variant computes exactly the values of the scalar definitions in cuda/quant_codes.hpp: the
 // same canonical double sums lane by lane, single IEEE operations, no FMA contraction
 // (-ffp-contract=off), and round-half-away done exactly without libm. So codes, scales and outputs
-// are bit-identical across variants, thread counts and with the CUDA kernels.
+// are bit-identical across variants, thread counts and with the CUDA kernels. The one exception is
+// rms_norm_backward's row sum, a gradient with no CUDA twin to match: it has its own fixed order
+// (16 interleaved double lanes), the same in every variant.
 //
 // All pointers are to contiguous row-major float32 (codes int8) arrays; each function handles the
 // rows [begin, end) of an [m, k] matrix, and callers split rows over threads (at::parallel_for).

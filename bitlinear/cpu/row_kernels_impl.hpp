@@ -1,8 +1,9 @@
 // The body of the CPU row kernels (row_kernels.hpp), included by one .cpp per instruction set with
 // BITQAT_ROWK_NS naming its namespace. Plain loops written for the compiler's vectorizer: lane
-// arrays for the maxima and the canonical sums (each lane an independent left-to-right sum, so the
-// vector code equals the scalar definition), and a branch-free exact round-half-away through integer
-// truncation. Nothing here has external linkage beyond the kernel table, and no standard-library
+// arrays for the canonical sums (each lane an independent left-to-right sum, so the vector code
+// equals the scalar definition), GCC vector types where GCC would not vectorize a lane array (the
+// absmax; a GCC extension, and GCC builds this project), branch-free codes and an exact round-half-away through
+// integer truncation. Nothing here has external linkage beyond the kernel table, and no standard-library
 // template is instantiated (std::min, std::fill, std::vector): an AVX-512 copy of a shared inline
 // function or template could otherwise be picked by the linker for baseline callers. The arithmetic is the
 // one of cuda/quant_codes.hpp, restated here for that reason; tests compare every variant with it.

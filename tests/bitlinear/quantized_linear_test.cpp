@@ -8,7 +8,10 @@
 
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
+
+#include <fmt/format.h>
 
 #include "bitlinear/estimators.hpp"
 #include "bitlinear/quant_kernels.hpp"
@@ -28,40 +31,77 @@ WeightQuantSpec wspec(WeightQuant t, Granularity g, int64_t group = 64) {
 
 }  // namespace
 
+// The float32 output against cuda/reference's epilogue_ref of the integer sums, which are computed
+// here in double from the codes (exact: |acc| < 2^53), independently of the layer's int8 matmul and
+// row kernels. Bit for bit.
+void expect_reference_epilogue(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b, const WeightQuantSpec& ws,
+                               const std::string& what) {
+  const ActQuantSpec as;
+  const int64_t m = x.size(0), k = x.size(1), n = w.size(0);
+  const auto got = quantized_linear(x, w, b, ws, as).contiguous();
+  ASSERT_EQ(got.scalar_type(), at::kFloat) << what;
+  const auto xq = kernels::quantize_rows(x.contiguous(), as.eps, as.bits);
+  const auto wq = quantize_weight(w, ws);
+  const int64_t group = ws.granularity == Granularity::kPerGroup ? ws.group_size : k;
+  const int64_t groups = (k + group - 1) / group;
+  std::vector<int32_t> acc(static_cast<size_t>(m * n * groups));  // [m, n, groups]
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    const int64_t lo = gi * group, len = std::min(group, k - lo);
+    const auto a = at::mm(xq.codes.narrow(1, lo, len).to(at::kDouble), wq.codes.narrow(1, lo, len).to(at::kDouble).t());
+    const auto* pa = a.contiguous().data_ptr<double>();
+    for (int64_t i = 0; i < m * n; ++i) acc[static_cast<size_t>(i * groups + gi)] = static_cast<int32_t>(pa[i]);
+  }
+  // Scales as epilogue_ref reads them: wscales[c * stride + g].
+  const auto gamma =
+      (ws.granularity == Granularity::kPerTensor ? wq.scales.expand({n}) : wq.scales).to(at::kFloat).contiguous();
+  const auto bias = b.defined() ? b.contiguous() : at::Tensor();
+  std::vector<float> want(static_cast<size_t>(m * n));
+  bitqat::cuda::epilogue_ref(acc.data(), m, n, groups, gamma.data_ptr<float>(), groups, xq.scales.data_ptr<float>(),
+                             bias.defined() ? bias.data_ptr<float>() : nullptr, want.data());
+  EXPECT_EQ(std::memcmp(got.data_ptr<float>(), want.data(), want.size() * sizeof(float)), 0) << what;
+}
+
 TEST(QuantizedLinear, Float32IsTheReferenceEpilogueOfTheExactIntegerSums) {
-  // The expected output is built independently of the layer's int8 matmul and row kernels: the
-  // integer sums of the codes in double (exact: |acc| < 2^53), then cuda/reference's epilogue_ref.
   at::manual_seed(11);
-  const int64_t m = 7, k = 300, n = 17;
-  for (auto t : {WeightQuant::kTernary, WeightQuant::kBinary}) {
-    for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup}) {
-      const auto ws = wspec(t, g);
-      const ActQuantSpec as;
-      const auto x = at::randn({m, k}) * 2;
-      const auto w = at::randn({n, k}) * 0.05;
-      const auto b = at::randn({n});
-      const auto got = quantized_linear(x, w, b, ws, as).contiguous();
-      ASSERT_EQ(got.scalar_type(), at::kFloat);
-      const auto xq = kernels::quantize_rows(x.contiguous(), as.eps, as.bits);
-      const auto wq = quantize_weight(w, ws);
-      const int64_t group = g == Granularity::kPerGroup ? ws.group_size : k;
-      const int64_t groups = (k + group - 1) / group;
-      std::vector<int32_t> acc(static_cast<size_t>(m * n * groups));  // [m, n, groups]
-      for (int64_t gi = 0; gi < groups; ++gi) {
-        const int64_t lo = gi * group, len = std::min(group, k - lo);
-        const auto a = at::mm(xq.codes.narrow(1, lo, len).to(at::kDouble), wq.codes.narrow(1, lo, len).to(at::kDouble).t());
-        const auto* pa = a.contiguous().data_ptr<double>();
-        for (int64_t i = 0; i < m * n; ++i) acc[static_cast<size_t>(i * groups + gi)] = static_cast<int32_t>(pa[i]);
+  const int64_t m = 7, n = 17;
+  // K = 300 with groups of 64 (a short last group), K = 129 (a last group one column wide), K = 1.
+  for (const int64_t k : {int64_t{300}, int64_t{129}, int64_t{1}}) {
+    for (auto t : {WeightQuant::kTernary, WeightQuant::kBinary}) {
+      for (auto g : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup}) {
+        for (const bool with_bias : {true, false}) {
+          const auto x = at::randn({m, k}) * 2;
+          const auto w = at::randn({n, k}) * 0.05;
+          const auto b = with_bias ? at::randn({n}) : at::Tensor();
+          expect_reference_epilogue(x, w, b, wspec(t, g),
+                                    fmt::format("K {} {} {} bias {}", k, to_string(t), to_string(g), with_bias));
+        }
       }
-      // Scales as epilogue_ref reads them: wscales[c * stride + g].
-      const auto gamma = (g == Granularity::kPerTensor ? wq.scales.expand({n}) : wq.scales).to(at::kFloat).contiguous();
-      std::vector<float> want(static_cast<size_t>(m * n));
-      bitqat::cuda::epilogue_ref(acc.data(), m, n, groups, gamma.data_ptr<float>(), groups,
-                                 xq.scales.data_ptr<float>(), b.data_ptr<float>(), want.data());
-      EXPECT_EQ(std::memcmp(got.data_ptr<float>(), want.data(), want.size() * sizeof(float)), 0)
-          << to_string(t) << " " << to_string(g);
     }
   }
+}
+
+TEST(QuantizedLinear, Float32IsExactAtTheLargestCodes) {
+  // Neighbouring activation codes +-127 against weights of all +1, all -1 and alternating signs:
+  // the pairs of products oneDNN's non-VNNI int8 kernels add in int16 are at their largest here.
+  const int64_t m = 6, k = 256, n = 8;
+  auto x = at::full({m, k}, 3.0f);
+  x.slice(1, 1, k, 2).fill_(-3.0f);  // codes 127, -127, 127, ...
+  x[1].fill_(3.0f);                   // all 127
+  x[2].fill_(-3.0f);                  // all -127
+  auto w = at::full({n, k}, 0.05f);
+  w[1].fill_(-0.05f);
+  w[2].slice(0, 1, k, 2).fill_(-0.05f);
+  for (auto g : {Granularity::kPerTensor, Granularity::kPerGroup}) {
+    expect_reference_epilogue(x, w, at::Tensor(), wspec(WeightQuant::kTernary, g), to_string(g));
+  }
+  const auto codes = kernels::quantize_rows(x, 1e-5, 8).codes;
+  EXPECT_EQ(codes.abs().max().item<int>(), 127);
+  // The extreme sum itself: row 1 (all 127) against row 0 of w (all +1 codes) is 127 K.
+  const auto y = quantized_linear(x, w, at::Tensor(), wspec(WeightQuant::kTernary, Granularity::kPerTensor),
+                                  ActQuantSpec{});
+  const float gamma = quantize_weight(w, wspec(WeightQuant::kTernary, Granularity::kPerTensor)).scales.item<float>();
+  const float s = kernels::quantize_rows(x, 1e-5, 8).scales[1].item<float>();
+  EXPECT_EQ(y[1][0].item<float>(), (127.0f * k * gamma) / s);
 }
 
 TEST(QuantizedLinear, Float32GradientsEqualADoublePrecisionStraightThroughWithinTheirRoundingBound) {
@@ -161,4 +201,15 @@ TEST(QuantizedLinear, ServesCpuInputsWithBothQuantizersOn) {
   // K = 131072 would let float sums of codes reach 2^24: not exact any more.
   EXPECT_FALSE(quantized_linear_applicable(at::zeros({1, 131072}), WeightQuantSpec{}, ActQuantSpec{}));
   EXPECT_TRUE(quantized_linear_applicable(at::zeros({1, 131072}, at::kDouble), WeightQuantSpec{}, ActQuantSpec{}));
+  // int8 codes come with one float32 scale per row: a per-tensor scale is refused, not read past.
+  const auto codes = kernels::quantize_rows(x, 1e-5, 8);
+  const auto w = at::randn({3, 8});
+  EXPECT_NO_THROW(quantized_linear(x, ActCodes{codes.codes, codes.scales}, w, at::Tensor(), WeightQuantSpec{},
+                                   ActQuantSpec{}));
+  EXPECT_THROW(quantized_linear(x, ActCodes{codes.codes, codes.scales.narrow(0, 0, 1)}, w, at::Tensor(),
+                                WeightQuantSpec{}, ActQuantSpec{}),
+               std::invalid_argument);
+  EXPECT_THROW(quantized_linear(x, ActCodes{codes.codes, codes.scales.to(at::kDouble)}, w, at::Tensor(),
+                                WeightQuantSpec{}, ActQuantSpec{}),
+               std::invalid_argument);
 }

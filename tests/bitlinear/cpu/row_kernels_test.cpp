@@ -61,6 +61,9 @@ TEST(RowKernels, ActivationCodesAndScalesEqualTheScalarDefinition) {
     for (int64_t j = 0; j < k; ++j) x[static_cast<size_t>(k + j)] = j == 0 ? 127.0f : static_cast<float>(j % 90) - 44.5f;
     x[static_cast<size_t>(2 * k)] = std::numeric_limits<float>::quiet_NaN();  // row 2 is not finite
     x[static_cast<size_t>(3 * k)] = std::numeric_limits<float>::infinity();   // nor row 3
+    // Rows 4 and 5: the non-finite value in the last column (the scalar tail when K % 16 != 0).
+    x[static_cast<size_t>(5 * k - 1)] = std::numeric_limits<float>::quiet_NaN();
+    x[static_cast<size_t>(6 * k - 1)] = -std::numeric_limits<float>::infinity();
     const auto nw = randn(static_cast<size_t>(k), 99, 1.0f);
     for (const bool norm : {false, true}) {
       const int64_t ldq = k + 5;
@@ -275,6 +278,17 @@ TEST(RowKernels, BackwardPassesEqualADoublePrecisionComputation) {
       dw[static_cast<size_t>(j)] += double(g[i * k + j]) * xhat;
     }
   }
+  // Without a weight (w = 1): dx = r (g - xhat mean(g xhat)).
+  std::vector<double> dx1(static_cast<size_t>(m * k));
+  for (int64_t i = 0; i < m; ++i) {
+    double c = 0;
+    for (int64_t j = 0; j < k; ++j) c += double(g[i * k + j]) * (double(x[i * k + j]) * r[i]);
+    c /= k;
+    for (int64_t j = 0; j < k; ++j) {
+      dx1[static_cast<size_t>(i * k + j)] = r[i] * (double(g[i * k + j]) - double(x[i * k + j]) * r[i] * c);
+    }
+  }
+  std::vector<float> first_dx, first_dx1;
   for (const auto* rk : variants()) {
     std::vector<float> got(static_cast<size_t>(m * k)), dwp(static_cast<size_t>(k), 0.0f);
     rk->rms_norm_backward(g.data(), x.data(), w.data(), r.data(), k, got.data(), dwp.data(), 0, m);
@@ -282,6 +296,17 @@ TEST(RowKernels, BackwardPassesEqualADoublePrecisionComputation) {
     // largest magnitude bounds them.
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], dx[i], 1e-5 * (1 + std::fabs(dx[i]))) << rk->isa;
     for (size_t j = 0; j < dwp.size(); ++j) ASSERT_NEAR(dwp[j], dw[j], 1e-5 * (1 + std::fabs(dw[j]))) << rk->isa;
+    std::vector<float> got1(static_cast<size_t>(m * k));
+    rk->rms_norm_backward(g.data(), x.data(), nullptr, r.data(), k, got1.data(), nullptr, 0, m);
+    for (size_t i = 0; i < got1.size(); ++i) ASSERT_NEAR(got1[i], dx1[i], 1e-5 * (1 + std::fabs(dx1[i]))) << rk->isa;
+    // Every variant sums in the same fixed order: the same bits.
+    if (first_dx.empty()) {
+      first_dx = got;
+      first_dx1 = got1;
+    } else {
+      EXPECT_TRUE(same_bits(got.data(), first_dx.data(), got.size())) << rk->isa;
+      EXPECT_TRUE(same_bits(got1.data(), first_dx1.data(), got1.size())) << rk->isa;
+    }
   }
   // The clipped STE: g where |x| s / qmax <= clip, g (1 - lambda) elsewhere.
   std::vector<float> s(static_cast<size_t>(m));
