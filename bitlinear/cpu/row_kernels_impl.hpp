@@ -118,29 +118,29 @@ void rms_norm(const float* x, int64_t k, const float* w, double eps, float* y, f
   }
 }
 
-// c = sum over the row of (g w)(x r), each product exact in double, summed in kMaxLanes
-// interleaved lanes (lane l takes terms l, l + kMaxLanes, ...) and then the lanes in order: a fixed
-// order, so every variant computes the same value, and one the vectorizer keeps in registers (a
-// single running sum is one dependent add per element). Gradients need no canonical (CUDA) order.
-double grad_dot_xhat(const float* gr, const float* w, const float* xr, float ri, int64_t k) {
+// A sum in kMaxLanes interleaved double lanes (lane l takes terms l, l + kMaxLanes, ...), then the
+// lanes in order: a fixed order, so every variant computes the same value, and one the vectorizer
+// keeps in registers (a single running sum is one dependent add per element).
+template <class Term>
+double lane_sum(int64_t n, Term term) {
   double lane[kMaxLanes] = {};
   int64_t i = 0;
-  if (w) {
-    for (; i + kMaxLanes <= k; i += kMaxLanes) {
-      for (int l = 0; l < kMaxLanes; ++l) {
-        lane[l] += static_cast<double>(gr[i + l] * w[i + l]) * static_cast<double>(xr[i + l] * ri);
-      }
-    }
-    for (int l = 0; i + l < k; ++l) lane[l] += static_cast<double>(gr[i + l] * w[i + l]) * static_cast<double>(xr[i + l] * ri);
-  } else {
-    for (; i + kMaxLanes <= k; i += kMaxLanes) {
-      for (int l = 0; l < kMaxLanes; ++l) lane[l] += static_cast<double>(gr[i + l]) * static_cast<double>(xr[i + l] * ri);
-    }
-    for (int l = 0; i + l < k; ++l) lane[l] += static_cast<double>(gr[i + l]) * static_cast<double>(xr[i + l] * ri);
+  for (; i + kMaxLanes <= n; i += kMaxLanes) {
+    for (int l = 0; l < kMaxLanes; ++l) lane[l] += term(i + l);
   }
+  for (int l = 0; i + l < n; ++l) lane[l] += term(i + l);
   double c = 0.0;
   for (int l = 0; l < kMaxLanes; ++l) c += lane[l];
   return c;
+}
+
+// c = sum over the row of (g w)(x r), each product exact in double, as a lane_sum (gradients need no
+// canonical (CUDA) order). The weight test stays outside the loop, so each loop vectorizes.
+double grad_dot_xhat(const float* gr, const float* w, const float* xr, float ri, int64_t k) {
+  if (w) {
+    return lane_sum(k, [&](int64_t j) { return static_cast<double>(gr[j] * w[j]) * static_cast<double>(xr[j] * ri); });
+  }
+  return lane_sum(k, [&](int64_t j) { return static_cast<double>(gr[j]) * static_cast<double>(xr[j] * ri); });
 }
 
 void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, float* dx,
