@@ -57,7 +57,38 @@ void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
 
 at::Tensor BitLinearImpl::forward(const at::Tensor& x) {
   if (kernel_ && kernel_->applies(*this, x)) return kernel_->forward(*this, x);
+  if (norm) {
+    // The SubLN and the activation codes in one pass (bitlinear/quantized_linear.hpp).
+    auto fused = fused_forward({this}, x, InputNorm{});
+    if (!fused.empty()) return fused[0];
+  }
   return forward_quantized(quantize_input(x), x.scalar_type());
+}
+
+std::vector<at::Tensor> BitLinearImpl::fused_forward(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
+                                                     InputNorm pre) {
+  if (layers.empty()) return {};
+  const auto& first = *layers.front();
+  std::vector<at::Tensor> weights, biases;
+  std::vector<WeightQuantSpec> wspecs;
+  for (const auto* l : layers) {
+    if (!l->weight.defined() || (l->kernel_ && l->kernel_->applies(*l, x)) || l->lambda_w_ != 1.0 ||
+        l->lambda_a_ != 1.0) {
+      return {};
+    }
+    const auto &a = l->options.quant.act, &b = first.options.quant.act;
+    if (a.type != b.type || a.bits != b.bits || a.estimator != b.estimator || a.eps != b.eps) return {};
+    if (l->norm) {
+      if (layers.size() != 1 || pre.weight.defined()) return {};
+      pre.weight = l->norm->weight;
+      pre.eps = l->norm->eps;
+    }
+    weights.push_back(l->weight);
+    biases.push_back(l->bias);
+    wspecs.push_back(l->options.quant.weight);
+  }
+  if (!quantized_linears_applicable(x, pre, wspecs, first.options.quant.act)) return {};
+  return quantized_linears(x, pre, weights, biases, wspecs, first.options.quant.act);
 }
 
 BitLinearImpl::QuantizedInput BitLinearImpl::quantize_input(const at::Tensor& x) {

@@ -6,9 +6,11 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "bitlinear/linear_kernel.hpp"
 #include "bitlinear/quant_spec.hpp"
+#include "bitlinear/quantized_linear.hpp"
 #include "bitlinear/quantizers.hpp"
 #include "bitlinear/rms_norm.hpp"
 
@@ -51,6 +53,15 @@ struct BitLinearImpl : torch::nn::Module {
   // Whether `other` computes the same quantize_input(x) as this layer (no SubLN on either, the same
   // quantization and lambdas, no installed kernel taking x).
   bool can_share_input(const BitLinearImpl& other, const at::Tensor& x) const;
+
+  // Layers reading one input x through `pre` (an RMSNorm, optionally after relu(x)^2;
+  // bitlinear/quantized_linear.hpp InputNorm), computed by one fused node (quantized_linears) when
+  // every layer is fully quantized (lambdas 1), takes no installed kernel and has the same activation
+  // spec, and the node applies to x (float32 on the CPU, the identity estimator). A layer's own SubLN
+  // is fused only for a single layer and a `pre` without a norm. Returns one output per layer, or an
+  // empty list when these conditions fail: the caller then composes the modules (same values).
+  static std::vector<at::Tensor> fused_forward(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
+                                               InputNorm pre);
 
   // The weights as the fully quantized layer sees them (codes and scales), for packing and export.
   // Throws std::logic_error when the latent weights were replaced (a packed layer).

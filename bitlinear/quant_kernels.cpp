@@ -75,9 +75,9 @@ RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq,
     const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
     const auto& rk = cpu::row_kernels();
     at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
-      rk.act_quant_rows(x.data_ptr<float>(), k, ldq, static_cast<float>(eps), qmax,
+      rk.act_quant_rows(x.data_ptr<float>(), k, ldq, static_cast<float>(eps), qmax, /*relu2=*/false,
                         nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(), nullptr,
-                        out.scales.data_ptr<float>(), begin, end);
+                        out.scales.data_ptr<float>(), nullptr, begin, end);
     });
     return out;
   }
@@ -430,24 +430,55 @@ at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor&
   return y;
 }
 
+NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool relu2, const at::Tensor& norm_weight,
+                             double norm_eps) {
+  RECORD_FUNCTION("bitqat::norm_quantize_rows", std::vector<c10::IValue>());
+  check_2d(x2d, "norm_quantize_rows");
+  check_bits(bits);
+  if (!fused_cpu(x2d)) {
+    throw std::invalid_argument(fmt::format("norm_quantize_rows: float32 CPU input expected, got {} on {}",
+                                            c10::toString(x2d.scalar_type()), x2d.device().str()));
+  }
+  const int64_t m = x2d.size(0), k = x2d.size(1);
+  if (norm_weight.defined() && norm_weight.numel() != k) {
+    throw std::invalid_argument(
+        fmt::format("norm_quantize_rows: the norm weight has {} entries, K = {}", norm_weight.numel(), k));
+  }
+  const auto x = x2d.contiguous();
+  const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  NormCodes out;
+  out.codes = at::empty({m, k}, x.options().dtype(at::kChar));
+  out.scales = at::empty({m}, x.options());
+  if (nw.defined()) out.r = at::empty({m}, x.options());
+  const int qmax = cuda::act_qmax(bits);
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    rk.act_quant_rows(x.data_ptr<float>(), k, k, static_cast<float>(eps), qmax, relu2,
+                      nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(), nullptr,
+                      out.scales.data_ptr<float>(), nw.defined() ? out.r.data_ptr<float>() : nullptr, begin, end);
+  });
+  return out;
+}
+
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
-                                                    const at::Tensor& r) {
+                                                    const at::Tensor& r, bool relu2) {
   RECORD_FUNCTION("bitqat::rms_norm_backward", std::vector<c10::IValue>());
   const int64_t m = x2d.size(0), k = x2d.size(1);
   const auto g = g2d.contiguous();
+  const auto x = x2d.contiguous();
   const auto wc = w.defined() ? w.to(at::kFloat).contiguous() : at::Tensor();
-  auto dx = at::empty({m, k}, x2d.options());
+  auto dx = at::empty({m, k}, x.options());
   // dw: per-chunk partial sums in a fixed chunking of the rows, added in chunk order (deterministic
   // for any thread count).
   const int64_t chunk = std::max<int64_t>(grain(k), 64);
   const int64_t chunks = (m + chunk - 1) / chunk;
-  auto partial = at::zeros({std::max<int64_t>(chunks, 1), k}, x2d.options());
+  auto partial = at::zeros({std::max<int64_t>(chunks, 1), k}, x.options());
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t c = c0; c < c1; ++c) {
-      rk.rms_norm_backward(g.data_ptr<float>(), x2d.data_ptr<float>(), wc.defined() ? wc.data_ptr<float>() : nullptr,
-                           r.data_ptr<float>(), k, dx.data_ptr<float>(), partial.data_ptr<float>() + c * k, c * chunk,
-                           std::min(m, (c + 1) * chunk));
+      rk.rms_norm_backward(g.data_ptr<float>(), x.data_ptr<float>(), wc.defined() ? wc.data_ptr<float>() : nullptr,
+                           r.data_ptr<float>(), k, relu2, dx.data_ptr<float>(), partial.data_ptr<float>() + c * k,
+                           c * chunk, std::min(m, (c + 1) * chunk));
     }
   });
   return {dx, partial.sum(0)};

@@ -70,8 +70,20 @@ at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales);
 // (or [1] / [N]), s [M], bias [N] or undefined -> y [M, N].
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
                            const at::Tensor& scales, const at::Tensor& bias);
-// RMSNorm backward: (dx [M, K], dw [K]) from the upstream gradient, x, w and the forward's r [M].
+// The input of the fused exact linears (bitlinear/quantized_linear.hpp quantized_linears): per-token
+// codes of n(a(x)) for x [M, K] float32 on the CPU, with a = relu(x)^2 when relu2 (relu keeps NaN, -0
+// -> +0, as at::relu) else the identity, and n = RMSNorm with norm_weight [K] when defined (as
+// rms_norm) else the identity. The normalized values are never stored: codes int8 [M, K] and scales
+// [M] equal quantize_rows of the composed tensor bit for bit, and r [M] (undefined without a norm) is
+// the norm's 1 / rms for rms_norm_backward. Throws std::invalid_argument for other dtypes or devices.
+struct NormCodes {
+  at::Tensor codes, scales, r;
+};
+NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool relu2, const at::Tensor& norm_weight,
+                             double norm_eps);
+// RMSNorm backward: (dx [M, K], dw [K]) from the upstream gradient, x, w and the forward's r [M]. With
+// relu2, x is u and the norm read relu(u)^2: dx is then the gradient with respect to u.
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
-                                                    const at::Tensor& r);
+                                                    const at::Tensor& r, bool relu2 = false);
 
 }  // namespace bitqat::bitlinear::kernels

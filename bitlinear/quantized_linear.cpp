@@ -74,6 +74,29 @@ std::vector<at::Tensor> code_products(const at::Tensor& cx, const at::Tensor& cw
   return acc;
 }
 
+// The epilogue of the int8 path (the row kernel): acc int32 per group, gamma float32 as quantize_weight
+// returns it, s [M] float32 per token.
+at::Tensor int8_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, const WeightQuantSpec& wspec,
+                         const at::Tensor& s, const at::Tensor& bias) {
+  const bool grouped = wspec.granularity == Granularity::kPerGroup;
+  const auto gm = wspec.granularity == Granularity::kPerTensor ? gamma.expand({acc[0].size(1)}).contiguous() : gamma;
+  return kernels::linear_epilogue(acc, gm, grouped ? gamma.size(1) : 1, s.reshape({-1}).contiguous(), bias);
+}
+
+// The dequantized int8 weight codes of the backward: w_deq = cw * gamma per tensor, channel or group.
+at::Tensor int8_weight_deq(const at::Tensor& cw, const at::Tensor& gamma, const WeightQuantSpec& wspec) {
+  const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
+  const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : cw.size(1);
+  return kernels::scale_codes(cw, gamma, group, per_tensor);
+}
+
+// The clipped straight-through estimator's weight mask [|w| / gamma <= clip], or undefined.
+at::Tensor weight_mask(const at::Tensor& weight, const QuantizedWeight& qw, const WeightQuantSpec& wspec) {
+  if (wspec.estimator != Estimator::kClipped) return at::Tensor();
+  const auto scale = expand_scales(qw.scales, wspec, weight.sizes());
+  return (weight.detach().to(scale.scalar_type()).abs() / scale.clamp_min(wspec.eps)).le(wspec.clip);
+}
+
 struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const at::Tensor& codes, const at::Tensor& scales, WeightQuantSpec wspec,
@@ -97,20 +120,10 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     // An absent bias arrives as an empty placeholder (autograd functions take no undefined inputs).
     const bool has_bias = bias.numel() > 0;
     const auto b = has_bias ? bias.detach() : at::Tensor();
-    at::Tensor y;
-    if (int8) {
-      const bool grouped = wspec.granularity == Granularity::kPerGroup;
-      const auto gm = wspec.granularity == Granularity::kPerTensor ? gamma.expand({weight.size(0)}).contiguous() : gamma;
-      y = kernels::linear_epilogue(acc, gm, grouped ? gamma.size(1) : 1, scales.reshape({-1}).contiguous(), b);
-    } else {
-      y = epilogue(acc, gamma, wspec, s, b);
-    }
+    const at::Tensor y = int8 ? int8_epilogue(acc, gamma, wspec, scales, b) : epilogue(acc, gamma, wspec, s, b);
 
-    at::Tensor mask_w, mask_a;
-    if (wspec.estimator == Estimator::kClipped) {
-      const auto scale = expand_scales(qw.scales, wspec, weight.sizes());
-      mask_w = (weight.detach().to(scale.scalar_type()).abs() / scale.clamp_min(wspec.eps)).le(wspec.clip);
-    }
+    const at::Tensor mask_w = weight_mask(weight, qw, wspec);
+    at::Tensor mask_a;
     if (aspec.estimator == Estimator::kClipped) {
       const double qmax = static_cast<double>((1 << (aspec.bits - 1)) - 1);
       mask_a = (x.detach().reshape({-1, k}).to(dt).abs() * s / qmax).le(aspec.clip);
@@ -141,9 +154,7 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     const auto g = grad_out[0].reshape({-1, n}).to(dt);
     at::Tensor w_deq, x_deq;
     if (int8) {
-      const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
-      const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : k;
-      w_deq = kernels::scale_codes(cw, gamma, group, per_tensor);
+      w_deq = int8_weight_deq(cw, gamma, wspec);
       x_deq = kernels::dequant_rows(cx, xs.reshape({-1}).contiguous());
     } else {
       w_deq = cw * expand_scales(gamma, wspec, cw.sizes());
@@ -168,7 +179,150 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
   }
 };
 
+// The non-tensor arguments of QuantizedLinearsFn (one argument, so autograd counts one input for it).
+struct GroupSpec {
+  std::vector<WeightQuantSpec> wspecs;
+  ActQuantSpec aspec;
+  bool relu2 = false;
+  double norm_eps = 1e-6;
+};
+
+// quantized_linears: one node for y_i = quantized_linear(n(a(x)), W_i, b_i). Inputs: x, the norm
+// weight (an empty placeholder without a norm), kMaxGroup weights, kMaxGroup biases (empty
+// placeholders for none and for unused slots). Fixed arity: a custom autograd function takes no
+// list of tensors as a differentiable input.
+constexpr size_t kMaxGroup = 3;
+
+struct QuantizedLinearsFn : torch::autograd::Function<QuantizedLinearsFn> {
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& norm_w,
+                             const at::Tensor& w0, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& b0,
+                             const at::Tensor& b1, const at::Tensor& b2, const GroupSpec& spec) {
+    RECORD_FUNCTION("bitqat::quantized_linears", std::vector<c10::IValue>());
+    const std::vector<at::Tensor> all{w0, w1, w2};
+    const std::vector<at::Tensor> weights(all.begin(), all.begin() + static_cast<int64_t>(spec.wspecs.size()));
+    const std::vector<at::Tensor> biases{b0, b1, b2};
+    const int64_t k = x.size(-1);
+    const bool has_norm = norm_w.numel() > 0;
+    const auto x2 = x.detach().reshape({-1, k}).contiguous();
+    const auto in = kernels::norm_quantize_rows(x2, spec.aspec.eps, spec.aspec.bits, spec.relu2,
+                                                has_norm ? norm_w.detach() : at::Tensor(), spec.norm_eps);
+    tensor_list outputs, saved{has_norm ? x2 : at::Tensor(), has_norm ? norm_w.detach() : at::Tensor(), in.r,
+                               in.codes, in.scales};
+    for (size_t i = 0; i < weights.size(); ++i) {
+      const auto& wspec = spec.wspecs[i];
+      const auto qw = quantize_weight(weights[i].detach(), wspec);
+      const auto gamma = qw.scales.to(at::kFloat);
+      const auto b = biases[i].numel() > 0 ? biases[i].detach() : at::Tensor();
+      const auto y = int8_epilogue(code_products(in.codes, qw.codes, wspec), gamma, wspec, in.scales, b);
+      auto shape = x.sizes().vec();
+      shape.back() = weights[i].size(0);
+      outputs.push_back(y.view(shape));
+      saved.insert(saved.end(), {qw.codes, gamma, weight_mask(weights[i], qw, wspec)});
+    }
+    ctx->save_for_backward(saved);
+    ctx->saved_data["relu2"] = spec.relu2;
+    std::vector<int64_t> gran, groups, has_bias, w_dtype;
+    for (size_t i = 0; i < weights.size(); ++i) {
+      gran.push_back(static_cast<int64_t>(spec.wspecs[i].granularity));
+      groups.push_back(spec.wspecs[i].group_size);
+      has_bias.push_back(biases[i].numel() > 0);
+      w_dtype.push_back(static_cast<int64_t>(weights[i].scalar_type()));
+    }
+    ctx->saved_data["gran"] = gran;
+    ctx->saved_data["group"] = groups;
+    ctx->saved_data["has_bias"] = has_bias;
+    ctx->saved_data["w_dtype"] = w_dtype;
+    ctx->saved_data["x_shape"] = x.sizes().vec();
+    return outputs;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
+    const auto v = ctx->get_saved_variables();
+    const auto &x2 = v[0], &norm_w = v[1], &r = v[2], &cx = v[3], &xs = v[4];
+    const auto gran = ctx->saved_data["gran"].toIntVector();
+    const auto groups = ctx->saved_data["group"].toIntVector();
+    const auto has_bias = ctx->saved_data["has_bias"].toIntVector();
+    const auto w_dtype = ctx->saved_data["w_dtype"].toIntVector();
+    const auto x_shape = ctx->saved_data["x_shape"].toIntVector();
+    const size_t n = gran.size();
+    // grad of the quantizer's input: sum_i g_i W_deq_i (the identity straight-through estimator),
+    // accumulated in one buffer; the weight gradients share one dequantized copy of the input.
+    at::Tensor gx, x_deq;
+    tensor_list grad_w(n), grad_b(n);
+    for (size_t i = 0; i < n; ++i) {
+      if (!grad_out[i].defined()) continue;
+      const auto &cw = v[5 + 3 * i], &gamma = v[6 + 3 * i], &mask_w = v[7 + 3 * i];
+      WeightQuantSpec wspec;
+      wspec.granularity = static_cast<Granularity>(gran[i]);
+      wspec.group_size = groups[i];
+      const auto g = grad_out[i].reshape({-1, cw.size(0)}).to(at::kFloat);
+      const auto w_deq = int8_weight_deq(cw, gamma, wspec);
+      if (gx.defined()) {
+        gx.addmm_(g, w_deq);
+      } else {
+        gx = at::mm(g, w_deq);
+      }
+      if (!x_deq.defined()) x_deq = kernels::dequant_rows(cx, xs);
+      auto gw = at::mm(g.t(), x_deq);
+      if (mask_w.defined()) gw = gw * mask_w.to(at::kFloat);
+      grad_w[i] = gw.to(static_cast<at::ScalarType>(w_dtype[i]));
+      if (has_bias[i]) grad_b[i] = g.sum(0);
+    }
+    at::Tensor dx, dnorm;
+    if (gx.defined()) {
+      if (norm_w.defined()) {
+        std::tie(dx, dnorm) = kernels::rms_norm_backward(gx, x2, norm_w, r, ctx->saved_data["relu2"].toBool());
+      } else {
+        dx = gx;
+      }
+      dx = dx.view(x_shape);
+    }
+    grad_w.resize(kMaxGroup);
+    grad_b.resize(kMaxGroup);
+    tensor_list out{dx, dnorm};
+    out.insert(out.end(), grad_w.begin(), grad_w.end());
+    out.insert(out.end(), grad_b.begin(), grad_b.end());
+    out.emplace_back();  // spec
+    return out;
+  }
+};
+
 }  // namespace
+
+bool quantized_linears_applicable(const at::Tensor& x, const InputNorm& pre, const std::vector<WeightQuantSpec>& w,
+                                  const ActQuantSpec& a) {
+  if (!kernels::fused_cpu(x) || a.type != ActQuant::kPerToken || a.estimator != Estimator::kIdentity) return false;
+  if (pre.relu2 && !pre.weight.defined()) return false;
+  if (pre.weight.defined() && (!kernels::fused_cpu(pre.weight) || pre.weight.numel() != x.size(-1))) return false;
+  for (const auto& s : w) {
+    if (!quantized_linear_applicable(x, s, a)) return false;
+  }
+  return !w.empty() && w.size() <= kMaxGroup;
+}
+
+std::vector<at::Tensor> quantized_linears(const at::Tensor& x, const InputNorm& pre,
+                                          const std::vector<at::Tensor>& weights,
+                                          const std::vector<at::Tensor>& biases,
+                                          const std::vector<WeightQuantSpec>& wspecs, const ActQuantSpec& aspec) {
+  if (weights.size() != biases.size() || weights.size() != wspecs.size() || weights.size() > kMaxGroup) {
+    throw std::invalid_argument(fmt::format("quantized_linears: {} weights, {} biases and {} weight specs (1 to {} each)",
+                                            weights.size(), biases.size(), wspecs.size(), kMaxGroup));
+  }
+  if (!quantized_linears_applicable(x, pre, wspecs, aspec)) {
+    throw std::invalid_argument(
+        "quantized_linears: needs a float32 CPU input, per-token activations with the identity estimator, quantized "
+        "weights, relu2 only with a norm, and a float32 norm weight of the input's width");
+  }
+  const auto none = at::empty({0}, x.options());
+  std::vector<at::Tensor> w(kMaxGroup, none), b(kMaxGroup, none);
+  for (size_t i = 0; i < weights.size(); ++i) {
+    w[i] = weights[i];
+    if (biases[i].defined()) b[i] = biases[i];
+  }
+  const auto nw = pre.weight.defined() ? pre.weight : none;
+  return QuantizedLinearsFn::apply(x, nw, w[0], w[1], w[2], b[0], b[1], b[2],
+                                   GroupSpec{wspecs, aspec, pre.relu2, pre.eps});
+}
 
 bool quantized_linear_applicable(const at::Tensor& x, const WeightQuantSpec& w, const ActQuantSpec& a) {
   if (w.type == WeightQuant::kNone || a.type == ActQuant::kNone || !x.device().is_cpu()) return false;

@@ -21,6 +21,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <vector>
+
 #include "bitlinear/quantizers.hpp"
 
 namespace bitqat::bitlinear {
@@ -45,5 +47,30 @@ at::Tensor quantized_linear(const at::Tensor& x, const ActCodes& codes, const at
                             const at::Tensor& bias, const WeightQuantSpec& wspec, const ActQuantSpec& aspec);
 at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                             const WeightQuantSpec& wspec, const ActQuantSpec& aspec);
+
+// ---- several exact linears on one input, with the RMSNorm (and relu^2) before them fused ----------
+// y_i = quantized_linear(n(a(x)), W_i, b_i) for every i, one autograd node: a = relu(x)^2 when relu2
+// (else the identity), n = RMSNorm with `weight` [K] (else the identity). The forward computes each
+// row's norm, codes and scale in one pass (kernels::norm_quantize_rows), so the normalized float
+// activations are never written, and its outputs equal the composed modules bit for bit
+// (RMSNorm::forward_float, then quantized_linear on each weight). The backward sums g_i W_deq_i into
+// one buffer, dequantizes the shared input once for all weight gradients, and runs the norm's (and
+// relu^2's) backward once. Gradients for x, the norm weight, the weights and the biases.
+struct InputNorm {
+  at::Tensor weight;   // RMSNorm weight [K] float32, or undefined: no norm
+  double eps = 1e-6;   // the norm's epsilon
+  bool relu2 = false;  // relu(x)^2 before the norm (needs the norm)
+};
+
+// Whether quantized_linears serves this input: x float32 on the CPU, per-token activation codes with
+// the identity estimator, every weight spec quantized_linear_applicable, relu2 only with a norm.
+bool quantized_linears_applicable(const at::Tensor& x, const InputNorm& pre, const std::vector<WeightQuantSpec>& w,
+                                  const ActQuantSpec& a);
+// x [..., K] -> one [..., N_i] float32 tensor per weight [N_i, K]; biases[i] [N_i] or undefined.
+// Throws std::invalid_argument when the sizes of the lists differ or the inputs are not applicable.
+std::vector<at::Tensor> quantized_linears(const at::Tensor& x, const InputNorm& pre,
+                                          const std::vector<at::Tensor>& weights,
+                                          const std::vector<at::Tensor>& biases,
+                                          const std::vector<WeightQuantSpec>& wspecs, const ActQuantSpec& aspec);
 
 }  // namespace bitqat::bitlinear

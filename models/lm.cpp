@@ -245,20 +245,42 @@ AttentionImpl::AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& qs, 
   o = register_module("o", make_linear(n_heads * head_dim, c.dim, os, c.sub_norm, c.norm_eps));
 }
 
-at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
-                                  size_t layer) {
-  const int64_t B = x.size(0), T = x.size(1);
+namespace {
+
+// The fused node's description of a block norm (nullptr: none).
+bitlinear::InputNorm input_norm(const bitlinear::RMSNormImpl* norm) {
+  bitlinear::InputNorm pre;
+  if (norm) {
+    pre.weight = norm->weight;
+    pre.eps = norm->eps;
+  }
+  return pre;
+}
+
+}  // namespace
+
+at::Tensor AttentionImpl::forward(const at::Tensor& x_in, bitlinear::RMSNormImpl* norm, const at::Tensor& cos,
+                                  const at::Tensor& sin, KVCache* cache, size_t layer) {
+  const int64_t B = x_in.size(0), T = x_in.size(1);
   at::Tensor qx, kx, vx;
-  if (q->can_share_input(*k, x) && q->can_share_input(*v, x)) {
-    // One activation quantization for the three projections of the same input.
-    const auto in = q->quantize_input(x);
-    qx = q->forward_quantized(in, x.scalar_type());
-    kx = k->forward_quantized(in, x.scalar_type());
-    vx = v->forward_quantized(in, x.scalar_type());
+  const auto fused = bitlinear::BitLinearImpl::fused_forward({q.get(), k.get(), v.get()}, x_in, input_norm(norm));
+  if (!fused.empty()) {
+    qx = fused[0];
+    kx = fused[1];
+    vx = fused[2];
   } else {
-    qx = q->forward(x);
-    kx = k->forward(x);
-    vx = v->forward(x);
+    const auto x = norm ? norm->forward(x_in) : x_in;
+    if (q->can_share_input(*k, x) && q->can_share_input(*v, x)) {
+      // One activation quantization for the three projections of the same input.
+      const auto in = q->quantize_input(x);
+      qx = q->forward_quantized(in, x.scalar_type());
+      kx = k->forward_quantized(in, x.scalar_type());
+      vx = v->forward_quantized(in, x.scalar_type());
+    } else {
+      qx = q->forward(x);
+      kx = k->forward(x);
+      vx = v->forward(x);
+    }
   }
   auto qh = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin).transpose(1, 2);
   auto kh = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin).transpose(1, 2);
@@ -286,8 +308,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, const at::Tensor& cos, co
     y = at::scaled_dot_product_attention(qh, kh, vh, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
   } else {
     // Query i (absolute position past + i) sees keys 0 .. past + i.
-    const auto qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1) + past;
-    const auto kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(0);
+    const auto qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x_in.device())).unsqueeze(1) + past;
+    const auto kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x_in.device())).unsqueeze(0);
     y = at::scaled_dot_product_attention(qh, kh, vh, kj.le(qi), 0.0, false);
   }
   return o->forward(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
@@ -301,17 +323,32 @@ FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlin
   down = register_module("down", make_linear(c.ffn_dim, c.dim, ds, c.sub_norm, c.norm_eps));
 }
 
-at::Tensor FFNImpl::forward(const at::Tensor& x) {
-  if (kind == "relu2") return down->forward(relu_squared(up->forward(x)));
+at::Tensor FFNImpl::forward(const at::Tensor& x_in, bitlinear::RMSNormImpl* norm) {
+  using bitlinear::BitLinearImpl;
+  if (kind == "relu2") {
+    auto fused = BitLinearImpl::fused_forward({up.get()}, x_in, input_norm(norm));
+    const auto u = fused.empty() ? up->forward(norm ? norm->forward(x_in) : x_in) : fused[0];
+    bitlinear::InputNorm act;
+    act.relu2 = true;  // down's SubLN is the norm
+    fused = BitLinearImpl::fused_forward({down.get()}, u, act);
+    return fused.empty() ? down->forward(relu_squared(u)) : fused[0];
+  }
   at::Tensor g, u;
-  if (gate->can_share_input(*up, x)) {
-    // One activation quantization for gate and up, which read the same input.
-    const auto in = gate->quantize_input(x);
-    g = gate->forward_quantized(in, x.scalar_type());
-    u = up->forward_quantized(in, x.scalar_type());
+  auto fused = BitLinearImpl::fused_forward({gate.get(), up.get()}, x_in, input_norm(norm));
+  if (!fused.empty()) {
+    g = fused[0];
+    u = fused[1];
   } else {
-    g = gate->forward(x);
-    u = up->forward(x);
+    const auto x = norm ? norm->forward(x_in) : x_in;
+    if (gate->can_share_input(*up, x)) {
+      // One activation quantization for both projections of the same input.
+      const auto in = gate->quantize_input(x);
+      g = gate->forward_quantized(in, x.scalar_type());
+      u = up->forward_quantized(in, x.scalar_type());
+    } else {
+      g = gate->forward(x);
+      u = up->forward(x);
+    }
   }
   return down->forward((kind == "relu2_glu" ? relu_squared(g) : at::silu(g)) * u);
 }
@@ -330,8 +367,8 @@ BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& sp
 
 at::Tensor BlockImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
                               size_t layer) {
-  const auto h = x + attn->forward(attn_norm->forward(x), cos, sin, cache, layer);
-  return h + ffn->forward(ffn_norm->forward(h));
+  const auto h = x + attn->forward(x, attn_norm.get(), cos, sin, cache, layer);
+  return h + ffn->forward(h, ffn_norm.get());
 }
 
 BitLMImpl::BitLMImpl(LMConfig c, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,

@@ -58,7 +58,10 @@ struct KVCache {
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& q_spec, const bitlinear::QuantSpec& k_spec,
                 const bitlinear::QuantSpec& v_spec, const bitlinear::QuantSpec& o_spec);
-  at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache, size_t layer);
+  // x [B, T, dim], read through `norm` (the block's attn_norm; nullptr: none) -> [B, T, dim]. At
+  // lambdas 1 on the CPU the norm and q/k/v are one fused node (BitLinear::fused_forward).
+  at::Tensor forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm, const at::Tensor& cos, const at::Tensor& sin,
+                     KVCache* cache, size_t layer);
   bitlinear::BitLinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
 };
@@ -67,7 +70,10 @@ TORCH_MODULE(Attention);
 struct FFNImpl : torch::nn::Module {
   FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gate_spec, const bitlinear::QuantSpec& up_spec,
           const bitlinear::QuantSpec& down_spec);
-  at::Tensor forward(const at::Tensor& x);
+  // x [B, T, dim], read through `norm` (the block's ffn_norm; nullptr: none) -> [B, T, dim]. At lambdas
+  // 1 on the CPU the norm and the input projections are one fused node, and so are relu^2, down's
+  // SubLN and down (BitLinear::fused_forward).
+  at::Tensor forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm = nullptr);
   bitlinear::BitLinear gate{nullptr}, up{nullptr}, down{nullptr};
   std::string kind;
 };

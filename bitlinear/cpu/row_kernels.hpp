@@ -23,13 +23,16 @@ struct RowKernels {
                    int64_t end);
   // RMSNorm backward given r from the forward: dx = r * (g w - xhat * mean(g w xhat)), xhat = x r;
   // dw_partial[j] += sum over these rows of g * xhat (the caller sums the partials in a fixed order).
-  void (*rms_norm_backward)(const float* g, const float* x, const float* w, const float* r, int64_t k, float* dx,
-                            float* dw_partial, int64_t begin, int64_t end);
-  // Per-token absmax codes (cuda/quant_codes.hpp act_quant_row), optionally after the fused RMSNorm
-  // (norm_w non-null): writes codes as int8 (q, row stride ldq, zeros past k) and/or as float
-  // (qf, the same stride), either may be null; scales s[row] (NaN for a non-finite row).
-  void (*act_quant_rows)(const float* x, int64_t k, int64_t ldq, float eps, int qmax, const float* norm_w,
-                         double norm_eps, int8_t* q, float* qf, float* s, int64_t begin, int64_t end);
+  // relu2: x holds u and the norm's input was relu(u)^2 (act_quant_rows' relu2); dx is then the
+  // gradient with respect to u, dx * (relu(u) + relu(u)).
+  void (*rms_norm_backward)(const float* g, const float* x, const float* w, const float* r, int64_t k, bool relu2,
+                            float* dx, float* dw_partial, int64_t begin, int64_t end);
+  // Per-token absmax codes (cuda/quant_codes.hpp act_quant_row) of relu(x)^2 (relu2) or x, optionally
+  // after the fused RMSNorm (norm_w non-null; r[row] receives its 1 / rms when r is non-null): writes
+  // codes as int8 (q, row stride ldq, zeros past k) and/or as float (qf, the same stride), either may
+  // be null; scales s[row] (NaN for a non-finite row). relu(v) keeps NaN and maps -0 to +0 (at::relu).
+  void (*act_quant_rows)(const float* x, int64_t k, int64_t ldq, float eps, int qmax, bool relu2, const float* norm_w,
+                         double norm_eps, int8_t* q, float* qf, float* s, float* r, int64_t begin, int64_t end);
   // Fake-quantized activations: out = x + lambda * (code / s - x) (exactly code / s at lambda 1, x at
   // 0), and the scales s[row].
   void (*act_fake_quant_rows)(const float* x, int64_t k, float eps, int qmax, float lambda, float* out, float* s,

@@ -143,12 +143,45 @@ double grad_dot_xhat(const float* gr, const float* w, const float* xr, float ri,
   return lane_sum(k, [&](int64_t j) { return static_cast<double>(gr[j]) * static_cast<double>(xr[j] * ri); });
 }
 
-void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, float* dx,
-                       float* dw_partial, int64_t begin, int64_t end) {
+// relu on the bits: negative numbers and -0 become +0, NaN of either sign is kept (at::relu's values).
+// An integer mask, because GCC keeps `v < 0 ? 0 : v` a branch (a float compare may trap).
+inline float relu_bits(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, sizeof u);
+  u &= ((u >> 31) == 0u || (u & 0x7fffffffu) > 0x7f800000u) ? ~0u : 0u;
+  float r;
+  std::memcpy(&r, &u, sizeof r);
+  return r;
+}
+
+// a = relu(u)^2 over a row, and relu(u) itself when rel is non-null.
+void relu_squared_row(const float* u, int64_t k, float* a, float* rel) {
+  if (rel) {
+    for (int64_t j = 0; j < k; ++j) {
+      rel[j] = relu_bits(u[j]);
+      a[j] = rel[j] * rel[j];
+    }
+  } else {
+    for (int64_t j = 0; j < k; ++j) {
+      const float v = relu_bits(u[j]);
+      a[j] = v * v;
+    }
+  }
+}
+
+void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, bool relu2,
+                       float* dx, float* dw_partial, int64_t begin, int64_t end) {
+  // With relu2, x holds u and the norm's input is a = relu(u)^2, rebuilt per row in `a`.
+  float* a = relu2 ? static_cast<float*>(std::malloc(static_cast<size_t>(2 * k) * sizeof(float))) : nullptr;
+  float* rel = relu2 ? a + k : nullptr;
   for (int64_t row = begin; row < end; ++row) {
     const float* gr = g + row * k;
     const float* xr = x + row * k;
     float* dxr = dx + row * k;
+    if (relu2) {
+      relu_squared_row(xr, k, a, rel);
+      xr = a;
+    }
     const float ri = r[row];
     // c = mean over the row of (g w)(x r), in double for accuracy.
     const float cf = static_cast<float>(grad_dot_xhat(gr, w, xr, ri, k) / static_cast<double>(k));
@@ -157,10 +190,15 @@ void rms_norm_backward(const float* g, const float* x, const float* w, const flo
     } else {
       for (int64_t j = 0; j < k; ++j) dxr[j] = ri * (gr[j] - (xr[j] * ri) * cf);
     }
+    // The chain through relu(u)^2: d/du = g (relu(u) + relu(u)), as the unfused backward computes it.
+    if (relu2) {
+      for (int64_t j = 0; j < k; ++j) dxr[j] = dxr[j] * (rel[j] + rel[j]);
+    }
     if (dw_partial) {
       for (int64_t j = 0; j < k; ++j) dw_partial[j] += gr[j] * (xr[j] * ri);
     }
   }
+  std::free(a);
 }
 
 void act_codes_row(const float* h, int64_t k, int64_t ldq, float s, int qmax, int8_t* q, float* qf) {
@@ -184,13 +222,18 @@ void act_codes_row(const float* h, int64_t k, int64_t ldq, float s, int qmax, in
   }
 }
 
-void act_quant_rows(const float* x, int64_t k, int64_t ldq, float eps, int qmax, const float* norm_w, double norm_eps,
-                    int8_t* q, float* qf, float* s, int64_t begin, int64_t end) {
-  float* h = norm_w ? static_cast<float*>(std::malloc(static_cast<size_t>(k) * sizeof(float))) : nullptr;
+void act_quant_rows(const float* x, int64_t k, int64_t ldq, float eps, int qmax, bool relu2, const float* norm_w,
+                    double norm_eps, int8_t* q, float* qf, float* s, float* r, int64_t begin, int64_t end) {
+  float* h = (norm_w || relu2) ? static_cast<float*>(std::malloc(static_cast<size_t>(k) * sizeof(float))) : nullptr;
   for (int64_t row = begin; row < end; ++row) {
     const float* xr = x + row * k;
+    if (relu2) {
+      relu_squared_row(xr, k, h, nullptr);
+      xr = h;
+    }
     if (norm_w) {
-      rms_norm(xr, k, norm_w, norm_eps, h, nullptr, 0, 1);
+      // In place when xr is h: each y[j] reads only x[j], after r is known.
+      rms_norm(xr, k, norm_w, norm_eps, h, r ? r + row : nullptr, 0, 1);
       xr = h;
     }
     bool finite = true;

@@ -15,6 +15,7 @@
 
 #include "bitlinear/estimators.hpp"
 #include "bitlinear/quant_kernels.hpp"
+#include "bitlinear/rms_norm.hpp"
 #include "cuda/reference.hpp"
 
 using namespace bitqat::bitlinear;
@@ -212,4 +213,157 @@ TEST(QuantizedLinear, ServesCpuInputsWithBothQuantizersOn) {
   EXPECT_THROW(quantized_linear(x, ActCodes{codes.codes, codes.scales.to(at::kDouble)}, w, at::Tensor(),
                                 WeightQuantSpec{}, ActQuantSpec{}),
                std::invalid_argument);
+}
+
+// ---- quantized_linears: the norm (and relu^2) fused with several exact linears ---------------------
+
+namespace {
+
+struct GroupCase {
+  at::Tensor x, nw;
+  std::vector<at::Tensor> w, b;
+  std::vector<WeightQuantSpec> ws;
+  std::vector<at::Tensor> up;  // the upstream gradients of each output
+};
+
+GroupCase group_case(int64_t k, const std::vector<int64_t>& n, const std::vector<Granularity>& g, uint64_t seed) {
+  at::manual_seed(seed);
+  GroupCase c;
+  c.x = at::randn({3, 11, k}) * 3;
+  c.nw = at::rand({k}) + 0.5;
+  for (size_t i = 0; i < n.size(); ++i) {
+    c.w.push_back(at::randn({n[i], k}) * 0.05);
+    c.b.push_back(i == 1 ? at::Tensor() : at::randn({n[i]}) * 0.1);
+    c.ws.push_back(wspec(WeightQuant::kTernary, g[i]));
+    c.up.push_back(at::randn({3, 11, n[i]}));
+  }
+  return c;
+}
+
+// Leaf copies of a case's tensors, so the fused and the composed graphs each get their own gradients.
+struct Leaves {
+  at::Tensor x, nw;
+  std::vector<at::Tensor> w, b;
+};
+Leaves leaves(const GroupCase& c) {
+  Leaves l{c.x.clone().requires_grad_(), c.nw.clone().requires_grad_(), {}, {}};
+  for (size_t i = 0; i < c.w.size(); ++i) {
+    l.w.push_back(c.w[i].clone().requires_grad_());
+    l.b.push_back(c.b[i].defined() ? c.b[i].clone().requires_grad_() : at::Tensor());
+  }
+  return l;
+}
+
+// relu(u)^2 as the composed graph computes it: at::relu, then a product (d/du = g relu + g relu).
+at::Tensor relu_sq(const at::Tensor& u) {
+  const auto r = at::relu(u);
+  return r * r;
+}
+
+// Runs both graphs; returns {fused, composed} leaves after backward, and checks the outputs bit for bit.
+std::pair<Leaves, Leaves> run_both(const GroupCase& c, bool relu2) {
+  const ActQuantSpec as;
+  auto f = leaves(c), e = leaves(c);
+  const auto ys = quantized_linears(f.x, InputNorm{f.nw, 1e-6, relu2}, f.w, f.b, c.ws, as);
+  const auto xn = rms_norm(relu2 ? relu_sq(e.x) : e.x, e.nw, 1e-6);
+  at::Tensor lf = at::zeros({}), le = at::zeros({});
+  EXPECT_EQ(ys.size(), c.w.size());
+  for (size_t i = 0; i < c.w.size(); ++i) {
+    const auto y = quantized_linear(xn, e.w[i], e.b[i], c.ws[i], as);
+    EXPECT_EQ(ys[i].sizes(), y.sizes());
+    EXPECT_TRUE(ys[i].equal(y)) << "output " << i;
+    lf = lf + (ys[i] * c.up[i]).sum();
+    le = le + (y * c.up[i]).sum();
+  }
+  lf.backward();
+  le.backward();
+  return {f, e};
+}
+
+}  // namespace
+
+TEST(QuantizedLinears, OneLayerAfterSubLnOrReluSquaredIsTheComposedGraphBitForBit) {
+  // One weight: the fused node runs the same kernels in the same order as RMSNorm -> quantized_linear
+  // (and relu^2 before it), so outputs and every gradient are equal, not just close.
+  for (const bool relu2 : {false, true}) {
+    for (const auto g : {Granularity::kPerChannel, Granularity::kPerGroup}) {
+      const auto c = group_case(130, {70}, {g}, relu2 ? 3 : 4);
+      const auto [f, e] = run_both(c, relu2);
+      EXPECT_TRUE(f.x.grad().equal(e.x.grad())) << "relu2 " << relu2;
+      EXPECT_TRUE(f.nw.grad().equal(e.nw.grad())) << "relu2 " << relu2;
+      EXPECT_TRUE(f.w[0].grad().equal(e.w[0].grad()));
+      EXPECT_TRUE(f.b[0].grad().equal(e.b[0].grad()));
+      EXPECT_GT(f.x.grad().abs().max().item<float>(), 0.0f);
+      if (relu2) {  // negative u passes no gradient
+        EXPECT_TRUE(f.x.grad().masked_select(c.x.lt(0)).eq(0).all().item<bool>());
+      }
+    }
+  }
+}
+
+TEST(QuantizedLinears, SharedInputGivesTheComposedOutputsAndGradientsWithinTheSummationBound) {
+  // q, k, v on one normed input. Outputs and weight / bias gradients are the same computations as the
+  // composed graph: equal bits. The input's gradient gx = sum_i G_i W_i is summed in another order
+  // (mm, then addmm twice; the composed graph adds three mm results): each float32 evaluation is within
+  // gamma_n S of the exact value, S = sum_i |G_i| |W_i|, n = sum_i N_i + 2 (Higham, Accuracy and
+  // Stability, 3.5), so |dgx| <= E = 2 gamma_n S. The RMSNorm backward is linear in gx:
+  // dx = r (gx w - xhat mean(gx w xhat)), so the difference is at most r (E|w| + |xhat| mean(E|w||xhat|))
+  // plus the kernel's own rounding on each input (5 roundings of terms of size r(|gx w| + |xhat c|))
+  // twice; dw = sum over rows of gx xhat: sum E|xhat| plus twice gamma_M sum |gx xhat|.
+  const int64_t k = 96;
+  const std::vector<int64_t> n{96, 48, 48};
+  const auto c = group_case(k, n, {Granularity::kPerChannel, Granularity::kPerTensor, Granularity::kPerGroup}, 5);
+  const auto [f, e] = run_both(c, false);
+  for (size_t i = 0; i < n.size(); ++i) {
+    EXPECT_TRUE(f.w[i].grad().equal(e.w[i].grad())) << "weight " << i;
+    if (c.b[i].defined()) {
+      EXPECT_TRUE(f.b[i].grad().equal(e.b[i].grad())) << "bias " << i;
+    }
+  }
+  const double u = std::ldexp(1.0, -24);
+  auto gamma = [&](double m) { return m * u / (1 - m * u); };
+  const int64_t rows = 33;
+  at::Tensor S = at::zeros({rows, k}, at::kDouble), gx = at::zeros({rows, k}, at::kDouble);
+  for (size_t i = 0; i < n.size(); ++i) {
+    const auto wq = quantize_weight(c.w[i], c.ws[i]);
+    const auto w_deq = wq.codes.to(at::kDouble) * expand_scales(wq.scales, c.ws[i], c.w[i].sizes()).to(at::kDouble);
+    const auto gi = c.up[i].reshape({rows, -1}).to(at::kDouble);
+    S = S + at::mm(gi.abs(), w_deq.abs());
+    gx = gx + at::mm(gi, w_deq);
+  }
+  const auto E = S * (2 * gamma(96 + 48 + 48 + 2));
+  const auto x2 = c.x.reshape({rows, k}).to(at::kDouble);
+  const auto r = (x2.pow(2).mean(-1, true) + 1e-6).rsqrt();
+  const auto xhat = (x2 * r).abs();
+  const auto w = c.nw.to(at::kDouble).abs();
+  const auto cterm = (gx * c.nw.to(at::kDouble) * x2 * r).mean(-1, true).abs();
+  const auto bound_x = r * (E * w + xhat * (E * w * xhat).mean(-1, true)) +
+                       2 * 5 * u * r * (gx.abs() * w + xhat * cterm) * 1.01;  // 1.01: r and xhat rounded too
+  const auto bound_w = (E * xhat).sum(0) + 2 * gamma(rows + 2) * (gx.abs() * xhat).sum(0) * 1.01;
+  const auto dx = (f.x.grad().reshape({rows, k}).to(at::kDouble) - e.x.grad().reshape({rows, k}).to(at::kDouble)).abs();
+  const auto dw = (f.nw.grad().to(at::kDouble) - e.nw.grad().to(at::kDouble)).abs();
+  EXPECT_TRUE(dx.le(bound_x).all().item<bool>()) << "max |dx| " << dx.max().item<double>();
+  EXPECT_TRUE(dw.le(bound_w).all().item<bool>()) << "max |dw| " << dw.max().item<double>();
+  EXPECT_GT(e.x.grad().abs().max().item<float>(), 0.0f);
+}
+
+TEST(QuantizedLinears, RefusesWhatItDoesNotServe) {
+  const auto c = group_case(64, {8, 8}, {Granularity::kPerChannel, Granularity::kPerChannel}, 6);
+  const ActQuantSpec as;
+  const InputNorm norm{c.nw, 1e-6, false};
+  EXPECT_TRUE(quantized_linears_applicable(c.x, norm, c.ws, as));
+  // relu^2 needs the norm; double inputs, per-tensor activations, the clipped estimator and more than
+  // three weights are served by the composed modules.
+  EXPECT_FALSE(quantized_linears_applicable(c.x, InputNorm{at::Tensor(), 1e-6, true}, c.ws, as));
+  EXPECT_FALSE(quantized_linears_applicable(c.x.to(at::kDouble), norm, c.ws, as));
+  ActQuantSpec per_tensor;
+  per_tensor.type = ActQuant::kPerTensor;
+  EXPECT_FALSE(quantized_linears_applicable(c.x, norm, c.ws, per_tensor));
+  ActQuantSpec clipped;
+  clipped.estimator = Estimator::kClipped;
+  EXPECT_FALSE(quantized_linears_applicable(c.x, norm, c.ws, clipped));
+  EXPECT_FALSE(quantized_linears_applicable(c.x, norm, std::vector<WeightQuantSpec>(4, c.ws[0]), as));
+  EXPECT_FALSE(quantized_linears_applicable(c.x, InputNorm{at::ones({63}), 1e-6, false}, c.ws, as));
+  EXPECT_THROW(quantized_linears(c.x, norm, c.w, {c.b[0]}, c.ws, as), std::invalid_argument);
+  EXPECT_THROW(quantized_linears(c.x.to(at::kDouble), norm, c.w, c.b, c.ws, as), std::invalid_argument);
 }

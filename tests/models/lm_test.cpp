@@ -202,3 +202,44 @@ TEST(BitLM, ForwardHiddenGivesTheResidualStreamOfChosenBlocks) {
   EXPECT_TRUE(again.allclose(logits, 1e-5, 1e-5));
   EXPECT_FALSE(hidden[1].equal(hidden[0]));
 }
+
+// At lambdas 1 on the CPU the block's norms, relu^2 and the SubLNs run inside the fused linears
+// (BitLinear::fused_forward). The FFN's graph is then the composed modules' graph bit for bit, forward
+// and backward: each fused node has one weight, so it runs the same kernels in the same order. The
+// attention's q/k/v share one node, whose outputs equal those of the norm applied first.
+TEST(BitLM, FusedBlockPathsEqualTheComposedModules) {
+  using namespace bitqat::bitlinear;
+  at::manual_seed(3);
+  BitLM lm(tiny(), QuantSpec{}, S{"*"}, S{});
+  auto& b = lm->blocks[0];
+  const auto x = (at::randn({2, 8, 32}) * 2).requires_grad_();
+  const auto up_grad = at::randn({2, 8, 32});
+  const auto ffn_params = std::vector<at::Tensor>{x, b->ffn_norm->weight, b->ffn->up->weight, b->ffn->down->weight,
+                                                  b->ffn->down->norm->weight};
+  auto grads = [&](const at::Tensor& y) {
+    for (auto p : ffn_params) {
+      if (p.grad().defined()) p.mutable_grad() = at::Tensor();
+    }
+    (y * up_grad).sum().backward();
+    std::vector<at::Tensor> g;
+    for (const auto& p : ffn_params) g.push_back(p.grad().clone());
+    return g;
+  };
+  const auto y_fused = b->ffn->forward(x, b->ffn_norm.get());
+  const auto g_fused = grads(y_fused);
+  auto up = b->ffn->up;
+  auto down = b->ffn->down;
+  const auto u = quantized_linear(b->ffn_norm->forward_float(x), up->weight, up->bias, up->options.quant.weight,
+                                  up->options.quant.act);
+  const auto y = quantized_linear(down->norm->forward_float(relu_squared(u)), down->weight, down->bias,
+                                  down->options.quant.weight, down->options.quant.act);
+  const auto g = grads(y);
+  EXPECT_TRUE(y_fused.equal(y));
+  for (size_t i = 0; i < g.size(); ++i) EXPECT_TRUE(g_fused[i].equal(g[i])) << "gradient " << i;
+  EXPECT_GT(g[0].abs().max().item<float>(), 0.0f);
+
+  const auto [cos, sin] = rope_tables(0, 8, 8, 10000.0, at::kCPU);
+  at::NoGradGuard no_grad;
+  EXPECT_TRUE(b->attn->forward(x, b->attn_norm.get(), cos, sin, nullptr, 0)
+                  .equal(b->attn->forward(b->attn_norm->forward(x), nullptr, cos, sin, nullptr, 0)));
+}

@@ -82,8 +82,8 @@ TEST(RowKernels, ActivationCodesAndScalesEqualTheScalarDefinition) {
       for (const auto* rk : variants()) {
         std::vector<int8_t> q(static_cast<size_t>(m * ldq), 42);
         std::vector<float> qf(static_cast<size_t>(m * ldq), 42.0f), s(static_cast<size_t>(m));
-        rk->act_quant_rows(x.data(), k, ldq, 1e-5f, 127, norm ? nw.data() : nullptr, 1e-6, q.data(), qf.data(),
-                           s.data(), 0, m);
+        rk->act_quant_rows(x.data(), k, ldq, 1e-5f, 127, false, norm ? nw.data() : nullptr, 1e-6, q.data(),
+                           qf.data(), s.data(), nullptr, 0, m);
         EXPECT_EQ(q, want_q) << rk->isa << " K " << k << " norm " << norm;
         EXPECT_TRUE(same_bits(s.data(), want_s.data(), s.size())) << rk->isa << " K " << k;
         for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(qf[i], static_cast<float>(q[i])) << rk->isa;
@@ -291,13 +291,13 @@ TEST(RowKernels, BackwardPassesEqualADoublePrecisionComputation) {
   std::vector<float> first_dx, first_dx1;
   for (const auto* rk : variants()) {
     std::vector<float> got(static_cast<size_t>(m * k)), dwp(static_cast<size_t>(k), 0.0f);
-    rk->rms_norm_backward(g.data(), x.data(), w.data(), r.data(), k, got.data(), dwp.data(), 0, m);
+    rk->rms_norm_backward(g.data(), x.data(), w.data(), r.data(), k, false, got.data(), dwp.data(), 0, m);
     // A handful of float roundings per element on values of order 1-10: 1e-5 relative to the
     // largest magnitude bounds them.
     for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], dx[i], 1e-5 * (1 + std::fabs(dx[i]))) << rk->isa;
     for (size_t j = 0; j < dwp.size(); ++j) ASSERT_NEAR(dwp[j], dw[j], 1e-5 * (1 + std::fabs(dw[j]))) << rk->isa;
     std::vector<float> got1(static_cast<size_t>(m * k));
-    rk->rms_norm_backward(g.data(), x.data(), nullptr, r.data(), k, got1.data(), nullptr, 0, m);
+    rk->rms_norm_backward(g.data(), x.data(), nullptr, r.data(), k, false, got1.data(), nullptr, 0, m);
     for (size_t i = 0; i < got1.size(); ++i) ASSERT_NEAR(got1[i], dx1[i], 1e-5 * (1 + std::fabs(dx1[i]))) << rk->isa;
     // Every variant sums in the same fixed order: the same bits.
     if (first_dx.empty()) {
@@ -319,6 +319,55 @@ TEST(RowKernels, BackwardPassesEqualADoublePrecisionComputation) {
       const bool inside = std::fabs(x[i]) * s[static_cast<size_t>(i / k)] / 127.0f <= 0.5f;
       ASSERT_EQ(got[static_cast<size_t>(i)], g[static_cast<size_t>(i)] * (0.25f + 0.75f * (inside ? 1.0f : 0.0f)))
           << rk->isa;
+    }
+  }
+}
+
+// The fused input of the exact linears after relu^2 (act_quant_rows with relu2 and a norm; the
+// backward with relu2): the same bits as the composed passes. Forward: relu as at::relu (NaN kept,
+// -0 and negatives to +0), a = relu * relu, then cuda/quant_codes.hpp's RMSNorm row and codes.
+// Backward: the variant's own RMSNorm backward on the materialized a, then g (relu + relu).
+TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
+  const int64_t m = 6;
+  for (const int64_t k : {5, 64, 130, 512}) {
+    auto u = randn(static_cast<size_t>(m * k), static_cast<uint32_t>(k + 7), 1.5f);
+    u[1] = -0.0f;
+    u[static_cast<size_t>(2 * k + 1)] = std::numeric_limits<float>::quiet_NaN();  // row 2 not finite
+    u[static_cast<size_t>(3 * k + 2)] = -std::numeric_limits<float>::quiet_NaN();  // NaN of either sign is kept
+    for (int64_t j = 0; j < k; ++j) u[static_cast<size_t>(4 * k + j)] = -1.0f - static_cast<float>(j);  // all 0
+    const auto nw = randn(static_cast<size_t>(k), 5, 1.0f);
+    const auto g = randn(static_cast<size_t>(m * k), 6, 1.0f);
+    std::vector<float> a(static_cast<size_t>(m * k)), rel(a.size()), want_r(static_cast<size_t>(m));
+    for (size_t i = 0; i < a.size(); ++i) {
+      rel[i] = (u[i] > 0.0f || std::isnan(u[i])) ? u[i] : 0.0f;
+      a[i] = rel[i] * rel[i];
+    }
+    std::vector<int8_t> want_q(static_cast<size_t>(m * k));
+    std::vector<float> want_s(static_cast<size_t>(m)), h(static_cast<size_t>(k));
+    for (int64_t r = 0; r < m; ++r) {
+      want_r[static_cast<size_t>(r)] = qc::rms_norm_row(a.data() + r * k, k, nw.data(), 1e-6, h.data());
+      want_s[static_cast<size_t>(r)] = qc::act_quant_row(h.data(), k, k, 1e-5f, 127, want_q.data() + r * k);
+    }
+    EXPECT_TRUE(std::isnan(want_s[2]));
+    for (const auto* rk : variants()) {
+      std::vector<int8_t> q(static_cast<size_t>(m * k), 42);
+      std::vector<float> s(static_cast<size_t>(m)), r(static_cast<size_t>(m));
+      rk->act_quant_rows(u.data(), k, k, 1e-5f, 127, true, nw.data(), 1e-6, q.data(), nullptr, s.data(), r.data(), 0,
+                         m);
+      EXPECT_EQ(q, want_q) << rk->isa << " K " << k;
+      EXPECT_TRUE(same_bits(s.data(), want_s.data(), s.size())) << rk->isa << " K " << k;
+      EXPECT_TRUE(same_bits(r.data(), want_r.data(), r.size())) << rk->isa << " K " << k;
+
+      std::vector<float> dx_a(a.size()), dw_a(static_cast<size_t>(k), 0.0f), dx(a.size()),
+          dw(static_cast<size_t>(k), 0.0f);
+      rk->rms_norm_backward(g.data(), a.data(), nw.data(), r.data(), k, false, dx_a.data(), dw_a.data(), 0, m);
+      for (size_t i = 0; i < dx_a.size(); ++i) dx_a[i] = dx_a[i] * (rel[i] + rel[i]);
+      rk->rms_norm_backward(g.data(), u.data(), nw.data(), r.data(), k, true, dx.data(), dw.data(), 0, m);
+      EXPECT_TRUE(same_bits(dx.data(), dx_a.data(), dx.size())) << rk->isa << " K " << k;
+      EXPECT_TRUE(same_bits(dw.data(), dw_a.data(), dw.size())) << rk->isa << " K " << k;
+      // A negative u passes no gradient; a NaN u passes NaN.
+      EXPECT_EQ(dx[static_cast<size_t>(4 * k + 3)], 0.0f) << rk->isa;
+      EXPECT_TRUE(std::isnan(dx[static_cast<size_t>(2 * k + 1)])) << rk->isa;
     }
   }
 }
