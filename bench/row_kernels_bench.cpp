@@ -66,6 +66,14 @@ int main(int argc, char** argv) {
     row("rms_norm", m, k, 2 * f, median_us([&] { kernels::rms_norm(x, w, 1e-6); }, iters), copy_gbs);
     const auto r = kernels::rms_norm(x, w, 1e-6).second;
     row("rms_norm_backward", m, k, 3 * f, median_us([&] { kernels::rms_norm_backward(g, x, w, r); }, iters), copy_gbs);
+    // The fused input of the exact linears: RMSNorm then codes, and relu^2 first (ffn.down's SubLN).
+    row("norm_quantize_rows", m, k, f + f / 4,
+        median_us([&] { kernels::norm_quantize_rows(x, 1e-5, 8, false, w, 1e-6); }, iters), copy_gbs);
+    row("  relu2", m, k, f + f / 4, median_us([&] { kernels::norm_quantize_rows(x, 1e-5, 8, true, w, 1e-6); }, iters),
+        copy_gbs);
+    const auto r2 = kernels::norm_quantize_rows(x, 1e-5, 8, true, w, 1e-6).r;
+    row("rms_norm_backward relu2", m, k, 3 * f,
+        median_us([&] { kernels::rms_norm_backward(g, x, w, r2, true); }, iters), copy_gbs);
     const auto codes = kernels::quantize_rows(x, 1e-5, 8);
     row("dequant_rows", m, k, f + f / 4, median_us([&] { kernels::dequant_rows(codes.codes, codes.scales); }, iters),
         copy_gbs);

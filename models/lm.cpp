@@ -180,24 +180,28 @@ struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
     float* y = out.data_ptr<float>();
     at::parallel_for(0, B * T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t b0, int64_t b1) {
       for (int64_t bt = b0; bt < b1; ++bt) {
-        const float* ct = c + (bt % T) * D;
-        const float* st = sn + (bt % T) * D;
+        const int64_t t = bt % T;
         for (int64_t h = 0; h < H; ++h) {
-          const float* xr = x + (bt * H + h) * D;
-          float* yr = y + (bt * H + h) * D;
-          for (int64_t j = 0; j < half; ++j) {
-            const float x1 = xr[j], x2 = xr[j + half];
-            if (!backward) {
-              yr[j] = x1 * ct[j] + (-x2) * st[j];
-              yr[j + half] = x2 * ct[j + half] + x1 * st[j + half];
-            } else {
-              yr[j] = x1 * ct[j] + x2 * st[j + half];
-              yr[j + half] = x2 * ct[j + half] + (-x1) * st[j];
-            }
+          if (backward) {
+            rotate_half(x + (bt * H + h) * D, c + t * D, sn + t * D, half, true, y + (bt * H + h) * D);
+          } else {
+            rotate_half(x + (bt * H + h) * D, c + t * D, sn + t * D, half, false, y + (bt * H + h) * D);
           }
         }
       }
     });
+  }
+  // One head: separate loops over each half, on restrict pointers, so the compiler vectorizes them
+  // (one loop writing both halves through possibly aliasing pointers stayed scalar).
+  static void rotate_half(const float* __restrict x, const float* __restrict c, const float* __restrict s,
+                          int64_t half, bool backward, float* __restrict y) {
+    if (!backward) {
+      for (int64_t j = 0; j < half; ++j) y[j] = x[j] * c[j] + (-x[j + half]) * s[j];
+      for (int64_t j = 0; j < half; ++j) y[j + half] = x[j + half] * c[j + half] + x[j] * s[j + half];
+    } else {
+      for (int64_t j = 0; j < half; ++j) y[j] = x[j] * c[j] + x[j + half] * s[j + half];
+      for (int64_t j = 0; j < half; ++j) y[j + half] = x[j + half] * c[j + half] + (-x[j]) * s[j];
+    }
   }
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin) {
