@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bitlinear/cpu/row_kernels.hpp"
 #include "bitlinear/quant_kernels.hpp"
 
 namespace {
@@ -77,6 +78,18 @@ int main(int argc, char** argv) {
     const auto codes = kernels::quantize_rows(x, 1e-5, 8);
     row("dequant_rows", m, k, f + f / 4, median_us([&] { kernels::dequant_rows(codes.codes, codes.scales); }, iters),
         copy_gbs);
+    if (k == 128) {  // RoPE on the quickstart's q: [16 x 128 rows, 4 heads, 32]
+      const auto cs = at::randn({128, 32});
+      const auto sn = at::randn({128, 32});
+      auto y = at::empty_like(x);
+      const auto& rk = cpu::row_kernels();
+      row("rope_rows", m, k, 2 * f, median_us([&] {
+            at::parallel_for(0, m, 16, [&](int64_t b0, int64_t b1) {
+              rk.rope_rows(x.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), 128, 4, 32, false,
+                           y.data_ptr<float>(), b0, b1);
+            });
+          }, iters), copy_gbs);
+    }
     // The epilogue of an [m, k] output: int32 sums in, float out.
     const auto acc = at::randint(-20000, 20000, {m, k}, at::kInt);
     const auto gamma = at::full({k}, 0.02f);

@@ -57,9 +57,11 @@ struct BitLinearImpl : torch::nn::Module {
   // Layers reading one input x through `pre` (an RMSNorm, optionally after relu(x)^2;
   // bitlinear/quantized_linear.hpp InputNorm), computed by one fused node (quantized_linears) when
   // every layer is fully quantized (lambdas 1), takes no installed kernel and has the same activation
-  // spec, and the node applies to x (float32 on the CPU, the identity estimator). A layer's own SubLN
-  // is fused only for a single layer and a `pre` without a norm. Returns one output per layer, or an
-  // empty list when these conditions fail: the caller then composes the modules (same values).
+  // spec, and the node applies to x (quantized_linears_applicable: float32 on the CPU, the identity
+  // activation estimator, at most 3 layers). A layer's own SubLN is fused only for a single layer and
+  // a `pre` without a norm. Returns one output per layer, or an empty list when these conditions
+  // fail: the caller then composes the modules (the same outputs; with several layers the input's
+  // gradient differs by the order of its sum over the layers).
   static std::vector<at::Tensor> fused_forward(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
                                                InputNorm pre);
 

@@ -71,11 +71,12 @@ at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales);
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
                            const at::Tensor& scales, const at::Tensor& bias);
 // The input of the fused exact linears (bitlinear/quantized_linear.hpp quantized_linears): per-token
-// codes of n(a(x)) for x [M, K] float32 on the CPU, with a = relu(x)^2 when relu2 (relu keeps NaN, -0
-// -> +0, as at::relu) else the identity, and n = RMSNorm with norm_weight [K] when defined (as
+// codes of n(a(x)) for x [M, K] float32 on the CPU, with a = relu(x)^2 when relu2 (relu keeps NaN and
+// maps -0 to +0) else the identity, and n = RMSNorm with norm_weight [K] when defined (as
 // rms_norm) else the identity. The normalized values are never stored: codes int8 [M, K] and scales
 // [M] equal quantize_rows of the composed tensor bit for bit, and r [M] (undefined without a norm) is
-// the norm's 1 / rms for rms_norm_backward. Throws std::invalid_argument for other dtypes or devices.
+// the norm's 1 / rms for rms_norm_backward. Throws std::invalid_argument for other dtypes or devices, a
+// non-contiguous or non-2-D input, bits outside 2..8 or a norm weight without K entries.
 struct NormCodes {
   at::Tensor codes, scales, r;
 };

@@ -198,6 +198,8 @@ struct QuantizedLinearsFn : torch::autograd::Function<QuantizedLinearsFn> {
                              const at::Tensor& w0, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& b0,
                              const at::Tensor& b1, const at::Tensor& b2, const GroupSpec& spec) {
     RECORD_FUNCTION("bitqat::quantized_linears", std::vector<c10::IValue>());
+    // An output no one uses gets an undefined gradient (skipped below), not a buffer of zeros.
+    ctx->set_materialize_grads(false);
     const std::vector<at::Tensor> all{w0, w1, w2};
     const std::vector<at::Tensor> weights(all.begin(), all.begin() + static_cast<int64_t>(spec.wspecs.size()));
     const std::vector<at::Tensor> biases{b0, b1, b2};
@@ -304,9 +306,19 @@ std::vector<at::Tensor> quantized_linears(const at::Tensor& x, const InputNorm& 
                                           const std::vector<at::Tensor>& weights,
                                           const std::vector<at::Tensor>& biases,
                                           const std::vector<WeightQuantSpec>& wspecs, const ActQuantSpec& aspec) {
-  if (weights.size() != biases.size() || weights.size() != wspecs.size() || weights.size() > kMaxGroup) {
-    throw std::invalid_argument(fmt::format("quantized_linears: {} weights, {} biases and {} weight specs (1 to {} each)",
-                                            weights.size(), biases.size(), wspecs.size(), kMaxGroup));
+  if (weights.empty() || weights.size() != biases.size() || weights.size() != wspecs.size() ||
+      weights.size() > kMaxGroup) {
+    throw std::invalid_argument(fmt::format(
+        "quantized_linears: {} weights, {} biases and {} weight specs; expected the same number, 1 to {}",
+        weights.size(), biases.size(), wspecs.size(), kMaxGroup));
+  }
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const int64_t n = weights[i].dim() == 2 ? weights[i].size(0) : -1;
+    if (n < 0 || weights[i].size(1) != x.size(-1) || (biases[i].defined() && biases[i].numel() != n)) {
+      throw std::invalid_argument(fmt::format("quantized_linears: weight {} is {} and its bias {}; expected [N, {}] and [N]",
+                                              i, c10::str(weights[i].sizes()),
+                                              biases[i].defined() ? c10::str(biases[i].sizes()) : "none", x.size(-1)));
+    }
   }
   if (!quantized_linears_applicable(x, pre, wspecs, aspec)) {
     throw std::invalid_argument(

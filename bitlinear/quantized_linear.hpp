@@ -49,7 +49,7 @@ at::Tensor quantized_linear(const at::Tensor& x, const at::Tensor& weight, const
                             const WeightQuantSpec& wspec, const ActQuantSpec& aspec);
 
 // ---- several exact linears on one input, with the RMSNorm (and relu^2) before them fused ----------
-// y_i = quantized_linear(n(a(x)), W_i, b_i) for every i, one autograd node: a = relu(x)^2 when relu2
+// y_i = quantized_linear(n(a(x)), W_i, b_i) for every i (up to 3), one autograd node: a = relu(x)^2 when relu2
 // (else the identity), n = RMSNorm with `weight` [K] (else the identity). The forward computes each
 // row's norm, codes and scale in one pass (kernels::norm_quantize_rows), so the normalized float
 // activations are never written, and its outputs equal the composed modules bit for bit
@@ -63,11 +63,14 @@ struct InputNorm {
 };
 
 // Whether quantized_linears serves this input: x float32 on the CPU, per-token activation codes with
-// the identity estimator, every weight spec quantized_linear_applicable, relu2 only with a norm.
+// the identity activation estimator (a clipped weight estimator's mask is supported), 1 to 3 weight
+// specs each quantized_linear_applicable (quantized, not per kernel, K < 131072), relu2 only with a
+// norm, and a norm weight float32 on the CPU with K entries.
 bool quantized_linears_applicable(const at::Tensor& x, const InputNorm& pre, const std::vector<WeightQuantSpec>& w,
                                   const ActQuantSpec& a);
-// x [..., K] -> one [..., N_i] float32 tensor per weight [N_i, K]; biases[i] [N_i] or undefined.
-// Throws std::invalid_argument when the sizes of the lists differ or the inputs are not applicable.
+// x [..., K] (any strides) -> one [..., N_i] float32 tensor per weight [N_i, K]; biases[i] [N_i] or
+// undefined. Throws std::invalid_argument when the lists are empty, longer than 3 or of different
+// sizes, a weight or bias has the wrong shape, or quantized_linears_applicable fails.
 std::vector<at::Tensor> quantized_linears(const at::Tensor& x, const InputNorm& pre,
                                           const std::vector<at::Tensor>& weights,
                                           const std::vector<at::Tensor>& biases,

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "bitlinear/convert.hpp"
+#include "bitlinear/cpu/row_kernels.hpp"
 #include "core/error.hpp"
 
 namespace bitqat::models {
@@ -169,39 +170,17 @@ namespace {
 // RoPE on x [B, T, H, D] (the projections' own layout, before the head transpose) with cos, sin
 // [T, D] broadcast over heads: for the halves x1, x2 of each head, y1 = x1 c1 - x2 s1 and
 // y2 = x2 c2 + x1 s2 (apply_rope's arithmetic, operation for operation); backward
-// dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1. A CPU float32 loop; other tensors take apply_rope.
+// dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1. CPU float32 tensors run the row kernel
+// (bitlinear/cpu/row_kernels.hpp rope_rows); other tensors take apply_rope.
 struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
   static void run(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool backward,
                   at::Tensor& out) {
-    const int64_t B = in.size(0), T = in.size(1), H = in.size(2), D = in.size(3), half = D / 2;
-    const float* x = in.data_ptr<float>();
-    const float* c = cos.data_ptr<float>();
-    const float* sn = sin.data_ptr<float>();
-    float* y = out.data_ptr<float>();
+    const int64_t B = in.size(0), T = in.size(1), H = in.size(2), D = in.size(3);
+    const auto& rk = bitlinear::cpu::row_kernels();  // vectorized for the CPU's instruction set
     at::parallel_for(0, B * T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t b0, int64_t b1) {
-      for (int64_t bt = b0; bt < b1; ++bt) {
-        const int64_t t = bt % T;
-        for (int64_t h = 0; h < H; ++h) {
-          if (backward) {
-            rotate_half(x + (bt * H + h) * D, c + t * D, sn + t * D, half, true, y + (bt * H + h) * D);
-          } else {
-            rotate_half(x + (bt * H + h) * D, c + t * D, sn + t * D, half, false, y + (bt * H + h) * D);
-          }
-        }
-      }
+      rk.rope_rows(in.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), T, H, D, backward,
+                   out.data_ptr<float>(), b0, b1);
     });
-  }
-  // One head: separate loops over each half, on restrict pointers, so the compiler vectorizes them
-  // (one loop writing both halves through possibly aliasing pointers stayed scalar).
-  static void rotate_half(const float* __restrict x, const float* __restrict c, const float* __restrict s,
-                          int64_t half, bool backward, float* __restrict y) {
-    if (!backward) {
-      for (int64_t j = 0; j < half; ++j) y[j] = x[j] * c[j] + (-x[j + half]) * s[j];
-      for (int64_t j = 0; j < half; ++j) y[j + half] = x[j + half] * c[j + half] + x[j] * s[j + half];
-    } else {
-      for (int64_t j = 0; j < half; ++j) y[j] = x[j] * c[j] + x[j + half] * s[j + half];
-      for (int64_t j = 0; j < half; ++j) y[j + half] = x[j + half] * c[j + half] + (-x[j]) * s[j];
-    }
   }
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x, const at::Tensor& cos,
                             const at::Tensor& sin) {

@@ -30,7 +30,7 @@ struct RowKernels {
   // Per-token absmax codes (cuda/quant_codes.hpp act_quant_row) of relu(x)^2 (relu2) or x, optionally
   // after the fused RMSNorm (norm_w non-null; r[row] receives its 1 / rms when r is non-null): writes
   // codes as int8 (q, row stride ldq, zeros past k) and/or as float (qf, the same stride), either may
-  // be null; scales s[row] (NaN for a non-finite row). relu(v) keeps NaN and maps -0 to +0 (at::relu).
+  // be null; scales s[row] (NaN for a non-finite row). relu(v) keeps NaN and maps -0 to +0.
   void (*act_quant_rows)(const float* x, int64_t k, int64_t ldq, float eps, int qmax, bool relu2, const float* norm_w,
                          double norm_eps, int8_t* q, float* qf, float* s, float* r, int64_t begin, int64_t end);
   // Fake-quantized activations: out = x + lambda * (code / s - x) (exactly code / s at lambda 1, x at
@@ -60,6 +60,12 @@ struct RowKernels {
   // Dequantized weights: out[row, j] = float(codes[row, j]) * gamma[row * stride + j / group].
   void (*scale_codes)(const int8_t* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
                       int64_t begin, int64_t end);
+  // RoPE on rows of x [B * T, h, d] (the projections' own layout; row r at position r % t) with cos,
+  // sin [t, d], for the halves x1, x2 of each head: y1 = x1 c1 + (-x2) s1, y2 = x2 c2 + x1 s2
+  // (models/lm.cpp apply_rope's arithmetic, operation for operation); backward, the transposed
+  // rotation of the gradient: y1 = g1 c1 + g2 s2, y2 = g2 c2 + (-g1) s1. d even; x and y distinct.
+  void (*rope_rows)(const float* x, const float* cos, const float* sin, int64_t t, int64_t h, int64_t d, bool backward,
+                    float* y, int64_t begin, int64_t end);
 };
 
 // The variant for LibTorch's current CPU capability.

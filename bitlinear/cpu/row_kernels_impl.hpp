@@ -143,7 +143,8 @@ double grad_dot_xhat(const float* gr, const float* w, const float* xr, float ri,
   return lane_sum(k, [&](int64_t j) { return static_cast<double>(gr[j]) * static_cast<double>(xr[j] * ri); });
 }
 
-// relu on the bits: negative numbers and -0 become +0, NaN of either sign is kept (at::relu's values).
+// relu on the bits: negative numbers and -0 become +0, NaN of either sign is kept (at::relu's values,
+// except that at::relu keeps -0; relu^2 is +0 either way).
 // An integer mask, because GCC keeps `v < 0 ? 0 : v` a branch (a float compare may trap).
 inline float relu_bits(float v) {
   uint32_t u;
@@ -382,11 +383,41 @@ void scale_codes(const int8_t* codes, int64_t cols, int64_t group, int64_t strid
   }
 }
 
+// One head's rotation; restrict pointers and one loop per half, so each loop vectorizes.
+void rotate_half(const float* __restrict x, const float* __restrict c, const float* __restrict sn, int64_t half,
+                 float* __restrict y) {
+  for (int64_t j = 0; j < half; ++j) y[j] = x[j] * c[j] + (-x[j + half]) * sn[j];
+  for (int64_t j = 0; j < half; ++j) y[j + half] = x[j + half] * c[j + half] + x[j] * sn[j + half];
+}
+
+void rotate_half_backward(const float* __restrict g, const float* __restrict c, const float* __restrict sn,
+                          int64_t half, float* __restrict y) {
+  for (int64_t j = 0; j < half; ++j) y[j] = g[j] * c[j] + g[j + half] * sn[j + half];
+  for (int64_t j = 0; j < half; ++j) y[j + half] = g[j + half] * c[j + half] + (-g[j]) * sn[j];
+}
+
+void rope_rows(const float* x, const float* cos, const float* sin, int64_t t, int64_t h, int64_t d, bool backward,
+               float* y, int64_t begin, int64_t end) {
+  const int64_t half = d / 2;
+  for (int64_t row = begin; row < end; ++row) {
+    const float* c = cos + (row % t) * d;
+    const float* sn = sin + (row % t) * d;
+    for (int64_t i = 0; i < h; ++i) {
+      const int64_t off = (row * h + i) * d;
+      if (backward) {
+        rotate_half_backward(x + off, c, sn, half, y + off);
+      } else {
+        rotate_half(x + off, c, sn, half, y + off);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 extern const RowKernels kKernels;
 const RowKernels kKernels = {BITQAT_ROWK_NAME,    rms_norm,         rms_norm_backward, act_quant_rows,
                              act_fake_quant_rows, act_ste_backward, abs_sums,          ternary_rows,
-                             linear_epilogue,     dequant_rows,     scale_codes};
+                             linear_epilogue,     dequant_rows,     scale_codes,       rope_rows};
 
 }  // namespace bitqat::bitlinear::cpu::BITQAT_ROWK_NS

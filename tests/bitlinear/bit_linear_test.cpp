@@ -180,3 +180,38 @@ TEST(BitConv2d, StridePerTokenActivationsAndBias) {
   EXPECT_EQ(bit->lambda_a(), 0.75);
   EXPECT_EQ(bit->forward(x.to(at::kBFloat16)).scalar_type(), at::kBFloat16);
 }
+
+// BitLinear::fused_forward runs the fused node only where it computes what the modules compute: a
+// layer at lambdas below 1, a group whose layer has its own SubLN, a SubLN together with a block norm,
+// or layers with different activation specs get an empty result (the caller composes the modules).
+TEST(BitLinear, FusedForwardServesOnlyFullyQuantizedCompatibleLayers) {
+  at::manual_seed(4);
+  BitLinearOptions o(16, 8);
+  BitLinear a(o), b(o);
+  o.sub_norm = true;
+  BitLinear sub(o);
+  const auto x = at::randn({3, 16});
+  const InputNorm none;
+  const InputNorm norm{at::ones({16}) * 1.5, 1e-6, false};
+  EXPECT_EQ(BitLinearImpl::fused_forward({a.get(), b.get()}, x, norm).size(), 2u);
+  // The layer's own SubLN is the norm: the same output as its forward, and as the composed modules.
+  const auto y = BitLinearImpl::fused_forward({sub.get()}, x, none);
+  ASSERT_EQ(y.size(), 1u);
+  const auto want = quantized_linear(sub->norm->forward_float(x), sub->weight, sub->bias, sub->options.quant.weight,
+                                     sub->options.quant.act);
+  EXPECT_TRUE(y[0].equal(want));
+  EXPECT_TRUE(sub->forward(x).equal(want));
+  EXPECT_TRUE(BitLinearImpl::fused_forward({sub.get(), a.get()}, x, none).empty());
+  EXPECT_TRUE(BitLinearImpl::fused_forward({sub.get()}, x, norm).empty());
+  EXPECT_TRUE(BitLinearImpl::fused_forward({}, x, norm).empty());
+  b->set_lambdas(1.0, 0.5);
+  EXPECT_TRUE(BitLinearImpl::fused_forward({a.get(), b.get()}, x, norm).empty());
+  b->set_lambdas(1.0, 1.0);
+  b->options.quant.act.bits = 4;
+  EXPECT_TRUE(BitLinearImpl::fused_forward({a.get(), b.get()}, x, norm).empty());
+  EXPECT_TRUE(BitLinearImpl::fused_forward({a.get()}, x.to(at::kDouble), norm).empty());
+  // At lambda_w 0.5 a SubLN layer's forward is the fake-quant path, not the fused node's lambda-1 value.
+  sub->set_lambdas(0.5, 1.0);
+  EXPECT_TRUE(BitLinearImpl::fused_forward({sub.get()}, x, none).empty());
+  EXPECT_FALSE(sub->forward(x).equal(want));
+}

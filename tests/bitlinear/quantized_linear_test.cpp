@@ -261,11 +261,17 @@ at::Tensor relu_sq(const at::Tensor& u) {
 }
 
 // Runs both graphs; returns {fused, composed} leaves after backward, and checks the outputs bit for bit.
-std::pair<Leaves, Leaves> run_both(const GroupCase& c, bool relu2) {
+// norm false: no RMSNorm (and x is fed as a strided view, the transpose of a [K, ...] tensor).
+std::pair<Leaves, Leaves> run_both(const GroupCase& c, bool relu2, bool norm = true) {
   const ActQuantSpec as;
   auto f = leaves(c), e = leaves(c);
-  const auto ys = quantized_linears(f.x, InputNorm{f.nw, 1e-6, relu2}, f.w, f.b, c.ws, as);
-  const auto xn = rms_norm(relu2 ? relu_sq(e.x) : e.x, e.nw, 1e-6);
+  const auto fx = norm ? f.x : f.x.transpose(0, 2).contiguous().transpose(0, 2);
+  if (!norm) {
+    EXPECT_FALSE(fx.is_contiguous());
+  }
+  const auto ys = quantized_linears(fx, InputNorm{norm ? f.nw : at::Tensor(), 1e-6, relu2}, f.w, f.b, c.ws, as);
+  const auto xa = relu2 ? relu_sq(e.x) : e.x;
+  const auto xn = norm ? rms_norm(xa, e.nw, 1e-6) : xa;
   at::Tensor lf = at::zeros({}), le = at::zeros({});
   EXPECT_EQ(ys.size(), c.w.size());
   for (size_t i = 0; i < c.w.size(); ++i) {
@@ -308,8 +314,8 @@ TEST(QuantizedLinears, SharedInputGivesTheComposedOutputsAndGradientsWithinTheSu
   // gamma_n S of the exact value, S = sum_i |G_i| |W_i|, n = sum_i N_i + 2 (Higham, Accuracy and
   // Stability, 3.5), so |dgx| <= E = 2 gamma_n S. The RMSNorm backward is linear in gx:
   // dx = r (gx w - xhat mean(gx w xhat)), so the difference is at most r (E|w| + |xhat| mean(E|w||xhat|))
-  // plus the kernel's own rounding on each input (5 roundings of terms of size r(|gx w| + |xhat c|))
-  // twice; dw = sum over rows of gx xhat: sum E|xhat| plus twice gamma_M sum |gx xhat|.
+  // plus the kernel's own rounding on each input (5 roundings of terms of size r(|gx w| + |xhat| c'),
+  // c' = mean |gx w xhat| bounding the mean c and its rounding) twice; dw = sum over rows of gx xhat: sum E|xhat| plus twice gamma_M sum |gx xhat|.
   const int64_t k = 96;
   const std::vector<int64_t> n{96, 48, 48};
   const auto c = group_case(k, n, {Granularity::kPerChannel, Granularity::kPerTensor, Granularity::kPerGroup}, 5);
@@ -336,7 +342,7 @@ TEST(QuantizedLinears, SharedInputGivesTheComposedOutputsAndGradientsWithinTheSu
   const auto r = (x2.pow(2).mean(-1, true) + 1e-6).rsqrt();
   const auto xhat = (x2 * r).abs();
   const auto w = c.nw.to(at::kDouble).abs();
-  const auto cterm = (gx * c.nw.to(at::kDouble) * x2 * r).mean(-1, true).abs();
+  const auto cterm = (gx * c.nw.to(at::kDouble) * x2 * r).abs().mean(-1, true);
   const auto bound_x = r * (E * w + xhat * (E * w * xhat).mean(-1, true)) +
                        2 * 5 * u * r * (gx.abs() * w + xhat * cterm) * 1.01;  // 1.01: r and xhat rounded too
   const auto bound_w = (E * xhat).sum(0) + 2 * gamma(rows + 2) * (gx.abs() * xhat).sum(0) * 1.01;
@@ -365,5 +371,55 @@ TEST(QuantizedLinears, RefusesWhatItDoesNotServe) {
   EXPECT_FALSE(quantized_linears_applicable(c.x, norm, std::vector<WeightQuantSpec>(4, c.ws[0]), as));
   EXPECT_FALSE(quantized_linears_applicable(c.x, InputNorm{at::ones({63}), 1e-6, false}, c.ws, as));
   EXPECT_THROW(quantized_linears(c.x, norm, c.w, {c.b[0]}, c.ws, as), std::invalid_argument);
+  EXPECT_THROW(quantized_linears(c.x, norm, {}, {}, {}, as), std::invalid_argument);
+  EXPECT_THROW(quantized_linears(c.x, norm, {c.w[0].narrow(1, 0, 63)}, {c.b[0]}, {c.ws[0]}, as),
+               std::invalid_argument);
+  EXPECT_THROW(quantized_linears(c.x, norm, {c.w[0]}, {at::zeros({7})}, {c.ws[0]}, as), std::invalid_argument);
   EXPECT_THROW(quantized_linears(c.x.to(at::kDouble), norm, c.w, c.b, c.ws, as), std::invalid_argument);
+}
+
+TEST(QuantizedLinears, TwoWeightsWithoutANormStridedInputAndAClippedWeightEstimator) {
+  // gate / up without a block norm, x a strided view, the second weight with the clipped estimator (its
+  // mask is applied as quantized_linear applies it). Outputs and weight / bias gradients: equal bits.
+  // The input's gradient is the sum of two products, in the other order: within 2 gamma_n S (see above).
+  auto c = group_case(72, {40, 24}, {Granularity::kPerChannel, Granularity::kPerGroup}, 8);
+  c.ws[1].estimator = Estimator::kClipped;
+  c.ws[1].clip = 1.0;
+  c.w[1] = c.w[1] * 3;  // some weights beyond the clip
+  const auto [f, e] = run_both(c, false, /*norm=*/false);
+  const auto mask = (c.w[1].abs() / expand_scales(quantize_weight(c.w[1], c.ws[1]).scales, c.ws[1], c.w[1].sizes()))
+                        .le(1.0);
+  EXPECT_FALSE(mask.all().item<bool>());
+  for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(f.w[i].grad().equal(e.w[i].grad())) << "weight " << i;
+  EXPECT_TRUE(f.w[1].grad().masked_select(mask.logical_not()).eq(0).all().item<bool>());
+  EXPECT_TRUE(f.b[0].grad().equal(e.b[0].grad()));
+  const double u = std::ldexp(1.0, -24), n = 40 + 24 + 2;
+  at::Tensor S = at::zeros({33, 72}, at::kDouble);
+  for (size_t i = 0; i < 2; ++i) {
+    const auto wq = quantize_weight(c.w[i], c.ws[i]);
+    const auto w_deq = wq.codes.to(at::kDouble) * expand_scales(wq.scales, c.ws[i], c.w[i].sizes()).to(at::kDouble);
+    S = S + at::mm(c.up[i].reshape({33, -1}).to(at::kDouble).abs(), w_deq.abs());
+  }
+  const auto dx = (f.x.grad() - e.x.grad()).reshape({33, 72}).to(at::kDouble).abs();
+  EXPECT_TRUE(dx.le(S * (2 * n * u / (1 - n * u))).all().item<bool>()) << "max |dx| " << dx.max().item<double>();
+  EXPECT_GT(e.x.grad().abs().max().item<float>(), 0.0f);
+}
+
+TEST(QuantizedLinears, ReluSquaredWithTwoWeightsAndAnUnusedOutput) {
+  // relu^2, the norm and two weights: outputs and weight gradients equal the composed graph's bits.
+  const auto c = group_case(64, {32, 16}, {Granularity::kPerChannel, Granularity::kPerTensor}, 9);
+  const auto [f, e] = run_both(c, true);
+  for (size_t i = 0; i < 2; ++i) EXPECT_TRUE(f.w[i].grad().equal(e.w[i].grad())) << "weight " << i;
+  // Only the first output used: the second weight gets no gradient, and the input's is the one-weight
+  // node's (the node skips an output without a gradient).
+  auto l2 = leaves(c), l1 = leaves(c);
+  const ActQuantSpec as;
+  quantized_linears(l2.x, InputNorm{l2.nw, 1e-6, true}, l2.w, l2.b, c.ws, as)[0].mul(c.up[0]).sum().backward();
+  quantized_linears(l1.x, InputNorm{l1.nw, 1e-6, true}, {l1.w[0]}, {l1.b[0]}, {c.ws[0]}, as)[0]
+      .mul(c.up[0])
+      .sum()
+      .backward();
+  EXPECT_FALSE(l2.w[1].grad().defined());
+  EXPECT_TRUE(l2.x.grad().equal(l1.x.grad()));
+  EXPECT_TRUE(l2.nw.grad().equal(l1.nw.grad()));
 }

@@ -204,42 +204,65 @@ TEST(BitLM, ForwardHiddenGivesTheResidualStreamOfChosenBlocks) {
 }
 
 // At lambdas 1 on the CPU the block's norms, relu^2 and the SubLNs run inside the fused linears
-// (BitLinear::fused_forward). The FFN's graph is then the composed modules' graph bit for bit, forward
-// and backward: each fused node has one weight, so it runs the same kernels in the same order. The
-// attention's q/k/v share one node, whose outputs equal those of the norm applied first.
+// (BitLinear::fused_forward), which must really run here (not fall back). The FFN's graph is then the
+// composed modules' graph bit for bit, forward and backward: each fused node has one weight, so it
+// runs the same kernels in the same order. q/k/v (grouped-query: k and v narrower than q) share one
+// node: outputs and weight gradients are the composed ones' bits (the input's gradient is summed in
+// another order; tests/bitlinear/quantized_linear_test.cpp bounds it).
 TEST(BitLM, FusedBlockPathsEqualTheComposedModules) {
   using namespace bitqat::bitlinear;
   at::manual_seed(3);
-  BitLM lm(tiny(), QuantSpec{}, S{"*"}, S{});
+  BitLM lm(tiny(2), QuantSpec{}, S{"*"}, S{});
   auto& b = lm->blocks[0];
+  auto up = b->ffn->up;
+  auto down = b->ffn->down;
+  {
+    at::NoGradGuard no_grad;  // norm weights other than the initial ones
+    for (auto* w : {&b->ffn_norm->weight, &down->norm->weight, &b->attn_norm->weight}) w->uniform_(0.5, 1.5);
+  }
   const auto x = (at::randn({2, 8, 32}) * 2).requires_grad_();
   const auto up_grad = at::randn({2, 8, 32});
-  const auto ffn_params = std::vector<at::Tensor>{x, b->ffn_norm->weight, b->ffn->up->weight, b->ffn->down->weight,
-                                                  b->ffn->down->norm->weight};
-  auto grads = [&](const at::Tensor& y) {
-    for (auto p : ffn_params) {
+  InputNorm ffn_pre{b->ffn_norm->weight, b->ffn_norm->eps, false};
+  EXPECT_EQ(BitLinearImpl::fused_forward({up.get()}, x, ffn_pre).size(), 1u);
+  InputNorm act;
+  act.relu2 = true;
+  EXPECT_EQ(BitLinearImpl::fused_forward({down.get()}, at::randn({2, 8, 64}), act).size(), 1u);
+  const auto ffn_params = std::vector<at::Tensor>{x, b->ffn_norm->weight, up->weight, down->weight, down->norm->weight};
+  auto grads = [&](const at::Tensor& y, const std::vector<at::Tensor>& params) {
+    for (auto p : params) {
       if (p.grad().defined()) p.mutable_grad() = at::Tensor();
     }
-    (y * up_grad).sum().backward();
+    (y.dim() == 0 ? y : (y * up_grad.narrow(-1, 0, y.size(-1))).sum()).backward();
     std::vector<at::Tensor> g;
-    for (const auto& p : ffn_params) g.push_back(p.grad().clone());
+    for (const auto& p : params) g.push_back(p.grad().clone());
     return g;
   };
   const auto y_fused = b->ffn->forward(x, b->ffn_norm.get());
-  const auto g_fused = grads(y_fused);
-  auto up = b->ffn->up;
-  auto down = b->ffn->down;
+  const auto g_fused = grads(y_fused, ffn_params);
   const auto u = quantized_linear(b->ffn_norm->forward_float(x), up->weight, up->bias, up->options.quant.weight,
                                   up->options.quant.act);
   const auto y = quantized_linear(down->norm->forward_float(relu_squared(u)), down->weight, down->bias,
                                   down->options.quant.weight, down->options.quant.act);
-  const auto g = grads(y);
+  const auto g = grads(y, ffn_params);
   EXPECT_TRUE(y_fused.equal(y));
   for (size_t i = 0; i < g.size(); ++i) EXPECT_TRUE(g_fused[i].equal(g[i])) << "gradient " << i;
   EXPECT_GT(g[0].abs().max().item<float>(), 0.0f);
 
-  const auto [cos, sin] = rope_tables(0, 8, 8, 10000.0, at::kCPU);
-  at::NoGradGuard no_grad;
-  EXPECT_TRUE(b->attn->forward(x, b->attn_norm.get(), cos, sin, nullptr, 0)
-                  .equal(b->attn->forward(b->attn_norm->forward(x), nullptr, cos, sin, nullptr, 0)));
+  auto a = b->attn;
+  const std::vector<BitLinearImpl*> qkv{a->q.get(), a->k.get(), a->v.get()};
+  const auto fused = BitLinearImpl::fused_forward(qkv, x, InputNorm{b->attn_norm->weight, b->attn_norm->eps, false});
+  ASSERT_EQ(fused.size(), 3u);
+  const auto xn = b->attn_norm->forward_float(x);
+  const std::vector<at::Tensor> wqkv{a->q->weight, a->k->weight, a->v->weight};
+  at::Tensor lf = at::zeros({}), lw = at::zeros({});
+  for (size_t i = 0; i < 3; ++i) {
+    const auto& l = *qkv[i];
+    const auto want = quantized_linear(xn, l.weight, l.bias, l.options.quant.weight, l.options.quant.act);
+    EXPECT_TRUE(fused[i].equal(want)) << "projection " << i;
+    lf = lf + (fused[i] * up_grad.narrow(-1, 0, want.size(-1))).sum();
+    lw = lw + (want * up_grad.narrow(-1, 0, want.size(-1))).sum();
+  }
+  EXPECT_EQ(fused[1].size(-1), 16);
+  const auto gf = grads(lf, wqkv), gw = grads(lw, wqkv);
+  for (size_t i = 0; i < 3; ++i) EXPECT_TRUE(gf[i].equal(gw[i])) << "projection " << i;
 }

@@ -324,9 +324,10 @@ TEST(RowKernels, BackwardPassesEqualADoublePrecisionComputation) {
 }
 
 // The fused input of the exact linears after relu^2 (act_quant_rows with relu2 and a norm; the
-// backward with relu2): the same bits as the composed passes. Forward: relu as at::relu (NaN kept,
-// -0 and negatives to +0), a = relu * relu, then cuda/quant_codes.hpp's RMSNorm row and codes.
-// Backward: the variant's own RMSNorm backward on the materialized a, then g (relu + relu).
+// backward with relu2): the same bits as the composed passes. Forward: relu keeping NaN, negatives and
+// -0 to +0, a = relu * relu, then cuda/quant_codes.hpp's RMSNorm row and codes.
+// Backward: the variant's own RMSNorm backward on the materialized a, then g (relu + relu). (relu here
+// maps -0 to +0, where at::relu keeps -0; relu^2 is +0 either way.)
 TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
   const int64_t m = 6;
   for (const int64_t k : {5, 64, 130, 512}) {
@@ -368,6 +369,39 @@ TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
       // A negative u passes no gradient; a NaN u passes NaN.
       EXPECT_EQ(dx[static_cast<size_t>(4 * k + 3)], 0.0f) << rk->isa;
       EXPECT_TRUE(std::isnan(dx[static_cast<size_t>(2 * k + 1)])) << rk->isa;
+    }
+  }
+}
+
+// RoPE rows: every variant gives the scalar formula's bits (one rounding per product and per sum, no
+// fused multiply-add), forward and backward, for head sizes with and without a vector remainder.
+TEST(RowKernels, RopeRowsEqualTheScalarRotation) {
+  for (const int64_t d : {2, 32, 40}) {
+    const int64_t t = 5, h = 3, rows = 2 * t, half = d / 2;
+    const auto x = randn(static_cast<size_t>(rows * h * d), static_cast<uint32_t>(d), 2.0f);
+    const auto c = randn(static_cast<size_t>(t * d), 1, 1.0f);
+    const auto sn = randn(static_cast<size_t>(t * d), 2, 1.0f);
+    for (const bool backward : {false, true}) {
+      std::vector<float> want(x.size());
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* cr = c.data() + (r % t) * d;
+        const float* sr = sn.data() + (r % t) * d;
+        for (int64_t i = 0; i < h; ++i) {
+          const float* xr = x.data() + (r * h + i) * d;
+          float* y = want.data() + (r * h + i) * d;
+          for (int64_t j = 0; j < half; ++j) {
+            volatile float a = xr[j] * cr[j], b = backward ? xr[j + half] * sr[j + half] : (-xr[j + half]) * sr[j];
+            y[j] = a + b;
+            volatile float e = xr[j + half] * cr[j + half], f = backward ? (-xr[j]) * sr[j] : xr[j] * sr[j + half];
+            y[j + half] = e + f;
+          }
+        }
+      }
+      for (const auto* rk : variants()) {
+        std::vector<float> got(x.size(), 42.0f);
+        rk->rope_rows(x.data(), c.data(), sn.data(), t, h, d, backward, got.data(), 0, rows);
+        EXPECT_TRUE(same_bits(got.data(), want.data(), got.size())) << rk->isa << " d " << d << " bw " << backward;
+      }
     }
   }
 }
