@@ -66,6 +66,10 @@ struct RowKernels {
   // rotation of the gradient: y1 = g1 c1 + g2 s2, y2 = g2 c2 + (-g1) s1. d even; x and y distinct.
   void (*rope_rows)(const float* x, const float* cos, const float* sin, int64_t t, int64_t h, int64_t d, bool backward,
                     float* y, int64_t begin, int64_t end);
+  // relu(x)^2 on elements [begin, end) of a flat array: out = r * r, or, with g non-null, the
+  // backward out = g * (r + r); r = relu(x) keeping NaN, negatives and -0 to +0 (the relu of
+  // act_quant_rows' relu2).
+  void (*relu_squared)(const float* x, const float* g, float* out, int64_t begin, int64_t end);
 };
 
 // The variant for LibTorch's current CPU capability.

@@ -383,6 +383,21 @@ void scale_codes(const int8_t* codes, int64_t cols, int64_t group, int64_t strid
   }
 }
 
+// relu(x)^2 over elements [begin, end): out = r * r, or with g the backward out = g * (r + r), r = relu(x).
+void relu_squared(const float* x, const float* g, float* out, int64_t begin, int64_t end) {
+  if (g) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float r = relu_bits(x[i]);
+      out[i] = g[i] * (r + r);
+    }
+  } else {
+    for (int64_t i = begin; i < end; ++i) {
+      const float r = relu_bits(x[i]);
+      out[i] = r * r;
+    }
+  }
+}
+
 // One head's rotation; restrict pointers and one loop per half, so each loop vectorizes.
 void rotate_half(const float* __restrict x, const float* __restrict c, const float* __restrict sn, int64_t half,
                  float* __restrict y) {
@@ -418,6 +433,7 @@ void rope_rows(const float* x, const float* cos, const float* sin, int64_t t, in
 extern const RowKernels kKernels;
 const RowKernels kKernels = {BITQAT_ROWK_NAME,    rms_norm,         rms_norm_backward, act_quant_rows,
                              act_fake_quant_rows, act_ste_backward, abs_sums,          ternary_rows,
-                             linear_epilogue,     dequant_rows,     scale_codes,       rope_rows};
+                             linear_epilogue,     dequant_rows,     scale_codes,       rope_rows,
+                             relu_squared};
 
 }  // namespace bitqat::bitlinear::cpu::BITQAT_ROWK_NS

@@ -366,6 +366,13 @@ TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
       rk->rms_norm_backward(g.data(), u.data(), nw.data(), r.data(), k, true, dx.data(), dw.data(), 0, m);
       EXPECT_TRUE(same_bits(dx.data(), dx_a.data(), dx.size())) << rk->isa << " K " << k;
       EXPECT_TRUE(same_bits(dw.data(), dw_a.data(), dw.size())) << rk->isa << " K " << k;
+      // The elementwise relu^2 kernel (the unfused path): the same a, and g (relu + relu).
+      std::vector<float> a2(a.size()), d2(a.size()), want_d2(a.size());
+      rk->relu_squared(u.data(), nullptr, a2.data(), 0, static_cast<int64_t>(a.size()));
+      rk->relu_squared(u.data(), g.data(), d2.data(), 0, static_cast<int64_t>(a.size()));
+      for (size_t i = 0; i < a.size(); ++i) want_d2[i] = g[i] * (rel[i] + rel[i]);
+      EXPECT_TRUE(same_bits(a2.data(), a.data(), a.size())) << rk->isa;
+      EXPECT_TRUE(same_bits(d2.data(), want_d2.data(), a.size())) << rk->isa;
       // A negative u passes no gradient; a NaN u passes NaN.
       EXPECT_EQ(dx[static_cast<size_t>(4 * k + 3)], 0.0f) << rk->isa;
       EXPECT_TRUE(std::isnan(dx[static_cast<size_t>(2 * k + 1)])) << rk->isa;
