@@ -409,7 +409,7 @@ at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales) {
 }
 
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
-                           const at::Tensor& scales, const at::Tensor& bias) {
+                           const at::Tensor& scales, const at::Tensor& bias, bool reuse_acc) {
   RECORD_FUNCTION("bitqat::linear_epilogue", std::vector<c10::IValue>());
   const int64_t m = acc[0].size(0), n = acc[0].size(1);
   std::vector<at::Tensor> accs;
@@ -420,7 +420,11 @@ at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor&
   }
   const auto gm = gamma.contiguous();
   const auto b = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
-  auto y = at::empty({m, n}, gm.options());
+  // One group handed over: the float output overwrites the int32 sums (the same 4 bytes an element).
+  // (A plain tensor on the same storage, not a view: autograd treats views of intermediates specially.)
+  auto y = reuse_acc && accs.size() == 1 && gstride == 1 && accs[0].is_same(acc[0]) && accs[0].storage_offset() == 0
+               ? at::empty({0}, gm.options()).set_(accs[0].storage(), 0, {m, n}, {n, 1})
+               : at::empty({m, n}, gm.options());
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(n), [&](int64_t begin, int64_t end) {
     rk.linear_epilogue(ptrs.data(), static_cast<int64_t>(ptrs.size()), n, gm.data_ptr<float>(), gstride,
@@ -461,13 +465,15 @@ NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool r
 }
 
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
-                                                    const at::Tensor& r, bool relu2) {
+                                                    const at::Tensor& r, bool relu2, bool reuse_grad) {
   RECORD_FUNCTION("bitqat::rms_norm_backward", std::vector<c10::IValue>());
   const int64_t m = x2d.size(0), k = x2d.size(1);
   const auto g = g2d.contiguous();
   const auto x = x2d.contiguous();
   const auto wc = w.defined() ? w.to(at::kFloat).contiguous() : at::Tensor();
-  auto dx = at::empty({m, k}, x.options());
+  // In g's buffer when the caller hands it over (a fresh multi-megabyte output costs page faults and
+  // cache misses inside a training step).
+  auto dx = reuse_grad && g.is_same(g2d) ? g : at::empty({m, k}, x.options());
   // dw: per-chunk partial sums in a fixed chunking of the rows, added in chunk order (deterministic
   // for any thread count).
   const int64_t chunk = std::max<int64_t>(grain(k), 64);

@@ -68,8 +68,10 @@ at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales);
 // The exact linear's epilogue (bitlinear/quantized_linear.hpp): acc per group int32 [M, N] (the
 // integer sums, each |acc| < 2^24), gamma float32 [N, G]
 // (or [1] / [N]), s [M], bias [N] or undefined -> y [M, N].
+// reuse_acc: the caller gives the sums up, and with one contiguous group the output is written over
+// them (y then shares acc[0]'s storage, viewed as float32).
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
-                           const at::Tensor& scales, const at::Tensor& bias);
+                           const at::Tensor& scales, const at::Tensor& bias, bool reuse_acc = false);
 // The input of the fused exact linears (bitlinear/quantized_linear.hpp quantized_linears): per-token
 // codes of n(a(x)) for x [M, K] float32 on the CPU, with a = relu(x)^2 when relu2 (relu keeps NaN and
 // maps -0 to +0) else the identity, and n = RMSNorm with norm_weight [K] when defined (as
@@ -83,8 +85,9 @@ struct NormCodes {
 NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool relu2, const at::Tensor& norm_weight,
                              double norm_eps);
 // RMSNorm backward: (dx [M, K], dw [K]) from the upstream gradient, x, w and the forward's r [M]. With
-// relu2, x is u and the norm read relu(u)^2: dx is then the gradient with respect to u.
+// relu2, x is u and the norm read relu(u)^2: dx is then the gradient with respect to u. reuse_grad:
+// the caller gives g up, and a contiguous g receives dx (returned as dx; no new buffer).
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
-                                                    const at::Tensor& r, bool relu2 = false);
+                                                    const at::Tensor& r, bool relu2 = false, bool reuse_grad = false);
 
 }  // namespace bitqat::bitlinear::kernels

@@ -80,7 +80,9 @@ at::Tensor int8_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& g
                          const at::Tensor& s, const at::Tensor& bias) {
   const bool grouped = wspec.granularity == Granularity::kPerGroup;
   const auto gm = wspec.granularity == Granularity::kPerTensor ? gamma.expand({acc[0].size(1)}).contiguous() : gamma;
-  return kernels::linear_epilogue(acc, gm, grouped ? gamma.size(1) : 1, s.reshape({-1}).contiguous(), bias);
+  // acc holds this layer's own temporaries: the output may overwrite them.
+  return kernels::linear_epilogue(acc, gm, grouped ? gamma.size(1) : 1, s.reshape({-1}).contiguous(), bias,
+                                  /*reuse_acc=*/true);
 }
 
 // The dequantized int8 weight codes of the backward: w_deq = cw * gamma per tensor, channel or group.
@@ -273,7 +275,9 @@ struct QuantizedLinearsFn : torch::autograd::Function<QuantizedLinearsFn> {
     at::Tensor dx, dnorm;
     if (gx.defined()) {
       if (norm_w.defined()) {
-        std::tie(dx, dnorm) = kernels::rms_norm_backward(gx, x2, norm_w, r, ctx->saved_data["relu2"].toBool());
+        // gx is this node's own buffer: the norm's gradient overwrites it.
+        std::tie(dx, dnorm) = kernels::rms_norm_backward(gx, x2, norm_w, r, ctx->saved_data["relu2"].toBool(),
+                                                         /*reuse_grad=*/true);
       } else {
         dx = gx;
       }

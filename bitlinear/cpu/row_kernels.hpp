@@ -24,7 +24,7 @@ struct RowKernels {
   // RMSNorm backward given r from the forward: dx = r * (g w - xhat * mean(g w xhat)), xhat = x r;
   // dw_partial[j] += sum over these rows of g * xhat (the caller sums the partials in a fixed order).
   // relu2: x holds u and the norm's input was relu(u)^2 (act_quant_rows' relu2); dx is then the
-  // gradient with respect to u, dx * (relu(u) + relu(u)).
+  // gradient with respect to u, dx * (relu(u) + relu(u)). dx may be g (in place).
   void (*rms_norm_backward)(const float* g, const float* x, const float* w, const float* r, int64_t k, bool relu2,
                             float* dx, float* dw_partial, int64_t begin, int64_t end);
   // Per-token absmax codes (cuda/quant_codes.hpp act_quant_row) of relu(x)^2 (relu2) or x, optionally
@@ -52,7 +52,7 @@ struct RowKernels {
   // The exact quantized linear's epilogue (cuda/reference.cpp epilogue_ref's order): for each row m,
   // y[m, n] = (sum over groups g of acc[g][m, n] * gamma[n * gstride + g]) / s[m] (+ bias[n]).
   // acc holds `groups` pointers to [rows, n] int32 matrices of the integer sums (|acc| < 2^24, so
-  // each converts to float exactly).
+  // each converts to float exactly). With one group, y may be acc[0]'s own memory (in place).
   void (*linear_epilogue)(const int32_t* const* acc, int64_t groups, int64_t n, const float* gamma, int64_t gstride,
                           const float* s, const float* bias, float* y, int64_t begin, int64_t end);
   // Dequantized activations for the backward: out[row, j] = float(codes[row, j]) / s[row].

@@ -186,6 +186,10 @@ void rms_norm_backward(const float* g, const float* x, const float* w, const flo
     const float ri = r[row];
     // c = mean over the row of (g w)(x r), in double for accuracy.
     const float cf = static_cast<float>(grad_dot_xhat(gr, w, xr, ri, k) / static_cast<double>(k));
+    // dw before dx: dx may be g's own buffer.
+    if (dw_partial) {
+      for (int64_t j = 0; j < k; ++j) dw_partial[j] += gr[j] * (xr[j] * ri);
+    }
     if (w) {
       for (int64_t j = 0; j < k; ++j) dxr[j] = ri * (gr[j] * w[j] - (xr[j] * ri) * cf);
     } else {
@@ -194,9 +198,6 @@ void rms_norm_backward(const float* g, const float* x, const float* w, const flo
     // The chain through relu(u)^2: d/du = g (relu(u) + relu(u)), as the unfused backward computes it.
     if (relu2) {
       for (int64_t j = 0; j < k; ++j) dxr[j] = dxr[j] * (rel[j] + rel[j]);
-    }
-    if (dw_partial) {
-      for (int64_t j = 0; j < k; ++j) dw_partial[j] += gr[j] * (xr[j] * ri);
     }
   }
   std::free(a);
@@ -344,14 +345,30 @@ void linear_epilogue(const int32_t* const* acc, int64_t groups, int64_t n, const
                      const float* s, const float* bias, float* y, int64_t begin, int64_t end) {
   for (int64_t row = begin; row < end; ++row) {
     float* yr = y + row * n;
+    if (groups == 1 && gstride == 1) {
+      // One pass, the same operations per element: ((0 + acc * gamma) / s) + bias. y may be acc's
+      // own memory (each sum is read, through memcpy, before its output is stored).
+      const int32_t* a = acc[0] + row * n;
+      const float si = s[row];
+      if (bias) {
+        for (int64_t c = 0; c < n; ++c) {
+          int32_t ai;
+          std::memcpy(&ai, a + c, sizeof ai);
+          yr[c] = (0.0f + static_cast<float>(ai) * gamma[c]) / si + bias[c];
+        }
+      } else {
+        for (int64_t c = 0; c < n; ++c) {
+          int32_t ai;
+          std::memcpy(&ai, a + c, sizeof ai);
+          yr[c] = (0.0f + static_cast<float>(ai) * gamma[c]) / si;
+        }
+      }
+      continue;
+    }
     for (int64_t c = 0; c < n; ++c) yr[c] = 0.0f;
     for (int64_t g = 0; g < groups; ++g) {
       const int32_t* a = acc[g] + row * n;
-      if (gstride == 1 && groups == 1) {
-        for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + static_cast<float>(a[c]) * gamma[c];
-      } else {
-        for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + static_cast<float>(a[c]) * gamma[c * gstride + g];
-      }
+      for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] + static_cast<float>(a[c]) * gamma[c * gstride + g];
     }
     const float si = s[row];
     for (int64_t c = 0; c < n; ++c) yr[c] = yr[c] / si;

@@ -366,6 +366,11 @@ TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
       rk->rms_norm_backward(g.data(), u.data(), nw.data(), r.data(), k, true, dx.data(), dw.data(), 0, m);
       EXPECT_TRUE(same_bits(dx.data(), dx_a.data(), dx.size())) << rk->isa << " K " << k;
       EXPECT_TRUE(same_bits(dw.data(), dw_a.data(), dw.size())) << rk->isa << " K " << k;
+      // In place (dx is g's buffer): the same bits.
+      std::vector<float> gi(g), dwi(static_cast<size_t>(k), 0.0f);
+      rk->rms_norm_backward(gi.data(), u.data(), nw.data(), r.data(), k, true, gi.data(), dwi.data(), 0, m);
+      EXPECT_TRUE(same_bits(gi.data(), dx.data(), dx.size())) << rk->isa << " in place, K " << k;
+      EXPECT_TRUE(same_bits(dwi.data(), dw.data(), dw.size())) << rk->isa << " in place, K " << k;
       // The elementwise relu^2 kernel (the unfused path): the same a, and g (relu + relu).
       std::vector<float> a2(a.size()), d2(a.size()), want_d2(a.size());
       rk->relu_squared(u.data(), nullptr, a2.data(), 0, static_cast<int64_t>(a.size()));
