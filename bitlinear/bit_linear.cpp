@@ -91,6 +91,28 @@ std::vector<at::Tensor> BitLinearImpl::fused_forward(const std::vector<BitLinear
   return quantized_linears(x, pre, weights, biases, wspecs, first.options.quant.act);
 }
 
+std::vector<at::Tensor> BitLinearImpl::forward_shared(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
+                                                      RMSNormImpl* norm) {
+  InputNorm pre;
+  if (norm) {
+    pre.weight = norm->weight;
+    pre.eps = norm->eps;
+  }
+  auto out = fused_forward(layers, x, pre);
+  if (!out.empty()) return out;
+  const auto xn = norm ? norm->forward(x) : x;
+  bool share = layers.size() > 1;
+  for (size_t i = 1; i < layers.size(); ++i) share = share && layers[0]->can_share_input(*layers[i], xn);
+  if (share) {
+    // One activation quantization for every layer reading the same input.
+    const auto in = layers[0]->quantize_input(xn);
+    for (auto* l : layers) out.push_back(l->forward_quantized(in, xn.scalar_type()));
+  } else {
+    for (auto* l : layers) out.push_back(l->forward(xn));
+  }
+  return out;
+}
+
 BitLinearImpl::QuantizedInput BitLinearImpl::quantize_input(const at::Tensor& x) {
   if (!weight.defined()) {
     throw std::logic_error("BitLinear::forward: the latent weights were replaced and the kernel does not apply");

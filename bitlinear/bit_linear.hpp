@@ -64,6 +64,12 @@ struct BitLinearImpl : torch::nn::Module {
   // gradient differs by the order of its sum over the layers).
   static std::vector<at::Tensor> fused_forward(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
                                                InputNorm pre);
+  // Layers reading one input x through `norm` (a block's RMSNorm; nullptr: none), one output each:
+  // the fused node when fused_forward serves them; otherwise norm->forward(x) once, then one
+  // quantize_input shared by all when the first layer can_share_input with every other, else each
+  // layer's forward.
+  static std::vector<at::Tensor> forward_shared(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
+                                                RMSNormImpl* norm);
 
   // The weights as the fully quantized layer sees them (codes and scales), for packing and export.
   // Throws std::logic_error when the latent weights were replaced (a packed layer).

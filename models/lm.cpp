@@ -207,43 +207,12 @@ AttentionImpl::AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& qs, 
   o = register_module("o", make_linear(n_heads * head_dim, c.dim, os, c.sub_norm, c.norm_eps));
 }
 
-namespace {
-
-// The fused node's description of a block norm (nullptr: none).
-bitlinear::InputNorm input_norm(const bitlinear::RMSNormImpl* norm) {
-  bitlinear::InputNorm pre;
-  if (norm) {
-    pre.weight = norm->weight;
-    pre.eps = norm->eps;
-  }
-  return pre;
-}
-
-}  // namespace
-
-at::Tensor AttentionImpl::forward(const at::Tensor& x_in, bitlinear::RMSNormImpl* norm, const at::Tensor& cos,
+at::Tensor AttentionImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm, const at::Tensor& cos,
                                   const at::Tensor& sin, KVCache* cache, size_t layer) {
-  const int64_t B = x_in.size(0), T = x_in.size(1);
-  at::Tensor qx, kx, vx;
-  const auto fused = bitlinear::BitLinearImpl::fused_forward({q.get(), k.get(), v.get()}, x_in, input_norm(norm));
-  if (!fused.empty()) {
-    qx = fused[0];
-    kx = fused[1];
-    vx = fused[2];
-  } else {
-    const auto x = norm ? norm->forward(x_in) : x_in;
-    if (q->can_share_input(*k, x) && q->can_share_input(*v, x)) {
-      // One activation quantization for the three projections of the same input.
-      const auto in = q->quantize_input(x);
-      qx = q->forward_quantized(in, x.scalar_type());
-      kx = k->forward_quantized(in, x.scalar_type());
-      vx = v->forward_quantized(in, x.scalar_type());
-    } else {
-      qx = q->forward(x);
-      kx = k->forward(x);
-      vx = v->forward(x);
-    }
-  }
+  const int64_t B = x.size(0), T = x.size(1);
+  // At lambdas 1 on the CPU the norm and q/k/v are one fused node (BitLinear::forward_shared).
+  const auto qkv = bitlinear::BitLinearImpl::forward_shared({q.get(), k.get(), v.get()}, x, norm);
+  const auto &qx = qkv[0], &kx = qkv[1], &vx = qkv[2];
   auto qh = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin).transpose(1, 2);
   auto kh = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin).transpose(1, 2);
   auto vh = vx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
@@ -270,8 +239,8 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x_in, bitlinear::RMSNormImpl
     y = at::scaled_dot_product_attention(qh, kh, vh, /*attn_mask=*/{}, /*dropout_p=*/0.0, /*is_causal=*/true);
   } else {
     // Query i (absolute position past + i) sees keys 0 .. past + i.
-    const auto qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x_in.device())).unsqueeze(1) + past;
-    const auto kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x_in.device())).unsqueeze(0);
+    const auto qi = at::arange(T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(1) + past;
+    const auto kj = at::arange(past + T, at::TensorOptions().dtype(at::kLong).device(x.device())).unsqueeze(0);
     y = at::scaled_dot_product_attention(qh, kh, vh, kj.le(qi), 0.0, false);
   }
   return o->forward(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
@@ -285,34 +254,17 @@ FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlin
   down = register_module("down", make_linear(c.ffn_dim, c.dim, ds, c.sub_norm, c.norm_eps));
 }
 
-at::Tensor FFNImpl::forward(const at::Tensor& x_in, bitlinear::RMSNormImpl* norm) {
+at::Tensor FFNImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm) {
   using bitlinear::BitLinearImpl;
   if (kind == "relu2") {
-    auto fused = BitLinearImpl::fused_forward({up.get()}, x_in, input_norm(norm));
-    const auto u = fused.empty() ? up->forward(norm ? norm->forward(x_in) : x_in) : fused[0];
+    const auto u = BitLinearImpl::forward_shared({up.get()}, x, norm)[0];
     bitlinear::InputNorm act;
     act.relu2 = true;  // down's SubLN is the norm
-    fused = BitLinearImpl::fused_forward({down.get()}, u, act);
+    const auto fused = BitLinearImpl::fused_forward({down.get()}, u, act);
     return fused.empty() ? down->forward(relu_squared(u)) : fused[0];
   }
-  at::Tensor g, u;
-  auto fused = BitLinearImpl::fused_forward({gate.get(), up.get()}, x_in, input_norm(norm));
-  if (!fused.empty()) {
-    g = fused[0];
-    u = fused[1];
-  } else {
-    const auto x = norm ? norm->forward(x_in) : x_in;
-    if (gate->can_share_input(*up, x)) {
-      // One activation quantization for both projections of the same input.
-      const auto in = gate->quantize_input(x);
-      g = gate->forward_quantized(in, x.scalar_type());
-      u = up->forward_quantized(in, x.scalar_type());
-    } else {
-      g = gate->forward(x);
-      u = up->forward(x);
-    }
-  }
-  return down->forward((kind == "relu2_glu" ? relu_squared(g) : at::silu(g)) * u);
+  const auto gu = BitLinearImpl::forward_shared({gate.get(), up.get()}, x, norm);
+  return down->forward((kind == "relu2_glu" ? relu_squared(gu[0]) : at::silu(gu[0])) * gu[1]);
 }
 
 BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,
