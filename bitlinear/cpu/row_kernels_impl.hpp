@@ -155,18 +155,26 @@ inline float relu_bits(float v) {
   return r;
 }
 
-// a = relu(u)^2 over a row, and relu(u) itself when rel is non-null.
-void relu_squared_row(const float* u, int64_t k, float* a, float* rel) {
-  if (rel) {
-    for (int64_t j = 0; j < k; ++j) {
-      rel[j] = relu_bits(u[j]);
-      a[j] = rel[j] * rel[j];
+// relu(x)^2 over elements [begin, end): out = r * r, or with g the backward out = g * (r + r), r = relu(x).
+void relu_squared(const float* x, const float* g, float* out, int64_t begin, int64_t end) {
+  if (g) {
+    for (int64_t i = begin; i < end; ++i) {
+      const float r = relu_bits(x[i]);
+      out[i] = g[i] * (r + r);
     }
   } else {
-    for (int64_t j = 0; j < k; ++j) {
-      const float v = relu_bits(u[j]);
-      a[j] = v * v;
+    for (int64_t i = begin; i < end; ++i) {
+      const float r = relu_bits(x[i]);
+      out[i] = r * r;
     }
+  }
+}
+
+// a = relu(u)^2 over a row, and relu(u) itself in rel (the backward's chain rule needs both).
+void relu_squared_row(const float* u, int64_t k, float* a, float* rel) {
+  for (int64_t j = 0; j < k; ++j) {
+    rel[j] = relu_bits(u[j]);
+    a[j] = rel[j] * rel[j];
   }
 }
 
@@ -230,7 +238,7 @@ void act_quant_rows(const float* x, int64_t k, int64_t ldq, float eps, int qmax,
   for (int64_t row = begin; row < end; ++row) {
     const float* xr = x + row * k;
     if (relu2) {
-      relu_squared_row(xr, k, h, nullptr);
+      relu_squared(xr, nullptr, h, 0, k);
       xr = h;
     }
     if (norm_w) {
@@ -396,21 +404,6 @@ void scale_codes(const int8_t* codes, int64_t cols, int64_t group, int64_t strid
       const int8_t* q = codes + row * cols + c0;
       float* o = out + row * cols + c0;
       for (int64_t j = 0; j < n; ++j) o[j] = static_cast<float>(q[j]) * gm;
-    }
-  }
-}
-
-// relu(x)^2 over elements [begin, end): out = r * r, or with g the backward out = g * (r + r), r = relu(x).
-void relu_squared(const float* x, const float* g, float* out, int64_t begin, int64_t end) {
-  if (g) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float r = relu_bits(x[i]);
-      out[i] = g[i] * (r + r);
-    }
-  } else {
-    for (int64_t i = begin; i < end; ++i) {
-      const float r = relu_bits(x[i]);
-      out[i] = r * r;
     }
   }
 }
