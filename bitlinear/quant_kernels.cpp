@@ -39,6 +39,26 @@ cuda::DType cuda_dtype(const at::Tensor& t) {
       fmt::format("CUDA quantization kernels take float32 or bfloat16, got {}", c10::toString(t.scalar_type())));
 }
 
+// The float32 CPU row pass (RowKernels::act_quant_rows) shared by quantize_rows and
+// norm_quantize_rows: codes [M, ldq] and scales of x [M, K] (contiguous float32), after relu^2 and / or
+// the norm when asked, and the norm's r [M] when with_r (undefined otherwise).
+std::pair<RowCodes, at::Tensor> act_quant_cpu(const at::Tensor& x, int64_t ldq, double eps, int qmax, bool relu2,
+                                              const at::Tensor& norm_weight, double norm_eps, bool with_r) {
+  const int64_t m = x.size(0), k = x.size(1);
+  const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
+  RowCodes out;
+  out.codes = at::empty({m, ldq}, x.options().dtype(at::kChar));
+  out.scales = at::empty({m}, x.options());
+  const auto r = with_r && nw.defined() ? at::empty({m}, x.options()) : at::Tensor();
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
+    rk.act_quant_rows(x.data_ptr<float>(), k, ldq, static_cast<float>(eps), qmax, relu2,
+                      nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(), nullptr,
+                      out.scales.data_ptr<float>(), r.defined() ? r.data_ptr<float>() : nullptr, begin, end);
+  });
+  return {out, r};
+}
+
 }  // namespace
 
 at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
@@ -69,18 +89,11 @@ RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq,
     return out;
   }
   const auto x = x2d.to(compute_dtype(x2d)).contiguous();
+  if (x.scalar_type() == at::kFloat) {
+    return act_quant_cpu(x, ldq, eps, qmax, /*relu2=*/false, norm_weight, norm_eps, /*with_r=*/false).first;
+  }
   out.codes = at::empty({m, ldq}, x.options().dtype(at::kChar));
   out.scales = at::empty({m}, x.options());
-  if (x.scalar_type() == at::kFloat) {
-    const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
-    const auto& rk = cpu::row_kernels();
-    at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
-      rk.act_quant_rows(x.data_ptr<float>(), k, ldq, static_cast<float>(eps), qmax, /*relu2=*/false,
-                        nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(), nullptr,
-                        out.scales.data_ptr<float>(), nullptr, begin, end);
-    });
-    return out;
-  }
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quantize_rows", [&] {
     const auto* px = x.data_ptr<scalar_t>();
     const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, x.scalar_type()).contiguous() : at::Tensor();
@@ -443,25 +456,13 @@ NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool r
     throw std::invalid_argument(fmt::format("norm_quantize_rows: float32 CPU input expected, got {} on {}",
                                             c10::toString(x2d.scalar_type()), x2d.device().str()));
   }
-  const int64_t m = x2d.size(0), k = x2d.size(1);
+  const int64_t k = x2d.size(1);
   if (norm_weight.defined() && norm_weight.numel() != k) {
     throw std::invalid_argument(
         fmt::format("norm_quantize_rows: the norm weight has {} entries, K = {}", norm_weight.numel(), k));
   }
-  const auto x = x2d.contiguous();
-  const auto nw = norm_weight.defined() ? norm_weight.to(at::kCPU, at::kFloat).contiguous() : at::Tensor();
-  NormCodes out;
-  out.codes = at::empty({m, k}, x.options().dtype(at::kChar));
-  out.scales = at::empty({m}, x.options());
-  if (nw.defined()) out.r = at::empty({m}, x.options());
-  const int qmax = cuda::act_qmax(bits);
-  const auto& rk = cpu::row_kernels();
-  at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
-    rk.act_quant_rows(x.data_ptr<float>(), k, k, static_cast<float>(eps), qmax, relu2,
-                      nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(), nullptr,
-                      out.scales.data_ptr<float>(), nw.defined() ? out.r.data_ptr<float>() : nullptr, begin, end);
-  });
-  return out;
+  auto [codes, r] = act_quant_cpu(x2d, k, eps, cuda::act_qmax(bits), relu2, norm_weight, norm_eps, /*with_r=*/true);
+  return {codes.codes, codes.scales, r};
 }
 
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
