@@ -16,6 +16,7 @@
 #include "bitlinear/convert.hpp"
 #include "bitlinear/cpu/row_kernels.hpp"
 #include "core/error.hpp"
+#include "models/attention.hpp"
 
 namespace bitqat::models {
 namespace {
@@ -213,23 +214,25 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* n
   // At lambdas 1 on the CPU the norm and q/k/v are one fused node (BitLinear::forward_shared).
   const auto qkv = bitlinear::BitLinearImpl::forward_shared({q.get(), k.get(), v.get()}, x, norm);
   const auto &qx = qkv[0], &kx = qkv[1], &vx = qkv[2];
-  auto qh = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin).transpose(1, 2);
-  auto kh = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin).transpose(1, 2);
-  auto vh = vx.view({B, T, n_kv_heads, head_dim}).transpose(1, 2);
-  int64_t past = 0;
-  if (cache) {
-    past = cache->pos;
-    if (cache->k.size() <= layer) {
-      cache->k.resize(layer + 1);
-      cache->v.resize(layer + 1);
-    }
-    if (cache->k[layer].defined()) {
-      kh = at::cat({cache->k[layer], kh}, 2);
-      vh = at::cat({cache->v[layer], vh}, 2);
-    }
-    cache->k[layer] = kh;
-    cache->v[layer] = vh;
+  const auto qr = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin);
+  const auto kr = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin);
+  const auto vr = vx.view({B, T, n_kv_heads, head_dim});
+  if (!cache) {
+    // Training and whole-sequence evaluation: [B, T, heads, d] in, [B, T, n_heads, d] out.
+    return o->forward(causal_attention(qr, kr, vr).reshape({B, T, n_heads * head_dim}));
   }
+  auto qh = qr.transpose(1, 2), kh = kr.transpose(1, 2), vh = vr.transpose(1, 2);
+  const int64_t past = cache->pos;
+  if (cache->k.size() <= layer) {
+    cache->k.resize(layer + 1);
+    cache->v.resize(layer + 1);
+  }
+  if (cache->k[layer].defined()) {
+    kh = at::cat({cache->k[layer], kh}, 2);
+    vh = at::cat({cache->v[layer], vh}, 2);
+  }
+  cache->k[layer] = kh;
+  cache->v[layer] = vh;
   if (n_kv_heads != n_heads) {
     kh = kh.repeat_interleave(n_heads / n_kv_heads, 1);
     vh = vh.repeat_interleave(n_heads / n_kv_heads, 1);

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <set>
 
 #include "bitlinear/convert.hpp"
 #include "core/error.hpp"
@@ -156,6 +157,34 @@ TEST(BitLM, KVCacheMatchesFullRecompute) {
   const auto third = lm->forward(tokens.narrow(1, 9, 1), &cache);
   EXPECT_EQ(cache.pos, 10);
   EXPECT_TRUE(at::cat({first, second, third}, 1).allclose(full, 1e-4, 1e-4));
+}
+
+// With head size 16 the whole-sequence forward runs the CPU attention kernels (models/attention.hpp)
+// and the cached path ATen's attention: the two agree, and the kernels' node is in the graph.
+TEST(BitLM, AttentionKernelsMatchTheCachedPath) {
+  at::manual_seed(5);
+  auto c = tiny(2);
+  c.dim = 64;  // 4 heads of 16
+  BitLM lm(c, QuantSpec{}, S{"*"}, S{});
+  const auto tokens = at::randint(0, 50, {2, 12}, at::kLong);
+  const auto full = lm->forward(tokens);
+  std::vector<torch::autograd::Node*> todo{full.grad_fn().get()};
+  std::set<torch::autograd::Node*> seen;
+  int kernel_nodes = 0;
+  while (!todo.empty()) {
+    auto* n = todo.back();
+    todo.pop_back();
+    if (!n || !seen.insert(n).second) continue;
+    kernel_nodes += n->name().find("CausalAttentionFn") != std::string::npos;
+    for (const auto& e : n->next_edges()) todo.push_back(e.function.get());
+  }
+  EXPECT_EQ(kernel_nodes, 2);  // one per layer
+  lm->eval();
+  at::NoGradGuard no_grad;
+  KVCache cache;
+  const auto first = lm->forward(tokens.narrow(1, 0, 7), &cache);
+  const auto second = lm->forward(tokens.narrow(1, 7, 5), &cache);
+  EXPECT_TRUE(at::cat({first, second}, 1).allclose(full.detach(), 1e-4, 1e-4));
 }
 
 TEST(BitLM, FfnKindsUntiedHeadAndConfigErrors) {

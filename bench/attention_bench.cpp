@@ -1,0 +1,91 @@
+// Causal attention forward + backward on the CPU: bitqat's kernels (models/attention.hpp) against
+// LibTorch's at::scaled_dot_product_attention (its flash-attention CPU kernel), float32, at a fixed
+// token count (B * T = --tokens) for several lengths and head sizes. A program, not a test.
+//
+//   attention_bench [--threads 2] [--iters 30] [--tokens 2048] [--heads 4]
+//
+// Prints per shape the median milliseconds of forward and of backward over --iters calls after 5
+// warm-up calls, for both, and ATen's time over bitqat's.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/autograd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <vector>
+
+#include "models/attention.hpp"
+
+namespace {
+
+double median_ms(const std::function<void()>& fn, int iters) {
+  for (int i = 0; i < 5; ++i) fn();
+  std::vector<double> t;
+  for (int i = 0; i < iters; ++i) {
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(t.begin(), t.end());
+  return t[t.size() / 2];
+}
+
+struct Times {
+  double fwd, bwd;
+};
+
+// Forward alone, then forward + backward minus the forward.
+Times time_fn(const std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>& attn,
+              const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& go, int iters) {
+  const double fwd = median_ms(
+      [&] {
+        at::NoGradGuard ng;
+        attn(q, k, v);
+      },
+      iters);
+  const double both = median_ms(
+      [&] {
+        const auto o = attn(q, k, v);
+        torch::autograd::grad({o}, {q, k, v}, {go});
+      },
+      iters);
+  return {fwd, both - fwd};
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  int threads = 2, iters = 30;
+  int64_t tokens = 2048, heads = 4;
+  CLI::App app{"CPU causal attention: bitqat kernels against at::scaled_dot_product_attention"};
+  app.add_option("--threads", threads, "CPU threads")->check(CLI::Range(1, 1024));
+  app.add_option("--iters", iters, "timed calls")->check(CLI::Range(1, 100000));
+  app.add_option("--tokens", tokens, "B * T")->check(CLI::Range(1024, 1 << 20));
+  app.add_option("--heads", heads, "heads")->check(CLI::Range(1, 256));
+  CLI11_PARSE(app, argc, argv);
+  at::set_num_threads(threads);
+  at::manual_seed(0);
+  std::printf("%-6s %-4s %-3s | %9s %9s | %9s %9s | %s\n", "T", "d", "B", "ours fwd", "ours bwd", "aten fwd",
+              "aten bwd", "aten / ours (fwd+bwd)");
+  for (const int64_t d : {32, 64, 128}) {
+    for (const int64_t T : {64, 128, 256, 512, 1024}) {
+      const int64_t B = std::max<int64_t>(1, tokens / T);
+      const auto q = at::randn({B, T, heads, d}).requires_grad_(), k = at::randn({B, T, heads, d}).requires_grad_();
+      const auto v = at::randn({B, T, heads, d}).requires_grad_(), go = at::randn({B, T, heads, d});
+      const auto ours = time_fn(bitqat::models::causal_attention, q, k, v, go, iters);
+      const auto aten = time_fn(
+          [](const at::Tensor& a, const at::Tensor& b, const at::Tensor& c) {
+            return at::scaled_dot_product_attention(a.transpose(1, 2), b.transpose(1, 2), c.transpose(1, 2), {}, 0.0,
+                                                    true)
+                .transpose(1, 2);
+          },
+          q, k, v, go, iters);
+      std::printf("%-6lld %-4lld %-3lld | %9.3f %9.3f | %9.3f %9.3f | %.2f\n", static_cast<long long>(T),
+                  static_cast<long long>(d), static_cast<long long>(B), ours.fwd, ours.bwd, aten.fwd, aten.bwd,
+                  (aten.fwd + aten.bwd) / (ours.fwd + ours.bwd));
+    }
+  }
+}

@@ -1,0 +1,4 @@
+// The attention kernels compiled for the avx2 instruction set (flags in models/CMakeLists.txt).
+#define BITQAT_ATTN_NS isa_avx2
+#define BITQAT_ATTN_NAME "avx2"
+#include "models/cpu/attention_kernels_impl.hpp"

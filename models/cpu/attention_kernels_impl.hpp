@@ -1,0 +1,328 @@
+// The body of the CPU attention kernels (attention_kernels.hpp), included by one .cpp per instruction
+// set with BITQAT_ATTN_NS naming its namespace. Written with GCC vector types of 16 floats (one
+// AVX-512 register, two AVX2 or four SSE ones; a GCC extension, and GCC builds this project). As in
+// bitlinear/cpu/row_kernels_impl.hpp, nothing here has external linkage beyond the kernel table and
+// no standard-library inline function or template is used, so that no AVX-512 copy of a shared
+// function can be picked by the linker for baseline callers.
+//
+// Layout inside the work buffer of one call (Tp = T rounded up to 16):
+//   kt, vt  [d][Tp]  k and v transposed, zero past T (the score tiles read 16 columns at a time);
+//   s, dp   [T][Tp]  scores / probabilities and the probability gradient. A score tile covers rows
+//                    [i0, i0 + 8) and the 16-column blocks up to row i0 + 7; softmax then leaves row i
+//                    holding its values for j <= i and zeros for j in (i, min(Tp, i + 16)), so every
+//                    product tile below reads exact zeros over the masked part it touches.
+//   rs      [2T]     per-row factors (1 / l in the forward; rowsum(g * o) in the backward).
+#include <math.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "models/cpu/attention_kernels.hpp"
+
+namespace bitqat::models::cpu::BITQAT_ATTN_NS {
+namespace {
+
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x4 __attribute__((vector_size(16)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+constexpr int64_t kV = 16;  // floats per vector
+
+inline f32x16 load(const float* p) {
+  f32x16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void store(float* p, f32x16 v) { std::memcpy(p, &v, sizeof v); }
+// x - (+0) is x for every x, so the compiler emits a plain broadcast (x + 0 would turn -0 into +0).
+inline f32x16 bcast(float x) { return x - f32x16{}; }
+
+inline int64_t round16(int64_t n) { return (n + kV - 1) / kV * kV; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Fixed-order halving reductions of one vector (the same order in every variant).
+inline float hsum(f32x16 v) {
+  f32x8 a, b;
+  std::memcpy(&a, &v, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+  const f32x8 s8 = a + b;
+  f32x4 c, d;
+  std::memcpy(&c, &s8, sizeof c);
+  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof c, sizeof d);
+  const f32x4 s4 = c + d;
+  return (s4[0] + s4[2]) + (s4[1] + s4[3]);
+}
+inline float hmax(f32x16 v) {
+  f32x8 a, b;
+  std::memcpy(&a, &v, sizeof a);
+  std::memcpy(&b, reinterpret_cast<const char*>(&v) + sizeof a, sizeof b);
+  const f32x8 s8 = a > b ? a : b;
+  f32x4 c, d;
+  std::memcpy(&c, &s8, sizeof c);
+  std::memcpy(&d, reinterpret_cast<const char*>(&s8) + sizeof c, sizeof d);
+  const f32x4 s4 = c > d ? c : d;
+  const float x = s4[0] > s4[2] ? s4[0] : s4[2], y = s4[1] > s4[3] ? s4[1] : s4[3];
+  return x > y ? x : y;
+}
+
+// exp(x) for x <= ~0 (softmax arguments): Cody-Waite reduction x = n ln2 + r with ln2 in two parts,
+// and Cephes' expf polynomial for e^r on |r| <= ln2 / 2 (relative error about 2 ulp); 2^n built in
+// the exponent bits. Arguments below -87 give exp(-87) ~ 1.6e-38 (2^n stays a normal number);
+// softmax adds such terms to a sum of at least 1, where they vanish. A NaN argument gives NaN.
+inline f32x16 exp_neg(f32x16 x) {
+  x = x < -87.0f ? bcast(-87.0f) : x;
+  // round(x log2 e) to nearest even by the 1.5 * 2^23 shift (|x log2 e| < 2^22).
+  const f32x16 n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  f32x16 r = x - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  f32x16 p = bcast(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * (r * r) + r + 1.0f;
+  const i32x16 e = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  f32x16 two_n;
+  std::memcpy(&two_n, &e, sizeof two_n);
+  return p * two_n;
+}
+
+// Lanes l of a vector starting at column j that lie below n.
+inline f32x16 keep_below(f32x16 v, int64_t j, int64_t n) {
+  i32x16 idx;
+  for (int l = 0; l < kV; ++l) idx[l] = l;
+  return (idx + static_cast<int32_t>(j)) < static_cast<int32_t>(n) ? v : f32x16{};
+}
+
+float row_max(const float* x, int64_t n) {
+  f32x16 m = bcast(-__builtin_inff());
+  int64_t j = 0;
+  for (; j + kV <= n; j += kV) {
+    const f32x16 v = load(x + j);
+    m = v > m ? v : m;
+  }
+  float r = hmax(m);
+  for (; j < n; ++j) r = x[j] > r ? x[j] : r;
+  return r;
+}
+
+// s[j] = exp(s[j] - sub) for j < n and 0 for j in [n, zero_to) (a multiple of 16); returns the sum
+// of the exps (vector lanes, then hsum).
+float exp_row(float* s, int64_t n, float sub, int64_t zero_to) {
+  f32x16 acc = f32x16{};
+  const f32x16 sv = bcast(sub);
+  int64_t j = 0;
+  for (; j + kV <= n; j += kV) {
+    const f32x16 e = exp_neg(load(s + j) - sv);
+    store(s + j, e);
+    acc += e;
+  }
+  if (j < n) {
+    const f32x16 e = keep_below(exp_neg(load(s + j) - sv), j, n);
+    store(s + j, e);
+    acc += e;
+    j += kV;
+  }
+  for (; j < zero_to; j += kV) store(s + j, f32x16{});
+  return hsum(acc);
+}
+
+// Score tile: c[r][j0 .. j0 + 16) = alpha * sum_{c < d} a[r][c] * bt[c][j0 ..] for R rows.
+template <int R>
+void nt_tile(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t d, int64_t j0, float alpha, float* c,
+             int64_t ldc) {
+  f32x16 acc[R];
+  for (int r = 0; r < R; ++r) acc[r] = f32x16{};
+  for (int64_t x = 0; x < d; ++x) {
+    const f32x16 b = load(bt + x * ldb + j0);
+    for (int r = 0; r < R; ++r) acc[r] += bcast(a[r * lda + x]) * b;
+  }
+  for (int r = 0; r < R; ++r) store(c + r * ldc + j0, acc[r] * alpha);
+}
+
+// c = alpha * a bt over the causal part: row i gets the 16-column blocks covering columns 0..i (in
+// tiles of 8 rows, the blocks up to the tile's last row).
+void scores(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t T, int64_t d, float alpha, float* c,
+            int64_t ldc) {
+  int64_t i0 = 0;
+  for (; i0 + 8 <= T; i0 += 8) {
+    for (int64_t j0 = 0; j0 < i0 + 8; j0 += kV) nt_tile<8>(a + i0 * lda, lda, bt, ldb, d, j0, alpha, c + i0 * ldc, ldc);
+  }
+  for (; i0 < T; ++i0) {
+    for (int64_t j0 = 0; j0 <= i0; j0 += kV) nt_tile<1>(a + i0 * lda, lda, bt, ldb, d, j0, alpha, c + i0 * ldc, ldc);
+  }
+}
+
+// Product tile: rows r < R of c (NV vectors each) = rs[r] * sum_{j in [lo, hi)} A(r, j) * b[j], with
+// A(r, j) = a[r * lda + j] or, transposed, a[j * lda + r]; added to c's values when accumulate.
+template <int R, int NV, bool kTrans>
+void nn_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t lo, int64_t hi, const float* rs,
+             bool accumulate, float* c, int64_t ldc) {
+  f32x16 acc[R][NV];
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) acc[r][v] = f32x16{};
+  }
+  for (int64_t j = lo; j < hi; ++j) {
+    f32x16 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + j * ldb + v * kV);
+    for (int r = 0; r < R; ++r) {
+      const f32x16 x = bcast(kTrans ? a[j * lda + r] : a[r * lda + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    for (int v = 0; v < NV; ++v) {
+      f32x16 y = rs ? acc[r][v] * rs[r] : acc[r][v];
+      if (accumulate) y = load(c + r * ldc + v * kV) + y;
+      store(c + r * ldc + v * kV, y);
+    }
+  }
+}
+
+// c[i] (+)= rs[i] * sum_j A(i, j) b[j] over the causal range: j in [0, i] for A = a (lower
+// triangle), j in [i, T) for A = a^T (a's lower triangle read as an upper one). Tiles of R rows read
+// [0, i0 + R) or [i0, T); the entries they touch past the causal range are the zeros softmax left.
+template <int NV, bool kTrans>
+void product(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t T, const float* rs, bool accumulate,
+             float* c, int64_t ldc) {
+  constexpr int R = 16 / NV > 8 ? 8 : 16 / NV;
+  int64_t i0 = 0;
+  for (; i0 + R <= T; i0 += R) {
+    const int64_t lo = kTrans ? i0 : 0, hi = kTrans ? T : i0 + R;
+    const float* ai = kTrans ? a + i0 : a + i0 * lda;
+    nn_tile<R, NV, kTrans>(ai, lda, b, ldb, lo, hi, rs ? rs + i0 : nullptr, accumulate, c + i0 * ldc, ldc);
+  }
+  for (; i0 < T; ++i0) {
+    const int64_t lo = kTrans ? i0 : 0, hi = kTrans ? T : i0 + 1;
+    const float* ai = kTrans ? a + i0 : a + i0 * lda;
+    nn_tile<1, NV, kTrans>(ai, lda, b, ldb, lo, hi, rs ? rs + i0 : nullptr, accumulate, c + i0 * ldc, ldc);
+  }
+}
+
+// bt[x][i] = b[i][x] for i < T, 0 for i in [T, Tp).
+void transpose(const float* b, int64_t ldb, int64_t T, int64_t d, int64_t Tp, float* bt) {
+  for (int64_t i = 0; i < T; ++i) {
+    for (int64_t x = 0; x < d; ++x) bt[x * Tp + i] = b[i * ldb + x];
+  }
+  for (int64_t x = 0; x < d; ++x) {
+    for (int64_t i = T; i < Tp; ++i) bt[x * Tp + i] = 0.0f;
+  }
+}
+
+struct Work {
+  float *kt, *vt, *s, *dp, *rs;
+};
+Work split(float* work, int64_t T, int64_t d) {
+  const int64_t Tp = round16(T);
+  Work w;
+  w.kt = work;
+  w.vt = w.kt + d * Tp;
+  w.s = w.vt + d * Tp;
+  w.dp = w.s + T * Tp;
+  w.rs = w.dp + T * Tp;
+  return w;
+}
+
+template <int NV>
+void forward_nv(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t T,
+                float scale, float* o, int64_t ldo, float* lse, float* work) {
+  const int64_t d = NV * kV, Tp = round16(T);
+  const Work w = split(work, T, d);
+  transpose(k, ldk, T, d, Tp, w.kt);
+  scores(q, ldq, w.kt, Tp, T, d, scale, w.s, Tp);
+  for (int64_t i = 0; i < T; ++i) {
+    float* s = w.s + i * Tp;
+    const float m = row_max(s, i + 1);
+    const float l = exp_row(s, i + 1, m, min64(Tp, round16(i + 17)));
+    w.rs[i] = 1.0f / l;
+    lse[i] = m + logf(l);
+  }
+  product<NV, false>(w.s, Tp, v, ldv, T, w.rs, false, o, ldo);
+}
+
+template <int NV>
+void backward_nv(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, const float* o,
+                 int64_t ldo, const float* g, int64_t ldg, const float* lse, int64_t T, float scale, float* dq,
+                 int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, bool accumulate_kv, float* work) {
+  const int64_t d = NV * kV, Tp = round16(T);
+  const Work w = split(work, T, d);
+  transpose(k, ldk, T, d, Tp, w.kt);
+  transpose(v, ldv, T, d, Tp, w.vt);
+  scores(q, ldq, w.kt, Tp, T, d, scale, w.s, Tp);  // scale q k^T
+  scores(g, ldg, w.vt, Tp, T, d, 1.0f, w.dp, Tp);  // dP = g v^T
+  for (int64_t i = 0; i < T; ++i) {
+    const int64_t zero_to = min64(Tp, round16(i + 17));
+    float* s = w.s + i * Tp;
+    exp_row(s, i + 1, lse[i], zero_to);  // P
+    // D_i = rowsum(g_i * o_i)
+    f32x16 acc = f32x16{};
+    for (int64_t x = 0; x < d; x += kV) acc += load(g + i * ldg + x) * load(o + i * ldo + x);
+    const f32x16 di = bcast(hsum(acc));
+    // dS = P * (dP - D_i) * scale on the causal part, zero past it.
+    float* ds = w.dp + i * Tp;
+    const f32x16 sc = bcast(scale);
+    int64_t j = 0;
+    for (; j < i + 1; j += kV) store(ds + j, keep_below(load(s + j) * (load(ds + j) - di) * sc, j, i + 1));
+    for (; j < zero_to; j += kV) store(ds + j, f32x16{});
+  }
+  product<NV, false>(w.dp, Tp, k, ldk, T, nullptr, false, dq, lddq);         // dq = dS k
+  product<NV, true>(w.dp, Tp, q, ldq, T, nullptr, accumulate_kv, dk, lddk);  // dk = dS^T q
+  product<NV, true>(w.s, Tp, g, ldg, T, nullptr, accumulate_kv, dv, lddv);   // dv = P^T g
+}
+
+void forward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t T,
+             int64_t d, float scale, float* o, int64_t ldo, float* lse, float* work) {
+  switch (d / kV) {
+    case 1:
+      return forward_nv<1>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    case 2:
+      return forward_nv<2>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    case 3:
+      return forward_nv<3>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    case 4:
+      return forward_nv<4>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    case 5:
+      return forward_nv<5>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    case 6:
+      return forward_nv<6>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    case 7:
+      return forward_nv<7>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+    default:
+      return forward_nv<8>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+  }
+}
+
+void backward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, const float* o,
+              int64_t ldo, const float* g, int64_t ldg, const float* lse, int64_t T, int64_t d, float scale, float* dq,
+              int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, bool accumulate_kv, float* work) {
+#define BITQAT_ATTN_BWD(nv)                                                                                   \
+  return backward_nv<nv>(q, ldq, k, ldk, v, ldv, o, ldo, g, ldg, lse, T, scale, dq, lddq, dk, lddk, dv, lddv, \
+                         accumulate_kv, work)
+  switch (d / kV) {
+    case 1:
+      BITQAT_ATTN_BWD(1);
+    case 2:
+      BITQAT_ATTN_BWD(2);
+    case 3:
+      BITQAT_ATTN_BWD(3);
+    case 4:
+      BITQAT_ATTN_BWD(4);
+    case 5:
+      BITQAT_ATTN_BWD(5);
+    case 6:
+      BITQAT_ATTN_BWD(6);
+    case 7:
+      BITQAT_ATTN_BWD(7);
+    default:
+      BITQAT_ATTN_BWD(8);
+  }
+#undef BITQAT_ATTN_BWD
+}
+
+}  // namespace
+
+extern const AttentionKernels kKernels;
+const AttentionKernels kKernels = {BITQAT_ATTN_NAME, forward, backward};
+
+}  // namespace bitqat::models::cpu::BITQAT_ATTN_NS
