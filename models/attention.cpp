@@ -1,11 +1,12 @@
 #include "models/attention.hpp"
 
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <ATen/record_function.h>
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
-#include <memory>
+#include <cstring>
 
 #include "models/cpu/attention_kernels.hpp"
 
@@ -18,9 +19,13 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
   TORCH_CHECK(k.sizes() == v.sizes(), "causal_attention: k ", k.sizes(), " and v ", v.sizes(), " differ");
   TORCH_CHECK(q.size(0) == k.size(0) && q.size(1) == k.size(1) && q.size(3) == k.size(3), "causal_attention: q ",
               q.sizes(), " and k ", k.sizes(), " differ in batch, length or head size");
-  TORCH_CHECK(k.size(2) > 0 && q.size(2) % k.size(2) == 0, "causal_attention: ", q.size(2),
-              " query heads are not a multiple of ", k.size(2), " key/value heads");
+  TORCH_CHECK(k.size(2) > 0 && q.size(2) >= k.size(2) && q.size(2) % k.size(2) == 0, "causal_attention: ", q.size(2),
+              " query heads are not a positive multiple of ", k.size(2), " key/value heads");
 }
+
+// Work memory for one thread's calls: a float tensor (LibTorch's CPU allocator aligns to 64 bytes,
+// so the kernels' 64-byte vectors do not split cache lines).
+at::Tensor work_buffer(int64_t T, int64_t d) { return at::empty({cpu::attention_work_floats(T, d)}, at::kFloat); }
 
 // Last dimension dense, as the kernels read rows of d floats.
 at::Tensor rows_dense(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
@@ -44,12 +49,12 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     const auto& kern = cpu::attention_kernels();
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
     at::parallel_for(0, B * H, 1, [&](int64_t p0, int64_t p1) {
-      std::unique_ptr<float[]> work(new float[cpu::attention_work_floats(T, d)]);
+      auto work = work_buffer(T, d);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t b = p / H, h = p % H;
         kern.forward(at_head(q, b, h), q.stride(1), at_head(k, b, h / group), k.stride(1), at_head(v, b, h / group),
                      v.stride(1), T, d, scale, at_head_mut(o, b, h), o.stride(1), lse.data_ptr<float>() + p * T,
-                     work.get());
+                     work.data_ptr<float>());
       }
     });
     ctx->save_for_backward({q, k, v, o, lse});
@@ -59,6 +64,9 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
   static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
                                                torch::autograd::tensor_list grads) {
     RECORD_FUNCTION("bitqat::causal_attention_backward", std::vector<c10::IValue>());
+    // The kernels' gradients carry no graph of their own.
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "causal_attention: double backward (create_graph) is not supported by the CPU attention kernels");
     const auto saved = ctx->get_saved_variables();
     const auto &q = saved[0], &k = saved[1], &v = saved[2], &o = saved[3], &lse = saved[4];
     const auto g = rows_dense(grads[0]);
@@ -70,7 +78,7 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
     // One task per (batch, key/value head): its query heads add into the same dk, dv.
     at::parallel_for(0, B * Hkv, 1, [&](int64_t p0, int64_t p1) {
-      std::unique_ptr<float[]> work(new float[cpu::attention_work_floats(T, d)]);
+      auto work = work_buffer(T, d);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t b = p / Hkv, kh = p % Hkv;
         for (int64_t j = 0; j < group; ++j) {
@@ -78,7 +86,8 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
           kern.backward(at_head(q, b, h), q.stride(1), at_head(k, b, kh), k.stride(1), at_head(v, b, kh), v.stride(1),
                         at_head(o, b, h), o.stride(1), at_head(g, b, h), g.stride(1),
                         lse.data_ptr<float>() + (b * H + h) * T, T, d, scale, at_head_mut(dq, b, h), dq.stride(1),
-                        at_head_mut(dk, b, kh), dk.stride(1), at_head_mut(dv, b, kh), dv.stride(1), j > 0, work.get());
+                        at_head_mut(dk, b, kh), dk.stride(1), at_head_mut(dv, b, kh), dv.stride(1), j > 0,
+                        work.data_ptr<float>());
         }
       }
     });
@@ -93,12 +102,24 @@ bool causal_attention_uses_cpu_kernels(const at::Tensor& q, const at::Tensor& k,
   if (!(cpu_float(q) && cpu_float(k) && cpu_float(v) && q.dim() == 4)) return false;
   const int64_t T = q.size(1), d = q.size(3);
   // Where bench/attention_bench measured the kernels faster than ATen's (models/attention.hpp).
-  return cpu::attention_kernel_supports(T, d) && ((T <= 512 && d <= 64) || T <= 128);
+  return std::strcmp(cpu::attention_kernels().isa, "avx512") == 0 && cpu::attention_kernel_supports(T, d) &&
+         ((T <= 512 && d <= 64) || T <= 128);
+}
+
+at::Tensor causal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
+  check_shapes(q, k, v);
+  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat && k.device().is_cpu() &&
+                  k.scalar_type() == at::kFloat && v.device().is_cpu() && v.scalar_type() == at::kFloat,
+              "causal_attention_cpu: q, k, v must be CPU float32 tensors");
+  TORCH_CHECK(q.size(0) > 0 && cpu::attention_kernel_supports(q.size(1), q.size(3)),
+              "causal_attention_cpu: the kernels take 1 <= T <= ", cpu::kMaxSeq, " and d in 16, 32, ..., ",
+              cpu::kMaxHeadDim, ", got q ", q.sizes());
+  return CausalAttentionFn::apply(q, k, v);
 }
 
 at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   check_shapes(q, k, v);
-  if (causal_attention_uses_cpu_kernels(q, k, v)) return CausalAttentionFn::apply(q, k, v);
+  if (q.size(0) > 0 && causal_attention_uses_cpu_kernels(q, k, v)) return CausalAttentionFn::apply(q, k, v);
   auto kh = k.transpose(1, 2), vh = v.transpose(1, 2);
   if (k.size(2) != q.size(2)) {
     kh = kh.repeat_interleave(q.size(2) / k.size(2), 1);

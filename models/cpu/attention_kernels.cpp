@@ -15,9 +15,13 @@ namespace isa_avx512 {
 extern const AttentionKernels kKernels;
 }
 
+bool attention_kernel_supports(int64_t T, int64_t d) {
+  return T >= 1 && T <= kMaxSeq && d >= 16 && d <= kMaxHeadDim && d % 16 == 0;
+}
+
 int64_t attention_work_floats(int64_t T, int64_t d) {
   const int64_t Tp = (T + 15) / 16 * 16;
-  return 2 * d * Tp + 2 * T * Tp + 2 * T;
+  return 2 * d * Tp + 2 * T * Tp + T;
 }
 
 const AttentionKernels* attention_kernels_for(const char* isa) {

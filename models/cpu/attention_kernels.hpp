@@ -1,18 +1,23 @@
 // Causal self-attention on the CPU for one (batch, head) pair at a time, float32: the forward with
-// its log-sum-exp, and the backward that recomputes the probabilities from it (FlashAttention's
-// formulation: Dao et al. 2022, "FlashAttention", Algorithms 1 and 2, with the whole key range of a
-// query row at once instead of tiles of it). Built for the short sequences of CPU training: the T x T
-// scores of one pair live in a per-thread work buffer, and the products are register-tiled loops
-// (rows x 16-float vectors) that skip the masked upper triangle.
+// its log-sum-exp L, and the backward that recomputes the probabilities P = exp(S - L) and uses
+// D = rowsum(dO * O) (FlashAttention-2's formulation: Dao 2023, "FlashAttention-2", Algorithms 1 and
+// 2, with the whole key range of a query row at once instead of blocks of it). Built for the short
+// sequences of CPU training: the T x T scores of one pair live in a per-thread work buffer, and the
+// products are register-tiled loops (rows x 16-float vectors) that skip the masked upper triangle.
+// Row i never reads keys, values or gradients of rows after i (nor, for dk and dv, rows before j),
+// so a non-finite value there cannot reach it.
 //
 // One source (attention_kernels_impl.hpp) is compiled for baseline x86-64, AVX2 and AVX-512; the
-// variant matching LibTorch's CPU capability is used (as bitlinear/cpu/row_kernels.hpp). Products
-// may contract into FMAs, so the variants round differently; tests bound each against a double
-// precision reference.
+// variant matching LibTorch's CPU capability is used (as bitlinear/cpu/row_kernels.hpp). The tiles
+// are sized for AVX-512's 32 vector registers: the AVX2 and baseline variants compute the same
+// values but spill, and measured 2-5x slower than ATen (models/attention.hpp only runs the AVX-512
+// one by default). Products may contract into FMAs, so the variants round differently; tests bound
+// each against a double precision reference.
 //
-// Shapes: each matrix is T rows of d floats, row i at base + i * ld (ld >= d, in floats); d a
-// multiple of 16 with 16 <= d <= kMaxHeadDim; 1 <= T <= kMaxSeq. Row i attends to rows 0..i.
-// scale multiplies the scores (1 / sqrt(d) for standard attention).
+// Shapes: each matrix is T rows of d floats, row i at base + i * ld (ld in floats, any value for
+// the inputs, e.g. 0 for a row broadcast; the outputs' ld >= d); d a multiple of 16 with
+// 16 <= d <= kMaxHeadDim; 1 <= T <= kMaxSeq (callers check attention_kernel_supports; other d
+// trap). Row i attends to rows 0..i. scale multiplies the scores (1 / sqrt(d) for standard attention).
 #pragma once
 #include <cstdint>
 
@@ -21,12 +26,11 @@ namespace bitqat::models::cpu {
 constexpr int64_t kMaxHeadDim = 128;
 constexpr int64_t kMaxSeq = 1024;
 
-// Whether the kernels take this head size and length.
-inline bool attention_kernel_supports(int64_t T, int64_t d) {
-  return T >= 1 && T <= kMaxSeq && d >= 16 && d <= kMaxHeadDim && d % 16 == 0;
-}
+// Whether the kernels take this head size and length. (Defined out of line: the per-instruction-set
+// sources include this header, and an inline copy of theirs must not serve other callers.)
+bool attention_kernel_supports(int64_t T, int64_t d);
 
-// Floats of (64-byte aligned) work memory one call needs.
+// Floats of work memory one call needs (64-byte aligned memory avoids split cache lines).
 int64_t attention_work_floats(int64_t T, int64_t d);
 
 struct AttentionKernels {

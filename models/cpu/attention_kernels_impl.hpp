@@ -8,10 +8,11 @@
 // Layout inside the work buffer of one call (Tp = T rounded up to 16):
 //   kt, vt  [d][Tp]  k and v transposed, zero past T (the score tiles read 16 columns at a time);
 //   s, dp   [T][Tp]  scores / probabilities and the probability gradient. A score tile covers rows
-//                    [i0, i0 + 8) and the 16-column blocks up to row i0 + 7; softmax then leaves row i
-//                    holding its values for j <= i and zeros for j in (i, min(Tp, i + 16)), so every
-//                    product tile below reads exact zeros over the masked part it touches.
-//   rs      [2T]     per-row factors (1 / l in the forward; rowsum(g * o) in the backward).
+//                    [i0, i0 + 8) and the 16-column blocks up to row i0 + 7, so row i has at least
+//                    columns [0, round16(i + 1)). Softmax (and dS) then leave row i holding its values
+//                    for j <= i and exact zeros for j in (i, min(Tp, round16(i + 17))): a product tile
+//                    of R <= 8 rows starting at i0 <= i reads row i only at columns below i0 + R <= i + 8.
+//   rs      [T]      1 / l per row (forward).
 #include <math.h>
 
 #include <cstdint>
@@ -26,6 +27,7 @@ typedef float f32x16 __attribute__((vector_size(64)));
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x4 __attribute__((vector_size(16)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
 constexpr int64_t kV = 16;  // floats per vector
 
 inline f32x16 load(const float* p) {
@@ -82,7 +84,8 @@ inline f32x16 exp_neg(f32x16 x) {
   p = p * r + 1.6666665459e-1f;
   p = p * r + 5.0000001201e-1f;
   p = p * (r * r) + r + 1.0f;
-  const i32x16 e = (__builtin_convertvector(n, i32x16) + 127) << 23;
+  // In unsigned arithmetic: a NaN argument converts to INT_MIN, and a negative left shift is undefined.
+  const u32x16 e = (__builtin_convertvector(__builtin_convertvector(n, i32x16) + 127, u32x16)) << 23;
   f32x16 two_n;
   std::memcpy(&two_n, &e, sizeof two_n);
   return p * two_n;
@@ -154,19 +157,34 @@ void scores(const float* a, int64_t lda, const float* bt, int64_t ldb, int64_t T
   }
 }
 
-// Product tile: rows r < R of c (NV vectors each) = rs[r] * sum_{j in [lo, hi)} A(r, j) * b[j], with
-// A(r, j) = a[r * lda + j] or, transposed, a[j * lda + r]; added to c's values when accumulate.
+// Product tile: rows r < R of c (NV vectors each) = rs[r] * sum_j A(r, j) * b[j] over row r's own
+// causal range, with A(r, j) = a[r * lda + j] or, transposed, a[j * lda + r]; added to c's values when
+// accumulate. Rows [i0, i0 + R): lower (not kTrans), row r sums j in [0, i0 + r]; upper (kTrans), row
+// r sums j in [i0 + r, T). The tile runs the shared range [lo, hi) for all rows and the diagonal block
+// row by row, so no row touches a b[j] outside its range (a non-finite one there would give 0 * inf).
 template <int R, int NV, bool kTrans>
-void nn_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t lo, int64_t hi, const float* rs,
+void nn_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t i0, int64_t T, const float* rs,
              bool accumulate, float* c, int64_t ldc) {
   f32x16 acc[R][NV];
   for (int r = 0; r < R; ++r) {
     for (int v = 0; v < NV; ++v) acc[r][v] = f32x16{};
   }
+  // Shared range: lower j in [0, i0], upper j in [i0 + R - 1, T).
+  const int64_t lo = kTrans ? i0 + R - 1 : 0, hi = kTrans ? T : i0 + 1;
   for (int64_t j = lo; j < hi; ++j) {
     f32x16 bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load(b + j * ldb + v * kV);
     for (int r = 0; r < R; ++r) {
+      const f32x16 x = bcast(kTrans ? a[j * lda + r] : a[r * lda + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
+    }
+  }
+  // Diagonal block: lower j = i0 + t (t in 1..R-1) for rows r >= t; upper j = i0 + t (t in 0..R-2) for rows r <= t.
+  for (int t = kTrans ? 0 : 1; t < (kTrans ? R - 1 : R); ++t) {
+    const int64_t j = i0 + t;
+    f32x16 bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + j * ldb + v * kV);
+    for (int r = kTrans ? 0 : t; r < (kTrans ? t + 1 : R); ++r) {
       const f32x16 x = bcast(kTrans ? a[j * lda + r] : a[r * lda + j]);
       for (int v = 0; v < NV; ++v) acc[r][v] += x * bv[v];
     }
@@ -181,22 +199,19 @@ void nn_tile(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t l
 }
 
 // c[i] (+)= rs[i] * sum_j A(i, j) b[j] over the causal range: j in [0, i] for A = a (lower
-// triangle), j in [i, T) for A = a^T (a's lower triangle read as an upper one). Tiles of R rows read
-// [0, i0 + R) or [i0, T); the entries they touch past the causal range are the zeros softmax left.
+// triangle), j in [i, T) for A = a^T (a's lower triangle read as an upper one); tiles of R rows.
 template <int NV, bool kTrans>
 void product(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t T, const float* rs, bool accumulate,
              float* c, int64_t ldc) {
   constexpr int R = 16 / NV > 8 ? 8 : 16 / NV;
   int64_t i0 = 0;
   for (; i0 + R <= T; i0 += R) {
-    const int64_t lo = kTrans ? i0 : 0, hi = kTrans ? T : i0 + R;
     const float* ai = kTrans ? a + i0 : a + i0 * lda;
-    nn_tile<R, NV, kTrans>(ai, lda, b, ldb, lo, hi, rs ? rs + i0 : nullptr, accumulate, c + i0 * ldc, ldc);
+    nn_tile<R, NV, kTrans>(ai, lda, b, ldb, i0, T, rs ? rs + i0 : nullptr, accumulate, c + i0 * ldc, ldc);
   }
   for (; i0 < T; ++i0) {
-    const int64_t lo = kTrans ? i0 : 0, hi = kTrans ? T : i0 + 1;
     const float* ai = kTrans ? a + i0 : a + i0 * lda;
-    nn_tile<1, NV, kTrans>(ai, lda, b, ldb, lo, hi, rs ? rs + i0 : nullptr, accumulate, c + i0 * ldc, ldc);
+    nn_tile<1, NV, kTrans>(ai, lda, b, ldb, i0, T, rs ? rs + i0 : nullptr, accumulate, c + i0 * ldc, ldc);
   }
 }
 
@@ -220,7 +235,7 @@ Work split(float* work, int64_t T, int64_t d) {
   w.vt = w.kt + d * Tp;
   w.s = w.vt + d * Tp;
   w.dp = w.s + T * Tp;
-  w.rs = w.dp + T * Tp;
+  w.rs = w.dp + T * Tp;  // T floats
   return w;
 }
 
@@ -273,6 +288,7 @@ void backward_nv(const float* q, int64_t ldq, const float* k, int64_t ldk, const
 
 void forward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t T,
              int64_t d, float scale, float* o, int64_t ldo, float* lse, float* work) {
+  if (d % kV != 0) __builtin_trap();
   switch (d / kV) {
     case 1:
       return forward_nv<1>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
@@ -288,9 +304,10 @@ void forward(const float* q, int64_t ldq, const float* k, int64_t ldk, const flo
       return forward_nv<6>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
     case 7:
       return forward_nv<7>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
-    default:
+    case 8:
       return forward_nv<8>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
   }
+  __builtin_trap();  // d outside attention_kernel_supports
 }
 
 void backward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, const float* o,
@@ -299,6 +316,7 @@ void backward(const float* q, int64_t ldq, const float* k, int64_t ldk, const fl
 #define BITQAT_ATTN_BWD(nv)                                                                                   \
   return backward_nv<nv>(q, ldq, k, ldk, v, ldv, o, ldo, g, ldg, lse, T, scale, dq, lddq, dk, lddk, dv, lddv, \
                          accumulate_kv, work)
+  if (d % kV != 0) __builtin_trap();
   switch (d / kV) {
     case 1:
       BITQAT_ATTN_BWD(1);
@@ -314,9 +332,10 @@ void backward(const float* q, int64_t ldq, const float* k, int64_t ldk, const fl
       BITQAT_ATTN_BWD(6);
     case 7:
       BITQAT_ATTN_BWD(7);
-    default:
+    case 8:
       BITQAT_ATTN_BWD(8);
   }
+  __builtin_trap();  // d outside attention_kernel_supports
 #undef BITQAT_ATTN_BWD
 }
 
