@@ -311,6 +311,29 @@ TEST(CausalAttention, NodeTakesPermutedInputsAndBroadcastGradients) {
   expect_result(Result{o.detach(), at::Tensor(), q.grad(), k.grad(), v.grad()}, ref, "permuted");
 }
 
+TEST(CausalAttention, RowsNeverReadLaterKeysOrValues) {
+  // An inf key and value at row 12, inside the tile of rows 8..15, must not reach rows 0..11: their
+  // outputs and query gradients equal, bit for bit, those of a 12-row sequence (every row sums its
+  // own j = 0..i in order either way).
+  at::manual_seed(17);
+  auto q = at::randn({1, 17, 2, 32}), k = at::randn({1, 17, 2, 32}), v = at::randn({1, 17, 2, 32});
+  k.select(1, 12).fill_(INFINITY);
+  v.select(1, 12).fill_(-INFINITY);
+  auto g = at::randn({1, 17, 2, 32});
+  g.narrow(1, 12, 5).zero_();
+  auto run = [&](int64_t T) {
+    const auto qq = q.narrow(1, 0, T).clone().requires_grad_();
+    const auto o = causal_attention_cpu(qq, k.narrow(1, 0, T), v.narrow(1, 0, T));
+    (o * g.narrow(1, 0, T)).sum().backward();
+    return std::make_pair(o.detach().narrow(1, 0, 12), qq.grad().narrow(1, 0, 12));
+  };
+  const auto all = run(17), first = run(12);
+  EXPECT_TRUE(all.first.isfinite().all().item<bool>());
+  EXPECT_TRUE(all.first.equal(first.first));
+  EXPECT_TRUE(all.second.isfinite().all().item<bool>());
+  EXPECT_TRUE(all.second.equal(first.second));
+}
+
 TEST(CausalAttention, NodeRefusesDoubleBackwardAndUnsupportedInputs) {
   const auto q = at::randn({1, 8, 2, 16}).requires_grad_();
   const auto o = causal_attention_cpu(q, q, q);
