@@ -145,7 +145,7 @@ def main():
                       "model": "fp32" if args.fp else "ternary", "threads": args.threads,
                       "timed_steps": len(timed), "tokens_per_step": batch * seq,
                       "median_step_ms": 1e3 * med, "median_tokens_per_s": batch * seq / med,
-                      "last_loss": float(loss), "finite": math.isfinite(float(loss))}))
+                      "last_loss": loss.item(), "finite": math.isfinite(loss.item())}))
 
 
 if __name__ == "__main__":

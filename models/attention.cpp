@@ -6,7 +6,6 @@
 #include <torch/csrc/autograd/custom_function.h>
 
 #include <cmath>
-#include <cstring>
 
 #include "models/cpu/attention_kernels.hpp"
 
@@ -102,8 +101,7 @@ bool causal_attention_uses_cpu_kernels(const at::Tensor& q, const at::Tensor& k,
   if (!(cpu_float(q) && cpu_float(k) && cpu_float(v) && q.dim() == 4)) return false;
   const int64_t T = q.size(1), d = q.size(3);
   // Where bench/attention_bench measured the kernels faster than ATen's (models/attention.hpp).
-  return std::strcmp(cpu::attention_kernels().isa, "avx512") == 0 && cpu::attention_kernel_supports(T, d) &&
-         ((T <= 512 && d <= 64) || T <= 128);
+  return cpu::attention_kernel_supports(T, d) && ((T <= 512 && d <= 64) || T <= 128);
 }
 
 at::Tensor causal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {

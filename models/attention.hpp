@@ -5,17 +5,19 @@
 //   scores scaled by 1 / sqrt(d).
 //   Returns [B, T, H, d]: row t of head h is sum_{s <= t} softmax_s(q_t . k_s / sqrt(d)) v_s.
 //
-// With LibTorch's CPU capability at AVX-512, CPU float32 tensors with d % 16 == 0 and either
-// 16 <= d <= 64, T <= 512 or d <= 128, T <= 128 run the CPU kernels of models/cpu/attention_kernels.hpp as one autograd
-// node (it saves q, k, v, the output and the per-row log-sum-exp, and recomputes the probabilities in the backward);
-// anything else runs at::scaled_dot_product_attention (is_causal, keys and values repeated per query head). The split
-// is where the kernels measured faster than ATen's flash-attention CPU kernel, forward plus backward, 2048 tokens, 4
-// heads, 2 threads on the project's 2-core AVX-512 Xeon (build/bench/attention_bench --iters 60): 1.5-2.1x for d 32 and
-// 64 up to T 512, 1.2-1.35x for d 128 up to T 128; at T 1024 (and d 128, T >= 256) they were 0.6-1.07x, as the T x T
-// scores of a head no longer stay in the core's cache. Head sizes 16, 48 and 80-112 were not timed. The AVX2 and
-// baseline builds of the kernels spill registers and measured 0.2-0.5x ATen, so they are not used by
-// default. The kernels' node has no double backward (create_graph throws c10::Error).
-// Throws c10::Error for mismatched shapes.
+// CPU float32 tensors with d % 16 == 0 and either 16 <= d <= 64, T <= 512 or d <= 128, T <= 128 run
+// the CPU kernels of models/cpu/attention_kernels.hpp (the variant for LibTorch's CPU capability:
+// AVX-512, AVX2 or baseline) as one autograd node (it saves q, k, v, the output and the per-row
+// log-sum-exp, and recomputes the probabilities in the backward); anything else runs
+// at::scaled_dot_product_attention (is_causal, keys and values repeated per query head). The split
+// is where the kernels measured faster than ATen's flash-attention CPU kernel, forward plus
+// backward, 2048 tokens, 4 heads, 2 threads on the project's 2-core AVX-512 Xeon
+// (build/bench/attention_bench --iters 30, 2026-12-01; for AVX2 and baseline under
+// ATEN_CPU_CAPABILITY and the matching MKL_ENABLE_INSTRUCTIONS): inside it 1.3-1.9x (AVX-512),
+// 1.4-2.1x (AVX2), 1.6-2.2x (baseline); at T 1024, and for AVX-512 at d 128 and T >= 256, 0.64-1.4x
+// (AVX-512 0.64-0.98x), as the T x T scores of a head no longer stay in the core's cache. Head sizes 16, 48 and 80-112
+// were not timed. The kernels' node has no double backward (create_graph throws c10::Error). Throws c10::Error for
+// mismatched shapes.
 #pragma once
 #include <ATen/ATen.h>
 

@@ -7,12 +7,11 @@
 // Row i never reads keys, values or gradients of rows after i (nor, for dk and dv, rows before j),
 // so a non-finite value there cannot reach it.
 //
-// One source (attention_kernels_impl.hpp) is compiled for baseline x86-64, AVX2 and AVX-512; the
-// variant matching LibTorch's CPU capability is used (as bitlinear/cpu/row_kernels.hpp). The tiles
-// are sized for AVX-512's 32 vector registers: the AVX2 and baseline variants compute the same
-// values but spill, and measured 2-5x slower than ATen (models/attention.hpp only runs the AVX-512
-// one by default). Products may contract into FMAs, so the variants round differently; tests bound
-// each against a double precision reference.
+// One source (attention_kernels_impl.hpp) is compiled for baseline x86-64, AVX2 and AVX-512 with
+// vectors of the instruction set's own width and tiles sized to its register file; the variant
+// matching LibTorch's CPU capability is used (as bitlinear/cpu/row_kernels.hpp). Products may
+// contract into FMAs and the tiles differ, so the variants round differently; tests bound each
+// against a double precision reference.
 //
 // Shapes: each matrix is T rows of d floats, row i at base + i * ld (ld in floats, any value for
 // the inputs, e.g. 0 for a row broadcast; the outputs' ld >= d); d a multiple of 16 with

@@ -346,6 +346,17 @@ TEST(CausalAttention, NodeRefusesDoubleBackwardAndUnsupportedInputs) {
                c10::Error);
 }
 
+TEST(CausalAttention, TrainingShapesRunTheKernelsOnEveryCapability) {
+  // The policy of models/attention.hpp, whatever ATEN_CPU_CAPABILITY the suite runs under.
+  const auto x = [](int64_t T, int64_t d) { return at::zeros({2, T, 2, d}); };
+  EXPECT_TRUE(causal_attention_uses_cpu_kernels(x(128, 32), x(128, 32), x(128, 32)));  // the quickstart's heads
+  EXPECT_TRUE(causal_attention_uses_cpu_kernels(x(512, 64), x(512, 64), x(512, 64)));
+  EXPECT_TRUE(causal_attention_uses_cpu_kernels(x(128, 128), x(128, 128), x(128, 128)));
+  EXPECT_TRUE(causal_attention_uses_cpu_kernels(x(1, 16), x(1, 16), x(1, 16)));
+  EXPECT_FALSE(causal_attention_uses_cpu_kernels(x(1024, 32), x(1024, 32), x(1024, 32)));
+  EXPECT_FALSE(causal_attention_uses_cpu_kernels(x(256, 128), x(256, 128), x(256, 128)));
+}
+
 TEST(CausalAttention, OtherInputsRunScaledDotProductAttention) {
   at::manual_seed(14);
   // Head size 8 (not a multiple of 16), double precision, and lengths where ATen's kernel is the
