@@ -10,6 +10,7 @@
 
 #include "apps/cli.hpp"
 #include "apps/commands.hpp"
+#include "core/cpu_isa.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 
@@ -47,6 +48,8 @@ int run(const bitqat::apps::Command& c) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Before anything touches LibTorch: oneDNN's int8 kernels without AMX unless the user chose (core/cpu_isa.hpp).
+  bitqat::core::default_onednn_max_cpu_isa();
   const std::string first = argc > 1 ? argv[1] : "";
   if (first.empty() || first == "--help" || first == "-h" || first == "help") {
     std::fputs(bitqat::apps::usage(), first.empty() ? stderr : stdout);

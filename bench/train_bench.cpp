@@ -26,6 +26,7 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <torch/cuda.h>
 
+#include "core/cpu_isa.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "training/trainer.hpp"
@@ -83,6 +84,7 @@ void install_op_timer() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  bitqat::core::default_onednn_max_cpu_isa();  // as the bitqat command does (core/cpu_isa.hpp)
   std::string config = "configs/quickstart.yaml";
   int warmup = 20, steps = 60, threads = 2;
   std::vector<std::string> sets;

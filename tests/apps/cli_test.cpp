@@ -164,6 +164,40 @@ TEST(Cli, GgufExportRefusesRelu2GluUnlessForced) {
   fs::remove_all(dir);
 }
 
+TEST(Cli, OnednnRunsWithoutAmxUnlessTheUserChooses) {
+  // core/cpu_isa.hpp: bitqat caps oneDNN (at::_int_mm's int8 gemm) below AMX unless
+  // ONEDNN_MAX_CPU_ISA is set. oneDNN's verbose mode prints the instruction set it runs with and
+  // each primitive it executes.
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_onednn_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < 50; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const std::string train = std::string(BITQAT_BINARY_DIR) + "/bitqat train configs/quickstart.yaml --set run.dir=" +
+                            dir.string() + " --set data.path=" + (dir / "t.txt").string() +
+                            " --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
+                            " --set model.max_seq_len=16 --set model.dim=32 --set model.n_layers=1"
+                            " --set model.ffn_dim=64 --set train.eval_every=0 --set checkpoint.every=0"
+                            " --set optim.lr.warmup_steps=1 --set device.type=cpu";
+  const auto isa_line = [](const std::string& out) {
+    const auto at = out.find(",info,cpu,isa:");
+    return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
+  };
+  auto r = bitqat::testing::run_command("env -u ONEDNN_MAX_CPU_ISA ONEDNN_VERBOSE=1 " + train + " --set run.name=capped");
+  ASSERT_EQ(r.code, 0) << r.out;
+  // at::_int_mm calls oneDNN's s8 x s8 -> s32 gemm API.
+  ASSERT_NE(r.out.find(",primitive,exec,cpu,gemm_api,,undef,src_s8:"), std::string::npos) << "no oneDNN int8 gemm ran";
+  const auto capped = isa_line(r.out);
+  ASSERT_FALSE(capped.empty()) << r.out.substr(0, 2000);
+  EXPECT_EQ(capped.find("AMX"), std::string::npos) << capped;
+  r = bitqat::testing::run_command("ONEDNN_MAX_CPU_ISA=ALL ONEDNN_VERBOSE=1 " + train + " --set run.name=all");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto all = isa_line(r.out);
+  const bool cpu_has_amx = bitqat::testing::run_command("grep -qw amx_int8 /proc/cpuinfo").code == 0;
+  EXPECT_EQ(all.find("AMX") != std::string::npos, cpu_has_amx) << all;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, QuantizeThenEvalAndFineTune) {
   // train (full precision) -> quantize (data-free ternary) -> eval agrees -> fine-tune from it.
   const auto dir = fs::temp_directory_path() / ("bitqat_cli_q_" + std::to_string(::getpid()));
