@@ -22,6 +22,11 @@ void check_shapes(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v)
               " query heads are not a positive multiple of ", k.size(2), " key/value heads");
 }
 
+bool cpu_float(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
+
+// The softmax scale of head size d.
+float softmax_scale(int64_t d) { return static_cast<float>(1.0 / std::sqrt(static_cast<double>(d))); }
+
 // Work memory for one thread's calls: a float tensor (LibTorch's CPU allocator aligns to 64 bytes,
 // so the kernels' 64-byte vectors do not split cache lines).
 at::Tensor work_buffer(int64_t T, int64_t d) { return at::empty({cpu::attention_work_floats(T, d)}, at::kFloat); }
@@ -46,7 +51,7 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     auto o = at::empty({B, T, H, d}, q.options());
     auto lse = at::empty({B, H, T}, q.options());
     const auto& kern = cpu::attention_kernels();
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    const float scale = softmax_scale(d);
     at::parallel_for(0, B * H, 1, [&](int64_t p0, int64_t p1) {
       auto work = work_buffer(T, d);
       for (int64_t p = p0; p < p1; ++p) {
@@ -74,7 +79,7 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
     auto dk = at::empty({B, T, Hkv, d}, q.options());
     auto dv = at::empty({B, T, Hkv, d}, q.options());
     const auto& kern = cpu::attention_kernels();
-    const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d)));
+    const float scale = softmax_scale(d);
     // One task per (batch, key/value head): its query heads add into the same dk, dv.
     at::parallel_for(0, B * Hkv, 1, [&](int64_t p0, int64_t p1) {
       auto work = work_buffer(T, d);
@@ -97,7 +102,6 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
 }  // namespace
 
 bool causal_attention_uses_cpu_kernels(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
-  const auto cpu_float = [](const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; };
   if (!(cpu_float(q) && cpu_float(k) && cpu_float(v) && q.dim() == 4)) return false;
   const int64_t T = q.size(1), d = q.size(3);
   // Where bench/attention_bench measured the kernels faster than ATen's (models/attention.hpp).
@@ -106,8 +110,7 @@ bool causal_attention_uses_cpu_kernels(const at::Tensor& q, const at::Tensor& k,
 
 at::Tensor causal_attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   check_shapes(q, k, v);
-  TORCH_CHECK(q.device().is_cpu() && q.scalar_type() == at::kFloat && k.device().is_cpu() &&
-                  k.scalar_type() == at::kFloat && v.device().is_cpu() && v.scalar_type() == at::kFloat,
+  TORCH_CHECK(cpu_float(q) && cpu_float(k) && cpu_float(v),
               "causal_attention_cpu: q, k, v must be CPU float32 tensors");
   TORCH_CHECK(q.size(0) > 0 && cpu::attention_kernel_supports(q.size(1), q.size(3)),
               "causal_attention_cpu: the kernels take 1 <= T <= ", cpu::kMaxSeq, " and d in 16, 32, ..., ",

@@ -329,57 +329,47 @@ void backward_nv(const float* q, int64_t ldq, const float* k, int64_t ldk, const
   product<NV, true>(w.s, Tp, g, ldg, T, nullptr, accumulate_kv, dv, lddv);   // dv = P^T g
 }
 
-void forward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t T,
-             int64_t d, float scale, float* o, int64_t ldo, float* lse, float* work) {
+// Calls f(Units<d / 16>{}) for the head sizes the kernels take (attention_kernel_supports).
+template <int U>
+struct Units {
+  static constexpr int value = U;
+};
+template <typename F>
+void with_units(int64_t d, F f) {
   if (d % kBlk != 0) __builtin_trap();
   switch (d / kBlk) {
     case 1:
-      return forward_nv<1>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<1>{});
     case 2:
-      return forward_nv<2>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<2>{});
     case 3:
-      return forward_nv<3>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<3>{});
     case 4:
-      return forward_nv<4>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<4>{});
     case 5:
-      return forward_nv<5>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<5>{});
     case 6:
-      return forward_nv<6>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<6>{});
     case 7:
-      return forward_nv<7>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<7>{});
     case 8:
-      return forward_nv<8>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work);
+      return f(Units<8>{});
   }
   __builtin_trap();  // d outside attention_kernel_supports
+}
+
+void forward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, int64_t T,
+             int64_t d, float scale, float* o, int64_t ldo, float* lse, float* work) {
+  with_units(d, [&](auto u) { forward_nv<decltype(u)::value>(q, ldq, k, ldk, v, ldv, T, scale, o, ldo, lse, work); });
 }
 
 void backward(const float* q, int64_t ldq, const float* k, int64_t ldk, const float* v, int64_t ldv, const float* o,
               int64_t ldo, const float* g, int64_t ldg, const float* lse, int64_t T, int64_t d, float scale, float* dq,
               int64_t lddq, float* dk, int64_t lddk, float* dv, int64_t lddv, bool accumulate_kv, float* work) {
-#define BITQAT_ATTN_BWD(nv)                                                                                   \
-  return backward_nv<nv>(q, ldq, k, ldk, v, ldv, o, ldo, g, ldg, lse, T, scale, dq, lddq, dk, lddk, dv, lddv, \
-                         accumulate_kv, work)
-  if (d % kBlk != 0) __builtin_trap();
-  switch (d / kBlk) {
-    case 1:
-      BITQAT_ATTN_BWD(1);
-    case 2:
-      BITQAT_ATTN_BWD(2);
-    case 3:
-      BITQAT_ATTN_BWD(3);
-    case 4:
-      BITQAT_ATTN_BWD(4);
-    case 5:
-      BITQAT_ATTN_BWD(5);
-    case 6:
-      BITQAT_ATTN_BWD(6);
-    case 7:
-      BITQAT_ATTN_BWD(7);
-    case 8:
-      BITQAT_ATTN_BWD(8);
-  }
-  __builtin_trap();  // d outside attention_kernel_supports
-#undef BITQAT_ATTN_BWD
+  with_units(d, [&](auto u) {
+    backward_nv<decltype(u)::value>(q, ldq, k, ldk, v, ldv, o, ldo, g, ldg, lse, T, scale, dq, lddq, dk, lddk, dv, lddv,
+                                    accumulate_kv, work);
+  });
 }
 
 }  // namespace
