@@ -12,8 +12,19 @@ namespace fs = std::filesystem;
 
 namespace {
 
-bitqat::testing::CommandResult run(const std::string& args) {
-  return bitqat::testing::run_command(std::string(BITQAT_BINARY_DIR) + "/bitqat " + args);
+// `bitqat args`, after `env` (variable assignments or an `env ...` command) when given.
+bitqat::testing::CommandResult run(const std::string& args, const std::string& env = "") {
+  return bitqat::testing::run_command(env + (env.empty() ? "" : " ") + BITQAT_BINARY_DIR + "/bitqat " + args);
+}
+
+// A fresh directory <tmp>/<prefix><pid> holding t.txt: `lines` copies of one sentence.
+fs::path dir_with_corpus(const std::string& prefix, int lines) {
+  const auto dir = fs::temp_directory_path() / (prefix + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  std::string text;
+  for (int i = 0; i < lines; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
+  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  return dir;
 }
 
 // The last line of a command's output that is a JSON object (the log lines come before it; the
@@ -71,11 +82,7 @@ TEST(Cli, BadInputIsOneClearLineAndExitTwo) {
 }
 
 TEST(Cli, TrainEvalGenerate) {
-  const auto dir = fs::temp_directory_path() / ("bitqat_cli_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  std::string text;
-  for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
-  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const auto dir = dir_with_corpus("bitqat_cli_", 300);
   const std::string sets =
       " --set run.dir=" + dir.string() + " --set run.name=cli --set data.path=" + (dir / "t.txt").string() +
       " --set train.steps=8 --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32"
@@ -138,11 +145,7 @@ TEST(Cli, TrainEvalGenerate) {
 // llama.cpp's graphs build a SiLU-gated FFN: a relu2_glu run is refused by the GGUF export (exit 2, the
 // error naming model.ffn and the option), and --gguf-force-relu2 writes it with a warning.
 TEST(Cli, GgufExportRefusesRelu2GluUnlessForced) {
-  const auto dir = fs::temp_directory_path() / ("bitqat_cli_gguf_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  std::string text;
-  for (int i = 0; i < 100; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
-  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const auto dir = dir_with_corpus("bitqat_cli_gguf_", 100);
   auto r = run("train configs/quickstart.yaml --set run.dir=" + dir.string() + " --set run.name=glu --set data.path=" +
                (dir / "t.txt").string() +
                " --set model.ffn=relu2_glu --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
@@ -168,13 +171,9 @@ TEST(Cli, OnednnRunsWithoutAmxUnlessTheUserChooses) {
   // core/cpu_isa.hpp: bitqat caps oneDNN (at::_int_mm's int8 gemm) below AMX unless
   // ONEDNN_MAX_CPU_ISA is set. oneDNN's verbose mode prints the instruction set it runs with and
   // each primitive it executes.
-  const auto dir = fs::temp_directory_path() / ("bitqat_cli_onednn_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  std::string text;
-  for (int i = 0; i < 50; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
-  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
-  const std::string train = std::string(BITQAT_BINARY_DIR) + "/bitqat train configs/quickstart.yaml --set run.dir=" +
-                            dir.string() + " --set data.path=" + (dir / "t.txt").string() +
+  const auto dir = dir_with_corpus("bitqat_cli_onednn_", 50);
+  const std::string train = "train configs/quickstart.yaml --set run.dir=" + dir.string() +
+                            " --set data.path=" + (dir / "t.txt").string() +
                             " --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
                             " --set model.max_seq_len=16 --set model.dim=32 --set model.n_layers=1"
                             " --set model.ffn_dim=64 --set train.eval_every=0 --set checkpoint.every=0"
@@ -183,14 +182,14 @@ TEST(Cli, OnednnRunsWithoutAmxUnlessTheUserChooses) {
     const auto at = out.find(",info,cpu,isa:");
     return at == std::string::npos ? std::string() : out.substr(at, out.find('\n', at) - at);
   };
-  auto r = bitqat::testing::run_command("env -u ONEDNN_MAX_CPU_ISA ONEDNN_VERBOSE=1 " + train + " --set run.name=capped");
+  auto r = run(train + " --set run.name=capped", "env -u ONEDNN_MAX_CPU_ISA ONEDNN_VERBOSE=1");
   ASSERT_EQ(r.code, 0) << r.out;
   // at::_int_mm calls oneDNN's s8 x s8 -> s32 gemm API.
   ASSERT_NE(r.out.find(",primitive,exec,cpu,gemm_api,,undef,src_s8:"), std::string::npos) << "no oneDNN int8 gemm ran";
   const auto capped = isa_line(r.out);
   ASSERT_FALSE(capped.empty()) << r.out.substr(0, 2000);
   EXPECT_EQ(capped.find("AMX"), std::string::npos) << capped;
-  r = bitqat::testing::run_command("ONEDNN_MAX_CPU_ISA=ALL ONEDNN_VERBOSE=1 " + train + " --set run.name=all");
+  r = run(train + " --set run.name=all", "ONEDNN_MAX_CPU_ISA=ALL ONEDNN_VERBOSE=1");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto all = isa_line(r.out);
   const bool cpu_has_amx = bitqat::testing::run_command("grep -qw amx_int8 /proc/cpuinfo").code == 0;
@@ -200,11 +199,7 @@ TEST(Cli, OnednnRunsWithoutAmxUnlessTheUserChooses) {
 
 TEST(Cli, QuantizeThenEvalAndFineTune) {
   // train (full precision) -> quantize (data-free ternary) -> eval agrees -> fine-tune from it.
-  const auto dir = fs::temp_directory_path() / ("bitqat_cli_q_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  std::string text;
-  for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
-  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const auto dir = dir_with_corpus("bitqat_cli_q_", 300);
   const std::string small =
       " --set data.path=" + (dir / "t.txt").string() +
       " --set train.batch_size=4 --set data.seq_len=32 --set model.max_seq_len=32 --set model.dim=32"
@@ -246,11 +241,7 @@ TEST(Cli, QuantizeThenEvalAndFineTune) {
 // Every input a user can type gets a clear answer: the list of inputs that used to end as
 // `internal error` (exit 1) or succeed wrongly, each with its message or its right value.
 TEST(Cli, UserInputsGetAClearAnswer) {
-  const auto dir = fs::temp_directory_path() / ("bitqat_cli_in_" + std::to_string(::getpid()));
-  fs::remove_all(dir);
-  std::string text;
-  for (int i = 0; i < 300; ++i) text += "In the beginning was the word, and the word was with the cat.\n";
-  bitqat::core::write_file_atomic((dir / "t.txt").string(), text);
+  const auto dir = dir_with_corpus("bitqat_cli_in_", 300);
   const std::string run_dir = (dir / "cli").string();
   const std::string sets = " --set run.dir=" + dir.string() +
                            " --set run.name=cli --set data.path=" + (dir / "t.txt").string() +
