@@ -16,27 +16,15 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <vector>
 
+#include "bench/median_time.hpp"
 #include "models/attention.hpp"
 #include "models/cpu/attention_kernels.hpp"
 
 namespace {
-
-double median_ms(const std::function<void()>& fn, int iters) {
-  for (int i = 0; i < 5; ++i) fn();
-  std::vector<double> t;
-  for (int i = 0; i < iters; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
 
 struct Times {
   double fwd, bwd;
@@ -45,18 +33,18 @@ struct Times {
 // Forward alone, then forward + backward minus the forward.
 Times time_fn(const std::function<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>& attn,
               const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& go, int iters) {
-  const double fwd = median_ms(
+  const double fwd = bitqat::bench::median_ms(
       [&] {
         at::NoGradGuard ng;
         attn(q, k, v);
       },
-      iters);
-  const double both = median_ms(
+      5, iters);
+  const double both = bitqat::bench::median_ms(
       [&] {
         const auto o = attn(q, k, v);
         torch::autograd::grad({o}, {q, k, v}, {go});
       },
-      iters);
+      5, iters);
   return {fwd, both - fwd};
 }
 

@@ -11,13 +11,12 @@
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
-#include <algorithm>
-#include <chrono>
 #include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
 
+#include "bench/median_time.hpp"
 #include "bitlinear/cpu/row_kernels.hpp"
 #include "bitlinear/quant_kernels.hpp"
 
@@ -25,17 +24,7 @@ namespace {
 
 using namespace bitqat::bitlinear;
 
-double median_us(const std::function<void()>& fn, int iters) {
-  for (int i = 0; i < 20; ++i) fn();
-  std::vector<double> t;
-  for (int i = 0; i < iters; ++i) {
-    const auto t0 = std::chrono::steady_clock::now();
-    fn();
-    t.push_back(std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
-  }
-  std::sort(t.begin(), t.end());
-  return t[t.size() / 2];
-}
+double median_us(const std::function<void()>& fn, int iters) { return 1e3 * bitqat::bench::median_ms(fn, 20, iters); }
 
 void row(const std::string& name, int64_t m, int64_t k, double bytes, double us, double copy_gbs) {
   const double gbs = bytes / us * 1e-3;
