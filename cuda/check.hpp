@@ -19,11 +19,3 @@ namespace bitqat::cuda {
     const cudaError_t bitqat_err_ = (expr);                                                                   \
     if (bitqat_err_ != cudaSuccess) ::bitqat::cuda::throw_cuda_error(bitqat_err_, #expr, __FILE__, __LINE__); \
   } while (0)
-
-// After every kernel launch: launch-configuration errors surface here, with the kernel's name.
-#define BITQAT_CUDA_CHECK_LAUNCH(name)                                                      \
-  do {                                                                                      \
-    const cudaError_t bitqat_err_ = cudaGetLastError();                                     \
-    if (bitqat_err_ != cudaSuccess)                                                         \
-      ::bitqat::cuda::throw_cuda_error(bitqat_err_, "launch of " name, __FILE__, __LINE__); \
-  } while (0)

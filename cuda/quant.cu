@@ -9,10 +9,12 @@
 #include <string>
 
 #include "cuda/check.hpp"
+#include "cuda/launch.hpp"
 #include "cuda/quant.hpp"
 #include "cuda/quant_codes.hpp"
 
 namespace bitqat::cuda {
+BITQAT_CUDA_LAUNCHERS_BEGIN
 namespace {
 
 constexpr int kLanes = kReduceLanes;  // threads per block of every reduction kernel
@@ -289,13 +291,12 @@ void rms_norm_rows(const void* x, DType x_dtype, int64_t m, int64_t k, const flo
   check_rows("rms_norm_rows", m, k);
   if (m == 0) return;
   if (x_dtype == DType::kF32) {
-    rms_norm_kernel<float>
-        <<<static_cast<unsigned>(m), kLanes, 0, stream>>>(static_cast<const float*>(x), k, w, eps, y, r);
+    launch(BITQAT_HERE, "rms_norm_kernel", rms_norm_kernel<float>, static_cast<unsigned>(m), kLanes, stream,
+           static_cast<const float*>(x), k, w, eps, y, r);
   } else {
-    rms_norm_kernel<__nv_bfloat16>
-        <<<static_cast<unsigned>(m), kLanes, 0, stream>>>(static_cast<const __nv_bfloat16*>(x), k, w, eps, y, r);
+    launch(BITQAT_HERE, "rms_norm_kernel", rms_norm_kernel<__nv_bfloat16>, static_cast<unsigned>(m), kLanes, stream,
+           static_cast<const __nv_bfloat16*>(x), k, w, eps, y, r);
   }
-  BITQAT_CUDA_CHECK_LAUNCH("rms_norm_kernel");
 }
 
 void quantize_rows(const void* x, DType x_dtype, int64_t m, int64_t k, int64_t ldq, float eps, int qmax,
@@ -304,21 +305,19 @@ void quantize_rows(const void* x, DType x_dtype, int64_t m, int64_t k, int64_t l
   if (ldq < k) throw std::invalid_argument("quantize_rows: ldq must be >= K");
   if (m == 0) return;
   if (x_dtype == DType::kF32) {
-    quantize_rows_kernel<float><<<static_cast<unsigned>(m), kLanes, 0, stream>>>(
-        static_cast<const float*>(x), k, ldq, eps, qmax, norm_weight, norm_eps, q, scales);
+    launch(BITQAT_HERE, "quantize_rows_kernel", quantize_rows_kernel<float>, static_cast<unsigned>(m), kLanes, stream,
+           static_cast<const float*>(x), k, ldq, eps, qmax, norm_weight, norm_eps, q, scales);
   } else {
-    quantize_rows_kernel<__nv_bfloat16><<<static_cast<unsigned>(m), kLanes, 0, stream>>>(
-        static_cast<const __nv_bfloat16*>(x), k, ldq, eps, qmax, norm_weight, norm_eps, q, scales);
+    launch(BITQAT_HERE, "quantize_rows_kernel", quantize_rows_kernel<__nv_bfloat16>, static_cast<unsigned>(m), kLanes,
+           stream, static_cast<const __nv_bfloat16*>(x), k, ldq, eps, qmax, norm_weight, norm_eps, q, scales);
   }
-  BITQAT_CUDA_CHECK_LAUNCH("quantize_rows_kernel");
 }
 
 void quantize_tensor(const float* x, int64_t n, float eps, int qmax, int8_t* q, float* scale, cudaStream_t stream) {
-  tensor_scale_kernel<<<1, kLanes, 0, stream>>>(x, n, eps, qmax, scale);
-  BITQAT_CUDA_CHECK_LAUNCH("tensor_scale_kernel");
+  launch(BITQAT_HERE, "tensor_scale_kernel", tensor_scale_kernel, 1, kLanes, stream, x, n, eps, qmax, scale);
   if (n == 0) return;
-  tensor_codes_kernel<<<blocks(n), kElementwise, 0, stream>>>(x, n, scale, qmax, q);
-  BITQAT_CUDA_CHECK_LAUNCH("tensor_codes_kernel");
+  launch(BITQAT_HERE, "tensor_codes_kernel", tensor_codes_kernel, blocks(n), kElementwise, stream, x, n, scale, qmax,
+         q);
 }
 
 void weight_scales(const float* w, int64_t rows, int64_t cols, int64_t group, bool per_tensor, float* gamma,
@@ -327,63 +326,60 @@ void weight_scales(const float* w, int64_t rows, int64_t cols, int64_t group, bo
   if (rows < 1) throw std::invalid_argument("weight_scales: the weight has no rows");
   if (group < 1) throw std::invalid_argument("weight_scales: group size must be >= 1, got " + std::to_string(group));
   if (per_tensor) {
-    group_sums_kernel<<<dim3(static_cast<unsigned>(rows), 1), kLanes, 0, stream>>>(
-        w, cols, cols, mean != nullptr, true, nullptr, nullptr, workspace, workspace + rows);
-    BITQAT_CUDA_CHECK_LAUNCH("group_sums_kernel");
-    tensor_mean_kernel<<<1, kLanes, 0, stream>>>(workspace, workspace + rows, rows,
-                                                 static_cast<double>(rows) * static_cast<double>(cols), gamma, mean);
-    BITQAT_CUDA_CHECK_LAUNCH("tensor_mean_kernel");
+    launch(BITQAT_HERE, "group_sums_kernel", group_sums_kernel, dim3(static_cast<unsigned>(rows), 1), kLanes, stream, w,
+           cols, cols, mean != nullptr, true, nullptr, nullptr, workspace, workspace + rows);
+    launch(BITQAT_HERE, "tensor_mean_kernel", tensor_mean_kernel, 1, kLanes, stream, workspace, workspace + rows, rows,
+           static_cast<double>(rows) * static_cast<double>(cols), gamma, mean);
     return;
   }
   const int64_t groups = scale_groups(cols, group);
   if (groups > 65535) throw std::invalid_argument("weight_scales: more than 65535 groups per row");
-  group_sums_kernel<<<dim3(static_cast<unsigned>(rows), static_cast<unsigned>(groups)), kLanes, 0, stream>>>(
-      w, cols, group, mean != nullptr, false, gamma, mean, nullptr, nullptr);
-  BITQAT_CUDA_CHECK_LAUNCH("group_sums_kernel");
+  launch(BITQAT_HERE, "group_sums_kernel", group_sums_kernel,
+         dim3(static_cast<unsigned>(rows), static_cast<unsigned>(groups)), kLanes, stream, w, cols, group,
+         mean != nullptr, false, gamma, mean, nullptr, nullptr);
 }
 
 void weight_codes(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride, const float* gamma,
                   const float* mean, float eps, int8_t* codes, cudaStream_t stream) {
   check_rows("weight_codes", rows, cols);
   if (rows == 0) return;
-  weight_codes_kernel<<<blocks(rows * cols), kElementwise, 0, stream>>>(w, rows, cols, group, scale_stride, gamma, mean,
-                                                                        eps, codes);
-  BITQAT_CUDA_CHECK_LAUNCH("weight_codes_kernel");
+  launch(BITQAT_HERE, "weight_codes_kernel", weight_codes_kernel, blocks(rows * cols), kElementwise, stream, w, rows,
+         cols, group, scale_stride, gamma, mean, eps, codes);
 }
 
 void pack_codes(const int8_t* codes, int64_t n, int64_t k, uint32_t* packed, cudaStream_t stream) {
   check_rows("pack_codes", n, k);
   if (n == 0) return;
   const int64_t wpr = words_per_row(k);
-  pack_codes_kernel<<<blocks(n * wpr), kElementwise, 0, stream>>>(codes, n, k, wpr, packed);
-  BITQAT_CUDA_CHECK_LAUNCH("pack_codes_kernel");
+  launch(BITQAT_HERE, "pack_codes_kernel", pack_codes_kernel, blocks(n * wpr), kElementwise, stream, codes, n, k, wpr,
+         packed);
 }
 
 void act_fake_quant(const float* x, int64_t m, int64_t k, float eps, int qmax, float lambda, float* out, float* scales,
                     cudaStream_t stream) {
   check_rows("act_fake_quant", m, k);
   if (m == 0) return;
-  act_fake_quant_kernel<<<static_cast<unsigned>(m), kLanes, 0, stream>>>(x, k, eps, qmax, lambda, out, scales);
-  BITQAT_CUDA_CHECK_LAUNCH("act_fake_quant_kernel");
+  launch(BITQAT_HERE, "act_fake_quant_kernel", act_fake_quant_kernel, static_cast<unsigned>(m), kLanes, stream, x, k,
+         eps, qmax, lambda, out, scales);
 }
 
 void act_ste_backward(const float* g, const float* x, const float* scales, int64_t m, int64_t k, int qmax, float clip,
                       float lambda, float* dx, cudaStream_t stream) {
   check_rows("act_ste_backward", m, k);
   if (m == 0) return;
-  act_ste_backward_kernel<<<blocks(m * k), kElementwise, 0, stream>>>(g, x, scales, m, k, static_cast<float>(qmax),
-                                                                       clip, lambda, dx);
-  BITQAT_CUDA_CHECK_LAUNCH("act_ste_backward_kernel");
+  launch(BITQAT_HERE, "act_ste_backward_kernel", act_ste_backward_kernel, blocks(m * k), kElementwise, stream, g, x,
+         scales, m, k, static_cast<float>(qmax), clip, lambda, dx);
 }
 
 void ternary_fake_quant(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
                         const float* gamma, float eps, float lambda, float* out, cudaStream_t stream) {
   check_rows("ternary_fake_quant", rows, cols);
-  if (group < 1) throw std::invalid_argument("ternary_fake_quant: group size must be >= 1, got " + std::to_string(group));
+  if (group < 1)
+    throw std::invalid_argument("ternary_fake_quant: group size must be >= 1, got " + std::to_string(group));
   if (rows == 0) return;
-  ternary_fake_quant_kernel<<<blocks(rows * cols), kElementwise, 0, stream>>>(w, rows, cols, group, scale_stride, gamma,
-                                                                              eps, lambda, out);
-  BITQAT_CUDA_CHECK_LAUNCH("ternary_fake_quant_kernel");
+  launch(BITQAT_HERE, "ternary_fake_quant_kernel", ternary_fake_quant_kernel, blocks(rows * cols), kElementwise, stream,
+         w, rows, cols, group, scale_stride, gamma, eps, lambda, out);
 }
 
+BITQAT_CUDA_LAUNCHERS_END
 }  // namespace bitqat::cuda

@@ -8,11 +8,14 @@
 
 #include <cstdint>
 
+#include "cuda/abi.hpp"
 #include "cuda/ternary_format.hpp"
 
 namespace bitqat::cuda {
 
 enum class DType : int { kF32 = 0, kBF16 = 1 };
+
+BITQAT_CUDA_LAUNCHERS_BEGIN
 
 // RMSNorm of x [M, K] (float32 or bf16) with weight w [K] float32 (may be null: weight 1):
 // y [M, K] float32 = (x * r) * w, r [M] float32 (may be null) = 1 / sqrt(sum_sq / K + eps).
@@ -60,4 +63,5 @@ void act_ste_backward(const float* g, const float* x, const float* scales, int64
 void ternary_fake_quant(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
                         const float* gamma, float eps, float lambda, float* out, cudaStream_t stream);
 
+BITQAT_CUDA_LAUNCHERS_END
 }  // namespace bitqat::cuda

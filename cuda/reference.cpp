@@ -9,16 +9,101 @@ namespace bitqat::cuda {
 
 float round_half_away_ref(float v) { return round_half_away(v); }
 
-void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, float eps, const float* norm_weight,
-                              float norm_eps, int8_t* q, float* scales, int32_t* rowsums) {
+void quantize_rows_ref(const float* x, int64_t m, int64_t k, int64_t ldq, float eps, int qmax, const float* norm_weight,
+                       double norm_eps, int8_t* q, float* scales) {
   std::vector<float> row(static_cast<size_t>(k));
   for (int64_t i = 0; i < m; ++i) {
     const float* xr = x + i * k;
     if (norm_weight) {
-      rms_norm_row(xr, k, norm_weight, static_cast<double>(norm_eps), row.data());
+      rms_norm_row(xr, k, norm_weight, norm_eps, row.data());
       xr = row.data();
     }
-    scales[i] = act_quant_row(xr, k, kp, eps, act_qmax(8), q + i * kp);
+    scales[i] = act_quant_row(xr, k, ldq, eps, qmax, q + i * ldq);
+  }
+}
+
+void quantize_tensor_ref(const float* x, int64_t n, float eps, int qmax, int8_t* q, float* scale) {
+  float amax = 0;
+  const bool finite = absmax(x, n, &amax);
+  scale[0] = act_scale(amax, eps, qmax, finite);
+  for (int64_t i = 0; i < n; ++i) q[i] = act_code(x[i], scale[0], qmax);
+}
+
+void weight_scales_ref(const float* w, int64_t rows, int64_t cols, int64_t group, bool per_tensor, float* gamma,
+                       float* mean) {
+  if (per_tensor) {
+    const double count = static_cast<double>(rows) * static_cast<double>(cols);
+    gamma[0] = static_cast<float>(canonical_sum(rows, [&](int64_t r) { return abs_sum(w + r * cols, cols); }) / count);
+    if (mean) {
+      mean[0] =
+          static_cast<float>(canonical_sum(rows, [&](int64_t r) { return plain_sum(w + r * cols, cols); }) / count);
+    }
+    return;
+  }
+  const int64_t groups = scale_groups(cols, group);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < groups; ++g) {
+      const int64_t lo = g * group, n = std::min(cols, lo + group) - lo;
+      gamma[r * groups + g] = static_cast<float>(abs_sum(w + r * cols + lo, n) / static_cast<double>(n));
+      if (mean) mean[r * groups + g] = static_cast<float>(plain_sum(w + r * cols + lo, n) / static_cast<double>(n));
+    }
+  }
+}
+
+void weight_codes_ref(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
+                      const float* gamma, const float* mean, float eps, int8_t* codes) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const int64_t s = r * scale_stride + (scale_stride > 0 ? c / group : 0);
+      const float v = w[r * cols + c];
+      codes[r * cols + c] = mean ? binary_code(v, mean[s]) : ternary_code(v, gamma[s], eps);
+    }
+  }
+}
+
+namespace {
+float blend(float v, float d, float lambda) { return lambda == 1.0f ? d : (lambda == 0.0f ? v : v + lambda * (d - v)); }
+}  // namespace
+
+void act_fake_quant_ref(const float* x, int64_t m, int64_t k, float eps, int qmax, float lambda, float* out,
+                        float* scales) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xr = x + i * k;
+    float amax = 0;
+    const bool finite = absmax(xr, k, &amax);
+    const float s = act_scale(amax, eps, qmax, finite);
+    scales[i] = s;
+    for (int64_t j = 0; j < k; ++j) {
+      const float v = xr[j];
+      out[i * k + j] =
+          finite ? blend(v, static_cast<float>(act_code(v, s, qmax)) / s, lambda) : (lambda == 0.0f ? v : NAN);
+    }
+  }
+}
+
+void act_ste_backward_ref(const float* g, const float* x, const float* scales, int64_t m, int64_t k, int qmax,
+                          float clip, float lambda, float* dx) {
+  for (int64_t i = 0; i < m * k; ++i) {
+    const float inside = std::fabs(x[i]) * scales[i / k] / static_cast<float>(qmax) <= clip ? 1.0f : 0.0f;
+    dx[i] = g[i] * ((1.0f - lambda) + lambda * inside);
+  }
+}
+
+void ternary_fake_quant_ref(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
+                            const float* gamma, float eps, float lambda, float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float gm = gamma[r * scale_stride + (scale_stride > 0 ? c / group : 0)];
+      const float v = w[r * cols + c];
+      out[r * cols + c] = blend(v, static_cast<float>(ternary_code(v, gm, eps)) * gm, lambda);
+    }
+  }
+}
+
+void quantize_activations_ref(const float* x, int64_t m, int64_t k, int64_t kp, float eps, const float* norm_weight,
+                              float norm_eps, int8_t* q, float* scales, int32_t* rowsums) {
+  quantize_rows_ref(x, m, k, kp, eps, act_qmax(8), norm_weight, static_cast<double>(norm_eps), q, scales);
+  for (int64_t i = 0; i < m; ++i) {
     if (rowsums) {
       int32_t sum = 0;
       for (int64_t j = 0; j < kp; ++j) sum += q[i * kp + j];

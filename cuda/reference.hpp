@@ -16,6 +16,41 @@ float round_half_away_ref(float v);
 // of cuda/quant_codes.hpp (w may be null: weight 1; r may be null).
 void rms_norm_ref(const float* x, int64_t m, int64_t k, const float* w, double eps, float* y, float* r);
 
+// Per-token absmax codes of x [M, K] with `qmax` = 2^(bits-1) - 1 (cuda/quant.hpp quantize_rows):
+// s[m] = qmax / max(max|x[m]|, eps) (NaN for a row holding NaN or infinity, its codes 0),
+// q[m, k] = clamp(round_half_away(x * s), -qmax - 1, qmax), row stride ldq (zeros past K). With
+// norm_weight, x is first RMS-normalised as rms_norm_ref does.
+void quantize_rows_ref(const float* x, int64_t m, int64_t k, int64_t ldq, float eps, int qmax, const float* norm_weight,
+                       double norm_eps, int8_t* q, float* scales);
+
+// Per-tensor absmax codes of x [n]: scale[0] = qmax / max(max|x|, eps), q as quantize_rows_ref.
+void quantize_tensor_ref(const float* x, int64_t n, float eps, int qmax, int8_t* q, float* scale);
+
+// Weight scales of w [rows, cols] in groups of `group` consecutive columns (the last group of a row
+// may be shorter): gamma [rows, groups] = mean |w|, and mean [rows, groups] = mean w when `mean` is
+// not null; each the canonical double sum over the group divided by its count, rounded to float.
+// per_tensor: one gamma (and mean) over the whole tensor, the canonical sum of the rows' sums.
+void weight_scales_ref(const float* w, int64_t rows, int64_t cols, int64_t group, bool per_tensor, float* gamma,
+                       float* mean);
+
+// Codes of w [rows, cols]: ternary clamp(round_half_away(w / (gamma + eps)), -1, 1) when mean is
+// null, else binary sign(w - mean) (+1 at 0); the scale of (r, c) is r * scale_stride + c / group
+// (stride 0: one scale).
+void weight_codes_ref(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
+                      const float* gamma, const float* mean, float eps, int8_t* codes);
+
+// The lambda ramp's fake quantization (the CPU row kernels' arithmetic, one rounding per operation):
+// activations per token, out = lambda == 1 ? d : lambda == 0 ? x : x + lambda * (d - x) with
+// d = code / s (a non-finite row gives NaN, x itself at lambda 0), scales [M] as quantize_rows_ref;
+void act_fake_quant_ref(const float* x, int64_t m, int64_t k, float eps, int qmax, float lambda, float* out,
+                        float* scales);
+// its clipped straight-through gradient dx = g * ((1 - lambda) + lambda * [|x| s / qmax <= clip]);
+void act_ste_backward_ref(const float* g, const float* x, const float* scales, int64_t m, int64_t k, int qmax,
+                          float clip, float lambda, float* dx);
+// ternary weights, d = code * gamma with gamma indexed as weight_codes_ref.
+void ternary_fake_quant_ref(const float* w, int64_t rows, int64_t cols, int64_t group, int64_t scale_stride,
+                            const float* gamma, float eps, float lambda, float* out);
+
 // Per-token int8 absmax quantization of x [M, K] (row-major): s[m] = 127 / max(max|x[m]|, eps),
 // q[m, k] = clamp(round_half_away(x * s), -128, 127), written with row stride kp (zeros past K).
 // rowsum[m] = sum_k q[m, k] (for the offset formulation). With norm_weight, x is first RMS-normalised

@@ -8,10 +8,13 @@
 #include <string>
 
 #include "cuda/check.hpp"
+#include "cuda/launch.hpp"
+#include "cuda/mma_m16n8k32.hpp"
 #include "cuda/quant.hpp"
 #include "cuda/w158a8.hpp"
 
 namespace bitqat::cuda {
+BITQAT_CUDA_LAUNCHERS_BEGIN
 namespace {
 
 __device__ __forceinline__ void store(float* p, float v) { *p = v; }
@@ -98,10 +101,16 @@ constexpr int kSmemStride = kTileK + 16;  // bytes per staged row: 16-byte align
 static_assert(kSmemStride % 16 == 0, "staged rows must stay 16-byte aligned");
 static_assert(kTileK % kGroupAlign == 0, "a K tile is whole scale-group chunks");
 
+// Fragments: cuda/mma_m16n8k32.hpp. On the CPU harness (no __CUDA_ARCH__) the instruction is
+// emulated from that table.
 __device__ __forceinline__ void mma_s8(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#if defined(__CUDA_ARCH__)
   asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
                : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+  sim::mma_m16n8k32_s8(c, a, b, __FILE__, __LINE__);
+#endif
 }
 
 template <typename OutT, bool kRaw, bool kPerGroup>
@@ -210,18 +219,17 @@ __global__ void __launch_bounds__(kGemmThreads)
 unsigned blocks_for(int64_t items, int per_block) { return static_cast<unsigned>((items + per_block - 1) / per_block); }
 
 template <typename OutT, bool kRaw, bool kPerGroup>
-void launch_matmul(const int8_t* q, const float* xs, int64_t m, int64_t k, int64_t kp, const uint32_t* packed, const float* ws,
-                   int64_t stride, int64_t group, int64_t n, const float* bias, OutT* y, int32_t* y_int,
-                   cudaStream_t stream) {
+void launch_matmul(const int8_t* q, const float* xs, int64_t m, int64_t k, int64_t kp, const uint32_t* packed,
+                   const float* ws, int64_t stride, int64_t group, int64_t n, const float* bias, OutT* y,
+                   int32_t* y_int, cudaStream_t stream) {
   if (uses_gemv(m)) {
-    gemv_kernel<OutT, kRaw, kPerGroup><<<blocks_for(n, kGemvWarps), kGemvWarps * 32, 0, stream>>>(
-        q, xs, static_cast<int>(m), k, kp, reinterpret_cast<const uint4*>(packed), ws, stride, group, n, bias, y, y_int);
-    BITQAT_CUDA_CHECK_LAUNCH("gemv_kernel");
+    launch(BITQAT_HERE, "gemv_kernel", gemv_kernel<OutT, kRaw, kPerGroup>, blocks_for(n, kGemvWarps), kGemvWarps * 32,
+           stream, q, xs, static_cast<int>(m), k, kp, reinterpret_cast<const uint4*>(packed), ws, stride, group, n,
+           bias, y, y_int);
   } else {
     const dim3 grid(blocks_for(n, kTileN), blocks_for(m, kTileM));
-    gemm_kernel<OutT, kRaw, kPerGroup>
-        <<<grid, kGemmThreads, 0, stream>>>(q, xs, m, k, kp, packed, ws, stride, group, n, bias, y, y_int);
-    BITQAT_CUDA_CHECK_LAUNCH("gemm_kernel");
+    launch(BITQAT_HERE, "gemm_kernel", gemm_kernel<OutT, kRaw, kPerGroup>, grid, kGemmThreads, stream, q, xs, m, k, kp,
+           packed, ws, stride, group, n, bias, y, y_int);
   }
 }
 
@@ -287,16 +295,16 @@ void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint3
   const int64_t g = per_group ? group : kp;
   if (y_dtype == DType::kF32) {
     auto* out = static_cast<float*>(y);
-    per_group ? launch_matmul<float, false, true>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out, nullptr,
-                                                  stream)
-              : launch_matmul<float, false, false>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out, nullptr,
-                                                   stream);
+    per_group ? launch_matmul<float, false, true>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out,
+                                                  nullptr, stream)
+              : launch_matmul<float, false, false>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out,
+                                                   nullptr, stream);
   } else {
     auto* out = static_cast<__nv_bfloat16*>(y);
-    per_group ? launch_matmul<__nv_bfloat16, false, true>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out,
-                                                          nullptr, stream)
-              : launch_matmul<__nv_bfloat16, false, false>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias, out,
-                                                           nullptr, stream);
+    per_group ? launch_matmul<__nv_bfloat16, false, true>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias,
+                                                          out, nullptr, stream)
+              : launch_matmul<__nv_bfloat16, false, false>(q, xscales, m, k, kp, packed, wscales, stride, g, n, bias,
+                                                           out, nullptr, stream);
   }
 }
 
@@ -309,4 +317,5 @@ void w158a8_matmul_int32(const int8_t* q, int64_t m, const uint32_t* packed, int
   launch_matmul<float, true, false>(q, nullptr, m, k, kp, packed, nullptr, 0, kp, n, nullptr, nullptr, y_int, stream);
 }
 
+BITQAT_CUDA_LAUNCHERS_END
 }  // namespace bitqat::cuda

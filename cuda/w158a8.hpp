@@ -12,6 +12,11 @@
 
 namespace bitqat::cuda {
 
+// Whether the small-M (GEMV) kernel serves this M.
+inline bool uses_gemv(int64_t m) { return m <= 16; }
+
+BITQAT_CUDA_LAUNCHERS_BEGIN
+
 // Per-token absmax int8 quantization of x [M, K] (optionally RMS-normalised first with norm_weight
 // [K]); writes q [M, Kp] and scales [M] (s = 127 / max(amax, eps); x ~= q / s). cuda/quant.hpp's
 // quantize_rows with qmax 127 and row stride Kp.
@@ -34,7 +39,6 @@ void w158a8_matmul(const int8_t* q, const float* xscales, int64_t m, const uint3
 void w158a8_matmul_int32(const int8_t* q, int64_t m, const uint32_t* packed, int64_t n, int64_t k, int32_t* y_int,
                          cudaStream_t stream);
 
-// Whether the small-M (GEMV) kernel serves this M.
-inline bool uses_gemv(int64_t m) { return m <= 16; }
+BITQAT_CUDA_LAUNCHERS_END
 
 }  // namespace bitqat::cuda
