@@ -3,16 +3,33 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 
 #include "bitlinear/quant_kernels.hpp"
-#include "cuda/quant.hpp"
 #include "cuda/reference.hpp"
-#include "cuda/w158a8.hpp"
 
 namespace bitqat::bitlinear::ops {
 namespace {
+
+std::atomic<const cuda::Launchers*> g_cpu_launchers{nullptr};
+
+// The kernels that serve a tensor's device and the stream to launch them on: CUDA tensors the GPU's
+// (current stream, device guard held by the caller), CPU tensors the harness's when routed there;
+// none for CPU tensors otherwise (the scalar references run).
+struct Route {
+  const cuda::Launchers* kernels = nullptr;
+  cudaStream_t stream = nullptr;
+  explicit operator bool() const { return kernels != nullptr; }
+};
+
+Route route_for(const at::Tensor& t) {
+  if (t.is_cuda()) return {&cuda::launchers(), at::cuda::getCurrentCUDAStream()};
+  return {g_cpu_launchers.load(), nullptr};
+}
+
+bool uses_kernels(const at::Device& dev) { return dev.is_cuda() || g_cpu_launchers.load() != nullptr; }
 
 int64_t stride_for(const PackedTernary& w) {
   if (w.kind == cuda::ScaleKind::kPerTensor) return 0;
@@ -36,8 +53,8 @@ void check_operands(const char* what, const QuantizedTokens& x, const PackedTern
               cuda::padded_k(x.k), "] (K = ", x.k, " padded to ", cuda::kBlockK, "), got ", x.q.sizes());
   TORCH_CHECK(x.scales.scalar_type() == at::kFloat, what, ": activation scales must be float32, got ",
               x.scales.scalar_type());
-  TORCH_CHECK(x.scales.numel() == x.q.size(0), what, ": ", x.scales.numel(), " activation scales for M = ",
-              x.q.size(0), " tokens");
+  TORCH_CHECK(x.scales.numel() == x.q.size(0), what, ": ", x.scales.numel(), " activation scales for M = ", x.q.size(0),
+              " tokens");
   TORCH_CHECK(w.packed.scalar_type() == at::kInt, what, ": packed weight must be int32 words, got ",
               w.packed.scalar_type());
   TORCH_CHECK(w.packed.dim() == 2 && w.packed.size(0) == w.n && w.packed.size(1) == cuda::words_per_row(w.k), what,
@@ -59,10 +76,11 @@ void check_operands(const char* what, const QuantizedTokens& x, const PackedTern
               what, ": operands must be contiguous (codes ", x.q.is_contiguous(), ", activation scales ",
               x.scales.is_contiguous(), ", packed ", w.packed.is_contiguous(), ", weight scales ",
               w.scales.is_contiguous(), ")");
-  if (dev.is_cuda()) {
+  if (uses_kernels(dev)) {
     for (const auto* t : {&x.q, &w.packed}) {  // read in 16-byte loads
       TORCH_CHECK(reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0, what,
-                  ": CUDA codes and packed words must start 16-byte aligned (a view at an offset is not)");
+                  ": codes and packed words must start 16-byte aligned for the kernels (a view at an offset "
+                  "is not)");
     }
   }
 }
@@ -80,6 +98,9 @@ void check_out(const char* what, const at::Tensor& out, int64_t m, int64_t n, at
 }
 
 }  // namespace
+
+void set_cpu_launchers(const cuda::Launchers* launchers) { g_cpu_launchers.store(launchers); }
+const cuda::Launchers* cpu_launchers() { return g_cpu_launchers.load(); }
 
 cuda::ScaleKind scale_kind(Granularity g) {
   switch (g) {
@@ -103,12 +124,28 @@ QuantizedTokens quantize_activations_int8(const at::Tensor& x_in, const at::Tens
   const int64_t k = x_in.size(1);
   TORCH_CHECK(!norm_weight.defined() || norm_weight.numel() == k, "quantize_activations_int8: norm weight has ",
               norm_weight.numel(), " entries, K = ", k);
-  // The same function as the fake-quant path's activation codes (bitlinear/quant_kernels.hpp).
-  auto r = kernels::quantize_rows(
-      x_in.scalar_type() == at::kFloat || x_in.is_cuda() ? x_in.contiguous() : x_in.to(at::kFloat).contiguous(), eps, 8,
-      cuda::padded_k(k), norm_weight, norm_eps);
   QuantizedTokens out;
   out.k = k;
+  if (x_in.is_cuda() || cpu_launchers()) {
+    const c10::OptionalDeviceGuard guard(x_in.is_cuda() ? c10::optional<at::Device>(x_in.device()) : c10::nullopt);
+    const auto r = route_for(x_in);
+    const auto x = x_in.contiguous();
+    const auto nw = norm_weight.defined() ? norm_weight.detach().to(x.device(), at::kFloat).contiguous() : at::Tensor();
+    const int64_t m = x.size(0);
+    out.q = at::empty({m, cuda::padded_k(k)}, x.options().dtype(at::kChar));
+    out.scales = at::empty({m}, x.options().dtype(at::kFloat));
+    if (m > 0) {
+      r.kernels->quantize_activations(
+          x.data_ptr(), x.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, m, k,
+          static_cast<float>(eps), nw.defined() ? nw.data_ptr<float>() : nullptr, static_cast<float>(norm_eps),
+          out.q.data_ptr<int8_t>(), out.scales.data_ptr<float>(), r.stream);
+    }
+    return out;
+  }
+  // The same function as the fake-quant path's activation codes (bitlinear/quant_kernels.hpp).
+  auto r =
+      kernels::quantize_rows(x_in.scalar_type() == at::kFloat ? x_in.contiguous() : x_in.to(at::kFloat).contiguous(),
+                             eps, 8, cuda::padded_k(k), norm_weight, norm_eps);
   out.q = r.codes;
   out.scales = r.scales.to(at::kFloat);
   return out;
@@ -120,6 +157,28 @@ PackedTernary pack_ternary(const at::Tensor& w_in, Granularity granularity, int6
   TORCH_CHECK(kind != cuda::ScaleKind::kPerGroup || (group > 0 && group % cuda::kGroupAlign == 0),
               "pack_ternary: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
   const auto w = w_in.detach().to(at::kFloat).contiguous();
+  if (w.is_cuda() || cpu_launchers()) {
+    const c10::OptionalDeviceGuard guard(w.is_cuda() ? c10::optional<at::Device>(w.device()) : c10::nullopt);
+    const auto r = route_for(w);
+    PackedTernary p;
+    p.kind = kind;
+    p.n = w.size(0);
+    p.k = w.size(1);
+    p.group = kind == cuda::ScaleKind::kPerGroup ? group : p.k;
+    TORCH_CHECK(p.n >= 1 && p.k >= 1, "pack_ternary: the weight [", p.n, ", ", p.k, "] is empty");
+    const int64_t nscales = kind == cuda::ScaleKind::kPerTensor    ? 1
+                            : kind == cuda::ScaleKind::kPerChannel ? p.n
+                                                                   : p.n * cuda::scale_groups(p.k, group);
+    p.scales = at::empty({nscales}, w.options());
+    if (kind == cuda::ScaleKind::kPerGroup) p.scales = p.scales.view({p.n, cuda::scale_groups(p.k, group)});
+    p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, w.options().dtype(at::kInt));
+    auto codes = at::empty({p.n, p.k}, w.options().dtype(at::kChar));
+    auto workspace = at::empty({2 * p.n}, w.options().dtype(at::kDouble));
+    r.kernels->quantize_pack_ternary(w.data_ptr<float>(), p.n, p.k, kind, group, static_cast<float>(eps),
+                                     p.scales.data_ptr<float>(), codes.data_ptr<int8_t>(), workspace.data_ptr<double>(),
+                                     reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()), r.stream);
+    return p;
+  }
   // The same codes and scales as quantize_weight (bitlinear/quant_kernels.hpp).
   const auto c = kernels::weight_codes(w, kind == cuda::ScaleKind::kPerGroup ? group : w.size(1),
                                        kind == cuda::ScaleKind::kPerTensor, /*binary=*/false, eps);
@@ -138,10 +197,13 @@ PackedTernary pack_codes(const at::Tensor& codes_in, const at::Tensor& scales, G
   TORCH_CHECK(p.kind != cuda::ScaleKind::kPerGroup || (group > 0 && group % cuda::kGroupAlign == 0),
               "pack_codes: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
   p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, codes.options().dtype(at::kInt));
-  if (codes.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(codes.device());
-    cuda::pack_codes(codes.data_ptr<int8_t>(), p.n, p.k, reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()),
-                     at::cuda::getCurrentCUDAStream());
+  if (codes.is_cuda() || cpu_launchers()) {
+    const c10::OptionalDeviceGuard guard(codes.is_cuda() ? c10::optional<at::Device>(codes.device()) : c10::nullopt);
+    const auto r = route_for(codes);
+    if (p.n > 0) {
+      r.kernels->pack_codes(codes.data_ptr<int8_t>(), p.n, p.k,
+                            reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()), r.stream);
+    }
   } else {
     cuda::pack_ternary_ref(codes.data_ptr<int8_t>(), p.n, p.k,
                            reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()));
@@ -178,13 +240,14 @@ void w158a8_matmul_out(const QuantizedTokens& x, const PackedTernary& w, const a
     b = bias.detach().to(x.q.device(), at::kFloat).contiguous();
   }
   if (m == 0) return;  // no tokens: nothing to launch
-  if (x.q.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x.q.device());
-    cuda::w158a8_matmul(x.q.data_ptr<int8_t>(), x.scales.data_ptr<float>(), m,
-                        reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.scales.data_ptr<float>(),
-                        w.kind, w.group, w.n, w.k, b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
-                        y.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16,
-                        at::cuda::getCurrentCUDAStream());
+  if (uses_kernels(x.q.device())) {
+    const c10::OptionalDeviceGuard guard(x.q.is_cuda() ? c10::optional<at::Device>(x.q.device()) : c10::nullopt);
+    const auto r = route_for(x.q);
+    r.kernels->w158a8_matmul(x.q.data_ptr<int8_t>(), x.scales.data_ptr<float>(), m,
+                             reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
+                             w.scales.data_ptr<float>(), w.kind, w.group, w.n, w.k,
+                             b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
+                             y.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, r.stream);
     return;
   }
   const int64_t groups = w.kind == cuda::ScaleKind::kPerGroup ? cuda::scale_groups(w.k, w.group) : 1;
@@ -204,11 +267,12 @@ at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w,
   auto y = out.defined() ? out : at::empty({m, w.n}, x.q.options().dtype(at::kInt));
   check_out("w158a8_matmul_int32", y, m, w.n, x.q.device(), {at::kInt});
   if (m == 0) return y;
-  if (x.q.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x.q.device());
-    cuda::w158a8_matmul_int32(x.q.data_ptr<int8_t>(), m,
-                              reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.n, w.k,
-                              y.data_ptr<int32_t>(), at::cuda::getCurrentCUDAStream());
+  if (uses_kernels(x.q.device())) {
+    const c10::OptionalDeviceGuard guard(x.q.is_cuda() ? c10::optional<at::Device>(x.q.device()) : c10::nullopt);
+    const auto r = route_for(x.q);
+    r.kernels->w158a8_matmul_int32(x.q.data_ptr<int8_t>(), m,
+                                   reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.n, w.k,
+                                   y.data_ptr<int32_t>(), r.stream);
   } else {
     cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1),
                          reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), m, w.n, w.k, 1, w.k,

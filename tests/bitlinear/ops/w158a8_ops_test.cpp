@@ -18,6 +18,7 @@
 #include "bitlinear/ops/w158a8_linear.hpp"
 #include "bitlinear/quant_kernels.hpp"
 #include "bitlinear/quantized_linear.hpp"
+#include "cuda/sim/emulated.hpp"
 
 using namespace bitqat::bitlinear;
 using namespace bitqat::bitlinear::ops;
@@ -119,9 +120,9 @@ TEST_P(W158A8Gpu, KernelsEqualTheReferences) {
     Granularity g;
     int64_t group;
   };
-  for (const Kind kind : {Kind{Granularity::kPerTensor, 0}, Kind{Granularity::kPerChannel, 0},
-                          Kind{Granularity::kPerGroup, 64}, Kind{Granularity::kPerGroup, 128},
-                          Kind{Granularity::kPerGroup, 256}}) {
+  for (const Kind kind :
+       {Kind{Granularity::kPerTensor, 0}, Kind{Granularity::kPerChannel, 0}, Kind{Granularity::kPerGroup, 64},
+        Kind{Granularity::kPerGroup, 128}, Kind{Granularity::kPerGroup, 256}}) {
     const auto g = kind.g;
     const std::string what = to_string(g) + " G " + std::to_string(kind.group) + " M " + std::to_string(m) + " N " +
                              std::to_string(n) + " K " + std::to_string(k);
@@ -274,7 +275,6 @@ TEST(W158A8GpuLinear, AutocastGivesBf16OutputsWithMatchingGradients) {
   EXPECT_LT(rel_err(fast->weight.grad().cpu(), ref->weight.grad()), 2e-2);
 }
 
-
 // ---- operand validation (CPU: the checks run before any device work) ----------------------------
 
 namespace {
@@ -292,7 +292,8 @@ void expect_error(F&& f, const std::string& needle) {
 
 }  // namespace
 
-TEST(W158A8Validation, EveryOperandIsCheckedWithAClearError) {
+namespace {
+void every_operand_is_checked() {
   at::manual_seed(12);
   const auto x = quantize_activations_int8(at::randn({3, 130}));
   const auto w = pack_ternary(at::randn({5, 130}), Granularity::kPerGroup, 64);
@@ -363,6 +364,9 @@ TEST(W158A8Validation, EveryOperandIsCheckedWithAClearError) {
   none.scales = x.scales.narrow(0, 0, 0);
   EXPECT_EQ(w158a8_matmul(none, w, {}, at::kFloat).sizes(), (std::vector<int64_t>{0, 5}));
 }
+}  // namespace
+
+TEST(W158A8Validation, EveryOperandIsCheckedWithAClearError) { every_operand_is_checked(); }
 
 // A NaN or infinity in a token gives that token a non-finite output and leaves the others finite, on
 // the CPU and (when present) on the GPU alike: the trainer's non-finite-step guard sees the same.
@@ -470,8 +474,8 @@ TEST(W158A8GpuGrid, LargeShapesEqualTheReferences) {
           // Sampled rows against the CPU quantizer (fused SubLN included): identical codes and scales.
           std::vector<int64_t> rows{0, m - 1, static_cast<int64_t>(rng() % static_cast<uint64_t>(m))};
           const auto ridx = at::tensor(rows, at::kLong);
-          const auto xq_cpu = quantize_activations_int8(xin.cpu().index_select(0, ridx),
-                                                        norm ? nw.cpu() : at::Tensor());
+          const auto xq_cpu =
+              quantize_activations_int8(xin.cpu().index_select(0, ridx), norm ? nw.cpu() : at::Tensor());
           ASSERT_TRUE(xq.q.cpu().index_select(0, ridx).equal(xq_cpu.q)) << what << ": codes differ from the CPU";
           ASSERT_TRUE(xq.scales.cpu().index_select(0, ridx).equal(xq_cpu.scales)) << what << ": scales differ";
           const auto qd = xq.q.narrow(1, 0, k).to(at::kDouble);
@@ -480,8 +484,8 @@ TEST(W158A8GpuGrid, LargeShapesEqualTheReferences) {
             auto yi = at::full({m, n}, std::numeric_limits<int32_t>::min(), on.dtype(at::kInt));
             w158a8_matmul_int32(xq, p, yi);
             const auto want = at::matmul(qd, codes_d.t());  // exact: integers far below 2^53
-            ASSERT_TRUE(yi.to(at::kDouble).equal(want)) << what << ": int32 results differ, worst "
-                                                         << (yi.to(at::kDouble) - want).abs().max().item<double>();
+            ASSERT_TRUE(yi.to(at::kDouble).equal(want))
+                << what << ": int32 results differ, worst " << (yi.to(at::kDouble) - want).abs().max().item<double>();
             const auto want_cpu = at::matmul(xq_cpu.q.narrow(1, 0, k).to(at::kDouble), codes_d_cpu.t());
             ASSERT_TRUE(yi.cpu().index_select(0, ridx).to(at::kDouble).equal(want_cpu)) << what << " (CPU rows)";
           }
@@ -491,10 +495,9 @@ TEST(W158A8GpuGrid, LargeShapesEqualTheReferences) {
           const auto mag = at::matmul(qd.abs(), wd.abs().t()) / xs.abs() + bias_d.abs();
           const auto tol = mag * (static_cast<double>(float_ops) * u);
           if (mi % 4 == static_cast<size_t>(variant)) {  // the device's double reference against the CPU's
-            const auto ref_cpu =
-                at::matmul(xq_cpu.q.narrow(1, 0, k).to(at::kDouble), wd_cpu.t()) /
-                    xq_cpu.scales.to(at::kDouble).unsqueeze(1) +
-                bias_d.cpu();
+            const auto ref_cpu = at::matmul(xq_cpu.q.narrow(1, 0, k).to(at::kDouble), wd_cpu.t()) /
+                                     xq_cpu.scales.to(at::kDouble).unsqueeze(1) +
+                                 bias_d.cpu();
             // Both are double sums of the same exact products in different orders.
             const auto d = (ref.cpu().index_select(0, ridx) - ref_cpu).abs();
             ASSERT_TRUE(d.le(mag.cpu().index_select(0, ridx) * (static_cast<double>(k) * 1e-16)).all().item<bool>())
@@ -571,13 +574,151 @@ TEST(FakeQuantGpu, FusedPassesEqualTheCpuRowKernelsBitForBit) {
       EXPECT_TRUE(at::equal(dc, dg.cpu())) << cols << " " << lambda;
     }
     const auto w = at::randn({19, cols}) * 0.02;
-    for (const auto& [group, per_tensor] : std::vector<std::pair<int64_t, bool>>{{64, false}, {cols, false}, {cols, true}}) {
+    for (const auto& [group, per_tensor] :
+         std::vector<std::pair<int64_t, bool>>{{64, false}, {cols, false}, {cols, true}}) {
       for (const double lambda : {0.25, 1.0}) {
         const auto [co, cg] = k::ternary_fake_quant(w, group, per_tensor, 1e-5, lambda);
         const auto [go, gg] = k::ternary_fake_quant(w.to(dev), group, per_tensor, 1e-5, lambda);
         EXPECT_TRUE(at::equal(cg, gg.cpu())) << cols << " " << group << " " << per_tensor;
         EXPECT_TRUE(at::equal(co, go.cpu())) << cols << " " << group << " " << per_tensor << " " << lambda;
       }
+    }
+  }
+}
+
+// ---- the same kernels on the CPU harness (cuda/sim/): the ops route CPU tensors to them ----------
+
+namespace {
+
+// Routes the ops' CPU tensors through the CUDA kernels built for the CPU harness while it lives.
+struct EmulatedKernels {
+  EmulatedKernels() { set_cpu_launchers(&bitqat::cuda::emulated::launchers()); }
+  ~EmulatedKernels() { set_cpu_launchers(nullptr); }
+  EmulatedKernels(const EmulatedKernels&) = delete;
+  EmulatedKernels& operator=(const EmulatedKernels&) = delete;
+};
+
+}  // namespace
+
+class W158A8Emulated : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
+
+// The ops end to end on CPU tensors, through the kernels (their allocation, layouts and launches),
+// against the same ops on the scalar references: activation codes,
+// packed weights and scales bit for bit, int32 sums exactly, float32 outputs bit for bit except the
+// GEMV's per-group sums (their own order of float additions: within 1e-5 relative), and every output
+// written (poisoned first).
+TEST_P(W158A8Emulated, KernelsThroughTheOpsEqualTheReferences) {
+  const auto [m, n, k] = GetParam();
+  at::manual_seed(static_cast<uint64_t>(m * 131 + n * 7 + k));
+  const auto x = at::randn({m, k}) * 2;
+  const auto w = at::randn({n, k});
+  const auto bias = at::randn({n});
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const auto qc = quantize_activations_int8(x);
+  struct Kind {
+    Granularity g;
+    int64_t group;
+  };
+  const std::vector<Kind> kinds = {{Granularity::kPerTensor, 0},
+                                   {Granularity::kPerChannel, 0},
+                                   {Granularity::kPerGroup, 64},
+                                   {Granularity::kPerGroup, 128},
+                                   {Granularity::kPerGroup, 256}};
+  std::vector<PackedTernary> refs;
+  for (const Kind kind : kinds) refs.push_back(pack_ternary(w, kind.g, kind.group > 0 ? kind.group : 128));
+  EmulatedKernels route;
+  const auto qe = quantize_activations_int8(x);
+  ASSERT_TRUE(qe.q.equal(qc.q));
+  ASSERT_TRUE(qe.scales.equal(qc.scales));
+  for (size_t i = 0; i < kinds.size(); ++i) {
+    const auto& pc = refs[i];
+    const std::string what = to_string(kinds[i].g) + " G " + std::to_string(kinds[i].group) + " M " +
+                             std::to_string(m) + " N " + std::to_string(n) + " K " + std::to_string(k);
+    const auto pe = pack_ternary(w, kinds[i].g, kinds[i].group > 0 ? kinds[i].group : 128);
+    ASSERT_TRUE(pe.packed.equal(pc.packed)) << what;
+    ASSERT_TRUE(pe.scales.equal(pc.scales)) << what;
+    ASSERT_TRUE(pack_codes(unpack_codes(pc), pc.scales, kinds[i].g, kinds[i].group).packed.equal(pc.packed)) << what;
+    set_cpu_launchers(nullptr);
+    const auto yi_ref = w158a8_matmul_int32(qc, pc);
+    const auto yf_ref = w158a8_matmul(qc, pc, bias, at::kFloat);
+    set_cpu_launchers(&bitqat::cuda::emulated::launchers());
+    if (kinds[i].g == Granularity::kPerTensor) {
+      auto yi = at::full({m, n}, std::numeric_limits<int32_t>::min(), at::kInt);
+      w158a8_matmul_int32(qe, pe, yi);
+      EXPECT_TRUE(yi.equal(yi_ref)) << what;
+    }
+    auto yf = at::full({m, n}, nan);
+    w158a8_matmul_out(qe, pe, bias, yf);
+    EXPECT_TRUE(yf.isfinite().all().item<bool>()) << what << ": an unwritten or NaN output";
+    if (kinds[i].g == Granularity::kPerGroup && bitqat::cuda::uses_gemv(m)) {
+      EXPECT_LT(rel_err(yf, yf_ref), 1e-5) << what;
+    } else {
+      EXPECT_TRUE(yf.equal(yf_ref)) << what << ": worst " << rel_err(yf, yf_ref);
+    }
+    auto yb = at::full({m, n}, nan, at::kBFloat16);
+    w158a8_matmul_out(qe, pe, bias, yb);
+    EXPECT_LT(rel_err(yb, yf_ref), 1e-2) << what;
+  }
+}
+
+// The kernels' own grid runs in tests/cuda/ (cuda_sim_tests); here the ops around them: both kernels,
+// N below and above a GEMM tile, K with and without a padded 64-weight chunk.
+INSTANTIATE_TEST_SUITE_P(Shapes, W158A8Emulated,
+                         ::testing::Combine(::testing::Values(1, 17, 100), ::testing::Values(8, 65),
+                                            ::testing::Values(100, 130, 256)));
+
+// Layouts the ops must handle before a launch: a strided (transposed) input, bf16 input with a
+// double norm weight, a transposed weight, a strided bias; and what the kernels need that the
+// references do not: 16-byte-aligned codes and packed words.
+TEST(W158A8EmulatedOps, StridesDtypesAndAlignment) {
+  at::manual_seed(21);
+  const auto xt = at::randn({130, 9}).t();  // [9, 130], not contiguous
+  const auto nw = at::rand({130}, at::kDouble) + 0.5;
+  const auto wt = at::randn({130, 40}).t();  // [40, 130], not contiguous
+  const auto bias = at::randn({80}).slice(0, 0, 80, 2);
+  const auto qc = quantize_activations_int8(xt.to(at::kBFloat16), nw);
+  const auto pc = pack_ternary(wt, Granularity::kPerChannel);
+  const auto yc = w158a8_matmul(qc, pc, bias, at::kFloat);
+  {
+    EmulatedKernels route;
+    const auto qe = quantize_activations_int8(xt.to(at::kBFloat16), nw);
+    EXPECT_TRUE(qe.q.equal(qc.q));
+    EXPECT_TRUE(qe.scales.equal(qc.scales));
+    const auto pe = pack_ternary(wt, Granularity::kPerChannel);
+    EXPECT_TRUE(pe.packed.equal(pc.packed));
+    EXPECT_TRUE(w158a8_matmul(qe, pe, bias, at::kFloat).equal(yc));
+    // Codes one byte off a 16-byte boundary: refused before any launch.
+    auto bad = qe;
+    bad.q = at::empty({qe.q.numel() + 16}, at::kChar).narrow(0, 1, qe.q.numel()).view(qe.q.sizes());
+    bad.q.copy_(qe.q);
+    expect_error([&] { w158a8_matmul(bad, pe, bias, at::kFloat); }, "must start 16-byte aligned");
+  }
+  // The references take any address.
+  auto off = qc;
+  off.q = at::empty({qc.q.numel() + 16}, at::kChar).narrow(0, 1, qc.q.numel()).view(qc.q.sizes());
+  off.q.copy_(qc.q);
+  EXPECT_TRUE(w158a8_matmul(off, pc, bias, at::kFloat).equal(yc));
+}
+
+TEST(W158A8EmulatedOps, EveryOperandIsCheckedWithAClearError) {
+  EmulatedKernels route;
+  every_operand_is_checked();
+}
+
+// A NaN or infinity in a token gives that token a non-finite output row through the kernels too.
+TEST(W158A8EmulatedOps, ANonFiniteTokenGivesANonFiniteOutputRow) {
+  at::manual_seed(13);
+  EmulatedKernels route;
+  auto x = at::randn({20, 200});
+  x[2][7] = std::numeric_limits<float>::quiet_NaN();
+  x[5][199] = std::numeric_limits<float>::infinity();
+  x[17][0] = -std::numeric_limits<float>::infinity();
+  for (const int64_t m : {int64_t{6}, int64_t{20}}) {  // the GEMV and the GEMM
+    const auto y = w158a8_matmul(quantize_activations_int8(x.narrow(0, 0, m), at::rand({200}) + 0.5),
+                                 pack_ternary(at::randn({70, 200}), Granularity::kPerGroup, 64), {}, at::kFloat);
+    for (int64_t i = 0; i < m; ++i) {
+      const bool bad = i == 2 || i == 5 || i == 17;
+      EXPECT_EQ(y[i].isfinite().any().item<bool>(), !bad) << "M " << m << " row " << i;
     }
   }
 }
