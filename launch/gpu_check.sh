@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The whole GPU check in one short call on the lent GPU machine, from the prebuilt .gpu-bundle/
 # (launch/gpu_bundle.sh), no build, within 6 minutes of wall time:
-#   1. the GPU tests (kernels against the CPU references, the issue-12 grid, the training path);
+#   0. the mma probe: the real mma.sync m16n8k32 against the fragment table the CPU harness emulates
+#      (cuda/mma_m16n8k32.hpp), the first thing a GPU confirms;
+#   1. the GPU tests (kernels against the CPU references, the large grid, the training path);
 #   2. compute-sanitizer memcheck over the kernel tests with PYTORCH_NO_CUDA_MEMORY_CACHING=1, so that
-#      a read past a tensor inside an allocator segment is seen;
+#      a read past a tensor inside an allocator segment is seen; then racecheck and synccheck on two
+#      tiny shapes (the hardware's shared-memory hazards and barrier use, which the CPU harness
+#      models but cannot observe);
 #   3. the benchmarks (ceilings measured in the same run; kernels against cuBLAS bf16; GPU memory);
 #   4. an NCCL world-size-1 training run of configs/quickstart.yaml.
-# Results in $OUT (at most 8 files): <device>-<date>.md (tables), <device>-<date>.json (device,
+# Results in $OUT (8 files): <device>-<date>.md (tables), <device>-<date>.json (device,
 # driver, date, commit, ceilings, `kernels` [{M, N, K, us, us_cublas_bf16, speedup_vs_bf16,
-# floor_fraction, ...}], memory, steps), tests.log, memcheck.log, bench.log, nccl.log, device.txt.
+# floor_fraction, ...}], memory, steps), tests.log, memcheck.log (memcheck, racecheck, synccheck),
+# bench.log, nccl.log, device.txt.
 # Copy the .md and .json into bench/results/.
 # If the prebuilt binaries do not start there, it builds only the GPU targets (needs .gpu-debs/ from
 # launch/gpu_debs.sh carried too) and says so. Without a GPU it stops at once (dry run, exit 0).
@@ -93,6 +98,8 @@ if ! "$bin/cuda_reference_tests" --gtest_list_tests > /dev/null 2>> "$out/device
   bin="$root/build-gpu/flat"
 fi
 
+# 0. The mma fragment table against the real instruction.
+step mma_probe tests.log 20 "$bin/cuda_reference_tests" --gtest_filter='MmaFragments.*'
 # 1. GPU tests (the CPU ones run too: they are quick).
 step tests tests.log 110 "$bin/bitlinear_ops_tests"
 step reference_tests tests.log 20 "$bin/cuda_reference_tests"
@@ -105,7 +112,13 @@ if grep -q -i "unrecognized\|invalid option\|unknown option" "$out/memcheck.log"
   step memcheck memcheck.log 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 9 "$bin/bitlinear_ops_tests" --gtest_filter='Shapes/W158A8Gpu*:W158A8NonFinite*'
 fi
-grep -E "ERROR SUMMARY|Invalid __global__" "$out/memcheck.log" | sort | uniq -c | head -20 >> "$out/memcheck.log"
+# racecheck and synccheck on M 3 / N 65 / K 100 (GEMV) and M 17 / N 65 / K 130 (GEMM), all scale kinds.
+tiny='Shapes/W158A8Gpu.KernelsEqualTheReferences/44:Shapes/W158A8Gpu.KernelsEqualTheReferences/101'
+step racecheck memcheck.log 30 compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
+  "$bin/bitlinear_ops_tests" --gtest_filter="$tiny"
+step synccheck memcheck.log 30 compute-sanitizer --tool synccheck --error-exitcode 9 \
+  "$bin/bitlinear_ops_tests" --gtest_filter="$tiny"
+grep -E "ERROR SUMMARY|Invalid __global__|RACECHECK SUMMARY" "$out/memcheck.log" | sort | uniq -c | head -20 >> "$out/memcheck.log"
 # 3. benchmarks.
 bdir="$(mktemp -d)"
 step bench_kernels bench.log 90 "$bin/w158a8_bench" kernels "$bdir"
@@ -124,7 +137,7 @@ step bench_train bench.log 60 "$bin/w158a8_bench" train "$bdir"
 # Results: markdown and JSON.
 pyres="$py"
 [ -x "$pyres" ] || pyres=python3
-summary="$(for k in build tests reference_tests memcheck bench_kernels bench_memory nccl bench_train; do
+summary="$(for k in build mma_probe tests reference_tests memcheck racecheck synccheck bench_kernels bench_memory nccl bench_train; do
   [ -n "${status[$k]:-}" ] && printf '%s=%s\n' "$k" "${status[$k]}"
 done)"
 GPU="$gpu" DRIVER="$driver" DAY="$day" COMMIT="$commit" BUILT="$built" SUMMARY="$summary" BDIR="$bdir" \

@@ -2,7 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
+#include <vector>
 
 using namespace bitqat::cuda;
 
@@ -105,4 +107,67 @@ TEST(Reference, OffsetFormulationEqualsTheDirectProductAndTheEpilogueScales) {
   std::vector<float> y(m * n);
   epilogue_ref(direct.data(), m, n, 1, ws.data(), 1, xs.data(), bias.data(), y.data());
   EXPECT_FLOAT_EQ(y[1 * n + 2], static_cast<float>(by_hand) * 2.0f / xs[1] + 3.0f);
+}
+
+TEST(Reference, WeightScalesAndCodesByHand) {
+  // w [2, 3] in groups of 2 columns: {0, 1} and {2}.
+  const float w[6] = {0.3f, -0.6f, 0.0f, 1.0f, -1.0f, 2.0f};
+  float gamma[4], mean[4];
+  weight_scales_ref(w, 2, 3, 2, false, gamma, mean);
+  EXPECT_EQ(gamma[0], static_cast<float>((double{0.3f} + double{0.6f}) / 2));
+  EXPECT_EQ(gamma[1], 0.0f);
+  EXPECT_EQ(gamma[2], 1.0f);
+  EXPECT_EQ(gamma[3], 2.0f);
+  EXPECT_EQ(mean[0], static_cast<float>((double{0.3f} - double{0.6f}) / 2));
+  EXPECT_EQ(mean[2], 0.0f);
+  float t_gamma, t_mean;
+  weight_scales_ref(w, 2, 3, 3, true, &t_gamma, &t_mean);
+  EXPECT_EQ(t_gamma, static_cast<float>((double{0.3f} + double{0.6f} + 4.0) / 6));
+  EXPECT_EQ(t_mean, static_cast<float>((double{0.3f} - double{0.6f} + 2.0) / 6));
+  int8_t codes[6];
+  weight_codes_ref(w, 2, 3, 2, 2, gamma, nullptr, 1e-5f, codes);
+  // 0.3 / 0.45 -> 1, -0.6 / 0.45 -> -1, 0 / (0 + eps) -> 0; 1 / 1, -1 / 1, 2 / 2.
+  EXPECT_EQ(std::vector<int8_t>(codes, codes + 6), (std::vector<int8_t>{1, -1, 0, 1, -1, 1}));
+  weight_codes_ref(w, 2, 3, 2, 2, gamma, mean, 1e-5f, codes);
+  // sign(w - mean), +1 at 0: 0.3 + 0.15, -0.6 + 0.15, 0 - 0; 1 - 0, -1 - 0, 2 - 2.
+  EXPECT_EQ(std::vector<int8_t>(codes, codes + 6), (std::vector<int8_t>{1, -1, 1, 1, -1, 1}));
+}
+
+TEST(Reference, FakeQuantRampAndItsGradientByHand) {
+  // amax 2, 8 bits: s = 63.5; codes 64 (1 * 63.5, a tie), -127, 32 (31.75); row 2 holds a NaN.
+  const float x[6] = {1.0f, -2.0f, 0.5f, 1.0f, NAN, 0.0f};
+  float out[6], s[2];
+  act_fake_quant_ref(x, 2, 3, 1e-5f, 127, 1.0f, out, s);
+  EXPECT_EQ(s[0], 63.5f);
+  EXPECT_EQ(out[0], 64.0f / 63.5f);
+  EXPECT_EQ(out[1], -2.0f);
+  EXPECT_EQ(out[2], 32.0f / 63.5f);
+  EXPECT_TRUE(std::isnan(s[1]) && std::isnan(out[3]) && std::isnan(out[5]));
+  act_fake_quant_ref(x, 2, 3, 1e-5f, 127, 0.25f, out, s);
+  EXPECT_EQ(out[0], 1.0f + 0.25f * (64.0f / 63.5f - 1.0f));
+  act_fake_quant_ref(x, 2, 3, 1e-5f, 127, 0.0f, out, s);
+  EXPECT_EQ(out[3], 1.0f);  // lambda 0 passes even a non-finite row through
+  // |x| s / 127 = 0.5, 1, 0.25 against clip 0.5: inside, outside, inside.
+  const float g[3] = {1.0f, 1.0f, 1.0f}, scale[1] = {63.5f};
+  float dx[3];
+  act_ste_backward_ref(g, x, scale, 1, 3, 127, 0.5f, 1.0f, dx);
+  EXPECT_EQ(std::vector<float>(dx, dx + 3), (std::vector<float>{1.0f, 0.0f, 1.0f}));
+  act_ste_backward_ref(g, x, scale, 1, 3, 127, 0.5f, 0.5f, dx);
+  EXPECT_EQ(std::vector<float>(dx, dx + 3), (std::vector<float>{1.0f, 0.5f, 1.0f}));
+  // Ternary weights: gamma 0.5, codes round(w / 0.5): 0.3 -> 1 (0.6), -0.6 -> -1 (-1.2), 0.1 -> 0.
+  const float w[3] = {0.3f, -0.6f, 0.1f}, gamma[1] = {0.5f};
+  float wq[3];
+  ternary_fake_quant_ref(w, 1, 3, 3, 0, gamma, 0.0f, 1.0f, wq);
+  EXPECT_EQ(std::vector<float>(wq, wq + 3), (std::vector<float>{0.5f, -0.5f, 0.0f}));
+}
+
+TEST(Reference, PerTensorActivationCodesByHand) {
+  // 4-bit codes: amax 0.4, s = 7 / 0.4 = 17.5; 0.1 -> 1.75 -> 2, -0.4 -> -7.
+  const float x[2] = {0.1f, -0.4f};
+  int8_t q[2];
+  float s;
+  quantize_tensor_ref(x, 2, 1e-5f, 7, q, &s);
+  EXPECT_EQ(s, 7.0f / 0.4f);
+  EXPECT_EQ(q[0], 2);
+  EXPECT_EQ(q[1], -7);
 }

@@ -185,6 +185,41 @@ __global__ void __launch_bounds__(kLanes)
   if (threadIdx.x == 0) scale[0] = act_scale(m, eps, qmax, isfinite(m));
 }
 
+// ---- out of bounds in shared memory: cuda/quant.cu tensor_scale_kernel with block_absmax ----
+__device__ float block_absmax_one_slot_on(float a, bool finite, float* smem, int* bad) {
+  const int t = threadIdx.x;
+  if (t == 0) *bad = 0;
+  for (int o = 16; o > 0; o /= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
+  __syncthreads();
+  if (!finite) atomicOr(bad, 1);
+  if (t % 32 == 0) smem[t / 32 + 1] = a;  // PLANTED: one slot on, past the partials for the last warp
+  __syncthreads();
+  if (t < 32) {
+    float x = t < kLanes / 32 ? smem[t] : 0.0f;
+    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    if (t == 0) smem[0] = x;
+  }
+  __syncthreads();
+  const float out = *bad ? NAN : smem[0];
+  __syncthreads();
+  return out;
+}
+
+__global__ void __launch_bounds__(kLanes)
+    tensor_scale_oob_kernel(const float* __restrict__ x, int64_t n, float eps, int qmax, float* __restrict__ scale) {
+  __shared__ float fsmem[kLanes / 32];
+  __shared__ int bad;
+  float amax = 0.0f;
+  bool finite = true;
+  for (int64_t j = threadIdx.x; j < n; j += kLanes) {
+    const float a = fabsf(x[j]);
+    finite = finite && isfinite(a);
+    amax = fmaxf(amax, a);
+  }
+  const float m = block_absmax_one_slot_on(amax, finite, fsmem, &bad);
+  if (threadIdx.x == 0) scale[0] = act_scale(m, eps, qmax, isfinite(m));
+}
+
 // ---- sanitizer demonstrations ----
 __global__ void vector_over_read_kernel(const uint4* __restrict__ wp, int64_t chunks, int32_t* out) {
   uint32_t acc = 0;
@@ -207,6 +242,10 @@ __global__ void int32_offset_kernel(int64_t k, int32_t* out) {
 }
 
 }  // namespace
+
+void tensor_scale_past_the_partials(const float* x, int64_t n, float* scale) {
+  launch(BITQAT_HERE, "tensor_scale_oob_kernel", tensor_scale_oob_kernel, 1, kLanes, nullptr, x, n, 1e-5f, 127, scale);
+}
 
 void vector_over_read(const uint32_t* packed, int64_t words, int32_t* out) {
   launch(BITQAT_HERE, "vector_over_read_kernel", vector_over_read_kernel, 1, 32, nullptr,

@@ -31,4 +31,8 @@ void vector_over_read(const uint32_t* packed, int64_t words, int32_t* out);
 void decode_with_full_width_shift(uint32_t word, int32_t* out);
 void int32_row_offset(int64_t k, int32_t* out);
 
+// cuda/quant.cu tensor_scale_kernel whose warp leaders store their maximum one slot further on,
+// the last warp's past the shared partials (out of bounds in shared memory).
+void tensor_scale_past_the_partials(const float* x, int64_t n, float* scale);
+
 }  // namespace bitqat::cuda::sim::faults

@@ -96,6 +96,16 @@ TEST(PlantedFaultDeathTest, OutOfBoundsWriteIsReportedByAddressSanitizer) {
                "heap-buffer-overflow");
 }
 
+// Shared arrays are statics with AddressSanitizer's redzones; UndefinedBehaviorSanitizer's object-size
+// check sees this store first when the helper is inlined.
+TEST(PlantedFaultDeathTest, SharedMemoryOutOfBoundsIsReportedBySanitizers) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const auto x = randn(1000, 5);
+  float s = 0;
+  EXPECT_DEATH(sim::faults::tensor_scale_past_the_partials(x.data(), static_cast<int64_t>(x.size()), &s),
+               "global-buffer-overflow|insufficient space for an object of type 'float'");
+}
+
 TEST(PlantedFaultDeathTest, SanitizersCatchOverReadsFullWidthShiftsAndInt32Overflow) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   std::vector<uint32_t> packed(static_cast<size_t>(words_per_row(200)), 0x55555555u);  // one row, exact size
