@@ -23,7 +23,12 @@ constexpr Launchers kLaunchers = {kBuild,
                                   &quantize_activations,
                                   &quantize_pack_ternary,
                                   &w158a8_matmul,
-                                  &w158a8_matmul_int32};
+                                  &w158a8_matmul_int32,
+                                  &w158a8_matmul_plan,
+                                  &w158a8_matmul_int32_plan,
+                                  &w158a8_linear_m1,
+                                  &expand_packed,
+                                  &current_device_name};
 
 }  // namespace
 

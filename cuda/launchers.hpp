@@ -24,6 +24,11 @@ struct Launchers {
   decltype(&::bitqat::cuda::quantize_pack_ternary) quantize_pack_ternary;
   decltype(&::bitqat::cuda::w158a8_matmul) w158a8_matmul;
   decltype(&::bitqat::cuda::w158a8_matmul_int32) w158a8_matmul_int32;
+  decltype(&::bitqat::cuda::w158a8_matmul_plan) w158a8_matmul_plan;
+  decltype(&::bitqat::cuda::w158a8_matmul_int32_plan) w158a8_matmul_int32_plan;
+  decltype(&::bitqat::cuda::w158a8_linear_m1) w158a8_linear_m1;
+  decltype(&::bitqat::cuda::expand_packed) expand_packed;
+  decltype(&::bitqat::cuda::current_device_name) current_device_name;
 };
 
 BITQAT_CUDA_LAUNCHERS_BEGIN

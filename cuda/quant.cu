@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 
+#include "cuda/block_reduce.cuh"
 #include "cuda/check.hpp"
 #include "cuda/launch.hpp"
 #include "cuda/quant.hpp"
@@ -17,50 +18,10 @@ namespace bitqat::cuda {
 BITQAT_CUDA_LAUNCHERS_BEGIN
 namespace {
 
-constexpr int kLanes = kReduceLanes;  // threads per block of every reduction kernel
-
-__device__ __forceinline__ float to_float(float v) { return v; }
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-
-// The canonical tree over the block's lane partials (blockDim.x == kLanes); every thread gets lane 0.
-__device__ double canonical_block_sum(double v, double* smem) {
-  const int t = threadIdx.x;
-  smem[t] = v;
-  __syncthreads();
-  for (int o = kLanes / 2; o >= 32; o /= 2) {
-    if (t < o) smem[t] += smem[t + o];
-    __syncthreads();
-  }
-  if (t < 32) {
-    double x = smem[t];
-    for (int o = 16; o > 0; o /= 2) x += __shfl_down_sync(0xffffffffu, x, o);
-    if (t == 0) smem[0] = x;
-  }
-  __syncthreads();
-  const double out = smem[0];
-  __syncthreads();  // smem is reused by the caller
-  return out;
-}
-
-// Block maximum of non-negative values (exact in any order) and whether all were finite.
-__device__ float block_absmax(float a, bool finite, float* smem, int* bad) {
-  const int t = threadIdx.x;
-  if (t == 0) *bad = 0;
-  for (int o = 16; o > 0; o /= 2) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
-  __syncthreads();
-  if (!finite) atomicOr(bad, 1);
-  if (t % 32 == 0) smem[t / 32] = a;
-  __syncthreads();
-  if (t < 32) {
-    float x = t < kLanes / 32 ? smem[t] : 0.0f;
-    for (int o = 16; o > 0; o /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
-    if (t == 0) smem[0] = x;
-  }
-  __syncthreads();
-  const float out = *bad ? NAN : smem[0];
-  __syncthreads();
-  return out;
-}
+using reduce::block_absmax;
+using reduce::canonical_block_sum;
+using reduce::kLanes;
+using reduce::to_float;
 
 // One block per row.
 template <typename T>

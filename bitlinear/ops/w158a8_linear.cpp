@@ -1,8 +1,8 @@
 #include "bitlinear/ops/w158a8_linear.hpp"
 
+#include <ATen/autocast_mode.h>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
-#include <ATen/autocast_mode.h>
 #include <torch/autograd.h>
 
 namespace bitqat::bitlinear::ops {
@@ -216,8 +216,6 @@ int64_t PackedBitLinearImpl::weight_bytes() const { return packed.numel() * 4 + 
 at::Tensor PackedBitLinearImpl::forward(const at::Tensor& x) {
   at::NoGradGuard no_grad;
   const auto x2d = x.reshape({-1, in_features}).contiguous();
-  const auto xq = quantize_activations_int8(x2d.scalar_type() == at::kBFloat16 ? x2d : x2d.to(at::kFloat), norm_weight,
-                                            norm_eps, act.eps);
   PackedTernary p;
   p.packed = packed;
   p.scales = scales;
@@ -225,9 +223,13 @@ at::Tensor PackedBitLinearImpl::forward(const at::Tensor& x) {
   p.group = kind == cuda::ScaleKind::kPerGroup ? group : in_features;
   p.n = out_features;
   p.k = in_features;
+  p.expanded = expanded;
   auto shape = x.sizes().vec();
   shape.back() = out_features;
-  return w158a8_matmul(xq, p, bias, at::kFloat).reshape(shape);
+  auto y = w158a8_linear(x2d.scalar_type() == at::kBFloat16 ? x2d : x2d.to(at::kFloat), norm_weight, norm_eps, act.eps,
+                         p, bias, at::kFloat);
+  expanded = p.expanded;  // kept when a kernel made it (the weights never change here)
+  return y.reshape(shape);
 }
 
 }  // namespace bitqat::bitlinear::ops

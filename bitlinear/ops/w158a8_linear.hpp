@@ -35,6 +35,7 @@ struct PackedBitLinearImpl : torch::nn::Module {
   double norm_eps;
   ActQuantSpec act;
   at::Tensor packed, scales, bias, norm_weight;  // registered buffers (bias / norm_weight optional)
+  at::Tensor expanded;  // int8 codes for a kernel that reads bytes, made on first use; not a buffer
 };
 TORCH_MODULE(PackedBitLinear);
 

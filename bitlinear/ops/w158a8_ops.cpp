@@ -6,14 +6,19 @@
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "bitlinear/quant_kernels.hpp"
+#include "cuda/dispatch.hpp"
 #include "cuda/reference.hpp"
 
 namespace bitqat::bitlinear::ops {
 namespace {
 
 std::atomic<const cuda::Launchers*> g_cpu_launchers{nullptr};
+std::atomic<const cuda::Plan*> g_plan_override{nullptr};
 
 // The kernels that serve a tensor's device and the stream to launch them on: CUDA tensors the GPU's
 // (current stream, device guard held by the caller), CPU tensors the harness's when routed there;
@@ -30,6 +35,38 @@ Route route_for(const at::Tensor& t) {
 }
 
 bool uses_kernels(const at::Device& dev) { return dev.is_cuda() || g_cpu_launchers.load() != nullptr; }
+
+// The device's name for the dispatch table, looked up once per CUDA device.
+std::string device_name(const at::Device& dev) {
+  if (!dev.is_cuda()) {
+    const auto* l = g_cpu_launchers.load();
+    return l ? l->current_device_name() : "";
+  }
+  static std::mutex mu;
+  static std::vector<std::string> names;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto i = static_cast<size_t>(dev.index() < 0 ? 0 : dev.index());
+  if (names.size() <= i) names.resize(i + 1);
+  if (names[i].empty()) names[i] = cuda::launchers().current_device_name();
+  return names[i];
+}
+
+// Device scratch for a plan (empty when it needs none).
+at::Tensor workspace_for(const cuda::Plan& plan, int64_t m, const PackedTernary& w, at::Device dev) {
+  const size_t bytes = cuda::workspace_bytes(plan, m, w.n, w.k, w.kind, w.expanded.defined());
+  return bytes ? at::empty({static_cast<int64_t>(bytes)}, at::TensorOptions().device(dev).dtype(at::kByte))
+               : at::Tensor();
+}
+
+// The int8 expansion of the weights when the plan reads it, made once per PackedTernary.
+void expand_if_needed(const cuda::Plan& plan, const PackedTernary& w, const Route& r) {
+  if (w.expanded.defined() && w.expanded.device() != w.packed.device()) w.expanded.reset();  // moved since
+  if (plan.kernel != cuda::Kernel::kCublasInt8 || w.expanded.defined()) return;
+  auto e = at::empty({w.n, cuda::padded_k(w.k)}, w.packed.options().dtype(at::kChar));
+  r.kernels->expand_packed(reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.n, w.k,
+                           e.data_ptr<int8_t>(), r.stream);
+  w.expanded = e;
+}
 
 int64_t stride_for(const PackedTernary& w) {
   if (w.kind == cuda::ScaleKind::kPerTensor) return 0;
@@ -100,6 +137,14 @@ void check_out(const char* what, const at::Tensor& out, int64_t m, int64_t n, at
 }  // namespace
 
 void set_cpu_launchers(const cuda::Launchers* launchers) { g_cpu_launchers.store(launchers); }
+void set_plan_override(const cuda::Plan* plan) { g_plan_override.store(plan); }
+
+cuda::Plan plan_for(const at::Device& device, int64_t m, const PackedTernary& w) {
+  if (const auto* o = g_plan_override.load()) {
+    if (!*cuda::plan_refusal(*o, m, w.k, w.kind) && (o->kernel != cuda::Kernel::kGemvFused || m == 1)) return *o;
+  }
+  return cuda::choose_plan(device_name(device), m, w.n, w.k, w.kind);
+}
 const cuda::Launchers* cpu_launchers() { return g_cpu_launchers.load(); }
 
 cuda::ScaleKind scale_kind(Granularity g) {
@@ -243,11 +288,16 @@ void w158a8_matmul_out(const QuantizedTokens& x, const PackedTernary& w, const a
   if (uses_kernels(x.q.device())) {
     const c10::OptionalDeviceGuard guard(x.q.is_cuda() ? c10::optional<at::Device>(x.q.device()) : c10::nullopt);
     const auto r = route_for(x.q);
-    r.kernels->w158a8_matmul(x.q.data_ptr<int8_t>(), x.scales.data_ptr<float>(), m,
-                             reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
-                             w.scales.data_ptr<float>(), w.kind, w.group, w.n, w.k,
-                             b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
-                             y.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, r.stream);
+    const auto plan = plan_for(x.q.device(), m, w);
+    expand_if_needed(plan, w, r);
+    auto ws = workspace_for(plan, m, w, x.q.device());
+    r.kernels->w158a8_matmul_plan(plan, x.q.data_ptr<int8_t>(), x.scales.data_ptr<float>(), m,
+                                  reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
+                                  w.expanded.defined() ? w.expanded.data_ptr<int8_t>() : nullptr,
+                                  w.scales.data_ptr<float>(), w.kind, w.group, w.n, w.k,
+                                  b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
+                                  y.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16,
+                                  ws.defined() ? ws.data_ptr() : nullptr, ws.defined() ? ws.numel() : 0, r.stream);
     return;
   }
   const int64_t groups = w.kind == cuda::ScaleKind::kPerGroup ? cuda::scale_groups(w.k, w.group) : 1;
@@ -270,15 +320,62 @@ at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w,
   if (uses_kernels(x.q.device())) {
     const c10::OptionalDeviceGuard guard(x.q.is_cuda() ? c10::optional<at::Device>(x.q.device()) : c10::nullopt);
     const auto r = route_for(x.q);
-    r.kernels->w158a8_matmul_int32(x.q.data_ptr<int8_t>(), m,
-                                   reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.n, w.k,
-                                   y.data_ptr<int32_t>(), r.stream);
+    const auto plan = plan_for(x.q.device(), m, w);
+    expand_if_needed(plan, w, r);
+    auto ws = workspace_for(plan, m, w, x.q.device());
+    r.kernels->w158a8_matmul_int32_plan(
+        plan, x.q.data_ptr<int8_t>(), m, reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()),
+        w.expanded.defined() ? w.expanded.data_ptr<int8_t>() : nullptr, w.n, w.k, y.data_ptr<int32_t>(),
+        ws.defined() ? ws.data_ptr() : nullptr, ws.defined() ? ws.numel() : 0, r.stream);
   } else {
     cuda::int_matmul_ref(x.q.data_ptr<int8_t>(), x.q.size(1),
                          reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), m, w.n, w.k, 1, w.k,
                          y.data_ptr<int32_t>());
   }
   return y;
+}
+
+at::Tensor w158a8_linear(const at::Tensor& x, const at::Tensor& norm_weight, double norm_eps, double eps,
+                         const PackedTernary& w, const at::Tensor& bias, at::ScalarType out_dtype) {
+  TORCH_CHECK(x.dim() == 2, "w158a8_linear: expected x [M, K], got ", x.sizes());
+  if (x.size(0) == 1 && uses_kernels(x.device()) && x.device() == w.packed.device() &&
+      (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16)) {
+    const auto plan = plan_for(x.device(), 1, w);
+    if (plan.kernel == cuda::Kernel::kGemvFused) {
+      TORCH_CHECK(out_dtype == at::kFloat || out_dtype == at::kBFloat16,
+                  "w158a8_linear: output must be float32 or bfloat16, got ", out_dtype);
+      TORCH_CHECK(x.size(1) == w.k, "w158a8_linear: x has K = ", x.size(1), ", the packed weight has K = ", w.k);
+      TORCH_CHECK(!norm_weight.defined() || norm_weight.numel() == w.k, "w158a8_linear: norm weight has ",
+                  norm_weight.numel(), " entries, K = ", w.k);
+      QuantizedTokens shape_only;  // the operand checks of the matmul, on a one-token stand-in
+      shape_only.k = w.k;
+      shape_only.q = at::empty({1, cuda::padded_k(w.k)}, x.options().dtype(at::kChar));
+      shape_only.scales = at::empty({1}, x.options().dtype(at::kFloat));
+      check_operands("w158a8_linear", shape_only, w);
+      const c10::OptionalDeviceGuard guard(x.is_cuda() ? c10::optional<at::Device>(x.device()) : c10::nullopt);
+      const auto r = route_for(x);
+      const auto xc = x.contiguous();
+      const auto nw =
+          norm_weight.defined() ? norm_weight.detach().to(x.device(), at::kFloat).contiguous() : at::Tensor();
+      at::Tensor b;
+      if (bias.defined()) {
+        TORCH_CHECK(bias.numel() == w.n, "w158a8_linear: bias has ", bias.numel(), " entries, N = ", w.n);
+        b = bias.detach().to(x.device(), at::kFloat).contiguous();
+      }
+      auto y = at::empty({1, w.n}, x.options().dtype(out_dtype));
+      auto ws = workspace_for(plan, 1, w, x.device());
+      r.kernels->w158a8_linear_m1(
+          xc.data_ptr(), xc.scalar_type() == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, w.k,
+          static_cast<float>(eps), nw.defined() ? nw.data_ptr<float>() : nullptr, static_cast<float>(norm_eps),
+          reinterpret_cast<const uint32_t*>(w.packed.data_ptr<int32_t>()), w.scales.data_ptr<float>(), w.kind, w.group,
+          w.n, b.defined() ? b.data_ptr<float>() : nullptr, y.data_ptr(),
+          out_dtype == at::kFloat ? cuda::DType::kF32 : cuda::DType::kBF16, plan.splits,
+          ws.defined() ? ws.data_ptr() : nullptr, ws.defined() ? ws.numel() : 0, r.stream);
+      return y;
+    }
+  }
+  const auto xq = quantize_activations_int8(x, norm_weight, norm_eps, eps);
+  return w158a8_matmul(xq, w, bias, out_dtype);
 }
 
 }  // namespace bitqat::bitlinear::ops

@@ -23,6 +23,9 @@ struct PackedTernary {
   cuda::ScaleKind kind = cuda::ScaleKind::kPerTensor;
   int64_t group = 0;  // group size (kPerGroup)
   int64_t n = 0, k = 0;
+  // The codes as int8 [N, Kp] on the packed words' device, made on first use by a kernel that reads
+  // bytes (cuBLAS's int8 GEMM) and kept with them: once per set of weights, e.g. per optimizer step.
+  mutable at::Tensor expanded;
   int64_t bytes() const { return packed.numel() * 4 + scales.numel() * 4; }
 };
 
@@ -49,6 +52,20 @@ void w158a8_matmul_out(const QuantizedTokens& x, const PackedTernary& w, const a
 at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w, at::Tensor out = {});
 
 cuda::ScaleKind scale_kind(Granularity g);
+
+// One layer call: x [M, K] float32 or bf16, optionally RMS-normalised with norm_weight [K], quantized
+// per token (8 bits, eps), times the packed weight (+ bias) in out_dtype. On the kernels, at M = 1,
+// the plan may fuse the quantization into the GEMV (kGemvFused); the result is the same codes, the
+// same sums and the same epilogue. Throws c10::Error as quantize_activations_int8 and w158a8_matmul.
+at::Tensor w158a8_linear(const at::Tensor& x, const at::Tensor& norm_weight, double norm_eps, double eps,
+                         const PackedTernary& w, const at::Tensor& bias, at::ScalarType out_dtype);
+
+// The plan the kernels take for M tokens of `w` on `device` (cuda/dispatch.hpp: the measured table
+// for the device's name, else the default), or the override below.
+cuda::Plan plan_for(const at::Device& device, int64_t m, const PackedTernary& w);
+// Forces every kernel call to `plan` (nullptr: the dispatch), where the plan can serve the call;
+// benchmarks and tests. Process-wide.
+void set_plan_override(const cuda::Plan* plan);
 
 // Where the ops run CPU tensors: the scalar references (nullptr, the default) or a table of kernel
 // launchers executed on the host: the CUDA kernels built for the CPU harness

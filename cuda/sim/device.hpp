@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <tuple>
@@ -343,6 +344,21 @@ inline const char* cudaGetErrorString(cudaError_t e) {
   return e == cudaErrorInvalidConfiguration ? "invalid configuration argument (CPU harness)" : cudaGetErrorName(e);
 }
 inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }  // launches run to completion
+// One device, the harness: its name keys cuda/dispatch.hpp's table (no row names it).
+struct cudaDeviceProp {
+  char name[256];
+  int multiProcessorCount;
+};
+inline cudaError_t cudaGetDevice(int* device) {
+  *device = 0;
+  return cudaSuccess;
+}
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (device != 0) return cudaErrorInvalidValue;
+  std::snprintf(prop->name, sizeof prop->name, "%s", "CPU harness");
+  prop->multiProcessorCount = 1;
+  return cudaSuccess;
+}
 inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
 
 struct cudaLaunchConfig_t {

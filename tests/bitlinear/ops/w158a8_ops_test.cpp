@@ -722,3 +722,41 @@ TEST(W158A8EmulatedOps, ANonFiniteTokenGivesANonFiniteOutputRow) {
     }
   }
 }
+
+// Every kernel plan through the ops on the emulated kernels (set_plan_override): the workspaces the
+// ops allocate, cuBLAS's int8 expansion made once and kept with the weights, and the one-token layer
+// call with the quantization fused into the GEMV; per channel, so every plan's output equals the
+// reference route's bit for bit.
+TEST(W158A8EmulatedOps, EveryPlanThroughTheOpsEqualsTheReferences) {
+  at::manual_seed(22);
+  const auto w = pack_ternary(at::randn({40, 300}), Granularity::kPerChannel);
+  const auto nw = at::rand({300}) + 0.5;
+  const auto bias = at::randn({40});
+  for (const int64_t m : {int64_t{1}, int64_t{5}, int64_t{20}}) {
+    const auto x = at::randn({m, 300});
+    const auto want = w158a8_linear(x, nw, 1e-6, 1e-5, w, bias, at::kFloat);  // the references
+    EmulatedKernels route;
+    for (int kk = 0; kk < bitqat::cuda::kKernelCount; ++kk) {
+      for (const int splits : {1, 3}) {
+        const bitqat::cuda::Plan plan{static_cast<bitqat::cuda::Kernel>(kk), splits};
+        if (*bitqat::cuda::plan_refusal(plan, m, 300, w.kind)) continue;
+        set_plan_override(&plan);
+        EXPECT_EQ(plan_for(at::kCPU, m, w).kernel, plan.kernel);
+        auto wc = w;
+        wc.expanded = at::Tensor();
+        const auto y = w158a8_linear(x, nw, 1e-6, 1e-5, wc, bias, at::kFloat);
+        EXPECT_TRUE(y.equal(want)) << bitqat::cuda::kernel_name(plan.kernel) << " x " << splits << " M " << m;
+        if (plan.kernel == bitqat::cuda::Kernel::kCublasInt8) {
+          ASSERT_TRUE(wc.expanded.defined());
+          const void* first = wc.expanded.data_ptr();
+          w158a8_linear(x, nw, 1e-6, 1e-5, wc, bias, at::kFloat);
+          EXPECT_EQ(wc.expanded.data_ptr(), first) << "the expansion was made again";
+        }
+        set_plan_override(nullptr);
+      }
+    }
+    // Without an override: the harness has no measured table, so today's kernels.
+    EXPECT_EQ(plan_for(at::kCPU, m, w).kernel,
+              m <= 16 ? bitqat::cuda::Kernel::kGemvColumn : bitqat::cuda::Kernel::kMma);
+  }
+}

@@ -13,7 +13,13 @@ namespace bitqat::cuda::sim::testing {
 // Index order with poison 0xA5, a seeded shuffle with 0x5A, and reverse order with 0x3C (left out
 // for the largest shapes, where it costs a full run): a missing barrier or a read of uninitialised
 // shared memory then changes a result.
+// The sanitizer build runs index order only: its checks (bounds, shifts, overflow) do not depend on
+// the order, and it has no race detector or poisoning to feed.
 inline std::vector<Options> harness_configs(bool with_reverse = true) {
+#if defined(__SANITIZE_ADDRESS__)
+  (void)with_reverse;
+  return {{Order::kIndex, 1, 0xA5}};
+#endif
   std::vector<Options> c = {{Order::kIndex, 1, 0xA5}, {Order::kShuffle, 20261206, 0x5A}};
   if (with_reverse) c.push_back({Order::kReverse, 1, 0x3C});
   return c;

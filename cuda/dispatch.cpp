@@ -1,0 +1,39 @@
+#include "cuda/dispatch.hpp"
+
+#include <cmath>
+#include <limits>
+
+namespace bitqat::cuda {
+
+const std::vector<DispatchRow>& dispatch_table() {
+  static const std::vector<DispatchRow> table = {
+#include "cuda/dispatch_table.inc"
+  };
+  return table;
+}
+
+Plan default_plan(int64_t m) { return Plan{uses_gemv(m) ? Kernel::kGemvColumn : Kernel::kMma, 1}; }
+
+Plan choose_plan(const std::string& device, int64_t m, int64_t n, int64_t k, ScaleKind kind,
+                 const std::vector<DispatchRow>& table) {
+  const DispatchRow* pick = nullptr;
+  double best = std::numeric_limits<double>::infinity();
+  for (const auto& r : table) {
+    if (device != r.device || m < r.m_lo || m > r.m_hi) continue;
+    const double d = std::fabs(std::log2(static_cast<double>(r.n) / static_cast<double>(n))) +
+                     std::fabs(std::log2(static_cast<double>(r.k) / static_cast<double>(k)));
+    if (d < best) {
+      best = d;
+      pick = &r;
+    }
+  }
+  if (!pick) return default_plan(m);
+  const Plan plan = kind == ScaleKind::kPerGroup ? pick->best_per_group : pick->best;
+  return *plan_refusal(plan, m, k, kind) ? default_plan(m) : plan;
+}
+
+Plan choose_plan(const std::string& device, int64_t m, int64_t n, int64_t k, ScaleKind kind) {
+  return choose_plan(device, m, n, k, kind, dispatch_table());
+}
+
+}  // namespace bitqat::cuda
