@@ -3,8 +3,12 @@
 //                                  int8 matmul), then our layer call (activation quantization
 //                                  included; the matmul alone beside it) against cuBLAS bf16
 //                                  (at::matmul) of the same shape, CUDA events after warm-up,
-//                                  weights rotated through > 200 MB so L2 never holds them;
-//                                  kernels.csv and kernels.json (fractions of the measured floors)
+//                                  weights rotated through > 200 MB so L2 never holds them; then
+//                                  every kernel plan that can serve each shape (cuda/w158a8.hpp
+//                                  Kernel x split-K parts), the same layer call;
+//                                  kernels.csv, candidates.csv and kernels.json (fractions of the
+//                                  measured floors; `candidates`, from which tools/dispatch_table.py
+//                                  derives the dispatch table)
 //   w158a8_bench train OUT_DIR     one QAT training step of a GPU-sized LM: int8 forward vs the
 //                                  fake-quant bf16 path vs the plain bf16 model (tokens/s, peak memory)
 //   w158a8_bench memory OUT_DIR    inference bytes of packed ternary linear layers vs bf16 (any machine);
@@ -27,6 +31,7 @@
 #include "bitlinear/convert.hpp"
 #include "bitlinear/ops/w158a8_linear.hpp"
 #include "bitlinear/ops/w158a8_ops.hpp"
+#include "cuda/w158a8.hpp"
 #include "models/lm.hpp"
 #include "training/optimizer.hpp"
 
@@ -89,6 +94,46 @@ Ceilings measure_ceilings() {
   return c;
 }
 
+// The plans tried at M tokens: every kernel that can serve M, split-K in parts that can fill the
+// GPU (the GEMVs up to 8, the tensor-core kernels up to 4).
+std::vector<cuda::Plan> candidate_plans(int64_t m, int64_t k) {
+  std::vector<cuda::Plan> out;
+  for (int kk = 0; kk < cuda::kKernelCount; ++kk) {
+    const auto kernel = static_cast<cuda::Kernel>(kk);
+    const bool gemv = kernel == cuda::Kernel::kGemvTiled || kernel == cuda::Kernel::kGemvFused;
+    for (const int splits : {1, 2, 4, 8}) {
+      if (!gemv && splits == 8) continue;
+      const cuda::Plan plan{kernel, splits};
+      if (!*cuda::plan_refusal(plan, m, k, cuda::ScaleKind::kPerTensor)) out.push_back(plan);
+    }
+  }
+  return out;
+}
+
+// Every candidate plan of one shape: the whole layer call (bf16 activations quantized, or fused at
+// M = 1, to bf16 output) through the ops with the plan forced, weights rotated as above.
+void candidates(const at::Tensor& x, std::vector<bitlinear::ops::PackedTernary>& wp, int64_t m, int64_t n, int64_t k,
+                double bytes, const Ceilings& ceil, std::ofstream& csv, std::string& json) {
+  const at::Tensor none;
+  const double floor = std::max(bytes / ceil.bandwidth, 2.0 * m * n * k / ceil.int8_ops) * 1e6;
+  for (const auto& plan : candidate_plans(m, k)) {
+    bitlinear::ops::set_plan_override(&plan);
+    const double us = time_us(
+        [&](int i) { bitlinear::ops::w158a8_linear(x, none, 1e-6, 1e-5, wp[i % wp.size()], none, at::kBFloat16); }, 10,
+        50);
+    bitlinear::ops::set_plan_override(nullptr);
+    std::printf("    %-14s x %d: %9.2f us (%3.0f%% of the floor)\n", cuda::kernel_name(plan.kernel), plan.splits, us,
+                100.0 * floor / us);
+    csv << fmt::format("{},{},{},{},{},{:.3f},{:.4f}\n", m, n, k, cuda::kernel_name(plan.kernel), plan.splits, us,
+                       floor / us);
+    json += fmt::format(
+        "{}\n    {{\"M\": {}, \"N\": {}, \"K\": {}, \"kernel\": \"{}\", \"splits\": {}, \"us\": {:.3f}, "
+        "\"floor_fraction\": {:.4f}}}",
+        json.empty() ? "" : ",", m, n, k, cuda::kernel_name(plan.kernel), plan.splits, us, floor / us);
+  }
+  for (auto& w : wp) w.expanded = at::Tensor();  // the int8 expansions of cuBLAS's plan: freed per shape
+}
+
 // Every time includes the activation quantization (bf16 input to bf16 output), as a BitLinear layer
 // runs; the matmul alone is reported beside it. Weights rotate through > 200 MB so L2 never holds them.
 int kernels(const std::string& out_dir) {
@@ -103,6 +148,9 @@ int kernels(const std::string& out_dir) {
       ceil.bandwidth, ceil.bf16_flops, ceil.int8_ops);
   std::printf("%6s %6s %6s | %9s %9s %9s | %8s %8s | %7s | %6s %6s\n", "M", "N", "K", "us", "mm us", "bf16 us", "GB/s",
               "TOP/s", "speedup", "floor", "bf16fl");
+  std::ofstream cand_csv(out_dir + "/candidates.csv");
+  cand_csv << "M,N,K,kernel,splits,us,floor_fraction\n";
+  std::string cand_json;
   bool first = true;
   for (const auto& [n, k] : std::vector<std::pair<int64_t, int64_t>>{{4096, 4096}, {14336, 4096}, {4096, 14336}}) {
     const int64_t bf16_bytes = n * k * 2;
@@ -125,10 +173,7 @@ int kernels(const std::string& out_dir) {
       const double mm_only =
           time_us([&](int i) { bitlinear::ops::w158a8_matmul(xq, wp[i % wp.size()], none, at::kBFloat16); }, 10, 50);
       const double ours = time_us(
-          [&](int i) {
-            bitlinear::ops::w158a8_matmul(bitlinear::ops::quantize_activations_int8(x), wp[i % wp.size()], none,
-                                          at::kBFloat16);
-          },
+          [&](int i) { bitlinear::ops::w158a8_linear(x, none, 1e-6, 1e-5, wp[i % wp.size()], none, at::kBFloat16); },
           10, 50);
       const double bf16 = time_us([&](int i) { at::matmul(x, wb[i % wb.size()].t()); }, 10, 50);
       const double kp = static_cast<double>((k + 127) / 128 * 128);
@@ -151,9 +196,10 @@ int kernels(const std::string& out_dir) {
           first ? "" : ",", m, n, k, ours, mm_only, bf16, bf16 / ours, floor, floor / ours, floor_bf16,
           floor_bf16 / bf16);
       first = false;
+      candidates(x, wp, m, n, k, bytes, ceil, cand_csv, cand_json);
     }
   }
-  json += "\n  ]\n}\n";
+  json += "\n  ],\n  \"candidates\": [" + cand_json + "\n  ]\n}\n";
   std::ofstream(out_dir + "/kernels.json") << json;
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "cuda/dispatch.hpp"
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 namespace bitqat::cuda {
@@ -10,6 +11,16 @@ const std::vector<DispatchRow>& dispatch_table() {
 #include "cuda/dispatch_table.inc"
   };
   return table;
+}
+
+bool kernel_from_name(const char* name, Kernel* kernel) {
+  for (int i = 0; i < kKernelCount; ++i) {
+    if (std::strcmp(kernel_name(static_cast<Kernel>(i)), name) == 0) {
+      *kernel = static_cast<Kernel>(i);
+      return true;
+    }
+  }
+  return false;
 }
 
 Plan default_plan(int64_t m) { return Plan{uses_gemv(m) ? Kernel::kGemvColumn : Kernel::kMma, 1}; }
@@ -28,7 +39,10 @@ Plan choose_plan(const std::string& device, int64_t m, int64_t n, int64_t k, Sca
     }
   }
   if (!pick) return default_plan(m);
-  const Plan plan = kind == ScaleKind::kPerGroup ? pick->best_per_group : pick->best;
+  Plan plan;
+  const bool group = kind == ScaleKind::kPerGroup;
+  if (!kernel_from_name(group ? pick->per_group : pick->best, &plan.kernel)) return default_plan(m);
+  plan.splits = group ? pick->per_group_splits : pick->best_splits;
   return *plan_refusal(plan, m, k, kind) ? default_plan(m) : plan;
 }
 

@@ -13,12 +13,19 @@
 namespace bitqat::cuda {
 
 // One measured winner: for `device` (the exact cudaDeviceProp name) and M in [m_lo, m_hi], at N x K,
-// `best` was fastest; `best_per_group` is the fastest that takes per-group scales (cuBLAS does not).
+// kernel `best` (its kernel_name) split in best_splits parts was fastest; `per_group` is the fastest
+// that takes per-group scales (cuBLAS does not).
 struct DispatchRow {
   const char* device;
   int64_t m_lo, m_hi, n, k;
-  Plan best, best_per_group;
+  const char* best;
+  int best_splits;
+  const char* per_group;
+  int per_group_splits;
 };
+
+// The kernel whose kernel_name is `name`; false when none is.
+bool kernel_from_name(const char* name, Kernel* kernel);
 
 // The rows of cuda/dispatch_table.inc.
 const std::vector<DispatchRow>& dispatch_table();
@@ -28,7 +35,8 @@ Plan default_plan(int64_t m);
 
 // The plan for one call: among the device's rows whose M range holds m, the one at the same N x K,
 // else the nearest (the smallest |log2(N / n)| + |log2(K / k)|); its best plan, or its per-group
-// plan for per-group scales; the default when no row applies or the plan cannot serve (M, K, kind).
+// plan for per-group scales; the default when no row applies, a name is unknown or the plan cannot
+// serve (M, K, kind).
 Plan choose_plan(const std::string& device, int64_t m, int64_t n, int64_t k, ScaleKind kind,
                  const std::vector<DispatchRow>& table);
 Plan choose_plan(const std::string& device, int64_t m, int64_t n, int64_t k, ScaleKind kind);

@@ -8,7 +8,9 @@
 #      a read past a tensor inside an allocator segment is seen; then racecheck and synccheck on two
 #      tiny shapes (the hardware's shared-memory hazards and barrier use, which the CPU harness
 #      models but cannot observe);
-#   3. the benchmarks (ceilings measured in the same run; kernels against cuBLAS bf16; GPU memory);
+#   3. the benchmarks, the kernels' first (ceilings measured in the same run; every kernel plan on every
+#      shape, the dispatched one against cuBLAS bf16; the dispatch table derived from them by
+#      tools/dispatch_table.py; GPU memory);
 #   4. an NCCL world-size-1 training run of configs/quickstart.yaml.
 # Results in $OUT (8 files): <device>-<date>.md (tables), <device>-<date>.json (device,
 # driver, date, commit, ceilings, `kernels` [{M, N, K, us, us_cublas_bf16, speedup_vs_bf16,
@@ -100,11 +102,14 @@ fi
 
 # 0. The mma fragment table against the real instruction.
 step mma_probe tests.log 20 "$bin/cuda_reference_tests" --gtest_filter='MmaFragments.*'
-# 1. GPU tests (the CPU ones run too: they are quick).
+# 1. The kernels' timings first (every candidate plan on every shape: the dispatch table's input).
+bdir="$(mktemp -d)"
+step bench_kernels bench.log 150 "$bin/w158a8_bench" kernels "$bdir"
+# 2. GPU tests (the CPU ones run too: they are quick).
 step tests tests.log 110 "$bin/bitlinear_ops_tests"
 step reference_tests tests.log 20 "$bin/cuda_reference_tests"
 # 2. memcheck over the kernel tests except the large grid, only our kernels instrumented.
-kernels='gemv_kernel|gemm_kernel|quantize_rows_kernel|rms_norm_kernel|pack_codes_kernel|weight_codes_kernel|group_sums_kernel|tensor_'
+kernels='gemv_|mma_kernel|reduce_kernel|expand_kernel|epilogue_kernel|quantize_rows_kernel|rms_norm_kernel|pack_codes_kernel|weight_codes_kernel|group_sums_kernel|tensor_'
 step memcheck memcheck.log 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
   --error-exitcode 9 --kernel-regex kns="$kernels" "$bin/bitlinear_ops_tests" \
   --gtest_filter='Shapes/W158A8Gpu*:W158A8Gpu*:W158A8NonFinite*:-W158A8GpuGrid*'
@@ -112,16 +117,15 @@ if grep -q -i "unrecognized\|invalid option\|unknown option" "$out/memcheck.log"
   step memcheck memcheck.log 100 env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
     --error-exitcode 9 "$bin/bitlinear_ops_tests" --gtest_filter='Shapes/W158A8Gpu*:W158A8NonFinite*'
 fi
-# racecheck and synccheck on M 3 / N 65 / K 100 (GEMV) and M 17 / N 65 / K 130 (GEMM), all scale kinds.
-tiny='Shapes/W158A8Gpu.KernelsEqualTheReferences/44:Shapes/W158A8Gpu.KernelsEqualTheReferences/101'
+# racecheck and synccheck on M 3 / N 65 / K 100 (GEMV) and M 17 / N 65 / K 130 (GEMM), all scale kinds,
+# and every kernel plan on small shapes.
+tiny='Shapes/W158A8Gpu.KernelsEqualTheReferences/44:Shapes/W158A8Gpu.KernelsEqualTheReferences/101:W158A8GpuPlans.*'
 step racecheck memcheck.log 30 compute-sanitizer --tool racecheck --racecheck-report hazard --error-exitcode 9 \
   "$bin/bitlinear_ops_tests" --gtest_filter="$tiny"
 step synccheck memcheck.log 30 compute-sanitizer --tool synccheck --error-exitcode 9 \
   "$bin/bitlinear_ops_tests" --gtest_filter="$tiny"
 grep -E "ERROR SUMMARY|Invalid __global__|RACECHECK SUMMARY" "$out/memcheck.log" | sort | uniq -c | head -20 >> "$out/memcheck.log"
-# 3. benchmarks.
-bdir="$(mktemp -d)"
-step bench_kernels bench.log 90 "$bin/w158a8_bench" kernels "$bdir"
+# 3. memory.
 step bench_memory bench.log 40 "$bin/w158a8_bench" memory "$bdir"
 # 4. NCCL with world size 1 (NCCL refuses two ranks on one GPU): the whole process-group path.
 ndir="$(mktemp -d)"
@@ -153,6 +157,7 @@ def run():
     if os.path.exists(kj):
         k = json.load(open(kj))
         res["ceilings"], res["kernels"] = k["ceilings"], k["kernels"]
+        res["candidates"] = k.get("candidates", [])
     for key, name in (("memory_gpu", "memory_gpu.csv"), ("train_step", "train_step.csv")):
         p = os.path.join(e["BDIR"], name)
         if os.path.exists(p):
@@ -169,6 +174,18 @@ def run():
                "|---|---|---|---|---|---|---|---|"]
         md += [f"| {r['M']} | {r['N']} | {r['K']} | {r['us']:.2f} | {r['us_matmul_only']:.2f} | {r['us_cublas_bf16']:.2f} "
                f"| {r['speedup_vs_bf16']:.2f}x | {100*r['floor_fraction']:.0f}% |" for r in res["kernels"]]
+    if res.get("candidates"):
+        bf16 = {(r["M"], r["N"], r["K"]): r["us_cublas_bf16"] for r in res["kernels"]}
+        best = {}
+        for c in res["candidates"]:
+            key = (c["M"], c["N"], c["K"])
+            if key not in best or c["us"] < best[key]["us"]:
+                best[key] = c
+        md += ["", "Fastest plan per shape (activation quantization included; the dispatch table's input):", "",
+               "| M | N | K | plan | us | cuBLAS bf16 us | speed-up | floor fraction |", "|---|---|---|---|---|---|---|---|"]
+        md += [f"| {m} | {n} | {kk} | {c['kernel']} x {c['splits']} | {c['us']:.2f} | {bf16.get((m, n, kk), 0):.2f} "
+               f"| {bf16.get((m, n, kk), 0) / c['us']:.2f}x | {100 * c['floor_fraction']:.0f}% |"
+               for (m, n, kk), c in sorted(best.items())]
     for key in ("memory_gpu", "train_step"):
         if res[key]:
             cols = list(res[key][0].keys())
@@ -178,6 +195,12 @@ def run():
     print("\n".join(md))
 run()
 PYEOF
+# The dispatch table these measurements give (commit it with tools/dispatch_table.py once the results
+# file is in bench/results/).
+if [ -f "$out/$slug-$day.json" ]; then
+  { echo; echo "Dispatch table (tools/dispatch_table.py):"; echo; echo '```'
+    "$pyres" "$root/tools/dispatch_table.py" --from "$out/$slug-$day.json" --out - 2>&1; echo '```'; } >> "$out/$slug-$day.md"
+fi
 echo "gpu_check: done in $((SECONDS - start)) s; results in $out"
 grep -h "FAILED\|tests, listed below\|PASSED" "$out/tests.log" | tail -12
 case "$summary" in *FAILED* | *"TIMED OUT"*) exit 1 ;; esac

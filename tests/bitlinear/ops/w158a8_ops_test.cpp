@@ -760,3 +760,42 @@ TEST(W158A8EmulatedOps, EveryPlanThroughTheOpsEqualsTheReferences) {
               m <= 16 ? bitqat::cuda::Kernel::kGemvColumn : bitqat::cuda::Kernel::kMma);
   }
 }
+
+// Every kernel plan on the GPU (set_plan_override), through the layer op, against the CPU references:
+// per channel bit for bit (the kernels are built without FMA contraction), per group of 64 within
+// 1e-5 relative. Runs under compute-sanitizer memcheck in launch/gpu_check.sh.
+TEST(W158A8GpuPlans, EveryPlanEqualsTheReferences) {
+  if (!have_gpu()) GTEST_SKIP() << "no CUDA device";
+  const auto dev = at::Device(at::kCUDA, 0);
+  at::manual_seed(23);
+  const auto nw = at::rand({300}) + 0.5;
+  const auto bias = at::randn({70});
+  for (const auto g : {Granularity::kPerChannel, Granularity::kPerGroup}) {
+    const auto wc = pack_ternary(at::randn({70, 300}), g, 64);
+    auto wg = wc;
+    wg.packed = wc.packed.to(dev);
+    wg.scales = wc.scales.to(dev);
+    for (const int64_t m : {int64_t{1}, int64_t{5}, int64_t{20}, int64_t{100}}) {
+      const auto x = at::randn({m, 300});
+      const auto want = w158a8_linear(x, nw, 1e-6, 1e-5, wc, bias, at::kFloat);
+      for (int kk = 0; kk < bitqat::cuda::kKernelCount; ++kk) {
+        for (const int splits : {1, 3}) {
+          const bitqat::cuda::Plan plan{static_cast<bitqat::cuda::Kernel>(kk), splits};
+          if (*bitqat::cuda::plan_refusal(plan, m, 300, wg.kind)) continue;
+          set_plan_override(&plan);
+          auto w = wg;
+          w.expanded = at::Tensor();
+          const auto y = w158a8_linear(x.to(dev), nw.to(dev), 1e-6, 1e-5, w, bias.to(dev), at::kFloat).cpu();
+          set_plan_override(nullptr);
+          const std::string what = std::string(bitqat::cuda::kernel_name(plan.kernel)) + " x " +
+                                   std::to_string(splits) + " M " + std::to_string(m) + " " + to_string(g);
+          if (g == Granularity::kPerChannel) {
+            EXPECT_TRUE(y.equal(want)) << what << ": worst " << rel_err(y, want);
+          } else {
+            EXPECT_LT(rel_err(y, want), 1e-5) << what;
+          }
+        }
+      }
+    }
+  }
+}
