@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the GPU-facing binaries here (no GPU needed) and collects them, stripped, with the shared
 # libraries the GPU machine's image lacks (yaml-cpp, spdlog, fmt, ...) into the git-ignored
-# .gpu-bundle/ (at most 40 MB), for launch/gpu_check.sh to run there without building.
+# .gpu-bundle/ (at most 56 MB: the device tool carries 64 MiB with the working tree, which is about
+# 2.5 MB), for launch/gpu_check.sh to run there without building.
 # Torch, its CUDA libraries and glibc / libstdc++ are not copied: the GPU machine has the same torch
 # 2.11.0+cu130 under /opt/torch/.venv, found through LD_LIBRARY_PATH.
 #   launch/gpu_bundle.sh            then device run: launch/gpu_check.sh   (carry: [".gpu-bundle"])
@@ -10,9 +11,10 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 build="${BITQAT_BUILD:-$root/build}"
 bundle="${BITQAT_BUNDLE:-$root/.gpu-bundle}"
-limit_mb=40
-bins=(tests/bitlinear/ops/bitlinear_ops_tests tests/cuda/cuda_reference_tests bench/w158a8_bench bitqat)
-targets=(bitlinear_ops_tests cuda_reference_tests w158a8_bench bitqat)
+limit_mb=56
+bins=(tests/bitlinear/ops/bitlinear_ops_tests tests/cuda/cuda_reference_tests tests/models/models_tests bench/w158a8_bench
+      bitqat)
+targets=(bitlinear_ops_tests cuda_reference_tests models_tests w158a8_bench bitqat)
 
 if [ ! -f "$build/CMakeCache.txt" ]; then
   echo "gpu_bundle: no build in $build; configure it first (README.md, launch/setup.sh)" >&2

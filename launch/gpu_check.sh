@@ -92,9 +92,11 @@ if ! "$bin/cuda_reference_tests" --gtest_list_tests > /dev/null 2>> "$out/device
   tprefix="$("$py" -c 'import torch; print(torch.utils.cmake_prefix_path)')"
   step build device.txt 240 bash -c "cmake -S '$root' -B '$root/build-gpu' -G Ninja -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_PREFIX_PATH='$tprefix;$prefix/usr' -DPython3_EXECUTABLE='$py' -DBITQAT_BUILD_BENCH=ON &&
-    cmake --build '$root/build-gpu' --parallel \$(nproc) --target bitlinear_ops_tests cuda_reference_tests w158a8_bench bitqat"
+    cmake --build '$root/build-gpu' --parallel \$(nproc) --target bitlinear_ops_tests cuda_reference_tests models_tests \
+      w158a8_bench bitqat"
   mkdir -p "$root/build-gpu/flat"
-  for b in tests/bitlinear/ops/bitlinear_ops_tests tests/cuda/cuda_reference_tests bench/w158a8_bench bitqat; do
+  for b in tests/bitlinear/ops/bitlinear_ops_tests tests/cuda/cuda_reference_tests tests/models/models_tests \
+    bench/w158a8_bench bitqat; do
     ln -sf "$root/build-gpu/$b" "$root/build-gpu/flat/$(basename "$b")"
   done
   bin="$root/build-gpu/flat"
@@ -105,8 +107,9 @@ step mma_probe tests.log 20 "$bin/cuda_reference_tests" --gtest_filter='MmaFragm
 # 1. The kernels' timings first (every candidate plan on every shape: the dispatch table's input).
 bdir="$(mktemp -d)"
 step bench_kernels bench.log 150 "$bin/w158a8_bench" kernels "$bdir"
-# 2. GPU tests (the CPU ones run too: they are quick).
+# 2. GPU tests (the CPU ones run too: they are quick), and decoding through a CUDA graph.
 step tests tests.log 110 "$bin/bitlinear_ops_tests"
+step generate_graph tests.log 30 "$bin/models_tests" --gtest_filter='Generate.*'
 step reference_tests tests.log 20 "$bin/cuda_reference_tests"
 # 2. memcheck over the kernel tests except the large grid, only our kernels instrumented.
 kernels='gemv_|mma_kernel|reduce_kernel|expand_kernel|epilogue_kernel|quantize_rows_kernel|rms_norm_kernel|pack_codes_kernel|weight_codes_kernel|group_sums_kernel|tensor_'
@@ -141,7 +144,7 @@ step bench_train bench.log 60 "$bin/w158a8_bench" train "$bdir"
 # Results: markdown and JSON.
 pyres="$py"
 [ -x "$pyres" ] || pyres=python3
-summary="$(for k in build mma_probe tests reference_tests memcheck racecheck synccheck bench_kernels bench_memory nccl bench_train; do
+summary="$(for k in build mma_probe tests generate_graph reference_tests memcheck racecheck synccheck bench_kernels bench_memory nccl bench_train; do
   [ -n "${status[$k]:-}" ] && printf '%s=%s\n' "$k" "${status[$k]}"
 done)"
 GPU="$gpu" DRIVER="$driver" DAY="$day" COMMIT="$commit" BUILT="$built" SUMMARY="$summary" BDIR="$bdir" \

@@ -153,8 +153,7 @@ namespace {
 // dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1. CPU float32 tensors run the row kernel
 // (bitlinear/cpu/row_kernels.hpp rope_rows); other tensors take apply_rope.
 struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
-  static void run(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool backward,
-                  at::Tensor& out) {
+  static void run(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool backward, at::Tensor& out) {
     const int64_t B = in.size(0), T = in.size(1), H = in.size(2), D = in.size(3);
     const auto& rk = bitlinear::cpu::row_kernels();  // vectorized for the CPU's instruction set
     at::parallel_for(0, B * T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t b0, int64_t b1) {
@@ -171,8 +170,7 @@ struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
     run(xc, cos, sin, false, y);
     return y;
   }
-  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx,
-                                               torch::autograd::tensor_list g) {
+  static torch::autograd::tensor_list backward(torch::autograd::AutogradContext* ctx, torch::autograd::tensor_list g) {
     const auto v = ctx->get_saved_variables();
     const auto gc = g[0].contiguous();
     auto dx = at::empty_like(gc);
@@ -184,8 +182,8 @@ struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
 }  // namespace
 
 at::Tensor rope_bthd(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat &&
-      cos.is_contiguous() && sin.is_contiguous() && x.size(-1) % 2 == 0) {
+  if (x.device().is_cpu() && x.scalar_type() == at::kFloat && cos.scalar_type() == at::kFloat && cos.is_contiguous() &&
+      sin.is_contiguous() && x.size(-1) % 2 == 0) {
     return RopeBTHD::apply(x, cos, sin);
   }
   return apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2);
@@ -249,6 +247,24 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* n
   return o->forward(y.transpose(1, 2).reshape({B, T, n_heads * head_dim}));
 }
 
+at::Tensor AttentionImpl::forward_static(const at::Tensor& x, bitlinear::RMSNormImpl* norm, const at::Tensor& cos,
+                                         const at::Tensor& sin, StaticKVCache& cache, size_t layer,
+                                         const at::Tensor& visible) {
+  const auto qkv = bitlinear::BitLinearImpl::forward_shared({q.get(), k.get(), v.get()}, x, norm);
+  const auto qr = rope_bthd(qkv[0].view({1, 1, n_heads, head_dim}), cos, sin);
+  const auto kr = rope_bthd(qkv[1].view({1, 1, n_kv_heads, head_dim}), cos, sin);
+  const auto vr = qkv[2].view({1, 1, n_kv_heads, head_dim});
+  auto& kc = cache.k[layer];
+  auto& vc = cache.v[layer];
+  kc.index_copy_(2, cache.pos, kr.transpose(1, 2).to(kc.scalar_type()));
+  vc.index_copy_(2, cache.pos, vr.transpose(1, 2).to(vc.scalar_type()));
+  // Every position of the buffer, the ones past pos masked: shapes never change between steps.
+  const auto y = at::scaled_dot_product_attention(qr.transpose(1, 2), kc.to(qr.scalar_type()), vc.to(qr.scalar_type()),
+                                                  visible.view({1, 1, 1, -1}), 0.0, false, std::nullopt,
+                                                  /*enable_gqa=*/n_kv_heads != n_heads);
+  return o->forward(y.transpose(1, 2).reshape({1, 1, n_heads * head_dim}));
+}
+
 FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlinear::QuantSpec& us,
                  const bitlinear::QuantSpec& ds)
     : kind(c.ffn) {
@@ -285,6 +301,12 @@ BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& sp
 at::Tensor BlockImpl::forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache,
                               size_t layer) {
   const auto h = x + attn->forward(x, attn_norm.get(), cos, sin, cache, layer);
+  return h + ffn->forward(h, ffn_norm.get());
+}
+
+at::Tensor BlockImpl::forward_static(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                                     StaticKVCache& cache, size_t layer, const at::Tensor& visible) {
+  const auto h = x + attn->forward_static(x, attn_norm.get(), cos, sin, cache, layer, visible);
   return h + ffn->forward(h, ffn_norm.get());
 }
 
@@ -328,16 +350,67 @@ at::Tensor BitLMImpl::forward_hidden(const at::Tensor& tokens, const std::vector
   return run(tokens, nullptr, layers, hidden);
 }
 
+// The tables are built once per device and length, then sliced.
+const std::pair<at::Tensor, at::Tensor>& BitLMImpl::rope_for(const at::Device& device, int64_t length) {
+  auto& tables = rope_cache_[device.str()];
+  if (!tables.first.defined() || tables.first.size(0) < length) {
+    tables = rope_tables(0, std::max(config.max_seq_len, length), config.head_dim(), config.rope_theta, device);
+  }
+  return tables;
+}
+
+void BitLMImpl::load_static_cache(const KVCache& from, int64_t capacity, StaticKVCache& c) {
+  if (capacity < 1 || capacity > config.max_seq_len || from.pos > capacity) {
+    throw std::invalid_argument(fmt::format(
+        "load_static_cache: capacity {} for {} cached tokens: expected cached <= capacity <= max_seq_len {}", capacity,
+        from.pos, config.max_seq_len));
+  }
+  const auto device = embed->weight.device();
+  const auto dtype = embed->weight.scalar_type();
+  const auto nl = static_cast<size_t>(config.n_layers);
+  if (c.capacity != capacity || c.k.size() != nl) {
+    c = StaticKVCache{};
+    c.capacity = capacity;
+    const auto opts = at::TensorOptions().device(device).dtype(dtype);
+    for (size_t i = 0; i < nl; ++i) {
+      c.k.push_back(at::zeros({1, config.n_kv_heads, capacity, config.head_dim()}, opts));
+      c.v.push_back(at::zeros({1, config.n_kv_heads, capacity, config.head_dim()}, opts));
+    }
+    c.pos = at::zeros({1}, at::TensorOptions().device(device).dtype(at::kLong));
+  }
+  for (size_t i = 0; i < nl; ++i) {
+    c.k[i].zero_();
+    c.v[i].zero_();
+    if (from.pos > 0) {
+      if (i >= from.k.size() || from.k[i].size(0) != 1 || from.k[i].size(2) != from.pos) {
+        throw std::invalid_argument("load_static_cache: the cache does not hold one sequence of every layer");
+      }
+      c.k[i].narrow(2, 0, from.pos).copy_(from.k[i]);
+      c.v[i].narrow(2, 0, from.pos).copy_(from.v[i]);
+    }
+  }
+  c.pos.fill_(from.pos);
+}
+
+at::Tensor BitLMImpl::decode_step(const at::Tensor& token, StaticKVCache& cache) {
+  const auto& tables = rope_for(token.device(), cache.capacity);
+  const auto cos = tables.first.index_select(0, cache.pos);
+  const auto sin = tables.second.index_select(0, cache.pos);
+  const auto visible =
+      at::arange(cache.capacity, at::TensorOptions().device(token.device()).dtype(at::kLong)).le(cache.pos);
+  auto h = embed->forward(token);
+  for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->forward_static(h, cos, sin, cache, i, visible);
+  h = norm->forward(h);
+  cache.pos.add_(1);
+  const auto logits = lm_head ? lm_head->forward(h) : at::linear(h, embed->weight.to(h.scalar_type()));
+  return logits.select(1, 0).to(at::kFloat);
+}
+
 at::Tensor BitLMImpl::run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
                           std::vector<at::Tensor>* hidden) {
   const int64_t T = tokens.size(1);
   const int64_t pos = cache ? cache->pos : 0;
-  // The tables are built once per device and length, then sliced.
-  auto& tables = rope_cache_[tokens.device().str()];
-  if (!tables.first.defined() || tables.first.size(0) < pos + T) {
-    tables = rope_tables(0, std::max(config.max_seq_len, pos + T), config.head_dim(), config.rope_theta,
-                         tokens.device());
-  }
+  const auto& tables = rope_for(tokens.device(), pos + T);
   const auto cos = tables.first.narrow(0, pos, T);
   const auto sin = tables.second.narrow(0, pos, T);
   auto h = embed->forward(tokens);

@@ -55,6 +55,15 @@ struct KVCache {
   int64_t pos = 0;               // tokens already in the cache
 };
 
+// Keys and values of fixed capacity for decoding one token per step with every shape and address
+// fixed, so that a step can be captured once in a CUDA graph and replayed (models/generate.cpp). The
+// position is a device tensor: a step never reads it on the host.
+struct StaticKVCache {
+  std::vector<at::Tensor> k, v;  // per layer [1, n_kv_heads, capacity, head_dim], the model's dtype
+  at::Tensor pos;                // int64 [1] on the model's device: tokens in the cache
+  int64_t capacity = 0;
+};
+
 struct AttentionImpl : torch::nn::Module {
   AttentionImpl(const LMConfig& c, const bitlinear::QuantSpec& q_spec, const bitlinear::QuantSpec& k_spec,
                 const bitlinear::QuantSpec& v_spec, const bitlinear::QuantSpec& o_spec);
@@ -62,6 +71,10 @@ struct AttentionImpl : torch::nn::Module {
   // lambdas 1 on the CPU the norm and q/k/v are one fused node (BitLinear::fused_forward).
   at::Tensor forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm, const at::Tensor& cos, const at::Tensor& sin,
                      KVCache* cache, size_t layer);
+  // One token x [1, 1, dim] at position cache.pos: its key and value written there, attention over
+  // positions <= pos (`visible` [capacity] bool). Does not advance pos.
+  at::Tensor forward_static(const at::Tensor& x, bitlinear::RMSNormImpl* norm, const at::Tensor& cos,
+                            const at::Tensor& sin, StaticKVCache& cache, size_t layer, const at::Tensor& visible);
   bitlinear::BitLinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
 };
@@ -83,6 +96,8 @@ struct BlockImpl : torch::nn::Module {
   BlockImpl(const LMConfig& c, size_t index, const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
             const std::vector<std::string>& exclude);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, KVCache* cache, size_t layer);
+  at::Tensor forward_static(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin, StaticKVCache& cache,
+                            size_t layer, const at::Tensor& visible);
   bitlinear::RMSNorm attn_norm{nullptr}, ffn_norm{nullptr};
   Attention attn{nullptr};
   FFN ffn{nullptr};
@@ -101,6 +116,15 @@ struct BitLMImpl : torch::nn::Module {
                             std::vector<at::Tensor>* hidden);
   at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);  // mean cross-entropy
 
+  // Makes `cache` a static cache of `capacity` positions (<= max_seq_len) holding what `from` holds (a
+  // prompt encoded by forward with a KVCache, batch 1). A cache of that capacity keeps its buffers, and
+  // so the addresses a captured step reads. Throws std::invalid_argument when `from` does not fit.
+  void load_static_cache(const KVCache& from, int64_t capacity, StaticKVCache& cache);
+  // One decoding step: token [1, 1] int64 on the model's device -> logits [1, V] float32 of the next
+  // token; the token's keys and values go into the cache at cache.pos, which then advances (on the
+  // device). The caller keeps pos < capacity. No host synchronisation: capturable in a CUDA graph.
+  at::Tensor decode_step(const at::Tensor& token, StaticKVCache& cache);
+
   LMConfig config;
   torch::nn::Embedding embed{nullptr};
   torch::nn::ModuleList layers{nullptr};
@@ -113,6 +137,7 @@ struct BitLMImpl : torch::nn::Module {
   at::Tensor run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
                  std::vector<at::Tensor>* hidden);
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> rope_cache_;  // device -> (cos, sin) from position 0
+  const std::pair<at::Tensor, at::Tensor>& rope_for(const at::Device& device, int64_t length);
 };
 TORCH_MODULE(BitLM);
 
