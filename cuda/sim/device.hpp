@@ -177,28 +177,41 @@ T shfl(ShuffleMode mode, unsigned mask, T var, unsigned b, int width, const char
 }
 }  // namespace bitqat::cuda::sim
 
-template <class T>
-T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize, const char* file = __builtin_FILE(),
-              int line = __builtin_LINE()) {
-  return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kIdx, mask, var, static_cast<unsigned>(src_lane),
-                                   width, file, line);
-}
-template <class T>
-T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize, const char* file = __builtin_FILE(),
-                 int line = __builtin_LINE()) {
-  return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kUp, mask, var, delta, width, file, line);
-}
-template <class T>
-T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize, const char* file = __builtin_FILE(),
-                   int line = __builtin_LINE()) {
-  return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kDown, mask, var, delta, width, file, line);
-}
-template <class T>
-T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize, const char* file = __builtin_FILE(),
-                  int line = __builtin_LINE()) {
-  return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kBfly, mask, var, static_cast<unsigned>(lane_mask),
-                                   width, file, line);
-}
+// The shuffles for the types CUDA overloads them for; narrower integers convert to int, as in CUDA.
+#define BITQAT_SIM_SHUFFLES(T)                                                                                        \
+  inline T __shfl_sync(unsigned mask, T var, int src_lane, int width = warpSize, const char* file = __builtin_FILE(), \
+                       int line = __builtin_LINE()) {                                                                 \
+    return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kIdx, mask, var,                               \
+                                     static_cast<unsigned>(src_lane), width, file, line);                             \
+  }                                                                                                                   \
+  inline T __shfl_up_sync(unsigned mask, T var, unsigned delta, int width = warpSize,                                 \
+                          const char* file = __builtin_FILE(), int line = __builtin_LINE()) {                         \
+    return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kUp, mask, var, delta, width, file, line);     \
+  }                                                                                                                   \
+  inline T __shfl_down_sync(unsigned mask, T var, unsigned delta, int width = warpSize,                               \
+                            const char* file = __builtin_FILE(), int line = __builtin_LINE()) {                       \
+    return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kDown, mask, var, delta, width, file, line);   \
+  }                                                                                                                   \
+  inline T __shfl_xor_sync(unsigned mask, T var, int lane_mask, int width = warpSize,                                 \
+                           const char* file = __builtin_FILE(), int line = __builtin_LINE()) {                        \
+    return ::bitqat::cuda::sim::shfl(::bitqat::cuda::sim::ShuffleMode::kBfly, mask, var,                              \
+                                     static_cast<unsigned>(lane_mask), width, file, line);                            \
+  }
+BITQAT_SIM_SHUFFLES(int)
+BITQAT_SIM_SHUFFLES(unsigned)
+BITQAT_SIM_SHUFFLES(long)
+BITQAT_SIM_SHUFFLES(unsigned long)
+BITQAT_SIM_SHUFFLES(long long)
+BITQAT_SIM_SHUFFLES(unsigned long long)
+BITQAT_SIM_SHUFFLES(float)
+BITQAT_SIM_SHUFFLES(double)
+#undef BITQAT_SIM_SHUFFLES
+inline unsigned __activemask() { return ::bitqat::cuda::sim::active_mask(); }
+// Memory fences: one block runs at a time and its threads take turns, so every write is seen by the
+// next thread that runs; a fence orders nothing more here.
+inline void __threadfence() {}
+inline void __threadfence_block() {}
+inline void __threadfence_system() {}
 inline unsigned __ballot_sync(unsigned mask, int predicate, const char* file = __builtin_FILE(),
                               int line = __builtin_LINE()) {
   return ::bitqat::cuda::sim::ballot(mask, predicate != 0, file, line);

@@ -6,12 +6,17 @@
 #include "cuda/sim/runtime.hpp"
 
 #include <dlfcn.h>
+#include <elf.h>
+#include <fcntl.h>
 #include <link.h>
+#include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <boost/context/fiber.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cinttypes>
 #include <cstdio>
 #include <cstdlib>
@@ -32,8 +37,7 @@
 #endif
 
 // The built-in variables of cuda/sim/device.hpp, set to the running thread's before each resume
-// (launches are serialized). In .data, outside the zero-initialised range the shadow treats as shared
-// memory.
+// (launches are serialized). In .data, outside the zero-initialised range the shadow watches.
 __attribute__((section(".data.bitqat_sim_builtins"))) bitqat::cuda::sim::Dim3 threadIdx, blockIdx, blockDim, gridDim;
 
 // The executable's zero-initialised data: where function-local statics, hence __shared__ arrays, live.
@@ -49,11 +53,16 @@ constexpr int kWarp = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr uint16_t kNoThread = 0xffff;
 constexpr size_t kMaxReports = 24;
+constexpr int kReaderSlots = 4;  // readers of a byte remembered per barrier interval (plus every reading warp)
+// A GPU thread may use up to 512 KB of local memory: the stack holds that and the harness's frames.
 #if defined(BITQAT_SIM_ASAN)
-constexpr size_t kStackBytes = 1024 * 1024;  // AddressSanitizer's redzones make frames larger
+constexpr size_t kStackBytes = 2048 * 1024;  // AddressSanitizer's redzones make frames larger
 #else
-constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kStackBytes = 768 * 1024;
 #endif
+// Spinning on a volatile shared flag yields to the other threads; this many yields with no shared
+// write or collective in between is a spin that cannot end.
+constexpr uint64_t kMaxIdleSpins = uint64_t{1} << 22;
 
 // ---- reports ----------------------------------------------------------------------------------------
 
@@ -92,7 +101,12 @@ std::string site(const char* file, int line) { return strip_root(file) + ":" + s
 
 // The source line of a program counter in an instrumented kernel: addr2line on the module (the
 // emulated kernels are built with line tables). Only for reports, so a process per address is fine.
+std::string site(const char* file, int line);
+std::string site_of_tag(uintptr_t tag);
+constexpr uintptr_t kSiteTag = uintptr_t{1} << 63;  // a "pc" that is an index into the sites of atomics
+
 std::string describe_pc(uintptr_t pc) {
+  if (pc & kSiteTag) return site_of_tag(pc);
   static std::map<uintptr_t, std::string> cache;
   const auto it = cache.find(pc);
   if (it != cache.end()) return it->second;
@@ -169,24 +183,26 @@ std::string ranges(const std::vector<int>& ids) {
 
 // ---- fiber stacks -----------------------------------------------------------------------------------
 
-// Stacks with a guard page below them (an overflow faults instead of corrupting the next stack),
-// reused across blocks and launches.
+size_t page_size() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+
+// Stacks with a guard page below them (an overflow faults on the guard, which a signal handler names,
+// instead of corrupting the next stack), reused across blocks and launches.
 class StackPool {
  public:
-  ~StackPool() {
-    for (auto& sc : free_) munmap(static_cast<char*>(sc.sp) - sc.size - page(), sc.size + page());
-  }
   ctx::stack_context take() {
     ctx::stack_context sc;
     if (!free_.empty()) {
       sc = free_.back();
       free_.pop_back();
     } else {
-      void* base = mmap(nullptr, kStackBytes + page(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      void* base = mmap(nullptr, kStackBytes + page_size(), PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (base == MAP_FAILED) throw std::bad_alloc();
-      mprotect(base, page(), PROT_NONE);
+      mprotect(base, page_size(), PROT_NONE);
       sc.size = kStackBytes;
-      sc.sp = static_cast<char*>(base) + page() + kStackBytes;
+      sc.sp = static_cast<char*>(base) + page_size() + kStackBytes;
+      std::lock_guard<std::mutex> lock(guards_mutex_);
+      guards_.push_back(reinterpret_cast<uintptr_t>(base));
     }
 #if defined(BITQAT_SIM_ASAN)
     // A thread that returned normally left its frames unpoisoned; one unwound by an exception may
@@ -201,11 +217,19 @@ class StackPool {
   }
   void give(const ctx::stack_context& sc) { free_.push_back(sc); }
   void mark_unwound(const void* stack_top) { dirty_.push_back(stack_top); }
+  // Whether an address lies in a guard page (signal-safe: no allocation, a spin on no lock).
+  bool in_guard(uintptr_t a) const {
+    for (const uintptr_t g : guards_) {
+      if (a >= g && a < g + page_size()) return true;
+    }
+    return false;
+  }
 
  private:
-  static size_t page() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
   std::vector<ctx::stack_context> free_;
   std::vector<const void*> dirty_;
+  std::vector<uintptr_t> guards_;
+  std::mutex guards_mutex_;
 };
 
 // ---- AddressSanitizer's fiber annotations (no-ops elsewhere) ----------------------------------------
@@ -262,7 +286,6 @@ struct Thread {
   int tid = 0, warp = 0, lane = 0;
   Block* block = nullptr;
   Wait wait = Wait::kNone;
-  bool started = false;
   const char* file = nullptr;
   int line = 0;
   // a pending collective
@@ -274,6 +297,9 @@ struct Thread {
   bool predicate = false;
   uint32_t mma_a[4] = {}, mma_b[2] = {};
   int32_t mma_c[4] = {};
+  // Vector clock over the warp's lanes: vc[j] is the count of lane j's __syncwarp arrivals this
+  // lane has synchronised with (its own entry: its own count). Orders shared memory within a warp.
+  uint32_t vc[32] = {};
   // contexts
   ctx::fiber fiber;   // this thread, while suspended (the scheduler's handle)
   ctx::fiber caller;  // the scheduler, while this thread runs
@@ -284,35 +310,71 @@ struct Thread {
 
 thread_local Thread* tl_thread = nullptr;
 
-// Shadow of one shared-memory byte.
+// How an access is made. Atomics and volatile accesses are "strong" in the PTX memory model (volatile
+// is relaxed at system scope): two strong accesses never form a data race, a strong and a plain one do.
+enum class Strength : uint8_t { kPlain, kAtomic, kVolatile };
+
+// One access in the shadow: the thread, its own __syncwarp count then, the program counter (or an
+// atomic's site), how it was made.
+struct Access {
+  uint16_t tid = kNoThread;
+  Strength strength = Strength::kPlain;
+  uint32_t stamp = 0;
+  uintptr_t pc = 0;
+};
+
+// Shadow of one shared-memory byte: the last write, and the reads of the current barrier interval:
+// every warp that read (bit masks: all reads, plain reads) and the last kReaderSlots readers.
 struct Shadow {
-  uint32_t wgen = 0, wepoch = 0, wwarp = 0;  // block generation (0: never), barrier and __syncwarp intervals
-  uint32_t rgen = 0, repoch = 0, rwarp = 0;
+  uint32_t wgen = 0, wepoch = 0;  // block generation of the last write (0: never), its barrier interval
+  Access w;
+  uint32_t rgen = 0, repoch = 0;
+  uint32_t rwarps = 0, rwarps_plain = 0;
+  uint8_t rnext = 0;
+  Access r[kReaderSlots];
   uint32_t pgen = 0;  // the generation in which the byte was poisoned before a read
-  uint16_t writer = kNoThread, reader1 = kNoThread, reader2 = kNoThread;
-  bool watomic = false, ratomic = false;
-  uintptr_t wpc = 0, rpc1 = 0, rpc2 = 0;
 };
 
 struct State {
   std::mutex mutex;  // one launch at a time: shared memory is process-wide
   Options options;
+  uint64_t launches_since_options = 0;  // seeds the orders: reproducible from set_options on
   Stats stats;
   StackPool stacks;
   uint32_t block_gen = 0;
-  uint64_t launch_count = 0;
-  // the shared-memory shadow over [lo, lo + size)
+  // the shared-memory shadow over [lo, lo + size), and which of those bytes are __shared__ variables
   uintptr_t lo = 0;
   size_t size = 0;
   Shadow* shadow = nullptr;
+  std::vector<uint8_t> is_shared;
+  bool precise_extents = false;
   std::vector<std::string> reports;
   std::map<std::pair<uintptr_t, uintptr_t>, int> race_sites;
   uint64_t dropped_reports = 0;
+  std::vector<std::pair<const char*, int>> atomic_sites;
+  std::map<std::pair<const char*, int>, uintptr_t> atomic_site_index;
 };
 
 State& state() {
   static State* s = new State();  // never destroyed: fibers may outlive static destruction order
   return *s;
+}
+
+std::string site_of_tag(uintptr_t tag) {
+  const auto& sites = state().atomic_sites;
+  const size_t i = static_cast<size_t>(tag & ~kSiteTag);
+  return i < sites.size() ? site(sites[i].first, sites[i].second) + " (atomic)" : "an atomic";
+}
+
+uintptr_t atomic_site(const char* file, int line) {
+  auto& s = state();
+  const auto key = std::make_pair(file, line);
+  const auto it = s.atomic_site_index.find(key);
+  if (it != s.atomic_site_index.end()) return it->second;
+  const uintptr_t tag = kSiteTag | s.atomic_sites.size();
+  s.atomic_sites.push_back(key);
+  s.atomic_site_index.emplace(key, tag);
+  return tag;
 }
 
 void report(std::string text) {
@@ -324,14 +386,45 @@ void report(std::string text) {
   }
 }
 
+// ---- a stack overflow is named, not a bare crash ------------------------------------------------------
+#if !defined(BITQAT_SIM_ASAN)
+void on_segv(int sig, siginfo_t* info, void*) {
+  if (state().stacks.in_guard(reinterpret_cast<uintptr_t>(info->si_addr))) {
+    static const char msg[] =
+        "bitqat CUDA harness: a kernel thread overflowed its stack (768 KB for local memory and the harness's "
+        "frames; a GPU thread may use at most 512 KB of local memory)\n";
+    ssize_t ignored = write(2, msg, sizeof msg - 1);
+    (void)ignored;
+  }
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+void install_stack_guard_handler() {
+  static bool done = false;
+  if (done) return;
+  done = true;
+  static std::vector<char> alt(64 * 1024);
+  stack_t ss{};
+  ss.ss_sp = alt.data();
+  ss.ss_size = alt.size();
+  sigaltstack(&ss, nullptr);
+  struct sigaction sa {};
+  sa.sa_sigaction = on_segv;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGSEGV, &sa, nullptr);
+}
+#else
+void install_stack_guard_handler() {}  // AddressSanitizer reports stack overflows itself
+#endif
+
 class Block {
  public:
   Block(Dim3 grid, Dim3 block_dim, Dim3 block_idx, void (*body)(void*), void* closure, uint64_t seed)
       : body_(body), closure_(closure), rng_(seed) {
     const int n = static_cast<int>(block_dim.x * block_dim.y * block_dim.z);
     threads_.resize(static_cast<size_t>(n));
-    warps_ = (n + kWarp - 1) / kWarp;
-    warp_epoch_.assign(static_cast<size_t>(warps_), 0);
     for (int i = 0; i < n; ++i) {
       Thread& t = threads_[static_cast<size_t>(i)];
       t.tid = i;
@@ -382,6 +475,16 @@ class Block {
     finish_switch(t.fake_stack, &sched_bottom_, &sched_size_);
     if (aborting_) throw Abort{};
   }
+  // A volatile read: let the other threads run (a spin-wait on a flag another thread sets).
+  void spin(Thread& t) {
+    if (++idle_spins_ > kMaxIdleSpins) {
+      fault("block " + name_ + ": a spin-wait on volatile shared memory never ends (" + std::to_string(kMaxIdleSpins) +
+            " volatile reads with no shared write or collective in between)");
+      throw Abort{};
+    }
+    wait(t);  // stays runnable: t.wait is kNone
+  }
+  void progressed() { idle_spins_ = 0; }
 
   void fault(const std::string& text) {
     report(text);
@@ -390,10 +493,15 @@ class Block {
 
   uint32_t gen() const { return gen_; }
   uint32_t epoch() const { return epoch_; }
-  uint32_t warp_epoch(int w) const { return warp_epoch_[static_cast<size_t>(w)]; }
   const std::string& name() const { return name_; }
   const Thread& thread(int tid) const { return threads_[static_cast<size_t>(tid)]; }
   int size() const { return static_cast<int>(threads_.size()); }
+  // Lanes of `warp` that exist and have not exited.
+  unsigned active_lanes(int warp) const {
+    unsigned m = 0;
+    for (int l = 0; l < kWarp; ++l) m |= (exists_active(warp, l) ? 1u : 0u) << l;
+    return m;
+  }
 
  private:
   void start(Thread& t) {
@@ -410,7 +518,6 @@ class Block {
     t.fiber = ctx::fiber(std::allocator_arg, Stack{&t}, [this, &t](ctx::fiber&& caller) {
       finish_switch(nullptr, &sched_bottom_, &sched_size_);
       t.caller = std::move(caller);
-      t.started = true;
       if (!aborting_) {
         bool unwound = true;
         try {
@@ -472,6 +579,7 @@ class Block {
     if (t.wait == Wait::kCollective) {
       try_release(t.warp, t.lane);
     } else if (t.wait == Wait::kExited) {
+      progressed();
       // A lane's exit may complete the collectives its warp waits at.
       for (int l = 0; l < kWarp && !aborting_; ++l) {
         const int tid = t.warp * kWarp + l;
@@ -480,8 +588,15 @@ class Block {
     }
   }
 
+  static bool same_collective(const Thread& a, const Thread& b) {
+    return a.kind == b.kind && a.mask == b.mask && (a.kind != Collective::kShuffle || a.mode == b.mode) &&
+           (a.kind != Collective::kMma || (a.file == b.file && a.line == b.line));
+  }
+
   // Releases the collective lane `lane` of `warp` waits at, once every non-exited lane of its mask
-  // waits at a collective; lanes that meet from different call sites or masks are a fault.
+  // waits at the same collective (PTX shfl.sync, vote.sync, bar.warp.sync on sm_70 and later: the
+  // same operation and member mask; mma.sync.aligned: the same instruction). Lanes that wait
+  // elsewhere may still arrive; if they never do, the block deadlocks and that is the report.
   void try_release(int warp, int lane) {
     Thread& first = threads_[static_cast<size_t>(warp * kWarp + lane)];
     const unsigned mask = first.kind == Collective::kMma ? kFullMask : first.mask;
@@ -492,27 +607,29 @@ class Block {
       if (tid >= size()) continue;
       Thread& o = threads_[static_cast<size_t>(tid)];
       if (o.wait == Wait::kExited) continue;
-      if (o.wait != Wait::kCollective) return;  // still running, or at a barrier (a deadlock shows later)
+      if (o.wait != Wait::kCollective || !same_collective(o, first)) return;  // not (yet) here
       group.add(&o);
     }
-    for (Thread* o : group) {
-      if (o->kind != first.kind || o->file != first.file || o->line != first.line || o->mask != first.mask ||
-          (o->kind == Collective::kShuffle && o->mode != first.mode)) {
-        std::map<std::string, std::vector<int>> where;
-        for (Thread* g : group) {
-          char m[16];
-          std::snprintf(m, sizeof m, "0x%08x", g->mask);
-          where[std::string(collective_name(g->kind, g->mode)) + " at " + site(g->file, g->line) + " (mask " + m + ")"]
-              .push_back(g->lane);
-        }
-        std::string text = "divergent warp collective in block " + name_ + ", warp " + std::to_string(warp) +
-                           ": lanes meet at different call sites or masks:";
-        for (const auto& [w, lanes] : where) text += " lanes " + ranges(lanes) + " at " + w + ";";
-        fault(text);
+    // A lane waiting at this very call site with another mask that names a member: the lanes
+    // disagree about who takes part (undefined in CUDA).
+    for (int l = 0; l < kWarp; ++l) {
+      const int tid = warp * kWarp + l;
+      if (tid >= size() || (mask >> l & 1u)) continue;
+      const Thread& o = threads_[static_cast<size_t>(tid)];
+      if (o.wait == Wait::kCollective && o.kind == first.kind && o.file == first.file && o.line == first.line &&
+          (o.mask & mask) != 0 && o.mask != mask) {
+        char m1[16], m2[16];
+        std::snprintf(m1, sizeof m1, "0x%08x", mask);
+        std::snprintf(m2, sizeof m2, "0x%08x", o.mask);
+        fault(std::string(collective_name(first.kind, first.mode)) + " at " + site(first.file, first.line) +
+              " in block " + name_ + ", warp " + std::to_string(warp) +
+              ": lanes disagree about the member mask: lane " + std::to_string(first.lane) + " uses " + m1 + ", lane " +
+              std::to_string(o.lane) + " uses " + m2);
         return;
       }
     }
     ++state().stats.collectives;
+    progressed();
     switch (first.kind) {
       case Collective::kShuffle:
         release_shuffle(warp, group);
@@ -523,11 +640,15 @@ class Block {
         for (Thread* o : group) o->result = bits;
         break;
       }
-      case Collective::kSyncwarp:
-        if (mask == kFullMask || static_cast<int>(group.size()) == std::min(kWarp, size() - warp * kWarp)) {
-          ++warp_epoch_[static_cast<size_t>(warp)];  // orders shared memory between the warp's lanes
-        }
+      case Collective::kSyncwarp: {
+        // Each member's own count advances, then all learn what any of them knew.
+        uint32_t merged[32] = {};
+        for (Thread* o : group) ++o->vc[o->lane];
+        for (Thread* o : group)
+          for (int j = 0; j < kWarp; ++j) merged[j] = std::max(merged[j], o->vc[j]);
+        for (Thread* o : group) std::memcpy(o->vc, merged, sizeof merged);
         break;
+      }
       case Collective::kMma:
         if (!release_mma(warp, group)) return;
         break;
@@ -647,6 +768,7 @@ class Block {
     }
     ++epoch_;
     ++state().stats.barriers;
+    progressed();
     for (Thread& t : threads_) t.wait = Wait::kNone;
     if (state().options.order == Order::kShuffle) new_order();
     return true;
@@ -673,9 +795,8 @@ class Block {
   std::mt19937_64 rng_;
   std::vector<Thread> threads_;
   std::vector<int> order_;
-  std::vector<uint32_t> warp_epoch_;
-  int warps_ = 0;
   uint32_t gen_ = 0, epoch_ = 0;
+  uint64_t idle_spins_ = 0;
   bool aborting_ = false;
   std::string name_;
   // the scheduler's own stack, for AddressSanitizer's switch annotations
@@ -698,6 +819,63 @@ std::string thread_name(const Block& b, int tid) {
 
 // ---- the shared-memory shadow -------------------------------------------------------------------------
 
+// Marks in `mark` (one byte per byte of [lo, lo + size)) the executable's function-local statics, what
+// __shared__ declarations become in the harness (ELF symbols "_ZZ..."), from its own symbol table.
+// Namespace-scope globals (a __device__ variable, a host buffer) are not shared memory and are left
+// alone. False when the table is absent (a stripped binary).
+bool mark_shared_statics(uintptr_t lo, size_t size, std::vector<uint8_t>* mark) {
+  const int fd = open("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  struct stat st {};
+  if (fstat(fd, &st) != 0 || st.st_size < static_cast<off_t>(sizeof(Elf64_Ehdr))) {
+    close(fd);
+    return false;
+  }
+  void* map = mmap(nullptr, static_cast<size_t>(st.st_size), PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (map == MAP_FAILED) return false;
+  const auto* base = static_cast<const char*>(map);
+  const size_t file_size = static_cast<size_t>(st.st_size);
+  bool ok = false;
+  const auto* eh = reinterpret_cast<const Elf64_Ehdr*>(base);
+  if (std::memcmp(eh->e_ident, ELFMAG, SELFMAG) == 0 && eh->e_ident[EI_CLASS] == ELFCLASS64 &&
+      eh->e_shoff + static_cast<size_t>(eh->e_shnum) * sizeof(Elf64_Shdr) <= file_size) {
+    const auto* sh = reinterpret_cast<const Elf64_Shdr*>(base + eh->e_shoff);
+    for (int i = 0; i < eh->e_shnum && !ok; ++i) {
+      if (sh[i].sh_type != SHT_SYMTAB || sh[i].sh_link >= eh->e_shnum) continue;
+      const Elf64_Shdr& strs = sh[sh[i].sh_link];
+      if (sh[i].sh_offset + sh[i].sh_size > file_size || strs.sh_offset + strs.sh_size > file_size) break;
+      const auto* syms = reinterpret_cast<const Elf64_Sym*>(base + sh[i].sh_offset);
+      const size_t count = sh[i].sh_size / sizeof(Elf64_Sym);
+      const char* names = base + strs.sh_offset;
+      auto name_of = [&](const Elf64_Sym& s) { return s.st_name < strs.sh_size ? names + s.st_name : ""; };
+      // The load bias: where __bss_start is now, against its value in the file.
+      bool have_bias = false;
+      uintptr_t bias = 0;
+      for (size_t j = 0; j < count && !have_bias; ++j) {
+        if (std::strcmp(name_of(syms[j]), "__bss_start") == 0) {
+          bias = lo - static_cast<uintptr_t>(syms[j].st_value);
+          have_bias = true;
+        }
+      }
+      if (!have_bias) break;
+      for (size_t j = 0; j < count; ++j) {
+        const Elf64_Sym& s = syms[j];
+        if (ELF64_ST_TYPE(s.st_info) != STT_OBJECT || s.st_size == 0 || std::strncmp(name_of(s), "_ZZ", 3) != 0) {
+          continue;
+        }
+        const uintptr_t a = static_cast<uintptr_t>(s.st_value) + bias;
+        if (a < lo || a >= lo + size) continue;
+        const size_t end = std::min(size, static_cast<size_t>(a - lo + s.st_size));
+        for (size_t k = a - lo; k < end; ++k) (*mark)[k] = 1;
+      }
+      ok = true;
+    }
+  }
+  munmap(map, file_size);
+  return ok;
+}
+
 void ensure_shadow() {
   auto& s = state();
   if (s.shadow || !__bss_start || !_end) return;
@@ -707,56 +885,92 @@ void ensure_shadow() {
                  -1, 0);
   if (p == MAP_FAILED) throw std::bad_alloc();
   s.shadow = static_cast<Shadow*>(p);  // zero pages: every record "never written"
+  s.is_shared.assign(s.size, 0);
+  s.precise_extents = mark_shared_statics(s.lo, s.size, &s.is_shared);
+  if (!s.precise_extents) std::fill(s.is_shared.begin(), s.is_shared.end(), uint8_t{1});
 }
 
-// Whether a barrier (or, within a warp, a full __syncwarp) lies between an access of `other` in
-// interval (epoch, warp_epoch) and now.
-bool ordered(const Block& b, const Thread& now, int other, uint32_t epoch, uint32_t warp_epoch) {
-  if (epoch != b.epoch()) return true;
-  if (other == now.tid) return true;
-  return other / kWarp == now.warp && b.warp_epoch(now.warp) != warp_epoch;
+// Whether a barrier lies between an access and now, or, within a warp, a __syncwarp that both
+// lanes took part in after the access (the vector clocks).
+bool ordered(const Block& b, const Thread& now, const Access& a, uint32_t epoch) {
+  if (epoch != b.epoch() || a.tid == now.tid) return true;
+  if (a.tid / kWarp != now.warp) return false;
+  return now.vc[a.tid % kWarp] > a.stamp;
 }
 
-void race(const Block& b, const Thread& now, bool write, size_t bytes, uintptr_t pc, int other, bool other_write,
-          uintptr_t other_pc, uintptr_t address) {
+const char* verb(bool write, Strength how, bool past) {
+  if (how == Strength::kAtomic) return past ? "atomically updated" : "atomically updates";
+  if (how == Strength::kVolatile && write) return past ? "wrote (volatile)" : "writes (volatile)";
+  if (how == Strength::kVolatile) return past ? "read (volatile)" : "reads (volatile)";
+  if (write) return past ? "wrote" : "writes";
+  return past ? "read" : "reads";
+}
+
+void race(const Block& b, const Thread& now, bool write, Strength how, size_t bytes, uintptr_t pc, const Access& other,
+          bool other_write, uintptr_t address) {
   auto& s = state();
-  const auto key = std::make_pair(std::min(pc, other_pc), std::max(pc, other_pc));
+  const auto key = std::make_pair(std::min(pc, other.pc), std::max(pc, other.pc));
   if (s.race_sites[key]++ > 0) return;  // one report per pair of source lines
   char addr[32];
   std::snprintf(addr, sizeof addr, "0x%" PRIxPTR, address);
+  const bool same_warp = other.tid / kWarp == now.warp;
   report(std::string("data race on shared memory at ") + addr + ": " + thread_name(b, now.tid) + " " +
-         (write ? "writes" : "reads") + " " + std::to_string(bytes) + " bytes at " + pc_marker(pc) + ", and " +
-         thread_name(b, other) + " " + (other_write ? "wrote" : "read") + " them at " + pc_marker(other_pc) +
-         ", with no __syncthreads between (barrier interval " + std::to_string(b.epoch()) + ")");
+         verb(write, how, false) + " " + std::to_string(bytes) + " bytes at " + pc_marker(pc) + ", and " +
+         thread_name(b, other.tid) + " " + verb(other_write, other.strength, true) + " them at " + pc_marker(other.pc) +
+         ", with no __syncthreads between" + (same_warp ? " and no __syncwarp of both lanes" : "") +
+         " (barrier interval " + std::to_string(b.epoch()) + ")");
 }
 
-void shared_access(uintptr_t address, size_t n, bool write, bool atomic, uintptr_t pc) {
+// A write racing with reads known only by their warps (the byte keeps its last kReaderSlots readers).
+void race_with_warp(const Block& b, const Thread& now, size_t bytes, uintptr_t pc, int warp, uintptr_t address) {
+  auto& s = state();
+  const auto key = std::make_pair(pc, static_cast<uintptr_t>(warp) | (uintptr_t{1} << 62));
+  if (s.race_sites[key]++ > 0) return;
+  char addr[32];
+  std::snprintf(addr, sizeof addr, "0x%" PRIxPTR, address);
+  report(std::string("data race on shared memory at ") + addr + ": " + thread_name(b, now.tid) + " writes " +
+         std::to_string(bytes) + " bytes at " + pc_marker(pc) + ", and threads of warp " + std::to_string(warp) +
+         " read them earlier in the same barrier interval (" + std::to_string(b.epoch()) +
+         "), with no __syncthreads between");
+}
+
+void shared_access(uintptr_t address, size_t n, bool write, Strength how, uintptr_t pc) {
   Thread* t = tl_thread;
   if (!t) return;
   auto& s = state();
   if (!s.shadow || address - s.lo >= s.size) return;
-  const Block& b = *t->block;
+  const size_t off0 = address - s.lo;
+  bool any = false;
+  for (size_t i = 0; i < n && off0 + i < s.size && !any; ++i) any = s.is_shared[off0 + i] != 0;
+  if (!any) return;
+  Block& b = *t->block;
   ++s.stats.shared_accesses;
-  const uint32_t gen = b.gen(), epoch = b.epoch(), wepoch = b.warp_epoch(t->warp);
-  for (size_t i = 0; i < n && address + i - s.lo < s.size; ++i) {
-    Shadow& r = s.shadow[address + i - s.lo];
+  if (write) b.progressed();
+  const uint32_t gen = b.gen(), epoch = b.epoch();
+  const bool strong = how != Strength::kPlain;
+  const Access me{static_cast<uint16_t>(t->tid), how, t->vc[t->lane], pc};
+  const uint32_t my_warp = 1u << t->warp;
+  for (size_t i = 0; i < n && off0 + i < s.size; ++i) {
+    if (!s.is_shared[off0 + i]) continue;
+    Shadow& r = s.shadow[off0 + i];
     if (write) {
-      if (r.wgen == gen && !(atomic && r.watomic) && !ordered(b, *t, r.writer, r.wepoch, r.wwarp)) {
-        race(b, *t, true, n, pc, r.writer, true, r.wpc, address);
+      if (r.wgen == gen && !(strong && r.w.strength != Strength::kPlain) && !ordered(b, *t, r.w, r.wepoch)) {
+        race(b, *t, true, how, n, pc, r.w, true, address);
       }
-      if (r.rgen == gen && r.repoch == epoch && !(atomic && r.ratomic)) {
-        for (const auto& [reader, rpc] : {std::make_pair(r.reader1, r.rpc1), std::make_pair(r.reader2, r.rpc2)}) {
-          if (reader != kNoThread && !ordered(b, *t, reader, r.repoch, r.rwarp)) {
-            race(b, *t, true, n, pc, reader, false, rpc, address);
+      if (r.rgen == gen && r.repoch == epoch) {
+        bool named = false;
+        for (const Access& rd : r.r) {
+          if (rd.tid != kNoThread && !(strong && rd.strength != Strength::kPlain) && !ordered(b, *t, rd, r.repoch)) {
+            race(b, *t, true, how, n, pc, rd, false, address);
+            named = true;
           }
         }
+        const uint32_t others = (strong ? r.rwarps_plain : r.rwarps) & ~my_warp;
+        if (others && !named) race_with_warp(b, *t, n, pc, __builtin_ctz(others), address);
       }
       r.wgen = gen;
       r.wepoch = epoch;
-      r.wwarp = wepoch;
-      r.writer = static_cast<uint16_t>(t->tid);
-      r.watomic = atomic;
-      r.wpc = pc;
+      r.w = me;
       r.rgen = 0;
     } else {
       if (r.wgen != gen) {
@@ -766,22 +980,27 @@ void shared_access(uintptr_t address, size_t n, bool write, bool atomic, uintptr
           ++s.stats.uninitialised_reads;
         }
         *reinterpret_cast<uint8_t*>(address + i) = s.options.poison;
-      } else if (!(atomic && r.watomic) && !ordered(b, *t, r.writer, r.wepoch, r.wwarp)) {
-        race(b, *t, false, n, pc, r.writer, true, r.wpc, address);
+      } else if (!(strong && r.w.strength != Strength::kPlain) && !ordered(b, *t, r.w, r.wepoch)) {
+        race(b, *t, false, how, n, pc, r.w, true, address);
       }
       if (r.rgen != gen || r.repoch != epoch) {
         r.rgen = gen;
         r.repoch = epoch;
-        r.rwarp = wepoch;
-        r.reader1 = static_cast<uint16_t>(t->tid);
-        r.reader2 = kNoThread;
-        r.rpc1 = pc;
-        r.ratomic = atomic;
-      } else if (r.reader1 != t->tid && r.reader2 == kNoThread) {
-        r.reader2 = static_cast<uint16_t>(t->tid);
-        r.rpc2 = pc;
-        r.ratomic = r.ratomic && atomic;
+        r.rwarps = r.rwarps_plain = 0;
+        r.rnext = 0;
+        for (Access& rd : r.r) rd.tid = kNoThread;
       }
+      r.rwarps |= my_warp;
+      if (!strong) r.rwarps_plain |= my_warp;
+      int k = -1;
+      for (int j = 0; j < kReaderSlots; ++j) {
+        if (r.r[j].tid == me.tid) k = j;
+      }
+      if (k < 0) {
+        k = r.rnext;
+        r.rnext = static_cast<uint8_t>((r.rnext + 1) % kReaderSlots);
+      }
+      r.r[k] = me;
     }
   }
 }
@@ -796,7 +1015,10 @@ int& error_slot() {
 // ---- public API -----------------------------------------------------------------------------------------
 
 Options options() { return state().options; }
-void set_options(const Options& o) { state().options = o; }
+void set_options(const Options& o) {
+  state().options = o;
+  state().launches_since_options = 0;
+}
 ScopedOptions::ScopedOptions(const Options& o) : saved_(options()) { set_options(o); }
 ScopedOptions::~ScopedOptions() { set_options(saved_); }
 
@@ -825,12 +1047,15 @@ int launch(Dim3 grid, Dim3 block, void (*body)(void*), void* closure) {
   if (tl_thread) return kInvalidValue;  // no launches from inside a kernel
   auto& s = state();
   std::lock_guard<std::mutex> lock(s.mutex);
+  install_stack_guard_handler();
   if (instrumented()) ensure_shadow();
   s.reports.clear();
   s.race_sites.clear();
   s.dropped_reports = 0;
   ++s.stats.launches;
-  const uint64_t launch_id = ++s.launch_count;
+  // The orders depend on the seed and on how many launches ran since the options were set, so a run
+  // repeats when the same launches follow the same set_options (a test filtered to itself included).
+  const uint64_t launch_id = ++s.launches_since_options;
   const uint64_t blocks = uint64_t{grid.x} * grid.y * grid.z;
   std::vector<uint64_t> order(blocks);
   for (uint64_t i = 0; i < blocks; ++i) order[i] = i;
@@ -912,6 +1137,11 @@ unsigned ballot(unsigned mask, bool predicate, const char* file, int line) {
   return static_cast<unsigned>(t.result);
 }
 
+unsigned active_mask() {
+  const Thread& t = current("__activemask");
+  return t.block->active_lanes(t.warp);
+}
+
 void mma_m16n8k32_s8(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], const char* file, int line) {
   Thread& t = current("mma.sync");
   std::memcpy(t.mma_a, a, sizeof t.mma_a);
@@ -922,17 +1152,15 @@ void mma_m16n8k32_s8(int (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]
 }
 
 uint32_t atomic_rmw(void* address, uint32_t (*fn)(uint32_t, uint32_t), uint32_t operand, const char* file, int line) {
-  Thread& t = current("an atomic");
-  (void)file;
-  (void)line;
+  current("an atomic");
   const auto a = reinterpret_cast<uintptr_t>(address);
-  if (instrumented()) shared_access(a, 4, false, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+  const uintptr_t where = instrumented() ? atomic_site(file, line) : 0;
+  if (instrumented()) shared_access(a, 4, false, Strength::kAtomic, where);
   uint32_t old;
   std::memcpy(&old, address, 4);
   const uint32_t now = fn(old, operand);
-  if (instrumented()) shared_access(a, 4, true, true, reinterpret_cast<uintptr_t>(__builtin_return_address(0)));
+  if (instrumented()) shared_access(a, 4, true, Strength::kAtomic, where);
   std::memcpy(address, &now, 4);
-  (void)t;
   return old;
 }
 
@@ -941,21 +1169,31 @@ uint32_t atomic_rmw(void* address, uint32_t (*fn)(uint32_t, uint32_t), uint32_t 
 // ---- the instrumentation hooks of -fsanitize=thread (instrumented build only) ---------------------------
 #if !defined(BITQAT_SIM_ASAN)
 namespace {
-inline void hook(void* p, size_t n, bool write, void* pc) {
+using bitqat::cuda::sim::Strength;
+inline void hook(void* p, size_t n, bool write, void* pc, Strength how = Strength::kPlain) {
   if (bitqat::cuda::sim::tl_thread) {
-    bitqat::cuda::sim::shared_access(reinterpret_cast<uintptr_t>(p), n, write, false, reinterpret_cast<uintptr_t>(pc));
+    bitqat::cuda::sim::shared_access(reinterpret_cast<uintptr_t>(p), n, write, how, reinterpret_cast<uintptr_t>(pc));
+  }
+}
+// A volatile read inside a kernel is where a GPU thread may spin on a flag another thread sets: the
+// other threads run before it reads again.
+inline void volatile_read(void* p, size_t n, void* pc) {
+  if (auto* t = bitqat::cuda::sim::tl_thread) {
+    bitqat::cuda::sim::shared_access(reinterpret_cast<uintptr_t>(p), n, false, Strength::kVolatile,
+                                     reinterpret_cast<uintptr_t>(pc));
+    t->block->spin(*t);
   }
 }
 }  // namespace
 
 extern "C" {
-#define BITQAT_SIM_HOOKS(n)                                                                  \
-  void __tsan_read##n(void* p) { hook(p, n, false, __builtin_return_address(0)); }           \
-  void __tsan_write##n(void* p) { hook(p, n, true, __builtin_return_address(0)); }           \
-  void __tsan_unaligned_read##n(void* p) { hook(p, n, false, __builtin_return_address(0)); } \
-  void __tsan_unaligned_write##n(void* p) { hook(p, n, true, __builtin_return_address(0)); } \
-  void __tsan_volatile_read##n(void* p) { hook(p, n, false, __builtin_return_address(0)); }  \
-  void __tsan_volatile_write##n(void* p) { hook(p, n, true, __builtin_return_address(0)); }
+#define BITQAT_SIM_HOOKS(n)                                                                   \
+  void __tsan_read##n(void* p) { hook(p, n, false, __builtin_return_address(0)); }            \
+  void __tsan_write##n(void* p) { hook(p, n, true, __builtin_return_address(0)); }            \
+  void __tsan_unaligned_read##n(void* p) { hook(p, n, false, __builtin_return_address(0)); }  \
+  void __tsan_unaligned_write##n(void* p) { hook(p, n, true, __builtin_return_address(0)); }  \
+  void __tsan_volatile_read##n(void* p) { volatile_read(p, n, __builtin_return_address(0)); } \
+  void __tsan_volatile_write##n(void* p) { hook(p, n, true, __builtin_return_address(0), Strength::kVolatile); }
 BITQAT_SIM_HOOKS(1)
 BITQAT_SIM_HOOKS(2)
 BITQAT_SIM_HOOKS(4)

@@ -8,23 +8,32 @@
 // Execution model:
 //   - a thread runs until it waits (at __syncthreads, a warp collective) or exits; the scheduler
 //     then resumes the next runnable thread in the chosen order (index, reverse, or a seeded shuffle
-//     drawn anew for every barrier interval and for the block order);
+//     drawn anew for every barrier interval and for the block order). A volatile read lets the
+//     others run first (a spin-wait on a flag another thread sets ends);
 //   - __syncthreads releases when every thread of the block that has not exited waits at one. Waits
-//     at different call sites, a thread that exits while others wait, and a state where nothing can
-//     run (deadlock) are faults, reported with the file:line of each wait;
+//     at different call sites, a barrier reached after some thread has exited, and a state where
+//     nothing can run (deadlock) are faults, reported with the file:line of each wait;
 //   - a warp is 32 consecutive linear thread ids. A shuffle, vote or __syncwarp releases when every
-//     non-exited lane of its member mask waits at one; lanes that meet from different call sites or
-//     masks are a fault. Shuffles follow PTX shfl.sync (segment mask for `width`, an out-of-range
-//     source lane returns the caller's own value, an inactive or non-member source gives a poison
-//     value: NaN, or 0xDEADBEEF for integers). mma.sync m16n8k32 needs all 32 lanes;
+//     non-exited lane of its member mask waits at the same operation with the same mask (PTX
+//     shfl.sync, vote.sync, bar.warp.sync on sm_70 and later, the targets here: the call sites may
+//     differ); lanes that never meet deadlock, which is the report. Lanes at one call site that
+//     disagree about the mask, a lane outside its own mask and a bad width are faults. Shuffles follow
+//     PTX shfl.sync (segment mask for `width`, an out-of-range source lane returns the caller's own
+//     value, an inactive or non-member source gives a poison value: NaN, or 0xDEADBEEF for integers).
+//     mma.sync.aligned needs all 32 lanes at the same instruction;
 //   - __shared__ variables are function-local statics: per block (one block runs at a time), not
 //     thread-local. In the instrumented build a shared byte that the block reads before writing it
 //     reads `Options::poison` (set just before the read), so a result that depends on uninitialised
 //     shared memory changes with the pattern;
-//   - every shared-memory access of the instrumented build goes through a shadow record (last writer,
-//     readers, barrier interval, __syncwarp interval, program counter): a write and another thread's
-//     access in the same interval, with no __syncthreads (or, within a warp, __syncwarp) between, is
-//     a data race, reported with both threads and both source lines. Deterministic; no TSan runtime.
+//   - every shared-memory access of the instrumented build goes through a shadow record (last writer;
+//     the warps that read it in the current barrier interval and its last 4 readers; program
+//     counters). A write and another thread's access in the same barrier interval is a data race
+//     unless both lanes are in one warp and a __syncwarp they both took part in lies between (vector
+//     clocks over the warp's lanes). Atomics and volatile accesses are strong operations in the PTX memory
+//     model (volatile is relaxed at system scope): they race with plain accesses, not with each other. Reports
+//     name both threads and both source lines. Deterministic; no TSan runtime. Shared memory is the
+//     executable's function-local statics (its symbol table; without one, all zero-initialised data);
+//     copies through memcpy / memset are not watched.
 //
 // Faults are collected during the launch; the launch then throws KernelFault with all reports.
 #pragma once
@@ -106,6 +115,8 @@ uint64_t shuffle(ShuffleMode mode, unsigned mask, uint64_t value, unsigned b, in
                  const char* file, int line);
 // __ballot_sync: bit l set when lane l (in mask) has a non-zero predicate.
 unsigned ballot(unsigned mask, bool predicate, const char* file, int line);
+// __activemask: the lanes of the caller's warp that exist and have not exited.
+unsigned active_mask();
 
 // The host thread's last launch error (a cudaError_t value), as the CUDA runtime keeps it.
 int& last_error();

@@ -5,6 +5,8 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <vector>
+
 #include "cuda/mma_m16n8k32.hpp"
 
 namespace bitqat::cuda::sim::testing {
@@ -103,6 +105,89 @@ __global__ void outside_mask_kernel() { (void)__shfl_sync(0x0000ffffu, static_ca
 
 __global__ void bad_width_kernel() { (void)__shfl_down_sync(0xffffffffu, static_cast<int>(threadIdx.x), 1, 12); }
 
+__global__ void half_warp_exchange_kernel(bool with_sync, int* out) {
+  __shared__ int s[32];
+  const int t = threadIdx.x, base = t / 16 * 16;
+  s[t] = 100 + t;
+  if (with_sync) __syncwarp(t < 16 ? 0x0000ffffu : 0xffff0000u);
+  out[t] = s[base + (t + 1) % 16];
+}
+
+__global__ void syncwarp_two_sites_kernel(int* out) {
+  __shared__ int s[32];
+  const int t = threadIdx.x;
+  s[t] = 200 + t;
+  if (t < 16) {
+    __syncwarp();
+  } else {
+    __syncwarp();
+  }
+  out[t] = s[t ^ 16];
+}
+
+__global__ void overlapping_shuffles_kernel(const int* in, int* out) {
+  const int t = threadIdx.x;
+  int v = in[t];
+  if (t < 16) v = __shfl_xor_sync(0x0000ffffu, v, 1);
+  v = __shfl_xor_sync(0xffffffffu, v, 16);
+  out[t] = v;
+}
+
+__global__ void mask_disagreement_kernel() {
+  const int t = threadIdx.x;
+  (void)__shfl_sync(t < 16 ? 0x0000ffffu : 0xffffffffu, t, 0);
+}
+
+__global__ void readers_then_write_kernel(int* out) {
+  __shared__ int word;
+  const int t = threadIdx.x;
+  if (t == 0) word = 5;
+  __syncthreads();
+  out[t] = word;
+  __syncwarp();
+  if (t == static_cast<int>(blockDim.x) - 1) word = 6;
+}
+
+__global__ void spin_kernel(bool volatile_store, bool never_set, int* out) {
+  __shared__ int flag;
+  const int t = threadIdx.x;
+  if (t == 0) flag = 0;
+  __syncthreads();
+  if (t == 0) {
+    int seen;
+    while ((seen = *static_cast<volatile int*>(&flag)) == 0) {
+    }
+    out[0] = seen;
+  }
+  if (t == 32 && !never_set) {
+    if (volatile_store) {
+      *static_cast<volatile int*>(&flag) = 7;
+    } else {
+      flag = 7;
+    }
+  }
+}
+
+__device__ int device_table[64];
+
+__global__ void device_globals_kernel(int* out) { out[threadIdx.x] = device_table[threadIdx.x]; }
+
+__global__ void big_local_kernel(int n, long long* out) {
+  int local[1 << 16];
+  for (int i = 0; i < n; ++i) local[i] = i;
+  long long sum = 0;
+  for (int i = 0; i < n; ++i) sum += local[i];
+  out[0] = sum;
+}
+
+__global__ void huge_local_kernel(long long* out) {
+  int local[1 << 18];
+  for (int i = 0; i < (1 << 18); ++i) local[i] = i;
+  long long sum = 0;
+  for (int i = 0; i < (1 << 18); i += 4096) sum += local[i];
+  out[0] = sum;
+}
+
 __global__ void mma_kernel(const uint32_t* a, const uint32_t* b, const int32_t* c, int32_t* d, int missing_lane) {
   const int lane = threadIdx.x;
   if (lane == missing_lane) return;
@@ -174,10 +259,29 @@ int exit_before_barrier(int threads) { return run(exit_before_barrier_kernel, 1,
 int shuffle_barrier_deadlock() { return run(deadlock_kernel, 1, 32); }
 int lane_outside_mask() { return run(outside_mask_kernel, 1, 32); }
 int bad_width() { return run(bad_width_kernel, 1, 32); }
+int half_warp_exchange(bool with_sync, int* out) { return run(half_warp_exchange_kernel, 1, 32, with_sync, out); }
+int syncwarp_two_sites(int* out) { return run(syncwarp_two_sites_kernel, 1, 32, out); }
+int overlapping_shuffles(const int* in, int* out) { return run(overlapping_shuffles_kernel, 1, 32, in, out); }
+int mask_disagreement() { return run(mask_disagreement_kernel, 1, 32); }
+int readers_then_write(int threads, int* out) { return run(readers_then_write_kernel, 1, threads, out); }
+int spin_wait(bool volatile_store, int* out) { return run(spin_kernel, 1, 64, volatile_store, false, out); }
+int spin_forever() {
+  int out = 0;
+  return run(spin_kernel, 1, 64, true, true, &out);
+}
+int read_device_globals(int threads, int* out) { return run(device_globals_kernel, 1, threads, out); }
+int big_local_array(int n, long long* out) {
+  if (n > (1 << 16)) return 1;
+  return run(big_local_kernel, 1, 1, n, out);
+}
+int overflow_stack() {
+  long long out = 0;
+  return run(huge_local_kernel, 1, 1, &out);
+}
 int mma_missing_lane() {
-  static uint32_t a[32 * 4], b[32 * 2];
-  static int32_t c[32 * 4], d[32 * 4];
-  return run(mma_kernel, 1, 32, a, b, c, d, 3);
+  std::vector<uint32_t> a(32 * 4), b(32 * 2);
+  std::vector<int32_t> c(32 * 4), d(32 * 4);
+  return run(mma_kernel, 1, 32, a.data(), b.data(), c.data(), d.data(), 3);
 }
 int mma(const uint32_t* a, const uint32_t* b, const int32_t* c, int32_t* d) {
   return run(mma_kernel, 1, 32, a, b, c, d, -1);

@@ -42,6 +42,34 @@ int lane_outside_mask();
 int bad_width();
 int mma_missing_lane();
 
+// Warp-level synchronisation (sm_70 and later semantics). half_warp_exchange: the two half-warps each
+// write s[t], take __syncwarp of their own half (when with_sync), then read out[t] = s[their half's
+// next lane]. syncwarp_two_sites: lanes 0-15 and 16-31 take __syncwarp(full mask) at two different
+// call sites between writing s[t] and reading out[t] = s[t ^ 16]. overlapping_shuffles: lanes 0-15
+// run v = shfl_xor(0x0000ffff, v, 1), then every lane v = shfl_xor(full, v, 16); out[t] = v.
+// mask_disagreement: one shuffle where lanes 0-15 pass 0x0000ffff and lanes 16-31 0xffffffff (a fault).
+int half_warp_exchange(bool with_sync, int* out);
+int syncwarp_two_sites(int* out);
+int overlapping_shuffles(const int* in, int* out);
+int mask_disagreement();
+
+// `threads` threads (more than a warp) read a shared word (out[t]), take __syncwarp, then the last
+// thread overwrites it: a race with the reads of the other warps (no __syncthreads between).
+int readers_then_write(int threads, int* out);
+
+// Thread 0 spins on a volatile shared flag until thread 32 sets it to 7 (a volatile store, or a plain
+// one when !volatile_store: then a race); out[0] = the flag thread 0 saw. spin_forever: nobody sets it.
+int spin_wait(bool volatile_store, int* out);
+int spin_forever();
+
+// out[t] = a zero-initialised __device__ array (global memory: never poisoned, not watched for races).
+int read_device_globals(int threads, int* out);
+
+// One thread fills a local array of n ints (n * 4 bytes of its stack) with i and returns the sum.
+// overflow_stack: the same with a 1 MiB array (more than the fiber's stack).
+int big_local_array(int n, long long* out);
+int overflow_stack();
+
 // One warp runs mma.sync m16n8k32 on fragments given per lane (a [32][4], b [32][2], c [32][4]
 // words); d [32][4] receives each lane's result.
 int mma(const uint32_t* a, const uint32_t* b, const int32_t* c, int32_t* d);

@@ -172,6 +172,133 @@ TEST(SimRace, AtomicsDoNotRaceEachOtherButDoRaceAPlainRead) {
   EXPECT_TRUE(contains(text, "counter_kernel")) << text;
 }
 
+TEST(SimRace, AtomicRaceNamesTheAtomicsLine) {
+  std::vector<int> out(2, -1);
+  const auto text = fault_of([&] { shared_counter(128, true, out.data()); });
+  const std::string file = "tests/cuda/sim/harness_kernels.cpp";
+  const int atomic = line_of(file, "counter_kernel", "atomicAdd(&counter, 1);");
+  const int plain = line_of(file, "counter_kernel", "out[1] = counter;");
+  EXPECT_TRUE(contains(text, file + ":" + std::to_string(atomic) + " (atomic)")) << text;
+  EXPECT_TRUE(contains(text, file + ":" + std::to_string(plain))) << text;
+}
+
+TEST(SimRace, AWriteAfterReadsOfOtherWarpsIsARaceHoweverManyReadersCame) {
+  // 96 threads read; the last thread's write follows only a __syncwarp, which orders its own warp's
+  // reads but not those of warps 0 and 1 (whose readers have left the last-readers slots).
+  for (const auto& config : harness_configs()) {
+    ScopedOptions o(config);
+    std::vector<int> out(96, -1);
+    const auto text = fault_of([&] { readers_then_write(96, out.data()); });
+    EXPECT_TRUE(contains(text, "data race on shared memory")) << config_name(config) << ": " << text;
+    EXPECT_TRUE(contains(text, "thread (95,0,0) of block (0,0,0) writes 4 bytes")) << config_name(config) << text;
+  }
+  // One warp: the __syncwarp orders every read before the write.
+  std::vector<int> out(32, -1);
+  EXPECT_EQ(fault_of([&] { readers_then_write(32, out.data()); }), "no fault");
+  for (int v : out) EXPECT_EQ(v, 5);
+}
+
+TEST(SimSyncwarp, HalfWarpMasksOrderTheirOwnLanes) {
+  for (const auto& config : harness_configs()) {
+    ScopedOptions o(config);
+    std::vector<int> out(32, -1);
+    ASSERT_EQ(fault_of([&] { half_warp_exchange(true, out.data()); }), "no fault") << config_name(config);
+    for (int t = 0; t < 32; ++t) EXPECT_EQ(out[static_cast<size_t>(t)], 100 + t / 16 * 16 + (t + 1) % 16) << t;
+  }
+  std::vector<int> out(32);
+  const auto text = fault_of([&] { half_warp_exchange(false, out.data()); });
+  EXPECT_TRUE(contains(text, "with no __syncthreads between and no __syncwarp of both lanes")) << text;
+}
+
+TEST(SimSyncwarp, CallSitesMayDifferOnVolta) {
+  // bar.warp.sync on sm_70 and later: the lanes of the mask meet wherever each calls it.
+  for (const auto& config : harness_configs()) {
+    ScopedOptions o(config);
+    std::vector<int> out(32, -1);
+    ASSERT_EQ(fault_of([&] { syncwarp_two_sites(out.data()); }), "no fault") << config_name(config);
+    for (int t = 0; t < 32; ++t) EXPECT_EQ(out[static_cast<size_t>(t)], 200 + (t ^ 16)) << t;
+  }
+}
+
+TEST(SimShuffle, ConsecutiveShufflesWithOverlappingMasksMeetTheirOwnPartners) {
+  std::vector<int> in(32), out(32, -1);
+  for (int i = 0; i < 32; ++i) in[static_cast<size_t>(i)] = 1000 + i;
+  for (const auto& config : harness_configs()) {
+    ScopedOptions o(config);
+    ASSERT_EQ(fault_of([&] { overlapping_shuffles(in.data(), out.data()); }), "no fault") << config_name(config);
+    // Lane t < 16 first holds in[t ^ 1]; lane t then takes lane t ^ 16's value.
+    for (int t = 0; t < 32; ++t) {
+      const int partner = t ^ 16;
+      const int want = partner < 16 ? 1000 + (partner ^ 1) : 1000 + partner;
+      EXPECT_EQ(out[static_cast<size_t>(t)], want) << config_name(config) << " lane " << t;
+    }
+  }
+}
+
+TEST(SimShuffle, LanesThatDisagreeAboutTheMaskAreReported) {
+  // The harness sees both masks when the lanes wait together: here in reverse order (lanes 16-31
+  // arrive first and wait for lanes 0-15). In index order lanes 0-15 meet among themselves first, and
+  // the later full-mask shuffle finds them exited; kernel tests run every order for this reason.
+  ScopedOptions o(Options{Order::kReverse, 1, 0xA5});
+  const auto text = fault_of([] { mask_disagreement(); });
+  EXPECT_TRUE(contains(text, "lanes disagree about the member mask")) << text;
+  EXPECT_TRUE(contains(text, "0x0000ffff")) << text;
+  EXPECT_TRUE(contains(text, "0xffffffff")) << text;
+}
+
+TEST(SimSpin, AVolatileSpinWaitEndsWhenAnotherWarpSetsTheFlag) {
+  if (!instrumented()) GTEST_SKIP() << "volatile reads yield only in the instrumented build";
+  for (const auto& config : harness_configs()) {
+    ScopedOptions o(config);
+    int out = -1;
+    ASSERT_EQ(fault_of([&] { spin_wait(true, &out); }), "no fault") << config_name(config);
+    EXPECT_EQ(out, 7);
+  }
+  // A plain store to the flag races with the volatile reads; a flag nobody sets is reported.
+  int out = -1;
+  const auto text = fault_of([&] { spin_wait(false, &out); });
+  EXPECT_TRUE(contains(text, "writes 4 bytes")) << text;
+  EXPECT_TRUE(contains(text, "read (volatile) them")) << text;
+  EXPECT_TRUE(contains(fault_of([] { spin_forever(); }), "a spin-wait on volatile shared memory never ends"));
+}
+
+TEST(SimPoison, GlobalMemoryIsNeitherPoisonedNorWatched) {
+  std::vector<int> out(64, -1);
+  ScopedOptions o(Options{Order::kIndex, 1, 0xA5});
+  reset_stats();
+  ASSERT_EQ(fault_of([&] { read_device_globals(64, out.data()); }), "no fault");
+  for (int v : out) EXPECT_EQ(v, 0);
+  EXPECT_EQ(stats().uninitialised_reads, 0u);
+  EXPECT_EQ(stats().shared_accesses, 0u);
+}
+
+TEST(SimLaunch, AThreadMayHoldAQuarterMegabyteOfLocals) {
+  long long sum = -1;
+  const int n = 1 << 16;  // 256 KiB of int
+  ASSERT_EQ(big_local_array(n, &sum), 0);
+  EXPECT_EQ(sum, static_cast<long long>(n) * (n - 1) / 2);
+}
+
+TEST(SimLaunchDeathTest, AThreadWhoseLocalsOutgrowItsStackIsNamed) {
+  if (!instrumented()) GTEST_SKIP() << "AddressSanitizer reports stack overflows itself";
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(overflow_stack(), "a kernel thread overflowed its stack");
+}
+
+TEST(SimOrder, ASeedRepeatsItsOrderAndAnotherSeedDoesNot) {
+  const int blocks = 6, threads = 64;
+  auto orders = [&](uint64_t seed) {
+    ScopedOptions o(Options{Order::kShuffle, seed, 0xA5});
+    std::vector<int> t(blocks * threads), b(blocks);
+    EXPECT_EQ(run_order(blocks, threads, t.data(), b.data()), 0);
+    t.insert(t.end(), b.begin(), b.end());
+    return t;
+  };
+  const auto first = orders(99), again = orders(99), other = orders(100);
+  EXPECT_EQ(first, again);
+  EXPECT_NE(first, other);
+}
+
 TEST(SimPoison, UnwrittenSharedMemoryReadsThePatternAndNothingCarriesOverBlocks) {
   std::vector<uint8_t> out(64);
   for (const uint8_t p : {uint8_t{0xA5}, uint8_t{0x5A}}) {

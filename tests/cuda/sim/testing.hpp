@@ -10,9 +10,10 @@
 
 namespace bitqat::cuda::sim::testing {
 
-// Index order with poison 0xA5, a seeded shuffle with 0x5A, and reverse order with 0x3C (left out
+// Index order with poison 0xA5, a seeded shuffle with 0x00, and reverse order with 0x3C (left out
 // for the largest shapes, where it costs a full run): a missing barrier or a read of uninitialised
-// shared memory then changes a result.
+// shared memory then changes a result (zero among the patterns: code that assumes zeroed shared
+// memory differs too).
 // The sanitizer build runs index order only: its checks (bounds, shifts, overflow) do not depend on
 // the order, and it has no race detector or poisoning to feed.
 inline std::vector<Options> harness_configs(bool with_reverse = true) {
@@ -20,7 +21,7 @@ inline std::vector<Options> harness_configs(bool with_reverse = true) {
   (void)with_reverse;
   return {{Order::kIndex, 1, 0xA5}};
 #endif
-  std::vector<Options> c = {{Order::kIndex, 1, 0xA5}, {Order::kShuffle, 20261206, 0x5A}};
+  std::vector<Options> c = {{Order::kIndex, 1, 0xA5}, {Order::kShuffle, 20261206, 0x00}};
   if (with_reverse) c.push_back({Order::kReverse, 1, 0x3C});
   return c;
 }
