@@ -628,6 +628,25 @@ class Block {
         return;
       }
     }
+    // Stricter than PTX unless the options say otherwise: one shuffle or vote, one call site.
+    if (state().options.same_site_collectives &&
+        (first.kind == Collective::kShuffle || first.kind == Collective::kBallot)) {
+      std::map<std::string, unsigned> sites;
+      for (const Thread* o : group) sites[site(o->file, o->line)] |= 1u << o->lane;
+      if (sites.size() > 1) {
+        std::string text = "divergent " + std::string(collective_name(first.kind, first.mode)) + " in block " + name_ +
+                           ", warp " + std::to_string(warp) + ": lanes meet from different call sites (";
+        bool comma = false;
+        for (const auto& [where, lanes] : sites) {
+          char m[16];
+          std::snprintf(m, sizeof m, "0x%08x", lanes);
+          text += std::string(comma ? "; " : "") + "lanes " + m + " at " + where;
+          comma = true;
+        }
+        fault(text + "); PTX allows this on sm_70 and later: Options::same_site_collectives = false accepts it");
+        return;
+      }
+    }
     ++state().stats.collectives;
     progressed();
     switch (first.kind) {

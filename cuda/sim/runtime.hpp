@@ -16,11 +16,12 @@
 //   - a warp is 32 consecutive linear thread ids. A shuffle, vote or __syncwarp releases when every
 //     non-exited lane of its member mask waits at the same operation with the same mask (PTX
 //     shfl.sync, vote.sync, bar.warp.sync on sm_70 and later, the targets here: the call sites may
-//     differ); lanes that never meet deadlock, which is the report. Lanes at one call site that
-//     disagree about the mask, a lane outside its own mask and a bad width are faults. Shuffles follow
-//     PTX shfl.sync (segment mask for `width`, an out-of-range source lane returns the caller's own
-//     value, an inactive or non-member source gives a poison value: NaN, or 0xDEADBEEF for integers).
-//     mma.sync.aligned needs all 32 lanes at the same instruction;
+//     differ, though by default lanes that meet at a shuffle or vote from different call sites are a
+//     fault, Options::same_site_collectives); lanes that never meet deadlock, which is the report. Lanes at one call
+//     site that disagree about the mask, a lane outside its own mask and a bad width are faults. Shuffles follow PTX
+//     shfl.sync (segment mask for `width`, an out-of-range source lane returns the caller's own value, an inactive or
+//     non-member source gives a poison value: NaN, or 0xDEADBEEF for integers). mma.sync.aligned needs all 32 lanes at
+//     the same instruction;
 //   - __shared__ variables are function-local statics: per block (one block runs at a time), not
 //     thread-local. In the instrumented build a shared byte that the block reads before writing it
 //     reads `Options::poison` (set just before the read), so a result that depends on uninitialised
@@ -54,6 +55,11 @@ struct Options {
   Order order = Order::kIndex;
   uint64_t seed = 1;      // kShuffle: seeds the permutations
   uint8_t poison = 0xA5;  // the byte an uninitialised shared-memory read returns
+  // Lanes that meet at a shuffle or vote from different call sites are a fault ("divergent"). PTX
+  // allows it on sm_70 and later (shfl.sync and vote.sync wait for the same operation and mask, not
+  // the same instruction), but in this project's kernels it only arises from divergence by mistake;
+  // false follows PTX. __syncwarp always follows PTX; mma.sync.aligned always needs one instruction.
+  bool same_site_collectives = true;
 };
 
 Options options();

@@ -133,6 +133,17 @@ __global__ void overlapping_shuffles_kernel(const int* in, int* out) {
   out[t] = v;
 }
 
+__global__ void two_site_shuffle_kernel(int* out) {
+  const int t = threadIdx.x;
+  int v;
+  if (t < 16) {
+    v = __shfl_xor_sync(0xffffffffu, t, 16);
+  } else {
+    v = __shfl_xor_sync(0xffffffffu, t, 16);
+  }
+  out[t] = v;
+}
+
 __global__ void mask_disagreement_kernel() {
   const int t = threadIdx.x;
   (void)__shfl_sync(t < 16 ? 0x0000ffffu : 0xffffffffu, t, 0);
@@ -262,6 +273,7 @@ int bad_width() { return run(bad_width_kernel, 1, 32); }
 int half_warp_exchange(bool with_sync, int* out) { return run(half_warp_exchange_kernel, 1, 32, with_sync, out); }
 int syncwarp_two_sites(int* out) { return run(syncwarp_two_sites_kernel, 1, 32, out); }
 int overlapping_shuffles(const int* in, int* out) { return run(overlapping_shuffles_kernel, 1, 32, in, out); }
+int two_site_shuffle(int* out) { return run(two_site_shuffle_kernel, 1, 32, out); }
 int mask_disagreement() { return run(mask_disagreement_kernel, 1, 32); }
 int readers_then_write(int threads, int* out) { return run(readers_then_write_kernel, 1, threads, out); }
 int spin_wait(bool volatile_store, int* out) { return run(spin_kernel, 1, 64, volatile_store, false, out); }

@@ -52,6 +52,8 @@ int half_warp_exchange(bool with_sync, int* out);
 int syncwarp_two_sites(int* out);
 int overlapping_shuffles(const int* in, int* out);
 int mask_disagreement();
+// The two half-warps run out[t] = shfl_xor(full, t, 16) from the two branches of an if.
+int two_site_shuffle(int* out);
 
 // `threads` threads (more than a warp) read a shared word (out[t]), take __syncwarp, then the last
 // thread overwrites it: a race with the reads of the other warps (no __syncthreads between).

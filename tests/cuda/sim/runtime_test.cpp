@@ -235,6 +235,28 @@ TEST(SimShuffle, ConsecutiveShufflesWithOverlappingMasksMeetTheirOwnPartners) {
   }
 }
 
+TEST(SimShuffle, LanesFromTwoCallSitesAreDivergentUnlessThePtxRuleIsAsked) {
+  std::vector<int> out(32, -1);
+  const auto text = fault_of([&] { two_site_shuffle(out.data()); });
+  const std::string file = "tests/cuda/sim/harness_kernels.cpp";
+  const int first = line_of(file, "two_site_shuffle_kernel", "__shfl_xor_sync");
+  EXPECT_TRUE(contains(text,
+                       "divergent shfl.sync.bfly in block (0,0,0), warp 0: lanes meet from different call "
+                       "sites (lanes 0x0000ffff at " +
+                           file + ":" + std::to_string(first) + "; lanes 0xffff0000 at " + file + ":" +
+                           std::to_string(first + 2) + ")"))
+      << text;
+  // PTX on sm_70 and later: shfl.sync waits for the same operation and mask, wherever it is.
+  for (const auto& config : harness_configs()) {
+    Options o = config;
+    o.same_site_collectives = false;
+    ScopedOptions scoped(o);
+    std::fill(out.begin(), out.end(), -1);
+    ASSERT_EQ(fault_of([&] { two_site_shuffle(out.data()); }), "no fault") << config_name(config);
+    for (int t = 0; t < 32; ++t) EXPECT_EQ(out[static_cast<size_t>(t)], t ^ 16) << t;
+  }
+}
+
 TEST(SimShuffle, LanesThatDisagreeAboutTheMaskAreReported) {
   // The harness sees both masks when the lanes wait together: here in reverse order (lanes 16-31
   // arrive first and wait for lanes 0-15). In index order lanes 0-15 meet among themselves first, and
