@@ -23,6 +23,7 @@
 #include "models/generate.hpp"
 #include "models/lm.hpp"
 #include "training/config.hpp"
+#include "training/distributed.hpp"
 #include "training/image_quality.hpp"
 #include "training/quantize.hpp"
 #include "training/run_loader.hpp"
@@ -50,7 +51,7 @@ std::optional<training::QualityResult> dit_quality(const EvalArgs& a, training::
       throw core::UserError(
           fmt::format("--classifier, --samples, --steps, --cfg, --solver and --sample-seed apply to diffusion "
                       "transformer runs; {} is a model.kind {} run",
-                      a.run_dir, run.cfg.model.get<std::string>("kind", "lm")));
+                      a.run_dir, models::to_string(run.cfg.model.kind)));
     }
     return std::nullopt;
   }
@@ -83,13 +84,6 @@ std::optional<training::QualityResult> dit_quality(const EvalArgs& a, training::
 
 }  // namespace
 
-int rank_from_environment() {
-  for (const char* var : {"RANK", "SLURM_PROCID"}) {
-    if (const char* v = std::getenv(var)) return std::atoi(v);
-  }
-  return 0;
-}
-
 int cmd_version(bool cpu_capability_only) {
   if (cpu_capability_only) {
     std::printf("%s\n", at::get_cpu_capability().c_str());
@@ -107,7 +101,7 @@ int cmd_train(const TrainArgs& a) {
   options.resume = a.resume;
   const auto result = training::train(cfg, options);
   if (result.nothing_to_train) {
-    if (rank_from_environment() == 0) {
+    if (training::rank_from_environment() == 0) {
       std::printf(
           "nothing to train: %s is already at step %lld = train.steps (raise train.steps, e.g. --set "
           "train.steps=%lld, to continue it)\n",
@@ -116,7 +110,7 @@ int cmd_train(const TrainArgs& a) {
     }
     return 0;
   }
-  if (rank_from_environment() == 0) {
+  if (training::rank_from_environment() == 0) {
     std::printf("trained %lld steps; last loss %.4f%s; results in %s\n", static_cast<long long>(result.final_step),
                 result.last_loss,
                 result.last_val_loss ? fmt::format(", val_loss {:.4f}", *result.last_val_loss).c_str() : "",
@@ -173,12 +167,13 @@ int cmd_sample(const SampleArgs& a) {
   o.fully_quantized = a.fully_quantized;
   o.out = a.out;
   const auto r = training::sample_run(a.run_dir, o, default_device());
-  std::printf("wrote %s: %lld images (%lld x %lld grid, %lld x %lld pixels) from %s (step %lld, lambda_w %.4g, "
-              "lambda_a %.4g), %lld %s steps, guidance %.4g, seed %llu\n",
-              a.out.c_str(), static_cast<long long>(r.images), static_cast<long long>(r.rows),
-              static_cast<long long>(r.columns), static_cast<long long>(r.width), static_cast<long long>(r.height),
-              r.checkpoint.c_str(), static_cast<long long>(r.step), r.lambda_w, r.lambda_a,
-              static_cast<long long>(a.steps), a.solver.c_str(), a.cfg, static_cast<unsigned long long>(a.seed));
+  std::printf(
+      "wrote %s: %lld images (%lld x %lld grid, %lld x %lld pixels) from %s (step %lld, lambda_w %.4g, "
+      "lambda_a %.4g), %lld %s steps, guidance %.4g, seed %llu\n",
+      a.out.c_str(), static_cast<long long>(r.images), static_cast<long long>(r.rows),
+      static_cast<long long>(r.columns), static_cast<long long>(r.width), static_cast<long long>(r.height),
+      r.checkpoint.c_str(), static_cast<long long>(r.step), r.lambda_w, r.lambda_a, static_cast<long long>(a.steps),
+      a.solver.c_str(), a.cfg, static_cast<unsigned long long>(a.seed));
   return 0;
 }
 
@@ -188,11 +183,11 @@ int cmd_generate(const GenerateArgs& a) {
   if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.run_dir));
-  if (!data::DataConfig::from_yaml(run.cfg.data, /*check_files=*/false).is_bytes()) {
+  if (!run.cfg.data.is_bytes()) {
     throw core::UserError(
         fmt::format("{}: generate works on byte-level text models (data.kind text, vocabulary 256); this run has "
                     "data.kind {} with vocabulary {}",
-                    a.run_dir, run.cfg.data.get<std::string>("kind", "text"), lm->config.vocab_size));
+                    a.run_dir, data::to_string(run.cfg.data.kind), lm->config.vocab_size));
   }
   const std::string& prompt = a.prompt;
   std::vector<int64_t> tokens(prompt.begin(), prompt.end());

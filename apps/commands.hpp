@@ -12,7 +12,4 @@ int cmd_sample(const SampleArgs& args);
 int cmd_quantize(const QuantizeArgs& args);
 int cmd_export(const ExportArgs& args);
 
-// RANK (torchrun) or SLURM_PROCID, else 0: only for the log tag before the process group exists.
-int rank_from_environment();
-
 }  // namespace bitqat::apps

@@ -13,6 +13,7 @@
 #include "core/cpu_isa.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "training/distributed.hpp"
 
 namespace {
 
@@ -36,7 +37,7 @@ bool is_command(const std::string& s) {
 int run(const bitqat::apps::Command& c) {
   using namespace bitqat::apps;
   if (c.name == "version") return cmd_version(c.cpu_capability);
-  bitqat::core::init_logging(rank_from_environment());
+  bitqat::core::init_logging(bitqat::training::rank_from_environment());
   if (c.name == "train") return cmd_train(c.train);
   if (c.name == "eval") return cmd_eval(c.eval);
   if (c.name == "generate") return cmd_generate(c.generate);

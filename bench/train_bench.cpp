@@ -110,7 +110,7 @@ int main(int argc, char** argv) {
     sets.push_back("train.eval_every=0");
     sets.push_back("checkpoint.every=0");
     auto cfg = bitqat::training::Config::load_file(config, sets);
-    const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.get<int64_t>("seq_len", 256);
+    const int64_t tokens_per_step = cfg.train.batch_size * cfg.train.grad_accum * cfg.data.seq_len;
     std::vector<double> seconds;
     auto last = std::chrono::steady_clock::now();
     bitqat::training::TrainOptions o;
@@ -121,11 +121,12 @@ int main(int argc, char** argv) {
     // On a GPU the host runs ahead of the device (no sync inside a step): per-step host times
     // mean nothing there, so the timed window is bracketed by device syncs and reported as a mean,
     // and the caching allocator's peak is taken over the timed steps.
-    const bool gpu = cfg.device.type != "cpu" && torch::cuda::is_available();
+    const bool gpu = cfg.device.type != bitqat::training::DeviceType::kCpu && torch::cuda::is_available();
     std::chrono::steady_clock::time_point window_start;
     double window_s = 0.0;
     o.after_step = [&](int64_t) {
-      if (gpu && (static_cast<int>(seconds.size()) + 1 == warmup || static_cast<int>(seconds.size()) + 1 == warmup + steps)) {
+      if (gpu &&
+          (static_cast<int>(seconds.size()) + 1 == warmup || static_cast<int>(seconds.size()) + 1 == warmup + steps)) {
         torch::cuda::synchronize();
         if (static_cast<int>(seconds.size()) + 1 == warmup) {
           c10::cuda::CUDACachingAllocator::resetPeakStats(0);
@@ -153,12 +154,12 @@ int main(int argc, char** argv) {
     std::sort(timed.begin(), timed.end());
     const double median = timed[timed.size() / 2];
     nlohmann::json j = {{"trainer", "bitqat"},
-                              {"config", config},
-                              {"threads", threads},
-                              {"timed_steps", timed.size()},
-                              {"tokens_per_step", tokens_per_step},
-                              {"median_step_ms", 1e3 * median},
-                              {"median_tokens_per_s", static_cast<double>(tokens_per_step) / median}};
+                        {"config", config},
+                        {"threads", threads},
+                        {"timed_steps", timed.size()},
+                        {"tokens_per_step", tokens_per_step},
+                        {"median_step_ms", 1e3 * median},
+                        {"median_tokens_per_s", static_cast<double>(tokens_per_step) / median}};
     if (gpu) {
       const auto stats = c10::cuda::CUDACachingAllocator::getDeviceStats(0);
       j["device"] = "cuda";

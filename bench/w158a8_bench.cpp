@@ -222,7 +222,7 @@ int train(const std::string& out_dir) {
     c.n_layers = 12;
     c.n_heads = 12;
     c.n_kv_heads = 4;
-    c.ffn = "relu2_glu";
+    c.ffn = bitqat::models::Ffn::kRelu2Glu;
     c.ffn_dim = 2048;
     c.max_seq_len = T;
     bitlinear::QuantSpec spec;
@@ -277,7 +277,7 @@ int memory_gpu(const std::string& out_dir) {
   c.n_layers = 12;
   c.n_heads = 12;
   c.n_kv_heads = 4;
-  c.ffn = "relu2_glu";
+  c.ffn = bitqat::models::Ffn::kRelu2Glu;
   c.ffn_dim = 2048;
   c.max_seq_len = 1024;
   const auto tokens = at::randint(0, c.vocab_size, {1, 512}, at::TensorOptions().dtype(at::kLong));

@@ -76,7 +76,8 @@ class Node {
   std::string path_;
 };
 
-// Write a YAML node as a file (atomically); used for config.resolved.yaml.
+// The YAML text of a node (block style, ending in a newline), as config.resolved.yaml holds it; the
+// file itself is written atomically by the trainer (core/fs.hpp).
 std::string to_yaml_string(const YAML::Node& node);
 
 }  // namespace bitqat::core

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/schema.hpp"
 
 namespace bitqat::data {
 
@@ -40,8 +41,15 @@ class Source {
   virtual std::string describe() const = 0;
 };
 
+// Where the data comes from: byte-level text, llm.c token shards, Fashion-MNIST.
+enum class SourceKind { kText, kShards, kFashionMnist };
+inline constexpr std::array<core::EnumName<SourceKind>, 3> kSourceKindNames = {
+    {{SourceKind::kText, "text"}, {SourceKind::kShards, "shards"}, {SourceKind::kFashionMnist, "fashion_mnist"}}};
+inline const char* to_string(SourceKind k) { return core::name_of(kSourceKindNames, k); }
+
+// The data: section. Its keys are declared once (data/source.cpp); each kind takes a subset.
 struct DataConfig {
-  std::string kind = "text";  // text | shards | fashion_mnist
+  SourceKind kind = SourceKind::kText;
   int64_t seq_len = 256;
   std::string path;                                       // text
   double val_fraction = 0.05;                             // text, and shards without a val glob
@@ -54,12 +62,16 @@ struct DataConfig {
   // Validates keys and values and, with check_files, that the named files exist (a run directory's
   // config is read without its data by export and generate).
   static DataConfig from_yaml(const core::Node& data, bool check_files = true);
+  // Every key of the kind, defaults filled in, into the mapping `out` (paths as given).
+  void write(YAML::Node out) const;
+  // The reference rows of every key, each naming the kinds it applies to.
+  static std::vector<core::KeyReference> reference();
 
   // What the data is, from the config alone (no file is read): tokens or images, the vocabulary (256
   // bytes, the shards' vocab_size, 10 classes) and whether the tokens are bytes.
   DataKind data_kind() const;
   int64_t vocab() const;
-  bool is_bytes() const { return kind == "text"; }
+  bool is_bytes() const { return kind == SourceKind::kText; }
   // Images: channels, height, width of every sample (Fashion-MNIST: 1, 28, 28); tokens: empty.
   std::vector<int64_t> image_shape() const;
   // The same settings with every path made absolute against the working directory, so that a run's

@@ -182,8 +182,8 @@ struct Writer {
 };
 
 void check_ffn(const models::LMConfig& c, const GgufExportOptions& o, std::vector<std::string>* warnings) {
-  if (c.ffn == "swiglu") return;
-  if (c.ffn == "relu2_glu" && o.force_relu2 && c.sub_norm) {
+  if (c.ffn == models::Ffn::kSwiglu) return;
+  if (c.ffn == models::Ffn::kRelu2Glu && o.force_relu2 && c.sub_norm) {
     if (warnings) {
       warnings->push_back(
           "model.ffn = relu2_glu written as bitnet with hidden_activation relu2 (--gguf-force-relu2): llama.cpp's "
@@ -195,10 +195,10 @@ void check_ffn(const models::LMConfig& c, const GgufExportOptions& o, std::vecto
   throw core::UserError(fmt::format(
       "gguf export: model.ffn = {}: llama.cpp's bitnet and llama graphs compute a SiLU-gated FFN, down(silu(gate x) "
       "* up x), so llama.cpp would not compute what this model learned; train with model.ffn: swiglu{}",
-      c.ffn,
-      c.ffn == "relu2_glu" && c.sub_norm
+      models::to_string(c.ffn),
+      c.ffn == models::Ffn::kRelu2Glu && c.sub_norm
           ? " (or pass --gguf-force-relu2 to write relu2 anyway, for runtimes that honour bitnet.hidden_activation)"
-          : (c.ffn == "relu2" ? " (an ungated relu2 FFN has no gate projection for either graph)" : "")));
+          : (c.ffn == models::Ffn::kRelu2 ? " (an ungated relu2 FFN has no gate projection for either graph)" : "")));
 }
 
 void check_arch(const models::LMConfig& c, GgufArch arch) {
@@ -282,7 +282,8 @@ gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o)
       {a + ".rope.dimension_count", u32(c.head_dim(), "model.dim / model.n_heads")},
   };
   if (arch == GgufArch::kBitnet) {
-    f.metadata.emplace_back("bitnet.hidden_activation", gguf::Value::str(c.ffn == "swiglu" ? "silu" : "relu2"));
+    f.metadata.emplace_back("bitnet.hidden_activation",
+                            gguf::Value::str(c.ffn == models::Ffn::kSwiglu ? "silu" : "relu2"));
   }
   for (auto& kv : tokenizer_for(c, o)) f.metadata.push_back(std::move(kv));
   Writer w{lm, o, arch, &f};

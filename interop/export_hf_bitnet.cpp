@@ -53,11 +53,11 @@ at::Tensor unpack_hf_ternary(const at::Tensor& packed) {
 
 void check_hf_bitnet_compatible(const models::BitLMImpl& lm) {
   const auto& c = lm.config;
-  if (c.ffn != "relu2_glu" && c.ffn != "swiglu") {
+  if (c.ffn != models::Ffn::kRelu2Glu && c.ffn != models::Ffn::kSwiglu) {
     throw core::UserError(fmt::format(
         "hf-bitnet export: model.ffn = {}: BitNetForCausalLM computes a gated FFN, down(act(gate x) * up x); "
         "expected relu2_glu (hidden_act relu2) or swiglu (hidden_act silu)",
-        c.ffn));
+        models::to_string(c.ffn)));
   }
   if (!c.sub_norm) {
     throw core::UserError(
@@ -128,7 +128,7 @@ void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
       {"num_attention_heads", c.n_heads},
       {"num_key_value_heads", c.n_kv_heads},
       {"head_dim", c.head_dim()},
-      {"hidden_act", c.ffn == "swiglu" ? "silu" : "relu2"},
+      {"hidden_act", c.ffn == models::Ffn::kSwiglu ? "silu" : "relu2"},
       {"max_position_embeddings", c.max_seq_len},
       {"rms_norm_eps", c.norm_eps},
       {"rope_theta", c.rope_theta},

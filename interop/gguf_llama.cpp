@@ -108,7 +108,7 @@ models::LMConfig lm_config_from_gguf(const gguf::File& f, const std::string& ori
   c.max_seq_len = m.integer("llama.context_length", 2048, 1, 1 << 20);
   c.rope_theta = m.number("llama.rope.freq_base", 10000.0, 1.0, 1e9);
   c.norm_eps = m.number("llama.attention.layer_norm_rms_epsilon", std::nullopt, 1e-12, 1e-1);
-  c.ffn = "swiglu";
+  c.ffn = models::Ffn::kSwiglu;
   c.sub_norm = false;
   c.tie_embeddings = f.tensor("output.weight") == nullptr;
   if (const auto* emb = f.tensor("token_embd.weight"); emb && emb->ne.size() == 2) {

@@ -82,7 +82,7 @@ LMConfig lm_config_from_hf(const nlohmann::json& j, const std::string& origin) {
   c.norm_eps = get_double(j, origin, "rms_norm_eps", 1e-6, 1e-12, 1e-1);
   c.max_seq_len = get_int(j, origin, "max_position_embeddings", 2048, 1, 1 << 24);
   c.tie_embeddings = get_bool(j, origin, "tie_word_embeddings", false);  // LlamaConfig's default
-  c.ffn = "swiglu";
+  c.ffn = models::Ffn::kSwiglu;
   c.sub_norm = false;
 
   // rope_theta sits at the top level, or (newer transformers) inside rope_parameters.
@@ -128,8 +128,8 @@ std::string lm_config_yaml(const LMConfig& c) {
   return fmt::format(
       "{{kind: lm, vocab_size: {}, dim: {}, n_layers: {}, n_heads: {}, n_kv_heads: {}, ffn: {}, ffn_dim: {}, "
       "sub_norm: {}, max_seq_len: {}, rope_theta: {}, norm_eps: {}, tie_embeddings: {}}}",
-      c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn, c.ffn_dim, c.sub_norm, c.max_seq_len,
-      c.rope_theta, c.norm_eps, c.tie_embeddings);
+      c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, models::to_string(c.ffn), c.ffn_dim, c.sub_norm,
+      c.max_seq_len, c.rope_theta, c.norm_eps, c.tie_embeddings);
 }
 
 models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,

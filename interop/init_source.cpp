@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "interop/gguf_llama.hpp"
 #include "interop/hf_llama.hpp"
+#include "models/factory.hpp"
 #include "models/state_dict.hpp"
 
 namespace bitqat::interop {
@@ -24,8 +25,9 @@ std::optional<models::LMConfig> run_lm_config(const std::string& run_dir, const 
   const auto path = run_dir + "/config.resolved.yaml";
   if (!fs::is_regular_file(path)) return std::nullopt;
   const auto model = core::Node::load_file(path).child("model");
-  if (model.get<std::string>("kind", "lm") != "lm") return std::nullopt;
-  auto c = models::LMConfig::from_yaml(model);
+  const auto parsed = models::ModelConfig::from_yaml(model);
+  if (parsed.kind != models::ModelKind::kLM) return std::nullopt;
+  auto c = parsed.lm;
   if (c.vocab_size == 0) {
     const auto it = tensors.find("embed.weight");
     if (it != tensors.end() && it->second.shape.size() == 2) c.vocab_size = it->second.shape[0];
@@ -33,7 +35,7 @@ std::optional<models::LMConfig> run_lm_config(const std::string& run_dir, const 
   return c;
 }
 
-InitSource from_checkpoint(const std::string& ck_dir, const std::string& run_dir, const std::string& kind) {
+InitSource from_checkpoint(const std::string& ck_dir, const std::string& run_dir, InitKind kind) {
   InitSource s;
   s.kind = kind;
   s.origin = ck_dir + "/model.safetensors";
@@ -70,7 +72,7 @@ InitSource open_source(const std::string& path, const std::string& where) {
   if (is_gguf_file(path)) {
     auto ck = load_gguf_llama(path);
     InitSource s;
-    s.kind = "gguf-llama";
+    s.kind = InitKind::kGgufLlama;
     s.origin = path;
     s.tensors = std::move(ck.tensors);
     s.lm = ck.config;
@@ -80,7 +82,7 @@ InitSource open_source(const std::string& path, const std::string& where) {
     if (is_hf_model_dir(path)) {
       auto ck = load_hf_llama(path);
       InitSource s;
-      s.kind = "hf-llama";
+      s.kind = InitKind::kHfLlama;
       s.origin = path;
       s.tensors = std::move(ck.tensors);
       s.lm = ck.config;
@@ -92,12 +94,12 @@ InitSource open_source(const std::string& path, const std::string& where) {
         throw core::UserError(fmt::format(
             "{} = {}: a bitqat run directory without a complete checkpoint under checkpoints/", where, path));
       }
-      return from_checkpoint(*latest, path, "bitqat-run");
+      return from_checkpoint(*latest, path, InitKind::kBitqatRun);
     }
     if (fs::is_regular_file(p / "manifest.json")) {
       // RUN_DIR/checkpoints/step_XXXXXXXX: the run's config sits two levels up.
       const auto run_dir = fs::absolute(p).lexically_normal().parent_path();
-      return from_checkpoint(path, run_dir.parent_path().string(), "bitqat-checkpoint");
+      return from_checkpoint(path, run_dir.parent_path().string(), InitKind::kBitqatCheckpoint);
     }
     throw core::UserError(
         fmt::format("{} = {}: a directory that is neither a Hugging Face model (config.json), a bitqat run "
@@ -106,7 +108,7 @@ InitSource open_source(const std::string& path, const std::string& where) {
   }
   const auto file = std::make_shared<checkpoints::SafetensorsFile>(checkpoints::load_safetensors(path));
   InitSource s;
-  s.kind = "safetensors";
+  s.kind = InitKind::kSafetensors;
   s.origin = path;
   s.tensors = models::lazy_tensors(file->by_name(), [file](const at::Tensor& t) { file->release(t); });
   if (s.tensors.count("model.embed_tokens.weight")) {
@@ -130,15 +132,16 @@ std::string init_model_from(const InitSource& src, torch::nn::Module& model, con
     const auto diffs = lm->config.differences(*src.lm);
     if (!diffs.empty()) {
       std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
-                                    src.kind, fmt::join(diffs, "; "));
-      if (src.kind == "hf-llama" || src.kind == "gguf-llama") {
+                                    to_string(src.kind), fmt::join(diffs, "; "));
+      if (src.kind == InitKind::kHfLlama || src.kind == InitKind::kGgufLlama) {
         msg += fmt::format("; this checkpoint needs model: {}", lm_config_yaml(*src.lm));
       }
       throw core::UserError(msg);
     }
   }
   models::load_model_tensors(model, src.tensors, src.origin);
-  const auto text = fmt::format("initialised {} tensors from {} ({})", src.tensors.size(), src.origin, src.kind);
+  const auto text =
+      fmt::format("initialised {} tensors from {} ({})", src.tensors.size(), src.origin, to_string(src.kind));
   spdlog::info("{}", text);
   return text;
 }

@@ -20,17 +20,29 @@
 #pragma once
 #include <torch/nn/module.h>
 
+#include <array>
 #include <map>
 #include <optional>
 #include <string>
 
+#include "core/schema.hpp"
 #include "models/lm.hpp"
 #include "models/state_dict.hpp"
 
 namespace bitqat::interop {
 
+// What init_from named (the names appear in messages).
+enum class InitKind { kHfLlama, kGgufLlama, kBitqatRun, kBitqatCheckpoint, kSafetensors };
+inline constexpr std::array<core::EnumName<InitKind>, 5> kInitKindNames = {
+    {{InitKind::kHfLlama, "hf-llama"},
+     {InitKind::kGgufLlama, "gguf-llama"},
+     {InitKind::kBitqatRun, "bitqat-run"},
+     {InitKind::kBitqatCheckpoint, "bitqat-checkpoint"},
+     {InitKind::kSafetensors, "safetensors"}}};
+inline const char* to_string(InitKind k) { return core::name_of(kInitKindNames, k); }
+
 struct InitSource {
-  std::string kind;                    // "hf-llama", "gguf-llama", "bitqat-run", "bitqat-checkpoint" or "safetensors"
+  InitKind kind = InitKind::kSafetensors;
   std::string path;                    // what init_from named
   std::string origin;                  // what the tensors are read from (for messages)
   models::LazyTensors tensors;         // bitqat names, read when loaded

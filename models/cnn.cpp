@@ -17,17 +17,23 @@ bitlinear::QuantSpec choose(bool selected, bitlinear::QuantSpec spec, bool conv)
 
 }  // namespace
 
+const core::Schema<CNNConfig>& CNNConfig::schema() {
+  using C = CNNConfig;
+  static const core::Schema<CNNConfig> s({
+      core::key("channels1", &C::channels1, "output channels of conv1").range(1, 4096),
+      core::key("channels2", &C::channels2, "output channels of conv2").range(1, 4096),
+      core::key("hidden", &C::hidden, "width of fc1").range(1, 1 << 16),
+      core::key("num_classes", &C::num_classes, "classes (the data's)").range(2, 1 << 16),
+      core::key("batch_norm", &C::batch_norm, "batch normalisation after each convolution"),
+      core::key("quantize_first", &C::quantize_first, "quantize conv1 too (the first layer stays full precision)"),
+      core::key("quantize_last", &C::quantize_last, "quantize fc2 too (the last layer stays full precision)"),
+  });
+  return s;
+}
+
 CNNConfig CNNConfig::from_yaml(const core::Node& n) {
   CNNConfig c;
-  n.allow_only(
-      {"kind", "channels1", "channels2", "hidden", "num_classes", "batch_norm", "quantize_first", "quantize_last"});
-  c.channels1 = n.get_in<int64_t>("channels1", c.channels1, 1, 4096);
-  c.channels2 = n.get_in<int64_t>("channels2", c.channels2, 1, 4096);
-  c.hidden = n.get_in<int64_t>("hidden", c.hidden, 1, 1 << 16);
-  c.num_classes = n.get_in<int64_t>("num_classes", c.num_classes, 2, 1 << 16);
-  c.batch_norm = n.get<bool>("batch_norm", c.batch_norm);
-  c.quantize_first = n.get<bool>("quantize_first", c.quantize_first);
-  c.quantize_last = n.get<bool>("quantize_last", c.quantize_last);
+  schema().parse_into(n, &c, {"kind"});
   return c;
 }
 

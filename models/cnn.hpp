@@ -12,6 +12,7 @@
 
 #include "bitlinear/bit_linear.hpp"
 #include "core/config.hpp"
+#include "core/schema.hpp"
 
 namespace bitqat::models {
 
@@ -24,6 +25,8 @@ struct CNNConfig {
   bool quantize_first = false;
   bool quantize_last = false;
 
+  // The model: section of kind cnn, declared once.
+  static const core::Schema<CNNConfig>& schema();
   static CNNConfig from_yaml(const core::Node& model);
 };
 

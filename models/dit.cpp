@@ -14,9 +14,9 @@ namespace {
 
 // A block linear: the config's spec when selected (per_kernel, meant for the patch embedding, becomes
 // per_channel as in BitCNN), full precision otherwise.
-bitlinear::BitLinear make_linear(const std::string& name, int64_t in, int64_t out, bool sub_norm,
-                                 const DiTConfig& c, const bitlinear::QuantSpec& spec,
-                                 const std::vector<std::string>& include, const std::vector<std::string>& exclude) {
+bitlinear::BitLinear make_linear(const std::string& name, int64_t in, int64_t out, bool sub_norm, const DiTConfig& c,
+                                 const bitlinear::QuantSpec& spec, const std::vector<std::string>& include,
+                                 const std::vector<std::string>& exclude) {
   bitlinear::BitLinearOptions o(in, out);
   o.bias = true;
   o.sub_norm = sub_norm;
@@ -54,35 +54,50 @@ void xavier_zero_bias(bitlinear::BitLinear& l) {
 
 }  // namespace
 
+const core::Schema<DiTConfig>& DiTConfig::schema() {
+  using C = DiTConfig;
+  static const core::Schema<DiTConfig> s(
+      {
+          core::key("channels", &C::channels, "image channels (the data's)").range(1, 4096),
+          core::key("height", &C::height, "image height in pixels (the data's)").range(1, 1 << 16),
+          core::key("width", &C::width, "image width in pixels (the data's)").range(1, 1 << 16),
+          core::key("patch_size", &C::patch_size, "side of the square patches that become tokens").range(1, 1 << 16),
+          core::key("dim", &C::dim, "width of the residual stream").range(4, 1 << 16),
+          core::key("n_layers", &C::n_layers, "transformer blocks").range(1, 1024),
+          core::key("n_heads", &C::n_heads, "attention heads").range(1, 1024),
+          core::key("mlp_dim", &C::mlp_dim, "hidden width of the MLP")
+              .range(1, 1 << 20)
+              .computed([](const C& c) { return 4 * c.dim; }, "4 * dim"),
+          core::key("num_classes", &C::num_classes, "class labels (the data's)").range(1, 1 << 20),
+          core::key("pos_embed", &C::pos_embed, "patch positions: a fixed 2-D sine-cosine table, or learned")
+              .choices(kPosEmbedNames),
+          core::key("freq_dim", &C::freq_dim, "sinusoidal timestep features").range(2, 1 << 16),
+          core::key("sub_norm", &C::sub_norm, "SubLN: an RMSNorm before proj and fc2 (BitNet)"),
+          core::key("quantize_patch_embed", &C::quantize_patch_embed,
+                    "quantize patch_embed too, with per-kernel scales"),
+          core::key("norm_eps", &C::norm_eps, "RMSNorm epsilon").range(1e-12, 1e-1),
+          core::key("init_std", &C::init_std, "standard deviation of t_fc1, t_fc2 and y_embed at initialisation")
+              .range(1e-6, 1.0),
+          core::key("class_dropout", &C::class_dropout,
+                    "fraction of training labels replaced by the null label (classifier-free guidance)")
+              .range(0.0, 1.0)
+              .check([](const double& v) { return v < 1.0; }, "a fraction in [0, 1) (1 would never train the labels)"),
+      },
+      [](const core::Node& n, const C& c) {
+        if (c.height % c.patch_size != 0 || c.width % c.patch_size != 0) {
+          n.fail("patch_size", fmt::format("a divisor of model.height = {} and model.width = {}", c.height, c.width));
+        }
+        if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
+        if (c.pos_embed == PosEmbed::kSinusoidal && c.dim % 4 != 0) {
+          n.fail("dim", "a multiple of 4 for the 2-D sine-cosine position table (or model.pos_embed: learned)");
+        }
+      });
+  return s;
+}
+
 DiTConfig DiTConfig::from_yaml(const core::Node& n) {
   DiTConfig c;
-  n.allow_only({"kind", "channels", "height", "width", "patch_size", "dim", "n_layers", "n_heads", "mlp_dim",
-                "num_classes", "pos_embed", "freq_dim", "sub_norm", "quantize_patch_embed", "norm_eps", "init_std",
-                "class_dropout"});
-  c.channels = n.get_in<int64_t>("channels", c.channels, 1, 4096);
-  c.height = n.get_in<int64_t>("height", c.height, 1, 1 << 16);
-  c.width = n.get_in<int64_t>("width", c.width, 1, 1 << 16);
-  c.patch_size = n.get_in<int64_t>("patch_size", c.patch_size, 1, 1 << 16);
-  c.dim = n.get_in<int64_t>("dim", c.dim, 4, 1 << 16);
-  c.n_layers = n.get_in<int64_t>("n_layers", c.n_layers, 1, 1024);
-  c.n_heads = n.get_in<int64_t>("n_heads", c.n_heads, 1, 1024);
-  c.mlp_dim = n.get_in<int64_t>("mlp_dim", 4 * c.dim, 1, 1 << 20);
-  c.num_classes = n.get_in<int64_t>("num_classes", c.num_classes, 1, 1 << 20);
-  c.pos_embed = n.get_choice("pos_embed", c.pos_embed, {"sinusoidal", "learned"});
-  c.freq_dim = n.get_in<int64_t>("freq_dim", c.freq_dim, 2, 1 << 16);
-  c.sub_norm = n.get<bool>("sub_norm", c.sub_norm);
-  c.quantize_patch_embed = n.get<bool>("quantize_patch_embed", c.quantize_patch_embed);
-  c.norm_eps = n.get_in<double>("norm_eps", c.norm_eps, 1e-12, 1e-1);
-  c.init_std = n.get_in<double>("init_std", c.init_std, 1e-6, 1.0);
-  c.class_dropout = n.get_in<double>("class_dropout", c.class_dropout, 0.0, 1.0);
-  if (c.class_dropout >= 1.0) n.fail("class_dropout", "a fraction in [0, 1) (1 would never train the labels)");
-  if (c.height % c.patch_size != 0 || c.width % c.patch_size != 0) {
-    n.fail("patch_size", fmt::format("a divisor of model.height = {} and model.width = {}", c.height, c.width));
-  }
-  if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
-  if (c.pos_embed == "sinusoidal" && c.dim % 4 != 0) {
-    n.fail("dim", "a multiple of 4 for the 2-D sine-cosine position table (or model.pos_embed: learned)");
-  }
+  schema().parse_into(n, &c, {"kind"});
   return c;
 }
 
@@ -97,7 +112,8 @@ at::Tensor timestep_features(const at::Tensor& t, int64_t dim) {
 }
 
 at::Tensor sincos_position_table(int64_t gh, int64_t gw, int64_t dim) {
-  if (dim % 4 != 0) throw std::invalid_argument(fmt::format("sincos_position_table: dim {} is not a multiple of 4", dim));
+  if (dim % 4 != 0)
+    throw std::invalid_argument(fmt::format("sincos_position_table: dim {} is not a multiple of 4", dim));
   const auto opts = at::TensorOptions().dtype(at::kDouble);
   const int64_t quarter = dim / 4;
   const auto omega = at::pow(10000.0, -at::arange(quarter, opts) / static_cast<double>(quarter));
@@ -153,7 +169,7 @@ BitDiTImpl::BitDiTImpl(DiTConfig c, const bitlinear::QuantSpec& spec, const std:
                                                .to(at::kFloat)
                                                .unsqueeze(0)
                                          : at::zeros({1, config.tokens(), config.dim});
-  if (config.pos_embed == "sinusoidal") {
+  if (config.pos_embed == PosEmbed::kSinusoidal) {
     pos_embed = register_buffer("pos_embed", table);
   } else {
     pos_embed = register_parameter("pos_embed", table.clone());

@@ -39,8 +39,14 @@
 
 #include "bitlinear/bit_linear.hpp"
 #include "core/config.hpp"
+#include "core/schema.hpp"
 
 namespace bitqat::models {
+
+// The patch tokens' positions: a fixed 2-D sine-cosine table, or a learned one.
+enum class PosEmbed { kSinusoidal, kLearned };
+inline constexpr std::array<core::EnumName<PosEmbed>, 2> kPosEmbedNames = {
+    {{PosEmbed::kSinusoidal, "sinusoidal"}, {PosEmbed::kLearned, "learned"}}};
 
 struct DiTConfig {
   int64_t channels = 1;  // C
@@ -52,10 +58,10 @@ struct DiTConfig {
   int64_t n_heads = 4;
   int64_t mlp_dim = 0;  // 0: 4 * dim
   int64_t num_classes = 10;
-  std::string pos_embed = "sinusoidal";  // sinusoidal | learned
-  int64_t freq_dim = 256;                // sinusoidal timestep features
-  bool sub_norm = false;                 // SubLN (RMSNorm) before proj and fc2 (BitNet)
-  bool quantize_patch_embed = false;     // patch_embed becomes ternary / binary with per-kernel scales
+  PosEmbed pos_embed = PosEmbed::kSinusoidal;
+  int64_t freq_dim = 256;             // sinusoidal timestep features
+  bool sub_norm = false;              // SubLN (RMSNorm) before proj and fc2 (BitNet)
+  bool quantize_patch_embed = false;  // patch_embed becomes ternary / binary with per-kernel scales
   double norm_eps = 1e-6;
   double init_std = 0.02;  // t_fc1, t_fc2 and y_embed weights start from N(0, init_std^2) (DiT)
   // The objective's label dropout (DiT's LabelEmbedder): the fraction of training samples whose label
@@ -63,6 +69,8 @@ struct DiTConfig {
   // velocity. Changes neither the tensors nor the function (model_identity leaves it out).
   double class_dropout = 0.1;
 
+  // The model: section of kind dit, declared once.
+  static const core::Schema<DiTConfig>& schema();
   static DiTConfig from_yaml(const core::Node& model);  // validates (also the `kind` key)
   int64_t tokens() const { return (height / patch_size) * (width / patch_size); }
   int64_t patch_values() const { return patch_size * patch_size * channels; }

@@ -2,77 +2,118 @@
 
 #include <fmt/format.h>
 
-#include <set>
-
 #include "core/error.hpp"
-#include "models/cnn.hpp"
-#include "models/dit.hpp"
-#include "models/lm.hpp"
 
 namespace bitqat::models {
 
 namespace {
-const std::set<std::string> kKinds = {"lm", "cnn", "dit"};
+// The kind key; the other keys are the kind's own schema.
+const core::Schema<ModelConfig>& kind_schema() {
+  static const core::Schema<ModelConfig> s({
+      core::key("kind", &ModelConfig::kind,
+                "the model: lm (a BitNet-style decoder LM), cnn (a small image classifier), dit (a "
+                "class-conditional diffusion transformer trained by flow matching)")
+          .choices(kModelKindNames),
+  });
+  return s;
+}
 }  // namespace
 
-void validate_model_config(const core::Node& model) {
-  const auto kind = model.get_choice("kind", "lm", kKinds);
-  if (kind == "lm") {
-    LMConfig::from_yaml(model);
-  } else if (kind == "cnn") {
-    CNNConfig::from_yaml(model);
-  } else {
-    DiTConfig::from_yaml(model);
+ModelConfig ModelConfig::from_yaml(const core::Node& model) {
+  ModelConfig c;
+  c.node = model;
+  for (const auto& f : kind_schema().fields()) {
+    if (model.has(f.key)) f.read(model, &c);
+  }
+  switch (c.kind) {
+    case ModelKind::kLM:
+      c.lm = LMConfig::from_yaml(model);
+      break;
+    case ModelKind::kCNN:
+      c.cnn = CNNConfig::from_yaml(model);
+      break;
+    case ModelKind::kDiT:
+      c.dit = DiTConfig::from_yaml(model);
+      break;
+  }
+  return c;
+}
+
+void ModelConfig::write(YAML::Node out) const {
+  kind_schema().write(*this, out);
+  switch (kind) {
+    case ModelKind::kLM:
+      LMConfig::schema().write(lm, out);
+      break;
+    case ModelKind::kCNN:
+      CNNConfig::schema().write(cnn, out);
+      break;
+    case ModelKind::kDiT:
+      DiTConfig::schema().write(dit, out);
+      break;
   }
 }
 
-std::string model_identity(const core::Node& model, int64_t data_vocab) {
-  const auto kind = model.get_choice("kind", "lm", kKinds);
-  if (kind == "dit") {
-    const auto c = DiTConfig::from_yaml(model);
+std::vector<core::KeyReference> ModelConfig::reference() {
+  auto rows = kind_schema().reference("model.");
+  auto add = [&](const char* kind, std::vector<core::KeyReference> more) {
+    for (auto& r : more) {
+      r.meaning = std::string(kind) + ": " + r.meaning;
+      rows.push_back(std::move(r));
+    }
+  };
+  add("lm", LMConfig::schema().reference("model."));
+  add("cnn", CNNConfig::schema().reference("model."));
+  add("dit", DiTConfig::schema().reference("model."));
+  return rows;
+}
+
+std::string model_identity(const ModelConfig& model, int64_t data_vocab) {
+  if (model.kind == ModelKind::kDiT) {
+    const auto& c = model.dit;
     return fmt::format(
         "dit channels={} height={} width={} patch_size={} dim={} n_layers={} n_heads={} mlp_dim={} num_classes={} "
         "pos_embed={} freq_dim={} sub_norm={} quantize_patch_embed={} norm_eps={}",
         c.channels, c.height, c.width, c.patch_size, c.dim, c.n_layers, c.n_heads, c.mlp_dim, c.num_classes,
-        c.pos_embed, c.freq_dim, c.sub_norm, c.quantize_patch_embed, c.norm_eps);
+        core::name_of(kPosEmbedNames, c.pos_embed), c.freq_dim, c.sub_norm, c.quantize_patch_embed, c.norm_eps);
   }
-  if (kind == "lm") {
-    auto c = LMConfig::from_yaml(model);
+  if (model.kind == ModelKind::kLM) {
+    auto c = model.lm;
     if (c.vocab_size == 0) c.vocab_size = data_vocab;
     return fmt::format(
         "lm vocab_size={} dim={} n_layers={} n_heads={} n_kv_heads={} ffn={} ffn_dim={} sub_norm={} rope_theta={} "
         "norm_eps={} tie_embeddings={}",
-        c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, c.ffn, c.ffn_dim, c.sub_norm, c.rope_theta,
+        c.vocab_size, c.dim, c.n_layers, c.n_heads, c.n_kv_heads, to_string(c.ffn), c.ffn_dim, c.sub_norm, c.rope_theta,
         c.norm_eps, c.tie_embeddings);
   }
-  const auto c = CNNConfig::from_yaml(model);
+  const auto& c = model.cnn;
   return fmt::format(
       "cnn channels1={} channels2={} hidden={} num_classes={} batch_norm={} quantize_first={} quantize_last={}",
       c.channels1, c.channels2, c.hidden, c.num_classes, c.batch_norm, c.quantize_first, c.quantize_last);
 }
 
-ModelHandle make_model(const core::Node& model, const bitlinear::QuantSpec& spec,
+ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spec,
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                        int64_t data_vocab) {
   ModelHandle h;
-  h.kind = model.get_choice("kind", "lm", kKinds);
-  if (h.kind == "dit") {
+  h.kind = model.kind;
+  if (h.kind == ModelKind::kDiT) {
     // The objective (flow matching) needs more than (inputs, targets): training/task.cpp drives it.
-    h.module = std::make_shared<BitDiTImpl>(DiTConfig::from_yaml(model), spec, include, exclude);
+    h.module = std::make_shared<BitDiTImpl>(model.dit, spec, include, exclude);
     return h;
   }
-  if (h.kind == "lm") {
-    auto c = LMConfig::from_yaml(model);
+  if (h.kind == ModelKind::kLM) {
+    auto c = model.lm;
     c.resolve_vocab(data_vocab, model.where("vocab_size"));
     auto lm = std::make_shared<BitLMImpl>(c, spec, include, exclude);
     h.module = lm;
     h.loss = [lm](const at::Tensor& x, const at::Tensor& y) { return lm->loss(x, y); };
     h.forward = [lm](const at::Tensor& x) { return lm->forward(x); };
   } else {
-    auto c = CNNConfig::from_yaml(model);
+    const auto& c = model.cnn;
     if (data_vocab != c.num_classes) {
       throw core::ConfigError(
-          fmt::format("{}: expected the data's {} classes", model.describe("num_classes"), data_vocab));
+          fmt::format("{}: expected the data's {} classes", model.node.describe("num_classes"), data_vocab));
     }
     auto cnn = std::make_shared<BitCNNImpl>(c, spec, include, exclude);
     h.module = cnn;

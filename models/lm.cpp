@@ -79,28 +79,48 @@ struct ReluSquared : torch::autograd::Function<ReluSquared> {
 
 at::Tensor relu_squared(const at::Tensor& x) { return ReluSquared::apply(x); }
 
+const core::Schema<LMConfig>& LMConfig::schema() {
+  using C = LMConfig;
+  static const core::Schema<LMConfig> s(
+      {
+          core::key("vocab_size", &C::vocab_size, "tokens in the vocabulary; 0: the data's").range(0, int64_t{1} << 24),
+          core::key("dim", &C::dim, "width of the residual stream").range(2, 1 << 16),
+          core::key("n_layers", &C::n_layers, "transformer blocks").range(1, 1024),
+          core::key("n_heads", &C::n_heads, "attention heads (query heads)").range(1, 1024),
+          core::key("n_kv_heads", &C::n_kv_heads, "key/value heads; fewer than n_heads: grouped-query attention")
+              .range(1, 1024)
+              .computed([](const C& c) { return c.n_heads; }, "n_heads"),
+          core::key("ffn", &C::ffn,
+                    "feed-forward network: relu2 down(relu(up x)^2), relu2_glu down(relu(gate x)^2 * up x) "
+                    "(BitNet b1.58 2B4T), swiglu down(silu(gate x) * up x) (Llama)")
+              .choices(kFfnNames),
+          core::key("ffn_dim", &C::ffn_dim, "hidden width of the feed-forward network")
+              .range(1, 1 << 20)
+              .computed([](const C& c) { return c.ffn == Ffn::kRelu2 ? 4 * c.dim : ((8 * c.dim / 3 + 63) / 64) * 64; },
+                        "4 * dim for relu2, else 8 * dim / 3 rounded up to a multiple of 64"),
+          core::key("sub_norm", &C::sub_norm, "SubLN: an RMSNorm before attn.o and ffn.down (BitNet)"),
+          core::key("max_seq_len", &C::max_seq_len, "longest context in tokens (RoPE tables, exports)")
+              .range(1, 1 << 20),
+          core::key("rope_theta", &C::rope_theta, "RoPE base frequency").range(1.0, 1e9),
+          core::key("norm_eps", &C::norm_eps, "RMSNorm epsilon").range(1e-12, 1e-1),
+          core::key("tie_embeddings", &C::tie_embeddings, "the LM head shares the embedding matrix"),
+          core::key("init_std", &C::init_std, "standard deviation of the random initialisation").range(1e-6, 1.0),
+      },
+      [](const core::Node& n, const C& c) {
+        if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
+        if (c.head_dim() % 2 != 0) {
+          n.fail("n_heads", fmt::format("a head size dim / n_heads that is even for RoPE, got {}", c.head_dim()));
+        }
+        if (c.n_heads % c.n_kv_heads != 0) {
+          n.fail("n_kv_heads", fmt::format("a divisor of model.n_heads = {}", c.n_heads));
+        }
+      });
+  return s;
+}
+
 LMConfig LMConfig::from_yaml(const core::Node& n) {
   LMConfig c;
-  n.allow_only({"kind", "vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "ffn", "sub_norm",
-                "max_seq_len", "rope_theta", "norm_eps", "tie_embeddings", "init_std"});
-  c.vocab_size = n.get_in<int64_t>("vocab_size", c.vocab_size, 0, int64_t{1} << 24);
-  c.dim = n.get_in<int64_t>("dim", c.dim, 2, 1 << 16);
-  c.n_layers = n.get_in<int64_t>("n_layers", c.n_layers, 1, 1024);
-  c.n_heads = n.get_in<int64_t>("n_heads", c.n_heads, 1, 1024);
-  c.n_kv_heads = n.get_in<int64_t>("n_kv_heads", c.n_heads, 1, 1024);
-  c.ffn = n.get_choice("ffn", c.ffn, {"relu2", "relu2_glu", "swiglu"});
-  const int64_t ffn_default = c.ffn == "relu2" ? 4 * c.dim : ((8 * c.dim / 3 + 63) / 64) * 64;
-  c.ffn_dim = n.get_in<int64_t>("ffn_dim", ffn_default, 1, 1 << 20);
-  c.sub_norm = n.get<bool>("sub_norm", c.sub_norm);
-  c.max_seq_len = n.get_in<int64_t>("max_seq_len", c.max_seq_len, 1, 1 << 20);
-  c.rope_theta = n.get_in<double>("rope_theta", c.rope_theta, 1.0, 1e9);
-  c.norm_eps = n.get_in<double>("norm_eps", c.norm_eps, 1e-12, 1e-1);
-  c.tie_embeddings = n.get<bool>("tie_embeddings", c.tie_embeddings);
-  c.init_std = n.get_in<double>("init_std", c.init_std, 1e-6, 1.0);
-  if (c.dim % c.n_heads != 0) n.fail("n_heads", fmt::format("a divisor of model.dim = {}", c.dim));
-  if (c.head_dim() % 2 != 0)
-    n.fail("n_heads", fmt::format("a head size dim / n_heads that is even for RoPE, got {}", c.head_dim()));
-  if (c.n_heads % c.n_kv_heads != 0) n.fail("n_kv_heads", fmt::format("a divisor of model.n_heads = {}", c.n_heads));
+  schema().parse_into(n, &c, {"kind"});
   return c;
 }
 
@@ -126,7 +146,7 @@ std::vector<std::string> LMConfig::differences(const LMConfig& o) const {
   cmp("n_layers", n_layers, o.n_layers);
   cmp("n_heads", n_heads, o.n_heads);
   cmp("n_kv_heads", n_kv_heads, o.n_kv_heads);
-  cmp("ffn", ffn, o.ffn);
+  cmp("ffn", to_string(ffn), to_string(o.ffn));
   cmp("ffn_dim", ffn_dim, o.ffn_dim);
   cmp("sub_norm", sub_norm, o.sub_norm);
   cmp("rope_theta", rope_theta, o.rope_theta);
@@ -275,7 +295,7 @@ FFNImpl::FFNImpl(const LMConfig& c, const bitlinear::QuantSpec& gs, const bitlin
 
 at::Tensor FFNImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm) {
   using bitlinear::BitLinearImpl;
-  if (kind == "relu2") {
+  if (kind == Ffn::kRelu2) {
     const auto u = BitLinearImpl::forward_shared({up.get()}, x, norm)[0];
     bitlinear::InputNorm act;
     act.relu2 = true;  // down's SubLN is the norm
@@ -283,7 +303,7 @@ at::Tensor FFNImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm) {
     return fused.empty() ? down->forward(relu_squared(u)) : fused[0];
   }
   const auto gu = BitLinearImpl::forward_shared({gate.get(), up.get()}, x, norm);
-  return down->forward((kind == "relu2_glu" ? relu_squared(gu[0]) : at::silu(gu[0])) * gu[1]);
+  return down->forward((kind == Ffn::kRelu2Glu ? relu_squared(gu[0]) : at::silu(gu[0])) * gu[1]);
 }
 
 BlockImpl::BlockImpl(const LMConfig& c, size_t i, const bitlinear::QuantSpec& spec, const std::vector<std::string>& inc,

@@ -19,25 +19,34 @@
 
 #include "bitlinear/bit_linear.hpp"
 #include "core/config.hpp"
+#include "core/schema.hpp"
 
 namespace bitqat::models {
+
+// The feed-forward network: relu2: down(relu(up x)^2); relu2_glu: down(relu(gate x)^2 * up x)
+// (BitNet b1.58 2B4T); swiglu: down(silu(gate x) * up x) (Llama).
+enum class Ffn { kRelu2, kRelu2Glu, kSwiglu };
+inline constexpr std::array<core::EnumName<Ffn>, 3> kFfnNames = {
+    {{Ffn::kRelu2, "relu2"}, {Ffn::kRelu2Glu, "relu2_glu"}, {Ffn::kSwiglu, "swiglu"}}};
+inline const char* to_string(Ffn f) { return core::name_of(kFfnNames, f); }
 
 struct LMConfig {
   int64_t vocab_size = 0;  // 0: from the data
   int64_t dim = 256;
   int64_t n_layers = 4;
   int64_t n_heads = 4;
-  int64_t n_kv_heads = 0;     // 0: n_heads (multi-head); fewer: grouped-query attention
-  int64_t ffn_dim = 0;        // 0: 4 * dim (relu2) or 8/3 * dim rounded to 64 (gated kinds)
-  std::string ffn = "relu2";  // relu2: down(relu(up x)^2); relu2_glu: down(relu(gate x)^2 * up x)
-                              // (BitNet b1.58 2B4T); swiglu: down(silu(gate x) * up x) (Llama)
-  bool sub_norm = true;       // SubLN before attn.o and ffn.down
+  int64_t n_kv_heads = 0;  // 0: n_heads (multi-head); fewer: grouped-query attention
+  int64_t ffn_dim = 0;     // 0: 4 * dim (relu2) or 8/3 * dim rounded to 64 (gated kinds)
+  Ffn ffn = Ffn::kRelu2;
+  bool sub_norm = true;  // SubLN before attn.o and ffn.down
   int64_t max_seq_len = 256;
   double rope_theta = 10000.0;
   double norm_eps = 1e-6;
   bool tie_embeddings = true;
   double init_std = 0.02;
 
+  // The model: section of kind lm, declared once (keys, defaults, ranges, meanings).
+  static const core::Schema<LMConfig>& schema();
   static LMConfig from_yaml(const core::Node& model);  // validates (also the `kind` key)
   // Fills vocab_size from the data when the config left it at 0; a configured vocabulary must
   // cover the data's. Throws ConfigError naming `where` (e.g. "configs/x.yaml:3: model.vocab_size").
@@ -46,7 +55,7 @@ struct LMConfig {
   // (max_seq_len and init_std do not); empty when weights of `other` fit this model unchanged.
   std::vector<std::string> differences(const LMConfig& other) const;
   int64_t head_dim() const { return dim / n_heads; }
-  bool gated() const { return ffn != "relu2"; }
+  bool gated() const { return ffn != Ffn::kRelu2; }
 };
 
 // Keys and values of every layer for incremental decoding.
@@ -88,7 +97,7 @@ struct FFNImpl : torch::nn::Module {
   // SubLN and down (BitLinear::fused_forward).
   at::Tensor forward(const at::Tensor& x, bitlinear::RMSNormImpl* norm = nullptr);
   bitlinear::BitLinear gate{nullptr}, up{nullptr}, down{nullptr};
-  std::string kind;
+  Ffn kind;
 };
 TORCH_MODULE(FFN);
 

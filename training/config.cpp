@@ -16,91 +16,150 @@
 namespace bitqat::training {
 namespace {
 
-void parse_run(const core::Node& n, RunConfig* c) {
-  n.allow_only({"name", "dir", "seed"});
-  c->name = n.get<std::string>("name", c->name);
-  if (c->name.empty() || c->name.find('/') != std::string::npos) n.fail("name", "a non-empty name without '/'");
-  c->dir = n.get<std::string>("dir", c->dir);
-  if (c->dir.empty()) n.fail("dir", "a directory path");
-  c->seed = static_cast<uint64_t>(n.get_in<int64_t>("seed", static_cast<int64_t>(c->seed), 0, INT64_MAX));
+// ---- the sections, each declared once ---------------------------------------------------------------
+
+const core::Schema<RunConfig>& run_schema() {
+  using C = RunConfig;
+  static const core::Schema<RunConfig> s({
+      core::key("name", &C::name, "the run's name: its directory is dir/name")
+          .check([](const std::string& v) { return !v.empty() && v.find('/') == std::string::npos; },
+                 "a non-empty name without '/'"),
+      core::key("dir", &C::dir, "the directory that holds runs")
+          .check([](const std::string& v) { return !v.empty(); }, "a directory path"),
+      core::key("seed", &C::seed, "seeds the initialisation, the data order and every other random draw")
+          .range(0, static_cast<uint64_t>(INT64_MAX)),
+  });
+  return s;
 }
 
-void parse_train(const core::Node& n, TrainLoopConfig* c) {
-  n.allow_only({"steps", "batch_size", "grad_accum", "log_every", "eval_every", "eval_at_start", "eval_batches",
-                "max_bad_steps"});
-  c->steps = n.get_in<int64_t>("steps", c->steps, 1, checkpoints::kMaxStep);
-  c->batch_size = n.get_in<int64_t>("batch_size", c->batch_size, 1, 1 << 20);
-  c->grad_accum = n.get_in<int>("grad_accum", c->grad_accum, 1, 1 << 16);
-  c->log_every = n.get_in<int>("log_every", c->log_every, 1, 1 << 30);
-  c->eval_every = n.get_in<int>("eval_every", c->eval_every, 0, 1 << 30);
-  c->eval_at_start = n.get<bool>("eval_at_start", c->eval_at_start);
-  c->eval_batches = n.get_in<int>("eval_batches", c->eval_batches, 1, 1 << 20);
-  c->max_bad_steps = n.get_in<int>("max_bad_steps", c->max_bad_steps, 1, 1 << 20);
+const core::Schema<TrainLoopConfig>& train_schema() {
+  using C = TrainLoopConfig;
+  static const core::Schema<TrainLoopConfig> s({
+      core::key("steps", &C::steps, "optimizer steps of the run").range(1, checkpoints::kMaxStep),
+      core::key("batch_size", &C::batch_size, "sequences (or images) per process per micro-step").range(1, 1 << 20),
+      core::key("grad_accum", &C::grad_accum, "micro-steps per optimizer step").range(1, 1 << 16),
+      core::key("log_every", &C::log_every, "steps between log lines").range(1, 1 << 30),
+      core::key("eval_every", &C::eval_every, "steps between evaluations; 0: only at the end").range(0, 1 << 30),
+      core::key("eval_at_start", &C::eval_at_start, "also evaluate a fresh run before its first step"),
+      core::key("eval_batches", &C::eval_batches, "validation batches per evaluation").range(1, 1 << 20),
+      core::key("max_bad_steps", &C::max_bad_steps, "consecutive non-finite steps before the run stops")
+          .range(1, 1 << 20),
+  });
+  return s;
 }
 
-void parse_optim(const core::Node& n, OptimConfig* c) {
-  n.allow_only({"beta1", "beta2", "eps", "grad_clip", "lr", "weight_decay"});
-  c->beta1 = n.get_in<double>("beta1", c->beta1, 0.0, 0.999999);
-  c->beta2 = n.get_in<double>("beta2", c->beta2, 0.0, 0.99999999);
-  c->eps = n.get_in<double>("eps", c->eps, 1e-30, 1.0);
-  c->grad_clip = n.get_in<double>("grad_clip", c->grad_clip, 0.0, 1e9);
-  c->lr = n.child("lr");
-  c->weight_decay = n.child("weight_decay");
+const core::Schema<OptimConfig>& optim_schema() {
+  using C = OptimConfig;
+  static const core::Schema<OptimConfig> s({
+      core::key("beta1", &C::beta1, "AdamW's first-moment decay").range(0.0, 0.999999),
+      core::key("beta2", &C::beta2, "AdamW's second-moment decay").range(0.0, 0.99999999),
+      core::key("eps", &C::eps, "AdamW's epsilon").range(1e-30, 1.0),
+      core::key("grad_clip", &C::grad_clip, "global gradient-norm clip; 0: off").range(0.0, 1e9),
+      core::key("lr", &C::lr, "the learning-rate schedule (kind constant, cosine, two_stage, ...)").type("schedule"),
+      core::key("weight_decay", &C::weight_decay, "the weight-decay schedule (kind constant or two_stage)")
+          .type("schedule"),
+  });
+  return s;
 }
 
-void parse_quant(const core::Node& n, QuantConfig* c) {
-  n.allow_only({"weight", "activation", "include", "exclude", "lambda_w", "lambda_a"});
-  c->spec = bitlinear::quant_spec_from_yaml(n);
-  c->include = n.get_strings("include", c->include);
-  c->exclude = n.get_strings("exclude", c->exclude);
-  c->lambda_w = n.child("lambda_w");
-  c->lambda_a = n.child("lambda_a");
+// quant.weight and quant.activation are bitlinear's (bitlinear/quant_config.hpp).
+const core::Schema<QuantConfig>& quant_schema() {
+  using C = QuantConfig;
+  static const core::Schema<QuantConfig> s({
+      core::key("include", &C::include, "glob patterns of the module names to quantize"),
+      core::key("exclude", &C::exclude, "glob patterns of module names left full precision"),
+      core::key("lambda_w", &C::lambda_w, "the weight quantization ramp lambda over the steps").type("schedule"),
+      core::key("lambda_a", &C::lambda_a, "the activation quantization ramp lambda over the steps").type("schedule"),
+  });
+  return s;
+}
+const std::set<std::string> kQuantSpecKeys = {"weight", "activation"};
+
+const core::Schema<CheckpointConfig>& checkpoint_schema() {
+  using C = CheckpointConfig;
+  static const core::Schema<CheckpointConfig> s({
+      core::key("every", &C::every, "steps between checkpoints; 0: only the final one").range(0, int64_t{1} << 40),
+      core::key("keep_last", &C::keep_last, "checkpoints kept (older ones are deleted); 0: all").range(0, 1 << 20),
+  });
+  return s;
 }
 
-void parse_checkpoint(const core::Node& n, CheckpointConfig* c) {
-  n.allow_only({"every", "keep_last"});
-  c->every = n.get_in<int64_t>("every", c->every, 0, int64_t{1} << 40);
-  c->keep_last = n.get_in<int>("keep_last", c->keep_last, 0, 1 << 20);
+const core::Schema<DeviceConfig>& device_schema() {
+  using C = DeviceConfig;
+  static const core::Schema<DeviceConfig> s({
+      core::key("type", &C::type, "where to train; auto: a GPU when one is visible").choices(kDeviceTypeNames),
+      core::key("precision", &C::precision, "auto: bf16 autocast on a GPU, fp32 on the CPU").choices(kPrecisionNames),
+      core::key("threads", &C::threads, "CPU intra-op threads; 0: LibTorch's default").range(0, 1024),
+  });
+  return s;
 }
 
-void parse_device(const core::Node& n, DeviceConfig* c) {
-  n.allow_only({"type", "precision", "threads"});
-  c->type = n.get_choice("type", c->type, {"auto", "cpu", "cuda"});
-  c->precision = n.get_choice("precision", c->precision, {"auto", "fp32", "bf16"});
-  c->threads = n.get_in<int>("threads", c->threads, 0, 1024);
+const core::Schema<DistConfig>& dist_schema() {
+  using C = DistConfig;
+  static const core::Schema<DistConfig> s({
+      core::key("backend", &C::backend, "the c10d process group; auto: NCCL on GPUs, Gloo on the CPU")
+          .choices(kBackendNames),
+      core::key("timeout_s", &C::timeout_s, "seconds a collective may wait before the run fails").range(1, 86400),
+      core::key("bucket_mb", &C::bucket_mb, "gradient bucket size for the all-reduce, MiB").range(0.001, 4096.0),
+      core::key("overlap", &C::overlap, "all-reduce each bucket while the backward pass goes on"),
+  });
+  return s;
 }
 
-void parse_dist(const core::Node& n, DistConfig* c) {
-  n.allow_only({"backend", "timeout_s", "bucket_mb", "overlap"});
-  c->backend = n.get_choice("backend", c->backend, {"auto", "nccl", "gloo"});
-  c->timeout_s = n.get_in<int>("timeout_s", c->timeout_s, 1, 86400);
-  c->bucket_mb = n.get_in<double>("bucket_mb", c->bucket_mb, 0.001, 4096.0);
-  c->overlap = n.get<bool>("overlap", c->overlap);
+const core::Schema<DistillHidden>& distill_hidden_schema() {
+  using C = DistillHidden;
+  static const core::Schema<DistillHidden> s({
+      core::key("layers", &C::layers, "blocks whose residual streams are matched to the teacher's")
+          .check(
+              [](const std::vector<int64_t>& v) {
+                return std::all_of(v.begin(), v.end(), [](int64_t l) { return l >= 0; });
+              },
+              "a list of block indices (integers >= 0)"),
+      core::key("weight", &C::weight, "weight of the hidden-state loss").range(0.0, 1e6),
+  });
+  return s;
 }
 
-// The distill: section; its cross-checks with the model and init_from are in from_node.
+const core::Schema<DistillConfig>& distill_schema() {
+  using C = DistillConfig;
+  static const core::Schema<DistillConfig> s({
+      core::key("enabled", &C::enabled, "distil (true when the section is given)").fallback("true"),
+      core::key("teacher", &C::teacher,
+                "the full-precision teacher: a GGUF, a Hugging Face directory, a bitqat run or checkpoint; "
+                "empty: init_from")
+          .fallback("init_from"),
+      core::key("alpha", &C::alpha, "weight of the cross-entropy on the data (1 - alpha: the teacher's)")
+          .range(0.0, 1.0),
+      core::key("temperature", &C::temperature, "softmax temperature of the distillation loss").range(1e-3, 1e3),
+  });
+  return s;
+}
+
+// The root's own keys.
+struct RootKeys {
+  std::string init_from;
+};
+const core::Schema<RootKeys>& root_schema() {
+  static const core::Schema<RootKeys> s({
+      core::key("init_from", &RootKeys::init_from,
+                "weights a fresh run starts from: a Hugging Face Llama directory, a llama GGUF, a bitqat run, "
+                "checkpoint or safetensors file; empty: a random initialisation"),
+  });
+  return s;
+}
+const std::set<std::string> kSections = {"run",        "model",  "quant", "data",      "optim",  "train",
+                                         "checkpoint", "device", "dist",  "init_from", "distill"};
+
 void parse_distill(const core::Node& n, bool check_files, DistillConfig* c) {
   c->node = n;
   if (!n.defined()) return;
-  n.allow_only({"enabled", "teacher", "alpha", "temperature", "hidden"});
-  c->enabled = n.get<bool>("enabled", true);
-  c->teacher = n.get<std::string>("teacher", "");
-  c->alpha = n.get_in<double>("alpha", c->alpha, 0.0, 1.0);
-  c->temperature = n.get_in<double>("temperature", c->temperature, 1e-3, 1e3);
+  c->enabled = true;
+  distill_schema().parse_into(n, c, {"hidden"});
   if (check_files && c->enabled && !c->teacher.empty() && !std::filesystem::exists(c->teacher)) {
     n.fail("teacher", "an existing model path (a GGUF, a Hugging Face directory or a bitqat run or checkpoint)");
   }
   const auto h = n.child("hidden");
-  if (h.defined()) {
-    h.allow_only({"layers", "weight"});
-    for (double l : h.get_doubles("layers")) {
-      if (l != static_cast<double>(static_cast<int64_t>(l)) || l < 0) {
-        h.fail("layers", "a list of block indices (integers >= 0)");
-      }
-      c->hidden_layers.push_back(static_cast<int64_t>(l));
-    }
-    c->hidden_weight = h.get_in<double>("weight", c->hidden_weight, 0.0, 1e6);
-  }
+  if (h.defined()) distill_hidden_schema().parse_into(h, &c->hidden);
 }
 
 // Schedules are built once here only to validate them (with train.steps known); the trainer builds
@@ -110,20 +169,20 @@ void validate_schedule(const core::Node& n, schedules::ScheduleRole role, int64_
 }
 
 // A diffusion transformer generates the data's images: the same shape and classes.
-void check_dit_data(const core::Node& model, const data::DataConfig& data) {
+void check_dit_data(const models::ModelConfig& model, const data::DataConfig& data) {
   if (data.data_kind() != data::DataKind::kImages) {
     throw core::ConfigError(fmt::format("{} = dit: a diffusion transformer needs image data, got data.kind {}",
-                                        model.where("kind"), data.kind));
+                                        model.where("kind"), data::to_string(data.kind)));
   }
-  const auto dit = models::DiTConfig::from_yaml(model);
+  const auto& dit = model.dit;
   const auto shape = data.image_shape();
   const std::vector<std::pair<const char*, int64_t>> have = {
       {"channels", dit.channels}, {"height", dit.height}, {"width", dit.width}};
   for (size_t i = 0; i < have.size(); ++i) {
     if (have[i].second != shape[i]) {
-      throw core::ConfigError(fmt::format("{} = {}: data.kind {} has images of {} x {} x {} (channels x height x width)",
-                                          model.where(have[i].first), have[i].second, data.kind, shape[0], shape[1],
-                                          shape[2]));
+      throw core::ConfigError(fmt::format(
+          "{} = {}: data.kind {} has images of {} x {} x {} (channels x height x width)", model.where(have[i].first),
+          have[i].second, data::to_string(data.kind), shape[0], shape[1], shape[2]));
     }
   }
   if (dit.num_classes != data.vocab()) {
@@ -132,7 +191,47 @@ void check_dit_data(const core::Node& model, const data::DataConfig& data) {
   }
 }
 
+// Conditions between sections, checked once every section is parsed.
+void check_across(const Config& c) {
+  const bool lm = c.model.kind == models::ModelKind::kLM;
+  if (lm && c.data.data_kind() == data::DataKind::kTokens && c.data.seq_len > c.model.lm.max_seq_len) {
+    throw core::ConfigError(fmt::format(
+        "{} exceeds {} = {}: training windows longer than the model's context would train positions the model "
+        "(and its exports) do not have; lower data.seq_len or raise model.max_seq_len",
+        c.data.node.describe("seq_len"), c.model.where("max_seq_len"), c.model.lm.max_seq_len));
+  }
+  if (c.model.kind == models::ModelKind::kDiT) check_dit_data(c.model, c.data);
+  if (c.distill.enabled) {
+    const auto& d = c.distill.node;
+    if (!lm || c.data.data_kind() != data::DataKind::kTokens) {
+      throw core::ConfigError(
+          fmt::format("{}: distillation is for language models (model.kind lm on token data)", d.where()));
+    }
+    if (c.distill.teacher.empty() && c.init_from.empty()) {
+      throw core::ConfigError(fmt::format(
+          "{}: no teacher: set distill.teacher to a model path, or init_from (the default teacher)", d.where()));
+    }
+    for (auto l : c.distill.hidden.layers) {
+      if (l >= c.model.lm.n_layers) {
+        throw core::ConfigError(fmt::format("{} holds block {}, but the model has {} blocks (0 to {})",
+                                            d.child("hidden").where("layers"), l, c.model.lm.n_layers,
+                                            c.model.lm.n_layers - 1));
+      }
+    }
+  }
+  validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
+  validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
+  validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);
+  validate_schedule(c.quant.lambda_a, schedules::ScheduleRole::kLambda, c.train.steps);
+}
+
+std::string absolute(const std::string& path) { return std::filesystem::absolute(path).lexically_normal().string(); }
+
 }  // namespace
+
+core::Node constant_schedule(double value) {
+  return core::Node::load_string(fmt::format("{{kind: constant, value: {}}}", value), "(default)");
+}
 
 Config Config::load_file(const std::string& file, const std::vector<std::string>& overrides, bool check_files) {
   auto c = from_node(core::Node::load_file(file, overrides), check_files);
@@ -150,109 +249,80 @@ Config Config::load_string(const std::string& text, const std::string& name, con
 Config Config::from_node(const core::Node& root, bool check_files) {
   Config c;
   c.root = root;
-  root.allow_only(
-      {"run", "model", "quant", "data", "optim", "train", "checkpoint", "device", "dist", "init_from", "distill"});
-  parse_run(root.child("run"), &c.run);
-  parse_train(root.child("train"), &c.train);
-  parse_optim(root.child("optim"), &c.optim);
-  parse_quant(root.child("quant"), &c.quant);
-  parse_checkpoint(root.child("checkpoint"), &c.checkpoint);
-  parse_device(root.child("device"), &c.device);
-  parse_dist(root.child("dist"), &c.dist);
-  c.model = root.child("model");
-  c.data = root.child("data");
-  c.init_from = root.get<std::string>("init_from", "");
+  root.allow_only(kSections);
+  run_schema().parse_into(root.child("run"), &c.run);
+  train_schema().parse_into(root.child("train"), &c.train);
+  optim_schema().parse_into(root.child("optim"), &c.optim);
+  const auto quant = root.child("quant");
+  quant_schema().parse_into(quant, &c.quant, kQuantSpecKeys);
+  c.quant.spec = bitlinear::quant_spec_from_yaml(quant);
+  checkpoint_schema().parse_into(root.child("checkpoint"), &c.checkpoint);
+  device_schema().parse_into(root.child("device"), &c.device);
+  dist_schema().parse_into(root.child("dist"), &c.dist);
+  RootKeys keys;
+  for (const auto& f : root_schema().fields()) {
+    if (root.has(f.key)) f.read(root, &keys);
+  }
+  c.init_from = keys.init_from;
   parse_distill(root.child("distill"), check_files, &c.distill);
-  if (!c.model.defined()) throw core::ConfigError(fmt::format("{}: the config needs a model: section", root.where()));
-  if (!c.data.defined()) throw core::ConfigError(fmt::format("{}: the config needs a data: section", root.where()));
-
-  // Validate every section now, before any model, data or device work.
-  models::validate_model_config(c.model);
-  const auto data = data::DataConfig::from_yaml(c.data, check_files);
-  if (c.model.get<std::string>("kind", "lm") == "lm" && data.data_kind() == data::DataKind::kTokens) {
-    const auto lm = models::LMConfig::from_yaml(c.model);
-    if (data.seq_len > lm.max_seq_len) {
-      throw core::ConfigError(fmt::format(
-          "{} exceeds {} = {}: training windows longer than the model's context would train positions the model "
-          "(and its exports) do not have; lower data.seq_len or raise model.max_seq_len",
-          c.data.describe("seq_len"), c.model.where("max_seq_len"), lm.max_seq_len));
-    }
+  if (!root.child("model").defined()) {
+    throw core::ConfigError(fmt::format("{}: the config needs a model: section", root.where()));
   }
-  if (c.model.get<std::string>("kind", "lm") == "dit") check_dit_data(c.model, data);
-  if (c.distill.enabled) {
-    const auto& d = c.distill.node;
-    if (c.model.get<std::string>("kind", "lm") != "lm" || data.data_kind() != data::DataKind::kTokens) {
-      throw core::ConfigError(
-          fmt::format("{}: distillation is for language models (model.kind lm on token data)", d.where()));
-    }
-    if (c.distill.teacher.empty() && c.init_from.empty()) {
-      throw core::ConfigError(fmt::format(
-          "{}: no teacher: set distill.teacher to a model path, or init_from (the default teacher)", d.where()));
-    }
-    const auto lm = models::LMConfig::from_yaml(c.model);
-    for (auto l : c.distill.hidden_layers) {
-      if (l >= lm.n_layers) {
-        throw core::ConfigError(fmt::format("{} holds block {}, but the model has {} blocks (0 to {})",
-                                            d.child("hidden").where("layers"), l, lm.n_layers, lm.n_layers - 1));
-      }
-    }
+  if (!root.child("data").defined()) {
+    throw core::ConfigError(fmt::format("{}: the config needs a data: section", root.where()));
   }
-  validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
-  validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
-  validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);
-  validate_schedule(c.quant.lambda_a, schedules::ScheduleRole::kLambda, c.train.steps);
+  c.model = models::ModelConfig::from_yaml(root.child("model"));
+  c.data = data::DataConfig::from_yaml(root.child("data"), check_files);
+  check_across(c);
   return c;
 }
 
 YAML::Node Config::resolved() const {
-  YAML::Node out = YAML::Clone(root.yaml());
-  const auto dc = data::DataConfig::from_yaml(data, /*check_files=*/false);
-  dc.write_absolute_paths(out["data"]);
-  if (model.get<std::string>("kind", "lm") == "lm" && model.get<int64_t>("vocab_size", 0) == 0) {
-    out["model"]["vocab_size"] = dc.vocab();
-  }
-  if (!init_from.empty()) out["init_from"] = std::filesystem::absolute(init_from).lexically_normal().string();
+  YAML::Node out(YAML::NodeType::Map);
+  run_schema().write(run, out["run"]);
+  model.write(out["model"]);
+  if (model.kind == models::ModelKind::kLM && model.lm.vocab_size == 0) out["model"]["vocab_size"] = data.vocab();
+  auto q = out["quant"];
+  YAML::Node spec;
+  bitlinear::quant_spec_to_yaml(quant.spec, &spec);
+  q["weight"] = spec["weight"];
+  q["activation"] = spec["activation"];
+  quant_schema().write(quant, q);
+  data.write(out["data"]);
+  data.write_absolute_paths(out["data"]);
+  optim_schema().write(optim, out["optim"]);
+  train_schema().write(train, out["train"]);
+  checkpoint_schema().write(checkpoint, out["checkpoint"]);
+  device_schema().write(device, out["device"]);
+  dist_schema().write(dist, out["dist"]);
+  if (!init_from.empty()) out["init_from"] = absolute(init_from);
   if (distill.node.defined()) {
     auto d = out["distill"];
-    d["enabled"] = distill.enabled;
-    if (!distill.teacher.empty()) d["teacher"] = std::filesystem::absolute(distill.teacher).lexically_normal().string();
-    d["alpha"] = distill.alpha;
-    d["temperature"] = distill.temperature;
+    distill_schema().write(distill, d);
+    if (!distill.teacher.empty()) d["teacher"] = absolute(distill.teacher);
+    distill_hidden_schema().write(distill.hidden, d["hidden"]);
   }
-  out["run"]["name"] = run.name;
-  out["run"]["dir"] = run.dir;
-  out["run"]["seed"] = run.seed;
-  auto t = out["train"];
-  t["steps"] = train.steps;
-  t["batch_size"] = train.batch_size;
-  t["grad_accum"] = train.grad_accum;
-  t["log_every"] = train.log_every;
-  t["eval_every"] = train.eval_every;
-  t["eval_at_start"] = train.eval_at_start;
-  t["eval_batches"] = train.eval_batches;
-  t["max_bad_steps"] = train.max_bad_steps;
-  auto o = out["optim"];
-  o["beta1"] = optim.beta1;
-  o["beta2"] = optim.beta2;
-  o["eps"] = optim.eps;
-  o["grad_clip"] = optim.grad_clip;
-  auto q = out["quant"];
-  YAML::Node qs;
-  bitlinear::quant_spec_to_yaml(quant.spec, &qs);
-  q["weight"] = qs["weight"];
-  q["activation"] = qs["activation"];
-  q["include"] = quant.include;
-  q["exclude"] = quant.exclude;
-  out["checkpoint"]["every"] = checkpoint.every;
-  out["checkpoint"]["keep_last"] = checkpoint.keep_last;
-  out["device"]["type"] = device.type;
-  out["device"]["precision"] = device.precision;
-  out["device"]["threads"] = device.threads;
-  out["dist"]["backend"] = dist.backend;
-  out["dist"]["timeout_s"] = dist.timeout_s;
-  out["dist"]["bucket_mb"] = dist.bucket_mb;
-  out["dist"]["overlap"] = dist.overlap;
   return out;
+}
+
+std::vector<core::KeyReference> Config::reference() {
+  std::vector<core::KeyReference> rows;
+  auto add = [&](std::vector<core::KeyReference> more) {
+    for (auto& r : more) rows.push_back(std::move(r));
+  };
+  add(run_schema().reference("run."));
+  add(models::ModelConfig::reference());
+  add(quant_schema().reference("quant."));
+  add(data::DataConfig::reference());
+  add(optim_schema().reference("optim."));
+  add(train_schema().reference("train."));
+  add(checkpoint_schema().reference("checkpoint."));
+  add(device_schema().reference("device."));
+  add(dist_schema().reference("dist."));
+  add(root_schema().reference(""));
+  add(distill_schema().reference("distill."));
+  add(distill_hidden_schema().reference("distill.hidden."));
+  return rows;
 }
 
 namespace {
@@ -272,13 +342,12 @@ std::string Config::compat_hash() const {
   bitlinear::quant_spec_to_yaml(quant.spec, &q);
   q["include"] = quant.include;
   q["exclude"] = quant.exclude;
-  const auto vocab = data::DataConfig::from_yaml(data, /*check_files=*/false).vocab();
-  return fnv1a("bitqat-compat-v2\n" + models::model_identity(model, vocab) + "\n" + core::to_yaml_string(q));
+  return fnv1a("bitqat-compat-v2\n" + models::model_identity(model, data.vocab()) + "\n" + core::to_yaml_string(q));
 }
 
 std::string Config::legacy_compat_hash() const {
   YAML::Node key;
-  key["model"] = YAML::Clone(model.yaml());
+  key["model"] = YAML::Clone(model.node.yaml());
   YAML::Node qs;
   bitlinear::quant_spec_to_yaml(quant.spec, &qs);
   key["quant"] = qs;

@@ -1,14 +1,20 @@
 // The root training config: every section parsed and validated from YAML (with --set overrides)
 // before any model, data or device work starts. Unknown keys and bad values name file:line and key.
+// Each section is declared once, as a core::Schema in config.cpp (its keys, defaults below, ranges,
+// meanings); the parse, config.resolved.yaml and the config reference come from it.
 #pragma once
 #include <yaml-cpp/yaml.h>
 
+#include <array>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "bitlinear/quant_spec.hpp"
 #include "core/config.hpp"
+#include "core/schema.hpp"
+#include "data/source.hpp"
+#include "models/factory.hpp"
 
 namespace bitqat::training {
 
@@ -24,27 +30,30 @@ struct TrainLoopConfig {
   int64_t batch_size = 16;  // per process
   int grad_accum = 1;
   int log_every = 10;
-  int eval_every = 100;  // 0: only at the end
+  int eval_every = 100;        // 0: only at the end
   bool eval_at_start = false;  // also evaluate a fresh run before its first step (the starting point)
   int eval_batches = 8;
   int max_bad_steps = 5;  // consecutive non-finite steps before the run stops
 };
 
+// The schedule {kind: constant, value: v}: the default of a schedule key.
+core::Node constant_schedule(double value);
+
 struct OptimConfig {
   double beta1 = 0.9;
   double beta2 = 0.95;
   double eps = 1e-8;
-  double grad_clip = 1.0;   // 0: off
-  core::Node lr;            // a schedules:: node (role kLearningRate)
-  core::Node weight_decay;  // a schedules:: node (role kWeightDecay)
+  double grad_clip = 1.0;                            // 0: off
+  core::Node lr = constant_schedule(1e-3);           // a schedules:: node (role kLearningRate)
+  core::Node weight_decay = constant_schedule(0.0);  // a schedules:: node (role kWeightDecay)
 };
 
 struct QuantConfig {
   bitlinear::QuantSpec spec;
   std::vector<std::string> include = {"*"};
   std::vector<std::string> exclude;
-  core::Node lambda_w;  // schedules:: node (role kLambda); absent: constant 1
-  core::Node lambda_a;
+  core::Node lambda_w = constant_schedule(1.0);  // schedules:: node (role kLambda)
+  core::Node lambda_a = constant_schedule(1.0);
 };
 
 struct CheckpointConfig {
@@ -52,17 +61,35 @@ struct CheckpointConfig {
   int keep_last = 3;
 };
 
+enum class DeviceType { kAuto, kCpu, kCuda };
+inline constexpr std::array<core::EnumName<DeviceType>, 3> kDeviceTypeNames = {
+    {{DeviceType::kAuto, "auto"}, {DeviceType::kCpu, "cpu"}, {DeviceType::kCuda, "cuda"}}};
+// auto: bf16 autocast on a GPU, fp32 on the CPU.
+enum class Precision { kAuto, kFp32, kBf16 };
+inline constexpr std::array<core::EnumName<Precision>, 3> kPrecisionNames = {
+    {{Precision::kAuto, "auto"}, {Precision::kFp32, "fp32"}, {Precision::kBf16, "bf16"}}};
+// auto: NCCL on CUDA devices, Gloo on the CPU.
+enum class Backend { kAuto, kNccl, kGloo };
+inline constexpr std::array<core::EnumName<Backend>, 3> kBackendNames = {
+    {{Backend::kAuto, "auto"}, {Backend::kNccl, "nccl"}, {Backend::kGloo, "gloo"}}};
+
 struct DeviceConfig {
-  std::string type = "auto";       // auto | cpu | cuda
-  std::string precision = "auto";  // auto (bf16 autocast on GPU, fp32 on CPU) | fp32 | bf16
-  int threads = 0;                 // CPU intra-op threads; 0: LibTorch's default
+  DeviceType type = DeviceType::kAuto;
+  Precision precision = Precision::kAuto;
+  int threads = 0;  // CPU intra-op threads; 0: LibTorch's default
 };
 
 struct DistConfig {
-  std::string backend = "auto";  // auto | nccl | gloo
+  Backend backend = Backend::kAuto;
   int timeout_s = 300;
   double bucket_mb = 25.0;
   bool overlap = true;
+};
+
+// distill.hidden: matching the student's residual streams to the teacher's.
+struct DistillHidden {
+  std::vector<int64_t> layers;  // blocks whose residual streams are matched (none: off)
+  double weight = 1.0;
 };
 
 // distill: knowledge distillation from a full-precision teacher (training/distill.hpp).
@@ -71,8 +98,7 @@ struct DistillConfig {
   std::string teacher;   // an init_from-style path; "" = the init_from source
   double alpha = 0.5;    // weight of the cross-entropy on the data, in [0, 1]
   double temperature = 1.0;
-  std::vector<int64_t> hidden_layers;  // blocks whose residual streams are matched (none: off)
-  double hidden_weight = 1.0;
+  DistillHidden hidden;
   core::Node node;  // the section, for error locations
 };
 
@@ -86,9 +112,9 @@ struct Config {
   CheckpointConfig checkpoint;
   DeviceConfig device;
   DistConfig dist;
-  core::Node model;       // parsed by models::
-  core::Node data;        // parsed by data::
-  std::string init_from;  // weights a fresh run starts from (interop/init_source.hpp); "" = random
+  models::ModelConfig model;  // the model: section, parsed (vocab_size resolved from the data)
+  data::DataConfig data;      // the data: section, parsed
+  std::string init_from;      // weights a fresh run starts from (interop/init_source.hpp); "" = random
   DistillConfig distill;
 
   // check_files = false validates everything but the existence of the data files (a run directory
@@ -99,10 +125,13 @@ struct Config {
                             const std::vector<std::string>& overrides = {}, bool check_files = true);
   static Config from_node(const core::Node& root, bool check_files = true);
 
-  // Everything, defaults filled in, as written to RUN_DIR/config.resolved.yaml: the vocabulary
-  // resolved from the data, data paths and init_from absolute (the run directory can be used from
-  // any working directory).
+  // Everything, defaults filled in, as written to RUN_DIR/config.resolved.yaml: every key of every
+  // section, the vocabulary resolved from the data, data paths and init_from absolute (the run
+  // directory can be used from any working directory). Loading it gives the same Config.
   YAML::Node resolved() const;
+  // Every key of every section: path, type, default, range or choices, meaning (the config
+  // reference; model and data keys name the kind they belong to).
+  static std::vector<core::KeyReference> reference();
   // Hash of what makes a checkpoint's tensors meaningful: the parsed model settings that change
   // tensors or the function (models::model_identity), the quantization spec and the include /
   // exclude lists. Key order, comments and defaults spelled out or not do not change it. A resume

@@ -47,16 +47,16 @@ class DistillTask final : public Task {
 
   at::Tensor loss(const data::Batch& b) override {
     std::vector<at::Tensor> hs, ht;
-    const auto logits = student_lm_->forward_hidden(b.inputs, cfg_.hidden_layers, &hs);
+    const auto logits = student_lm_->forward_hidden(b.inputs, cfg_.hidden.layers, &hs);
     at::Tensor teacher_logits;
     {
       at::NoGradGuard no_grad;
       NoAutocast fp32;
-      teacher_logits = teacher_->forward_hidden(b.inputs, cfg_.hidden_layers, &ht);
+      teacher_logits = teacher_->forward_hidden(b.inputs, cfg_.hidden.layers, &ht);
     }
     const int64_t v = logits.size(-1);
     const auto parts = distill_loss(logits.reshape({-1, v}), teacher_logits.reshape({-1, v}), b.targets.reshape({-1}),
-                                    cfg_.alpha, cfg_.temperature, hs, ht, cfg_.hidden_weight);
+                                    cfg_.alpha, cfg_.temperature, hs, ht, cfg_.hidden.weight);
     parts_ = {{"loss_ce", parts.ce.detach()}, {"loss_kd", parts.kd.detach()}};
     if (parts.hidden.defined()) parts_.emplace_back("loss_hidden", parts.hidden.detach());
     return parts.total;
@@ -114,7 +114,7 @@ std::vector<int64_t> encode(const models::LMConfig& c) {
     std::memcpy(&i, &d, 8);
     return i;
   };
-  const int64_t ffn = c.ffn == "relu2" ? 0 : c.ffn == "relu2_glu" ? 1 : 2;
+  const auto ffn = static_cast<int64_t>(c.ffn);
   return {c.vocab_size, c.dim,      c.n_layers,    c.n_heads,          c.n_kv_heads,     c.ffn_dim,
           ffn,          c.sub_norm, c.max_seq_len, bits(c.rope_theta), bits(c.norm_eps), c.tie_embeddings};
 }
@@ -127,7 +127,7 @@ models::LMConfig decode(const std::vector<int64_t>& w) {
   };
   models::LMConfig c;
   c.vocab_size = w[0], c.dim = w[1], c.n_layers = w[2], c.n_heads = w[3], c.n_kv_heads = w[4], c.ffn_dim = w[5];
-  c.ffn = w[6] == 0 ? "relu2" : w[6] == 1 ? "relu2_glu" : "swiglu";
+  c.ffn = static_cast<models::Ffn>(w[6]);
   c.sub_norm = w[7] != 0, c.max_seq_len = w[8], c.rope_theta = real(w[9]), c.norm_eps = real(w[10]);
   c.tie_embeddings = w[11] != 0;
   return c;
@@ -152,7 +152,7 @@ void check_teacher(const models::LMConfig& t, const models::LMConfig& s, const D
         "distributions over the same tokens, so the teacher must share the student's tokenizer",
         where, path, t.vocab_size, s.vocab_size));
   }
-  for (auto l : cfg.hidden_layers) {
+  for (auto l : cfg.hidden.layers) {
     if (l >= t.n_layers || t.dim != s.dim) {
       throw core::UserError(fmt::format(
           "{}: hidden-state block {} needs it in both models with the same width; the teacher ({}) has {} blocks of "
@@ -226,9 +226,9 @@ std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Con
   dist.check_same({task->fingerprint()}, {"the fingerprint of the distillation teacher"});
   spdlog::info("distillation: teacher {} ({} blocks, width {}, fingerprint {}); loss = {} CE + {} T^2 KL (T = {}){}",
                path, tcfg.n_layers, tcfg.dim, task->fingerprint(), d.alpha, 1.0 - d.alpha, d.temperature,
-               d.hidden_layers.empty()
+               d.hidden.layers.empty()
                    ? std::string()
-                   : fmt::format(" + {} hidden MSE at blocks {}", d.hidden_weight, fmt::join(d.hidden_layers, ", ")));
+                   : fmt::format(" + {} hidden MSE at blocks {}", d.hidden.weight, fmt::join(d.hidden.layers, ", ")));
   return task;
 }
 

@@ -40,6 +40,18 @@ bool env_int(const char* name, int* out) {
   return true;
 }
 
+}  // namespace
+
+int rank_from_environment() {
+  int rank = 0;
+  for (const char* var : {"RANK", "SLURM_PROCID"}) {
+    if (env_int(var, &rank)) return rank;
+  }
+  return 0;
+}
+
+namespace {
+
 // The first line of an exception's text, without c10's backtrace.
 std::string reason(const std::exception& e) {
   std::string s;

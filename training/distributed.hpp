@@ -34,6 +34,10 @@ struct DistEnv {
 // torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, ...), else SLURM's (SLURM_PROCID, ...), else a
 // single process. Bad values are UserErrors naming the variable.
 DistEnv dist_env_from_environment();
+// This process's rank from RANK (torchrun) or SLURM_PROCID (SLURM), 0 when neither is set: for
+// choosing which process logs, before a DistContext exists. Throws UserError naming the variable
+// when it is not a non-negative integer.
+int rank_from_environment();
 
 // First host of a SLURM node list: "node[003-005,007],gpu1" -> "node003".
 std::string first_slurm_host(const std::string& nodelist);

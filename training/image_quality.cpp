@@ -38,8 +38,8 @@ FeatureStats feature_stats(const at::Tensor& features) {
 
 double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
   if (a.mean.sizes() != b.mean.sizes()) {
-    throw std::invalid_argument(fmt::format("frechet_distance: feature sizes {} and {} differ", a.mean.size(0),
-                                            b.mean.size(0)));
+    throw std::invalid_argument(
+        fmt::format("frechet_distance: feature sizes {} and {} differ", a.mean.size(0), b.mean.size(0)));
   }
   const auto [ev, evec] = at::linalg_eigh(a.cov);
   const auto root = at::matmul(evec * ev.clamp_min(0).sqrt().unsqueeze(0), evec.t());  // S1^(1/2)
@@ -51,13 +51,13 @@ double frechet_distance(const FeatureStats& a, const FeatureStats& b) {
 }
 
 void check_quality_classifier(const LoadedRun& classifier, const std::string& dir, const models::DiTConfig& dit) {
-  const auto kind = classifier.cfg.model.get<std::string>("kind", "lm");
-  const auto data = classifier.cfg.data.get<std::string>("kind", "text");
-  if (kind != "cnn" || data != "fashion_mnist") {
+  const auto kind = classifier.cfg.model.kind;
+  const auto data = classifier.cfg.data.kind;
+  if (kind != models::ModelKind::kCNN || data != data::SourceKind::kFashionMnist) {
     throw core::UserError(
         fmt::format("--classifier {}: a {} run on data.kind {}; the quality metric needs a Fashion-MNIST classifier "
                     "(model.kind cnn, data.kind fashion_mnist; train one with configs/fashion_mnist_fp.yaml)",
-                    dir, kind, data));
+                    dir, models::to_string(kind), data::to_string(data)));
   }
   if (dit.channels != 1 || dit.height != 28 || dit.width != 28) {
     throw core::UserError(fmt::format("the DiT generates {} x {} x {} images; the classifier at {} reads 1 x 28 x 28",

@@ -105,8 +105,8 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
                     cfg.root.child("quant").where("include")));
   }
   spdlog::info("quantize: {} layer(s) {} ({}) with lambda 1: {}", r.quantized_layers.size(),
-               bitlinear::to_string(cfg.quant.spec.weight.type), bitlinear::to_string(cfg.quant.spec.weight.granularity),
-               fmt::join(r.quantized_layers, ", "));
+               bitlinear::to_string(cfg.quant.spec.weight.type),
+               bitlinear::to_string(cfg.quant.spec.weight.granularity), fmt::join(r.quantized_layers, ", "));
   const auto val = open_validation_data(src, {})->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
   r.eval = task->evaluate(val, device);
 
@@ -131,7 +131,7 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
               {"bad_streak", 0},
               {"lambda_w", 1.0},
               {"lambda_a", 1.0},
-              {"data", {{"kind", cfg.data.get<std::string>("kind", "text")}, {"samples_seen", 0}}},
+              {"data", {{"kind", data::to_string(cfg.data.kind)}, {"samples_seen", 0}}},
               {"quantized_from", from}};
   r.checkpoint = checkpoints::write_checkpoint((out / "checkpoints").string(), ck, cfg.checkpoint.keep_last);
 

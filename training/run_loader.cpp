@@ -16,9 +16,8 @@
 namespace bitqat::training {
 namespace {
 
-// The lambda of `node`'s schedule at `step` (constant 1 when the config has no schedule).
+// The lambda of `node`'s schedule at `step`.
 double scheduled_lambda(const core::Node& node, int64_t steps, int64_t step) {
-  if (!node.defined()) return 1.0;
   return schedules::make_schedule(node, schedules::ScheduleRole::kLambda, steps)->at(step);
 }
 

@@ -47,7 +47,7 @@ SampleResult sample_run(const std::string& run_dir, const SampleOptions& o, cons
   auto dit = std::dynamic_pointer_cast<models::BitDiTImpl>(run.task->module_ptr());
   if (!dit) {
     throw core::UserError(fmt::format("{}: a model.kind {} run; sample needs a diffusion transformer (model.kind dit)",
-                                      run_dir, run.cfg.model.get<std::string>("kind", "lm")));
+                                      run_dir, models::to_string(run.cfg.model.kind)));
   }
   const auto& c = dit->config;
   if (o.cls && (*o.cls < 0 || *o.cls >= c.num_classes)) {
@@ -59,8 +59,8 @@ SampleResult sample_run(const std::string& run_dir, const SampleOptions& o, cons
   }
   if (o.fully_quantized) set_run_lambdas(run, 1.0, 1.0);
   // --class all: one row per class; one class: up to 10 images per row.
-  const auto labels = o.cls ? at::full({o.n}, *o.cls, at::kLong)
-                            : at::arange(c.num_classes, at::kLong).repeat_interleave(o.n);
+  const auto labels =
+      o.cls ? at::full({o.n}, *o.cls, at::kLong) : at::arange(c.num_classes, at::kLong).repeat_interleave(o.n);
   const int64_t columns = o.cls ? std::min<int64_t>(o.n, 10) : o.n;
   const auto images = models::sample_images(*dit, labels, o.steps, o.cfg, o.solver, o.seed);
   const auto grid = image_grid(images, columns);

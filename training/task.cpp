@@ -102,8 +102,8 @@ class FlowMatchingTask final : public Task {
   torch::nn::Module& module() override { return *dit_; }
   std::shared_ptr<torch::nn::Module> module_ptr() override { return dit_; }
   at::Tensor loss(const data::Batch& b) override {
-    const auto y = models::drop_labels(b.targets, rows_of(b), drop_seed_, dit_->config.class_dropout,
-                                       dit_->config.null_class());
+    const auto y =
+        models::drop_labels(b.targets, rows_of(b), drop_seed_, dit_->config.class_dropout, dit_->config.null_class());
     return loss_with(b, y, noise_seed_, time_seed_);
   }
   EvalResult evaluate(const std::vector<data::Batch>& batches, const at::Device& device) override {
@@ -138,7 +138,9 @@ class FlowMatchingTask final : public Task {
     const auto x1 = b.inputs * 2 - 1;
     const auto x0 = models::counter_normal(noise_seed, rows, x1[0].numel()).view(x1.sizes()).to(x1.device());
     const auto t = models::counter_uniform(time_seed, rows).to(x1.device(), at::kFloat);
-    const models::VelocityFn v = [&](const at::Tensor& x, const at::Tensor& tt) { return dit_->forward(x, tt, labels); };
+    const models::VelocityFn v = [&](const at::Tensor& x, const at::Tensor& tt) {
+      return dit_->forward(x, tt, labels);
+    };
     return models::flow_matching_loss(v, x0, x1, t);
   }
 
@@ -149,25 +151,25 @@ class FlowMatchingTask final : public Task {
 }  // namespace
 
 std::unique_ptr<Task> make_task(const Config& cfg, const at::Device& device) {
-  const auto data = data::DataConfig::from_yaml(cfg.data, /*check_files=*/false);
+  const auto& data = cfg.data;
   auto handle = models::make_model(cfg.model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude, data.vocab());
   handle.module->to(device);
   // On a GPU, fully quantized ternary BitLinears run their forward on the W1.58A8 kernels.
   if (device.is_cuda()) bitlinear::ops::install_training_kernels(*handle.module);
   if (data.data_kind() == data::DataKind::kImages) {
-    if (handle.kind == "dit") {
+    if (handle.kind == models::ModelKind::kDiT) {
       return std::make_unique<FlowMatchingTask>(std::dynamic_pointer_cast<models::BitDiTImpl>(handle.module),
                                                 cfg.run.seed);
     }
-    if (handle.kind != "cnn") {
-      throw core::ConfigError(
-          fmt::format("{} = {}: image data needs model.kind cnn or dit", cfg.model.where("kind"), handle.kind));
+    if (handle.kind != models::ModelKind::kCNN) {
+      throw core::ConfigError(fmt::format("{} = {}: image data needs model.kind cnn or dit", cfg.model.where("kind"),
+                                          models::to_string(handle.kind)));
     }
     return std::make_unique<ImageTask>(std::move(handle));
   }
-  if (handle.kind != "lm") {
-    throw core::ConfigError(
-        fmt::format("{} = {}: token data needs model.kind lm", cfg.model.where("kind"), handle.kind));
+  if (handle.kind != models::ModelKind::kLM) {
+    throw core::ConfigError(fmt::format("{} = {}: token data needs model.kind lm", cfg.model.where("kind"),
+                                        models::to_string(handle.kind)));
   }
   return std::make_unique<LMTask>(std::move(handle), data.is_bytes());
 }

@@ -64,19 +64,12 @@ class AutocastScope {
 
 at::Device pick_device(const DeviceConfig& dc, int local_rank) {
   const bool has_cuda = torch::cuda::is_available();
-  if (dc.type == "cuda" && !has_cuda) {
+  if (dc.type == DeviceType::kCuda && !has_cuda) {
     throw core::UserError("device.type = cuda, but no CUDA device is visible; use device.type: auto or cpu");
   }
-  if (dc.type == "cpu" || !has_cuda) return at::Device(at::kCPU);
+  if (dc.type == DeviceType::kCpu || !has_cuda) return at::Device(at::kCPU);
   const int n = static_cast<int>(torch::cuda::device_count());
   return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(local_rank % n));
-}
-
-std::unique_ptr<schedules::Schedule> schedule_or_constant(const core::Node& node, schedules::ScheduleRole role,
-                                                          int64_t steps, double constant) {
-  if (node.defined()) return schedules::make_schedule(node, role, steps);
-  auto doc = core::Node::load_string(fmt::format("kind: constant\nvalue: {}\n", constant), "<default>");
-  return schedules::make_schedule(doc, role, steps);
 }
 
 // A GPU batch is staged in pinned host memory (the caching host allocator keeps it alive until
@@ -103,7 +96,8 @@ struct Run {
       : cfg(c),
         options(o),
         device(d),
-        dist(dist_env_from_environment(), c.dist.backend, std::chrono::seconds(c.dist.timeout_s), d) {}
+        dist(dist_env_from_environment(), core::name_of(kBackendNames, c.dist.backend),
+             std::chrono::seconds(c.dist.timeout_s), d) {}
 
   const Config& cfg;
   const TrainOptions& options;
@@ -199,7 +193,7 @@ void resume_from(Run& r, const std::string& latest) {
 // A micro-batch whose logits alone cannot fit in the device's memory is a config error, found before
 // anything is allocated (a lower bound: B x T x vocab float32 logits and as many gradients).
 void check_batch_fits(const Config& cfg, const at::Device& device) {
-  const auto data = data::DataConfig::from_yaml(cfg.data, /*check_files=*/false);
+  const auto& data = cfg.data;
   if (data.data_kind() != data::DataKind::kTokens) return;
   const double tokens = static_cast<double>(cfg.train.batch_size) * static_cast<double>(data.seq_len);
   const double logits_bytes = 2.0 * tokens * static_cast<double>(data.vocab()) * 4.0;
@@ -217,8 +211,8 @@ void check_batch_fits(const Config& cfg, const at::Device& device) {
         "{} x {} = {:.4g} tokens per micro-batch: their logits and logit gradients alone need {:.3g} GiB (B x T x "
         "vocabulary {} x 4 bytes x 2), more than the {:.3g} GiB of {}; lower train.batch_size (train.grad_accum keeps "
         "the global batch) or data.seq_len",
-        cfg.root.child("train").describe("batch_size"), cfg.data.describe("seq_len"), tokens, logits_bytes / (1 << 30),
-        data.vocab(), available / (1 << 30), what));
+        cfg.root.child("train").describe("batch_size"), cfg.data.node.describe("seq_len"), tokens,
+        logits_bytes / (1 << 30), data.vocab(), available / (1 << 30), what));
   }
 }
 
@@ -226,8 +220,8 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   const auto env = dist_env_from_environment();
   if (cfg.device.threads > 0) at::set_num_threads(cfg.device.threads);
   auto r = std::make_unique<Run>(cfg, options, pick_device(cfg.device, env.local_rank));
-  r->autocast = r->device.is_cuda() && cfg.device.precision != "fp32";
-  if (r->device.is_cpu() && cfg.device.precision == "bf16") {
+  r->autocast = r->device.is_cuda() && cfg.device.precision != Precision::kFp32;
+  if (r->device.is_cpu() && cfg.device.precision == Precision::kBf16) {
     throw core::ConfigError(fmt::format("{} = bf16: bf16 autocast is for GPUs; use fp32 (or auto) on CPU",
                                         cfg.root.child("device").where("precision")));
   }
@@ -251,7 +245,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
 
   check_batch_fits(cfg, r->device);
   torch::manual_seed(cfg.run.seed);
-  r->source = data::make_source(data::DataConfig::from_yaml(cfg.data), cfg.run.seed);
+  r->source = data::make_source(cfg.data, cfg.run.seed);
   r->task = make_task(cfg, r->device);
   if (cfg.distill.enabled) r->task = make_distill_task(std::move(r->task), cfg, r->device, r->dist);
   auto& model = r->task->module();
@@ -262,10 +256,10 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   r->optimizer = std::make_unique<AdamW>(r->named, AdamWOptions{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps});
 
   const int64_t steps = cfg.train.steps;
-  r->sched.lr = schedule_or_constant(cfg.optim.lr, schedules::ScheduleRole::kLearningRate, steps, 1e-3);
-  r->sched.wd = schedule_or_constant(cfg.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, steps, 0.0);
-  r->sched.lambda_w = schedule_or_constant(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, steps, 1.0);
-  r->sched.lambda_a = schedule_or_constant(cfg.quant.lambda_a, schedules::ScheduleRole::kLambda, steps, 1.0);
+  r->sched.lr = schedules::make_schedule(cfg.optim.lr, schedules::ScheduleRole::kLearningRate, steps);
+  r->sched.wd = schedules::make_schedule(cfg.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, steps);
+  r->sched.lambda_w = schedules::make_schedule(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, steps);
+  r->sched.lambda_a = schedules::make_schedule(cfg.quant.lambda_a, schedules::ScheduleRole::kLambda, steps);
 
   r->global_batch = cfg.train.batch_size * r->dist.world() * cfg.train.grad_accum;
   r->hash = cfg.compat_hash();
@@ -313,11 +307,11 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
 // What a step leaves on the device, read by the host only when the step is settled (at log,
 // evaluation and checkpoint steps and at the end): no host sync inside a step.
 struct StepOutcome {
-  int64_t done = 0;  // 1-based step number
-  at::Tensor flags;  // double [3] on the device: mean loss over micro-batches and ranks; > 0 when
-                     // some rank saw a non-finite loss or gradient (the update was skipped on the
-                     // device); the gradient norm before clipping (NaN when it was not computed);
-                     // then the task's loss parts (part_names), means likewise
+  int64_t done = 0;                     // 1-based step number
+  at::Tensor flags;                     // double [3] on the device: mean loss over micro-batches and ranks; > 0 when
+                                        // some rank saw a non-finite loss or gradient (the update was skipped on the
+                                        // device); the gradient norm before clipping (NaN when it was not computed);
+                                        // then the task's loss parts (part_names), means likewise
   std::vector<std::string> part_names;  // the task's loss parts (loss_ce, loss_kd, ...), in flags[3...]
   double lr = 0.0, wd = 0.0, lambda_w = 0.0, lambda_a = 0.0;  // this step's schedule values
   int64_t units = 0;                                          // tokens or samples of the global batch
@@ -365,9 +359,9 @@ StepOutcome run_step(Run& r, int64_t step) {
   for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
     const auto batch = [&] {
       RECORD_FUNCTION("bitqat::train_batch", std::vector<c10::IValue>());
-      return to_device(r.source->train_batch(step, micro, r.dist.rank(), r.dist.world(), cfg.train.batch_size,
-                                             cfg.train.grad_accum),
-                       r.device);
+      return to_device(
+          r.source->train_batch(step, micro, r.dist.rank(), r.dist.world(), cfg.train.batch_size, cfg.train.grad_accum),
+          r.device);
     }();
     r.sync->set_sync(micro == cfg.train.grad_accum - 1);
     at::Tensor loss;
@@ -441,8 +435,9 @@ std::vector<Settled> settle(Run& r, std::vector<StepOutcome>& pending) {
     }
     ++r.bad_streak;
     if (r.main()) {
-      spdlog::warn("step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, limit {})",
-                   s.o.done, s.loss, s.grad_norm, r.bad_streak, cfg.train.max_bad_steps);
+      spdlog::warn(
+          "step {}: non-finite loss or gradient (loss {}, grad norm {}); update skipped ({} in a row, limit {})",
+          s.o.done, s.loss, s.grad_norm, r.bad_streak, cfg.train.max_bad_steps);
       r.metrics->write({{"step", s.o.done}, {"skipped", true}, {"loss", nullptr}, {"lr", s.o.lr}});
     }
     if (r.bad_streak >= cfg.train.max_bad_steps) {

@@ -56,6 +56,12 @@ TEST(Cli, HelpVersionAndUnknownThings) {
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find(std::string("Usage: bitqat ") + c), std::string::npos) << r.out;
   }
+  // A launcher variable that is not a rank is a user error, before any work.
+  r = run("train --set train.steps=1", "RANK=first");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat train: error: environment variable RANK = 'first' is not a non-negative integer"),
+            std::string::npos)
+      << r.out;
   // The top-level help lists every command once.
   r = run("--help");
   for (const char* c :
@@ -146,11 +152,12 @@ TEST(Cli, TrainEvalGenerate) {
 // error naming model.ffn and the option), and --gguf-force-relu2 writes it with a warning.
 TEST(Cli, GgufExportRefusesRelu2GluUnlessForced) {
   const auto dir = dir_with_corpus("bitqat_cli_gguf_", 100);
-  auto r = run("train configs/quickstart.yaml --set run.dir=" + dir.string() + " --set run.name=glu --set data.path=" +
-               (dir / "t.txt").string() +
-               " --set model.ffn=relu2_glu --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
-               " --set model.max_seq_len=16 --set model.dim=64 --set model.n_layers=1 --set model.ffn_dim=64"
-               " --set train.eval_every=0 --set checkpoint.every=4 --set optim.lr.warmup_steps=1 --set device.type=cpu");
+  auto r =
+      run("train configs/quickstart.yaml --set run.dir=" + dir.string() +
+          " --set run.name=glu --set data.path=" + (dir / "t.txt").string() +
+          " --set model.ffn=relu2_glu --set train.steps=4 --set train.batch_size=2 --set data.seq_len=16"
+          " --set model.max_seq_len=16 --set model.dim=64 --set model.n_layers=1 --set model.ffn_dim=64"
+          " --set train.eval_every=0 --set checkpoint.every=4 --set optim.lr.warmup_steps=1 --set device.type=cpu");
   ASSERT_EQ(r.code, 0) << r.out;
   const auto out = (dir / "m.gguf").string();
   r = run("export " + (dir / "glu").string() + " --format gguf --gguf-type q2_0 --out " + out);
@@ -408,13 +415,11 @@ TEST(Cli, DiffusionTransformerSampleEvalQuantizeExport) {
   EXPECT_FALSE(fs::exists(d + "/x.png"));
   r = run("eval " + d + "/clf --samples 5");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("apply to diffusion transformer runs; " + d + "/clf is a model.kind cnn run"),
-            std::string::npos)
+  EXPECT_NE(r.out.find("apply to diffusion transformer runs; " + d + "/clf is a model.kind cnn run"), std::string::npos)
       << r.out;
   r = run("eval " + d + "/dit --classifier " + d + "/dit --samples 4");
   EXPECT_EQ(r.code, 2);
-  EXPECT_NE(r.out.find("--classifier " + d + "/dit: a dit run on data.kind fashion_mnist"), std::string::npos)
-      << r.out;
+  EXPECT_NE(r.out.find("--classifier " + d + "/dit: a dit run on data.kind fashion_mnist"), std::string::npos) << r.out;
   r = run("eval " + d + "/dit --classifier " + d + "/none");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--classifier " + d + "/none: no such run"), std::string::npos) << r.out;

@@ -12,7 +12,7 @@ using namespace bitqat::data;
 TEST_F(DataTest, ConfigDefaultsAndKinds) {
   const auto path = text_file(100);
   const auto c = cfg("data: {kind: text, path: " + path + "}");
-  EXPECT_EQ(c.kind, "text");
+  EXPECT_EQ(c.kind, bitqat::data::SourceKind::kText);
   EXPECT_EQ(c.seq_len, 256);
   EXPECT_DOUBLE_EQ(c.val_fraction, 0.05);
   const auto f = cfg("data: {kind: fashion_mnist}");

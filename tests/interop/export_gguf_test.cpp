@@ -25,7 +25,7 @@ using namespace bitqat;
 
 namespace {
 
-models::LMConfig tiny(const std::string& ffn = "swiglu", bool sub_norm = true) {
+models::LMConfig tiny(models::Ffn ffn = models::Ffn::kSwiglu, bool sub_norm = true) {
   models::LMConfig c;
   c.vocab_size = 256;
   c.dim = 256;
@@ -170,7 +170,7 @@ TEST(GgufExport, GroupScalesGoIntoTheirBlocks) {
 
 TEST(GgufExport, WritesTheLlamaLayoutWithRopeRowsPermuted) {
   at::manual_seed(5);
-  auto c = tiny("swiglu", /*sub_norm=*/false);
+  auto c = tiny(models::Ffn::kSwiglu, /*sub_norm=*/false);
   c.tie_embeddings = false;
   bitlinear::QuantSpec pc;
   pc.weight.granularity = bitlinear::Granularity::kPerChannel;  // row scales must move with their rows
@@ -202,7 +202,7 @@ TEST(GgufExport, WritesTheLlamaLayoutWithRopeRowsPermuted) {
 
 TEST(GgufExport, RefusesWhatLlamaCppWouldComputeDifferently) {
   // llama.cpp's graphs are SiLU-gated: a relu2 family FFN is refused, naming model.ffn.
-  auto e = error_of(make_lm(tiny("relu2_glu")));
+  auto e = error_of(make_lm(tiny(models::Ffn::kRelu2Glu)));
   EXPECT_NE(e.find("model.ffn = relu2_glu: llama.cpp's bitnet and llama graphs compute a SiLU-gated FFN"),
             std::string::npos)
       << e;
@@ -210,11 +210,13 @@ TEST(GgufExport, RefusesWhatLlamaCppWouldComputeDifferently) {
   auto force = opts(gguf::GgmlType::kTQ2_0);
   force.force_relu2 = true;
   std::vector<std::string> warnings;
-  EXPECT_EQ(interop::check_gguf_compatible(*make_lm(tiny("relu2_glu")), force, &warnings), interop::GgufArch::kBitnet);
+  EXPECT_EQ(interop::check_gguf_compatible(*make_lm(tiny(models::Ffn::kRelu2Glu)), force, &warnings),
+            interop::GgufArch::kBitnet);
   ASSERT_EQ(warnings.size(), 1u);
   EXPECT_NE(warnings[0].find("llama.cpp will not compute what was trained"), std::string::npos);
-  EXPECT_EQ(interop::gguf_from_lm(*make_lm(tiny("relu2_glu")), force).find("bitnet.hidden_activation")->data, "relu2");
-  e = error_of(make_lm(tiny("relu2")), force);  // no gate projection at all
+  EXPECT_EQ(interop::gguf_from_lm(*make_lm(tiny(models::Ffn::kRelu2Glu)), force).find("bitnet.hidden_activation")->data,
+            "relu2");
+  e = error_of(make_lm(tiny(models::Ffn::kRelu2)), force);  // no gate projection at all
   EXPECT_NE(e.find("model.ffn = relu2:"), std::string::npos) << e;
   auto c = tiny();
   c.tie_embeddings = false;
@@ -247,7 +249,7 @@ TEST(GgufExport, RefusesWhatLlamaCppWouldComputeDifferently) {
   a4.act.bits = 4;
   EXPECT_NE(error_of(make_lm(tiny(), a4)).find("8 bits"), std::string::npos);
   EXPECT_EQ(error_of(make_lm(tiny())), "");
-  EXPECT_EQ(error_of(make_lm(tiny("swiglu", false))), "");
+  EXPECT_EQ(error_of(make_lm(tiny(models::Ffn::kSwiglu, false))), "");
 }
 
 // Every block scale becomes an fp16 d: values it cannot hold are refused, naming the layer and the
@@ -299,8 +301,8 @@ namespace {
 
 void expect_reader_agrees(const std::string& script, const std::vector<gguf::GgmlType>& types) {
   at::manual_seed(5);
-  const auto ternary = make_lm(tiny("swiglu", false));
-  const auto binary_lm = make_lm(tiny("swiglu", false), binary(128));
+  const auto ternary = make_lm(tiny(models::Ffn::kSwiglu, false));
+  const auto binary_lm = make_lm(tiny(models::Ffn::kSwiglu, false), binary(128));
   const auto dir = temp_dir();
   for (auto type : types) {
     const std::string t = gguf::to_string(type);

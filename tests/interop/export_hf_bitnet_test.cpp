@@ -25,7 +25,7 @@ models::LMConfig tiny_bitnet() {
   c.n_layers = 2;
   c.n_heads = 4;
   c.n_kv_heads = 2;
-  c.ffn = "relu2_glu";
+  c.ffn = bitqat::models::Ffn::kRelu2Glu;
   c.ffn_dim = 128;
   c.max_seq_len = 32;
   c.init_std = 0.08;
@@ -70,9 +70,9 @@ TEST(HfBitnetExport, PackingFollowsTransformersLayout) {
 
 TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
   auto c = tiny_bitnet();
-  c.ffn = "relu2";
+  c.ffn = bitqat::models::Ffn::kRelu2;
   EXPECT_NE(error_of(make_lm(c)).find("model.ffn = relu2"), std::string::npos);
-  c.ffn = "swiglu";
+  c.ffn = bitqat::models::Ffn::kSwiglu;
   EXPECT_EQ(error_of(make_lm(c)), "");
   c = tiny_bitnet();
   c.sub_norm = false;
@@ -110,7 +110,7 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
   GTEST_SKIP() << "no Python configured (cmake -DPython3_EXECUTABLE=...)";
 #else
   // swiglu is hidden_act silu: transformers' BitNetMLP applies ACT2FN[hidden_act] to the gate.
-  for (const std::string ffn : {"relu2_glu", "swiglu"}) {
+  for (const auto ffn : {bitqat::models::Ffn::kRelu2Glu, bitqat::models::Ffn::kSwiglu}) {
     at::manual_seed(7);
     auto c = tiny_bitnet();
     c.ffn = ffn;
@@ -131,7 +131,7 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
     EXPECT_EQ(st.at("model.layers.0.self_attn.q_proj.weight").sizes(), (std::vector<int64_t>{16, 64}));
     EXPECT_EQ(st.count("lm_head.weight"), 0u);  // tied
     const auto config = nlohmann::json::parse(core::read_file((dir / "hf/config.json").string()));
-    EXPECT_EQ(config["hidden_act"], ffn == "swiglu" ? "silu" : "relu2");
+    EXPECT_EQ(config["hidden_act"], ffn == bitqat::models::Ffn::kSwiglu ? "silu" : "relu2");
     checkpoints::save_safetensors((dir / "want.safetensors").string(), {{"tokens", tokens}, {"logits", logits}});
     // float32: the same integer products; differences come from float summation order and, rarely,
     // an activation code that rounds the other way (bitqat rounds half away from zero, torch.round

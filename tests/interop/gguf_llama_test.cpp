@@ -139,7 +139,7 @@ TEST_F(GgufLlamaTest, BadFilesNameWhatIsWrong) {
   // init_from recognises a GGUF by its magic; a GGUF whose model differs from the config is refused
   // with the model section that fits.
   const auto good = make("good") + "/model.gguf";
-  EXPECT_EQ(read_init_source(good).kind, "gguf-llama");
+  EXPECT_EQ(read_init_source(good).kind, bitqat::interop::InitKind::kGgufLlama);
   auto c = load_gguf_llama(good).config;
   c.vocab_size = 256;
   BitLM other(c, bitqat::bitlinear::QuantSpec::full_precision(), std::vector<std::string>{"*"},

@@ -153,7 +153,7 @@ TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
   c.n_layers = 1;
   c.n_heads = 4;
   c.n_kv_heads = 4;
-  c.ffn = "swiglu";
+  c.ffn = bitqat::models::Ffn::kSwiglu;
   c.ffn_dim = 256;
   c.sub_norm = false;
   const models::BitLM lm(c, bitlinear::QuantSpec{}, std::vector<std::string>{"layers.*"}, std::vector<std::string>{});

@@ -88,7 +88,7 @@ TEST_F(HFImportTest, LogitsMatchAnIndependentLlamaForward) {
     const auto d = make(name, flags);
     auto lm = import_hf_llama(d, QuantSpec::full_precision(), S{"*"}, S{});
     EXPECT_FALSE(lm->config.sub_norm) << name;
-    EXPECT_EQ(lm->config.ffn, "swiglu") << name;
+    EXPECT_EQ(lm->config.ffn, bitqat::models::Ffn::kSwiglu) << name;
     EXPECT_EQ(lm->config.n_kv_heads, 2) << name;  // grouped-query attention is exercised
     EXPECT_EQ(lm->config.tie_embeddings, name == "tied") << name;
     EXPECT_TRUE(bitqat::bitlinear::quantized_layer_names(*lm).empty());

@@ -73,11 +73,12 @@ TEST_F(InitFromTest, RunDirectoryCheckpointAndSafetensorsFile) {
     EXPECT_NE(text.find("initialised"), std::string::npos) << text;
     expect_same_tensors(t->module(), ck.model);
   }
-  EXPECT_EQ(bitqat::interop::read_init_source(src).kind, "bitqat-run");
-  EXPECT_EQ(bitqat::interop::read_init_source(ck_dir).kind, "bitqat-checkpoint");
+  EXPECT_EQ(bitqat::interop::read_init_source(src).kind, bitqat::interop::InitKind::kBitqatRun);
+  EXPECT_EQ(bitqat::interop::read_init_source(ck_dir).kind, bitqat::interop::InitKind::kBitqatCheckpoint);
   EXPECT_TRUE(bitqat::interop::read_init_source(ck_dir).lm.has_value());  // the run's config, two levels up
   EXPECT_TRUE(bitqat::interop::read_init_source(ck_dir + "/").lm.has_value());
-  EXPECT_EQ(bitqat::interop::read_init_source(ck_dir + "/model.safetensors").kind, "safetensors");
+  EXPECT_EQ(bitqat::interop::read_init_source(ck_dir + "/model.safetensors").kind,
+            bitqat::interop::InitKind::kSafetensors);
 }
 
 TEST_F(InitFromTest, TrainerStartsFromTheSourceAndResumeDoesNotRereadIt) {

@@ -49,9 +49,7 @@ T naive_ln(const T& x, double eps) {
 
 T naive_rms(const T& x, const T& w, double eps) { return x / (x.square().mean(-1, true) + eps).sqrt() * w; }
 
-T naive_gelu_tanh(const T& x) {
-  return 0.5 * x * (1 + at::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x.pow(3))));
-}
+T naive_gelu_tanh(const T& x) { return 0.5 * x * (1 + at::tanh(std::sqrt(2.0 / M_PI) * (x + 0.044715 * x.pow(3)))); }
 
 T lin(const T& x, const T& w, const T& b) { return at::matmul(x, w.t()) + b; }
 
@@ -62,7 +60,8 @@ T naive_dit(models::BitDiTImpl& m, const T& x, const T& t, const T& y) {
   // Patch vectors in the conv weight's (channel, row, column) order, patches row-major.
   std::vector<T> patches;
   for (int64_t r = 0; r < gh; ++r) {
-    for (int64_t q = 0; q < gw; ++q) patches.push_back(x.slice(2, r * p, r * p + p).slice(3, q * p, q * p + p).reshape({B, -1}));
+    for (int64_t q = 0; q < gw; ++q)
+      patches.push_back(x.slice(2, r * p, r * p + p).slice(3, q * p, q * p + p).reshape({B, -1}));
   }
   auto h = lin(at::stack(patches, 1), m.patch_embed->weight.reshape({D, -1}), m.patch_embed->bias) + m.pos_embed;
   // Timestep features: cos then sin of 1000 t 10000^(-i / half).
@@ -101,8 +100,9 @@ T naive_dit(models::BitDiTImpl& m, const T& x, const T& t, const T& y) {
     h = h + part(5) * lin(f, blk->fc2->weight, blk->fc2->bias);
   }
   const auto fm = lin(sc, m.final_adaln->weight, m.final_adaln->bias);
-  const auto out = lin(naive_ln(h, c.norm_eps) * (1 + fm.slice(1, D, 2 * D).unsqueeze(1)) + fm.slice(1, 0, D).unsqueeze(1),
-                       m.final_linear->weight, m.final_linear->bias);  // [B, T, p p C], channels last
+  const auto out =
+      lin(naive_ln(h, c.norm_eps) * (1 + fm.slice(1, D, 2 * D).unsqueeze(1)) + fm.slice(1, 0, D).unsqueeze(1),
+          m.final_linear->weight, m.final_linear->bias);  // [B, T, p p C], channels last
   auto img = at::zeros({B, c.channels, c.height, c.width}, x.options());
   for (int64_t b = 0; b < B; ++b) {
     for (int64_t r = 0; r < gh; ++r) {
@@ -134,7 +134,7 @@ void randomize(torch::nn::Module& m) {
 // operations per output on values of order 10 bounds the difference by about 1e-12; 1e-10 leaves room.
 TEST(BitDiT, ForwardMatchesANaiveImplementationAtLambdaZeroInDouble) {
   for (const bool sub_norm : {false, true}) {
-    for (const std::string pos : {"sinusoidal", "learned"}) {
+    for (const auto pos : {bitqat::models::PosEmbed::kSinusoidal, bitqat::models::PosEmbed::kLearned}) {
       at::manual_seed(3);
       auto c = small_config();
       c.sub_norm = sub_norm;
@@ -153,7 +153,7 @@ TEST(BitDiT, ForwardMatchesANaiveImplementationAtLambdaZeroInDouble) {
       const auto want = naive_dit(*m, x, t, y);
       ASSERT_EQ(got.sizes(), want.sizes());
       const double err = (got - want).abs().max().item<double>();
-      EXPECT_LT(err, 1e-10) << "sub_norm " << sub_norm << ", " << pos;
+      EXPECT_LT(err, 1e-10) << "sub_norm " << sub_norm << ", " << core::name_of(bitqat::models::kPosEmbedNames, pos);
       EXPECT_GT(want.abs().max().item<double>(), 0.1);  // not a trivially zero output
     }
   }
@@ -232,7 +232,8 @@ TEST(DiTConfig, RejectsShapesThatDoNotFit) {
   };
   EXPECT_EQ(err("model: {kind: dit, patch_size: 5}"),
             "m.yaml:1: model.patch_size = 5: expected a divisor of model.height = 28 and model.width = 28");
-  EXPECT_EQ(err("model: {kind: dit, dim: 100, n_heads: 3}"), "m.yaml:1: model.n_heads = 3: expected a divisor of model.dim = 100");
+  EXPECT_EQ(err("model: {kind: dit, dim: 100, n_heads: 3}"),
+            "m.yaml:1: model.n_heads = 3: expected a divisor of model.dim = 100");
   EXPECT_NE(err("model: {kind: dit, dim: 6, n_heads: 2}").find("model.dim = 6: expected a multiple of 4"),
             std::string::npos);
   EXPECT_NE(err("model: {kind: dit, class_dropout: 1}").find("model.class_dropout = 1: expected a fraction in [0, 1)"),

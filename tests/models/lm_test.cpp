@@ -6,8 +6,8 @@
 #include <set>
 
 #include "bitlinear/convert.hpp"
-#include "models/attention.hpp"
 #include "core/error.hpp"
+#include "models/attention.hpp"
 
 using namespace bitqat::models;
 using bitqat::bitlinear::QuantSpec;
@@ -191,12 +191,12 @@ TEST(BitLM, AttentionKernelsMatchTheCachedPath) {
 }
 
 TEST(BitLM, FfnKindsUntiedHeadAndConfigErrors) {
-  for (const char* kind : {"relu2", "relu2_glu", "swiglu"}) {
+  for (const auto kind : {bitqat::models::Ffn::kRelu2, bitqat::models::Ffn::kRelu2Glu, bitqat::models::Ffn::kSwiglu}) {
     auto c = tiny();
     c.ffn = kind;
     c.tie_embeddings = false;
     BitLM lm(c, QuantSpec{}, S{"*"}, S{});
-    EXPECT_EQ(lm->named_parameters().contains("layers.0.ffn.gate.weight"), std::string(kind) != "relu2");
+    EXPECT_EQ(lm->named_parameters().contains("layers.0.ffn.gate.weight"), kind != bitqat::models::Ffn::kRelu2);
     EXPECT_TRUE(lm->named_parameters().contains("lm_head.weight"));
     EXPECT_EQ(lm->loss(at::zeros({1, 4}, at::kLong), at::ones({1, 4}, at::kLong)).dim(), 0);
   }

@@ -3,6 +3,7 @@
 // size, and a rank that dies or hangs.
 #include "training/distributed.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <torch/cuda.h>
 #include <nlohmann/json.hpp>
@@ -125,6 +126,27 @@ TEST(DistEnv, BadValuesNameTheVariable) {
     ScopedEnv env({{"RANK", "0"}, {"WORLD_SIZE", "2"}, {"MASTER_PORT", "29500"}});
     EXPECT_NE(error_of([] { bitqat::training::dist_env_from_environment(); }).find("MASTER_ADDR is not set"),
               std::string::npos);
+  }
+}
+
+// The rank the command line logs with, before any process group: the same strict parse.
+TEST(DistEnv, RankFromTheEnvironmentIsStrict) {
+  {
+    ScopedEnv env(std::map<std::string, std::string>{});
+    EXPECT_EQ(bitqat::training::rank_from_environment(), 0);
+  }
+  {
+    ScopedEnv env({{"RANK", "3"}, {"SLURM_PROCID", "5"}});
+    EXPECT_EQ(bitqat::training::rank_from_environment(), 3);  // torchrun's first
+  }
+  {
+    ScopedEnv env(std::map<std::string, std::string>{{"SLURM_PROCID", "5"}});
+    EXPECT_EQ(bitqat::training::rank_from_environment(), 5);
+  }
+  for (const char* bad : {"one", "2x", "-1", ""}) {
+    ScopedEnv env(std::map<std::string, std::string>{{"RANK", bad}});
+    EXPECT_EQ(error_of([] { bitqat::training::rank_from_environment(); }),
+              fmt::format("environment variable RANK = '{}' is not a non-negative integer", bad));
   }
 }
 
@@ -371,8 +393,8 @@ TEST_F(DataParallelRun, DistillationTwoRanksFollowTheOneRankCurve) {
       EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 2e-4) << k << " at step " << i + 1;
     }
     // The logged total is the configured mixture of its parts (T^2 = 4).
-    EXPECT_NEAR(b[i]["loss"].get<double>(), 0.5 * b[i]["loss_ce"].get<double>() + 0.5 * 4 * b[i]["loss_kd"].get<double>(),
-                1e-5)
+    EXPECT_NEAR(b[i]["loss"].get<double>(),
+                0.5 * b[i]["loss_ce"].get<double>() + 0.5 * 4 * b[i]["loss_kd"].get<double>(), 1e-5)
         << "step " << i + 1;
   }
   EXPECT_GT(a.back()["loss_kd"].get<double>(), 0.0);  // the ternary student departs from its teacher

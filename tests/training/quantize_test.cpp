@@ -66,7 +66,7 @@ TEST_F(QuantizeTest, WritesACompleteTernaryRun) {
   resume.resume = true;
   const auto cont = bitqat::training::train(run.cfg, resume);
   EXPECT_EQ(cont.start_step, 0);
-  EXPECT_EQ(bitqat::interop::read_init_source(out).kind, "bitqat-run");
+  EXPECT_EQ(bitqat::interop::read_init_source(out).kind, bitqat::interop::InitKind::kBitqatRun);
 
   // Refusals: an output with checkpoints, the source itself.
   auto e = error_of([&] { bitqat::training::quantize_run(src, out, {}, kCPU); });
@@ -115,8 +115,8 @@ TEST_F(QuantizeTest, DiffusionTransformerRun) {
                                          run.cfg.train.batch_size, run.cfg.train.eval_batches),
                                      kCPU);
   EXPECT_EQ(ev.loss, r.eval.loss);
-  const auto b = bitqat::training::quantize_run(runs() + "/dit", runs() + "/dit_b",
-                                                {"quant.weight.type=binary", "quant.weight.granularity=per_channel"}, kCPU);
+  const auto b = bitqat::training::quantize_run(
+      runs() + "/dit", runs() + "/dit_b", {"quant.weight.type=binary", "quant.weight.granularity=per_channel"}, kCPU);
   EXPECT_EQ(b.quantized_layers.size(), 5u);
   EXPECT_NE(b.eval.loss, r.eval.loss);
   EXPECT_EQ(Config::load_file(runs() + "/dit_b/config.resolved.yaml").quant.spec.weight.type,

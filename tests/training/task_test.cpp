@@ -29,7 +29,7 @@ TEST(FlowMatchingTask, LossDoesNotDependOnTheSplit) {
     at::NoGradGuard g;
     for (auto& p : task->module().parameters()) p.normal_(0.0, 0.2);  // a non-trivial velocity
   }
-  const auto src = bitqat::data::make_source(bitqat::data::DataConfig::from_yaml(cfg.data), cfg.run.seed);
+  const auto src = bitqat::data::make_source(cfg.data, cfg.run.seed);
   const auto whole = src->train_batch(3, 0, 0, 1, 8, 1);
   const auto r0 = src->train_batch(3, 0, 0, 2, 4, 1);
   const auto r1 = src->train_batch(3, 0, 1, 2, 4, 1);
@@ -56,8 +56,7 @@ TEST(FlowMatchingTask, HeldOutLossIsFixed) {
     at::NoGradGuard g;
     for (auto& p : task->module().parameters()) p.normal_(0.0, 0.2);
   }
-  const auto src = bitqat::data::make_source(bitqat::data::DataConfig::from_yaml(cfg.data), cfg.run.seed,
-                                             bitqat::data::Split::kValidation);
+  const auto src = bitqat::data::make_source(cfg.data, cfg.run.seed, bitqat::data::Split::kValidation);
   const auto val = src->val_batches(8, 2);
   const auto a = task->evaluate(val, at::Device(at::kCPU));
   const auto b = task->evaluate(val, at::Device(at::kCPU));
