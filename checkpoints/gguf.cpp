@@ -1,13 +1,12 @@
 #include "checkpoints/gguf.hpp"
 
-#include <c10/util/Half.h>
 #include <fmt/format.h>
 
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <utility>
 
-#include "checkpoints/gguf_quants.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 
@@ -135,189 +134,6 @@ nlohmann::json get_scalar(Cursor* c, ValueType t, const std::string& key) {
 
 bool known_value_type(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::kFloat64); }
 
-bool known_tensor_type(uint32_t t) {
-  for (auto k :
-       {GgmlType::kF32, GgmlType::kF16, GgmlType::kTQ1_0, GgmlType::kTQ2_0, GgmlType::kQ1_0, GgmlType::kQ2_0}) {
-    if (static_cast<uint32_t>(k) == t) return true;
-  }
-  return dequant_traits(t) != nullptr;  // the types of published models, read only
-}
-
-uint8_t to_code(int8_t w) {
-  if (w < -1 || w > 1) throw std::invalid_argument(fmt::format("gguf: ternary code {} is not in {{-1, 0, 1}}", w));
-  return static_cast<uint8_t>(w + 1);
-}
-
-void put_half(float d, uint8_t* out) {
-  const c10::Half h(d);
-  std::memcpy(out, &h.x, 2);
-}
-
-float get_half(const uint8_t* in) {
-  c10::Half h;
-  std::memcpy(&h.x, in, 2);
-  return static_cast<float>(h);
-}
-
-}  // namespace
-
-const char* to_string(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32:
-      return "F32";
-    case GgmlType::kF16:
-      return "F16";
-    case GgmlType::kTQ1_0:
-      return "TQ1_0";
-    case GgmlType::kTQ2_0:
-      return "TQ2_0";
-    case GgmlType::kQ1_0:
-      return "Q1_0";
-    case GgmlType::kQ2_0:
-      return "Q2_0";
-  }
-  return ggml_type_name(static_cast<uint32_t>(t));
-}
-
-int64_t block_size(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-      return 1;
-    case GgmlType::kTQ1_0:
-    case GgmlType::kTQ2_0:
-      return kQK;
-    case GgmlType::kQ1_0:
-      return kQK1_0;
-    case GgmlType::kQ2_0:
-      return kQK2_0;
-  }
-  if (const auto* q = dequant_traits(static_cast<uint32_t>(t))) return q->block;
-  throw std::invalid_argument(fmt::format("gguf: unknown tensor type {}", static_cast<uint32_t>(t)));
-}
-
-int64_t block_bytes(GgmlType t) {
-  switch (t) {
-    case GgmlType::kF32:
-      return 4;
-    case GgmlType::kF16:
-      return 2;
-    case GgmlType::kTQ1_0:
-      return kTQ1_0Bytes;
-    case GgmlType::kTQ2_0:
-      return kTQ2_0Bytes;
-    case GgmlType::kQ1_0:
-      return kQ1_0Bytes;
-    case GgmlType::kQ2_0:
-      return kQ2_0Bytes;
-  }
-  if (const auto* q = dequant_traits(static_cast<uint32_t>(t))) return q->bytes;
-  throw std::invalid_argument(fmt::format("gguf: unknown tensor type {}", static_cast<uint32_t>(t)));
-}
-
-bool is_block_type(GgmlType t) {
-  return t == GgmlType::kTQ1_0 || t == GgmlType::kTQ2_0 || t == GgmlType::kQ1_0 || t == GgmlType::kQ2_0;
-}
-
-std::pair<int, int> code_range(GgmlType t) {
-  switch (t) {
-    case GgmlType::kTQ1_0:
-    case GgmlType::kTQ2_0:
-      return {-1, 1};
-    case GgmlType::kQ2_0:
-      return {-1, 2};
-    case GgmlType::kQ1_0:
-      return {-1, 1};
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-      break;
-  }
-  throw std::invalid_argument(fmt::format("gguf: {} has no codes", to_string(t)));
-}
-
-int64_t row_bytes(GgmlType t, int64_t n) {
-  const int64_t b = block_size(t);
-  if (n % b != 0) {
-    throw std::invalid_argument(
-        fmt::format("gguf: {} rows hold whole blocks of {} weights; a row of {} is not", to_string(t), b, n));
-  }
-  return n / b * block_bytes(t);
-}
-
-std::string_view Tensor::bytes() const {
-  if (!mapping) return data;
-  return mapping->view().substr(offset, size);
-}
-
-void Tensor::release() const {
-  if (mapping) mapping->release(mapping->data() + offset, size);
-}
-
-const Value* File::find(const std::string& key) const {
-  for (const auto& [k, v] : metadata) {
-    if (k == key) return &v;
-  }
-  return nullptr;
-}
-
-const Tensor* File::tensor(const std::string& name) const {
-  for (const auto& t : tensors) {
-    if (t.name == name) return &t;
-  }
-  return nullptr;
-}
-
-std::string encode(const File& f) {
-  uint64_t alignment = kDefaultAlignment;
-  if (const auto* a = f.find("general.alignment")) {
-    alignment = a->data.get<uint64_t>();
-    if (a->type != ValueType::kUint32 || alignment == 0 || (alignment & (alignment - 1)) != 0) {
-      throw std::invalid_argument("gguf: general.alignment must be a uint32 power of two");
-    }
-  }
-  std::string out(kMagic, 4);
-  put<uint32_t>(&out, kVersion);
-  put<uint64_t>(&out, f.tensors.size());
-  put<uint64_t>(&out, f.metadata.size());
-  for (const auto& [key, v] : f.metadata) {
-    put_string(&out, key);
-    put<uint32_t>(&out, static_cast<uint32_t>(v.type));
-    if (v.type == ValueType::kArray) {
-      if (!v.data.is_array()) throw std::invalid_argument(fmt::format("gguf: metadata {} is not an array", key));
-      put<uint32_t>(&out, static_cast<uint32_t>(v.elem));
-      put<uint64_t>(&out, v.data.size());
-      for (const auto& e : v.data) put_scalar(&out, v.elem, e, key);
-    } else {
-      put_scalar(&out, v.type, v.data, key);
-    }
-  }
-  uint64_t offset = 0;
-  for (const auto& t : f.tensors) {
-    int64_t rows = 1;
-    for (size_t i = 1; i < t.ne.size(); ++i) rows *= t.ne[i];
-    if (t.ne.empty() || static_cast<int64_t>(t.bytes().size()) != rows * row_bytes(t.type, t.ne[0])) {
-      throw std::invalid_argument(fmt::format("gguf: tensor {} holds {} bytes, its {} shape needs another size", t.name,
-                                              t.bytes().size(), to_string(t.type)));
-    }
-    put_string(&out, t.name);
-    put<uint32_t>(&out, static_cast<uint32_t>(t.ne.size()));
-    for (auto d : t.ne) put<uint64_t>(&out, static_cast<uint64_t>(d));
-    put<uint32_t>(&out, static_cast<uint32_t>(t.type));
-    put<uint64_t>(&out, offset);
-    offset += (t.bytes().size() + alignment - 1) / alignment * alignment;
-  }
-  pad_to(&out, alignment);
-  for (const auto& t : f.tensors) {
-    out.append(t.bytes());
-    pad_to(&out, alignment);
-  }
-  return out;
-}
-
-void save(const std::string& path, const File& f) { core::write_file_atomic(path, encode(f)); }
-
-namespace {
-
 File decode_view(std::string_view bytes, const std::string& origin,
                  const std::shared_ptr<const core::MappedFile>& mapping) {
   Cursor c(bytes, origin);
@@ -371,9 +187,9 @@ File decode_view(std::string_view bytes, const std::string& origin,
       t.ne.push_back(static_cast<int64_t>(n));
     }
     const auto type = c.get<uint32_t>("a tensor type");
-    if (!known_tensor_type(type)) {
-      throw c.bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {}, TQ1_0, TQ2_0, Q1_0, Q2_0)", t.name,
-                              ggml_type_name(type), type, dequant_type_names()));
+    if (!find_type_traits(type)) {
+      throw c.bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {})", t.name,
+                              ggml_type_name(type), type, type_names()));
     }
     t.type = static_cast<GgmlType>(type);
     const auto off = c.get<uint64_t>("a tensor offset");
@@ -416,6 +232,64 @@ File decode_view(std::string_view bytes, const std::string& origin,
 }
 
 }  // namespace
+
+const Value* File::find(const std::string& key) const {
+  for (const auto& [k, v] : metadata) {
+    if (k == key) return &v;
+  }
+  return nullptr;
+}
+
+const Tensor* File::tensor(const std::string& name) const {
+  for (const auto& t : tensors) {
+    if (t.name == name) return &t;
+  }
+  return nullptr;
+}
+
+std::string encode(const File& f) {
+  uint64_t alignment = kDefaultAlignment;
+  if (const auto* a = f.find("general.alignment")) {
+    alignment = a->data.get<uint64_t>();
+    if (a->type != ValueType::kUint32 || alignment == 0 || (alignment & (alignment - 1)) != 0) {
+      throw std::invalid_argument("gguf: general.alignment must be a uint32 power of two");
+    }
+  }
+  std::string out(kMagic, 4);
+  put<uint32_t>(&out, kVersion);
+  put<uint64_t>(&out, f.tensors.size());
+  put<uint64_t>(&out, f.metadata.size());
+  for (const auto& [key, v] : f.metadata) {
+    put_string(&out, key);
+    put<uint32_t>(&out, static_cast<uint32_t>(v.type));
+    if (v.type == ValueType::kArray) {
+      if (!v.data.is_array()) throw std::invalid_argument(fmt::format("gguf: metadata {} is not an array", key));
+      put<uint32_t>(&out, static_cast<uint32_t>(v.elem));
+      put<uint64_t>(&out, v.data.size());
+      for (const auto& e : v.data) put_scalar(&out, v.elem, e, key);
+    } else {
+      put_scalar(&out, v.type, v.data, key);
+    }
+  }
+  uint64_t offset = 0;
+  for (const auto& t : f.tensors) {
+    check_size(t);
+    put_string(&out, t.name);
+    put<uint32_t>(&out, static_cast<uint32_t>(t.ne.size()));
+    for (auto d : t.ne) put<uint64_t>(&out, static_cast<uint64_t>(d));
+    put<uint32_t>(&out, static_cast<uint32_t>(t.type));
+    put<uint64_t>(&out, offset);
+    offset += (t.bytes().size() + alignment - 1) / alignment * alignment;
+  }
+  pad_to(&out, alignment);
+  for (const auto& t : f.tensors) {
+    out.append(t.bytes());
+    pad_to(&out, alignment);
+  }
+  return out;
+}
+
+void save(const std::string& path, const File& f) { core::write_file_atomic(path, encode(f)); }
 
 File decode(const std::string& bytes, const std::string& origin) { return decode_view(bytes, origin, nullptr); }
 
@@ -466,134 +340,64 @@ std::vector<std::pair<std::string, Value>> load_metadata(const std::string& path
   return decode_metadata(core::read_file(path), path);
 }
 
-void encode_tq2_0_block(const int8_t* codes, float d, uint8_t* out) {
-  std::memset(out, 0, kTQ2_0Bytes);
-  for (int i = 0; i < kQK; ++i) {
-    const int h = i / 128, l = (i % 128) / 32, m = i % 32;
-    out[32 * h + m] |= static_cast<uint8_t>(to_code(codes[i]) << (2 * l));
-  }
-  put_half(d, out + kQK / 4);
-}
-
-void decode_tq2_0_block(const uint8_t* in, int8_t* codes, float* d) {
-  for (int i = 0; i < kQK; ++i) {
-    const int h = i / 128, l = (i % 128) / 32, m = i % 32;
-    codes[i] = static_cast<int8_t>(((in[32 * h + m] >> (2 * l)) & 3) - 1);
-  }
-  *d = get_half(in + kQK / 4);
-}
-
 namespace {
 
-// ceil(v * 256 / 243): the fixed-point byte from which ((byte * 3^t mod 256) * 3) >> 8 reads trit t.
-uint8_t trits_to_byte(unsigned v) { return static_cast<uint8_t>((v * 256 + 242) / 243); }
+// The row of a type written from codes, else std::invalid_argument.
+const TypeTraits& code_type(GgmlType type) {
+  const auto& row = type_traits(type);
+  if (!row.from_codes) throw std::invalid_argument(fmt::format("gguf: {} is not a block type", row.name));
+  return row;
+}
 
-int trit_of(uint8_t byte, int t) {
-  static constexpr uint8_t kPow3[5] = {1, 3, 9, 27, 81};
-  const uint8_t shifted = static_cast<uint8_t>(byte * kPow3[t]);  // mod 256, as uint8 arithmetic
-  return (static_cast<unsigned>(shifted) * 3) >> 8;
+// Decodes every block of a block tensor into codes [rows, K] and scales [rows, K / block size].
+std::pair<at::Tensor, at::Tensor> decode_blocks(const Tensor& t) {
+  const auto& row = code_type(t.type);
+  const int64_t k = t.ne[0], bs = row.block_size, bb = row.type_size;
+  const auto raw = t.bytes();
+  const int64_t rows = static_cast<int64_t>(raw.size()) / row_bytes(t.type, k);
+  auto codes = at::empty({rows, k}, at::kChar);
+  auto scales = at::empty({rows, k / bs}, at::kFloat);
+  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
+  auto* c = codes.data_ptr<int8_t>();
+  auto* s = scales.data_ptr<float>();
+  for (int64_t b = 0; b < rows * (k / bs); ++b) row.to_codes(in + b * bb, c + b * bs, s + b);
+  return {codes, scales};
+}
+
+// Codes -1, 0, 1 and no other: TQ1_0, TQ2_0.
+bool is_ternary(GgmlType t) {
+  return is_block_type(t) && holds_code(t, -1) && holds_code(t, 0) && holds_code(t, 1) && !holds_code(t, 2);
 }
 
 }  // namespace
 
-void encode_tq1_0_block(const int8_t* codes, float d, uint8_t* out) {
-  std::memset(out, 0, kTQ1_0Bytes);
-  for (int m = 0; m < 32; ++m) {
-    unsigned v = 0;
-    for (int t = 0; t < 5; ++t) v = v * 3 + to_code(codes[32 * t + m]);
-    out[m] = trits_to_byte(v);
-  }
-  for (int m = 0; m < 16; ++m) {
-    unsigned v = 0;
-    for (int t = 0; t < 5; ++t) v = v * 3 + to_code(codes[160 + 16 * t + m]);
-    out[32 + m] = trits_to_byte(v);
-  }
-  for (int m = 0; m < 4; ++m) {
-    unsigned v = 0;
-    for (int t = 0; t < 4; ++t) v = v * 3 + to_code(codes[240 + 4 * t + m]);
-    out[48 + m] = trits_to_byte(v * 3);  // four trits in the top positions of a five-trit byte
-  }
-  put_half(d, out + 52);
+std::string_view Tensor::bytes() const {
+  if (!mapping) return data;
+  return mapping->view().substr(offset, size);
 }
 
-void decode_tq1_0_block(const uint8_t* in, int8_t* codes, float* d) {
-  for (int m = 0; m < 32; ++m) {
-    for (int t = 0; t < 5; ++t) codes[32 * t + m] = static_cast<int8_t>(trit_of(in[m], t) - 1);
-  }
-  for (int m = 0; m < 16; ++m) {
-    for (int t = 0; t < 5; ++t) codes[160 + 16 * t + m] = static_cast<int8_t>(trit_of(in[32 + m], t) - 1);
-  }
-  for (int m = 0; m < 4; ++m) {
-    for (int t = 0; t < 4; ++t) codes[240 + 4 * t + m] = static_cast<int8_t>(trit_of(in[48 + m], t) - 1);
-  }
-  *d = get_half(in + 52);
+void Tensor::release() const {
+  if (mapping) mapping->release(mapping->data() + offset, size);
 }
 
-void encode_q2_0_block(const int8_t* codes, float d, uint8_t* out) {
-  put_half(d, out);
-  std::memset(out + 2, 0, kQK2_0 / 4);
-  for (int j = 0; j < kQK2_0; ++j) {
-    if (codes[j] < -1 || codes[j] > 2) {
-      throw std::invalid_argument(fmt::format("gguf: Q2_0 code {} is not in {{-1, 0, 1, 2}}", codes[j]));
-    }
-    out[2 + j / 4] |= static_cast<uint8_t>((codes[j] + 1) << (2 * (j % 4)));
+void check_size(const Tensor& t) {
+  int64_t rows = 1;
+  for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
+  if (t.ne.empty() || static_cast<int64_t>(t.bytes().size()) != rows * row_bytes(t.type, t.ne[0])) {
+    throw std::invalid_argument(fmt::format("gguf: tensor {} holds {} bytes, its {} shape needs another size", t.name,
+                                            t.bytes().size(), to_string(t.type)));
   }
 }
-
-void decode_q2_0_block(const uint8_t* in, int8_t* codes, float* d) {
-  *d = get_half(in);
-  for (int j = 0; j < kQK2_0; ++j) codes[j] = static_cast<int8_t>(((in[2 + j / 4] >> (2 * (j % 4))) & 3) - 1);
-}
-
-void encode_q1_0_block(const int8_t* codes, float d, uint8_t* out) {
-  put_half(d, out);
-  std::memset(out + 2, 0, kQK1_0 / 8);
-  for (int j = 0; j < kQK1_0; ++j) {
-    if (codes[j] != -1 && codes[j] != 1) {
-      throw std::invalid_argument(fmt::format("gguf: Q1_0 code {} is not -1 or +1", codes[j]));
-    }
-    if (codes[j] == 1) out[2 + j / 8] |= static_cast<uint8_t>(1u << (j % 8));
-  }
-}
-
-void decode_q1_0_block(const uint8_t* in, int8_t* codes, float* d) {
-  *d = get_half(in);
-  for (int j = 0; j < kQK1_0; ++j) codes[j] = static_cast<int8_t>((in[2 + j / 8] >> (j % 8)) & 1 ? 1 : -1);
-}
-
-namespace {
-
-using BlockEncoder = void (*)(const int8_t*, float, uint8_t*);
-using BlockDecoder = void (*)(const uint8_t*, int8_t*, float*);
-
-std::pair<BlockEncoder, BlockDecoder> block_codec(GgmlType t) {
-  switch (t) {
-    case GgmlType::kTQ1_0:
-      return {encode_tq1_0_block, decode_tq1_0_block};
-    case GgmlType::kTQ2_0:
-      return {encode_tq2_0_block, decode_tq2_0_block};
-    case GgmlType::kQ1_0:
-      return {encode_q1_0_block, decode_q1_0_block};
-    case GgmlType::kQ2_0:
-      return {encode_q2_0_block, decode_q2_0_block};
-    case GgmlType::kF32:
-    case GgmlType::kF16:
-      break;
-  }
-  throw std::invalid_argument(fmt::format("gguf: {} is not a block type", to_string(t)));
-}
-
-}  // namespace
 
 Tensor block_tensor(const std::string& name, const at::Tensor& codes_in, const at::Tensor& scales_in, GgmlType type) {
-  const auto encode_block = block_codec(type).first;
+  const auto& row = code_type(type);
   if (codes_in.dim() != 2 || codes_in.scalar_type() != at::kChar) {
     throw std::invalid_argument(fmt::format("gguf: tensor {}: expected int8 codes [rows, K]", name));
   }
-  const int64_t rows = codes_in.size(0), k = codes_in.size(1), bs = block_size(type), bb = block_bytes(type);
+  const int64_t rows = codes_in.size(0), k = codes_in.size(1), bs = row.block_size, bb = row.type_size;
   if (k % bs != 0) {
     throw std::invalid_argument(fmt::format(
-        "gguf: tensor {}: K = {} is not a multiple of {} ({} blocks run along rows)", name, k, bs, to_string(type)));
+        "gguf: tensor {}: K = {} is not a multiple of {} ({} blocks run along rows)", name, k, bs, row.name));
   }
   const int64_t blocks = k / bs;
   const auto codes = codes_in.cpu().contiguous();
@@ -612,74 +416,46 @@ Tensor block_tensor(const std::string& name, const at::Tensor& codes_in, const a
       throw std::invalid_argument(fmt::format("gguf: tensor {}: block scale {} (block {}) does not fit an fp16 d", name,
                                               static_cast<double>(s[b]), b));
     }
-    encode_block(c + b * bs, s[b], out + b * bb);
+    row.from_codes(c + b * bs, s[b], out + b * bb);
   }
   return t;
 }
 
 Tensor ternary_tensor(const std::string& name, const at::Tensor& codes, const at::Tensor& scales, GgmlType type) {
-  if (type != GgmlType::kTQ1_0 && type != GgmlType::kTQ2_0) {
-    throw std::invalid_argument(fmt::format("gguf: {} is not a ternary type", to_string(type)));
-  }
+  if (!is_ternary(type)) throw std::invalid_argument(fmt::format("gguf: {} is not a ternary type", to_string(type)));
   return block_tensor(name, codes, scales, type);
 }
 
 Tensor float_tensor(const std::string& name, const at::Tensor& values, GgmlType type) {
-  if (type != GgmlType::kF32 && type != GgmlType::kF16) {
-    throw std::invalid_argument(fmt::format("gguf: {} is not a float type", to_string(type)));
-  }
-  const auto v = values.detach().cpu().to(type == GgmlType::kF32 ? at::kFloat : at::kHalf).contiguous();
-  Tensor t{name, {}, type, std::string(static_cast<size_t>(v.numel() * v.element_size()), '\0')};
+  const auto& row = type_traits(type);
+  if (!row.from_float) throw std::invalid_argument(fmt::format("gguf: {} is not a float type", row.name));
+  const auto v = values.detach().cpu().to(at::kFloat).contiguous();
+  Tensor t{name, {}, type, std::string(static_cast<size_t>(row_bytes(type, v.numel())), '\0')};
   for (int64_t d = v.dim() - 1; d >= 0; --d) t.ne.push_back(v.size(d));
   if (t.ne.empty()) t.ne.push_back(1);
-  std::memcpy(t.data.data(), v.data_ptr(), t.data.size());
+  row.from_float(v.data_ptr<float>(), reinterpret_cast<uint8_t*>(t.data.data()), v.numel());
   return t;
 }
-
-namespace {
-
-// Decodes every block of a block tensor into codes [rows, K] and scales [rows, K / block size].
-std::pair<at::Tensor, at::Tensor> decode_blocks(const Tensor& t) {
-  const auto decode_block = block_codec(t.type).second;
-  const int64_t k = t.ne[0], bs = block_size(t.type), bb = block_bytes(t.type);
-  const auto raw = t.bytes();
-  const int64_t rows = static_cast<int64_t>(raw.size()) / row_bytes(t.type, k);
-  auto codes = at::empty({rows, k}, at::kChar);
-  auto scales = at::empty({rows, k / bs}, at::kFloat);
-  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
-  auto* c = codes.data_ptr<int8_t>();
-  auto* s = scales.data_ptr<float>();
-  for (int64_t b = 0; b < rows * (k / bs); ++b) decode_block(in + b * bb, c + b * bs, s + b);
-  return {codes, scales};
-}
-
-}  // namespace
 
 at::Tensor block_codes(const Tensor& t) { return decode_blocks(t).first; }
 at::Tensor block_scales(const Tensor& t) { return decode_blocks(t).second; }
 
 at::Tensor ternary_codes(const Tensor& t) {
-  if (t.type != GgmlType::kTQ1_0 && t.type != GgmlType::kTQ2_0) {
+  if (!is_ternary(t.type)) {
     throw std::invalid_argument(fmt::format("gguf: tensor {} is {}, not ternary", t.name, to_string(t.type)));
   }
   return block_codes(t);
 }
 
 at::Tensor dequantize(const Tensor& t) {
-  std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-  if (!is_block_type(t.type)) {
-    const auto raw = t.bytes();
-    // One float32 tensor straight from the bytes (F32 included: a copy, never a view of the file).
-    int64_t n = 1;
-    for (auto d : t.ne) n *= d;
-    auto v = at::empty(shape, at::kFloat);
-    dequantize_row(static_cast<uint32_t>(t.type), reinterpret_cast<const uint8_t*>(raw.data()), v.data_ptr<float>(), n);
-    return v;
-  }
-  const auto [codes, scales] = decode_blocks(t);
-  const int64_t bs = block_size(t.type);
-  const auto w = codes.to(at::kFloat).reshape({-1, bs}) * scales.reshape({-1, 1});
-  return w.reshape(shape);
+  const std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
+  check_size(t);
+  const auto raw = t.bytes();
+  // One float32 tensor straight from the bytes (F32 included: a copy, never a view of the file).
+  auto v = at::empty(shape, at::kFloat);
+  dequantize_row(static_cast<uint32_t>(t.type), reinterpret_cast<const uint8_t*>(raw.data()), v.data_ptr<float>(),
+                 v.numel());
+  return v;
 }
 
 }  // namespace bitqat::checkpoints::gguf

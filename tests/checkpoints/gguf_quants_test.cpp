@@ -115,8 +115,8 @@ TEST(GgufQuantBlocks, NamesAndSizes) {
   EXPECT_STREQ(gguf::ggml_type_name(12), "Q4_K");
   EXPECT_STREQ(gguf::ggml_type_name(23), "IQ4_XS");
   EXPECT_STREQ(gguf::ggml_type_name(1000), "unknown");
-  EXPECT_EQ(gguf::dequant_traits(13)->bytes, 176);
-  EXPECT_EQ(gguf::dequant_traits(9), nullptr);  // Q8_1 is not read
-  EXPECT_EQ(gguf::row_bytes(gguf::kQ4_1, 64), 40);
-  EXPECT_THROW(gguf::row_bytes(gguf::kQ4_K, 100), std::invalid_argument);
+  EXPECT_EQ(gguf::find_type_traits(13)->type_size, 176);
+  EXPECT_EQ(gguf::find_type_traits(9), nullptr);  // Q8_1 is not read
+  EXPECT_EQ(gguf::row_bytes(gguf::GgmlType::kQ4_1, 64), 40);
+  EXPECT_THROW(gguf::row_bytes(gguf::GgmlType::kQ4_K, 100), std::invalid_argument);
 }
