@@ -2,10 +2,8 @@
 
 #include <fmt/format.h>
 
-#include <cmath>
 #include <cstring>
 #include <stdexcept>
-#include <utility>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
@@ -134,69 +132,94 @@ nlohmann::json get_scalar(Cursor* c, ValueType t, const std::string& key) {
 
 bool known_value_type(uint32_t t) { return t <= static_cast<uint32_t>(ValueType::kFloat64); }
 
+// What precedes the tensor infos: the magic, the version, the counts and the metadata.
+struct Header {
+  uint64_t n_tensors = 0;
+  std::vector<std::pair<std::string, Value>> metadata;  // in file order
+  uint64_t alignment = kDefaultAlignment;               // general.alignment, checked
+};
+
+Value read_value(Cursor* c, const std::string& key, uint64_t file_size) {
+  const auto type = c->get<uint32_t>("a value type");
+  if (!known_value_type(type)) throw c->bad(fmt::format("metadata {}: unknown value type {}", key, type));
+  Value v;
+  v.type = v.elem = static_cast<ValueType>(type);
+  if (v.type != ValueType::kArray) {
+    v.data = get_scalar(c, v.type, key);
+    return v;
+  }
+  const auto elem = c->get<uint32_t>("an array type");
+  if (!known_value_type(elem) || elem == static_cast<uint32_t>(ValueType::kArray)) {
+    throw c->bad(fmt::format("metadata {}: unsupported array element type {}", key, elem));
+  }
+  v.elem = static_cast<ValueType>(elem);
+  const auto n = c->get<uint64_t>("an array length");
+  if (n > file_size) throw c->bad(fmt::format("metadata {}: array length {} larger than the file", key, n));
+  v.data = nlohmann::json::array();
+  for (uint64_t j = 0; j < n; ++j) v.data.push_back(get_scalar(c, v.elem, key));
+  return v;
+}
+
+Header read_header(Cursor* c, std::string_view bytes) {
+  if (bytes.size() < 4 || std::memcmp(bytes.data(), kMagic, 4) != 0) throw c->bad("the magic is not GGUF");
+  c->get<uint32_t>("the magic");
+  const auto version = c->get<uint32_t>("the version");
+  if (version != kVersion) throw c->bad(fmt::format("version {}, this reader knows version {}", version, kVersion));
+  Header h;
+  h.n_tensors = c->get<uint64_t>("the tensor count");
+  const auto n_kv = c->get<uint64_t>("the metadata count");
+  if (h.n_tensors > bytes.size() || n_kv > bytes.size()) throw c->bad("tensor or metadata count larger than the file");
+  for (uint64_t i = 0; i < n_kv; ++i) {
+    auto key = c->get_string("a metadata key");
+    auto v = read_value(c, key, bytes.size());
+    if (key == "general.alignment") {
+      if (v.type != ValueType::kUint32) throw c->bad("general.alignment is not a uint32");
+      h.alignment = v.data.get<uint64_t>();
+      if (h.alignment == 0 || (h.alignment & (h.alignment - 1)) != 0) {
+        throw c->bad(fmt::format("general.alignment = {} is not a power of two", h.alignment));
+      }
+    }
+    h.metadata.emplace_back(std::move(key), std::move(v));
+  }
+  return h;
+}
+
+// One tensor info; its offset is returned in *offset (relative to the data section).
+Tensor read_tensor_info(Cursor* c, uint64_t file_size, uint64_t alignment, uint64_t* offset) {
+  Tensor t;
+  t.name = c->get_string("a tensor name");
+  const auto n_dims = c->get<uint32_t>("a dimension count");
+  if (n_dims < 1 || n_dims > 4) throw c->bad(fmt::format("tensor {}: {} dimensions (1 to 4 allowed)", t.name, n_dims));
+  for (uint32_t d = 0; d < n_dims; ++d) {
+    const auto n = c->get<uint64_t>("a dimension");
+    if (n == 0 || n > file_size * 8) throw c->bad(fmt::format("tensor {}: dimension {} = {}", t.name, d, n));
+    t.ne.push_back(static_cast<int64_t>(n));
+  }
+  const auto type = c->get<uint32_t>("a tensor type");
+  if (!find_type_traits(type)) {
+    throw c->bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {})", t.name,
+                             ggml_type_name(type), type, type_names()));
+  }
+  t.type = static_cast<GgmlType>(type);
+  *offset = c->get<uint64_t>("a tensor offset");
+  if (*offset % alignment != 0) {
+    throw c->bad(fmt::format("tensor {}: offset {} is not aligned to {}", t.name, *offset, alignment));
+  }
+  return t;
+}
+
 File decode_view(std::string_view bytes, const std::string& origin,
                  const std::shared_ptr<const core::MappedFile>& mapping) {
   Cursor c(bytes, origin);
-  if (bytes.size() < 4 || std::memcmp(bytes.data(), kMagic, 4) != 0) throw c.bad("the magic is not GGUF");
-  c.get<uint32_t>("the magic");
-  const auto version = c.get<uint32_t>("the version");
-  if (version != kVersion) throw c.bad(fmt::format("version {}, this reader knows version {}", version, kVersion));
-  const auto n_tensors = c.get<uint64_t>("the tensor count");
-  const auto n_kv = c.get<uint64_t>("the metadata count");
-  if (n_tensors > bytes.size() || n_kv > bytes.size()) throw c.bad("tensor or metadata count larger than the file");
+  auto header = read_header(&c, bytes);
   File f;
-  uint64_t alignment = kDefaultAlignment;
-  for (uint64_t i = 0; i < n_kv; ++i) {
-    const auto key = c.get_string("a metadata key");
-    const auto type = c.get<uint32_t>("a value type");
-    if (!known_value_type(type)) throw c.bad(fmt::format("metadata {}: unknown value type {}", key, type));
-    Value v;
-    v.type = static_cast<ValueType>(type);
-    if (v.type == ValueType::kArray) {
-      const auto elem = c.get<uint32_t>("an array type");
-      if (!known_value_type(elem) || elem == static_cast<uint32_t>(ValueType::kArray)) {
-        throw c.bad(fmt::format("metadata {}: unsupported array element type {}", key, elem));
-      }
-      v.elem = static_cast<ValueType>(elem);
-      const auto n = c.get<uint64_t>("an array length");
-      if (n > bytes.size()) throw c.bad(fmt::format("metadata {}: array length {} larger than the file", key, n));
-      v.data = nlohmann::json::array();
-      for (uint64_t j = 0; j < n; ++j) v.data.push_back(get_scalar(&c, v.elem, key));
-    } else {
-      v.elem = v.type;
-      v.data = get_scalar(&c, v.type, key);
-    }
-    if (key == "general.alignment") {
-      if (v.type != ValueType::kUint32) throw c.bad("general.alignment is not a uint32");
-      alignment = v.data.get<uint64_t>();
-      if (alignment == 0 || (alignment & (alignment - 1)) != 0) {
-        throw c.bad(fmt::format("general.alignment = {} is not a power of two", alignment));
-      }
-    }
-    f.metadata.emplace_back(key, std::move(v));
-  }
-  std::vector<uint64_t> offsets;
-  for (uint64_t i = 0; i < n_tensors; ++i) {
-    Tensor t;
-    t.name = c.get_string("a tensor name");
-    const auto n_dims = c.get<uint32_t>("a dimension count");
-    if (n_dims < 1 || n_dims > 4) throw c.bad(fmt::format("tensor {}: {} dimensions (1 to 4 allowed)", t.name, n_dims));
-    for (uint32_t d = 0; d < n_dims; ++d) {
-      const auto n = c.get<uint64_t>("a dimension");
-      if (n == 0 || n > bytes.size() * 8) throw c.bad(fmt::format("tensor {}: dimension {} = {}", t.name, d, n));
-      t.ne.push_back(static_cast<int64_t>(n));
-    }
-    const auto type = c.get<uint32_t>("a tensor type");
-    if (!find_type_traits(type)) {
-      throw c.bad(fmt::format("tensor {}: ggml type {} ({}) is not supported (bitqat reads {})", t.name,
-                              ggml_type_name(type), type, type_names()));
-    }
-    t.type = static_cast<GgmlType>(type);
-    const auto off = c.get<uint64_t>("a tensor offset");
-    if (off % alignment != 0)
-      throw c.bad(fmt::format("tensor {}: offset {} is not aligned to {}", t.name, off, alignment));
-    offsets.push_back(off);
-    f.tensors.push_back(std::move(t));
+  f.metadata = std::move(header.metadata);
+  const uint64_t alignment = header.alignment;
+  std::vector<uint64_t> offsets;  // grown as infos are read: a false count fails on the truncation
+  for (uint64_t i = 0; i < header.n_tensors; ++i) {
+    uint64_t offset = 0;
+    f.tensors.push_back(read_tensor_info(&c, bytes.size(), alignment, &offset));
+    offsets.push_back(offset);
   }
   const uint64_t data_start = (c.pos() + alignment - 1) / alignment * alignment;
   for (size_t i = 0; i < f.tensors.size(); ++i) {
@@ -299,163 +322,13 @@ File decode(std::shared_ptr<const core::MappedFile> file, const std::string& ori
 
 File load(const std::string& path) { return decode(core::MappedFile::open(path), path); }
 
-// A separate walk over the header rather than a mode of decode(): tensor infos and data are not
-// looked at, so a source model whose tensors use types this reader does not decode still yields
-// its metadata.
 std::vector<std::pair<std::string, Value>> decode_metadata(const std::string& bytes, const std::string& origin) {
   Cursor c(bytes, origin);
-  if (bytes.size() < 4 || std::memcmp(bytes.data(), kMagic, 4) != 0) throw c.bad("the magic is not GGUF");
-  c.get<uint32_t>("the magic");
-  const auto version = c.get<uint32_t>("the version");
-  if (version != kVersion) throw c.bad(fmt::format("version {}, this reader knows version {}", version, kVersion));
-  c.get<uint64_t>("the tensor count");
-  const auto n_kv = c.get<uint64_t>("the metadata count");
-  if (n_kv > bytes.size()) throw c.bad("metadata count larger than the file");
-  std::vector<std::pair<std::string, Value>> out;
-  for (uint64_t i = 0; i < n_kv; ++i) {
-    auto key = c.get_string("a metadata key");
-    const auto type = c.get<uint32_t>("a value type");
-    if (!known_value_type(type)) throw c.bad(fmt::format("metadata {}: unknown value type {}", key, type));
-    Value v;
-    v.type = v.elem = static_cast<ValueType>(type);
-    if (v.type == ValueType::kArray) {
-      const auto elem = c.get<uint32_t>("an array type");
-      if (!known_value_type(elem) || elem == static_cast<uint32_t>(ValueType::kArray)) {
-        throw c.bad(fmt::format("metadata {}: unsupported array element type {}", key, elem));
-      }
-      v.elem = static_cast<ValueType>(elem);
-      const auto n = c.get<uint64_t>("an array length");
-      if (n > bytes.size()) throw c.bad(fmt::format("metadata {}: array length {} larger than the file", key, n));
-      v.data = nlohmann::json::array();
-      for (uint64_t j = 0; j < n; ++j) v.data.push_back(get_scalar(&c, v.elem, key));
-    } else {
-      v.data = get_scalar(&c, v.type, key);
-    }
-    out.emplace_back(std::move(key), std::move(v));
-  }
-  return out;
+  return read_header(&c, bytes).metadata;
 }
 
 std::vector<std::pair<std::string, Value>> load_metadata(const std::string& path) {
   return decode_metadata(core::read_file(path), path);
-}
-
-namespace {
-
-// The row of a type written from codes, else std::invalid_argument.
-const TypeTraits& code_type(GgmlType type) {
-  const auto& row = type_traits(type);
-  if (!row.from_codes) throw std::invalid_argument(fmt::format("gguf: {} is not a block type", row.name));
-  return row;
-}
-
-// Decodes every block of a block tensor into codes [rows, K] and scales [rows, K / block size].
-std::pair<at::Tensor, at::Tensor> decode_blocks(const Tensor& t) {
-  const auto& row = code_type(t.type);
-  const int64_t k = t.ne[0], bs = row.block_size, bb = row.type_size;
-  const auto raw = t.bytes();
-  const int64_t rows = static_cast<int64_t>(raw.size()) / row_bytes(t.type, k);
-  auto codes = at::empty({rows, k}, at::kChar);
-  auto scales = at::empty({rows, k / bs}, at::kFloat);
-  const auto* in = reinterpret_cast<const uint8_t*>(raw.data());
-  auto* c = codes.data_ptr<int8_t>();
-  auto* s = scales.data_ptr<float>();
-  for (int64_t b = 0; b < rows * (k / bs); ++b) row.to_codes(in + b * bb, c + b * bs, s + b);
-  return {codes, scales};
-}
-
-// Codes -1, 0, 1 and no other: TQ1_0, TQ2_0.
-bool is_ternary(GgmlType t) {
-  return is_block_type(t) && holds_code(t, -1) && holds_code(t, 0) && holds_code(t, 1) && !holds_code(t, 2);
-}
-
-}  // namespace
-
-std::string_view Tensor::bytes() const {
-  if (!mapping) return data;
-  return mapping->view().substr(offset, size);
-}
-
-void Tensor::release() const {
-  if (mapping) mapping->release(mapping->data() + offset, size);
-}
-
-void check_size(const Tensor& t) {
-  int64_t rows = 1;
-  for (size_t d = 1; d < t.ne.size(); ++d) rows *= t.ne[d];
-  if (t.ne.empty() || static_cast<int64_t>(t.bytes().size()) != rows * row_bytes(t.type, t.ne[0])) {
-    throw std::invalid_argument(fmt::format("gguf: tensor {} holds {} bytes, its {} shape needs another size", t.name,
-                                            t.bytes().size(), to_string(t.type)));
-  }
-}
-
-Tensor block_tensor(const std::string& name, const at::Tensor& codes_in, const at::Tensor& scales_in, GgmlType type) {
-  const auto& row = code_type(type);
-  if (codes_in.dim() != 2 || codes_in.scalar_type() != at::kChar) {
-    throw std::invalid_argument(fmt::format("gguf: tensor {}: expected int8 codes [rows, K]", name));
-  }
-  const int64_t rows = codes_in.size(0), k = codes_in.size(1), bs = row.block_size, bb = row.type_size;
-  if (k % bs != 0) {
-    throw std::invalid_argument(fmt::format(
-        "gguf: tensor {}: K = {} is not a multiple of {} ({} blocks run along rows)", name, k, bs, row.name));
-  }
-  const int64_t blocks = k / bs;
-  const auto codes = codes_in.cpu().contiguous();
-  const auto scales = scales_in.detach().cpu().to(at::kFloat).contiguous();
-  if (scales.numel() != rows * blocks) {
-    throw std::invalid_argument(
-        fmt::format("gguf: tensor {}: {} block scales for {} x {} blocks", name, scales.numel(), rows, blocks));
-  }
-  Tensor t{name, {k, rows}, type, std::string(static_cast<size_t>(rows * row_bytes(type, k)), '\0')};
-  auto* out = reinterpret_cast<uint8_t*>(t.data.data());
-  const auto* c = codes.data_ptr<int8_t>();
-  const auto* s = scales.data_ptr<float>();
-  for (int64_t b = 0; b < rows * blocks; ++b) {
-    // fp16's largest finite value; beyond it the narrowing would store infinity.
-    if (!std::isfinite(s[b]) || std::fabs(s[b]) > 65504.0f) {
-      throw std::invalid_argument(fmt::format("gguf: tensor {}: block scale {} (block {}) does not fit an fp16 d", name,
-                                              static_cast<double>(s[b]), b));
-    }
-    row.from_codes(c + b * bs, s[b], out + b * bb);
-  }
-  return t;
-}
-
-Tensor ternary_tensor(const std::string& name, const at::Tensor& codes, const at::Tensor& scales, GgmlType type) {
-  if (!is_ternary(type)) throw std::invalid_argument(fmt::format("gguf: {} is not a ternary type", to_string(type)));
-  return block_tensor(name, codes, scales, type);
-}
-
-Tensor float_tensor(const std::string& name, const at::Tensor& values, GgmlType type) {
-  const auto& row = type_traits(type);
-  if (!row.from_float) throw std::invalid_argument(fmt::format("gguf: {} is not a float type", row.name));
-  const auto v = values.detach().cpu().to(at::kFloat).contiguous();
-  Tensor t{name, {}, type, std::string(static_cast<size_t>(row_bytes(type, v.numel())), '\0')};
-  for (int64_t d = v.dim() - 1; d >= 0; --d) t.ne.push_back(v.size(d));
-  if (t.ne.empty()) t.ne.push_back(1);
-  row.from_float(v.data_ptr<float>(), reinterpret_cast<uint8_t*>(t.data.data()), v.numel());
-  return t;
-}
-
-at::Tensor block_codes(const Tensor& t) { return decode_blocks(t).first; }
-at::Tensor block_scales(const Tensor& t) { return decode_blocks(t).second; }
-
-at::Tensor ternary_codes(const Tensor& t) {
-  if (!is_ternary(t.type)) {
-    throw std::invalid_argument(fmt::format("gguf: tensor {} is {}, not ternary", t.name, to_string(t.type)));
-  }
-  return block_codes(t);
-}
-
-at::Tensor dequantize(const Tensor& t) {
-  const std::vector<int64_t> shape(t.ne.rbegin(), t.ne.rend());
-  check_size(t);
-  const auto raw = t.bytes();
-  // One float32 tensor straight from the bytes (F32 included: a copy, never a view of the file).
-  auto v = at::empty(shape, at::kFloat);
-  dequantize_row(static_cast<uint32_t>(t.type), reinterpret_cast<const uint8_t*>(raw.data()), v.data_ptr<float>(),
-                 v.numel());
-  return v;
 }
 
 }  // namespace bitqat::checkpoints::gguf

@@ -1,6 +1,6 @@
-// GGUF v3 files (ggml / llama.cpp): a writer and a reader, and the conversions of tensors to and from
-// their types. The types and their codecs are gguf_types.hpp / gguf_quants.hpp (they come with this
-// header).
+// GGUF v3 files (ggml / llama.cpp): the container, a writer and a reader. The tensor types and their
+// codecs are gguf_types.hpp / gguf_quants.hpp, GGUF tensors and their conversions gguf_tensor.hpp
+// (both come with this header).
 //
 // File: "GGUF", uint32 version 3, uint64 tensor count, uint64 metadata count, the metadata
 // (string key, uint32 value type, value), the tensor infos (string name, uint32 n_dims, uint64
@@ -11,17 +11,15 @@
 // Reading accepts every type of the table (gguf_types.hpp) and refuses any other type by its ggml
 // name. load() maps the file: its tensors view the mapping instead of copying the data.
 #pragma once
-#include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <string_view>
 #include <utility>
 #include <vector>
 
-#include "checkpoints/gguf_types.hpp"
+#include "checkpoints/gguf_tensor.hpp"
 #include "core/fs.hpp"
 
 namespace bitqat::checkpoints::gguf {
@@ -61,24 +59,6 @@ struct Value {
   static Value array(ValueType elem, nlohmann::json values) { return {ValueType::kArray, elem, std::move(values)}; }
 };
 
-struct Tensor {
-  std::string name;
-  std::vector<int64_t> ne;  // dims, innermost (contiguous) first, as GGUF stores them
-  GgmlType type = GgmlType::kF32;
-  std::string data;  // raw bytes: rows of row_bytes(type, ne[0]) (tensors built or decoded in memory)
-  // Tensors of a loaded file view it instead: `size` bytes at `offset` of `mapping`.
-  std::shared_ptr<const core::MappedFile> mapping{};
-  uint64_t offset = 0, size = 0;
-  // The raw bytes, wherever they are.
-  std::string_view bytes() const;
-  // Drops a mapped tensor's pages from the resident set (after its values were copied elsewhere).
-  void release() const;
-};
-
-// Throws std::invalid_argument naming the tensor when its bytes are not the whole rows of
-// row_bytes(type, ne[0]) its shape needs.
-void check_size(const Tensor& t);
-
 struct File {
   std::vector<std::pair<std::string, Value>> metadata;  // in file order
   std::vector<Tensor> tensors;                          // in file order
@@ -100,22 +80,5 @@ File load(const std::string& path);
 // malformed header like decode().
 std::vector<std::pair<std::string, Value>> decode_metadata(const std::string& bytes, const std::string& origin);
 std::vector<std::pair<std::string, Value>> load_metadata(const std::string& path);
-
-// A block-quantized tensor: codes int8 [rows, K] (in code_range(type)) and per-block scales float
-// [rows, K / block_size(type)] -> a tensor of `type` named `name` (ne = {K, rows}). K must be a
-// multiple of the block size; every scale must fit an fp16 d (finite, |d| <= 65504). Violations
-// throw std::invalid_argument naming the tensor (exports check scales first, naming the layer).
-Tensor block_tensor(const std::string& name, const at::Tensor& codes, const at::Tensor& block_scales, GgmlType type);
-// block_tensor restricted to TQ1_0 / TQ2_0 (kept for callers that mean ternary blocks of 256).
-Tensor ternary_tensor(const std::string& name, const at::Tensor& codes, const at::Tensor& block_scales, GgmlType type);
-// A float tensor (F32 or F16) of any shape, from its values taken as float32; ne is the shape reversed.
-Tensor float_tensor(const std::string& name, const at::Tensor& values, GgmlType type = GgmlType::kF32);
-// Dequantized float32 values in torch order (ne reversed), for every type of the table.
-at::Tensor dequantize(const Tensor& t);
-// Codes int8 [rows, K] and block scales float [rows, K / block_size] (the fp16 d's) of a block tensor.
-at::Tensor block_codes(const Tensor& t);
-at::Tensor block_scales(const Tensor& t);
-// block_codes of a TQ tensor.
-at::Tensor ternary_codes(const Tensor& t);
 
 }  // namespace bitqat::checkpoints::gguf

@@ -1,8 +1,9 @@
 // The ggml tensor types bitqat knows, in one table of traits shaped like ggml's type_traits
 // (ggml/src/ggml.c): name, block size, type size, to_float and from_float, plus the block codecs of the
-// types bitqat writes from integer codes. The reader, the writer, the tensor conversions and the
-// exports look every type up here; the layouts and codecs themselves are gguf_quants.hpp. A new type
-// is one row of the table (gguf_types.cpp), its enumerator below, and its codecs.
+// types bitqat writes from integer codes. The reader, the writer, the tensor conversions
+// (gguf_tensor.hpp) and the exports look every type up here; the layouts and codecs themselves are
+// gguf_quants.hpp. A new type is one row of the table (gguf_types.cpp), its enumerator below, and its
+// codecs.
 #pragma once
 #include <cstdint>
 #include <string>
