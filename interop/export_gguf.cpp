@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <cctype>
 #include <cmath>
 #include <filesystem>
 #include <limits>
@@ -21,21 +22,32 @@ using bitlinear::Granularity;
 using bitlinear::WeightQuant;
 using gguf::GgmlType;
 
-// llama_ftype (llama.h) of a file whose block linears are of one type.
-uint32_t file_type(GgmlType t) {
-  switch (t) {
-    case GgmlType::kTQ1_0:
-      return 36;  // LLAMA_FTYPE_MOSTLY_TQ1_0
-    case GgmlType::kTQ2_0:
-      return 37;  // LLAMA_FTYPE_MOSTLY_TQ2_0
-    case GgmlType::kQ1_0:
-      return 40;  // LLAMA_FTYPE_MOSTLY_Q1_0
-    case GgmlType::kQ2_0:
-      return 41;  // LLAMA_FTYPE_MOSTLY_Q2_0
-    default:
-      break;
+// Whether the export writes type `t` from integer codes (the block linears) or from floats.
+bool written(const gguf::TypeTraits& t, bool codes) {
+  return codes ? t.from_codes != nullptr : t.from_float != nullptr;
+}
+
+bool is_written(GgmlType type, bool codes) {
+  const auto* t = gguf::find_type_traits(static_cast<uint32_t>(type));
+  return t && written(*t, codes);
+}
+
+// A type's name as the CLI spells it: "tq2_0".
+std::string cli_name(const gguf::TypeTraits& t) {
+  std::string s(t.name);
+  for (auto& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+// "tq1_0, tq2_0, q1_0 or q2_0": the written types of the table, for messages.
+std::string written_type_names(bool codes) {
+  std::vector<std::string> names;
+  for (const auto& t : gguf::type_table()) {
+    if (written(t, codes)) names.push_back(cli_name(t));
   }
-  throw std::logic_error("file_type: not a block type");
+  std::string out;
+  for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
+  return out;
 }
 
 // The narrowing of a count into a uint32 metadata value, checked (config limits keep them far below).
@@ -66,13 +78,16 @@ void check_linear(const std::string& name, const BitLinear& l, GgmlType type) {
   LinearRequirements req;
   req.format = "gguf export";
   req.holder = fmt::format("a {} tensor", t);
-  req.weight_types = type == GgmlType::kQ1_0 ? std::vector<WeightQuant>{WeightQuant::kBinary}
-                                             : std::vector<WeightQuant>{WeightQuant::kTernary, WeightQuant::kBinary};
+  // Binary weights are codes -1 and 1, which every written type holds; ternary ones need a 0 too.
+  req.weight_types = gguf::holds_code(type, 0) ? std::vector<WeightQuant>{WeightQuant::kTernary, WeightQuant::kBinary}
+                                               : std::vector<WeightQuant>{WeightQuant::kBinary};
   req.granularities = {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup};
   req.granularity_reason = fmt::format("a {} block carries one scale; use per_tensor, per_channel or per_group", t);
   req.group_multiple = bs;
-  req.group_reason = fmt::format("a {} block of {} weights carries one scale, so groups must be a multiple of {}{}", t,
-                                 bs, bs, type == GgmlType::kQ2_0 ? " (group_size 64 maps one group to one block)" : "");
+  req.group_reason = fmt::format(
+      "a {} block of {} weights carries one scale, so groups must be a multiple of {} (group_size {} maps one group "
+      "to one block)",
+      t, bs, bs, bs);
   req.in_multiple = bs;
   req.in_reason = fmt::format(
       "{} rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})", t, bs, bs);
@@ -227,19 +242,19 @@ GgufMetadata tokenizer_for(const models::LMConfig& c, const GgufExportOptions& o
 const char* to_string(GgufArch a) { return a == GgufArch::kBitnet ? "bitnet" : "llama"; }
 
 GgmlType parse_gguf_type(const std::string& s) {
-  if (s == "tq2_0") return GgmlType::kTQ2_0;
-  if (s == "tq1_0") return GgmlType::kTQ1_0;
-  if (s == "q2_0") return GgmlType::kQ2_0;
-  if (s == "q1_0") return GgmlType::kQ1_0;
-  throw core::UserError(fmt::format("--gguf-type {}: expected tq2_0, tq1_0, q2_0 or q1_0", s));
+  for (const auto& t : gguf::type_table()) {
+    if (written(t, /*codes=*/true) && cli_name(t) == s) return t.type;
+  }
+  throw core::UserError(fmt::format("--gguf-type {}: expected {}", s, written_type_names(/*codes=*/true)));
 }
 
 GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOptions& o,
                                std::vector<std::string>* warnings) {
-  if (!gguf::is_block_type(o.type))
-    throw core::UserError("gguf export: the weight type must be tq2_0, tq1_0, q2_0 or q1_0");
-  if (o.float_type != GgmlType::kF32 && o.float_type != GgmlType::kF16) {
-    throw core::UserError("gguf export: the float type must be f32 or f16");
+  if (!is_written(o.type, /*codes=*/true)) {
+    throw core::UserError(fmt::format("gguf export: the weight type must be {}", written_type_names(/*codes=*/true)));
+  }
+  if (!is_written(o.float_type, /*codes=*/false)) {
+    throw core::UserError(fmt::format("gguf export: the float type must be {}", written_type_names(/*codes=*/false)));
   }
   const auto& c = lm.config;
   const auto arch = c.sub_norm ? GgufArch::kBitnet : GgufArch::kLlama;
@@ -268,7 +283,7 @@ gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o)
       {"general.architecture", gguf::Value::str(a)},
       {"general.name", gguf::Value::str(o.name)},
       {"general.alignment", gguf::Value::u32(gguf::kDefaultAlignment)},
-      {"general.file_type", gguf::Value::u32(file_type(o.type))},
+      {"general.file_type", u32(gguf::type_traits(o.type).file_type, "general.file_type")},
       {"general.quantization_version", gguf::Value::u32(2)},
       {a + ".vocab_size", u32(c.vocab_size, "model.vocab_size")},
       {a + ".context_length", u32(c.max_seq_len, "model.max_seq_len")},

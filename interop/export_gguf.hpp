@@ -62,7 +62,8 @@ checkpoints::gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExpo
 int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
                     std::vector<std::string>* warnings = nullptr);
 
-// Parses "tq2_0", "tq1_0", "q2_0", "q1_0" (the CLI's --gguf-type); UserError otherwise.
+// The CLI's --gguf-type: the lower-case name of a type the export writes from codes (TQ1_0, TQ2_0,
+// Q1_0, Q2_0 in checkpoints/gguf_types.hpp: "tq2_0"); UserError naming them otherwise.
 checkpoints::gguf::GgmlType parse_gguf_type(const std::string& s);
 
 }  // namespace bitqat::interop
