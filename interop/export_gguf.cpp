@@ -11,13 +11,13 @@
 #include "core/fs.hpp"
 #include "interop/exportable.hpp"
 #include "interop/gguf_tokenizer.hpp"
+#include "interop/llama_tensor_names.hpp"
 
 namespace bitqat::interop {
 namespace fs = std::filesystem;
 namespace gguf = checkpoints::gguf;
 namespace {
 
-using bitlinear::BitLinear;
 using bitlinear::Granularity;
 using bitlinear::WeightQuant;
 using gguf::GgmlType;
@@ -66,11 +66,9 @@ gguf::Value f32(double v, const char* key) {
   return gguf::Value::f32(f);
 }
 
-bool is_quantized(const BitLinear& l) { return l->options.quant.weight.type != WeightQuant::kNone; }
-
-void check_linear(const std::string& name, const BitLinear& l, GgmlType type) {
-  if (!is_quantized(l)) {
-    if (!l->has_latent_weights()) throw core::UserError(fmt::format("gguf export: {} is already packed", name));
+void check_linear(const std::string& name, const bitlinear::BitLinearImpl& l, GgmlType type) {
+  if (l.options.quant.weight.type == WeightQuant::kNone) {
+    if (!l.has_latent_weights()) throw core::UserError(fmt::format("gguf export: {} is already packed", name));
     return;  // written as a float tensor
   }
   const int64_t bs = gguf::block_size(type);
@@ -92,7 +90,7 @@ void check_linear(const std::string& name, const BitLinear& l, GgmlType type) {
   req.in_reason = fmt::format(
       "{} rows are whole blocks of {} weights (set model.dim and model.ffn_dim to multiples of {})", t, bs, bs);
   req.per_token_8bit_activations = true;
-  check_exportable(name, *l, req);
+  check_exportable(name, l, req);
 }
 
 // Block scales [N, K / block] of a layer's quantized weight.
@@ -153,19 +151,29 @@ struct Writer {
   const models::BitLMImpl& lm;
   const GgufExportOptions& o;
   GgufArch arch;
-  gguf::File* f;
 
-  void norm(const std::string& tname, const at::Tensor& w) { f->tensors.push_back(gguf::float_tensor(tname, w)); }
-
-  // rope_heads > 0: q or k of the llama architecture, rows permuted for llama.cpp's RoPE.
-  void linear(const std::string& tname, const BitLinear& l, int64_t rope_heads = 0) {
-    if (!is_quantized(l)) {
-      const auto w = rope_heads > 0 ? permute_rope_rows(l->weight.detach(), rope_heads) : l->weight.detach();
-      f->tensors.push_back(checked_float_tensor(tname, w, o.float_type));
-      return;
+  gguf::Tensor tensor(const LlamaTensorEntry& e) const {
+    const auto name = e.gguf + ".weight";
+    switch (e.row->role) {
+      case TensorRole::kNorm:
+        return gguf::float_tensor(name, llama_weight(lm, e));
+      case TensorRole::kEmbedding:
+      case TensorRole::kHead:
+        return checked_float_tensor(name, llama_weight(lm, e), o.float_type);
+      case TensorRole::kLinear:
+        break;
     }
-    const auto q = l->quantized_weight();
-    const int64_t n = l->options.out_features, k = l->options.in_features;
+    // q and k of the llama architecture: rows permuted for llama.cpp's RoPE.
+    return linear(name, llama_linear(lm, e), arch == GgufArch::kLlama ? e.rope_heads : 0);
+  }
+
+  gguf::Tensor linear(const std::string& tname, const bitlinear::BitLinearImpl& l, int64_t rope_heads) const {
+    if (l.options.quant.weight.type == WeightQuant::kNone) {
+      const auto w = rope_heads > 0 ? permute_rope_rows(l.weight.detach(), rope_heads) : l.weight.detach();
+      return checked_float_tensor(tname, w, o.float_type);
+    }
+    const auto q = l.quantized_weight();
+    const int64_t n = l.options.out_features, k = l.options.in_features;
     auto scales = layer_block_scales(q, n, k, gguf::block_size(o.type));
     auto codes = q.codes;
     if (rope_heads > 0) {
@@ -173,26 +181,7 @@ struct Writer {
       codes = permute_rope_rows(codes, rope_heads);
     }
     check_fp16_scales(tname, scales, o.type);
-    f->tensors.push_back(gguf::block_tensor(tname, codes, scales, o.type));
-  }
-
-  void blocks() {
-    const bool llama = arch == GgufArch::kLlama;
-    for (size_t i = 0; i < lm.blocks.size(); ++i) {
-      const auto& b = lm.blocks[i];
-      const std::string p = fmt::format("blk.{}.", i);
-      norm(p + "attn_norm.weight", b->attn_norm->weight);
-      linear(p + "attn_q.weight", b->attn->q, llama ? lm.config.n_heads : 0);
-      linear(p + "attn_k.weight", b->attn->k, llama ? lm.config.n_kv_heads : 0);
-      linear(p + "attn_v.weight", b->attn->v);
-      linear(p + "attn_output.weight", b->attn->o);
-      if (!llama) norm(p + "attn_sub_norm.weight", b->attn->o->norm->weight);
-      norm(p + "ffn_norm.weight", b->ffn_norm->weight);
-      linear(p + "ffn_gate.weight", b->ffn->gate);
-      linear(p + "ffn_up.weight", b->ffn->up);
-      linear(p + "ffn_down.weight", b->ffn->down);
-      if (!llama) norm(p + "ffn_sub_norm.weight", b->ffn->down->norm->weight);
-    }
+    return gguf::block_tensor(tname, codes, scales, o.type);
   }
 };
 
@@ -260,16 +249,8 @@ GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOpti
   const auto arch = c.sub_norm ? GgufArch::kBitnet : GgufArch::kLlama;
   check_ffn(c, o, warnings);
   check_arch(c, arch);
-  for (size_t i = 0; i < lm.blocks.size(); ++i) {
-    const auto& b = lm.blocks[i];
-    const std::string p = fmt::format("layers.{}.", i);
-    check_linear(p + "attn.q", b->attn->q, o.type);
-    check_linear(p + "attn.k", b->attn->k, o.type);
-    check_linear(p + "attn.v", b->attn->v, o.type);
-    check_linear(p + "attn.o", b->attn->o, o.type);
-    check_linear(p + "ffn.gate", b->ffn->gate, o.type);
-    check_linear(p + "ffn.up", b->ffn->up, o.type);
-    check_linear(p + "ffn.down", b->ffn->down, o.type);
+  for (const auto& e : llama_tensors(c)) {
+    if (e.row->role == TensorRole::kLinear) check_linear(e.bitqat, llama_linear(lm, e), o.type);
   }
   return arch;
 }
@@ -301,11 +282,8 @@ gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o)
                             gguf::Value::str(c.ffn == models::Ffn::kSwiglu ? "silu" : "relu2"));
   }
   for (auto& kv : tokenizer_for(c, o)) f.metadata.push_back(std::move(kv));
-  Writer w{lm, o, arch, &f};
-  f.tensors.push_back(checked_float_tensor("token_embd.weight", lm.embed->weight, o.float_type));
-  w.blocks();
-  w.norm("output_norm.weight", lm.norm->weight);
-  if (lm.lm_head) f.tensors.push_back(checked_float_tensor("output.weight", lm.lm_head->weight, o.float_type));
+  const Writer w{lm, o, arch};
+  for (const auto& e : llama_tensors(c)) f.tensors.push_back(w.tensor(e));
   return f;
 }
 

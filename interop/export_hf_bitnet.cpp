@@ -6,19 +6,19 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "interop/exportable.hpp"
+#include "interop/llama_tensor_names.hpp"
 
 namespace bitqat::interop {
 namespace fs = std::filesystem;
 namespace {
 
-using bitqat::bitlinear::BitLinear;
-
-void check_linear(const std::string& name, const BitLinear& l, bool want_norm) {
+void check_linear(const std::string& name, const bitlinear::BitLinearImpl& l, bool want_norm) {
   LinearRequirements req;
   req.format = "hf-bitnet export";
   req.holder = "BitNetForCausalLM";
@@ -27,7 +27,7 @@ void check_linear(const std::string& name, const BitLinear& l, bool want_norm) {
   req.out_multiple = 4;
   req.out_reason = "the uint8 packing needs a multiple of 4";
   req.sub_norm = want_norm;
-  check_exportable(name, *l, req);
+  check_exportable(name, l, req);
 }
 
 }  // namespace
@@ -64,16 +64,14 @@ void check_hf_bitnet_compatible(const models::BitLMImpl& lm) {
         "hf-bitnet export: model.sub_norm = false: BitNetForCausalLM has attn_sub_norm and "
         "ffn_sub_norm; expected true");
   }
-  for (size_t i = 0; i < lm.blocks.size(); ++i) {
-    const auto& b = lm.blocks[i];
-    const std::string p = fmt::format("layers.{}.", i);
-    check_linear(p + "attn.q", b->attn->q, false);
-    check_linear(p + "attn.k", b->attn->k, false);
-    check_linear(p + "attn.v", b->attn->v, false);
-    check_linear(p + "attn.o", b->attn->o, true);
-    check_linear(p + "ffn.gate", b->ffn->gate, false);
-    check_linear(p + "ffn.up", b->ffn->up, false);
-    check_linear(p + "ffn.down", b->ffn->down, true);
+  // BitNetForCausalLM's SubLN norms sit inside the linears they precede (bitqat's <linear>.norm).
+  std::set<std::string> normed;
+  const auto tensors = llama_tensors(c);
+  for (const auto& e : tensors) {
+    if (e.row->presence == LlamaPresence::kSubNorm) normed.insert(e.bitqat.substr(0, e.bitqat.rfind('.')));
+  }
+  for (const auto& e : tensors) {
+    if (e.row->role == TensorRole::kLinear) check_linear(e.bitqat, llama_linear(lm, e), normed.count(e.bitqat) > 0);
   }
 }
 
@@ -85,8 +83,12 @@ void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
   const auto& c = lm.config;
   checkpoints::NamedTensors t;
   auto fp = [](const at::Tensor& x) { return x.detach().to(at::kCPU, at::kFloat).contiguous(); };
-  auto linear = [&](const std::string& name, const BitLinear& l) {
-    const auto q = l->quantized_weight();
+  for (const auto& e : llama_tensors(c)) {
+    if (e.row->role != TensorRole::kLinear) {
+      t.emplace_back(e.hf + ".weight", fp(llama_weight(lm, e)));
+      continue;
+    }
+    const auto q = llama_linear(lm, e).quantized_weight();
     // transformers divides by weight_scale = 1 / gamma, stored as float32: gamma = 0 (or below
     // float32's 1 / FLT_MAX) has no finite reciprocal.
     const auto inv = (1.0 / q.scales.to(at::kDouble)).to(at::kFloat).reshape({1}).cpu();
@@ -94,29 +96,11 @@ void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
       throw core::UserError(fmt::format(
           "hf-bitnet export: {} has absmean scale {}: its weight_scale 1 / {} does not fit a float32 (the layer's "
           "weights are all zero or vanishingly small)",
-          name, q.scales.item<double>(), q.scales.item<double>()));
+          e.hf, q.scales.item<double>(), q.scales.item<double>()));
     }
-    t.emplace_back(name + ".weight", pack_hf_ternary(q.codes));
-    t.emplace_back(name + ".weight_scale", inv);
-  };
-  t.emplace_back("model.embed_tokens.weight", fp(lm.embed->weight));
-  for (size_t i = 0; i < lm.blocks.size(); ++i) {
-    const auto& b = lm.blocks[i];
-    const std::string p = fmt::format("model.layers.{}.", i);
-    t.emplace_back(p + "input_layernorm.weight", fp(b->attn_norm->weight));
-    linear(p + "self_attn.q_proj", b->attn->q);
-    linear(p + "self_attn.k_proj", b->attn->k);
-    linear(p + "self_attn.v_proj", b->attn->v);
-    linear(p + "self_attn.o_proj", b->attn->o);
-    t.emplace_back(p + "self_attn.attn_sub_norm.weight", fp(b->attn->o->norm->weight));
-    t.emplace_back(p + "post_attention_layernorm.weight", fp(b->ffn_norm->weight));
-    linear(p + "mlp.gate_proj", b->ffn->gate);
-    linear(p + "mlp.up_proj", b->ffn->up);
-    linear(p + "mlp.down_proj", b->ffn->down);
-    t.emplace_back(p + "mlp.ffn_sub_norm.weight", fp(b->ffn->down->norm->weight));
+    t.emplace_back(e.hf + ".weight", pack_hf_ternary(q.codes));
+    t.emplace_back(e.hf + ".weight_scale", inv);
   }
-  t.emplace_back("model.norm.weight", fp(lm.norm->weight));
-  if (lm.lm_head) t.emplace_back("lm_head.weight", fp(lm.lm_head->weight));
 
   const nlohmann::ordered_json config = {
       {"architectures", {"BitNetForCausalLM"}},

@@ -5,10 +5,10 @@
 #include <cstring>
 #include <filesystem>
 #include <set>
-#include <tuple>
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/llama_tensor_names.hpp"
 
 namespace bitqat::interop {
 namespace {
@@ -110,8 +110,9 @@ models::LMConfig lm_config_from_gguf(const gguf::File& f, const std::string& ori
   c.norm_eps = m.number("llama.attention.layer_norm_rms_epsilon", std::nullopt, 1e-12, 1e-1);
   c.ffn = models::Ffn::kSwiglu;
   c.sub_norm = false;
-  c.tie_embeddings = f.tensor("output.weight") == nullptr;
-  if (const auto* emb = f.tensor("token_embd.weight"); emb && emb->ne.size() == 2) {
+  c.tie_embeddings = f.tensor(llama_tensor_name(LlamaTensor::kOutput).gguf + std::string(".weight")) == nullptr;
+  if (const auto* emb = f.tensor(llama_tensor_name(LlamaTensor::kTokenEmbd).gguf + std::string(".weight"));
+      emb && emb->ne.size() == 2) {
     c.vocab_size = m.integer("llama.vocab_size", emb->ne[1], 2, int64_t{1} << 24);
   } else {
     c.vocab_size = m.integer("llama.vocab_size", std::nullopt, 2, int64_t{1} << 24);
@@ -164,36 +165,14 @@ GGUFCheckpoint load_gguf_llama(const std::string& path) {
   GGUFCheckpoint ck;
   ck.file = gguf::load(path);
   ck.config = lm_config_from_gguf(ck.file, path);
-  const auto& c = ck.config;
-  const int64_t hd = c.head_dim();
   if (ck.file.tensor("rope_freqs.weight")) {
     throw core::UserError(
         fmt::format("{}: tensor rope_freqs.weight: RoPE frequency scaling (Llama 3.1 style) is not supported", path));
   }
-  // GGUF name -> (bitqat name, torch shape, rows permuted for RoPE with this many heads or 0).
-  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>, int64_t>> want;
-  want.emplace_back("token_embd.weight", "embed.weight", std::vector<int64_t>{c.vocab_size, c.dim}, 0);
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const auto g = fmt::format("blk.{}.", i);
-    const auto b = fmt::format("layers.{}.", i);
-    want.emplace_back(g + "attn_norm.weight", b + "attn_norm.weight", std::vector<int64_t>{c.dim}, 0);
-    want.emplace_back(g + "attn_q.weight", b + "attn.q.weight", std::vector<int64_t>{c.n_heads * hd, c.dim}, c.n_heads);
-    want.emplace_back(g + "attn_k.weight", b + "attn.k.weight", std::vector<int64_t>{c.n_kv_heads * hd, c.dim},
-                      c.n_kv_heads);
-    want.emplace_back(g + "attn_v.weight", b + "attn.v.weight", std::vector<int64_t>{c.n_kv_heads * hd, c.dim}, 0);
-    want.emplace_back(g + "attn_output.weight", b + "attn.o.weight", std::vector<int64_t>{c.dim, c.n_heads * hd}, 0);
-    want.emplace_back(g + "ffn_norm.weight", b + "ffn_norm.weight", std::vector<int64_t>{c.dim}, 0);
-    want.emplace_back(g + "ffn_gate.weight", b + "ffn.gate.weight", std::vector<int64_t>{c.ffn_dim, c.dim}, 0);
-    want.emplace_back(g + "ffn_up.weight", b + "ffn.up.weight", std::vector<int64_t>{c.ffn_dim, c.dim}, 0);
-    want.emplace_back(g + "ffn_down.weight", b + "ffn.down.weight", std::vector<int64_t>{c.dim, c.ffn_dim}, 0);
-  }
-  want.emplace_back("output_norm.weight", "norm.weight", std::vector<int64_t>{c.dim}, 0);
-  if (!c.tie_embeddings) {
-    want.emplace_back("output.weight", "lm_head.weight", std::vector<int64_t>{c.vocab_size, c.dim}, 0);
-  }
-
   std::set<std::string> used;
-  for (const auto& [gname, name, shape, heads] : want) {
+  for (const auto& e : llama_tensors(ck.config)) {
+    const auto gname = e.gguf + ".weight";
+    const auto& shape = e.shape;
     const auto* t = ck.file.tensor(gname);
     if (!t) {
       throw core::UserError(
@@ -206,12 +185,12 @@ GGUFCheckpoint load_gguf_llama(const std::string& path) {
     }
     // A copy of the tensor's entry (it views the mapping), so the lazy tensors stand on their own.
     const gguf::Tensor src = *t;
-    const int64_t h = heads;
+    const int64_t h = e.rope_heads;
     auto read = [src, h] {
       const auto v = gguf::dequantize(src);
       return h > 0 ? unpermute_rope_rows(v, h) : v;
     };
-    ck.tensors.emplace(name, models::LazyTensor{shape, read, [src] { src.release(); }});
+    ck.tensors.emplace(e.bitqat + ".weight", models::LazyTensor{shape, read, [src] { src.release(); }});
     used.insert(gname);
   }
   for (const auto& t : ck.file.tensors) {

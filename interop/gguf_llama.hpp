@@ -16,12 +16,8 @@
 // rope.dimension_count or attention.key_length / value_length other than the head size, experts
 // (llama.expert_count > 0), and any tensor a Llama block does not have (biases, ...).
 //
-// Tensor names (GGUF -> bitqat; GGUF dims are innermost first, torch shapes are reversed):
-//   token_embd.weight -> embed.weight         output_norm.weight -> norm.weight
-//   output.weight -> lm_head.weight           blk.N.attn_norm.weight -> layers.N.attn_norm.weight
-//   blk.N.attn_{q,k,v,output}.weight -> layers.N.attn.{q,k,v,o}.weight
-//   blk.N.ffn_norm.weight -> layers.N.ffn_norm.weight
-//   blk.N.ffn_{gate,up,down}.weight -> layers.N.ffn.{gate,up,down}.weight
+// Tensor names, shapes and the q/k permutation: interop/llama_tensor_names.hpp (GGUF -> bitqat; GGUF
+// dims are innermost first, torch shapes are reversed).
 // llama.cpp's converter (convert_hf_to_gguf.py, LlamaModel.permute) reorders the rows of q and k
 // from Hugging Face's rotate-half RoPE layout to ggml's adjacent pairs; the import undoes it
 // (the rows of each head: [pair 0 first halves.., pair 0 second halves..] <- interleaved), so that

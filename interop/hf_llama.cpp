@@ -11,6 +11,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/llama_tensor_names.hpp"
 
 namespace bitqat::interop {
 
@@ -135,33 +136,11 @@ std::string lm_config_yaml(const LMConfig& c) {
 models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tensor>& hf, const LMConfig& c,
                                            const std::string& origin,
                                            const std::function<void(const at::Tensor&)>& release) {
-  // HF name -> (bitqat name, shape), in model order.
-  std::vector<std::tuple<std::string, std::string, std::vector<int64_t>>> want;
-  const int64_t hd = c.head_dim();
-  want.emplace_back("model.embed_tokens.weight", "embed.weight", std::vector<int64_t>{c.vocab_size, c.dim});
-  for (int64_t i = 0; i < c.n_layers; ++i) {
-    const auto h = fmt::format("model.layers.{}.", i);
-    const auto b = fmt::format("layers.{}.", i);
-    want.emplace_back(h + "input_layernorm.weight", b + "attn_norm.weight", std::vector<int64_t>{c.dim});
-    want.emplace_back(h + "self_attn.q_proj.weight", b + "attn.q.weight", std::vector<int64_t>{c.n_heads * hd, c.dim});
-    want.emplace_back(h + "self_attn.k_proj.weight", b + "attn.k.weight",
-                      std::vector<int64_t>{c.n_kv_heads * hd, c.dim});
-    want.emplace_back(h + "self_attn.v_proj.weight", b + "attn.v.weight",
-                      std::vector<int64_t>{c.n_kv_heads * hd, c.dim});
-    want.emplace_back(h + "self_attn.o_proj.weight", b + "attn.o.weight", std::vector<int64_t>{c.dim, c.n_heads * hd});
-    want.emplace_back(h + "post_attention_layernorm.weight", b + "ffn_norm.weight", std::vector<int64_t>{c.dim});
-    want.emplace_back(h + "mlp.gate_proj.weight", b + "ffn.gate.weight", std::vector<int64_t>{c.ffn_dim, c.dim});
-    want.emplace_back(h + "mlp.up_proj.weight", b + "ffn.up.weight", std::vector<int64_t>{c.ffn_dim, c.dim});
-    want.emplace_back(h + "mlp.down_proj.weight", b + "ffn.down.weight", std::vector<int64_t>{c.dim, c.ffn_dim});
-  }
-  want.emplace_back("model.norm.weight", "norm.weight", std::vector<int64_t>{c.dim});
-  if (!c.tie_embeddings) {
-    want.emplace_back("lm_head.weight", "lm_head.weight", std::vector<int64_t>{c.vocab_size, c.dim});
-  }
-
   models::LazyTensors out;
   std::set<std::string> used;
-  for (const auto& [hf_name, name, shape] : want) {
+  for (const auto& e : llama_tensors(c)) {
+    const auto hf_name = e.hf + ".weight";
+    const auto& shape = e.shape;
     const auto it = hf.find(hf_name);
     if (it == hf.end()) {
       throw core::UserError(
@@ -178,7 +157,7 @@ models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tenso
     const at::Tensor src = it->second;
     models::LazyTensor l{shape, [src] { return src.to(at::kFloat).contiguous(); }, {}};
     if (release) l.release = [release, src] { release(src); };
-    out.emplace(name, std::move(l));
+    out.emplace(e.bitqat + ".weight", std::move(l));
     used.insert(hf_name);
   }
   for (const auto& [hf_name, t] : hf) {
@@ -188,15 +167,16 @@ models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tenso
         hf_name.compare(hf_name.size() - inv_freq.size(), inv_freq.size(), inv_freq) == 0) {
       continue;
     }
-    if (hf_name == "lm_head.weight" && c.tie_embeddings) {
+    const auto head = llama_tensor_name(LlamaTensor::kOutput).hf + std::string(".weight");
+    if (hf_name == head && c.tie_embeddings) {
       // Some tied checkpoints store the head anyway; it must be the embedding, or the import would
       // silently compute another function.
-      const auto& emb = hf.at("model.embed_tokens.weight");
+      const auto emb_name = llama_tensor_name(LlamaTensor::kTokenEmbd).hf + std::string(".weight");
+      const auto& emb = hf.at(emb_name);
       if (t.sizes() != emb.sizes() || !t.to(at::kFloat).equal(emb.to(at::kFloat))) {
         throw core::UserError(
-            fmt::format("{}: tensor 'lm_head.weight' differs from 'model.embed_tokens.weight' although config.json "
-                        "says tie_word_embeddings: true",
-                        origin));
+            fmt::format("{}: tensor '{}' differs from '{}' although config.json says tie_word_embeddings: true", origin,
+                        head, emb_name));
       }
       continue;
     }

@@ -6,15 +6,8 @@
 // Hugging Face's rotate-half layout, so q and k need no permutation, and grouped-query heads are
 // repeated the same way (each kv head serves n_heads / n_kv_heads consecutive query heads).
 //
-// Name map (HF -> bitqat):
-//   model.embed_tokens.weight                      -> embed.weight
-//   model.layers.N.input_layernorm.weight          -> layers.N.attn_norm.weight
-//   model.layers.N.self_attn.{q,k,v,o}_proj.weight -> layers.N.attn.{q,k,v,o}.weight
-//   model.layers.N.post_attention_layernorm.weight -> layers.N.ffn_norm.weight
-//   model.layers.N.mlp.{gate,up,down}_proj.weight  -> layers.N.ffn.{gate,up,down}.weight
-//   model.norm.weight                              -> norm.weight
-//   lm_head.weight                                 -> lm_head.weight (absent or equal to the
-//                                                     embedding when tie_word_embeddings is true)
+// Tensor names and shapes: interop/llama_tensor_names.hpp (Hugging Face -> bitqat; lm_head.weight is
+// absent, or equal to the embedding, when tie_word_embeddings is true).
 #pragma once
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
