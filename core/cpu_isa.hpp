@@ -1,5 +1,7 @@
-// Process-wide choice of oneDNN's instruction set, made before LibTorch runs its first oneDNN
-// primitive (oneDNN reads ONEDNN_MAX_CPU_ISA once, at that point).
+// The CPU's instruction sets: which of the variants that bitqat's vectorized CPU kernels are compiled
+// for (bitlinear/cpu/row_kernels*, models/cpu/*_kernels*) this CPU runs and which one a process uses,
+// and the process-wide choice of oneDNN's instruction set, made before LibTorch runs its first
+// oneDNN primitive (oneDNN reads ONEDNN_MAX_CPU_ISA once, at that point).
 //
 // bitqat's exact quantized linears multiply int8 x int8 -> int32 with at::_int_mm, which calls
 // oneDNN's s8 x s8 -> s32 gemm. On CPUs with AMX (Intel Sapphire Rapids and later) oneDNN picks its AMX int8
@@ -14,8 +16,33 @@
 // The products are exact integer sums, so the cap changes no result. bitqat does no bf16 on the
 // CPU (device.precision bf16 is refused there), the other thing AMX would speed up.
 #pragma once
+#include <string>
 
 namespace bitqat::core {
+
+// The instruction sets of the kernel variants, one translation unit each, in increasing order:
+// baseline x86-64, AVX2 with FMA, AVX-512 (F, BW, VL, DQ).
+enum class CpuIsa { kDefault, kAvx2, kAvx512 };
+inline constexpr CpuIsa kCpuIsas[] = {CpuIsa::kDefault, CpuIsa::kAvx2, CpuIsa::kAvx512};
+
+// "default", "avx2", "avx512": ATEN_CPU_CAPABILITY's spelling of the same sets.
+const char* to_string(CpuIsa isa);
+
+// Whether this CPU has every feature the variant is compiled with (kDefault: always).
+bool cpu_runs(CpuIsa isa);
+
+// The variant for LibTorch's CPU capability, as at::get_cpu_capability() names it ("AVX512", "AVX2",
+// "DEFAULT"; any other name is the baseline), lowered to the baseline when this CPU cannot run it.
+// The kernels follow LibTorch's choice, so ATEN_CPU_CAPABILITY picks theirs too. (core does not link
+// LibTorch: the kernels' callers pass the capability.)
+CpuIsa kernel_isa(const std::string& aten_capability);
+
+// One kernel table per variant, indexed by CpuIsa: the table of `isa`, or nullptr when this CPU
+// cannot run it.
+template <class Table>
+const Table* variant_for(CpuIsa isa, const Table* const (&variants)[3]) {
+  return cpu_runs(isa) ? variants[static_cast<int>(isa)] : nullptr;
+}
 
 // The value set when the user has not chosen one.
 inline constexpr const char* kDefaultOnednnMaxCpuIsa = "AVX512_CORE_VNNI";

@@ -2,8 +2,7 @@
 
 #include <ATen/Version.h>
 
-#include <cstring>
-#include <string>
+#include "core/cpu_isa.hpp"
 
 namespace bitqat::bitlinear::cpu {
 namespace isa_default {
@@ -16,35 +15,13 @@ namespace isa_avx512 {
 extern const RowKernels kKernels;
 }
 
-namespace {
-
-bool cpu_has(const char* isa) {
-  if (std::strcmp(isa, "default") == 0) return true;
-  if (std::strcmp(isa, "avx2") == 0) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (std::strcmp(isa, "avx512") == 0) {
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  }
-  return false;
-}
-
-}  // namespace
-
-const RowKernels* row_kernels_for(const char* isa) {
-  if (!cpu_has(isa)) return nullptr;
-  if (std::strcmp(isa, "avx512") == 0) return &isa_avx512::kKernels;
-  if (std::strcmp(isa, "avx2") == 0) return &isa_avx2::kKernels;
-  return &isa_default::kKernels;
+const RowKernels* row_kernels_for(core::CpuIsa isa) {
+  static const RowKernels* const kVariants[] = {&isa_default::kKernels, &isa_avx2::kKernels, &isa_avx512::kKernels};
+  return core::variant_for(isa, kVariants);
 }
 
 const RowKernels& row_kernels() {
-  // LibTorch's capability already honours ATEN_CPU_CAPABILITY and the CPU's features.
-  static const RowKernels* chosen = [] {
-    const std::string cap = at::get_cpu_capability();
-    const char* isa = cap == "AVX512" ? "avx512" : (cap == "AVX2" ? "avx2" : "default");
-    const RowKernels* k = row_kernels_for(isa);
-    return k ? k : &isa_default::kKernels;
-  }();
+  static const RowKernels* const chosen = row_kernels_for(core::kernel_isa(at::get_cpu_capability()));
   return *chosen;
 }
 

@@ -1,6 +1,7 @@
 // Vectorized CPU row kernels of the float32 quantization and normalisation paths. One source
 // (row_kernels_impl.hpp) is compiled three times, for baseline x86-64, AVX2 and AVX-512, and the
-// variant matching LibTorch's CPU capability (ATEN_CPU_CAPABILITY, else the CPU's best) is used.
+// variant matching LibTorch's CPU capability (ATEN_CPU_CAPABILITY, else the CPU's best) is used
+// (core/cpu_isa.hpp kernel_isa).
 // Every variant computes exactly the values of the scalar definitions in cuda/quant_codes.hpp: the
 // same canonical double sums lane by lane, single IEEE operations, no FMA contraction
 // (-ffp-contract=off), and round-half-away done exactly without libm. So codes, scales and outputs
@@ -12,6 +13,12 @@
 // rows [begin, end) of an [m, k] matrix, and callers split rows over threads (at::parallel_for).
 #pragma once
 #include <cstdint>
+
+// core/cpu_isa.hpp, declared rather than included: the per-instruction-set sources include this
+// header, and nothing they compile may be shared with other translation units.
+namespace bitqat::core {
+enum class CpuIsa;
+}
 
 namespace bitqat::bitlinear::cpu {
 
@@ -74,7 +81,7 @@ struct RowKernels {
 
 // The variant for LibTorch's current CPU capability.
 const RowKernels& row_kernels();
-// A given variant ("default", "avx2", "avx512"), or nullptr when this CPU cannot run it (tests).
-const RowKernels* row_kernels_for(const char* isa);
+// A given variant, or nullptr when this CPU cannot run it (tests, benchmarks).
+const RowKernels* row_kernels_for(core::CpuIsa isa);
 
 }  // namespace bitqat::bitlinear::cpu

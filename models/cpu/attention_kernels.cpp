@@ -1,8 +1,8 @@
 #include "models/cpu/attention_kernels.hpp"
 
-#include <cstring>
+#include <ATen/Version.h>
 
-#include "bitlinear/cpu/row_kernels.hpp"
+#include "core/cpu_isa.hpp"
 
 namespace bitqat::models::cpu {
 namespace isa_default {
@@ -24,20 +24,14 @@ int64_t attention_work_floats(int64_t T, int64_t d) {
   return 2 * d * Tp + 2 * T * Tp + T;
 }
 
-const AttentionKernels* attention_kernels_for(const char* isa) {
-  // The row kernels' table answers whether this CPU runs the instruction set.
-  if (!bitlinear::cpu::row_kernels_for(isa)) return nullptr;
-  if (std::strcmp(isa, "avx512") == 0) return &isa_avx512::kKernels;
-  if (std::strcmp(isa, "avx2") == 0) return &isa_avx2::kKernels;
-  return &isa_default::kKernels;
+const AttentionKernels* attention_kernels_for(core::CpuIsa isa) {
+  static const AttentionKernels* const kVariants[] = {&isa_default::kKernels, &isa_avx2::kKernels,
+                                                      &isa_avx512::kKernels};
+  return core::variant_for(isa, kVariants);
 }
 
 const AttentionKernels& attention_kernels() {
-  // The instruction set the row kernels chose from LibTorch's capability (ATEN_CPU_CAPABILITY).
-  static const AttentionKernels* chosen = [] {
-    const AttentionKernels* k = attention_kernels_for(bitlinear::cpu::row_kernels().isa);
-    return k ? k : &isa_default::kKernels;
-  }();
+  static const AttentionKernels* const chosen = attention_kernels_for(core::kernel_isa(at::get_cpu_capability()));
   return *chosen;
 }
 

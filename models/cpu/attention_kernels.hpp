@@ -9,7 +9,7 @@
 //
 // One source (attention_kernels_impl.hpp) is compiled for baseline x86-64, AVX2 and AVX-512 with
 // vectors of the instruction set's own width and tiles sized to its register file; the variant
-// matching LibTorch's CPU capability is used (as bitlinear/cpu/row_kernels.hpp). Products may
+// matching LibTorch's CPU capability is used (core/cpu_isa.hpp kernel_isa). Products may
 // contract into FMAs and the tiles differ, so the variants round differently; tests bound each
 // against a double precision reference.
 //
@@ -19,6 +19,12 @@
 // trap). Row i attends to rows 0..i. scale multiplies the scores (1 / sqrt(d) for standard attention).
 #pragma once
 #include <cstdint>
+
+// core/cpu_isa.hpp, declared rather than included: the per-instruction-set sources include this
+// header, and nothing they compile may be shared with other translation units.
+namespace bitqat::core {
+enum class CpuIsa;
+}
 
 namespace bitqat::models::cpu {
 
@@ -49,7 +55,7 @@ struct AttentionKernels {
 
 // The variant for LibTorch's current CPU capability.
 const AttentionKernels& attention_kernels();
-// A given variant ("default", "avx2", "avx512"), or nullptr when this CPU cannot run it (tests).
-const AttentionKernels* attention_kernels_for(const char* isa);
+// A given variant, or nullptr when this CPU cannot run it (tests).
+const AttentionKernels* attention_kernels_for(core::CpuIsa isa);
 
 }  // namespace bitqat::models::cpu

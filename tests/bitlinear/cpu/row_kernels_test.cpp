@@ -12,18 +12,19 @@
 #include <random>
 #include <vector>
 
+#include "core/cpu_isa.hpp"
 #include "cuda/quant_codes.hpp"
 #include "cuda/reference.hpp"
 
-using bitqat::bitlinear::cpu::RowKernels;
 using bitqat::bitlinear::cpu::row_kernels_for;
+using bitqat::bitlinear::cpu::RowKernels;
 namespace qc = bitqat::cuda;
 
 namespace {
 
 std::vector<const RowKernels*> variants() {
   std::vector<const RowKernels*> out;
-  for (const char* isa : {"default", "avx2", "avx512"}) {
+  for (const auto isa : bitqat::core::kCpuIsas) {
     if (const auto* k = row_kernels_for(isa)) out.push_back(k);
   }
   return out;
@@ -50,7 +51,7 @@ TEST(RowKernels, EveryVariantThisCpuRunsIsListed) {
   const auto v = variants();
   ASSERT_FALSE(v.empty());
   EXPECT_STREQ(v[0]->isa, "default");
-  EXPECT_NE(row_kernels_for("avx2"), row_kernels_for("default"));
+  EXPECT_NE(row_kernels_for(bitqat::core::CpuIsa::kAvx2), row_kernels_for(bitqat::core::CpuIsa::kDefault));
 }
 
 TEST(RowKernels, ActivationCodesAndScalesEqualTheScalarDefinition) {
@@ -58,7 +59,8 @@ TEST(RowKernels, ActivationCodesAndScalesEqualTheScalarDefinition) {
   for (const int64_t k : {1, 7, 64, 255, 256, 257, 1000}) {
     auto x = randn(static_cast<size_t>(m * k), static_cast<uint32_t>(k), 2.0f);
     // Row 1: every value a tie after scaling (max 127 -> s = 1, others k + 0.5).
-    for (int64_t j = 0; j < k; ++j) x[static_cast<size_t>(k + j)] = j == 0 ? 127.0f : static_cast<float>(j % 90) - 44.5f;
+    for (int64_t j = 0; j < k; ++j)
+      x[static_cast<size_t>(k + j)] = j == 0 ? 127.0f : static_cast<float>(j % 90) - 44.5f;
     x[static_cast<size_t>(2 * k)] = std::numeric_limits<float>::quiet_NaN();  // row 2 is not finite
     x[static_cast<size_t>(3 * k)] = std::numeric_limits<float>::infinity();   // nor row 3
     // Rows 4 and 5: the non-finite value in the last column (the scalar tail when K % 16 != 0).
@@ -82,8 +84,8 @@ TEST(RowKernels, ActivationCodesAndScalesEqualTheScalarDefinition) {
       for (const auto* rk : variants()) {
         std::vector<int8_t> q(static_cast<size_t>(m * ldq), 42);
         std::vector<float> qf(static_cast<size_t>(m * ldq), 42.0f), s(static_cast<size_t>(m));
-        rk->act_quant_rows(x.data(), k, ldq, 1e-5f, 127, false, norm ? nw.data() : nullptr, 1e-6, q.data(),
-                           qf.data(), s.data(), nullptr, 0, m);
+        rk->act_quant_rows(x.data(), k, ldq, 1e-5f, 127, false, norm ? nw.data() : nullptr, 1e-6, q.data(), qf.data(),
+                           s.data(), nullptr, 0, m);
         EXPECT_EQ(q, want_q) << rk->isa << " K " << k << " norm " << norm;
         EXPECT_TRUE(same_bits(s.data(), want_s.data(), s.size())) << rk->isa << " K " << k;
         for (size_t i = 0; i < q.size(); ++i) ASSERT_EQ(qf[i], static_cast<float>(q[i])) << rk->isa;
@@ -138,9 +140,10 @@ TEST(RowKernels, WeightSumsCodesAndFakeQuantEqualTheScalarDefinition) {
       for (int64_t g = 0; g < groups; ++g) {
         const int64_t lo = g * group, n = std::min(group, cols - lo);
         want_sums[static_cast<size_t>(r * groups + g)] = qc::abs_sum(w.data() + r * cols + lo, n);
-        gamma[static_cast<size_t>(r * groups + g)] = std::isnan(want_sums[static_cast<size_t>(r * groups + g)])
-                                                         ? 0.02f
-                                                         : static_cast<float>(want_sums[static_cast<size_t>(r * groups + g)] / n);
+        gamma[static_cast<size_t>(r * groups + g)] =
+            std::isnan(want_sums[static_cast<size_t>(r * groups + g)])
+                ? 0.02f
+                : static_cast<float>(want_sums[static_cast<size_t>(r * groups + g)] / n);
       }
     }
     std::vector<int8_t> want_codes(static_cast<size_t>(rows * cols));
@@ -160,7 +163,8 @@ TEST(RowKernels, WeightSumsCodesAndFakeQuantEqualTheScalarDefinition) {
       std::vector<double> sums(want_sums.size());
       rk->abs_sums(w.data(), cols, group, sums.data(), 0, rows);
       for (size_t i = 0; i < sums.size(); ++i) {
-        EXPECT_TRUE(sums[i] == want_sums[i] || (std::isnan(sums[i]) && std::isnan(want_sums[i]))) << rk->isa << " " << i;
+        EXPECT_TRUE(sums[i] == want_sums[i] || (std::isnan(sums[i]) && std::isnan(want_sums[i])))
+            << rk->isa << " " << i;
       }
       std::vector<int8_t> codes(static_cast<size_t>(rows * cols));
       std::vector<float> codes_f(codes.size()), out(codes.size());
@@ -311,7 +315,8 @@ TEST(RowKernels, BackwardPassesEqualADoublePrecisionComputation) {
   // The clipped STE: g where |x| s / qmax <= clip, g (1 - lambda) elsewhere.
   std::vector<float> s(static_cast<size_t>(m));
   std::vector<int8_t> q(static_cast<size_t>(k));
-  for (int64_t i = 0; i < m; ++i) s[static_cast<size_t>(i)] = qc::act_quant_row(x.data() + i * k, k, k, 1e-5f, 127, q.data());
+  for (int64_t i = 0; i < m; ++i)
+    s[static_cast<size_t>(i)] = qc::act_quant_row(x.data() + i * k, k, k, 1e-5f, 127, q.data());
   for (const auto* rk : variants()) {
     std::vector<float> got(static_cast<size_t>(m * k));
     rk->act_ste_backward(g.data(), x.data(), s.data(), k, 127, 0.5f, 0.75f, got.data(), 0, m);
@@ -333,7 +338,7 @@ TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
   for (const int64_t k : {5, 64, 130, 512}) {
     auto u = randn(static_cast<size_t>(m * k), static_cast<uint32_t>(k + 7), 1.5f);
     u[1] = -0.0f;
-    u[static_cast<size_t>(2 * k + 1)] = std::numeric_limits<float>::quiet_NaN();  // row 2 not finite
+    u[static_cast<size_t>(2 * k + 1)] = std::numeric_limits<float>::quiet_NaN();   // row 2 not finite
     u[static_cast<size_t>(3 * k + 2)] = -std::numeric_limits<float>::quiet_NaN();  // NaN of either sign is kept
     for (int64_t j = 0; j < k; ++j) u[static_cast<size_t>(4 * k + j)] = -1.0f - static_cast<float>(j);  // all 0
     const auto nw = randn(static_cast<size_t>(k), 5, 1.0f);
