@@ -1,6 +1,7 @@
-// Throughput of the CPU row kernels behind the quantized linear and RMSNorm (bitlinear/quant_kernels)
-// at the quickstart's shapes (2048 tokens x K = 128 or 512), against a copy of the same bytes as the
-// memory floor. A program, not a test: the numbers depend on the machine and its load.
+// Throughput of the CPU row kernels behind the quantized linear and RMSNorm (bitlinear/quant_kernels),
+// and of the language model's RoPE kernel (models/cpu/lm_kernels), at the quickstart's shapes (2048 tokens x K = 128 or
+// 512), against a copy of the same bytes as the memory floor. A program, not a test: the numbers depend on the machine
+// and its load.
 //
 //   row_kernels_bench [--threads 2] [--iters 200]
 //
@@ -17,8 +18,8 @@
 #include <vector>
 
 #include "bench/median_time.hpp"
-#include "bitlinear/cpu/row_kernels.hpp"
 #include "bitlinear/quant_kernels.hpp"
+#include "models/cpu/lm_kernels.hpp"
 
 namespace {
 
@@ -71,13 +72,17 @@ int main(int argc, char** argv) {
       const auto cs = at::randn({128, 32});
       const auto sn = at::randn({128, 32});
       auto y = at::empty_like(x);
-      const auto& rk = cpu::row_kernels();
-      row("rope_rows", m, k, 2 * f, median_us([&] {
-            at::parallel_for(0, m, 16, [&](int64_t b0, int64_t b1) {
-              rk.rope_rows(x.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), 128, 4, 32, false,
-                           y.data_ptr<float>(), b0, b1);
-            });
-          }, iters), copy_gbs);
+      const auto& lk = bitqat::models::cpu::lm_kernels();
+      row("rope_rows", m, k, 2 * f,
+          median_us(
+              [&] {
+                at::parallel_for(0, m, 16, [&](int64_t b0, int64_t b1) {
+                  lk.rope_rows(x.data_ptr<float>(), cs.data_ptr<float>(), sn.data_ptr<float>(), 128, 4, 32, false,
+                               y.data_ptr<float>(), b0, b1);
+                });
+              },
+              iters),
+          copy_gbs);
     }
     // The epilogue of an [m, k] output: int32 sums in, float out.
     const auto acc = at::randint(-20000, 20000, {m, k}, at::kInt);

@@ -14,9 +14,9 @@
 #include <cstring>
 
 #include "bitlinear/convert.hpp"
-#include "bitlinear/cpu/row_kernels.hpp"
 #include "core/error.hpp"
 #include "models/attention.hpp"
+#include "models/cpu/lm_kernels.hpp"
 
 namespace bitqat::models {
 namespace {
@@ -43,10 +43,10 @@ bitlinear::BitLinear make_linear(int64_t in, int64_t out, const bitlinear::Quant
 struct ReluSquared : torch::autograd::Function<ReluSquared> {
   static bool fused(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
   // out[i] = backward ? g[i] * (r + r) : r * r, r = relu(x[i]); g is null in the forward. The row
-  // kernel (bitlinear/cpu/row_kernels.hpp relu_squared), vectorized for the CPU's instruction set.
+  // kernel (models/cpu/lm_kernels.hpp relu_squared), vectorized for the CPU's instruction set.
   static void run(const float* x, const float* g, float* out, int64_t n) {
-    const auto& rk = bitlinear::cpu::row_kernels();
-    at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) { rk.relu_squared(x, g, out, b, e); });
+    const auto& lk = cpu::lm_kernels();
+    at::parallel_for(0, n, 1 << 15, [&](int64_t b, int64_t e) { lk.relu_squared(x, g, out, b, e); });
   }
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& x) {
     RECORD_FUNCTION("bitqat::relu_squared", std::vector<c10::IValue>());
@@ -171,13 +171,13 @@ namespace {
 // [T, D] broadcast over heads: for the halves x1, x2 of each head, y1 = x1 c1 - x2 s1 and
 // y2 = x2 c2 + x1 s2 (apply_rope's arithmetic, operation for operation); backward
 // dx1 = g1 c1 + g2 s2, dx2 = g2 c2 - g1 s1. CPU float32 tensors run the row kernel
-// (bitlinear/cpu/row_kernels.hpp rope_rows); other tensors take apply_rope.
+// (models/cpu/lm_kernels.hpp rope_rows); other tensors take apply_rope.
 struct RopeBTHD : torch::autograd::Function<RopeBTHD> {
   static void run(const at::Tensor& in, const at::Tensor& cos, const at::Tensor& sin, bool backward, at::Tensor& out) {
     const int64_t B = in.size(0), T = in.size(1), H = in.size(2), D = in.size(3);
-    const auto& rk = bitlinear::cpu::row_kernels();  // vectorized for the CPU's instruction set
+    const auto& lk = cpu::lm_kernels();  // vectorized for the CPU's instruction set
     at::parallel_for(0, B * T, std::max<int64_t>(1, 2048 / std::max<int64_t>(H * D, 1)), [&](int64_t b0, int64_t b1) {
-      rk.rope_rows(in.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), T, H, D, backward,
+      lk.rope_rows(in.data_ptr<float>(), cos.data_ptr<float>(), sin.data_ptr<float>(), T, H, D, backward,
                    out.data_ptr<float>(), b0, b1);
     });
   }

@@ -67,16 +67,6 @@ struct RowKernels {
   // Dequantized weights: out[row, j] = float(codes[row, j]) * gamma[row * stride + j / group].
   void (*scale_codes)(const int8_t* codes, int64_t cols, int64_t group, int64_t stride, const float* gamma, float* out,
                       int64_t begin, int64_t end);
-  // RoPE on rows of x [B * T, h, d] (the projections' own layout; row r at position r % t) with cos,
-  // sin [t, d], for the halves x1, x2 of each head: y1 = x1 c1 + (-x2) s1, y2 = x2 c2 + x1 s2
-  // (models/lm.cpp apply_rope's arithmetic, operation for operation); backward, the transposed
-  // rotation of the gradient: y1 = g1 c1 + g2 s2, y2 = g2 c2 + (-g1) s1. d even; x and y distinct.
-  void (*rope_rows)(const float* x, const float* cos, const float* sin, int64_t t, int64_t h, int64_t d, bool backward,
-                    float* y, int64_t begin, int64_t end);
-  // relu(x)^2 on elements [begin, end) of a flat array: out = r * r, or, with g non-null, the
-  // backward out = g * (r + r); r = relu(x) keeping NaN, negatives and -0 to +0 (the relu of
-  // act_quant_rows' relu2).
-  void (*relu_squared)(const float* x, const float* g, float* out, int64_t begin, int64_t end);
 };
 
 // The variant for LibTorch's current CPU capability.

@@ -13,6 +13,7 @@
 #include <cstring>
 #include <limits>
 
+#include "bitlinear/cpu/relu_bits.hpp"
 #include "bitlinear/cpu/row_kernels.hpp"
 
 namespace bitqat::bitlinear::cpu::BITQAT_ROWK_NS {
@@ -143,33 +144,6 @@ double grad_dot_xhat(const float* gr, const float* w, const float* xr, float ri,
   return lane_sum(k, [&](int64_t j) { return static_cast<double>(gr[j]) * static_cast<double>(xr[j] * ri); });
 }
 
-// relu on the bits: negative numbers and -0 become +0, NaN of either sign is kept (at::relu's values,
-// except that at::relu keeps -0; relu^2 is +0 either way).
-// An integer mask, because GCC keeps `v < 0 ? 0 : v` a branch (a float compare may trap).
-inline float relu_bits(float v) {
-  uint32_t u;
-  std::memcpy(&u, &v, sizeof u);
-  u &= ((u >> 31) == 0u || (u & 0x7fffffffu) > 0x7f800000u) ? ~0u : 0u;
-  float r;
-  std::memcpy(&r, &u, sizeof r);
-  return r;
-}
-
-// relu(x)^2 over elements [begin, end): out = r * r, or with g the backward out = g * (r + r), r = relu(x).
-void relu_squared(const float* x, const float* g, float* out, int64_t begin, int64_t end) {
-  if (g) {
-    for (int64_t i = begin; i < end; ++i) {
-      const float r = relu_bits(x[i]);
-      out[i] = g[i] * (r + r);
-    }
-  } else {
-    for (int64_t i = begin; i < end; ++i) {
-      const float r = relu_bits(x[i]);
-      out[i] = r * r;
-    }
-  }
-}
-
 // a = relu(u)^2 over a row, and relu(u) itself in rel (the backward's chain rule needs both).
 void relu_squared_row(const float* u, int64_t k, float* a, float* rel) {
   for (int64_t j = 0; j < k; ++j) {
@@ -178,8 +152,8 @@ void relu_squared_row(const float* u, int64_t k, float* a, float* rel) {
   }
 }
 
-void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, bool relu2,
-                       float* dx, float* dw_partial, int64_t begin, int64_t end) {
+void rms_norm_backward(const float* g, const float* x, const float* w, const float* r, int64_t k, bool relu2, float* dx,
+                       float* dw_partial, int64_t begin, int64_t end) {
   // With relu2, x holds u and the norm's input is a = relu(u)^2, rebuilt per row in `a`.
   float* a = relu2 ? static_cast<float*>(std::malloc(static_cast<size_t>(2 * k) * sizeof(float))) : nullptr;
   float* rel = relu2 ? a + k : nullptr;
@@ -238,7 +212,10 @@ void act_quant_rows(const float* x, int64_t k, int64_t ldq, float eps, int qmax,
   for (int64_t row = begin; row < end; ++row) {
     const float* xr = x + row * k;
     if (relu2) {
-      relu_squared(xr, nullptr, h, 0, k);
+      for (int64_t j = 0; j < k; ++j) {
+        const float v = relu_bits(xr[j]);
+        h[j] = v * v;
+      }
       xr = h;
     }
     if (norm_w) {
@@ -310,9 +287,7 @@ void abs_sums(const float* w, int64_t cols, int64_t group, double* out, int64_t 
 // The ternary code clamp(round_half_away(v), -1, 1) of v = w / (gamma + eps), NaN -> 0
 // (cuda/quant_codes.hpp ternary_code), as a float: round_half_away(v) >= 1 exactly when v >= 0.5
 // and <= -1 exactly when v <= -0.5, and a NaN fails both compares. No branch, so it vectorizes.
-inline float ternary_code_f(float v) {
-  return static_cast<float>(v >= 0.5f) - static_cast<float>(v <= -0.5f);
-}
+inline float ternary_code_f(float v) { return static_cast<float>(v >= 0.5f) - static_cast<float>(v <= -0.5f); }
 
 void ternary_rows(const float* w, int64_t cols, int64_t group, int64_t stride, const float* gamma, float eps,
                   int8_t* codes, float* codes_f, float lambda, float* out, int64_t begin, int64_t end) {
@@ -408,42 +383,11 @@ void scale_codes(const int8_t* codes, int64_t cols, int64_t group, int64_t strid
   }
 }
 
-// One head's rotation; restrict pointers and one loop per half, so each loop vectorizes.
-void rotate_half(const float* __restrict x, const float* __restrict c, const float* __restrict sn, int64_t half,
-                 float* __restrict y) {
-  for (int64_t j = 0; j < half; ++j) y[j] = x[j] * c[j] + (-x[j + half]) * sn[j];
-  for (int64_t j = 0; j < half; ++j) y[j + half] = x[j + half] * c[j + half] + x[j] * sn[j + half];
-}
-
-void rotate_half_backward(const float* __restrict g, const float* __restrict c, const float* __restrict sn,
-                          int64_t half, float* __restrict y) {
-  for (int64_t j = 0; j < half; ++j) y[j] = g[j] * c[j] + g[j + half] * sn[j + half];
-  for (int64_t j = 0; j < half; ++j) y[j + half] = g[j + half] * c[j + half] + (-g[j]) * sn[j];
-}
-
-void rope_rows(const float* x, const float* cos, const float* sin, int64_t t, int64_t h, int64_t d, bool backward,
-               float* y, int64_t begin, int64_t end) {
-  const int64_t half = d / 2;
-  for (int64_t row = begin; row < end; ++row) {
-    const float* c = cos + (row % t) * d;
-    const float* sn = sin + (row % t) * d;
-    for (int64_t i = 0; i < h; ++i) {
-      const int64_t off = (row * h + i) * d;
-      if (backward) {
-        rotate_half_backward(x + off, c, sn, half, y + off);
-      } else {
-        rotate_half(x + off, c, sn, half, y + off);
-      }
-    }
-  }
-}
-
 }  // namespace
 
 extern const RowKernels kKernels;
 const RowKernels kKernels = {BITQAT_ROWK_NAME,    rms_norm,         rms_norm_backward, act_quant_rows,
                              act_fake_quant_rows, act_ste_backward, abs_sums,          ternary_rows,
-                             linear_epilogue,     dequant_rows,     scale_codes,       rope_rows,
-                             relu_squared};
+                             linear_epilogue,     dequant_rows,     scale_codes};
 
 }  // namespace bitqat::bitlinear::cpu::BITQAT_ROWK_NS

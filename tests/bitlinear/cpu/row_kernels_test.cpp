@@ -15,6 +15,7 @@
 #include "core/cpu_isa.hpp"
 #include "cuda/quant_codes.hpp"
 #include "cuda/reference.hpp"
+#include "tests/cpu_kernels.hpp"
 
 using bitqat::bitlinear::cpu::row_kernels_for;
 using bitqat::bitlinear::cpu::RowKernels;
@@ -22,28 +23,10 @@ namespace qc = bitqat::cuda;
 
 namespace {
 
-std::vector<const RowKernels*> variants() {
-  std::vector<const RowKernels*> out;
-  for (const auto isa : bitqat::core::kCpuIsas) {
-    if (const auto* k = row_kernels_for(isa)) out.push_back(k);
-  }
-  return out;
-}
+std::vector<const RowKernels*> variants() { return bitqat::testing::cpu_variants(&row_kernels_for); }
 
-std::vector<float> randn(size_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> nd(0.0f, scale);
-  std::vector<float> v(n);
-  for (auto& x : v) x = nd(rng);
-  return v;
-}
-
-bool same_bits(const float* a, const float* b, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    if (std::memcmp(&a[i], &b[i], sizeof(float)) != 0 && !(std::isnan(a[i]) && std::isnan(b[i]))) return false;
-  }
-  return true;
-}
+using bitqat::testing::randn;
+using bitqat::testing::same_bits;
 
 }  // namespace
 
@@ -376,49 +359,9 @@ TEST(RowKernels, ReluSquaredNormCodesAndBackwardEqualTheComposedPasses) {
       rk->rms_norm_backward(gi.data(), u.data(), nw.data(), r.data(), k, true, gi.data(), dwi.data(), 0, m);
       EXPECT_TRUE(same_bits(gi.data(), dx.data(), dx.size())) << rk->isa << " in place, K " << k;
       EXPECT_TRUE(same_bits(dwi.data(), dw.data(), dw.size())) << rk->isa << " in place, K " << k;
-      // The elementwise relu^2 kernel (the unfused path): the same a, and g (relu + relu).
-      std::vector<float> a2(a.size()), d2(a.size()), want_d2(a.size());
-      rk->relu_squared(u.data(), nullptr, a2.data(), 0, static_cast<int64_t>(a.size()));
-      rk->relu_squared(u.data(), g.data(), d2.data(), 0, static_cast<int64_t>(a.size()));
-      for (size_t i = 0; i < a.size(); ++i) want_d2[i] = g[i] * (rel[i] + rel[i]);
-      EXPECT_TRUE(same_bits(a2.data(), a.data(), a.size())) << rk->isa;
-      EXPECT_TRUE(same_bits(d2.data(), want_d2.data(), a.size())) << rk->isa;
       // A negative u passes no gradient; a NaN u passes NaN.
       EXPECT_EQ(dx[static_cast<size_t>(4 * k + 3)], 0.0f) << rk->isa;
       EXPECT_TRUE(std::isnan(dx[static_cast<size_t>(2 * k + 1)])) << rk->isa;
-    }
-  }
-}
-
-// RoPE rows: every variant gives the scalar formula's bits (one rounding per product and per sum, no
-// fused multiply-add), forward and backward, for head sizes with and without a vector remainder.
-TEST(RowKernels, RopeRowsEqualTheScalarRotation) {
-  for (const int64_t d : {2, 32, 40}) {
-    const int64_t t = 5, h = 3, rows = 2 * t, half = d / 2;
-    const auto x = randn(static_cast<size_t>(rows * h * d), static_cast<uint32_t>(d), 2.0f);
-    const auto c = randn(static_cast<size_t>(t * d), 1, 1.0f);
-    const auto sn = randn(static_cast<size_t>(t * d), 2, 1.0f);
-    for (const bool backward : {false, true}) {
-      std::vector<float> want(x.size());
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* cr = c.data() + (r % t) * d;
-        const float* sr = sn.data() + (r % t) * d;
-        for (int64_t i = 0; i < h; ++i) {
-          const float* xr = x.data() + (r * h + i) * d;
-          float* y = want.data() + (r * h + i) * d;
-          for (int64_t j = 0; j < half; ++j) {
-            volatile float a = xr[j] * cr[j], b = backward ? xr[j + half] * sr[j + half] : (-xr[j + half]) * sr[j];
-            y[j] = a + b;
-            volatile float e = xr[j + half] * cr[j + half], f = backward ? (-xr[j]) * sr[j] : xr[j] * sr[j + half];
-            y[j + half] = e + f;
-          }
-        }
-      }
-      for (const auto* rk : variants()) {
-        std::vector<float> got(x.size(), 42.0f);
-        rk->rope_rows(x.data(), c.data(), sn.data(), t, h, d, backward, got.data(), 0, rows);
-        EXPECT_TRUE(same_bits(got.data(), want.data(), got.size())) << rk->isa << " d " << d << " bw " << backward;
-      }
     }
   }
 }
