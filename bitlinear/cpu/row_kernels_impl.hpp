@@ -238,8 +238,11 @@ void act_fake_quant_rows(const float* x, int64_t k, float eps, int qmax, float l
   for (int64_t row = begin; row < end; ++row) {
     const float* xr = x + row * k;
     float* o = out + row * k;
+    // Two statements: row_absmax sets `finite`, which act_scale must read afterwards (the arguments of
+    // one call are evaluated in no fixed order).
     bool finite = true;
-    const float si = act_scale(row_absmax(xr, k, &finite), eps, qmax, finite);
+    const float amax = row_absmax(xr, k, &finite);
+    const float si = act_scale(amax, eps, qmax, finite);
     s[row] = si;
     if (!(si == si)) {  // codes 0, scale NaN: code / s is NaN, and so is every blend with it
       for (int64_t j = 0; j < k; ++j) o[j] = lambda == 0.0f ? xr[j] : std::numeric_limits<float>::quiet_NaN();

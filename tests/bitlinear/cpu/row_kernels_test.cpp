@@ -79,7 +79,10 @@ TEST(RowKernels, ActivationCodesAndScalesEqualTheScalarDefinition) {
 
 TEST(RowKernels, FakeQuantBlendAndRmsNormEqualTheScalarFormulas) {
   const int64_t m = 5, k = 300;
-  const auto x = randn(static_cast<size_t>(m * k), 3, 1.5f);
+  auto x = randn(static_cast<size_t>(m * k), 3, 1.5f);
+  // Rows 1 and 3 not finite: scale NaN, so code / s is NaN and so is every blend but lambda 0's x.
+  x[static_cast<size_t>(k + 7)] = std::numeric_limits<float>::quiet_NaN();
+  x[static_cast<size_t>(3 * k)] = std::numeric_limits<float>::infinity();
   const auto w = randn(static_cast<size_t>(k), 4, 1.0f);
   for (const float lambda : {0.0f, 0.3f, 1.0f}) {
     // out = x + lambda * (code / s - x): one float operation per step (the composed ATen path's).
