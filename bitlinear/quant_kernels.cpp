@@ -2,41 +2,98 @@
 
 #include <ATen/Parallel.h>
 #include <ATen/record_function.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <fmt/format.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
-#include <stdexcept>
+#include <atomic>
+#include <string>
 #include <utility>
 #include <vector>
 
 #include "bitlinear/cpu/row_kernels.hpp"
-#include "cuda/quant.hpp"
 #include "cuda/quant_codes.hpp"
 
 namespace bitqat::bitlinear::kernels {
 namespace {
 
+std::atomic<const DeviceKernels*> g_device_kernels{nullptr};
+
 // Rows per parallel chunk: about 16k elements each, so that small tensors stay on one thread.
 int64_t grain(int64_t cols) { return std::max<int64_t>(1, (int64_t{1} << 14) / std::max<int64_t>(cols, 1)); }
 
-void check_2d(const at::Tensor& t, const char* what) {
-  if (t.dim() != 2 || !t.is_contiguous()) {
-    throw std::invalid_argument(fmt::format("{}: expected a contiguous 2-D tensor, got shape [{}]{}", what,
-                                            fmt::join(t.sizes(), ", "), t.is_contiguous() ? "" : " (strided)"));
+// ---- operand checks, shared by the CPU loops and the device kernels ------------------------------
+
+void check_defined(const char* fn, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.defined(), fn, ": ", name, " is an undefined tensor");
+}
+
+// A 2-D tensor, read in place (contiguous) unless `strided_ok`.
+void check_matrix(const char* fn, const char* name, const at::Tensor& t, bool strided_ok = false) {
+  check_defined(fn, name, t);
+  TORCH_CHECK(t.dim() == 2 && (strided_ok || t.is_contiguous()), fn, ": ", name, " must be a ",
+              strided_ok ? "" : "contiguous ", "2-D tensor, got shape ", t.sizes(),
+              t.is_contiguous() ? "" : " (not contiguous)");
+}
+
+// "float32", "int8", ...: the dtype as Python prints it.
+std::string dtype_name(at::ScalarType t) { return c10::getDtypeNames(t).first; }
+
+void check_floating(const char* fn, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), fn, ": ", name, " must be a floating-point tensor, got ",
+              dtype_name(t.scalar_type()));
+}
+
+void check_dtype(const char* fn, const char* name, const at::Tensor& t, at::ScalarType want) {
+  TORCH_CHECK(t.scalar_type() == want, fn, ": ", name, " must be ", dtype_name(want), ", got ",
+              dtype_name(t.scalar_type()));
+}
+
+void check_same_device(const char* fn, const char* name, const at::Tensor& t, const at::Device& dev) {
+  TORCH_CHECK(t.device() == dev, fn, ": ", name, " is on ", t.device(), ", the other operands on ", dev);
+}
+
+// A vector of n entries (any shape with n elements), or undefined when optional.
+void check_entries(const char* fn, const char* name, const at::Tensor& t, int64_t n, bool optional) {
+  if (optional && !t.defined()) return;
+  check_defined(fn, name, t);
+  TORCH_CHECK(t.numel() == n, fn, ": ", name, " has ", t.numel(), " entries, expected ", n, " (shape ", t.sizes(), ")");
+}
+
+void check_bits(const char* fn, int bits) {
+  TORCH_CHECK(bits >= 2 && bits <= 8, fn, ": activation bits must be in [2, 8], got ", bits);
+}
+
+void check_group(const char* fn, int64_t group, bool per_tensor) {
+  TORCH_CHECK(per_tensor || group >= 1, fn, ": group size must be >= 1, got ", group);
+}
+
+// A weight w [rows, cols] (contiguous, not empty) in groups of `group` columns, or per tensor: the
+// group size the kernels take (cols per tensor).
+int64_t check_weight_groups(const char* fn, const at::Tensor& w2d, int64_t group, bool per_tensor) {
+  check_matrix(fn, "w", w2d);
+  TORCH_CHECK(w2d.size(0) >= 1 && w2d.size(1) >= 1, fn, ": the weight ", w2d.sizes(), " is empty");
+  check_group(fn, group, per_tensor);
+  return per_tensor ? w2d.size(1) : group;
+}
+
+// The passes without device kernels read every operand on the CPU.
+void check_cpu(const char* fn, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.device().is_cpu(), fn, ": ", name, " must be on the CPU (this pass has no device kernel), got ",
+              t.device());
+}
+
+// The device kernels that serve `t`, or nullptr for the CPU loops. A CUDA tensor without them, or a
+// tensor on another device, is an error.
+const DeviceKernels* device_for(const char* fn, const at::Tensor& t) {
+  const DeviceKernels* d = g_device_kernels.load();
+  if (t.is_cuda()) {
+    TORCH_CHECK(d != nullptr, fn,
+                ": CUDA tensors run on the op layer's device kernels, which this program does not link (link "
+                "bitqat_bitlinear_ops)");
+    return d;
   }
-}
-
-void check_bits(int bits) {
-  if (bits < 2 || bits > 8) throw std::invalid_argument(fmt::format("activation bits must be in [2, 8], got {}", bits));
-}
-
-cuda::DType cuda_dtype(const at::Tensor& t) {
-  if (t.scalar_type() == at::kFloat) return cuda::DType::kF32;
-  if (t.scalar_type() == at::kBFloat16) return cuda::DType::kBF16;
-  throw std::invalid_argument(
-      fmt::format("CUDA quantization kernels take float32 or bfloat16, got {}", c10::toString(t.scalar_type())));
+  TORCH_CHECK(t.device().is_cpu(), fn, ": expected a CPU or CUDA tensor, got one on ", t.device());
+  return d != nullptr && d->serves(t) ? d : nullptr;
 }
 
 // The float32 CPU row pass (RowKernels::act_quant_rows) shared by quantize_rows and
@@ -63,35 +120,28 @@ std::pair<RowCodes, at::Tensor> act_quant_cpu(const at::Tensor& x, int64_t ldq, 
 
 at::ScalarType compute_dtype(const at::Tensor& t) { return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat; }
 
+void register_device_kernels(const DeviceKernels* kernels) { g_device_kernels.store(kernels); }
+const DeviceKernels* device_kernels() { return g_device_kernels.load(); }
+
 RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq, const at::Tensor& norm_weight,
                        double norm_eps) {
   RECORD_FUNCTION("bitqat::quantize_rows", std::vector<c10::IValue>());
-  check_2d(x2d, "quantize_rows");
-  check_bits(bits);
+  constexpr const char* fn = "quantize_rows";
+  check_matrix(fn, "x", x2d);
+  check_floating(fn, "x", x2d);
+  check_bits(fn, bits);
   const int64_t m = x2d.size(0), k = x2d.size(1);
   if (ldq < 0) ldq = k;
-  if (ldq < k) throw std::invalid_argument(fmt::format("quantize_rows: ldq = {} < K = {}", ldq, k));
-  if (norm_weight.defined() && norm_weight.numel() != k) {
-    throw std::invalid_argument(
-        fmt::format("quantize_rows: the norm weight has {} entries, K = {}", norm_weight.numel(), k));
-  }
+  TORCH_CHECK(ldq >= k, fn, ": ldq = ", ldq, " is below K = ", k);
+  check_entries(fn, "norm_weight", norm_weight, k, /*optional=*/true);
+  if (norm_weight.defined()) check_floating(fn, "norm_weight", norm_weight);
+  if (const auto* d = device_for(fn, x2d)) return d->quantize_rows(x2d, eps, bits, ldq, norm_weight, norm_eps);
   const int qmax = cuda::act_qmax(bits);
-  RowCodes out;
-  if (x2d.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x2d.device());
-    const auto x = x2d.scalar_type() == at::kBFloat16 ? x2d : x2d.to(at::kFloat).contiguous();
-    const auto nw = norm_weight.defined() ? norm_weight.to(x.device(), at::kFloat).contiguous() : at::Tensor();
-    out.codes = at::empty({m, ldq}, x.options().dtype(at::kChar));
-    out.scales = at::empty({m}, x.options().dtype(at::kFloat));
-    cuda::quantize_rows(x.data_ptr(), cuda_dtype(x), m, k, ldq, static_cast<float>(eps), qmax,
-                        nw.defined() ? nw.data_ptr<float>() : nullptr, norm_eps, out.codes.data_ptr<int8_t>(),
-                        out.scales.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
-    return out;
-  }
   const auto x = x2d.to(compute_dtype(x2d)).contiguous();
   if (x.scalar_type() == at::kFloat) {
     return act_quant_cpu(x, ldq, eps, qmax, /*relu2=*/false, norm_weight, norm_eps, /*with_r=*/false).first;
   }
+  RowCodes out;
   out.codes = at::empty({m, ldq}, x.options().dtype(at::kChar));
   out.scales = at::empty({m}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quantize_rows", [&] {
@@ -118,19 +168,14 @@ RowCodes quantize_rows(const at::Tensor& x2d, double eps, int bits, int64_t ldq,
 
 RowCodes quantize_tensor(const at::Tensor& x_in, double eps, int bits) {
   RECORD_FUNCTION("bitqat::quantize_tensor", std::vector<c10::IValue>());
-  check_bits(bits);
+  constexpr const char* fn = "quantize_tensor";
+  check_defined(fn, "x", x_in);
+  check_floating(fn, "x", x_in);
+  check_bits(fn, bits);
+  if (const auto* d = device_for(fn, x_in)) return d->quantize_tensor(x_in, eps, bits);
   const int qmax = cuda::act_qmax(bits);
-  RowCodes out;
-  if (x_in.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x_in.device());
-    const auto x = x_in.to(at::kFloat).contiguous();
-    out.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
-    out.scales = at::empty({1}, x.options());
-    cuda::quantize_tensor(x.data_ptr<float>(), x.numel(), static_cast<float>(eps), qmax, out.codes.data_ptr<int8_t>(),
-                          out.scales.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
-    return out;
-  }
   const auto x = x_in.to(compute_dtype(x_in)).contiguous();
+  RowCodes out;
   out.codes = at::empty(x.sizes(), x.options().dtype(at::kChar));
   out.scales = at::empty({1}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "quantize_tensor", [&] {
@@ -150,21 +195,13 @@ RowCodes quantize_tensor(const at::Tensor& x_in, double eps, int bits) {
 
 std::pair<at::Tensor, at::Tensor> rms_norm(const at::Tensor& x2d, const at::Tensor& w, double eps) {
   RECORD_FUNCTION("bitqat::rms_norm", std::vector<c10::IValue>());
-  check_2d(x2d, "rms_norm");
+  constexpr const char* fn = "rms_norm";
+  check_matrix(fn, "x", x2d);
+  check_floating(fn, "x", x2d);
   const int64_t m = x2d.size(0), k = x2d.size(1);
-  if (w.defined() && w.numel() != k) {
-    throw std::invalid_argument(fmt::format("rms_norm: the weight has {} entries, K = {}", w.numel(), k));
-  }
-  if (x2d.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x2d.device());
-    const auto x = x2d.scalar_type() == at::kBFloat16 ? x2d : x2d.to(at::kFloat).contiguous();
-    const auto wf = w.defined() ? w.to(x.device(), at::kFloat).contiguous() : at::Tensor();
-    auto y = at::empty({m, k}, x.options().dtype(at::kFloat));
-    auto r = at::empty({m}, x.options().dtype(at::kFloat));
-    cuda::rms_norm_rows(x.data_ptr(), cuda_dtype(x), m, k, wf.defined() ? wf.data_ptr<float>() : nullptr, eps,
-                        y.data_ptr<float>(), r.data_ptr<float>(), at::cuda::getCurrentCUDAStream());
-    return {y, r};
-  }
+  check_entries(fn, "weight", w, k, /*optional=*/true);
+  if (w.defined()) check_floating(fn, "weight", w);
+  if (const auto* d = device_for(fn, x2d)) return d->rms_norm(x2d, w, eps);
   const auto x = x2d.to(compute_dtype(x2d)).contiguous();
   auto y = at::empty({m, k}, x.options());
   auto r = at::empty({m}, x.options());
@@ -195,7 +232,7 @@ namespace {
 // gamma of a float32 weight [rows, cols] from the row kernels' canonical sums.
 at::Tensor ternary_gamma(const at::Tensor& w, int64_t group, bool per_tensor) {
   const int64_t rows = w.size(0), cols = w.size(1);
-  const int64_t groups = per_tensor ? 1 : (cols + group - 1) / group;
+  const int64_t groups = per_tensor ? 1 : cuda::scale_groups(cols, group);
   auto sums = at::empty({rows, groups}, w.options().dtype(at::kDouble));
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
@@ -222,34 +259,16 @@ at::Tensor ternary_gamma(const at::Tensor& w, int64_t group, bool per_tensor) {
 
 WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps) {
   RECORD_FUNCTION("bitqat::weight_codes", std::vector<c10::IValue>());
-  check_2d(w2d, "weight_codes");
+  constexpr const char* fn = "weight_codes";
+  group = check_weight_groups(fn, w2d, group, per_tensor);
+  check_floating(fn, "w", w2d);
+  if (const auto* d = device_for(fn, w2d)) return d->weight_codes(w2d, group, per_tensor, binary, eps);
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
-  if (rows < 1 || cols < 1) {
-    throw std::invalid_argument(fmt::format("weight_codes: the weight [{}, {}] is empty", rows, cols));
-  }
-  if (per_tensor) group = cols;
-  if (group < 1) throw std::invalid_argument(fmt::format("weight_codes: group size must be >= 1, got {}", group));
-  const int64_t groups = per_tensor ? 1 : (cols + group - 1) / group;
+  const int64_t groups = per_tensor ? 1 : cuda::scale_groups(cols, group);
   const int64_t stride = per_tensor ? 0 : groups;
-  WeightCodes out;
-  if (w2d.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(w2d.device());
-    const auto w = w2d.to(at::kFloat).contiguous();
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    out.gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, groups}, w.options());
-    if (binary) out.mean = at::empty_like(out.gamma);
-    auto ws = per_tensor ? at::empty({2 * rows}, w.options().dtype(at::kDouble)) : at::Tensor();
-    cuda::weight_scales(w.data_ptr<float>(), rows, cols, group, per_tensor, out.gamma.data_ptr<float>(),
-                        binary ? out.mean.data_ptr<float>() : nullptr, ws.defined() ? ws.data_ptr<double>() : nullptr,
-                        stream);
-    out.codes = at::empty({rows, cols}, w.options().dtype(at::kChar));
-    cuda::weight_codes(w.data_ptr<float>(), rows, cols, group, stride, out.gamma.data_ptr<float>(),
-                       binary ? out.mean.data_ptr<float>() : nullptr, static_cast<float>(eps),
-                       out.codes.data_ptr<int8_t>(), stream);
-    return out;
-  }
   const auto w = w2d.to(compute_dtype(w2d)).contiguous();
   if (w.scalar_type() == at::kFloat && !binary) {
+    WeightCodes out;
     out.gamma = ternary_gamma(w, group, per_tensor);
     out.codes = at::empty({rows, cols}, w.options().dtype(at::kChar));
     const auto& rk = cpu::row_kernels();
@@ -259,6 +278,7 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
     });
     return out;
   }
+  WeightCodes out;
   out.gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, groups}, w.options());
   if (binary) out.mean = at::empty_like(out.gamma);
   out.codes = at::empty({rows, cols}, w.options().dtype(at::kChar));
@@ -311,6 +331,31 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
   return out;
 }
 
+at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor) {
+  RECORD_FUNCTION("bitqat::scale_codes", std::vector<c10::IValue>());
+  constexpr const char* fn = "scale_codes";
+  check_matrix(fn, "codes", codes);
+  check_dtype(fn, "codes", codes, at::kChar);
+  check_group(fn, group, per_tensor);
+  const int64_t rows = codes.size(0), cols = codes.size(1);
+  if (per_tensor) group = cols;
+  const int64_t groups = per_tensor ? 1 : cuda::scale_groups(cols, group);
+  check_entries(fn, "gamma", gamma, per_tensor ? 1 : rows * groups, /*optional=*/false);
+  check_floating(fn, "gamma", gamma);
+  check_same_device(fn, "gamma", gamma, codes.device());
+  check_dtype(fn, "gamma", gamma, at::kFloat);
+  check_cpu(fn, "gamma", gamma);
+  const auto gm = gamma.contiguous();
+  auto out = at::empty({rows, cols}, gm.options());
+  const auto& rk = cpu::row_kernels();
+  const int64_t stride = per_tensor ? 0 : groups;
+  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
+    rk.scale_codes(codes.data_ptr<int8_t>(), cols, group, stride, gm.data_ptr<float>(), out.data_ptr<float>(), begin,
+                   end);
+  });
+  return out;
+}
+
 bool fused_cpu(const at::Tensor& t) { return t.device().is_cpu() && t.scalar_type() == at::kFloat; }
 
 bool fused_fake_quant(const at::Tensor& t) {
@@ -319,19 +364,14 @@ bool fused_fake_quant(const at::Tensor& t) {
 
 std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double eps, int bits, double lambda) {
   RECORD_FUNCTION("bitqat::act_fake_quant", std::vector<c10::IValue>());
-  check_2d(x2d, "act_fake_quant");
-  check_bits(bits);
+  constexpr const char* fn = "act_fake_quant";
+  check_matrix(fn, "x", x2d);
+  check_dtype(fn, "x", x2d, at::kFloat);
+  check_bits(fn, bits);
+  if (const auto* d = device_for(fn, x2d)) return d->act_fake_quant(x2d, eps, bits, lambda);
   const int64_t m = x2d.size(0), k = x2d.size(1);
   auto out = at::empty({m, k}, x2d.options());
   auto s = at::empty({m}, x2d.options());
-  if (x2d.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x2d.device());
-    const auto x = x2d.contiguous();
-    cuda::act_fake_quant(x.data_ptr<float>(), m, k, static_cast<float>(eps), cuda::act_qmax(bits),
-                         static_cast<float>(lambda), out.data_ptr<float>(), s.data_ptr<float>(),
-                         at::cuda::getCurrentCUDAStream());
-    return {out, s};
-  }
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
     rk.act_fake_quant_rows(x2d.data_ptr<float>(), k, static_cast<float>(eps), cuda::act_qmax(bits),
@@ -343,18 +383,22 @@ std::pair<at::Tensor, at::Tensor> act_fake_quant(const at::Tensor& x2d, double e
 at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& scales, int bits,
                             double clip, double lambda) {
   RECORD_FUNCTION("bitqat::act_ste_backward", std::vector<c10::IValue>());
+  constexpr const char* fn = "act_ste_backward";
+  check_matrix(fn, "x", x2d);
+  check_dtype(fn, "x", x2d, at::kFloat);
+  check_matrix(fn, "g", g2d, /*strided_ok=*/true);
+  check_dtype(fn, "g", g2d, at::kFloat);
+  TORCH_CHECK(g2d.sizes() == x2d.sizes(), fn, ": g is ", g2d.sizes(), ", x is ", x2d.sizes());
+  check_entries(fn, "scales", scales, x2d.size(0), /*optional=*/false);
+  check_dtype(fn, "scales", scales, at::kFloat);
+  TORCH_CHECK(scales.is_contiguous(), fn, ": scales must be contiguous, got strides ", scales.strides());
+  check_same_device(fn, "g", g2d, x2d.device());
+  check_same_device(fn, "scales", scales, x2d.device());
+  check_bits(fn, bits);
+  if (const auto* d = device_for(fn, x2d)) return d->act_ste_backward(g2d, x2d, scales, bits, clip, lambda);
   const int64_t m = x2d.size(0), k = x2d.size(1);
   const auto g = g2d.contiguous();
   auto dx = at::empty({m, k}, x2d.options());
-  if (x2d.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(x2d.device());
-    const auto x = x2d.contiguous();
-    const auto sc = scales.contiguous();
-    cuda::act_ste_backward(g.data_ptr<float>(), x.data_ptr<float>(), sc.data_ptr<float>(), m, k, cuda::act_qmax(bits),
-                           static_cast<float>(clip), static_cast<float>(lambda), dx.data_ptr<float>(),
-                           at::cuda::getCurrentCUDAStream());
-    return dx;
-  }
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
     rk.act_ste_backward(g.data_ptr<float>(), x2d.data_ptr<float>(), scales.data_ptr<float>(), k, cuda::act_qmax(bits),
@@ -366,23 +410,12 @@ at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const 
 std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
                                                      double lambda) {
   RECORD_FUNCTION("bitqat::ternary_fake_quant", std::vector<c10::IValue>());
-  check_2d(w2d, "ternary_fake_quant");
+  constexpr const char* fn = "ternary_fake_quant";
+  group = check_weight_groups(fn, w2d, group, per_tensor);
+  check_dtype(fn, "w", w2d, at::kFloat);
+  if (const auto* d = device_for(fn, w2d)) return d->ternary_fake_quant(w2d, group, per_tensor, eps, lambda);
   const int64_t rows = w2d.size(0), cols = w2d.size(1);
-  if (per_tensor) group = cols;
-  const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
-  if (w2d.is_cuda()) {
-    const c10::cuda::CUDAGuard guard(w2d.device());
-    const auto w = w2d.contiguous();
-    const auto stream = at::cuda::getCurrentCUDAStream();
-    auto gamma = per_tensor ? at::empty({1}, w.options()) : at::empty({rows, stride}, w.options());
-    auto ws = per_tensor ? at::empty({2 * rows}, w.options().dtype(at::kDouble)) : at::Tensor();
-    cuda::weight_scales(w.data_ptr<float>(), rows, cols, group, per_tensor, gamma.data_ptr<float>(), nullptr,
-                        ws.defined() ? ws.data_ptr<double>() : nullptr, stream);
-    auto out = at::empty({rows, cols}, w.options());
-    cuda::ternary_fake_quant(w.data_ptr<float>(), rows, cols, group, stride, gamma.data_ptr<float>(),
-                             static_cast<float>(eps), static_cast<float>(lambda), out.data_ptr<float>(), stream);
-    return {out, gamma};
-  }
+  const int64_t stride = per_tensor ? 0 : cuda::scale_groups(cols, group);
   auto gamma = ternary_gamma(w2d, group, per_tensor);
   auto out = at::empty({rows, cols}, w2d.options());
   const auto& rk = cpu::row_kernels();
@@ -393,26 +426,17 @@ std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int6
   return {out, gamma};
 }
 
-at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor) {
-  RECORD_FUNCTION("bitqat::scale_codes", std::vector<c10::IValue>());
-  check_2d(codes, "scale_codes");
-  const int64_t rows = codes.size(0), cols = codes.size(1);
-  if (per_tensor) group = cols;
-  const int64_t stride = per_tensor ? 0 : (cols + group - 1) / group;
-  const auto gm = gamma.contiguous();
-  auto out = at::empty({rows, cols}, gm.options());
-  const auto& rk = cpu::row_kernels();
-  at::parallel_for(0, rows, grain(cols), [&](int64_t begin, int64_t end) {
-    rk.scale_codes(codes.data_ptr<int8_t>(), cols, group, stride, gm.data_ptr<float>(), out.data_ptr<float>(), begin,
-                   end);
-  });
-  return out;
-}
-
 at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales) {
   RECORD_FUNCTION("bitqat::dequant_rows", std::vector<c10::IValue>());
-  check_2d(codes, "dequant_rows");
+  constexpr const char* fn = "dequant_rows";
+  check_matrix(fn, "codes", codes);
+  check_dtype(fn, "codes", codes, at::kChar);
+  check_cpu(fn, "codes", codes);
   const int64_t m = codes.size(0), k = codes.size(1);
+  check_entries(fn, "scales", scales, m, /*optional=*/false);
+  check_dtype(fn, "scales", scales, at::kFloat);
+  check_cpu(fn, "scales", scales);
+  TORCH_CHECK(scales.is_contiguous(), fn, ": scales must be contiguous, got strides ", scales.strides());
   auto out = at::empty({m, k}, scales.options());
   const auto& rk = cpu::row_kernels();
   at::parallel_for(0, m, grain(k), [&](int64_t begin, int64_t end) {
@@ -424,6 +448,26 @@ at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales) {
 at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& gamma, int64_t gstride,
                            const at::Tensor& scales, const at::Tensor& bias, bool reuse_acc) {
   RECORD_FUNCTION("bitqat::linear_epilogue", std::vector<c10::IValue>());
+  constexpr const char* fn = "linear_epilogue";
+  TORCH_CHECK(!acc.empty(), fn, ": no integer sums");
+  for (const auto& a : acc) {
+    check_matrix(fn, "acc", a, /*strided_ok=*/true);
+    check_dtype(fn, "acc", a, at::kInt);
+    check_cpu(fn, "acc", a);
+    TORCH_CHECK(a.sizes() == acc[0].sizes(), fn, ": the sums of the groups differ in shape: ", a.sizes(), " and ",
+                acc[0].sizes());
+  }
+  TORCH_CHECK(gstride >= static_cast<int64_t>(acc.size()), fn, ": gstride = ", gstride, " is below the ", acc.size(),
+              " groups");
+  check_entries(fn, "gamma", gamma, acc[0].size(1) * gstride, /*optional=*/false);
+  check_dtype(fn, "gamma", gamma, at::kFloat);
+  check_cpu(fn, "gamma", gamma);
+  check_entries(fn, "scales", scales, acc[0].size(0), /*optional=*/false);
+  check_dtype(fn, "scales", scales, at::kFloat);
+  check_cpu(fn, "scales", scales);
+  TORCH_CHECK(scales.is_contiguous(), fn, ": scales must be contiguous, got strides ", scales.strides());
+  check_entries(fn, "bias", bias, acc[0].size(1), /*optional=*/true);
+  if (bias.defined()) check_cpu(fn, "bias", bias);
   const int64_t m = acc[0].size(0), n = acc[0].size(1);
   std::vector<at::Tensor> accs;
   std::vector<const int32_t*> ptrs;
@@ -450,17 +494,14 @@ at::Tensor linear_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor&
 NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool relu2, const at::Tensor& norm_weight,
                              double norm_eps) {
   RECORD_FUNCTION("bitqat::norm_quantize_rows", std::vector<c10::IValue>());
-  check_2d(x2d, "norm_quantize_rows");
-  check_bits(bits);
-  if (!fused_cpu(x2d)) {
-    throw std::invalid_argument(fmt::format("norm_quantize_rows: float32 CPU input expected, got {} on {}",
-                                            c10::toString(x2d.scalar_type()), x2d.device().str()));
-  }
+  constexpr const char* fn = "norm_quantize_rows";
+  check_matrix(fn, "x", x2d);
+  check_dtype(fn, "x", x2d, at::kFloat);
+  check_cpu(fn, "x", x2d);
+  check_bits(fn, bits);
   const int64_t k = x2d.size(1);
-  if (norm_weight.defined() && norm_weight.numel() != k) {
-    throw std::invalid_argument(
-        fmt::format("norm_quantize_rows: the norm weight has {} entries, K = {}", norm_weight.numel(), k));
-  }
+  check_entries(fn, "norm_weight", norm_weight, k, /*optional=*/true);
+  if (norm_weight.defined()) check_floating(fn, "norm_weight", norm_weight);
   auto [codes, r] = act_quant_cpu(x2d, k, eps, cuda::act_qmax(bits), relu2, norm_weight, norm_eps, /*with_r=*/true);
   return {codes.codes, codes.scales, r};
 }
@@ -468,7 +509,24 @@ NormCodes norm_quantize_rows(const at::Tensor& x2d, double eps, int bits, bool r
 std::pair<at::Tensor, at::Tensor> rms_norm_backward(const at::Tensor& g2d, const at::Tensor& x2d, const at::Tensor& w,
                                                     const at::Tensor& r, bool relu2, bool reuse_grad) {
   RECORD_FUNCTION("bitqat::rms_norm_backward", std::vector<c10::IValue>());
+  constexpr const char* fn = "rms_norm_backward";
+  check_matrix(fn, "x", x2d, /*strided_ok=*/true);
+  check_dtype(fn, "x", x2d, at::kFloat);
+  check_cpu(fn, "x", x2d);
+  check_matrix(fn, "g", g2d, /*strided_ok=*/true);
+  check_dtype(fn, "g", g2d, at::kFloat);
+  check_cpu(fn, "g", g2d);
+  TORCH_CHECK(g2d.sizes() == x2d.sizes(), fn, ": g is ", g2d.sizes(), ", x is ", x2d.sizes());
   const int64_t m = x2d.size(0), k = x2d.size(1);
+  check_entries(fn, "w", w, k, /*optional=*/true);
+  if (w.defined()) {
+    check_floating(fn, "w", w);
+    check_cpu(fn, "w", w);
+  }
+  check_entries(fn, "r", r, m, /*optional=*/false);
+  check_dtype(fn, "r", r, at::kFloat);
+  check_cpu(fn, "r", r);
+  TORCH_CHECK(r.is_contiguous(), fn, ": r must be contiguous, got strides ", r.strides());
   const auto g = g2d.contiguous();
   const auto x = x2d.contiguous();
   const auto wc = w.defined() ? w.to(at::kFloat).contiguous() : at::Tensor();

@@ -1,8 +1,5 @@
 #include "bitlinear/ops/w158a8_ops.hpp"
 
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
-
 #include <atomic>
 #include <cstdint>
 #include <initializer_list>
@@ -17,29 +14,12 @@
 namespace bitqat::bitlinear::ops {
 namespace {
 
-std::atomic<const cuda::Launchers*> g_cpu_launchers{nullptr};
 std::atomic<const cuda::Plan*> g_plan_override{nullptr};
-
-// The kernels that serve a tensor's device and the stream to launch them on: CUDA tensors the GPU's
-// (current stream, device guard held by the caller), CPU tensors the harness's when routed there;
-// none for CPU tensors otherwise (the scalar references run).
-struct Route {
-  const cuda::Launchers* kernels = nullptr;
-  cudaStream_t stream = nullptr;
-  explicit operator bool() const { return kernels != nullptr; }
-};
-
-Route route_for(const at::Tensor& t) {
-  if (t.is_cuda()) return {&cuda::launchers(), at::cuda::getCurrentCUDAStream()};
-  return {g_cpu_launchers.load(), nullptr};
-}
-
-bool uses_kernels(const at::Device& dev) { return dev.is_cuda() || g_cpu_launchers.load() != nullptr; }
 
 // The device's name for the dispatch table, looked up once per CUDA device.
 std::string device_name(const at::Device& dev) {
   if (!dev.is_cuda()) {
-    const auto* l = g_cpu_launchers.load();
+    const auto* l = cpu_launchers();
     return l ? l->current_device_name() : "";
   }
   static std::mutex mu;
@@ -136,7 +116,6 @@ void check_out(const char* what, const at::Tensor& out, int64_t m, int64_t n, at
 
 }  // namespace
 
-void set_cpu_launchers(const cuda::Launchers* launchers) { g_cpu_launchers.store(launchers); }
 void set_plan_override(const cuda::Plan* plan) { g_plan_override.store(plan); }
 
 cuda::Plan plan_for(const at::Device& device, int64_t m, const PackedTernary& w) {
@@ -145,7 +124,6 @@ cuda::Plan plan_for(const at::Device& device, int64_t m, const PackedTernary& w)
   }
   return cuda::choose_plan(device_name(device), m, w.n, w.k, w.kind);
 }
-const cuda::Launchers* cpu_launchers() { return g_cpu_launchers.load(); }
 
 cuda::ScaleKind scale_kind(Granularity g) {
   switch (g) {
@@ -172,8 +150,7 @@ QuantizedTokens quantize_activations_int8(const at::Tensor& x_in, const at::Tens
   QuantizedTokens out;
   out.k = k;
   if (x_in.is_cuda() || cpu_launchers()) {
-    const c10::OptionalDeviceGuard guard(x_in.is_cuda() ? c10::optional<at::Device>(x_in.device()) : c10::nullopt);
-    const auto r = route_for(x_in);
+    const Route r(x_in);
     const auto x = x_in.contiguous();
     const auto nw = norm_weight.defined() ? norm_weight.detach().to(x.device(), at::kFloat).contiguous() : at::Tensor();
     const int64_t m = x.size(0);
@@ -203,8 +180,7 @@ PackedTernary pack_ternary(const at::Tensor& w_in, Granularity granularity, int6
               "pack_ternary: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
   const auto w = w_in.detach().to(at::kFloat).contiguous();
   if (w.is_cuda() || cpu_launchers()) {
-    const c10::OptionalDeviceGuard guard(w.is_cuda() ? c10::optional<at::Device>(w.device()) : c10::nullopt);
-    const auto r = route_for(w);
+    const Route r(w);
     PackedTernary p;
     p.kind = kind;
     p.n = w.size(0);
@@ -243,8 +219,7 @@ PackedTernary pack_codes(const at::Tensor& codes_in, const at::Tensor& scales, G
               "pack_codes: group size must be a positive multiple of ", cuda::kGroupAlign, ", got ", group);
   p.packed = at::empty({p.n, cuda::words_per_row(p.k)}, codes.options().dtype(at::kInt));
   if (codes.is_cuda() || cpu_launchers()) {
-    const c10::OptionalDeviceGuard guard(codes.is_cuda() ? c10::optional<at::Device>(codes.device()) : c10::nullopt);
-    const auto r = route_for(codes);
+    const Route r(codes);
     if (p.n > 0) {
       r.kernels->pack_codes(codes.data_ptr<int8_t>(), p.n, p.k,
                             reinterpret_cast<uint32_t*>(p.packed.data_ptr<int32_t>()), r.stream);
@@ -286,8 +261,7 @@ void w158a8_matmul_out(const QuantizedTokens& x, const PackedTernary& w, const a
   }
   if (m == 0) return;  // no tokens: nothing to launch
   if (uses_kernels(x.q.device())) {
-    const c10::OptionalDeviceGuard guard(x.q.is_cuda() ? c10::optional<at::Device>(x.q.device()) : c10::nullopt);
-    const auto r = route_for(x.q);
+    const Route r(x.q);
     const auto plan = plan_for(x.q.device(), m, w);
     expand_if_needed(plan, w, r);
     auto ws = workspace_for(plan, m, w, x.q.device());
@@ -318,8 +292,7 @@ at::Tensor w158a8_matmul_int32(const QuantizedTokens& x, const PackedTernary& w,
   check_out("w158a8_matmul_int32", y, m, w.n, x.q.device(), {at::kInt});
   if (m == 0) return y;
   if (uses_kernels(x.q.device())) {
-    const c10::OptionalDeviceGuard guard(x.q.is_cuda() ? c10::optional<at::Device>(x.q.device()) : c10::nullopt);
-    const auto r = route_for(x.q);
+    const Route r(x.q);
     const auto plan = plan_for(x.q.device(), m, w);
     expand_if_needed(plan, w, r);
     auto ws = workspace_for(plan, m, w, x.q.device());
@@ -352,8 +325,7 @@ at::Tensor w158a8_linear(const at::Tensor& x, const at::Tensor& norm_weight, dou
       shape_only.q = at::empty({1, cuda::padded_k(w.k)}, x.options().dtype(at::kChar));
       shape_only.scales = at::empty({1}, x.options().dtype(at::kFloat));
       check_operands("w158a8_linear", shape_only, w);
-      const c10::OptionalDeviceGuard guard(x.is_cuda() ? c10::optional<at::Device>(x.device()) : c10::nullopt);
-      const auto r = route_for(x);
+      const Route r(x);
       const auto xc = x.contiguous();
       const auto nw =
           norm_weight.defined() ? norm_weight.detach().to(x.device(), at::kFloat).contiguous() : at::Tensor();

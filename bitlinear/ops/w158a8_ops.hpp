@@ -1,10 +1,12 @@
 // LibTorch-facing W1.58A8 ops: int8 per-token activation quantization, ternary quantize-and-pack,
 // and the packed matmul. CUDA tensors run the kernels of cuda/w158a8.hpp on the current stream;
 // CPU tensors run the scalar references of cuda/reference.hpp (the same results, slowly), or, when a
-// test routes them there (set_cpu_launchers), the same CUDA kernels on the CPU harness of cuda/sim/.
+// test routes them there (route.hpp set_cpu_launchers), the same CUDA kernels on the CPU harness of
+// cuda/sim/.
 #pragma once
 #include <ATen/ATen.h>
 
+#include "bitlinear/ops/route.hpp"
 #include "bitlinear/quantizers.hpp"
 #include "cuda/launchers.hpp"
 #include "cuda/ternary_format.hpp"
@@ -66,13 +68,5 @@ cuda::Plan plan_for(const at::Device& device, int64_t m, const PackedTernary& w)
 // Forces every kernel call to `plan` (nullptr: the dispatch), where the plan can serve the call;
 // benchmarks and tests. Process-wide.
 void set_plan_override(const cuda::Plan* plan);
-
-// Where the ops run CPU tensors: the scalar references (nullptr, the default) or a table of kernel
-// launchers executed on the host: the CUDA kernels built for the CPU harness
-// (bitqat::cuda::emulated::launchers(), cuda/sim/emulated.hpp), so that a test runs the ops'
-// validation, allocation and layout handling end to end on the kernels themselves, with the same
-// operand checks as on a GPU (16-byte alignment included). Process-wide; for tests.
-void set_cpu_launchers(const cuda::Launchers* launchers);
-const cuda::Launchers* cpu_launchers();
 
 }  // namespace bitqat::bitlinear::ops

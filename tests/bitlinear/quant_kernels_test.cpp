@@ -10,12 +10,14 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "../training/spawn.hpp"
 #include "bitlinear/quantized_linear.hpp"
 #include "bitlinear/quantizers.hpp"
 #include "bitlinear/rms_norm.hpp"
+#include "tests/user_error.hpp"
 
 using namespace bitqat::bitlinear;
 namespace fs = std::filesystem;
@@ -64,6 +66,11 @@ std::pair<std::vector<int8_t>, std::vector<float>> naive_act(const at::Tensor& x
     }
   }
   return {c, s};
+}
+
+void expect_error(const std::function<void()>& f, const std::string& needle) {
+  const auto what = bitqat::testing::error_of<c10::Error>(f);
+  EXPECT_NE(what.find(needle), std::string::npos) << (what.empty() ? "no error" : what) << "; expected " << needle;
 }
 
 std::string bytes_of(const at::Tensor& t) {
@@ -139,6 +146,75 @@ TEST(QuantKernels, WeightScalesAreTheCorrectlyRoundedMeans) {
       }
     }
   }
+}
+
+// The passes without device kernels read everything on the CPU, in place: each operand is checked
+// with a message naming it and the value found (the passes with device kernels: bitlinear/ops tests,
+// on both routes). Without the op layer (this binary does not link it) no device kernels are
+// registered.
+TEST(QuantKernels, TheCpuPassesCheckEveryOperand) {
+  EXPECT_EQ(kernels::device_kernels(), nullptr);
+  const auto codes = at::zeros({3, 5}, at::kChar);
+  const auto s = at::ones({3});
+  const auto meta = at::empty({3}, at::TensorOptions().device(at::kMeta));
+  expect_error([&] { kernels::dequant_rows(codes.to(at::kInt), s); }, "dequant_rows: codes must be int8, got int32");
+  expect_error([&] { kernels::dequant_rows(codes, at::ones({4})); }, "dequant_rows: scales has 4 entries, expected 3");
+  expect_error([&] { kernels::dequant_rows(codes, meta); }, "dequant_rows: scales must be on the CPU");
+  expect_error([&] { kernels::dequant_rows(codes, s.to(at::kDouble)); },
+               "dequant_rows: scales must be float32, got float64");
+  const auto acc = at::zeros({3, 4}, at::kInt);
+  expect_error([&] { kernels::linear_epilogue({}, at::ones({4}), 1, s, {}); }, "linear_epilogue: no integer sums");
+  expect_error(
+      [&] {
+        kernels::linear_epilogue({acc, acc.narrow(1, 0, 3)}, at::ones({8}), 2, s, {});
+      },
+      "linear_epilogue: the sums of the groups differ in shape: [3, 3] and [3, 4]");
+  expect_error(
+      [&] {
+        kernels::linear_epilogue({acc, acc}, at::ones({4}), 1, s, {});
+      },
+      "linear_epilogue: gstride = 1 is below the 2 groups");
+  expect_error([&] { kernels::linear_epilogue({acc}, at::ones({3}), 1, s, {}); },
+               "linear_epilogue: gamma has 3 entries, expected 4");
+  expect_error([&] { kernels::linear_epilogue({acc}, at::ones({4}), 1, s, at::ones({5})); },
+               "linear_epilogue: bias has 5 entries, expected 4");
+  expect_error([&] { kernels::linear_epilogue({acc.to(at::kFloat)}, at::ones({4}), 1, s, {}); },
+               "linear_epilogue: acc must be int32, got float32");
+  const auto x = at::randn({3, 5});
+  expect_error([&] { kernels::norm_quantize_rows(x.to(at::kDouble), 1e-5, 8, false, {}, 1e-6); },
+               "norm_quantize_rows: x must be float32, got float64");
+  expect_error([&] { kernels::norm_quantize_rows(x, 1e-5, 8, true, at::ones({4}), 1e-6); },
+               "norm_quantize_rows: norm_weight has 4 entries, expected 5");
+  expect_error([&] { kernels::norm_quantize_rows(x, 1e-5, 10, false, {}, 1e-6); },
+               "norm_quantize_rows: activation bits must be in [2, 8], got 10");
+  const auto r = at::ones({3});
+  expect_error([&] { kernels::rms_norm_backward(x, x, at::ones({5}), at::ones({2})); },
+               "rms_norm_backward: r has 2 entries, expected 3");
+  expect_error([&] { kernels::rms_norm_backward(x.narrow(0, 0, 2), x, at::ones({5}), r); },
+               "rms_norm_backward: g is [2, 5], x is [3, 5]");
+  expect_error([&] { kernels::rms_norm_backward(x, x, at::ones({4}), r); },
+               "rms_norm_backward: w has 4 entries, expected 5");
+  expect_error([&] { kernels::rms_norm_backward(x, x.to(at::kDouble), at::ones({5}), r); },
+               "rms_norm_backward: x must be float32, got float64");
+  expect_error([&] { kernels::rms_norm_backward(x, x, at::ones({5}), r.to(at::kDouble)); },
+               "rms_norm_backward: r must be float32, got float64");
+  expect_error([&] { kernels::rms_norm_backward(x, x, at::ones({5}), meta); },
+               "rms_norm_backward: r must be on the CPU");
+  expect_error([&] { kernels::scale_codes(codes, at::ones({2}), 2, false); },
+               "scale_codes: gamma has 2 entries, expected 9");
+  expect_error([&] { kernels::scale_codes(codes, at::ones({1}), 0, false); },
+               "scale_codes: group size must be >= 1, got 0");
+  expect_error([&] { kernels::scale_codes(codes.to(at::kFloat), at::ones({1}), 0, true); },
+               "scale_codes: codes must be int8, got float32");
+  expect_error([&] { kernels::scale_codes(codes, meta.narrow(0, 0, 1), 0, true); },
+               "scale_codes: gamma is on meta, the other operands on cpu");
+  // Strided operands that are read through a copy are accepted, and give the contiguous result.
+  const auto g = at::randn({5, 3}).t();
+  const auto [dx, dw] =
+      kernels::rms_norm_backward(g, x, at::ones({5}), kernels::rms_norm(x, at::ones({5}), 1e-6).second);
+  const auto [dx2, dw2] =
+      kernels::rms_norm_backward(g.contiguous(), x, at::ones({5}), kernels::rms_norm(x, at::ones({5}), 1e-6).second);
+  EXPECT_TRUE(dx.equal(dx2) && dw.equal(dw2));
 }
 
 TEST(QuantKernels, ResultsDoNotDependOnTheThreadCount) {

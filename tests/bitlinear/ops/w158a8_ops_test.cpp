@@ -591,11 +591,8 @@ TEST(FakeQuantGpu, FusedPassesEqualTheCpuRowKernelsBitForBit) {
 namespace {
 
 // Routes the ops' CPU tensors through the CUDA kernels built for the CPU harness while it lives.
-struct EmulatedKernels {
-  EmulatedKernels() { set_cpu_launchers(&bitqat::cuda::emulated::launchers()); }
-  ~EmulatedKernels() { set_cpu_launchers(nullptr); }
-  EmulatedKernels(const EmulatedKernels&) = delete;
-  EmulatedKernels& operator=(const EmulatedKernels&) = delete;
+struct EmulatedKernels : ScopedCpuLaunchers {
+  EmulatedKernels() : ScopedCpuLaunchers(&bitqat::cuda::emulated::launchers()) {}
 };
 
 }  // namespace
