@@ -8,6 +8,7 @@
 #include <stdexcept>
 
 #include "bitlinear/quant_kernels.hpp"
+#include "cuda/quant_codes.hpp"
 
 namespace bitqat::bitlinear {
 namespace {
@@ -29,11 +30,11 @@ at::Tensor ste_grad(const at::Tensor& g, const at::Tensor& mask, double lambda) 
   return g * factor;
 }
 
-// The fused passes (bitlinear/quant_kernels.hpp; CPU row kernels or CUDA kernels) serve float32 2-D
-// ternary weights with the identity estimator, and per-token float32 activations; they compute the
-// same values as the composed definitions.
+// The fused passes (bitlinear/quant_kernels.hpp; CPU row kernels or device kernels) serve float32
+// 2-D weights of a type with a fused fake quantization (its traits row) under the identity estimator,
+// and per-token float32 activations; they compute the same values as the composed definitions.
 bool fused_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
-  return kernels::fused_fake_quant(w) && w.dim() == 2 && spec.type == WeightQuant::kTernary &&
+  return kernels::fused_fake_quant(w) && w.dim() == 2 && traits(spec.type).fake_quantize != nullptr &&
          spec.estimator == Estimator::kIdentity && spec.granularity != Granularity::kPerKernel;
 }
 
@@ -42,17 +43,11 @@ struct FakeQuantWeight : torch::autograd::Function<FakeQuantWeight> {
     ctx->saved_data["lambda"] = lambda;
     if (fused_weight(w, spec)) {
       ctx->save_for_backward({at::Tensor()});
-      const bool per_tensor = spec.granularity == Granularity::kPerTensor;
-      const int64_t group = spec.granularity == Granularity::kPerGroup ? spec.group_size : w.size(1);
-      return kernels::ternary_fake_quant(w.detach().contiguous(), group, per_tensor, spec.eps, lambda).first;
+      const auto g = scale_grouping(spec, w.sizes());
+      return traits(spec.type).fake_quantize(w.detach().contiguous(), g.group, g.per_tensor, spec.eps, lambda).first;
     }
     const auto q = quantize_weight(w, spec);
-    at::Tensor mask;
-    if (spec.estimator == Estimator::kClipped && lambda != 0.0) {
-      const auto scale = expand_scales(q.scales, spec, w.sizes());
-      mask = (w.detach().to(scale.scalar_type()).abs() / scale.clamp_min(spec.eps)).le(spec.clip);
-    }
-    ctx->save_for_backward({mask});
+    ctx->save_for_backward({lambda != 0.0 ? clipped_ste_mask(w, q) : at::Tensor()});
     return blend(w.detach(), dequantize_weight(q), lambda);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
@@ -77,12 +72,7 @@ struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
       return out.view(x.sizes());
     }
     const auto q = quantize_activation(x, spec);
-    at::Tensor mask;
-    if (spec.estimator == Estimator::kClipped && lambda != 0.0) {
-      const double qmax = static_cast<double>((1 << (spec.bits - 1)) - 1);
-      mask = (x.detach().to(q.scales.scalar_type()).abs() * q.scales / qmax).le(spec.clip);
-    }
-    ctx->save_for_backward({mask});
+    ctx->save_for_backward({lambda != 0.0 ? clipped_ste_mask(x, q.scales, spec) : at::Tensor()});
     return blend(x.detach(), dequantize_activation(q), lambda);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
@@ -102,6 +92,18 @@ struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
 };
 
 }  // namespace
+
+at::Tensor clipped_ste_mask(const at::Tensor& w, const QuantizedWeight& q) {
+  if (q.spec.estimator != Estimator::kClipped) return at::Tensor();
+  const auto scale = expand_scales(q.scales, q.spec, w.sizes());
+  return (w.detach().to(scale.scalar_type()).abs() / scale.clamp_min(q.spec.eps)).le(q.spec.clip);
+}
+
+at::Tensor clipped_ste_mask(const at::Tensor& x, const at::Tensor& scales, const ActQuantSpec& spec) {
+  if (spec.estimator != Estimator::kClipped) return at::Tensor();
+  const double qmax = static_cast<double>(cuda::act_qmax(spec.bits));
+  return (x.detach().to(scales.scalar_type()).abs() * scales / qmax).le(spec.clip);
+}
 
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda) {
   check_lambda(lambda, "fake_quantize_weight: lambda");

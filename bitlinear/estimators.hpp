@@ -18,4 +18,13 @@ namespace bitqat::bitlinear {
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda = 1.0);
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda = 1.0);
 
+// The clipped straight-through estimator's masks: bool, true where the gradient passes, in the
+// input's shape; undefined for the identity estimator (it passes everywhere). Every clipped STE of
+// bitlinear (the estimators above, the exact linears of quantized_linear.hpp) uses these.
+// Weights w [out, ...] quantized as q: |w| / max(scale, eps) <= clip, each w with its own scale.
+at::Tensor clipped_ste_mask(const at::Tensor& w, const QuantizedWeight& q);
+// Activations x [..., K] with the scales s of their codes (x ~= code / s) broadcast over x ([..., 1]
+// per token, [1] per tensor): |x| * s / qmax <= clip, qmax = 2^(bits-1) - 1. In the scales' dtype.
+at::Tensor clipped_ste_mask(const at::Tensor& x, const at::Tensor& scales, const ActQuantSpec& spec);
+
 }  // namespace bitqat::bitlinear

@@ -18,7 +18,7 @@ QuantSpec quant_spec_from_yaml(const core::Node& quant) {
   const auto w = quant.child("weight");
   w.allow_only({"type", "granularity", "group_size", "estimator", "clip", "eps"});
   auto& ws = spec.weight;
-  ws.type = parse_enum(w, "type", ws.type, "binary|none|ternary");
+  ws.type = parse_enum(w, "type", ws.type, weight_quant_choices());
   ws.granularity = parse_enum(w, "granularity", ws.granularity, "per_channel|per_group|per_kernel|per_tensor");
   ws.group_size = w.get_in<int64_t>("group_size", ws.group_size, 1, int64_t{1} << 30);
   ws.estimator = parse_enum(w, "estimator", ws.estimator, "clipped|identity");

@@ -331,6 +331,14 @@ WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, 
   return out;
 }
 
+WeightCodes ternary_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps) {
+  return weight_codes(w2d, group, per_tensor, /*binary=*/false, eps);
+}
+
+WeightCodes binary_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps) {
+  return weight_codes(w2d, group, per_tensor, /*binary=*/true, eps);
+}
+
 at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor) {
   RECORD_FUNCTION("bitqat::scale_codes", std::vector<c10::IValue>());
   constexpr const char* fn = "scale_codes";
@@ -343,8 +351,11 @@ at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t
   check_entries(fn, "gamma", gamma, per_tensor ? 1 : rows * groups, /*optional=*/false);
   check_floating(fn, "gamma", gamma);
   check_same_device(fn, "gamma", gamma, codes.device());
-  check_dtype(fn, "gamma", gamma, at::kFloat);
-  check_cpu(fn, "gamma", gamma);
+  if (!fused_cpu(gamma)) {  // one product per value in ATen: any dtype and device
+    const auto scale =
+        per_tensor ? gamma.reshape({}) : gamma.reshape({rows, groups}).repeat_interleave(group, 1).narrow(1, 0, cols);
+    return codes.to(gamma.scalar_type()) * scale;
+  }
   const auto gm = gamma.contiguous();
   auto out = at::empty({rows, cols}, gm.options());
   const auto& rk = cpu::row_kernels();

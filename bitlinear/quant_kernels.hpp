@@ -55,6 +55,15 @@ struct WeightCodes {
 // one scale for all (group ignored). Ternary: clamp(round(w / (gamma + eps)), -1, 1); binary:
 // sign(w - mean) (sign(0) = +1). CUDA: computed in float32.
 WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps);
+// weight_codes of one type: the quantize functions of the weight traits (bitlinear/quantizers.hpp).
+WeightCodes ternary_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps);
+WeightCodes binary_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps);
+
+// Dequantized weights code * scale: codes int8 [rows, cols] (contiguous) with gamma as weight_codes
+// returns it ([rows, ceil(cols / group)], or [1] per tensor; floating, on the codes' device) -> [rows,
+// cols] in gamma's dtype. One IEEE product per value on every path (float32 CPU tensors: the row
+// kernel).
+at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor);
 
 // ---- fused passes of the float32 training path (bitlinear/cpu/row_kernels.hpp, cuda/quant.hpp) ---
 // Each produces exactly the values of the composed definitions above (the same codes and scales, one
@@ -79,9 +88,6 @@ at::Tensor act_ste_backward(const at::Tensor& g2d, const at::Tensor& x2d, const 
 // gamma - w), with gamma as weight_codes.
 std::pair<at::Tensor, at::Tensor> ternary_fake_quant(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
                                                      double lambda);
-// w_deq [rows, cols] float32 = codes (int8, contiguous) * gamma per group (gamma float32 as
-// weight_codes returns it: [rows, ceil(cols / group)], or [1] per tensor); CPU.
-at::Tensor scale_codes(const at::Tensor& codes, const at::Tensor& gamma, int64_t group, bool per_tensor);
 // x_deq [M, K] float32 = codes (int8 [M, K], contiguous) / s per row (s float32 [M], contiguous);
 // CPU.
 at::Tensor dequant_rows(const at::Tensor& codes, const at::Tensor& scales);

@@ -6,6 +6,7 @@
 
 #include <stdexcept>
 
+#include "bitlinear/estimators.hpp"
 #include "bitlinear/quant_kernels.hpp"
 
 namespace bitqat::bitlinear {
@@ -87,16 +88,8 @@ at::Tensor int8_epilogue(const std::vector<at::Tensor>& acc, const at::Tensor& g
 
 // The dequantized int8 weight codes of the backward: w_deq = cw * gamma per tensor, channel or group.
 at::Tensor int8_weight_deq(const at::Tensor& cw, const at::Tensor& gamma, const WeightQuantSpec& wspec) {
-  const bool per_tensor = wspec.granularity == Granularity::kPerTensor;
-  const int64_t group = wspec.granularity == Granularity::kPerGroup ? wspec.group_size : cw.size(1);
-  return kernels::scale_codes(cw, gamma, group, per_tensor);
-}
-
-// The clipped straight-through estimator's weight mask [|w| / gamma <= clip], or undefined.
-at::Tensor weight_mask(const at::Tensor& weight, const QuantizedWeight& qw, const WeightQuantSpec& wspec) {
-  if (wspec.estimator != Estimator::kClipped) return at::Tensor();
-  const auto scale = expand_scales(qw.scales, wspec, weight.sizes());
-  return (weight.detach().to(scale.scalar_type()).abs() / scale.clamp_min(wspec.eps)).le(wspec.clip);
+  const auto g = scale_grouping(wspec, cw.sizes());
+  return kernels::scale_codes(cw, gamma, g.group, g.per_tensor);
 }
 
 struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
@@ -108,11 +101,11 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     const bool int8 = int8_path(codes);
     const auto dt = int8 ? at::kFloat : codes.scalar_type();
     const auto cx = codes.reshape({-1, k});
-    if (int8 && (aspec.type != ActQuant::kPerToken || scales.scalar_type() != at::kFloat ||
-                 scales.numel() != cx.size(0))) {
-      throw std::invalid_argument(fmt::format(
-          "quantized_linear: int8 codes [{}, {}] need per-token float32 scales [{}], got {} scales of {}", cx.size(0),
-          k, cx.size(0), scales.numel(), c10::toString(scales.scalar_type())));
+    if (int8 &&
+        (aspec.type != ActQuant::kPerToken || scales.scalar_type() != at::kFloat || scales.numel() != cx.size(0))) {
+      throw std::invalid_argument(
+          fmt::format("quantized_linear: int8 codes [{}, {}] need per-token float32 scales [{}], got {} scales of {}",
+                      cx.size(0), k, cx.size(0), scales.numel(), c10::toString(scales.scalar_type())));
     }
     const auto qw = quantize_weight(weight.detach(), wspec);
     const auto cw = int8 ? qw.codes : qw.codes.to(dt);
@@ -124,12 +117,8 @@ struct QuantizedLinearFn : torch::autograd::Function<QuantizedLinearFn> {
     const auto b = has_bias ? bias.detach() : at::Tensor();
     const at::Tensor y = int8 ? int8_epilogue(acc, gamma, wspec, scales, b) : epilogue(acc, gamma, wspec, s, b);
 
-    const at::Tensor mask_w = weight_mask(weight, qw, wspec);
-    at::Tensor mask_a;
-    if (aspec.estimator == Estimator::kClipped) {
-      const double qmax = static_cast<double>((1 << (aspec.bits - 1)) - 1);
-      mask_a = (x.detach().reshape({-1, k}).to(dt).abs() * s / qmax).le(aspec.clip);
-    }
+    const at::Tensor mask_w = clipped_ste_mask(weight, qw);
+    const at::Tensor mask_a = clipped_ste_mask(x.detach().reshape({-1, k}).to(dt), s, aspec);
     // The backward needs the codes and scales only: int8 activations, not a float copy.
     ctx->save_for_backward({cx, scales, cw, gamma, mask_w, mask_a});
     ctx->saved_data["wspec_gran"] = static_cast<int64_t>(wspec.granularity);
@@ -196,9 +185,9 @@ struct GroupSpec {
 constexpr size_t kMaxGroup = 3;
 
 struct QuantizedLinearsFn : torch::autograd::Function<QuantizedLinearsFn> {
-  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& norm_w,
-                             const at::Tensor& w0, const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& b0,
-                             const at::Tensor& b1, const at::Tensor& b2, const GroupSpec& spec) {
+  static tensor_list forward(AutogradContext* ctx, const at::Tensor& x, const at::Tensor& norm_w, const at::Tensor& w0,
+                             const at::Tensor& w1, const at::Tensor& w2, const at::Tensor& b0, const at::Tensor& b1,
+                             const at::Tensor& b2, const GroupSpec& spec) {
     RECORD_FUNCTION("bitqat::quantized_linears", std::vector<c10::IValue>());
     // An output no one uses gets an undefined gradient (skipped below), not a buffer of zeros.
     ctx->set_materialize_grads(false);
@@ -210,8 +199,8 @@ struct QuantizedLinearsFn : torch::autograd::Function<QuantizedLinearsFn> {
     const auto x2 = x.detach().reshape({-1, k}).contiguous();
     const auto in = kernels::norm_quantize_rows(x2, spec.aspec.eps, spec.aspec.bits, spec.relu2,
                                                 has_norm ? norm_w.detach() : at::Tensor(), spec.norm_eps);
-    tensor_list outputs, saved{has_norm ? x2 : at::Tensor(), has_norm ? norm_w.detach() : at::Tensor(), in.r,
-                               in.codes, in.scales};
+    tensor_list outputs,
+        saved{has_norm ? x2 : at::Tensor(), has_norm ? norm_w.detach() : at::Tensor(), in.r, in.codes, in.scales};
     for (size_t i = 0; i < weights.size(); ++i) {
       const auto& wspec = spec.wspecs[i];
       const auto qw = quantize_weight(weights[i].detach(), wspec);
@@ -221,7 +210,7 @@ struct QuantizedLinearsFn : torch::autograd::Function<QuantizedLinearsFn> {
       auto shape = x.sizes().vec();
       shape.back() = weights[i].size(0);
       outputs.push_back(y.view(shape));
-      saved.insert(saved.end(), {qw.codes, gamma, weight_mask(weights[i], qw, wspec)});
+      saved.insert(saved.end(), {qw.codes, gamma, clipped_ste_mask(weights[i], qw)});
     }
     ctx->save_for_backward(saved);
     ctx->saved_data["relu2"] = spec.relu2;
@@ -307,21 +296,20 @@ bool quantized_linears_applicable(const at::Tensor& x, const InputNorm& pre, con
 }
 
 std::vector<at::Tensor> quantized_linears(const at::Tensor& x, const InputNorm& pre,
-                                          const std::vector<at::Tensor>& weights,
-                                          const std::vector<at::Tensor>& biases,
+                                          const std::vector<at::Tensor>& weights, const std::vector<at::Tensor>& biases,
                                           const std::vector<WeightQuantSpec>& wspecs, const ActQuantSpec& aspec) {
   if (weights.empty() || weights.size() != biases.size() || weights.size() != wspecs.size() ||
       weights.size() > kMaxGroup) {
-    throw std::invalid_argument(fmt::format(
-        "quantized_linears: {} weights, {} biases and {} weight specs; expected the same number, 1 to {}",
-        weights.size(), biases.size(), wspecs.size(), kMaxGroup));
+    throw std::invalid_argument(
+        fmt::format("quantized_linears: {} weights, {} biases and {} weight specs; expected the same number, 1 to {}",
+                    weights.size(), biases.size(), wspecs.size(), kMaxGroup));
   }
   for (size_t i = 0; i < weights.size(); ++i) {
     const int64_t n = weights[i].dim() == 2 ? weights[i].size(0) : -1;
     if (n < 0 || weights[i].size(1) != x.size(-1) || (biases[i].defined() && biases[i].numel() != n)) {
-      throw std::invalid_argument(fmt::format("quantized_linears: weight {} is {} and its bias {}; expected [N, {}] and [N]",
-                                              i, c10::str(weights[i].sizes()),
-                                              biases[i].defined() ? c10::str(biases[i].sizes()) : "none", x.size(-1)));
+      throw std::invalid_argument(fmt::format(
+          "quantized_linears: weight {} is {} and its bias {}; expected [N, {}] and [N]", i,
+          c10::str(weights[i].sizes()), biases[i].defined() ? c10::str(biases[i].sizes()) : "none", x.size(-1)));
     }
   }
   if (!quantized_linears_applicable(x, pre, wspecs, aspec)) {

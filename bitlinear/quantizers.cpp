@@ -4,57 +4,51 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <stdexcept>
+#include <vector>
 
 #include "bitlinear/quant_kernels.hpp"
 #include "core/error.hpp"
 
 namespace bitqat::bitlinear {
-namespace {
 
-void check_weight(const at::Tensor& w, const WeightQuantSpec& spec) {
-  if (w.dim() < 2) {
-    throw std::invalid_argument(fmt::format("quantize_weight: expected a 2-D or 4-D weight, got {}-D", w.dim()));
-  }
-  if (spec.granularity == Granularity::kPerKernel && w.dim() != 4) {
-    throw std::invalid_argument(
-        fmt::format("quantize_weight: per_kernel scales need a 4-D convolution weight, got shape [{}]",
-                    fmt::join(w.sizes(), ", ")));
-  }
-  if (spec.granularity == Granularity::kPerGroup && spec.group_size < 1) {
-    throw std::invalid_argument(fmt::format("quantize_weight: group_size must be >= 1, got {}", spec.group_size));
-  }
-}
-
-// The weight as [rows, cols] and its scale group (cols: one per row; per tensor: all of it).
-struct Grouping {
-  int64_t group;
-  bool per_tensor;
-};
-Grouping grouping(const at::Tensor& w, const WeightQuantSpec& spec) {
-  const int64_t cols = w.numel() / w.size(0);
+ScaleGrouping scale_grouping(const WeightQuantSpec& spec, at::IntArrayRef shape) {
+  int64_t cols = 1;
+  for (size_t i = 1; i < shape.size(); ++i) cols *= shape[i];
   switch (spec.granularity) {
     case Granularity::kPerTensor:
       return {cols, true};
     case Granularity::kPerChannel:
       return {cols, false};
     case Granularity::kPerGroup:
+      if (spec.group_size < 1) {
+        throw std::invalid_argument(fmt::format("per_group scales: group_size must be >= 1, got {}", spec.group_size));
+      }
       return {spec.group_size, false};
     case Granularity::kPerKernel:
-      return {w.size(2) * w.size(3), false};
+      if (shape.size() != 4) {
+        throw std::invalid_argument(
+            fmt::format("per_kernel scales need a 4-D convolution weight, got shape [{}]", fmt::join(shape, ", ")));
+      }
+      return {shape[2] * shape[3], false};
   }
   throw std::logic_error("unknown granularity");
 }
 
-}  // namespace
-
 const WeightQuantTraits& traits(WeightQuant type) {
-  static const WeightQuantTraits kTable[] = {
-      {"none", 32.0, 0, 0},
-      {"ternary", 1.584962500721156, -1, 1},  // log2(3)
-      {"binary", 1.0, -1, 1},
-  };
-  return kTable[static_cast<int>(type)];
+  const auto i = static_cast<size_t>(type);
+  if (i >= std::size(kWeightQuantTraits)) {
+    throw std::invalid_argument(fmt::format("no weight type has the value {}", static_cast<int>(type)));
+  }
+  return kWeightQuantTraits[i];
+}
+
+std::string weight_quant_choices() {
+  std::vector<std::string> names;
+  for (const auto& row : kWeightQuantTraits) names.emplace_back(row.name);
+  std::sort(names.begin(), names.end());
+  return fmt::format("{}", fmt::join(names, "|"));
 }
 
 std::string to_string(WeightQuant v) { return traits(v).name; }
@@ -85,8 +79,8 @@ std::string to_string(ActQuant v) {
 std::string to_string(Estimator v) { return v == Estimator::kIdentity ? "identity" : "clipped"; }
 
 bool parse(const std::string& s, WeightQuant* out) {
-  for (auto v : {WeightQuant::kNone, WeightQuant::kTernary, WeightQuant::kBinary}) {
-    if (s == to_string(v)) return *out = v, true;
+  for (const auto& row : kWeightQuantTraits) {
+    if (s == row.name) return *out = row.type, true;
   }
   return false;
 }
@@ -144,14 +138,16 @@ at::Tensor expand_scales(const at::Tensor& scales, const WeightQuantSpec& spec, 
 }
 
 QuantizedWeight quantize_weight(const at::Tensor& w_in, const WeightQuantSpec& spec) {
-  if (spec.type == WeightQuant::kNone) {
-    throw std::invalid_argument("quantize_weight: weight type is none (nothing to quantize)");
+  const auto& row = traits(spec.type);
+  if (!row.quantize) {
+    throw std::invalid_argument(fmt::format("quantize_weight: weight type is {} (nothing to quantize)", row.name));
   }
-  check_weight(w_in, spec);
+  if (w_in.dim() < 2) {
+    throw std::invalid_argument(fmt::format("quantize_weight: expected a 2-D or 4-D weight, got {}-D", w_in.dim()));
+  }
   const auto w = w_in.detach();
-  const auto g = grouping(w, spec);
-  auto k = kernels::weight_codes(w.reshape({w.size(0), -1}).contiguous(), g.group, g.per_tensor,
-                                 spec.type == WeightQuant::kBinary, spec.eps);
+  const auto g = scale_grouping(spec, w.sizes());
+  auto k = row.quantize(w.reshape({w.size(0), -1}).contiguous(), g.group, g.per_tensor, spec.eps);
   QuantizedWeight q;
   q.spec = spec;
   q.codes = k.codes.view(w.sizes());
@@ -171,7 +167,15 @@ QuantizedWeight quantize_weight(const at::Tensor& w_in, const WeightQuantSpec& s
 }
 
 at::Tensor dequantize_weight(const QuantizedWeight& q) {
-  return q.codes.to(q.scales.scalar_type()) * expand_scales(q.scales, q.spec, q.codes.sizes());
+  const auto& row = traits(q.spec.type);
+  if (!row.dequantize) {
+    throw std::invalid_argument(fmt::format("dequantize_weight: weight type is {} (no codes)", row.name));
+  }
+  const auto g = scale_grouping(q.spec, q.codes.sizes());
+  const int64_t rows = q.codes.size(0);
+  const auto scales = g.per_tensor ? q.scales.reshape({1}) : q.scales.reshape({rows, -1});
+  return row.dequantize(q.codes.reshape({rows, -1}).contiguous(), scales.contiguous(), g.group, g.per_tensor)
+      .view(q.codes.sizes());
 }
 
 QuantizedActivation quantize_activation(const at::Tensor& x_in, const ActQuantSpec& spec) {

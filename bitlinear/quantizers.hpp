@@ -1,15 +1,21 @@
-// Weight and activation quantizers of BitNet-style training: a table of types (ternary absmean,
-// binary sign) and scale granularities, with quantize / dequantize on plain tensors. No autograd
-// here: the straight-through estimators live in estimators.hpp.
+// Weight and activation quantizers of BitNet-style training: a table of weight types (ternary
+// absmean, binary sign) holding their functions, scale granularities, and quantize / dequantize on
+// plain tensors. No autograd here: the straight-through estimators live in estimators.hpp.
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstddef>
 #include <cstdint>
+#include <iterator>
 #include <string>
+#include <utility>
+
+#include "bitlinear/quant_kernels.hpp"
 
 namespace bitqat::bitlinear {
 
-enum class WeightQuant { kNone, kTernary, kBinary };
+// kCount is the number of types, not a type.
+enum class WeightQuant { kNone, kTernary, kBinary, kCount };
 // kPerChannel: one scale per output row (dim 0; for a convolution, per output filter as in
 // XNOR-Net). kPerGroup: per G consecutive input weights of a row (the weight flattened to
 // [out, in*kh*kw]). kPerKernel: one scale per (out, in) kh x kw kernel of a convolution; rejected
@@ -36,14 +42,61 @@ struct ActQuantSpec {
   double eps = 1e-5;
 };
 
-// Traits table (ggml style): one row per weight type.
-struct WeightQuantTraits {
-  const char* name;
-  double bits;      // information bits per weight
-  int8_t code_min;  // smallest code
-  int8_t code_max;  // largest code
+// How the scales of a spec group a weight of shape [out, ...] seen as [rows, cols] = [out, numel /
+// out]: one scale per `group` consecutive columns of a row (per channel: group = cols; per group:
+// spec.group_size; per kernel: group = kh * kw of a 4-D weight), or one for the whole tensor
+// (per_tensor, group = cols). Throws std::invalid_argument for per_kernel scales of a weight that is
+// not 4-D, or a group_size below 1.
+struct ScaleGrouping {
+  int64_t group;
+  bool per_tensor;
 };
+ScaleGrouping scale_grouping(const WeightQuantSpec& spec, at::IntArrayRef weight_shape);
+
+// The weight types' traits (ggml's type_traits): one row per type, in the enum's order. A row holds
+// what the type is (its config name, bits, code range) and its functions on the weight seen as
+// [rows, cols] with a ScaleGrouping (group, per_tensor); quantize_weight, dequantize_weight, the
+// estimators and the config names read it, so a new type is an enum value and a row here (with its
+// tensor kernel in quant_kernels.hpp and its element in cuda/quant_codes.hpp). Every type
+// dequantizes as code * scale: the exact integer linears (quantized_linear.hpp) rely on it.
+struct WeightQuantTraits {
+  WeightQuant type;
+  const char* name;  // quant.weight.type in a config
+  double bits;       // information bits per weight
+  int8_t code_min;   // smallest code
+  int8_t code_max;   // largest code
+  // Codes int8 [rows, cols] and scales of w [rows, cols] (kernels::WeightCodes); null for kNone.
+  kernels::WeightCodes (*quantize)(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps);
+  // Values code * scale [rows, cols] of int8 codes and the scales quantize returned, in the scales'
+  // dtype (kernels::scale_codes); null for kNone.
+  at::Tensor (*dequantize)(const at::Tensor& codes2d, const at::Tensor& scales, int64_t group, bool per_tensor);
+  // The fused fake quantization w + lambda (dequantize(quantize(w)) - w) of a float32 w [rows, cols]
+  // with its scales, the same values in one pass (kernels::ternary_fake_quant); null where the
+  // estimators compose quantize and dequantize.
+  std::pair<at::Tensor, at::Tensor> (*fake_quantize)(const at::Tensor& w2d, int64_t group, bool per_tensor, double eps,
+                                                     double lambda);
+};
+
+inline constexpr WeightQuantTraits kWeightQuantTraits[] = {
+    {WeightQuant::kNone, "none", 32.0, 0, 0, nullptr, nullptr, nullptr},
+    {WeightQuant::kTernary, "ternary", 1.584962500721156 /* log2(3) */, -1, 1, kernels::ternary_codes,
+     kernels::scale_codes, kernels::ternary_fake_quant},
+    {WeightQuant::kBinary, "binary", 1.0, -1, 1, kernels::binary_codes, kernels::scale_codes, nullptr},
+};
+static_assert(std::size(kWeightQuantTraits) == static_cast<size_t>(WeightQuant::kCount),
+              "one traits row per weight type");
+constexpr bool weight_quant_rows_in_enum_order() {
+  for (size_t i = 0; i < std::size(kWeightQuantTraits); ++i) {
+    if (kWeightQuantTraits[i].type != static_cast<WeightQuant>(i)) return false;
+  }
+  return true;
+}
+static_assert(weight_quant_rows_in_enum_order(), "the traits rows follow the enum's order");
+
+// The row of a type; throws std::invalid_argument for a value that names none (kCount or beyond).
 const WeightQuantTraits& traits(WeightQuant type);
+// Every weight type's name, sorted and joined by '|' ("binary|none|ternary"), for config errors.
+std::string weight_quant_choices();
 
 std::string to_string(WeightQuant v);
 std::string to_string(Granularity v);

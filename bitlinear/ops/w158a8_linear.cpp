@@ -62,6 +62,12 @@ struct W158A8Linear : torch::autograd::Function<W158A8Linear> {
   }
 };
 
+// Whether a weight type's codes fit the 2-bit packed layout's {-1, 0, +1} (ternary; binary's {-1, +1}).
+bool packable(WeightQuant type) {
+  const auto& t = traits(type);
+  return t.quantize != nullptr && t.code_min >= -1 && t.code_max <= 1;
+}
+
 bool supported_granularity(const WeightQuantSpec& w) {
   return w.granularity == Granularity::kPerTensor || w.granularity == Granularity::kPerChannel ||
          (w.granularity == Granularity::kPerGroup && w.group_size % cuda::kGroupAlign == 0);
@@ -151,10 +157,10 @@ const at::Tensor& training_kernel_cache(const BitLinearImpl& layer) {
 void pack_layer(BitLinearImpl& layer) {
   if (!layer.has_latent_weights()) return;
   const auto& q = layer.options.quant;
-  // Binary codes {-1, +1} are a subset of the ternary ones: the same 2-bit layout holds them.
-  if (q.weight.type != WeightQuant::kTernary && q.weight.type != WeightQuant::kBinary) {
-    throw std::invalid_argument(
-        fmt::format("pack_layer: weights are {}, expected ternary or binary", to_string(q.weight.type)));
+  if (!packable(q.weight.type)) {
+    throw std::invalid_argument(fmt::format(
+        "pack_layer: weights are {}, expected a type whose codes are within {{-1, 0, 1}} (ternary or binary)",
+        to_string(q.weight.type)));
   }
   if (q.weight.granularity == Granularity::kPerGroup && q.weight.group_size % cuda::kGroupAlign != 0) {
     throw std::invalid_argument(
@@ -198,9 +204,8 @@ PackedBitLinearImpl::PackedBitLinearImpl(const BitLinearImpl& layer)
       group(layer.options.quant.weight.group_size),
       norm_eps(layer.options.norm_eps),
       act(layer.options.quant.act) {
-  TORCH_CHECK(layer.options.quant.weight.type == WeightQuant::kTernary ||
-                  layer.options.quant.weight.type == WeightQuant::kBinary,
-              "PackedBitLinear: the layer is neither ternary nor binary");
+  TORCH_CHECK(packable(layer.options.quant.weight.type), "PackedBitLinear: the layer's weights are ",
+              to_string(layer.options.quant.weight.type), ", whose codes do not fit the 2-bit layout");
   TORCH_CHECK(act.type == ActQuant::kPerToken && act.bits == 8,
               "PackedBitLinear: needs 8-bit per-token activation quantization");
   const auto q = layer.quantized_weight();

@@ -206,3 +206,31 @@ TEST(Estimators, WeightGradientMatchesTheAnalyticSteThroughALinearLayer) {
   const auto loss = (at::linear(x, fake_quantize_weight(w, ws, 0.4)) * c).sum();
   EXPECT_TRUE(torch::autograd::grad({loss}, {w})[0].allclose(expected * (0.6 + 0.4 * mask), 0, 1e-12));
 }
+
+// The masks every clipped STE shares, by hand: per group of 2, gammas (0.1 + 2) / 2 = 1.05 and
+// (3 + 0.5) / 2 = 1.75, so |w| / gamma = 0.095, 1.90, 1.71, 0.29; activations per token,
+// |x| * s / qmax = |x| / max|x|.
+TEST(Estimators, ClippedMasksByHand) {
+  const auto w = at::tensor({0.1, 2.0, -3.0, 0.5}, at::kDouble).reshape({1, 4});
+  WeightQuantSpec ws;
+  ws.granularity = Granularity::kPerGroup;
+  ws.group_size = 2;
+  ws.estimator = Estimator::kClipped;
+  ws.clip = 1.8;
+  const auto q = quantize_weight(w, ws);
+  const auto mask = clipped_ste_mask(w, q);
+  EXPECT_EQ(mask.scalar_type(), at::kBool);
+  EXPECT_TRUE(mask.equal(at::tensor({1, 0, 1, 1}).to(at::kBool).reshape({1, 4})));
+  ws.estimator = Estimator::kIdentity;
+  EXPECT_FALSE(clipped_ste_mask(w, quantize_weight(w, ws)).defined());
+
+  const auto x = at::tensor({1.0, -4.0, 2.0, 3.0, 0.5, -0.25, 0.1, 0.2}, at::kDouble).reshape({2, 4});
+  ActQuantSpec as;
+  as.estimator = Estimator::kClipped;
+  as.clip = 0.6;  // row 0: 0.25, 1, 0.5, 0.75; row 1: 1, 0.5, 0.2, 0.4
+  const auto qa = quantize_activation(x, as);
+  EXPECT_TRUE(
+      clipped_ste_mask(x, qa.scales, as).equal(at::tensor({1, 0, 1, 0, 0, 1, 1, 1}).to(at::kBool).reshape({2, 4})));
+  as.estimator = Estimator::kIdentity;
+  EXPECT_FALSE(clipped_ste_mask(x, qa.scales, as).defined());
+}

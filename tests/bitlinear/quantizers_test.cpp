@@ -249,3 +249,89 @@ TEST(Names, EveryNameRoundTrips) {
   EXPECT_EQ(traits(WeightQuant::kTernary).code_min, -1);
   EXPECT_EQ(traits(WeightQuant::kTernary).code_max, 1);
 }
+
+// The traits table is the one list of weight types: its rows in the enum's order, the config names
+// read from it (parse, the sorted choices of an error message), and each row's functions what
+// quantize_weight and dequantize_weight run.
+TEST(WeightQuantTraits, TheTableIsTheListOfTypes) {
+  ASSERT_EQ(std::size(kWeightQuantTraits), static_cast<size_t>(WeightQuant::kCount));
+  for (const auto& row : kWeightQuantTraits) {
+    EXPECT_EQ(&traits(row.type), &row);
+    WeightQuant parsed = WeightQuant::kCount;
+    EXPECT_TRUE(parse(row.name, &parsed)) << row.name;
+    EXPECT_EQ(parsed, row.type) << row.name;
+    EXPECT_EQ(row.quantize == nullptr, row.type == WeightQuant::kNone) << row.name;
+    EXPECT_EQ(row.dequantize == nullptr, row.type == WeightQuant::kNone) << row.name;
+  }
+  EXPECT_EQ(weight_quant_choices(), "binary|none|ternary");
+  EXPECT_THROW(traits(WeightQuant::kCount), std::invalid_argument);
+  // Only ternary has a fused fake quantization; binary composes quantize and dequantize.
+  EXPECT_NE(traits(WeightQuant::kTernary).fake_quantize, nullptr);
+  EXPECT_EQ(traits(WeightQuant::kBinary).fake_quantize, nullptr);
+}
+
+TEST(WeightQuantTraits, RowFunctionsComputeTheHandDerivedCodesAndValues) {
+  // W() per channel: ternary gammas 1.025 and 0.3 (see PerChannel above). Binary: means 0.275 and
+  // 0.15, so codes sign(w - mean) = (+, -, -, +) and (-, +, -, +), scales mean |w| = 1.025 and 0.3.
+  const auto w = W();
+  const auto t = traits(WeightQuant::kTernary).quantize(w, 4, false, 1e-5);
+  EXPECT_TRUE(t.codes.equal(codes({0, -1, 0, 1, 0, 1, -1, 1}, {2, 4})));
+  expect_scales(t.gamma, {1.025f, 0.3f});
+  const auto b = traits(WeightQuant::kBinary).quantize(w, 4, false, 1e-5);
+  EXPECT_TRUE(b.codes.equal(codes({1, -1, -1, 1, -1, 1, -1, 1}, {2, 4})));
+  expect_scales(b.gamma, {1.025f, 0.3f});
+  expect_scales(b.mean, {0.275f, 0.15f});
+  // dequantize: code * scale, per group of 3 columns here (the second group of a row has one column).
+  const auto gamma = at::tensor({2.0f, 0.5f, -1.0f, 4.0f}).reshape({2, 2});
+  const auto v = traits(WeightQuant::kBinary).dequantize(codes({1, -1, 1, -1, 1, 1, -1, 1}, {2, 4}), gamma, 3, false);
+  EXPECT_TRUE(v.equal(at::tensor({2.0f, -2.0f, 2.0f, -0.5f, -1.0f, -1.0f, 1.0f, 4.0f}).reshape({2, 4})));
+  // The same in double (gradient checks), and one scale for the whole tensor.
+  const auto vd = traits(WeightQuant::kTernary).dequantize(codes({1, 0, -1, 1}, {2, 2}), at::tensor({0.25}), 2, true);
+  EXPECT_EQ(vd.scalar_type(), at::kDouble);
+  EXPECT_TRUE(vd.equal(at::tensor({0.25, 0.0, -0.25, 0.25}).reshape({2, 2})));
+}
+
+TEST(ScaleGrouping, OneFunctionForEveryGranularity) {
+  // A weight [out 2, in 3, kh 2, kw 5]: rows of 30 columns.
+  const std::vector<int64_t> conv = {2, 3, 2, 5}, lin = {4, 12};
+  auto grouping = [](Granularity g, at::IntArrayRef shape, int64_t group = 8) {
+    const auto s = scale_grouping(spec(WeightQuant::kTernary, g, group), shape);
+    return std::make_pair(s.group, s.per_tensor);
+  };
+  EXPECT_EQ(grouping(Granularity::kPerTensor, conv), std::make_pair(int64_t{30}, true));
+  EXPECT_EQ(grouping(Granularity::kPerChannel, conv), std::make_pair(int64_t{30}, false));
+  EXPECT_EQ(grouping(Granularity::kPerGroup, conv), std::make_pair(int64_t{8}, false));
+  EXPECT_EQ(grouping(Granularity::kPerKernel, conv), std::make_pair(int64_t{10}, false));
+  EXPECT_EQ(grouping(Granularity::kPerTensor, lin), std::make_pair(int64_t{12}, true));
+  EXPECT_EQ(grouping(Granularity::kPerChannel, lin), std::make_pair(int64_t{12}, false));
+  EXPECT_THROW(grouping(Granularity::kPerKernel, lin), std::invalid_argument);
+  EXPECT_THROW(grouping(Granularity::kPerGroup, lin, 0), std::invalid_argument);
+}
+
+// dequantize_weight goes through the row's dequantize: code * scale for every granularity, the
+// scales broadcast by hand here.
+TEST(WeightQuantTraits, DequantizeWeightIsCodeTimesItsScaleAtEveryGranularity) {
+  at::manual_seed(9);
+  const auto w = at::randn({3, 2, 2, 3});
+  for (const auto g :
+       {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup, Granularity::kPerKernel}) {
+    for (const auto t : {WeightQuant::kTernary, WeightQuant::kBinary}) {
+      const auto q = quantize_weight(w, spec(t, g, 5));
+      const auto c = q.codes.reshape({3, 12}).to(at::kDouble);
+      const auto s = q.scales.to(at::kDouble);
+      auto want = at::empty({3, 12}, at::kDouble);
+      for (int64_t r = 0; r < 3; ++r) {
+        for (int64_t j = 0; j < 12; ++j) {
+          const double scale = g == Granularity::kPerTensor    ? s.item<double>()
+                               : g == Granularity::kPerChannel ? s[r].item<double>()
+                               : g == Granularity::kPerGroup   ? s[r][j / 5].item<double>()
+                                                               : s[r][j / 6].item<double>();
+          want[r][j] = c[r][j].item<double>() * scale;
+        }
+      }
+      const auto got = dequantize_weight(q);
+      EXPECT_EQ(got.sizes(), w.sizes());
+      EXPECT_TRUE(got.reshape({3, 12}).to(at::kDouble).equal(want)) << to_string(t) << " " << to_string(g);
+    }
+  }
+}
