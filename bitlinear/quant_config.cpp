@@ -1,55 +1,63 @@
 #include "bitlinear/quant_config.hpp"
 
+#include <cstdint>
+
 namespace bitqat::bitlinear {
 namespace {
 
-template <class E>
-E parse_enum(const core::Node& n, const std::string& key, E fallback, const std::string& choices) {
-  if (!n.has(key)) return fallback;
-  E v = fallback;
-  if (!parse(n.get<std::string>(key, ""), &v)) n.fail(key, "one of " + choices);
-  return v;
+const core::Schema<WeightQuantSpec>& weight_schema() {
+  using W = WeightQuantSpec;
+  static const core::Schema<W> s({
+      core::key("type", &W::type, "ternary (absmean, BitNet b1.58), binary (sign, BitNet) or none (full precision)")
+          .choices(kWeightQuantNames),
+      core::key("granularity", &W::granularity,
+                "what one weight scale covers: the tensor, an output channel, group_size inputs of a row, or a "
+                "convolution's kh x kw kernel")
+          .choices(kGranularityNames),
+      core::key("group_size", &W::group_size, "inputs per scale with granularity per_group")
+          .range(int64_t{1}, int64_t{1} << 30),
+      core::key("estimator", &W::estimator,
+                "the weight STE: identity, or clipped (zero gradient where |w| / scale > clip)")
+          .choices(kEstimatorNames),
+      core::key("clip", &W::clip, "the clipped STE's bound, in units of the scale").range(1e-6, 1e6),
+      core::key("eps", &W::eps, "added to the absmean scale before dividing").range(1e-12, 1.0),
+  });
+  return s;
+}
+
+const core::Schema<ActQuantSpec>& act_schema() {
+  using A = ActQuantSpec;
+  static const core::Schema<A> s({
+      core::key("type", &A::type, "activation absmax scaling: per_token (BitNet), per_tensor, or none")
+          .choices(kActQuantNames),
+      core::key("bits", &A::bits, "activation bits; codes in [-2^(bits-1), 2^(bits-1) - 1]").range(2, 8),
+      core::key("estimator", &A::estimator,
+                "the activation STE: identity, or clipped (zero gradient where |x| * scale / qmax > clip)")
+          .choices(kEstimatorNames),
+      core::key("clip", &A::clip, "the clipped STE's bound, in units of the absmax").range(1e-6, 1e6),
+      core::key("eps", &A::eps, "floor of the absmax, so a row of zeros has a finite scale").range(1e-12, 1.0),
+  });
+  return s;
 }
 
 }  // namespace
 
 QuantSpec quant_spec_from_yaml(const core::Node& quant) {
   QuantSpec spec;
-  const auto w = quant.child("weight");
-  w.allow_only({"type", "granularity", "group_size", "estimator", "clip", "eps"});
-  auto& ws = spec.weight;
-  ws.type = parse_enum(w, "type", ws.type, weight_quant_choices());
-  ws.granularity = parse_enum(w, "granularity", ws.granularity, "per_channel|per_group|per_kernel|per_tensor");
-  ws.group_size = w.get_in<int64_t>("group_size", ws.group_size, 1, int64_t{1} << 30);
-  ws.estimator = parse_enum(w, "estimator", ws.estimator, "clipped|identity");
-  ws.clip = w.get_in<double>("clip", ws.clip, 1e-6, 1e6);
-  ws.eps = w.get_in<double>("eps", ws.eps, 1e-12, 1.0);
-
-  const auto a = quant.child("activation");
-  a.allow_only({"type", "bits", "estimator", "clip", "eps"});
-  auto& as = spec.act;
-  as.type = parse_enum(a, "type", as.type, "none|per_tensor|per_token");
-  as.bits = a.get_in<int>("bits", as.bits, 2, 8);
-  as.estimator = parse_enum(a, "estimator", as.estimator, "clipped|identity");
-  as.clip = a.get_in<double>("clip", as.clip, 1e-6, 1e6);
-  as.eps = a.get_in<double>("eps", as.eps, 1e-12, 1.0);
+  weight_schema().parse_into(quant.child("weight"), &spec.weight);
+  act_schema().parse_into(quant.child("activation"), &spec.act);
   return spec;
 }
 
 void quant_spec_to_yaml(const QuantSpec& spec, YAML::Node* out) {
-  auto w = (*out)["weight"];
-  w["type"] = to_string(spec.weight.type);
-  w["granularity"] = to_string(spec.weight.granularity);
-  w["group_size"] = spec.weight.group_size;
-  w["estimator"] = to_string(spec.weight.estimator);
-  w["clip"] = spec.weight.clip;
-  w["eps"] = spec.weight.eps;
-  auto a = (*out)["activation"];
-  a["type"] = to_string(spec.act.type);
-  a["bits"] = spec.act.bits;
-  a["estimator"] = to_string(spec.act.estimator);
-  a["clip"] = spec.act.clip;
-  a["eps"] = spec.act.eps;
+  weight_schema().write(spec.weight, (*out)["weight"]);
+  act_schema().write(spec.act, (*out)["activation"]);
+}
+
+std::vector<core::KeyReference> quant_spec_reference(const std::string& prefix) {
+  auto rows = weight_schema().reference(prefix + "weight.");
+  for (auto& r : act_schema().reference(prefix + "activation.")) rows.push_back(std::move(r));
+  return rows;
 }
 
 }  // namespace bitqat::bitlinear

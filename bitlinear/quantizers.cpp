@@ -44,64 +44,15 @@ const WeightQuantTraits& traits(WeightQuant type) {
   return kWeightQuantTraits[i];
 }
 
-std::string weight_quant_choices() {
-  std::vector<std::string> names;
-  for (const auto& row : kWeightQuantTraits) names.emplace_back(row.name);
-  std::sort(names.begin(), names.end());
-  return fmt::format("{}", fmt::join(names, "|"));
-}
-
 std::string to_string(WeightQuant v) { return traits(v).name; }
-std::string to_string(Granularity v) {
-  switch (v) {
-    case Granularity::kPerTensor:
-      return "per_tensor";
-    case Granularity::kPerChannel:
-      return "per_channel";
-    case Granularity::kPerGroup:
-      return "per_group";
-    case Granularity::kPerKernel:
-      return "per_kernel";
-  }
-  return "?";
-}
-std::string to_string(ActQuant v) {
-  switch (v) {
-    case ActQuant::kNone:
-      return "none";
-    case ActQuant::kPerToken:
-      return "per_token";
-    case ActQuant::kPerTensor:
-      return "per_tensor";
-  }
-  return "?";
-}
-std::string to_string(Estimator v) { return v == Estimator::kIdentity ? "identity" : "clipped"; }
+std::string to_string(Granularity v) { return core::name_of(kGranularityNames, v); }
+std::string to_string(ActQuant v) { return core::name_of(kActQuantNames, v); }
+std::string to_string(Estimator v) { return core::name_of(kEstimatorNames, v); }
 
-bool parse(const std::string& s, WeightQuant* out) {
-  for (const auto& row : kWeightQuantTraits) {
-    if (s == row.name) return *out = row.type, true;
-  }
-  return false;
-}
-bool parse(const std::string& s, Granularity* out) {
-  for (auto v : {Granularity::kPerTensor, Granularity::kPerChannel, Granularity::kPerGroup, Granularity::kPerKernel}) {
-    if (s == to_string(v)) return *out = v, true;
-  }
-  return false;
-}
-bool parse(const std::string& s, ActQuant* out) {
-  for (auto v : {ActQuant::kNone, ActQuant::kPerToken, ActQuant::kPerTensor}) {
-    if (s == to_string(v)) return *out = v, true;
-  }
-  return false;
-}
-bool parse(const std::string& s, Estimator* out) {
-  for (auto v : {Estimator::kIdentity, Estimator::kClipped}) {
-    if (s == to_string(v)) return *out = v, true;
-  }
-  return false;
-}
+bool parse(const std::string& s, WeightQuant* out) { return core::value_of(kWeightQuantNames, s.c_str(), out); }
+bool parse(const std::string& s, Granularity* out) { return core::value_of(kGranularityNames, s.c_str(), out); }
+bool parse(const std::string& s, ActQuant* out) { return core::value_of(kActQuantNames, s.c_str(), out); }
+bool parse(const std::string& s, Estimator* out) { return core::value_of(kEstimatorNames, s.c_str(), out); }
 
 void check_lambda(double lambda, const char* what) {
   if (!(lambda >= 0.0 && lambda <= 1.0)) {

@@ -4,6 +4,7 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <iterator>
@@ -11,6 +12,7 @@
 #include <utility>
 
 #include "bitlinear/quant_kernels.hpp"
+#include "core/enum_name.hpp"
 
 namespace bitqat::bitlinear {
 
@@ -24,6 +26,24 @@ enum class Granularity { kPerTensor, kPerChannel, kPerGroup, kPerKernel };
 enum class ActQuant { kNone, kPerToken, kPerTensor };
 // kIdentity: d q(x)/dx = 1. kClipped: 1 where |x| <= clip (in units of the scale), else 0.
 enum class Estimator { kIdentity, kClipped };
+
+// Config names (quant.weight.granularity, quant.activation.type, quant.*.estimator); the weight
+// types' names are their traits rows' (kWeightQuantNames below).
+inline constexpr std::array<core::EnumName<Granularity>, 4> kGranularityNames = {{
+    {Granularity::kPerTensor, "per_tensor"},
+    {Granularity::kPerChannel, "per_channel"},
+    {Granularity::kPerGroup, "per_group"},
+    {Granularity::kPerKernel, "per_kernel"},
+}};
+inline constexpr std::array<core::EnumName<ActQuant>, 3> kActQuantNames = {{
+    {ActQuant::kNone, "none"},
+    {ActQuant::kPerToken, "per_token"},
+    {ActQuant::kPerTensor, "per_tensor"},
+}};
+inline constexpr std::array<core::EnumName<Estimator>, 2> kEstimatorNames = {{
+    {Estimator::kIdentity, "identity"},
+    {Estimator::kClipped, "clipped"},
+}};
 
 struct WeightQuantSpec {
   WeightQuant type = WeightQuant::kTernary;
@@ -93,10 +113,16 @@ constexpr bool weight_quant_rows_in_enum_order() {
 }
 static_assert(weight_quant_rows_in_enum_order(), "the traits rows follow the enum's order");
 
+// The weight types' config names (quant.weight.type), taken from the traits rows.
+constexpr std::array<core::EnumName<WeightQuant>, std::size(kWeightQuantTraits)> weight_quant_names() {
+  std::array<core::EnumName<WeightQuant>, std::size(kWeightQuantTraits)> names{};
+  for (size_t i = 0; i < names.size(); ++i) names[i] = {kWeightQuantTraits[i].type, kWeightQuantTraits[i].name};
+  return names;
+}
+inline constexpr auto kWeightQuantNames = weight_quant_names();
+
 // The row of a type; throws std::invalid_argument for a value that names none (kCount or beyond).
 const WeightQuantTraits& traits(WeightQuant type);
-// Every weight type's name, sorted and joined by '|' ("binary|none|ternary"), for config errors.
-std::string weight_quant_choices();
 
 std::string to_string(WeightQuant v);
 std::string to_string(Granularity v);

@@ -34,25 +34,10 @@
 #include <vector>
 
 #include "core/config.hpp"
+#include "core/enum_name.hpp"
 #include "core/error.hpp"
 
 namespace bitqat::core {
-
-// An enum value's name in configs, written once beside the enum:
-//   inline constexpr std::array<core::EnumName<Ffn>, 3> kFfnNames = {{{Ffn::kRelu2, "relu2"}, ...}};
-template <class E>
-struct EnumName {
-  E value;
-  const char* name;
-};
-
-template <class E, size_t N>
-const char* name_of(const std::array<EnumName<E>, N>& names, E value) {
-  for (const auto& n : names) {
-    if (n.value == value) return n.name;
-  }
-  return "?";
-}
 
 // One row of the config reference.
 struct KeyReference {

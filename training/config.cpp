@@ -313,6 +313,7 @@ std::vector<core::KeyReference> Config::reference() {
   add(run_schema().reference("run."));
   add(models::ModelConfig::reference());
   add(quant_schema().reference("quant."));
+  add(bitlinear::quant_spec_reference("quant."));
   add(data::DataConfig::reference());
   add(optim_schema().reference("optim."));
   add(train_schema().reference("train."));

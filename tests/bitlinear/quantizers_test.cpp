@@ -251,7 +251,7 @@ TEST(Names, EveryNameRoundTrips) {
 }
 
 // The traits table is the one list of weight types: its rows in the enum's order, the config names
-// read from it (parse, the sorted choices of an error message), and each row's functions what
+// read from it (parse and the config's name table), and each row's functions what
 // quantize_weight and dequantize_weight run.
 TEST(WeightQuantTraits, TheTableIsTheListOfTypes) {
   ASSERT_EQ(std::size(kWeightQuantTraits), static_cast<size_t>(WeightQuant::kCount));
@@ -263,7 +263,11 @@ TEST(WeightQuantTraits, TheTableIsTheListOfTypes) {
     EXPECT_EQ(row.quantize == nullptr, row.type == WeightQuant::kNone) << row.name;
     EXPECT_EQ(row.dequantize == nullptr, row.type == WeightQuant::kNone) << row.name;
   }
-  EXPECT_EQ(weight_quant_choices(), "binary|none|ternary");
+  ASSERT_EQ(kWeightQuantNames.size(), std::size(kWeightQuantTraits));
+  for (size_t i = 0; i < kWeightQuantNames.size(); ++i) {
+    EXPECT_EQ(kWeightQuantNames[i].value, kWeightQuantTraits[i].type);
+    EXPECT_STREQ(kWeightQuantNames[i].name, kWeightQuantTraits[i].name);
+  }
   EXPECT_THROW(traits(WeightQuant::kCount), std::invalid_argument);
   // Only ternary has a fused fake quantization; binary composes quantize and dequantize.
   EXPECT_NE(traits(WeightQuant::kTernary).fake_quantize, nullptr);
