@@ -1,6 +1,7 @@
 #include "apps/cli.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <CLI/CLI.hpp>
 #include <cerrno>
@@ -9,12 +10,14 @@
 #include <cstdlib>
 #include <limits>
 
+#include "apps/exports.hpp"
 #include "core/error.hpp"
+#include "interop/export_gguf.hpp"
 
 namespace bitqat::apps {
 namespace {
 
-const char* kUsage =
+const char* kUsageHead =
     "bitqat: ternary / binary quantization-aware training\n"
     "\n"
     "usage: bitqat <command> [options]\n"
@@ -32,9 +35,8 @@ const char* kUsage =
     "         [--seed X]    class-conditional images from a DiT run (or a packed export) as a PNG grid\n"
     "  quantize SRC_RUN_DIR|CONFIG --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
     "                       data-free ternarization of a full-precision run, with its validation loss\n"
-    "  export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq2_0|tq1_0|q2_0|q1_0]\n"
-    "                       export the ternary model: 2-bit packed (eval/generate load it), Hugging Face\n"
-    "                       BitNetForCausalLM, or a llama.cpp GGUF file\n"
+    "  export RUN_DIR --format {formats} --out PATH [--gguf-type {gguf_types}]\n"
+    "                       {summaries}\n"
     "  version              print the version\n"
     "\n"
     "`bitqat <command> --help` describes a command.\n";
@@ -82,22 +84,37 @@ const char* kQuantizeHelp =
     "OUT_RUN_DIR receives config.resolved.yaml, metrics.jsonl with the validation loss and\n"
     "checkpoints/step_00000000; `bitqat eval`, `bitqat train --resume` and init_from accept it.\n";
 
-const char* kExportHelp =
-    "Exports the fully quantized model (lambda = 1) of a run's newest checkpoint:\n"
-    "  packed     a directory with 2-bit ternary weights + scales and the rest in full precision;\n"
-    "             `bitqat eval PATH` and `bitqat generate PATH` run it like a run directory\n"
-    "  hf-bitnet  a directory Hugging Face transformers loads as BitNetForCausalLM (config.json,\n"
-    "             model.safetensors with packed uint8 weights); needs sub_norm, a gated FFN (swiglu:\n"
-    "             hidden_act silu, relu2_glu: relu2), per_tensor ternary weights, 8-bit per-token\n"
-    "             activations\n"
-    "  gguf       one GGUF file for llama.cpp: architecture bitnet (model.sub_norm true) or llama\n"
-    "             (sub_norm false); model.ffn must be swiglu, what llama.cpp computes. Quantized\n"
-    "             linears as --gguf-type: tq2_0 (default, 2.06 bits/weight, CPU), tq1_0 (1.69, CPU),\n"
-    "             q2_0 (2.25, CPU/CUDA/Metal), q1_0 (1.125, binary weights); dims must be multiples of\n"
-    "             the block (256, 256, 64, 128). The tokenizer is the source model's (init_from) or,\n"
-    "             for vocabulary 256, the byte tokenizer. --gguf-float f16 halves the float tensors.\n"
-    "             --gguf-force-relu2 writes a relu2_glu model anyway (llama.cpp computes SiLU instead)\n"
-    "PATH must not exist. The export runs on the CPU and reads no training data.\n";
+// `text` broken at spaces into lines of at most `width` characters, every line after the first
+// starting with `indent` spaces (the first is assumed to start at that column too).
+std::string wrap(const std::string& text, size_t indent, size_t width = 100) {
+  std::string out, line;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t end = text.find(' ', pos);
+    if (end == std::string::npos) end = text.size();
+    const std::string word = text.substr(pos, end - pos);
+    if (!line.empty() && indent + line.size() + 1 + word.size() > width) {
+      out += line + "\n" + std::string(indent, ' ');
+      line.clear();
+    }
+    line += (line.empty() ? "" : " ") + word;
+    pos = end + 1;
+  }
+  return out + line;
+}
+
+// `bitqat export --help`: each format's paragraph from its registration (apps/exports.hpp).
+std::string export_help() {
+  std::string text = "Exports the fully quantized model (lambda = 1) of a run's newest checkpoint:\n";
+  for (const auto& f : export_formats()) text += fmt::format("  {:<11}{}\n", f.name, wrap(f.help(), 13));
+  return text + "PATH must not exist. The export runs on the CPU and reads no training data.\n";
+}
+
+std::vector<std::string> export_format_names() {
+  std::vector<std::string> names;
+  for (const auto& f : export_formats()) names.emplace_back(f.name);
+  return names;
+}
 
 // Strict integer and number checks: the whole text must be one value inside [lo, hi].
 CLI::Validator integer_in(int64_t lo, int64_t hi) {
@@ -158,7 +175,19 @@ class Formatter : public CLI::Formatter {
 
 }  // namespace
 
-const char* usage() { return kUsage; }
+const char* usage() {
+  static const std::string text = [] {
+    std::string summaries;
+    const auto& formats = export_formats();
+    for (size_t i = 0; i < formats.size(); ++i) {
+      summaries += (i == 0 ? "" : i + 1 == formats.size() ? ", or " : ", ") + std::string(formats[i].summary);
+    }
+    return fmt::format(fmt::runtime(kUsageHead), fmt::arg("formats", fmt::join(export_format_names(), "|")),
+                       fmt::arg("gguf_types", fmt::join(interop::gguf_type_choices(/*codes=*/true), "|")),
+                       fmt::arg("summaries", wrap("export the ternary model: " + summaries, 23)));
+  }();
+  return text.c_str();
+}
 
 Command parse_command_line(int argc, char** argv) {
   Command cmd;
@@ -246,8 +275,9 @@ Command parse_command_line(int argc, char** argv) {
 
   auto* quant = app.add_subcommand("quantize", "data-free ternarization of a full-precision run");
   quant->footer(kQuantizeHelp);
-  quant->add_option("SRC", cmd.quantize.src_run_dir,
-                    "the full-precision run, or a config whose init_from is the model (e.g. a GGUF)")
+  quant
+      ->add_option("SRC", cmd.quantize.src_run_dir,
+                   "the full-precision run, or a config whose init_from is the model (e.g. a GGUF)")
       ->required();
   quant->add_option("--out", cmd.quantize.out, "the run directory to write (run.dir and run.name come from it)")
       ->required();
@@ -255,19 +285,23 @@ Command parse_command_line(int argc, char** argv) {
            "override a value of the resulting config, e.g. quant.weight.granularity=per_channel");
   quant->add_flag("--json", cmd.quantize.json, "print the result as one JSON object");
 
-  auto* exp = app.add_subcommand("export", "export the ternary model: packed, hf-bitnet or gguf");
-  exp->footer(kExportHelp);
+  auto* exp =
+      app.add_subcommand("export", fmt::format("export the ternary model: {}", fmt::join(export_format_names(), ", ")));
+  exp->footer(export_help());
   exp->add_option("RUN_DIR", cmd.export_.run_dir, "a run directory")->required();
-  exp->add_option("--format", cmd.export_.format, "packed | hf-bitnet | gguf")
+  exp->add_option("--format", cmd.export_.format, fmt::format("{}", fmt::join(export_format_names(), " | ")))
       ->required()
-      ->check(CLI::IsMember({"packed", "hf-bitnet", "gguf"}));
+      ->check(CLI::IsMember(export_format_names()));
   exp->add_option("--out", cmd.export_.out, "the directory or file to write; must not exist")->required();
   exp->add_option("--gguf-type", cmd.export_.gguf_type,
-                  "tq2_0 (default, 2.06 bits/weight) | tq1_0 (1.69) | q2_0 (2.25, GPU too) | q1_0 (1.125, binary)")
-      ->check(CLI::IsMember({"tq2_0", "tq1_0", "q2_0", "q1_0"}));
+                  fmt::format("{} (default tq2_0): the quantized linears' type",
+                              fmt::join(interop::gguf_type_choices(/*codes=*/true), " | ")))
+      ->check(CLI::IsMember(interop::gguf_type_choices(/*codes=*/true)));
   exp->add_option("--gguf-float", cmd.export_.gguf_float,
-                  "f32 (default, exact) | f16: the type of embeddings, an untied head and unquantized linears")
-      ->check(CLI::IsMember({"f32", "f16"}));
+                  fmt::format("{} (default f32, exact): the type of embeddings, an untied head and unquantized "
+                              "linears",
+                              fmt::join(interop::gguf_type_choices(/*codes=*/false), " | ")))
+      ->check(CLI::IsMember(interop::gguf_type_choices(/*codes=*/false)));
   exp->add_flag("--gguf-force-relu2", cmd.export_.gguf_force_relu2,
                 "write a relu2_glu model although llama.cpp computes SiLU (for runtimes that honour "
                 "bitnet.hidden_activation); prints a warning");
@@ -284,7 +318,7 @@ Command parse_command_line(int argc, char** argv) {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp&) {
     const auto subs = app.get_subcommands();
-    std::fputs(subs.empty() ? kUsage : subs.front()->help().c_str(), stdout);
+    std::fputs(subs.empty() ? usage() : subs.front()->help().c_str(), stdout);
     return cmd;
   } catch (const CLI::ParseError& e) {
     const auto subs = app.get_subcommands();

@@ -13,11 +13,10 @@
 #include <ATen/Version.h>
 
 #include "apps/cli.hpp"
+#include "apps/exports.hpp"
 #include "apps/quickstart_config.hpp"
 #include "core/error.hpp"
 #include "data/source.hpp"
-#include "interop/export_gguf.hpp"
-#include "interop/export_hf_bitnet.hpp"
 #include "interop/export_packed.hpp"
 #include "models/dit.hpp"
 #include "models/generate.hpp"
@@ -227,56 +226,26 @@ int cmd_quantize(const QuantizeArgs& a) {
 }
 
 int cmd_export(const ExportArgs& a) {
-  const std::string &run_dir = a.run_dir, &format = a.format, &out = a.out;
-  if ((!a.gguf_type.empty() || !a.gguf_float.empty() || a.gguf_force_relu2 || !a.name.empty()) && format != "gguf") {
+  const ExportFormat* format = find_export_format(a.format);
+  if (!format) throw core::UserError(fmt::format("--format {}: no such export", a.format));  // the parser checks
+  if ((!a.gguf_type.empty() || !a.gguf_float.empty() || a.gguf_force_relu2 || !a.name.empty()) &&
+      !format->gguf_options) {
     throw core::UserError("--gguf-type, --gguf-float, --gguf-force-relu2 and --name apply to --format gguf only");
   }
-  if (interop::is_packed_export(run_dir)) {
+  if (interop::is_packed_export(a.run_dir)) {
     throw core::UserError(
-        fmt::format("{} is a packed export (no latent weights); export from its run directory", run_dir));
+        fmt::format("{} is a packed export (no latent weights); export from its run directory", a.run_dir));
   }
-  if (std::filesystem::exists(out)) {
-    throw core::UserError(fmt::format("--out {} already exists; exports never overwrite", out));
-  }
-  auto run = training::load_run(run_dir, at::Device(at::kCPU));
+  auto run = training::load_run(a.run_dir, at::Device(at::kCPU));
   if (run.lambda_w != 1.0 || run.lambda_a != 1.0) {
     std::fprintf(stderr,
                  "bitqat export: note: %s (step %lld) was trained at lambda_w %.4g, lambda_a %.4g; every export is "
                  "the fully quantized model (lambda 1), which computes something else than the checkpoint did "
                  "(bitqat eval %s --fully-quantized scores it)\n",
-                 run.checkpoint.c_str(), static_cast<long long>(run.step), run.lambda_w, run.lambda_a, run_dir.c_str());
+                 run.checkpoint.c_str(), static_cast<long long>(run.step), run.lambda_w, run.lambda_a,
+                 a.run_dir.c_str());
   }
-  if (format == "packed") {
-    const auto s = interop::export_packed(run.task->module(), core::to_yaml_string(run.cfg.resolved()), run.checkpoint,
-                                          run.step, out, run_dir);
-    std::printf(
-        "wrote %s: %lld quantized layers, %lld bytes packed (2-bit codes + scales) vs %lld bytes in bf16: "
-        "%.2fx smaller\n",
-        out.c_str(), static_cast<long long>(s.layers), static_cast<long long>(s.packed_bytes),
-        static_cast<long long>(s.bf16_bytes), s.ratio());
-    return 0;
-  }
-  auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
-  if (!lm) throw core::UserError(fmt::format("{}: --format {} needs a language model run", run_dir, format));
-  if (format == "hf-bitnet") {
-    interop::export_hf_bitnet(*lm, out);
-    std::printf("wrote %s: BitNetForCausalLM (config.json, model.safetensors)\n", out.c_str());
-    return 0;
-  }
-  interop::GgufExportOptions o;
-  o.type = interop::parse_gguf_type(a.gguf_type.empty() ? "tq2_0" : a.gguf_type);
-  o.float_type = a.gguf_float == "f16" ? checkpoints::gguf::GgmlType::kF16 : checkpoints::gguf::GgmlType::kF32;
-  o.force_relu2 = a.gguf_force_relu2;
-  o.tokenizer_source = run.cfg.init_from;
-  o.name = a.name;
-  if (o.name.empty()) o.name = std::filesystem::path(run_dir).lexically_normal().filename().string();
-  if (o.name.empty()) o.name = std::filesystem::path(run_dir).lexically_normal().parent_path().filename().string();
-  std::vector<std::string> warnings;
-  const auto arch = interop::check_gguf_compatible(*lm, o, &warnings);
-  for (const auto& w : warnings) std::fprintf(stderr, "bitqat export: warning: %s\n", w.c_str());
-  const auto bytes = interop::export_gguf(*lm, out, o);
-  std::printf("wrote %s: GGUF %s, %s quantized tensors, %lld bytes\n", out.c_str(), interop::to_string(arch),
-              checkpoints::gguf::to_string(o.type), static_cast<long long>(bytes));
+  std::printf("%s\n", format->write(run, a).c_str());
   return 0;
 }
 

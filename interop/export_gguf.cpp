@@ -41,10 +41,7 @@ std::string cli_name(const gguf::TypeTraits& t) {
 
 // "tq1_0, tq2_0, q1_0 or q2_0": the written types of the table, for messages.
 std::string written_type_names(bool codes) {
-  std::vector<std::string> names;
-  for (const auto& t : gguf::type_table()) {
-    if (written(t, codes)) names.push_back(cli_name(t));
-  }
+  const auto names = gguf_type_choices(codes);
   std::string out;
   for (size_t i = 0; i < names.size(); ++i) out += (i == 0 ? "" : i + 1 == names.size() ? " or " : ", ") + names[i];
   return out;
@@ -230,12 +227,27 @@ GgufMetadata tokenizer_for(const models::LMConfig& c, const GgufExportOptions& o
 
 const char* to_string(GgufArch a) { return a == GgufArch::kBitnet ? "bitnet" : "llama"; }
 
-GgmlType parse_gguf_type(const std::string& s) {
+std::vector<std::string> gguf_type_choices(bool codes) {
+  std::vector<std::string> names;
   for (const auto& t : gguf::type_table()) {
-    if (written(t, /*codes=*/true) && cli_name(t) == s) return t.type;
+    if (written(t, codes)) names.push_back(cli_name(t));
   }
-  throw core::UserError(fmt::format("--gguf-type {}: expected {}", s, written_type_names(/*codes=*/true)));
+  return names;
 }
+
+namespace {
+
+GgmlType parse_written_type(const std::string& s, bool codes, const char* option) {
+  for (const auto& t : gguf::type_table()) {
+    if (written(t, codes) && cli_name(t) == s) return t.type;
+  }
+  throw core::UserError(fmt::format("{} {}: expected {}", option, s, written_type_names(codes)));
+}
+
+}  // namespace
+
+GgmlType parse_gguf_type(const std::string& s) { return parse_written_type(s, /*codes=*/true, "--gguf-type"); }
+GgmlType parse_gguf_float_type(const std::string& s) { return parse_written_type(s, /*codes=*/false, "--gguf-float"); }
 
 GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOptions& o,
                                std::vector<std::string>* warnings) {
@@ -255,8 +267,10 @@ GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOpti
   return arch;
 }
 
-gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o) {
-  const auto arch = check_gguf_compatible(lm, o);
+namespace {
+
+// The file's contents for a model check_gguf_compatible accepted as `arch`.
+gguf::File gguf_contents(const models::BitLMImpl& lm, const GgufExportOptions& o, GgufArch arch) {
   const auto& c = lm.config;
   const std::string a = to_string(arch);
   gguf::File f;
@@ -287,16 +301,19 @@ gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o)
   return f;
 }
 
-int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
-                    std::vector<std::string>* warnings) {
-  if (fs::exists(out_path)) {
-    throw core::UserError(
-        fmt::format("{} already exists; choose a new --out path (exports never overwrite)", out_path));
-  }
-  check_gguf_compatible(lm, o, warnings);
-  const auto bytes = gguf::encode(gguf_from_lm(lm, o));
+}  // namespace
+
+gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o) {
+  return gguf_contents(lm, o, check_gguf_compatible(lm, o));
+}
+
+GgufExport export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
+                       std::vector<std::string>* warnings) {
+  check_new_output(out_path);
+  const auto arch = check_gguf_compatible(lm, o, warnings);
+  const auto bytes = gguf::encode(gguf_contents(lm, o, arch));
   core::write_file_atomic(out_path, bytes);
-  return static_cast<int64_t>(bytes.size());
+  return {static_cast<int64_t>(bytes.size()), arch};
 }
 
 }  // namespace bitqat::interop

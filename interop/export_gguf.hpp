@@ -57,13 +57,23 @@ GgufArch check_gguf_compatible(const models::BitLMImpl& lm, const GgufExportOpti
 // The GGUF contents of a model.
 checkpoints::gguf::File gguf_from_lm(const models::BitLMImpl& lm, const GgufExportOptions& o);
 
-// Writes the file atomically; refuses an existing path. Returns the file size in bytes; warnings
-// as for check_gguf_compatible.
-int64_t export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
-                    std::vector<std::string>* warnings = nullptr);
+struct GgufExport {
+  int64_t bytes;  // the file's size
+  GgufArch arch;  // general.architecture
+};
 
-// The CLI's --gguf-type: the lower-case name of a type the export writes from codes (TQ1_0, TQ2_0,
-// Q1_0, Q2_0 in checkpoints/gguf_types.hpp: "tq2_0"); UserError naming them otherwise.
+// Writes the file atomically; refuses an existing path (core::UserError, nothing written). Warnings
+// as for check_gguf_compatible, which runs once.
+GgufExport export_gguf(const models::BitLMImpl& lm, const std::string& out_path, const GgufExportOptions& o,
+                       std::vector<std::string>* warnings = nullptr);
+
+// The lower-case names ("tq2_0") of the types the export writes, in the type table's order
+// (checkpoints/gguf_types.hpp): for quantized linears (codes = true: the block types written from
+// integer codes, TQ1_0, TQ2_0, Q1_0, Q2_0) or for float tensors (codes = false: F32, F16).
+std::vector<std::string> gguf_type_choices(bool codes);
+// The CLI's --gguf-type and --gguf-float: the type of such a name; core::UserError naming the
+// option, the value and the choices otherwise.
 checkpoints::gguf::GgmlType parse_gguf_type(const std::string& s);
+checkpoints::gguf::GgmlType parse_gguf_float_type(const std::string& s);
 
 }  // namespace bitqat::interop

@@ -76,9 +76,7 @@ void check_hf_bitnet_compatible(const models::BitLMImpl& lm) {
 }
 
 void export_hf_bitnet(const models::BitLMImpl& lm, const std::string& out_dir) {
-  if (fs::exists(out_dir)) {
-    throw core::UserError(fmt::format("{} already exists; choose a new --out path (exports never overwrite)", out_dir));
-  }
+  check_new_output(out_dir);
   check_hf_bitnet_compatible(lm);
   const auto& c = lm.config;
   checkpoints::NamedTensors t;

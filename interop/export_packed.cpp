@@ -12,6 +12,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/exportable.hpp"
 #include "models/state_dict.hpp"
 
 namespace bitqat::interop {
@@ -31,9 +32,7 @@ PackedStats packed_stats(const torch::nn::Module& module) {
 
 PackedStats export_packed(torch::nn::Module& module, const std::string& config_yaml, const std::string& source,
                           int64_t step, const std::string& out_dir, const std::string& what) {
-  if (fs::exists(out_dir)) {
-    throw core::UserError(fmt::format("{} already exists; choose a new --out path (exports never overwrite)", out_dir));
-  }
+  check_new_output(out_dir);
   std::vector<std::string> layers;
   try {
     layers = bitlinear::ops::pack_for_inference(module);

@@ -3,10 +3,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <filesystem>
 
 #include "core/error.hpp"
 
 namespace bitqat::interop {
+
+void check_new_output(const std::string& path) {
+  if (std::filesystem::exists(std::filesystem::symlink_status(path))) {
+    throw core::UserError(fmt::format("{} already exists; choose a new --out path (exports never overwrite)", path));
+  }
+}
 
 void check_exportable(const std::string& name, const bitlinear::BitLinearImpl& l, const LinearRequirements& req) {
   const auto& q = l.options.quant;

@@ -27,6 +27,10 @@ struct LinearRequirements {
   std::optional<bool> sub_norm;             // the layer must (true) or must not (false) have a SubLN
 };
 
+// Every export refuses to overwrite: core::UserError "<path> already exists; choose a new --out path"
+// when `path` exists (a file, a directory or a dangling link).
+void check_new_output(const std::string& path);
+
 // Throws core::UserError "<format>: <name> <what does not fit>" for the first requirement the
 // layer misses; also for a layer whose latent weights were replaced (a packed model).
 void check_exportable(const std::string& name, const bitlinear::BitLinearImpl& layer, const LinearRequirements& req);

@@ -72,6 +72,20 @@ TEST(Cli, HelpVersionAndUnknownThings) {
   }
   EXPECT_EQ(r.out.find("sample text from a byte-level language model run"),
             r.out.rfind("sample text from a byte-level language model run"));
+  EXPECT_NE(r.out.find("export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq1_0|tq2_0|q1_0|q2_0]"),
+            std::string::npos)
+      << r.out;
+  // The export help describes every format; the GGUF types' bits per weight are bytes per block * 8 /
+  // weights per block (ggml: TQ1_0 54 / 256, TQ2_0 66 / 256, Q1_0 18 / 128, Q2_0 18 / 64).
+  r = run("export --help");
+  std::string help = r.out;
+  for (size_t at; (at = help.find("\n             ")) != std::string::npos;) help.replace(at, 14, " ");  // unwrap
+  for (const char* s : {"\n  packed     a directory with 2-bit ternary weights",
+                        "\n  hf-bitnet  a directory Hugging Face", "\n  gguf       one GGUF file for llama.cpp",
+                        "tq1_0 (1.6875 bits/weight, blocks of 256), tq2_0 (2.0625 bits/weight, blocks of 256, the "
+                        "default), q1_0 (1.125 bits/weight, blocks of 128) or q2_0 (2.25 bits/weight, blocks of 64)"}) {
+    EXPECT_NE(help.find(s), std::string::npos) << s << "\n" << r.out;
+  }
 }
 
 TEST(Cli, BadInputIsOneClearLineAndExitTwo) {

@@ -109,8 +109,9 @@ TEST(GgufExport, WritesTheBitnetLayoutWithExactCodesForEveryType) {
   for (auto type : kTypes) {
     const auto& lm = type == gguf::GgmlType::kQ1_0 ? binary_lm : ternary;
     const auto path = (dir / fmt::format("m_{}.gguf", gguf::to_string(type))).string();
-    const auto size = interop::export_gguf(*lm, path, opts(type));
-    EXPECT_EQ(size, static_cast<int64_t>(fs::file_size(path)));
+    const auto written = interop::export_gguf(*lm, path, opts(type));
+    EXPECT_EQ(written.bytes, static_cast<int64_t>(fs::file_size(path)));
+    EXPECT_EQ(written.arch, interop::GgufArch::kBitnet);
     const auto f = gguf::load(path);
     EXPECT_EQ(f.find("general.architecture")->data, "bitnet");
     EXPECT_EQ(f.find("bitnet.embedding_length")->data, 256);
