@@ -15,7 +15,7 @@
 //   TrainLoopConfig c = schema().parse(root.child("train"));
 //
 // Value types: bool, int, int64_t, uint64_t, double, std::string, std::vector<std::string>,
-// std::vector<int64_t>, an enum with a name table (`choices`), and core::Node (a sub-tree another
+// std::vector<int64_t>, std::vector<double>, an enum with a name table (`choices`), and core::Node (a sub-tree another
 // schema or factory reads, e.g. a schedule). Errors are core::ConfigError.
 #pragma once
 #include <fmt/format.h>
@@ -46,6 +46,7 @@ struct KeyReference {
   std::string fallback;  // the default as YAML text; "(required)" or "(none)"
   std::string allowed;   // "[1, 1048576]", "auto|cpu|cuda" or ""
   std::string meaning;
+  std::string when;  // where the key applies only to one kind of its section ("kind: two_stage"); else empty
 };
 
 // One key of a section of T. Built with core::key(); a Schema holds them.
@@ -81,6 +82,8 @@ std::string type_text() {
     return "list of strings";
   } else if constexpr (std::is_same_v<V, std::vector<int64_t>>) {
     return "list of integers";
+  } else if constexpr (std::is_same_v<V, std::vector<double>>) {
+    return "list of numbers";
   } else if constexpr (std::is_same_v<V, Node>) {
     return "mapping";
   } else {
@@ -103,6 +106,8 @@ std::string expected_text() {
     return "a list of strings";
   } else if constexpr (std::is_same_v<V, std::vector<int64_t>>) {
     return "a list of integers";
+  } else if constexpr (std::is_same_v<V, std::vector<double>>) {
+    return "a list of numbers";
   } else if constexpr (std::is_same_v<V, Node>) {
     return "a mapping";
   } else {
@@ -119,6 +124,8 @@ V read_value(const Node& n, const std::string& key, const V& current) {
     return static_cast<uint64_t>(v);
   } else if constexpr (std::is_same_v<V, std::vector<std::string>>) {
     return n.get_strings(key, current);
+  } else if constexpr (std::is_same_v<V, std::vector<double>>) {
+    return n.get_doubles(key);
   } else if constexpr (std::is_same_v<V, std::vector<int64_t>>) {
     std::vector<int64_t> out;
     for (const double d : n.get_doubles(key)) {
@@ -328,6 +335,8 @@ class Schema {
         const YAML::Node v = values[f.key];
         if (!v.IsDefined() || v.IsNull()) {
           fallback = "(none)";
+        } else if (v.IsScalar() && f.type == "number") {
+          fallback = fmt::format("{}", v.as<double>());  // shortest round trip: 1e-06, not 9.99...e-07
         } else if (v.IsScalar()) {
           fallback = v.Scalar();
         } else {
@@ -336,7 +345,7 @@ class Schema {
           fallback = e.c_str();
         }
       }
-      rows.push_back({prefix + f.key, f.type, fallback, f.allowed, f.meaning});
+      rows.push_back({prefix + f.key, f.type, fallback, f.allowed, f.meaning, ""});
     }
     return rows;
   }

@@ -102,7 +102,7 @@ std::vector<core::KeyReference> DataConfig::reference() {
     for (const auto& e : kSourceKindNames) {
       if (keys_of(e.value).count(key)) kinds += (kinds.empty() ? "" : ", ") + std::string(e.name);
     }
-    rows[i].meaning = kinds + ": " + rows[i].meaning;
+    rows[i].when = "kind: " + kinds;
   }
   return rows;
 }

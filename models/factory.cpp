@@ -58,7 +58,7 @@ std::vector<core::KeyReference> ModelConfig::reference() {
   auto rows = kind_schema().reference("model.");
   auto add = [&](const char* kind, std::vector<core::KeyReference> more) {
     for (auto& r : more) {
-      r.meaning = std::string(kind) + ": " + r.meaning;
+      r.when = std::string("kind: ") + kind;
       rows.push_back(std::move(r));
     }
   };

@@ -4,8 +4,10 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "core/config.hpp"
+#include "core/schema.hpp"
 
 namespace bitqat::schedules {
 
@@ -38,5 +40,9 @@ enum class ScheduleRole { kLambda, kLearningRate, kWeightDecay };
 //     The floor is a ratio (not an absolute `min`) because it applies to both stages' peaks.
 // Weight decay: constant {value} | two_stage {value (0.1), switch (total/2)}: value, then 0 from switch.
 std::unique_ptr<Schedule> make_schedule(const core::Node& node, ScheduleRole role, int64_t total_steps);
+
+// The config reference of a schedule at `key` ("optim.lr"): its kind, then each kind's keys (their
+// KeyReference::when says which kind), from the same declarations make_schedule parses with.
+std::vector<core::KeyReference> schedule_reference(ScheduleRole role, const std::string& key);
 
 }  // namespace bitqat::schedules

@@ -313,9 +313,13 @@ std::vector<core::KeyReference> Config::reference() {
   add(run_schema().reference("run."));
   add(models::ModelConfig::reference());
   add(quant_schema().reference("quant."));
+  add(schedules::schedule_reference(schedules::ScheduleRole::kLambda, "quant.lambda_w"));
+  add(schedules::schedule_reference(schedules::ScheduleRole::kLambda, "quant.lambda_a"));
   add(bitlinear::quant_spec_reference("quant."));
   add(data::DataConfig::reference());
   add(optim_schema().reference("optim."));
+  add(schedules::schedule_reference(schedules::ScheduleRole::kLearningRate, "optim.lr"));
+  add(schedules::schedule_reference(schedules::ScheduleRole::kWeightDecay, "optim.weight_decay"));
   add(train_schema().reference("train."));
   add(checkpoint_schema().reference("checkpoint."));
   add(device_schema().reference("device."));

@@ -249,3 +249,39 @@ TEST(ScheduleFactory, ErrorsNameKeyAndValue) {
             "s.yaml:2: at = [10, 5]: expected increasing whole step numbers >= 0");
   EXPECT_EQ(error_of("value: 1\n", ScheduleRole::kLambda), "s.yaml:1: a lambda schedule needs a kind key");
 }
+
+// The reference lists each kind and its keys with the defaults the parse uses: a two_stage
+// learning rate without keys resolves to peak 1.5e-3, second_peak 2/3 of it, switch train.steps / 2.
+TEST(ScheduleReference, EveryKindWithItsKeysAndDefaults) {
+  const auto rows = bitqat::schedules::schedule_reference(ScheduleRole::kLearningRate, "optim.lr");
+  ASSERT_FALSE(rows.empty());
+  EXPECT_EQ(rows[0].key, "optim.lr.kind");
+  EXPECT_EQ(rows[0].allowed, "constant|two_stage|warmup_cosine|warmup_linear");
+  auto find = [&](const std::string& key, const std::string& when) -> const bitqat::core::KeyReference* {
+    for (const auto& r : rows) {
+      if (r.key == key && r.when == when) return &r;
+    }
+    return nullptr;
+  };
+  for (const char* k : {"constant", "warmup_cosine", "warmup_linear", "two_stage"}) {
+    EXPECT_NE(find("optim.lr.kind", std::string("kind: ") + k), nullptr) << k;
+  }
+  ASSERT_NE(find("optim.lr.peak", "kind: two_stage"), nullptr);
+  EXPECT_EQ(find("optim.lr.peak", "kind: two_stage")->fallback, "0.0015");
+  EXPECT_EQ(find("optim.lr.second_peak", "kind: two_stage")->fallback, "2/3 of peak");
+  EXPECT_EQ(find("optim.lr.switch", "kind: two_stage")->fallback, "train.steps / 2");
+  EXPECT_EQ(find("optim.lr.total", "kind: warmup_cosine")->fallback, "train.steps");
+  EXPECT_EQ(find("optim.lr.value", "kind: constant")->fallback, "0.001");
+  EXPECT_EQ(find("optim.lr.peak", "kind: constant"), nullptr);
+  // The parse uses the same defaults: two_stage of 100 steps, no warm-up, peak 1.5e-3, switch 50,
+  // second peak 1e-3: step 50 is the second stage's start.
+  const auto s = make("kind: two_stage\n", ScheduleRole::kLearningRate, 100);
+  EXPECT_DOUBLE_EQ(s->at(0), 1.5e-3);
+  EXPECT_DOUBLE_EQ(s->at(50), 1e-3);
+  const auto lambda = bitqat::schedules::schedule_reference(ScheduleRole::kLambda, "quant.lambda_w");
+  bool sigmoid_k = false;
+  for (const auto& r : lambda) {
+    sigmoid_k |= r.key == "quant.lambda_w.k" && r.when == "kind: sigmoid" && r.fallback == "20";
+  }
+  EXPECT_TRUE(sigmoid_k);
+}

@@ -56,12 +56,9 @@ TEST(DiTConfig, MustMatchTheImageData) {
 
 namespace {
 
-// The leaf key paths of a resolved config ("train.steps"); a schedule's own keys are left out (the
-// schedule is one value of its key).
+// The leaf key paths of a resolved config ("train.steps", "optim.lr.peak").
 void leaf_keys(const YAML::Node& n, const std::string& path, std::set<std::string>* out) {
-  const bool opaque =
-      path == "optim.lr" || path == "optim.weight_decay" || path == "quant.lambda_w" || path == "quant.lambda_a";
-  if (!n.IsMap() || opaque) {
+  if (!n.IsMap()) {
     out->insert(path);
     return;
   }
