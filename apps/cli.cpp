@@ -37,6 +37,8 @@ const char* kUsageHead =
     "                       data-free ternarization of a full-precision run, with its validation loss\n"
     "  export RUN_DIR --format {formats} --out PATH [--gguf-type {gguf_types}]\n"
     "                       {summaries}\n"
+    "  config [CONFIG.yaml] [--set key.path=value ...] | --reference\n"
+    "                       the config as training would run it, every default filled in; or every key\n"
     "  version              print the version\n"
     "\n"
     "`bitqat <command> --help` describes a command.\n";
@@ -306,6 +308,15 @@ Command parse_command_line(int argc, char** argv) {
                 "write a relu2_glu model although llama.cpp computes SiLU (for runtimes that honour "
                 "bitnet.hidden_activation); prints a warning");
   exp->add_option("--name", cmd.export_.name, "general.name in the GGUF file (default: the run directory's name)");
+
+  auto* config = app.add_subcommand("config", "the resolved config, or the reference of every key");
+  config->footer(
+      "Prints CONFIG (no CONFIG: the built-in quickstart) as training resolves it: validated, with every\n"
+      "default filled in, as run.dir/run.name/config.resolved.yaml will hold it. --reference prints every\n"
+      "key instead (type, default, allowed values, meaning) as Markdown: docs/config.md is that output.\n");
+  config->add_option("CONFIG", cmd.config.config, "a YAML config");
+  add_sets(config, &cmd.config.sets, "override one config value (same checks as the file; repeatable)");
+  config->add_flag("--reference", cmd.config.reference, "print the reference of every config key (Markdown)");
 
   auto* version = app.add_subcommand("version", "print the version");
   version->add_flag("--cpu-capability", cmd.cpu_capability,

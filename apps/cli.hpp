@@ -15,6 +15,12 @@ struct TrainArgs {
   bool resume = false;
 };
 
+struct ConfigArgs {
+  std::string config;  // empty: the built-in quickstart
+  std::vector<std::string> sets;
+  bool reference = false;  // print the reference of every key instead
+};
+
 struct EvalArgs {
   std::string run_dir;
   bool json = false;
@@ -70,13 +76,14 @@ struct ExportArgs {
 };
 
 struct Command {
-  std::string name;  // train | eval | generate | sample | quantize | export | version; empty: help was printed
+  std::string name;  // train | eval | generate | sample | quantize | export | config | version; empty: help was printed
   TrainArgs train;
   EvalArgs eval;
   GenerateArgs generate;
   SampleArgs sample;
   QuantizeArgs quantize;
   ExportArgs export_;
+  ConfigArgs config;
   bool cpu_capability = false;  // version --cpu-capability
 };
 

@@ -225,6 +225,53 @@ int cmd_quantize(const QuantizeArgs& a) {
   return 0;
 }
 
+namespace {
+
+// A Markdown table cell: '|' escaped, nothing else changed.
+std::string cell(const std::string& s) {
+  std::string out;
+  for (char c : s) out += c == '|' ? std::string("\\|") : std::string(1, c);
+  return out;
+}
+
+// Config::reference() as Markdown, one table per top-level section, in the reference's order.
+std::string reference_markdown() {
+  std::string out =
+      "# Config reference\n\n"
+      "Every key a bitqat config may hold, with its type, default and allowed values. This file is the\n"
+      "output of `bitqat config --reference`, which prints the declarations the config parser itself\n"
+      "reads (a test keeps the two equal). `bitqat config CONFIG.yaml` prints a config with every default\n"
+      "filled in. A key marked *(kind: X)* applies when its section's `kind` is X.\n";
+  std::string section;
+  for (const auto& r : training::Config::reference()) {
+    const auto dot = r.key.find('.');
+    const std::string top = dot == std::string::npos ? "(top level)" : r.key.substr(0, dot);
+    if (top != section) {
+      section = top;
+      out += fmt::format("\n## {}\n\n| key | type | default | allowed | meaning |\n| --- | --- | --- | --- | --- |\n",
+                         section);
+    }
+    const std::string key = "`" + r.key + "`" + (r.when.empty() ? "" : " *(" + r.when + ")*");
+    out += fmt::format("| {} | {} | {} | {} | {} |\n", key, cell(r.type),
+                       r.fallback.empty() ? "" : "`" + cell(r.fallback) + "`", cell(r.allowed), cell(r.meaning));
+  }
+  return out;
+}
+
+}  // namespace
+
+int cmd_config(const ConfigArgs& a) {
+  if (a.reference) {
+    if (!a.config.empty() || !a.sets.empty()) throw core::UserError("--reference takes no CONFIG and no --set");
+    std::fputs(reference_markdown().c_str(), stdout);
+    return 0;
+  }
+  const auto cfg = a.config.empty() ? training::Config::load_string(kQuickstartYaml, "<built-in quickstart>", a.sets)
+                                    : training::Config::load_file(a.config, a.sets);
+  std::fputs(core::to_yaml_string(cfg.resolved()).c_str(), stdout);
+  return 0;
+}
+
 int cmd_export(const ExportArgs& a) {
   const ExportFormat* format = find_export_format(a.format);
   if (!format) throw core::UserError(fmt::format("--format {}: no such export", a.format));  // the parser checks

@@ -11,5 +11,6 @@ int cmd_generate(const GenerateArgs& args);
 int cmd_sample(const SampleArgs& args);
 int cmd_quantize(const QuantizeArgs& args);
 int cmd_export(const ExportArgs& args);
+int cmd_config(const ConfigArgs& args);
 
 }  // namespace bitqat::apps

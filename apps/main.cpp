@@ -28,7 +28,7 @@ int fail_now(int code) {
 }
 
 bool is_command(const std::string& s) {
-  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export", "version"}) {
+  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export", "config", "version"}) {
     if (s == c) return true;
   }
   return false;
@@ -43,6 +43,7 @@ int run(const bitqat::apps::Command& c) {
   if (c.name == "generate") return cmd_generate(c.generate);
   if (c.name == "sample") return cmd_sample(c.sample);
   if (c.name == "quantize") return cmd_quantize(c.quantize);
+  if (c.name == "config") return cmd_config(c.config);
   return cmd_export(c.export_);
 }
 

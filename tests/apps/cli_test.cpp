@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <iterator>
 
 #include "core/fs.hpp"
 #include "tests/command.hpp"
@@ -51,7 +53,7 @@ TEST(Cli, HelpVersionAndUnknownThings) {
   r = run("train --bogus");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("bitqat train: error: unknown option or extra argument '--bogus'"), std::string::npos) << r.out;
-  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export"}) {
+  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export", "config"}) {
     r = run(std::string(c) + " --help");
     EXPECT_EQ(r.code, 0) << c;
     EXPECT_NE(r.out.find(std::string("Usage: bitqat ") + c), std::string::npos) << r.out;
@@ -64,8 +66,8 @@ TEST(Cli, HelpVersionAndUnknownThings) {
       << r.out;
   // The top-level help lists every command once.
   r = run("--help");
-  for (const char* c :
-       {"\n  train ", "\n  eval ", "\n  generate ", "\n  sample ", "\n  quantize ", "\n  export ", "\n  version "}) {
+  for (const char* c : {"\n  train ", "\n  eval ", "\n  generate ", "\n  sample ", "\n  quantize ", "\n  export ",
+                        "\n  config ", "\n  version "}) {
     const auto at = r.out.find(c);
     EXPECT_NE(at, std::string::npos) << c;
     EXPECT_EQ(r.out.find(c, at + 1), std::string::npos) << c << " listed twice";
@@ -438,4 +440,34 @@ TEST(Cli, DiffusionTransformerSampleEvalQuantizeExport) {
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("--classifier " + d + "/none: no such run"), std::string::npos) << r.out;
   fs::remove_all(dir);
+}
+
+// docs/config.md is `bitqat config --reference`, so the document cannot fall behind the parser; and
+// `bitqat config CONFIG` prints the config with its defaults, which loads back as the same config.
+TEST(Cli, ConfigReferenceIsDocsConfigMdAndConfigPrintsTheResolvedConfig) {
+  auto r = run("config --reference");
+  ASSERT_EQ(r.code, 0) << r.out;
+  std::ifstream doc(std::string(BITQAT_SOURCE_DIR) + "/docs/config.md", std::ios::binary);
+  const std::string expected((std::istreambuf_iterator<char>(doc)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(r.out, expected) << "docs/config.md is stale: build/bitqat config --reference > docs/config.md";
+  for (const char* row :
+       {"| `train.max_bad_steps` | integer |", "| `optim.lr.warmup_steps` *(kind: warmup_cosine)* |",
+        "| `quant.weight.granularity` | one of | `per_tensor` | per_channel\\|per_group\\|per_kernel\\|per_tensor |",
+        "| `model.n_kv_heads` *(kind: lm)* |", "| `checkpoint.keep_last` | integer |"}) {
+    EXPECT_NE(r.out.find(row), std::string::npos) << row;
+  }
+  // Any text file serves as the data: config checks that it exists and reads none of it.
+  const std::string quickstart = std::string(BITQAT_SOURCE_DIR) +
+                                 "/configs/quickstart.yaml --set data.path=" + std::string(BITQAT_SOURCE_DIR) +
+                                 "/README.md";
+  r = run("config " + quickstart + " --set train.steps=700");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("  steps: 700\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("max_bad_steps: "), std::string::npos) << r.out;  // a default the file does not set
+  r = run("config " + quickstart + " --set train.steps=0");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("train.steps = 0: expected"), std::string::npos) << r.out;
+  r = run("config --reference " + quickstart);
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--reference takes no CONFIG"), std::string::npos) << r.out;
 }
