@@ -3,8 +3,9 @@
 # (--no-python) with RANK, WORLD_SIZE, LOCAL_RANK, LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT and
 # its agent's store (TORCHELASTIC_USE_AGENT_STORE), and stops every rank when one fails.
 #
-#   one node, 8 GPUs:   launch/torchrun.sh 8 configs/lm_8gpu.yaml [--set key=value ...]
-#   several nodes:      NNODES=4 RDZV_HOST=node001 launch/torchrun.sh 8 configs/lm_8gpu.yaml
+#   one node, 8 GPUs:   launch/torchrun.sh 8 configs/lm_gpu_x8.yaml [--set key=value ...]
+#   several nodes:      NNODES=4 RDZV_HOST=node001 launch/torchrun.sh 8 configs/lm_gpu_x8.yaml \
+#                           --set train.batch_size=4   (4 x 32 GPUs keeps the global batch of 128)
 #                       (run the same line on every node; RDZV_HOST is any one of them)
 #   CPU smoke test:     launch/torchrun.sh 2 configs/quickstart.yaml --set device.type=cpu
 #
