@@ -2,6 +2,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -46,13 +47,37 @@ void MetricsWriter::write(const nlohmann::json& record) {
 
 ProgressBar::ProgressBar(int64_t total, bool enabled) : total_(total), enabled_(enabled) {}
 
+std::string format_duration(double seconds) {
+  const int64_t s = seconds > 0.0 ? static_cast<int64_t>(seconds) : 0;
+  if (s < 60) return fmt::format("{}s", s);
+  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
+  if (s < 86400) return fmt::format("{}h{:02}m", s / 3600, s % 3600 / 60);
+  return fmt::format("{}d{:02}h", s / 86400, s % 86400 / 3600);
+}
+
+std::string progress_line(int64_t step, int64_t total, double loss, double seconds_left) {
+  const int width = 30;
+  const int filled = total > 0 ? static_cast<int>(width * std::min(step, total) / total) : width;
+  std::string line = fmt::format("[{}{}] {}/{} loss {:.4f}", std::string(filled, '#'), std::string(width - filled, '.'),
+                                 step, total, loss);
+  if (seconds_left >= 0.0) line += " eta " + format_duration(seconds_left);
+  return line;
+}
+
 void ProgressBar::update(int64_t step, double loss) {
   if (!enabled_) return;
-  const int width = 30;
-  const int filled = total_ > 0 ? static_cast<int>(width * step / total_) : width;
-  std::fprintf(stdout, "\r[%s%s] %lld/%lld loss %.4f", std::string(filled, '#').c_str(),
-               std::string(width - filled, '.').c_str(), static_cast<long long>(step), static_cast<long long>(total_),
-               loss);
+  const auto now = std::chrono::steady_clock::now();
+  double left = -1.0;
+  if (first_step_ < 0) {
+    first_step_ = step;
+    first_time_ = now;
+  } else if (step > first_step_) {
+    const double per_step =
+        std::chrono::duration<double>(now - first_time_).count() / static_cast<double>(step - first_step_);
+    left = per_step * static_cast<double>(std::max<int64_t>(total_ - step, 0));
+  }
+  // Trailing spaces clear what a longer previous line left on the terminal.
+  std::fprintf(stdout, "\r%s   ", progress_line(step, total_, loss, left).c_str());
   std::fflush(stdout);
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 #include <nlohmann/json.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <fstream>
 #include <string>
@@ -21,7 +22,16 @@ class MetricsWriter {
   std::ofstream out_;
 };
 
-// A one-line progress bar on stdout when it is a terminal (never in a log file).
+// A duration for people: "42s", "3m05s", "2h07m", "3d04h" (rounded down; negative counts as 0).
+std::string format_duration(double seconds);
+
+// The progress bar's text: a 30-character bar of step / total, the step, the loss and, when known,
+// the time left ("eta 3m05s").
+std::string progress_line(int64_t step, int64_t total, double loss, double seconds_left = -1.0);
+
+// A one-line progress bar on stdout when it is a terminal (never in a log file). The time left is
+// the mean time per step since the first update (the first step of this process, so a resumed run
+// and the first step's warm-up do not skew it) times the steps left.
 class ProgressBar {
  public:
   ProgressBar(int64_t total, bool enabled);
@@ -31,6 +41,8 @@ class ProgressBar {
  private:
   int64_t total_;
   bool enabled_;
+  int64_t first_step_ = -1;
+  std::chrono::steady_clock::time_point first_time_;
 };
 
 }  // namespace bitqat::training
