@@ -62,6 +62,19 @@ class AutocastScope {
   bool prev_ = false;
 };
 
+}  // namespace
+
+const int kGpuRunsRecorded = BITQAT_GPU_RUNS_RECORDED;
+
+std::string gpu_status_warning(int gpu_runs_recorded) {
+  if (gpu_runs_recorded > 0) return "";
+  return "this GPU run is unverified: no run of bitqat's CUDA path (its kernels, the GPU training step, NCCL) "
+         "on a GPU is recorded in bench/results/; the kernels are checked against their references on the CPU "
+         "only. device.type: cpu runs the tested CPU path.";
+}
+
+namespace {
+
 at::Device pick_device(const DeviceConfig& dc, int local_rank) {
   const bool has_cuda = torch::cuda::is_available();
   if (dc.type == DeviceType::kCuda && !has_cuda) {
@@ -297,6 +310,10 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
                  r->global_batch, cfg.train.batch_size, r->dist.world(), cfg.train.grad_accum);
     spdlog::info("schedules: lr {}; weight decay {}; lambda_w {}; lambda_a {}", r->sched.lr->describe(),
                  r->sched.wd->describe(), r->sched.lambda_w->describe(), r->sched.lambda_a->describe());
+    if (r->device.is_cuda()) {
+      const auto unverified = gpu_status_warning(kGpuRunsRecorded);
+      if (!unverified.empty()) spdlog::warn("{}", unverified);
+    }
   }
   r->val_batches = r->source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
   return r;

@@ -15,8 +15,8 @@
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
-#include "training/run_loader.hpp"
 #include "tests/user_error.hpp"
+#include "training/run_loader.hpp"
 
 using bitqat::testing::error_of;
 
@@ -256,8 +256,9 @@ TEST_F(TrainerTest, StepsSettledAtLogStepsGiveTheSameRunAndCatchGradientOnlyFaul
   const auto msg = error_of([&] {
     bitqat::training::train(config(20, with({"run.name=bad", "train.log_every=5", "train.max_bad_steps=3"})), always);
   });
-  EXPECT_NE(msg.find("training stopped at step 5: 3 consecutive steps with a non-finite loss or gradient (steps 2 to 4"),
-            std::string::npos)
+  EXPECT_NE(
+      msg.find("training stopped at step 5: 3 consecutive steps with a non-finite loss or gradient (steps 2 to 4"),
+      std::string::npos)
       << msg;
 }
 
@@ -469,4 +470,20 @@ TEST_F(TrainerTest, ForeignTensorsAndLinesInARunAreRefusedOnResume) {
                 "train; move the foreign line away)");
   bitqat::core::write_file_atomic(mpath, lines + "{\"step\": 3}\n{\"step\": 6, \"loss\"");  // a line cut by a kill
   EXPECT_EQ(bitqat::training::train(config(8), o).final_step, 8);
+}
+
+// Training on a GPU says it is unverified while the tree holds no GPU check results: the count the
+// build compiled in is the number of bench/results/*.json files in the source tree.
+TEST(GpuStatus, UnverifiedUntilAGpuRunIsRecorded) {
+  int files = 0;
+  const std::filesystem::path results = std::string(BITQAT_SOURCE_DIR) + "/bench/results";
+  if (std::filesystem::is_directory(results)) {
+    for (const auto& e : std::filesystem::directory_iterator(results)) files += e.path().extension() == ".json";
+  }
+  EXPECT_EQ(bitqat::training::kGpuRunsRecorded, files);
+  const auto warning = bitqat::training::gpu_status_warning(0);
+  EXPECT_NE(warning.find("unverified"), std::string::npos) << warning;
+  EXPECT_NE(warning.find("bench/results/"), std::string::npos) << warning;
+  EXPECT_NE(warning.find("device.type: cpu"), std::string::npos) << warning;
+  EXPECT_EQ(bitqat::training::gpu_status_warning(1), "");
 }
