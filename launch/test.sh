@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test suite, once per LibTorch CPU capability: ATEN_CPU_CAPABILITY=default, avx2, avx512.
 # LibTorch picks its CPU kernels by instruction set, and a test that passes under one can fail under
-# another (REFERENCE.md section 7), so every numerics test must hold under all three. A capability the
+# another (vectorized kernels reduce in another order), so every numerics test must hold under all three. A capability the
 # CPU lacks falls back silently to the best one it has; each run prints the one that actually ran.
 # oneDNN (LibTorch's int8 matmul, at::_int_mm, which the exact quantized linear uses) picks its own
 # kernels by instruction set: each pass caps it to the matching one (ONEDNN_MAX_CPU_ISA SSE41, AVX2,
