@@ -28,6 +28,7 @@
 #include "schedules/schedule.hpp"
 #include "training/distill.hpp"
 #include "training/distributed.hpp"
+#include "training/gpu_status.hpp"
 #include "training/grad_sync.hpp"
 #include "training/metrics.hpp"
 #include "training/optimizer.hpp"
@@ -61,19 +62,6 @@ class AutocastScope {
   bool enabled_;
   bool prev_ = false;
 };
-
-}  // namespace
-
-const int kGpuRunsRecorded = BITQAT_GPU_RUNS_RECORDED;
-
-std::string gpu_status_warning(int gpu_runs_recorded) {
-  if (gpu_runs_recorded > 0) return "";
-  return "this GPU run is unverified: no run of bitqat's CUDA path (its kernels, the GPU training step, NCCL) "
-         "on a GPU is recorded in bench/results/; the kernels are checked against their references on the CPU "
-         "only. device.type: cpu runs the tested CPU path.";
-}
-
-namespace {
 
 at::Device pick_device(const DeviceConfig& dc, int local_rank) {
   const bool has_cuda = torch::cuda::is_available();
@@ -311,7 +299,8 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
     spdlog::info("schedules: lr {}; weight decay {}; lambda_w {}; lambda_a {}", r->sched.lr->describe(),
                  r->sched.wd->describe(), r->sched.lambda_w->describe(), r->sched.lambda_a->describe());
     if (r->device.is_cuda()) {
-      const auto unverified = gpu_status_warning(kGpuRunsRecorded);
+      const auto unverified =
+          gpu_status_warning(gpu_paths_of(cfg, r->dist.world(), r->autocast), gpu_checks_passed());
       if (!unverified.empty()) spdlog::warn("{}", unverified);
     }
   }

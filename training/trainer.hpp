@@ -34,13 +34,4 @@ struct TrainResult {
 
 TrainResult train(const Config& cfg, const TrainOptions& options = {});
 
-// How many GPU check results (bench/results/*.json) the source tree held when bitqat was built.
-// While there are none, no part of bitqat's CUDA path has a recorded run on a GPU.
-extern const int kGpuRunsRecorded;
-
-// What train() logs once at start on a GPU: with no recorded GPU run, that the CUDA path (kernels,
-// the GPU training step, NCCL) is verified on the CPU only, and how to run the tested CPU path;
-// empty once runs are recorded.
-std::string gpu_status_warning(int gpu_runs_recorded);
-
 }  // namespace bitqat::training

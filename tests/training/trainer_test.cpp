@@ -471,19 +471,3 @@ TEST_F(TrainerTest, ForeignTensorsAndLinesInARunAreRefusedOnResume) {
   bitqat::core::write_file_atomic(mpath, lines + "{\"step\": 3}\n{\"step\": 6, \"loss\"");  // a line cut by a kill
   EXPECT_EQ(bitqat::training::train(config(8), o).final_step, 8);
 }
-
-// Training on a GPU says it is unverified while the tree holds no GPU check results: the count the
-// build compiled in is the number of bench/results/*.json files in the source tree.
-TEST(GpuStatus, UnverifiedUntilAGpuRunIsRecorded) {
-  int files = 0;
-  const std::filesystem::path results = std::string(BITQAT_SOURCE_DIR) + "/bench/results";
-  if (std::filesystem::is_directory(results)) {
-    for (const auto& e : std::filesystem::directory_iterator(results)) files += e.path().extension() == ".json";
-  }
-  EXPECT_EQ(bitqat::training::kGpuRunsRecorded, files);
-  const auto warning = bitqat::training::gpu_status_warning(0);
-  EXPECT_NE(warning.find("unverified"), std::string::npos) << warning;
-  EXPECT_NE(warning.find("bench/results/"), std::string::npos) << warning;
-  EXPECT_NE(warning.find("device.type: cpu"), std::string::npos) << warning;
-  EXPECT_EQ(bitqat::training::gpu_status_warning(1), "");
-}
