@@ -3,9 +3,10 @@
 # git-ignored virtual environment, then configure and build. A second run on a ready machine only
 # rebuilds what changed.
 #
-#   launch/setup.sh            install + configure + build
+#   launch/setup.sh            install + configure + build the bitqat program
 #   launch/setup.sh --deps     install only (no build)
-#   launch/setup.sh --tests    install + configure + build, plus what only the test suite needs:
+#   launch/setup.sh --tests    install + configure + build everything (tests, benchmarks), plus what
+#                              only the test suite needs:
 #                              llama-cpp-python (pinned), which compiles llama.cpp from source (the
 #                              first build 2 min 49 s on the project's 2-core machine, nothing else running, see
 #                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
@@ -189,6 +190,13 @@ if [ ! -f "$BUILD/build.ninja" ]; then
     -DCMAKE_PREFIX_PATH="$torch_prefix" \
     -DPython3_EXECUTABLE="$VENV/bin/python"
 fi
-log "building"
-cmake --build "$BUILD" --parallel "$(nproc)"
+# The main job needs only the command-line program; the tests, benchmarks and their libraries are
+# built by --tests (or by a later `cmake --build build`).
+if ((tests)); then
+  log "building everything (the program, the tests, the benchmarks)"
+  cmake --build "$BUILD" --parallel "$(nproc)"
+else
+  log "building bitqat (launch/setup.sh --tests builds the tests and benchmarks too)"
+  cmake --build "$BUILD" --parallel "$(nproc)" --target bitqat
+fi
 log "done: $BUILD/bitqat"
