@@ -41,9 +41,11 @@ YAML::Node ternary_quant(const YAML::Node& source_quant) {
 }
 
 // The source: a run's newest checkpoint, or a config's init_from model read into the config's model.
-LoadedRun load_source(const std::string& src, const at::Device& device) {
+// A config is loaded with the overrides, so that --set can also fix what its validation checks
+// (e.g. a data path that is elsewhere on this machine).
+LoadedRun load_source(const std::string& src, const std::vector<std::string>& sets, const at::Device& device) {
   if (!fs::is_regular_file(src)) return load_run(src, device);
-  LoadedRun run{Config::load_file(src), nullptr, "", 0};
+  LoadedRun run{Config::load_file(src, sets), nullptr, "", 0};
   if (run.cfg.init_from.empty()) {
     throw core::UserError(fmt::format(
         "{}: a config given to quantize needs init_from (the full-precision model to ternarize); or give a run "
@@ -74,7 +76,7 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
         fmt::format("--out {} already holds checkpoints (newest: {}); choose another directory", out_run_dir, *latest));
   }
 
-  auto src = load_source(src_run_dir, device);
+  auto src = load_source(src_run_dir, sets, device);
   YAML::Node doc = YAML::Clone(src.cfg.root.yaml());
   doc["quant"] = ternary_quant(doc["quant"]);
   doc["run"]["dir"] = out.has_parent_path() ? out.parent_path().string() : std::string(".");

@@ -86,6 +86,22 @@ TEST_F(QuantizeTest, SetOverridesTheTernaryDefaults) {
   EXPECT_NE(e.find("select no layer of the model"), std::string::npos) << e;
 }
 
+// SRC may be a training config whose init_from is the model; --set applies to that config too, so a
+// data path that is not where the config says can be given on the command line.
+TEST_F(QuantizeTest, AConfigSourceTakesTheOverrides) {
+  train_fp(4);
+  const auto yaml = runs() + "/ft.yaml";
+  bitqat::core::write_file_atomic(
+      yaml, bitqat::testing::tiny_finetune_yaml(runs(), runs() + "/moved.txt", runs() + "/fp", 4, 2));
+  const auto out = runs() + "/from_config";
+  EXPECT_NE(error_of([&] { bitqat::training::quantize_run(yaml, out, {}, kCPU); }).find("moved.txt"),
+            std::string::npos);
+  const auto r = bitqat::training::quantize_run(yaml, out, {"data.path=" + text_}, kCPU);
+  // The same model and weights as quantizing the run itself.
+  const auto direct = bitqat::training::quantize_run(runs() + "/fp", runs() + "/direct", {}, kCPU);
+  EXPECT_EQ(r.eval.loss, direct.eval.loss);
+}
+
 TEST_F(QuantizeTest, ProgressiveFineTuneBeatsDataFreeTernarization) {
   // The claim the fine-tuning recipes rest on, at toy scale with fixed seeds: a full-precision
   // model, ternarized without data, loses much of what it learnt; a short fine-tune that ramps
