@@ -81,7 +81,10 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   doc["quant"] = ternary_quant(doc["quant"]);
   doc["run"]["dir"] = out.has_parent_path() ? out.parent_path().string() : std::string(".");
   doc["run"]["name"] = out.filename().string();
-  doc.remove("init_from");  // the weights come from the source checkpoint, recorded in state.json
+  // Where the weights came from: the source run, or the config's model (a GGUF, a Hugging Face
+  // directory). It is read only by a fresh run, never on resume; what follows it is what the source
+  // carries, e.g. its tokenizer for generate and the GGUF export.
+  doc["init_from"] = fs::is_regular_file(src_run_dir) ? src.cfg.init_from : fs::absolute(src_run_dir).string();
   doc.remove("distill");    // no training, no teacher
   const auto cfg = Config::load_string(core::to_yaml_string(doc),
                                        fmt::format("<quantize of {}/config.resolved.yaml>", src_run_dir), sets);

@@ -100,6 +100,9 @@ TEST_F(QuantizeTest, AConfigSourceTakesTheOverrides) {
   // The same model and weights as quantizing the run itself.
   const auto direct = bitqat::training::quantize_run(runs() + "/fp", runs() + "/direct", {}, kCPU);
   EXPECT_EQ(r.eval.loss, direct.eval.loss);
+  // Each records where its weights came from: the config's model, or the run.
+  EXPECT_EQ(Config::load_file(out + "/config.resolved.yaml").init_from, runs() + "/fp");
+  EXPECT_EQ(Config::load_file(runs() + "/direct/config.resolved.yaml").init_from, runs() + "/fp");
 }
 
 TEST_F(QuantizeTest, ProgressiveFineTuneBeatsDataFreeTernarization) {
