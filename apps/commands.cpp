@@ -23,6 +23,7 @@
 #include "models/lm.hpp"
 #include "training/config.hpp"
 #include "training/distributed.hpp"
+#include "training/gpu_status.hpp"
 #include "training/image_quality.hpp"
 #include "training/quantize.hpp"
 #include "training/run_loader.hpp"
@@ -32,7 +33,16 @@
 namespace bitqat::apps {
 namespace {
 
-at::Device default_device() { return torch::cuda::is_available() ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU); }
+// The GPU when there is one; then, while no GPU check covers inference, a warning says so once.
+at::Device default_device() {
+  if (!torch::cuda::is_available()) return at::Device(at::kCPU);
+  const auto unverified =
+      training::gpu_status_warning({training::GpuPath::kInference}, training::gpu_checks_passed());
+  if (!unverified.empty()) {
+    std::fprintf(stderr, "bitqat: warning: %s CUDA_VISIBLE_DEVICES= runs the tested CPU path.\n", unverified.c_str());
+  }
+  return at::Device(at::kCUDA, 0);
+}
 
 models::Solver solver_of(const std::string& name) {
   models::Solver s = models::Solver::kHeun;

@@ -17,6 +17,7 @@ const std::vector<GpuPathInfo>& gpu_paths() {
       {GpuPath::kDistill, "a distillation teacher", {}},
       {GpuPath::kNcclOneRank, "the NCCL process group", {"nccl"}},
       {GpuPath::kNcclMultiRank, "NCCL data parallelism over several GPUs", {"nccl_multi_gpu"}},
+      {GpuPath::kInference, "eval, generate and sample", {"tests", "generate_graph"}},
   };
   return table;
 }
@@ -66,8 +67,7 @@ std::string gpu_status_warning(const std::vector<GpuPath>& used, const std::set<
   if (missing.empty()) return "";
   return fmt::format(
       "this GPU run is unverified: no GPU run of {} is recorded in bench/results/ (launch/gpu_check.sh writes "
-      "them); the CUDA kernels are checked against their references on the CPU only. device.type: cpu runs the "
-      "tested CPU path.",
+      "them); the CUDA kernels are checked against their references on the CPU only.",
       fmt::join(missing, ", "));
 }
 

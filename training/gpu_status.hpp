@@ -19,6 +19,7 @@ enum class GpuPath {
   kDistill,        // a distillation teacher on the GPU
   kNcclOneRank,    // the NCCL process group with one rank
   kNcclMultiRank,  // NCCL data parallelism over several GPUs
+  kInference,      // eval, generate and sample on a GPU
 };
 
 struct GpuPathInfo {
@@ -36,8 +37,9 @@ std::vector<GpuPath> gpu_paths_of(const Config& cfg, int world_size, bool autoca
 // gpu_check.sh steps that passed in the results the build found (bench/results/*.json).
 const std::set<std::string>& gpu_checks_passed();
 
-// The warning train() logs once at start on a GPU: the used paths that `passed` does not cover, with
-// how to run the tested CPU path; empty when every used path has a passed check.
+// The warning train() logs once at start on a GPU (and eval, generate, sample print): the used paths
+// that `passed` does not cover; empty when every used path has a passed check. Callers add how to
+// run the tested CPU path.
 std::string gpu_status_warning(const std::vector<GpuPath>& used, const std::set<std::string>& passed);
 
 }  // namespace bitqat::training

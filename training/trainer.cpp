@@ -301,7 +301,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
     if (r->device.is_cuda()) {
       const auto unverified =
           gpu_status_warning(gpu_paths_of(cfg, r->dist.world(), r->autocast), gpu_checks_passed());
-      if (!unverified.empty()) spdlog::warn("{}", unverified);
+      if (!unverified.empty()) spdlog::warn("{} device.type: cpu runs the tested CPU path.", unverified);
     }
   }
   r->val_batches = r->source->val_batches(cfg.train.batch_size, cfg.train.eval_batches);
