@@ -63,7 +63,9 @@ class Meta {
     return x;
   }
 
-  // Float32 values at their shortest decimal (the float 1e-5 is 9.99999974737875e-06 as a double).
+  // A float32 value is the double it exactly is (the float nearest 1e-5 is 9.999999747378752e-06), as
+  // transformers writes it into the config.json of a model converted from a GGUF; LMConfig compares
+  // such settings at float32 precision, so a config that says 1e-5 matches either source.
   double number(const std::string& key, std::optional<double> fallback, double lo, double hi) const {
     const auto* v = f_.find(key);
     if (!v) {
@@ -73,7 +75,7 @@ class Meta {
     }
     double x = 0;
     if (v->type == ValueType::kFloat32) {
-      x = std::stod(fmt::format("{}", v->data.get<float>()));
+      x = static_cast<double>(v->data.get<float>());
     } else if (v->type == ValueType::kFloat64 || is_integer(v->type)) {
       x = v->data.get<double>();
     } else {

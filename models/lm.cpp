@@ -149,8 +149,10 @@ std::vector<std::string> LMConfig::differences(const LMConfig& o) const {
   cmp("ffn", to_string(ffn), to_string(o.ffn));
   cmp("ffn_dim", ffn_dim, o.ffn_dim);
   cmp("sub_norm", sub_norm, o.sub_norm);
-  cmp("rope_theta", rope_theta, o.rope_theta);
-  cmp("norm_eps", norm_eps, o.norm_eps);
+  // GGUF stores these as float32, and a config.json converted from a GGUF holds the float32's exact
+  // double (9.999999747378752e-06 for 1e-5): values equal as float32 are the same setting.
+  cmp("rope_theta", static_cast<float>(rope_theta), static_cast<float>(o.rope_theta));
+  cmp("norm_eps", static_cast<float>(norm_eps), static_cast<float>(o.norm_eps));
   cmp("tie_embeddings", tie_embeddings, o.tie_embeddings);
   return out;
 }

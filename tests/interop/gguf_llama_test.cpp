@@ -91,7 +91,7 @@ TEST_F(GgufLlamaTest, EqualsTransformersOnTheSameFile) {
     const auto ck = load_gguf_llama(d + "/model.gguf");
     EXPECT_EQ(lm_config_yaml(ck.config),
               fmt::format("{{kind: lm, vocab_size: 320, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, "
-                          "ffn_dim: 512, sub_norm: false, max_seq_len: 64, rope_theta: 10000, norm_eps: 1e-05, "
+                          "ffn_dim: 512, sub_norm: false, max_seq_len: 64, rope_theta: 10000, norm_eps: 9.999999747378752e-06, "
                           "tie_embeddings: {}}}",
                           name == "tied"));
     compare(d + "/model.gguf", d, 5e-4);
@@ -104,7 +104,7 @@ TEST_F(GgufLlamaTest, SmolLM2EqualsTransformers) {
   const auto ck = load_gguf_llama(kSmolLM2);
   EXPECT_EQ(lm_config_yaml(ck.config),
             "{kind: lm, vocab_size: 49152, dim: 576, n_layers: 30, n_heads: 9, n_kv_heads: 3, ffn: swiglu, ffn_dim: "
-            "1536, sub_norm: false, max_seq_len: 8192, rope_theta: 100000, norm_eps: 1e-05, tie_embeddings: true}");
+            "1536, sub_norm: false, max_seq_len: 8192, rope_theta: 100000, norm_eps: 9.999999747378752e-06, tie_embeddings: true}");
   compare(kSmolLM2, d, 2e-3);
 }
 

@@ -218,6 +218,24 @@ TEST(BitLM, FfnKindsUntiedHeadAndConfigErrors) {
       "n_heads, n_kv_heads, n_layers, norm_eps, rope_theta, sub_norm, tie_embeddings, vocab_size");
 }
 
+// Settings that GGUF stores as float32 compare at float32 precision: the float32 nearest 1e-5, as a
+// config.json converted from a GGUF writes it, is the same setting as 1e-5; a different float is not.
+TEST(LMConfig, FloatSettingsCompareAtFloat32Precision) {
+  LMConfig a = tiny(2), b = tiny(2);
+  a.norm_eps = 1e-5;
+  b.norm_eps = 9.999999747378752e-06;  // static_cast<double>(1e-5f)
+  a.rope_theta = b.rope_theta = 100000;
+  EXPECT_TRUE(a.differences(b).empty());
+  b.norm_eps = std::nextafter(1e-5f, 1.0f);  // the next float32 up: another setting
+  ASSERT_EQ(a.differences(b).size(), 1u);
+  EXPECT_EQ(a.differences(b)[0].rfind("model.norm_eps = 1e-05 (source: 1.0000001e-05)", 0), 0u) << a.differences(b)[0];
+  b = a;
+  b.rope_theta = 100000.003;  // nearer to 100000 than to the next float32 (100000.0078125): the same float
+  EXPECT_TRUE(a.differences(b).empty());
+  b.rope_theta = 500000;
+  EXPECT_EQ(a.differences(b), std::vector<std::string>{"model.rope_theta = 100000 (source: 500000)"});
+}
+
 // forward_hidden is forward (the same logits, bit for bit) plus the residual stream after the chosen
 // blocks: block 1's output is the input of the final norm, so norm(hidden) through the head gives
 // the logits again.
