@@ -41,6 +41,8 @@ const char* kUsageHead =
     "                       the config as training would run it, every default filled in; or every key\n"
     "  version              print the version\n"
     "\n"
+    "eval, generate, sample, quantize and export use a run's average of its weights (train.ema) when its\n"
+    "checkpoint holds one; --no-ema takes the raw weights.\n"
     "`bitqat <command> --help` describes a command.\n";
 
 const char* kTrainHelp =
@@ -212,6 +214,7 @@ Command parse_command_line(int argc, char** argv) {
       ->check(integer_in(1, std::numeric_limits<int64_t>::max()));
   eval->add_flag("--fully-quantized", cmd.eval.fully_quantized,
                  "evaluate at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
+  eval->add_flag("--no-ema", cmd.eval.no_ema, "the raw weights, not the checkpoint's average of them (train.ema)");
   add_sets(eval, &cmd.eval.sets, "override a data.* key of the run's config, e.g. data.path=/new/place/kjv.txt");
 
   eval->add_option("--classifier", cmd.eval.classifier, "DiT runs: the Fashion-MNIST classifier run of the metric");
@@ -242,6 +245,7 @@ Command parse_command_line(int argc, char** argv) {
       ->default_str("1");
   gen->add_flag("--fully-quantized", cmd.generate.fully_quantized,
                 "generate at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
+  gen->add_flag("--no-ema", cmd.generate.no_ema, "the raw weights, not the checkpoint's average of them (train.ema)");
 
   auto* smp = app.add_subcommand("sample", "class-conditional images from a DiT run as a PNG grid");
   smp->footer(kSampleHelp);
@@ -274,6 +278,7 @@ Command parse_command_line(int argc, char** argv) {
       ->default_str("1");
   smp->add_flag("--fully-quantized", cmd.sample.fully_quantized,
                 "sample at lambda_w = lambda_a = 1 instead of the checkpoint's lambdas");
+  smp->add_flag("--no-ema", cmd.sample.no_ema, "the raw weights, not the checkpoint's average of them (train.ema)");
 
   auto* quant = app.add_subcommand("quantize", "data-free ternarization of a full-precision run");
   quant->footer(kQuantizeHelp);
@@ -286,6 +291,7 @@ Command parse_command_line(int argc, char** argv) {
   add_sets(quant, &cmd.quantize.sets,
            "override a value of the resulting config, e.g. quant.weight.granularity=per_channel");
   quant->add_flag("--json", cmd.quantize.json, "print the result as one JSON object");
+  quant->add_flag("--no-ema", cmd.quantize.no_ema, "the raw weights, not the checkpoint's average of them (train.ema)");
 
   auto* exp =
       app.add_subcommand("export", fmt::format("export the ternary model: {}", fmt::join(export_format_names(), ", ")));
@@ -308,6 +314,7 @@ Command parse_command_line(int argc, char** argv) {
                 "write a relu2_glu model although llama.cpp computes SiLU (for runtimes that honour "
                 "bitnet.hidden_activation); prints a warning");
   exp->add_option("--name", cmd.export_.name, "general.name in the GGUF file (default: the run directory's name)");
+  exp->add_flag("--no-ema", cmd.export_.no_ema, "the raw weights, not the checkpoint's average of them (train.ema)");
 
   auto* config = app.add_subcommand("config", "the resolved config, or the reference of every key");
   config->footer(

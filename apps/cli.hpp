@@ -26,6 +26,7 @@ struct EvalArgs {
   bool json = false;
   std::optional<int64_t> batches;
   bool fully_quantized = false;   // lambda 1 instead of the checkpoint's lambdas
+  bool no_ema = false;            // the raw weights instead of the checkpoint's average (train.ema)
   std::vector<std::string> sets;  // data.* overrides (where the validation data is)
   // DiT runs only: the image-quality metric (training/image_quality.hpp). Unset: the defaults below.
   std::optional<std::string> classifier;  // default runs/fashion_mnist_fp
@@ -46,6 +47,7 @@ struct SampleArgs {
   uint64_t seed = 1;
   std::string out;
   bool fully_quantized = false;
+  bool no_ema = false;
 };
 
 struct GenerateArgs {
@@ -56,6 +58,7 @@ struct GenerateArgs {
   int64_t top_k = 40;
   uint64_t seed = 1;
   bool fully_quantized = false;
+  bool no_ema = false;
 };
 
 struct QuantizeArgs {
@@ -63,6 +66,7 @@ struct QuantizeArgs {
   std::string out;
   std::vector<std::string> sets;
   bool json = false;
+  bool no_ema = false;
 };
 
 struct ExportArgs {
@@ -73,6 +77,7 @@ struct ExportArgs {
   std::string gguf_float;  // empty: f32
   bool gguf_force_relu2 = false;
   std::string name;
+  bool no_ema = false;
 };
 
 struct Command {

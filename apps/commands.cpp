@@ -130,7 +130,7 @@ int cmd_train(const TrainArgs& a) {
 
 int cmd_eval(const EvalArgs& a) {
   const auto device = default_device();
-  auto run = training::load_run(a.run_dir, device);
+  auto run = training::load_run(a.run_dir, device, !a.no_ema);
   if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   const auto source = training::open_validation_data(run, a.sets);
   const int64_t batch = run.cfg.train.batch_size;
@@ -147,14 +147,14 @@ int cmd_eval(const EvalArgs& a) {
   const auto ev = run.task->evaluate(val, device);
   nlohmann::json j = {{"run_dir", a.run_dir},    {"checkpoint", run.checkpoint}, {"step", run.step},
                       {"val_loss", ev.loss},     {"batches", val.size()},        {"lambda_w", run.lambda_w},
-                      {"lambda_a", run.lambda_a}};
+                      {"lambda_a", run.lambda_a}, {"ema", run.ema}};
   if (!ev.metric_name.empty()) j[ev.metric_name] = ev.metric;
   const auto q = dit_quality(a, run, *source, device, &j);
   if (a.json) {
     std::printf("%s\n", j.dump().c_str());
   } else {
-    std::printf("%s (step %lld, lambda_w %.4g, lambda_a %.4g): val_loss %.4f", run.checkpoint.c_str(),
-                static_cast<long long>(run.step), run.lambda_w, run.lambda_a, ev.loss);
+    std::printf("%s (step %lld, lambda_w %.4g, lambda_a %.4g%s): val_loss %.4f", run.checkpoint.c_str(),
+                static_cast<long long>(run.step), run.lambda_w, run.lambda_a, run.ema ? ", EMA weights" : "", ev.loss);
     if (!ev.metric_name.empty()) std::printf(", %s %.4f", ev.metric_name.c_str(), ev.metric);
     if (q) {
       std::printf(", frechet_distance %.4f, classifier_accuracy %.4f (%lld samples vs %lld test images)", q->frechet,
@@ -174,21 +174,23 @@ int cmd_sample(const SampleArgs& a) {
   o.solver = solver_of(a.solver);
   o.seed = a.seed;
   o.fully_quantized = a.fully_quantized;
+  o.use_ema = !a.no_ema;
   o.out = a.out;
   const auto r = training::sample_run(a.run_dir, o, default_device());
   std::printf(
       "wrote %s: %lld images (%lld x %lld grid, %lld x %lld pixels) from %s (step %lld, lambda_w %.4g, "
-      "lambda_a %.4g), %lld %s steps, guidance %.4g, seed %llu\n",
+      "lambda_a %.4g%s), %lld %s steps, guidance %.4g, seed %llu\n",
       a.out.c_str(), static_cast<long long>(r.images), static_cast<long long>(r.rows),
       static_cast<long long>(r.columns), static_cast<long long>(r.width), static_cast<long long>(r.height),
-      r.checkpoint.c_str(), static_cast<long long>(r.step), r.lambda_w, r.lambda_a, static_cast<long long>(a.steps),
+      r.checkpoint.c_str(), static_cast<long long>(r.step), r.lambda_w, r.lambda_a, r.ema ? ", EMA weights" : "",
+      static_cast<long long>(a.steps),
       a.solver.c_str(), a.cfg, static_cast<unsigned long long>(a.seed));
   return 0;
 }
 
 int cmd_generate(const GenerateArgs& a) {
   if (a.prompt.empty()) throw core::UserError("--prompt '': expected a prompt of at least one byte");
-  auto run = training::load_run(a.run_dir, default_device());
+  auto run = training::load_run(a.run_dir, default_device(), !a.no_ema);
   if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.run_dir));
@@ -216,7 +218,7 @@ int cmd_generate(const GenerateArgs& a) {
 }
 
 int cmd_quantize(const QuantizeArgs& a) {
-  const auto r = training::quantize_run(a.src_run_dir, a.out, a.sets, default_device());
+  const auto r = training::quantize_run(a.src_run_dir, a.out, a.sets, default_device(), !a.no_ema);
   if (a.json) {
     nlohmann::json j = {{"run_dir", r.out_dir},
                         {"checkpoint", r.checkpoint},
@@ -293,7 +295,7 @@ int cmd_export(const ExportArgs& a) {
     throw core::UserError(
         fmt::format("{} is a packed export (no latent weights); export from its run directory", a.run_dir));
   }
-  auto run = training::load_run(a.run_dir, at::Device(at::kCPU));
+  auto run = training::load_run(a.run_dir, at::Device(at::kCPU), !a.no_ema);
   if (run.lambda_w != 1.0 || run.lambda_a != 1.0) {
     std::fprintf(stderr,
                  "bitqat export: note: %s (step %lld) was trained at lambda_w %.4g, lambda_a %.4g; every export is "

@@ -46,6 +46,7 @@ std::string write_checkpoint(const std::string& checkpoints_dir, const Checkpoin
   writer.add_safetensors("model.safetensors", data.model, {{"format", "bitqat-model"}});
   writer.add_safetensors("optimizer.safetensors", data.optimizer);
   writer.add_safetensors("extra.safetensors", data.extra);
+  if (!data.ema.empty()) writer.add_safetensors("ema.safetensors", data.ema, {{"format", "bitqat-model"}});
   writer.add("state.json", data.state.dump(2) + "\n");
   writer.finish({{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}});
   if (fs::exists(final_dir)) {
@@ -83,7 +84,8 @@ void CheckpointData::release(const at::Tensor& t) const {
 
 CheckpointData read_checkpoint(const std::string& dir) {
   const auto md = read_manifest_dir(dir, "checkpoint", kCheckpointFormat, kCheckpointVersion,
-                                    {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"});
+                                    {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"},
+                                    {"ema.safetensors"});
   CheckpointData d;
   const std::string mpath = dir + "/manifest.json";
   d.step = json_int(md.manifest, "step", mpath, 0, kMaxStep);
@@ -113,6 +115,10 @@ CheckpointData read_checkpoint(const std::string& dir) {
         std::pair{&d.extra, "extra.safetensors"}}) {
     *field = decode_safetensors(md.files.at(name), dir + "/" + name).tensors;
     d.mappings.push_back(md.files.at(name));
+  }
+  if (md.files.count("ema.safetensors")) {
+    d.ema = decode_safetensors(md.files.at("ema.safetensors"), dir + "/ema.safetensors").tensors;
+    d.mappings.push_back(md.files.at("ema.safetensors"));
   }
   return d;
 }

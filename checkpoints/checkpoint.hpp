@@ -22,6 +22,7 @@ struct CheckpointData {
   NamedTensors model;                               // model.safetensors
   NamedTensors optimizer;                           // optimizer.safetensors
   NamedTensors extra;                               // extra.safetensors (RNG states, ...)
+  NamedTensors ema;                                 // ema.safetensors, only when not empty (train.ema)
   nlohmann::json state = nlohmann::json::object();  // state.json
   // Read checkpoints: the mapped files the tensors view. release(t) drops the pages of a tensor
   // that was copied elsewhere from the resident set (reading it again fetches them from the file).

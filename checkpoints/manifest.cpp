@@ -63,7 +63,7 @@ std::string json_string(const nlohmann::json& obj, const std::string& key, const
 }
 
 ManifestDir read_manifest_dir(const std::string& dir, const std::string& what, const std::string& format, int version,
-                              const std::vector<std::string>& required) {
+                              const std::vector<std::string>& required, const std::vector<std::string>& optional) {
   const std::string path = dir + "/manifest.json";
   if (!fs::is_regular_file(path)) {
     throw core::UserError(fmt::format(
@@ -84,7 +84,11 @@ ManifestDir read_manifest_dir(const std::string& dir, const std::string& what, c
   if (!m.contains("files") || !m["files"].is_object()) {
     throw core::UserError(fmt::format("{}: 'files' is missing or not an object", path));
   }
-  for (const auto& f : required) {
+  std::vector<std::string> check = required;
+  for (const auto& f : optional) {
+    if (m["files"].contains(f)) check.push_back(f);
+  }
+  for (const auto& f : check) {
     if (!m["files"].contains(f))
       throw core::UserError(fmt::format("{} {}: the manifest does not list {}", what, dir, f));
     const auto& entry = m["files"][f];

@@ -35,18 +35,18 @@ class ManifestWriter {
 
 struct ManifestDir {
   nlohmann::json manifest;
-  // The required files, verified and mapped (their pages were released after the check: reading
+  // The required files (and the optional ones listed), verified and mapped (their pages were released after the check: reading
   // them again costs no resident memory beyond what is in use).
   std::map<std::string, std::shared_ptr<const core::MappedFile>> files;
   std::string text(const std::string& name) const;  // a (small) file's bytes
 };
 
 // Reads DIR/manifest.json: `format` and `version` must match, and every file of `required` must be
-// listed, present, and of the listed size and CRC-32 (computed streaming through the mapping). `what` names the kind of
-// directory in errors
-// ("checkpoint", "packed export").
+// listed, present, and of the listed size and CRC-32 (computed streaming through the mapping); a file
+// of `optional` is checked the same way when the manifest lists it. `what` names the kind of
+// directory in errors ("checkpoint", "packed export").
 ManifestDir read_manifest_dir(const std::string& dir, const std::string& what, const std::string& format, int version,
-                              const std::vector<std::string>& required);
+                              const std::vector<std::string>& required, const std::vector<std::string>& optional = {});
 
 // Typed fields of a JSON object read from `origin` (a file): a missing key gives `fallback` (or, with
 // no fallback, an error); a value of another type or outside [lo, hi] is a UserError naming

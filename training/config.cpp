@@ -48,6 +48,18 @@ const core::Schema<TrainLoopConfig>& train_schema() {
   return s;
 }
 
+const core::Schema<EmaConfig>& ema_schema() {
+  using C = EmaConfig;
+  static const core::Schema<EmaConfig> s({
+      core::key("enabled", &C::enabled, "keep the average (true when the section is given)").fallback("true"),
+      core::key("decay", &C::decay, "ema <- decay * ema + (1 - decay) * parameters after each update")
+          .check([](double d) { return d > 0.0 && d < 1.0; }, "a number in (0, 1)"),
+      core::key("start_step", &C::start_step, "the average starts here; before, it is the parameters themselves")
+          .range(0, checkpoints::kMaxStep),
+  });
+  return s;
+}
+
 const core::Schema<OptimConfig>& optim_schema() {
   using C = OptimConfig;
   static const core::Schema<OptimConfig> s({
@@ -219,6 +231,10 @@ void check_across(const Config& c) {
       }
     }
   }
+  if (c.train.ema.enabled && c.train.ema.start_step > c.train.steps) {
+    throw core::ConfigError(fmt::format("{} is beyond train.steps = {}: the average would never start",
+                                        c.train.ema.node.describe("start_step"), c.train.steps));
+  }
   validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
   validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
   validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);
@@ -251,7 +267,12 @@ Config Config::from_node(const core::Node& root, bool check_files) {
   c.root = root;
   root.allow_only(kSections);
   run_schema().parse_into(root.child("run"), &c.run);
-  train_schema().parse_into(root.child("train"), &c.train);
+  train_schema().parse_into(root.child("train"), &c.train, {"ema"});
+  c.train.ema.node = root.child("train").child("ema");
+  if (c.train.ema.node.defined()) {
+    c.train.ema.enabled = true;
+    ema_schema().parse_into(c.train.ema.node, &c.train.ema);
+  }
   optim_schema().parse_into(root.child("optim"), &c.optim);
   const auto quant = root.child("quant");
   quant_schema().parse_into(quant, &c.quant, kQuantSpecKeys);
@@ -292,6 +313,7 @@ YAML::Node Config::resolved() const {
   data.write_absolute_paths(out["data"]);
   optim_schema().write(optim, out["optim"]);
   train_schema().write(train, out["train"]);
+  if (train.ema.node.defined()) ema_schema().write(train.ema, out["train"]["ema"]);
   checkpoint_schema().write(checkpoint, out["checkpoint"]);
   device_schema().write(device, out["device"]);
   dist_schema().write(dist, out["dist"]);
@@ -321,6 +343,7 @@ std::vector<core::KeyReference> Config::reference() {
   add(schedules::schedule_reference(schedules::ScheduleRole::kLearningRate, "optim.lr"));
   add(schedules::schedule_reference(schedules::ScheduleRole::kWeightDecay, "optim.weight_decay"));
   add(train_schema().reference("train."));
+  add(ema_schema().reference("train.ema."));
   add(checkpoint_schema().reference("checkpoint."));
   add(device_schema().reference("device."));
   add(dist_schema().reference("dist."));

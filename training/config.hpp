@@ -25,6 +25,15 @@ struct RunConfig {
   std::string run_dir() const { return dir + "/" + name; }
 };
 
+// train.ema: an exponential moving average of the parameters (training/ema.hpp); eval, generate,
+// sample, quantize and export use it when the checkpoint holds it.
+struct EmaConfig {
+  bool enabled = false;  // true when the section is given
+  double decay = 0.9999;
+  int64_t start_step = 0;  // until this step the average is the parameters themselves
+  core::Node node;         // the section, for error locations
+};
+
 struct TrainLoopConfig {
   int64_t steps = 1000;
   int64_t batch_size = 16;  // per process
@@ -34,6 +43,7 @@ struct TrainLoopConfig {
   bool eval_at_start = false;  // also evaluate a fresh run before its first step (the starting point)
   int eval_batches = 8;
   int max_bad_steps = 5;  // consecutive non-finite steps before the run stops
+  EmaConfig ema;
 };
 
 // The schedule {kind: constant, value: v}: the default of a schedule key.

@@ -43,8 +43,9 @@ YAML::Node ternary_quant(const YAML::Node& source_quant) {
 // The source: a run's newest checkpoint, or a config's init_from model read into the config's model.
 // A config is loaded with the overrides, so that --set can also fix what its validation checks
 // (e.g. a data path that is elsewhere on this machine).
-LoadedRun load_source(const std::string& src, const std::vector<std::string>& sets, const at::Device& device) {
-  if (!fs::is_regular_file(src)) return load_run(src, device);
+LoadedRun load_source(const std::string& src, const std::vector<std::string>& sets, const at::Device& device,
+                      bool use_ema) {
+  if (!fs::is_regular_file(src)) return load_run(src, device, use_ema);
   LoadedRun run{Config::load_file(src, sets), nullptr, "", 0};
   if (run.cfg.init_from.empty()) {
     throw core::UserError(fmt::format(
@@ -61,7 +62,7 @@ LoadedRun load_source(const std::string& src, const std::vector<std::string>& se
 }  // namespace
 
 QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& out_run_dir,
-                            const std::vector<std::string>& sets, const at::Device& device) {
+                            const std::vector<std::string>& sets, const at::Device& device, bool use_ema) {
   if (out_run_dir.empty()) throw core::UserError("--out: expected the run directory to write");
   fs::path out = fs::path(out_run_dir).lexically_normal();
   if (out.filename().empty()) out = out.parent_path();  // a trailing '/'
@@ -76,7 +77,7 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
         fmt::format("--out {} already holds checkpoints (newest: {}); choose another directory", out_run_dir, *latest));
   }
 
-  auto src = load_source(src_run_dir, sets, device);
+  auto src = load_source(src_run_dir, sets, device, use_ema);
   YAML::Node doc = YAML::Clone(src.cfg.root.yaml());
   doc["quant"] = ternary_quant(doc["quant"]);
   doc["run"]["dir"] = out.has_parent_path() ? out.parent_path().string() : std::string(".");

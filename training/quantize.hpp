@@ -27,8 +27,9 @@ struct QuantizeResult {
 // validation loss, checkpoints/step_00000000 with a fresh optimizer state) that `bitqat eval`,
 // `bitqat train --resume` and `init_from` accept. `sets` (--set k.p=v) apply on top of the
 // ternary quant section, e.g. quant.weight.granularity=per_channel. An OUT_RUN_DIR that already
-// holds checkpoints is refused.
+// holds checkpoints is refused. A source run whose checkpoint holds an average of its weights
+// (train.ema) is quantized from the average unless `use_ema` is false.
 QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& out_run_dir,
-                            const std::vector<std::string>& sets, const at::Device& device);
+                            const std::vector<std::string>& sets, const at::Device& device, bool use_ema = true);
 
 }  // namespace bitqat::training

@@ -38,7 +38,7 @@ void set_run_lambdas(LoadedRun& run, double lambda_w, double lambda_a) {
   run.lambda_a = lambda_a;
 }
 
-LoadedRun load_run(const std::string& run_dir, const at::Device& device) {
+LoadedRun load_run(const std::string& run_dir, const at::Device& device, bool use_ema) {
   if (interop::is_packed_export(run_dir)) {
     auto e = interop::read_packed_export(run_dir);
     LoadedRun run{Config::load_string(e.config_yaml, run_dir + "/config.resolved.yaml", {}, /*check_files=*/false),
@@ -60,6 +60,18 @@ LoadedRun load_run(const std::string& run_dir, const at::Device& device) {
   const auto ck = checkpoints::read_checkpoint(*latest);
   std::map<std::string, at::Tensor> tensors(ck.model.begin(), ck.model.end());
   models::load_model_tensors(run.task->module(), tensors, *latest + "/model.safetensors");
+  if (use_ema && !ck.ema.empty()) {
+    // The average covers exactly the trainable parameters (training/ema.hpp); buffers stay the run's.
+    const std::string origin = *latest + "/ema.safetensors";
+    std::map<std::string, at::Tensor> ema(ck.ema.begin(), ck.ema.end());
+    for (const auto& item : run.task->module().named_parameters(true)) {
+      if (item.value().requires_grad() && !ema.count(item.key())) {
+        throw core::UserError(fmt::format("{}: the average of {} is missing", origin, item.key()));
+      }
+    }
+    models::load_model_tensors(run.task->module(), ema, origin, /*strict=*/false);
+    run.ema = true;
+  }
   run.checkpoint = *latest;
   run.step = ck.step;
   // The trainer's step s runs at the schedules' value for s; a checkpoint at step s was trained last

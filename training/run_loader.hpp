@@ -21,12 +21,15 @@ struct LoadedRun {
   // The lambdas the model runs at: those the trainer used for the checkpoint's last step (state.json,
   // or the run's schedules for checkpoints written before bitqat recorded them); 1 for a packed export.
   double lambda_w = 1.0, lambda_a = 1.0;
+  // The parameters are the checkpoint's average (train.ema's ema.safetensors), not its raw weights.
+  bool ema = false;
 };
 
 // Throws UserError when the directory, its config or a complete checkpoint is missing, or a tensor
 // is missing, mis-shaped or not finite. A packed export (interop/export_packed.hpp) opens the same
-// way, with its quantized layers packed. Reads no data.
-LoadedRun load_run(const std::string& run_dir, const at::Device& device);
+// way, with its quantized layers packed. Reads no data. When the checkpoint holds an average of the
+// parameters (train.ema) the model takes it, unless `use_ema` is false (--no-ema: the raw weights).
+LoadedRun load_run(const std::string& run_dir, const at::Device& device, bool use_ema = true);
 
 // Sets the model's lambdas (and LoadedRun's record of them).
 void set_run_lambdas(LoadedRun& run, double lambda_w, double lambda_a);

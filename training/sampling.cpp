@@ -43,7 +43,7 @@ SampleResult sample_run(const std::string& run_dir, const SampleOptions& o, cons
   if (o.steps < 1) throw core::UserError(fmt::format("--steps {}: expected at least 1 integration step", o.steps));
   if (!std::isfinite(o.cfg)) throw core::UserError(fmt::format("--cfg {}: expected a finite guidance weight", o.cfg));
   if (o.out.empty()) throw core::UserError("--out: expected the PNG file to write");
-  auto run = load_run(run_dir, device);
+  auto run = load_run(run_dir, device, o.use_ema);
   auto dit = std::dynamic_pointer_cast<models::BitDiTImpl>(run.task->module_ptr());
   if (!dit) {
     throw core::UserError(fmt::format("{}: a model.kind {} run; sample needs a diffusion transformer (model.kind dit)",
@@ -70,6 +70,7 @@ SampleResult sample_run(const std::string& run_dir, const SampleOptions& o, cons
   r.step = run.step;
   r.lambda_w = run.lambda_w;
   r.lambda_a = run.lambda_a;
+  r.ema = run.ema;
   r.images = labels.size(0);
   r.columns = std::min(columns, r.images);
   r.rows = (r.images + r.columns - 1) / r.columns;

@@ -20,6 +20,7 @@ struct SampleOptions {
   models::Solver solver = models::Solver::kHeun;
   uint64_t seed = 1;
   bool fully_quantized = false;  // lambda 1 instead of the checkpoint's lambdas
+  bool use_ema = true;           // the checkpoint's average of the weights when it holds one (train.ema)
   std::string out;               // the PNG to write
 };
 
@@ -27,6 +28,7 @@ struct SampleResult {
   std::string checkpoint;  // where the weights came from
   int64_t step = 0;
   double lambda_w = 1.0, lambda_a = 1.0;
+  bool ema = false;  // the weights were the checkpoint's average
   int64_t images = 0, rows = 0, columns = 0;
   int64_t width = 0, height = 0;  // of the PNG
 };

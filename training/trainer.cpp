@@ -28,6 +28,7 @@
 #include "schedules/schedule.hpp"
 #include "training/distill.hpp"
 #include "training/distributed.hpp"
+#include "training/ema.hpp"
 #include "training/gpu_status.hpp"
 #include "training/grad_sync.hpp"
 #include "training/metrics.hpp"
@@ -110,8 +111,9 @@ struct Run {
   std::unique_ptr<Task> task;
   std::vector<std::pair<std::string, at::Tensor>> named;  // trainable parameters
   std::vector<at::Tensor> params;
-  std::vector<at::Tensor> replicated;  // parameters and buffers: bit-identical across ranks
+  std::vector<at::Tensor> replicated;  // parameters, buffers and averages: bit-identical across ranks
   std::unique_ptr<AdamW> optimizer;
+  std::unique_ptr<Ema> ema;  // train.ema
   Schedules sched;
   std::unique_ptr<GradSync> sync;
   std::unique_ptr<MetricsWriter> metrics;
@@ -124,6 +126,32 @@ struct Run {
 };
 
 // ---- set-up and resume --------------------------------------------------------------------------
+
+// The parameters' average from the checkpoint. A checkpoint without one (a run that trained without
+// train.ema) resumes exactly only while the average is still the parameters (step <= start_step).
+void resume_ema(Run& r, const checkpoints::CheckpointData& ck, const std::string& latest) {
+  const auto& cfg = r.cfg.train.ema;
+  if (!cfg.enabled) {
+    if (!ck.ema.empty() && r.main()) {
+      spdlog::warn("{} holds averaged weights (ema.safetensors); this config has no train.ema, so they are dropped",
+                   latest);
+    }
+    return;
+  }
+  r.ema = std::make_unique<Ema>(r.named, cfg.decay, cfg.start_step);
+  if (ck.ema.empty()) {
+    if (ck.step > cfg.start_step) {
+      throw core::UserError(fmt::format(
+          "{} holds no averaged weights (the run trained without train.ema) and {}, before its step {}: the "
+          "average cannot be recovered; set train.ema.start_step to {} or later to start it from here",
+          latest, cfg.node.describe("start_step"), ck.step, ck.step));
+    }
+    return;  // the average is still the parameters
+  }
+  const std::string origin = latest + "/ema.safetensors";
+  models::check_finite(ck.ema, origin);
+  r.ema->load(std::map<std::string, at::Tensor>(ck.ema.begin(), ck.ema.end()), origin);
+}
 
 // Weights, optimizer state, RNG and counters from the newest checkpoint of this run.
 void resume_from(Run& r, const std::string& latest) {
@@ -160,6 +188,7 @@ void resume_from(Run& r, const std::string& latest) {
   models::check_finite(ck.optimizer, latest + "/optimizer.safetensors");
   r.optimizer->load_state_tensors(std::map<std::string, at::Tensor>(ck.optimizer.begin(), ck.optimizer.end()),
                                   latest + "/optimizer.safetensors", release);
+  resume_ema(r, ck, latest);
   std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
   restore_rng_states(extra, latest + "/extra.safetensors");
   if (!r.main()) return;
@@ -280,8 +309,14 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   r->sync = std::make_unique<GradSync>(r->dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024),
                                        cfg.dist.overlap);
   r->sync->broadcast_parameters();
+  if (cfg.train.ema.enabled && !r->ema) {
+    r->ema = std::make_unique<Ema>(r->named, cfg.train.ema.decay, cfg.train.ema.start_step);
+  }
   r->replicated = r->params;
   for (const auto& b : model.buffers(true)) r->replicated.push_back(b);
+  if (r->ema) {
+    for (const auto& [name, e] : r->ema->tensors()) r->replicated.push_back(e);
+  }
   if (r->dist.active() && r->main()) {
     int64_t bytes = 0;
     const auto bk = r->sync->buckets();
@@ -412,7 +447,9 @@ StepOutcome run_step(Run& r, int64_t step) {
   if (part_sums.defined()) o.flags = at::cat({o.flags, part_sums / cfg.train.grad_accum});
   r.dist.all_reduce_mean_(o.flags, "all-reduce of the step's loss, finiteness flag and loss parts");
   RECORD_FUNCTION("bitqat::optimizer_step", std::vector<c10::IValue>());
-  r.optimizer->step(o.lr, o.wd, o.flags[1].gt(0).to(at::kFloat));
+  const auto skipped = o.flags[1].gt(0).to(at::kFloat);
+  r.optimizer->step(o.lr, o.wd, skipped);
+  if (r.ema) r.ema->update(o.done, skipped);
   return o;
 }
 
@@ -532,18 +569,20 @@ void checkpoint(Run& r, int64_t done) {
   // buffers were updated from each rank's own share in this step: take rank 0's, as the next step
   // would).
   r.sync->broadcast_buffers();
-  r.dist.check_same({done, bit_fingerprint(r.replicated)}, {"the step", "the fingerprint of parameters and buffers"});
+  r.dist.check_same({done, bit_fingerprint(r.replicated)}, {"the step", "the fingerprint of parameters, buffers and averages"});
   r.dist.barrier("barrier before writing checkpoint");
   if (r.main()) {
     checkpoints::CheckpointData ck;
     ck.step = done;
     ck.model = models::model_tensors(r.task->module(), /*to_cpu=*/false);  // to the host one at a time
     ck.optimizer = r.optimizer->state_tensors();
+    if (r.ema) ck.ema = r.ema->tensors();
     // Never write a checkpoint that could not be read back (non-finite steps are skipped, so this
     // guards against what slipped past them).
     const auto where = fmt::format("training at step {} (no checkpoint was written)", done);
     models::check_finite(ck.model, where);
     models::check_finite(ck.optimizer, where);
+    models::check_finite(ck.ema, where);
     ck.extra = rng_states();
     ck.state = {{"step", done},
                 {"config_hash", r.hash},

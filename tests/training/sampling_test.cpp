@@ -102,6 +102,25 @@ TEST_F(SamplingTest, WritesAGridPng) {
   EXPECT_EQ(one.columns, 10);
 }
 
+// A run trained with train.ema samples from the average of its weights; use_ema false (--no-ema)
+// from the raw weights, which give other images.
+TEST_F(SamplingTest, SamplesTheAverageOfTheWeights) {
+  bitqat::training::train(Config::load_string(
+      bitqat::testing::tiny_dit_yaml(runs(), "ema", 3, "weight: {type: none}\n  activation: {type: none}"), "ema.yaml",
+      {"train.ema.decay=0.5"}));
+  SampleOptions o;
+  o.n = 1;
+  o.steps = 2;
+  o.out = (dir_ / "out" / "ema.png").string();
+  const auto avg = bitqat::training::sample_run(runs() + "/ema", o, kCPU);
+  EXPECT_TRUE(avg.ema);
+  o.use_ema = false;
+  o.out = (dir_ / "out" / "raw.png").string();
+  const auto raw = bitqat::training::sample_run(runs() + "/ema", o, kCPU);
+  EXPECT_FALSE(raw.ema);
+  EXPECT_NE(bitqat::core::read_file((dir_ / "out" / "ema.png").string()), bitqat::core::read_file(o.out));
+}
+
 // The packed export holds the block linears as 2-bit codes; on the CPU it computes exactly what the
 // run computes at lambda 1 (bitlinear/quantized_linear.hpp), so the two PNGs are the same bytes. Also
 // for binary weights, which the packed layout holds as codes -1 and +1.

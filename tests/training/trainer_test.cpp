@@ -156,6 +156,85 @@ TEST_F(TrainerTest, ResumeIsBitExact) {
   }
 }
 
+// train.ema: the average is checkpointed and resumed exactly, and what eval, generate, sample,
+// quantize and export open (load_run) unless they ask for the raw weights.
+TEST_F(TrainerTest, EmaResumesExactlyAndIsWhatARunOpensAs) {
+  const std::vector<std::string> ema = {"train.ema.decay=0.75", "train.ema.start_step=3"};
+  auto with = [&](std::vector<std::string> sets) {
+    sets.insert(sets.end(), ema.begin(), ema.end());
+    return config(12, sets);
+  };
+  bitqat::training::train(with({"run.name=full"}));
+  TrainOptions interrupt;
+  interrupt.after_step = [](int64_t step) {
+    if (step == 5) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(bitqat::training::train(with({"run.name=split"}), interrupt), std::runtime_error);
+  TrainOptions resume;
+  resume.resume = true;
+  EXPECT_EQ(bitqat::training::train(with({"run.name=split"}), resume).start_step, 5);
+  auto latest = [&](const std::string& run) {
+    return bitqat::checkpoints::read_checkpoint(
+        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs" / run / "checkpoints").string()));
+  };
+  const auto ca = latest("full"), cb = latest("split");
+  ASSERT_FALSE(ca.ema.empty());
+  ASSERT_EQ(ca.ema.size(), cb.ema.size());
+  std::map<std::string, at::Tensor> weights(ca.model.begin(), ca.model.end());
+  size_t differ = 0;
+  for (size_t i = 0; i < ca.ema.size(); ++i) {
+    EXPECT_EQ(ca.ema[i].first, cb.ema[i].first);
+    EXPECT_TRUE(ca.ema[i].second.equal(cb.ema[i].second)) << ca.ema[i].first;
+    differ += !ca.ema[i].second.equal(weights.at(ca.ema[i].first));
+  }
+  EXPECT_GT(differ, 0u) << "after 12 steps at decay 0.75 the average should differ from the weights";
+
+  // load_run takes the average; use_ema false the raw weights.
+  const auto run = bitqat::training::load_run((dir_ / "runs/full").string(), at::Device(at::kCPU));
+  EXPECT_TRUE(run.ema);
+  const auto raw = bitqat::training::load_run((dir_ / "runs/full").string(), at::Device(at::kCPU), false);
+  EXPECT_FALSE(raw.ema);
+  std::map<std::string, at::Tensor> avg(ca.ema.begin(), ca.ema.end());
+  for (const auto& item : run.task->module().named_parameters(true)) {
+    EXPECT_TRUE(item.value().equal(avg.at(item.key()))) << item.key();
+  }
+  for (const auto& item : raw.task->module().named_parameters(true)) {
+    EXPECT_TRUE(item.value().equal(weights.at(item.key()))) << item.key();
+  }
+}
+
+// The average of a run that trained without it cannot be made up on resume once it has started.
+TEST_F(TrainerTest, EmaCannotStartInThePastOfAResumedRun) {
+  TrainOptions interrupt;
+  interrupt.after_step = [](int64_t step) {
+    if (step == 5) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(bitqat::training::train(config(12), interrupt), std::runtime_error);
+  TrainOptions resume;
+  resume.resume = true;
+  const auto e = error_of([&] {
+    bitqat::training::train(config(12, {"train.ema.decay=0.9", "train.ema.start_step=2"}), resume);
+  });
+  EXPECT_NE(e.find("holds no averaged weights (the run trained without train.ema) and --set "
+                   "train.ema.start_step=2: train.ema.start_step = 2, before its step 5"),
+            std::string::npos)
+      << e;
+  // Starting the average at the resumed step or later is exact: until then it is the weights.
+  EXPECT_EQ(bitqat::training::train(config(12, {"train.ema.decay=0.9", "train.ema.start_step=5"}), resume).start_step,
+            5);
+}
+
+TEST_F(TrainerTest, EmaSettingsAreChecked) {
+  auto err = [&](const std::vector<std::string>& sets) { return error_of([&] { config(12, sets); }); };
+  EXPECT_NE(err({"train.ema.decay=1"}).find("--set train.ema.decay=1: train.ema.decay = 1: expected a number in (0, 1)"), std::string::npos)
+      << err({"train.ema.decay=1"});
+  EXPECT_NE(err({"train.ema.decay=0"}).find("expected a number in (0, 1)"), std::string::npos);
+  EXPECT_NE(err({"train.ema.start_step=13"}).find("train.ema.start_step = 13 is beyond train.steps = 12"),
+            std::string::npos)
+      << err({"train.ema.start_step=13"});
+  EXPECT_NE(err({"train.ema.every=3"}).find("unknown key 'every'"), std::string::npos) << err({"train.ema.every=3"});
+}
+
 TEST_F(TrainerTest, RefusesToOverwriteOrResumeNothing) {
   EXPECT_NE(error_of([&] {
               TrainOptions o;
