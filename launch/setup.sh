@@ -72,10 +72,11 @@ fi
 # safetensors and numpy write import fixtures; transformers (with accelerate, which its BitNet loader
 # requires) and llama.cpp's gguf-py read our hf-bitnet and GGUF exports and the GGUFs we import;
 # transformers and tokenizers tokenize text into shards; scipy computes the Frechet distance that the
-# image-quality metric's test compares with.
+# image-quality metric's test compares with; tensorboard's own reader reads the event files of
+# log.tensorboard back.
 # Pinned, so that a fresh machine tests against the versions these tests were written for.
 py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0
-                  tokenizers==0.23.3 scipy==1.17.1)
+                  tokenizers==0.23.3 scipy==1.17.1 tensorboard==2.21.0)
 if ! "$VENV/bin/python" - "${py_test_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
