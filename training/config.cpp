@@ -96,6 +96,15 @@ const core::Schema<CheckpointConfig>& checkpoint_schema() {
   return s;
 }
 
+const core::Schema<LogConfig>& log_schema() {
+  using C = LogConfig;
+  static const core::Schema<LogConfig> s({
+      core::key("tensorboard", &C::tensorboard,
+                "also write the logged metrics as TensorBoard event files in the run directory (rank 0)"),
+  });
+  return s;
+}
+
 const core::Schema<DeviceConfig>& device_schema() {
   using C = DeviceConfig;
   static const core::Schema<DeviceConfig> s({
@@ -159,8 +168,8 @@ const core::Schema<RootKeys>& root_schema() {
   });
   return s;
 }
-const std::set<std::string> kSections = {"run",        "model",  "quant", "data",      "optim",  "train",
-                                         "checkpoint", "device", "dist",  "init_from", "distill"};
+const std::set<std::string> kSections = {"run",        "model", "quant",  "data", "optim",     "train",
+                                         "checkpoint", "log",   "device", "dist", "init_from", "distill"};
 
 void parse_distill(const core::Node& n, bool check_files, DistillConfig* c) {
   c->node = n;
@@ -278,6 +287,7 @@ Config Config::from_node(const core::Node& root, bool check_files) {
   quant_schema().parse_into(quant, &c.quant, kQuantSpecKeys);
   c.quant.spec = bitlinear::quant_spec_from_yaml(quant);
   checkpoint_schema().parse_into(root.child("checkpoint"), &c.checkpoint);
+  log_schema().parse_into(root.child("log"), &c.log);
   device_schema().parse_into(root.child("device"), &c.device);
   dist_schema().parse_into(root.child("dist"), &c.dist);
   RootKeys keys;
@@ -315,6 +325,7 @@ YAML::Node Config::resolved() const {
   train_schema().write(train, out["train"]);
   if (train.ema.node.defined()) ema_schema().write(train.ema, out["train"]["ema"]);
   checkpoint_schema().write(checkpoint, out["checkpoint"]);
+  log_schema().write(log, out["log"]);
   device_schema().write(device, out["device"]);
   dist_schema().write(dist, out["dist"]);
   if (!init_from.empty()) out["init_from"] = absolute(init_from);
@@ -345,6 +356,7 @@ std::vector<core::KeyReference> Config::reference() {
   add(train_schema().reference("train."));
   add(ema_schema().reference("train.ema."));
   add(checkpoint_schema().reference("checkpoint."));
+  add(log_schema().reference("log."));
   add(device_schema().reference("device."));
   add(dist_schema().reference("dist."));
   add(root_schema().reference(""));

@@ -71,6 +71,11 @@ struct CheckpointConfig {
   int keep_last = 3;
 };
 
+// Where a run's metrics go besides RUN_DIR/metrics.jsonl and the log.
+struct LogConfig {
+  bool tensorboard = false;  // TensorBoard event files in the run directory
+};
+
 enum class DeviceType { kAuto, kCpu, kCuda };
 inline constexpr std::array<core::EnumName<DeviceType>, 3> kDeviceTypeNames = {
     {{DeviceType::kAuto, "auto"}, {DeviceType::kCpu, "cpu"}, {DeviceType::kCuda, "cuda"}}};
@@ -120,6 +125,7 @@ struct Config {
   OptimConfig optim;
   QuantConfig quant;
   CheckpointConfig checkpoint;
+  LogConfig log;
   DeviceConfig device;
   DistConfig dist;
   models::ModelConfig model;  // the model: section, parsed (vocab_size resolved from the data)

@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <sstream>
@@ -13,7 +14,7 @@
 
 namespace bitqat::training {
 
-MetricsWriter::MetricsWriter(const std::string& path, int64_t truncate_after_step) : path_(path) {
+MetricsWriter::MetricsWriter(const std::string& path, int64_t truncate_after_step, bool tensorboard) : path_(path) {
   if (path_.empty()) return;
   if (truncate_after_step >= 0 && std::filesystem::exists(path_)) {
     std::istringstream in(core::read_file(path_));
@@ -37,12 +38,26 @@ MetricsWriter::MetricsWriter(const std::string& path, int64_t truncate_after_ste
   }
   out_.open(path_, std::ios::app);
   if (!out_) throw core::UserError(fmt::format("{}: cannot open metrics file for writing", path_));
+  if (tensorboard) {
+    const auto dir = std::filesystem::path(path_).parent_path().string();
+    events_ = std::make_unique<checkpoints::EventFileWriter>(dir.empty() ? "." : dir);
+    if (truncate_after_step >= 0) events_->session_start(truncate_after_step + 1);
+  }
 }
 
 void MetricsWriter::write(const nlohmann::json& record) {
   if (path_.empty()) return;
   out_ << record.dump() << '\n';
   out_.flush();
+  if (!events_ || !record.contains("step") || !record["step"].is_number_integer()) return;
+  checkpoints::Scalars values;
+  for (const auto& [key, v] : record.items()) {
+    if (key == "step" || key == "elapsed_s" || !v.is_number()) continue;  // a bool or null is no number
+    // A NaN (a grad norm that was not computed) is null in the JSON line: no point in either file.
+    if (!std::isfinite(v.get<double>())) continue;
+    values.emplace_back(key, v.get<float>());
+  }
+  if (!values.empty()) events_->scalars(record["step"].get<int64_t>(), values);
 }
 
 ProgressBar::ProgressBar(int64_t total, bool enabled) : total_(total), enabled_(enabled) {}

@@ -327,7 +327,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   if (r->main()) {
     fs::create_directories(r->run_dir);
     core::write_file_atomic(r->run_dir + "/config.resolved.yaml", core::to_yaml_string(cfg.resolved()));
-    r->metrics = std::make_unique<MetricsWriter>(r->run_dir + "/metrics.jsonl", r->start_step);
+    r->metrics = std::make_unique<MetricsWriter>(r->run_dir + "/metrics.jsonl", r->start_step, cfg.log.tensorboard);
     spdlog::info("run {}: {} on {}{}, world {}, global batch {} (= {} x {} ranks x {} accumulation)", r->run_dir,
                  r->source->describe(), r->device.str(), r->autocast ? " (bf16 autocast)" : "", r->dist.world(),
                  r->global_batch, cfg.train.batch_size, r->dist.world(), cfg.train.grad_accum);

@@ -1,5 +1,5 @@
 // tools/plot_runs.py: several runs' metrics.jsonl become one PNG; a malformed line is named by file
-// and line. Needs matplotlib (launch/setup.sh --smollm2 installs it); skips without it.
+// and line. Needs matplotlib (launch/setup.sh --tests and --smollm2 install it); skips without it.
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -16,7 +16,7 @@ TEST(PlotRuns, WritesOnePngOfSeveralRunsAndNamesBadLines) {
   const std::string python = BITQAT_PYTHON;
   ASSERT_FALSE(python.empty()) << "configure with -DPython3_EXECUTABLE=.venv/bin/python";
   if (run_command(fmt::format("'{}' -c 'import matplotlib'", python)).code != 0) {
-    GTEST_SKIP() << "matplotlib is not installed (launch/setup.sh --smollm2 installs it)";
+    GTEST_SKIP() << "matplotlib is not installed (launch/setup.sh --tests installs it)";
   }
   const auto dir = fs::temp_directory_path() / ("bitqat_plot_runs_" + std::to_string(::getpid()));
   fs::remove_all(dir);

@@ -10,11 +10,14 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
+#include <map>
+#include <optional>
 #include <sstream>
 
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "tests/command.hpp"
 #include "tests/user_error.hpp"
 #include "training/run_loader.hpp"
 
@@ -233,6 +236,107 @@ TEST_F(TrainerTest, EmaSettingsAreChecked) {
             std::string::npos)
       << err({"train.ema.start_step=13"});
   EXPECT_NE(err({"train.ema.every=3"}).find("unknown key 'every'"), std::string::npos) << err({"train.ema.every=3"});
+}
+
+namespace {
+
+using Points = std::map<std::string, std::vector<std::pair<int64_t, float>>>;
+
+// What metrics.jsonl says TensorBoard should show: every number of every line (but "step" and
+// "elapsed_s") at the line's step, as float32 (event files hold simple_value floats).
+Points expected_scalars(const std::vector<nlohmann::json>& lines) {
+  Points out;
+  for (const auto& rec : lines) {
+    for (const auto& [key, v] : rec.items()) {
+      if (key == "step" || key == "elapsed_s" || !v.is_number() || !std::isfinite(v.get<double>())) continue;
+      out[key].emplace_back(rec["step"].get<int64_t>(), v.get<float>());
+    }
+  }
+  return out;
+}
+
+// The scalars TensorBoard's own reader (EventAccumulator) reads from a run directory, and how many
+// event files it holds; nullopt (after GTEST_SKIP) when the tensorboard package is missing.
+struct TensorBoardView {
+  Points points;
+  int files = 0;
+};
+std::optional<TensorBoardView> read_with_tensorboard(const fs::path& run_dir) {
+  using bitqat::testing::run_command;
+  const std::string python = BITQAT_PYTHON;
+  if (python.empty() || run_command(fmt::format("'{}' -c 'import tensorboard'", python)).code != 0) return std::nullopt;
+  const auto r = run_command(
+      fmt::format("'{}' '{}/tests/training/tensorboard_check.py' '{}'", python, BITQAT_SOURCE_DIR, run_dir.string()));
+  EXPECT_EQ(r.code, 0) << r.out;
+  const auto j = nlohmann::json::parse(r.out.substr(r.out.rfind("\n{") + 1));  // after any warning lines
+  TensorBoardView view;
+  for (const auto& [tag, points] : j.items()) {
+    if (tag == "_files") {
+      view.files = points.get<int>();
+      continue;
+    }
+    // A Python float holds the float32 exactly; its JSON text reads back as the same double.
+    for (const auto& p : points) view.points[tag].emplace_back(p[0].get<int64_t>(), p[1].get<float>());
+  }
+  return view;
+}
+
+void expect_same_points(const Points& got, const Points& want) {
+  for (const char* tag :
+       {"loss", "lr", "weight_decay", "lambda_w", "lambda_a", "grad_norm", "tok_per_s", "val_loss", "val_bpb"}) {
+    EXPECT_TRUE(want.count(tag)) << tag << " is not in metrics.jsonl";
+  }
+  ASSERT_EQ(got.size(), want.size());
+  for (const auto& [tag, points] : want) {
+    ASSERT_TRUE(got.count(tag)) << tag;
+    const auto& g = got.at(tag);
+    ASSERT_EQ(g.size(), points.size()) << tag;
+    for (size_t i = 0; i < points.size(); ++i) {
+      EXPECT_EQ(g[i].first, points[i].first) << tag << " point " << i;
+      EXPECT_EQ(g[i].second, points[i].second) << tag << " at step " << points[i].first;
+    }
+  }
+}
+
+}  // namespace
+
+TEST_F(TrainerTest, TensorBoardShowsWhatMetricsJsonlHolds) {
+  bitqat::training::train(config(12, {"log.tensorboard=true"}));
+  bitqat::training::train(config(4, {"run.name=off"}));  // the default: no event file
+  EXPECT_TRUE(bitqat::core::glob_files((dir_ / "runs/off/events.out.tfevents.*").string()).empty());
+  const auto view = read_with_tensorboard(dir_ / "runs/tiny");
+  if (!view) GTEST_SKIP() << "the tensorboard Python package is not installed (launch/setup.sh installs it)";
+  EXPECT_EQ(view->files, 1);
+  const auto want = expected_scalars(metrics());
+  ASSERT_EQ(want.at("loss").size(), 12u);
+  ASSERT_EQ(want.at("val_loss").size(), 2u);  // steps 10 and 12
+  expect_same_points(view->points, want);
+}
+
+TEST_F(TrainerTest, TensorBoardShowsEachStepOnceAfterAResume) {
+  // Checkpoints at 5 and 10, evaluations every 3 steps. The first process dies after step 8: it
+  // logged steps 6 to 8 and evaluated at 6 after its last checkpoint. The resumed one starts from
+  // step 5 in a second event file and logs those steps again.
+  const std::vector<std::string> sets = {"log.tensorboard=true", "train.eval_every=3"};
+  TrainOptions interrupt;
+  interrupt.after_step = [](int64_t step) {
+    if (step == 8) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(bitqat::training::train(config(12, sets), interrupt), std::runtime_error);
+  ASSERT_EQ(losses(metrics()).size(), 8u);
+  TrainOptions resume;
+  resume.resume = true;
+  EXPECT_EQ(bitqat::training::train(config(12, sets), resume).start_step, 5);
+  const auto view = read_with_tensorboard(dir_ / "runs/tiny");
+  if (!view) GTEST_SKIP() << "the tensorboard Python package is not installed (launch/setup.sh installs it)";
+  EXPECT_EQ(view->files, 2);
+  const auto want = expected_scalars(metrics());  // metrics.jsonl was cut back to step 5 on resume
+  ASSERT_EQ(want.at("loss").size(), 12u);
+  ASSERT_EQ(want.at("val_loss").size(), 4u);  // steps 3, 6, 9, 12
+  expect_same_points(view->points, want);
+  for (const auto& [tag, points] : view->points) {
+    for (size_t i = 1; i < points.size(); ++i) EXPECT_LT(points[i - 1].first, points[i].first) << tag;
+  }
 }
 
 TEST_F(TrainerTest, RefusesToOverwriteOrResumeNothing) {
