@@ -37,7 +37,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev
+  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev libpcre2-dev
   dataset-fashion-mnist bible-kjv bible-kjv-text time
 )
 
