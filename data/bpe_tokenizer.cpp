@@ -199,11 +199,19 @@ struct BpeTokenizer::Impl {
       int32_t rank, left, right, left_id, right_id, merged;
       bool operator>(const Pair& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
     };
-    const auto n = static_cast<int32_t>(end - begin);
-    std::vector<Sym> sym(static_cast<size_t>(n));
-    for (int32_t i = 0; i < n; ++i) {
-      sym[i] = {byte_id[static_cast<unsigned char>(text[begin + i])], i - 1, i + 1 < n ? i + 1 : -1};
+    // A byte the vocabulary has no token for is left out, as `tokenizers` leaves out a character of
+    // a BPE without unk_token (SmolLM2 has none for 21 bytes, among them the controls 0x04, 0x06,
+    // 0x13, 0x14, 0x16 and 0x1d); the bytes around it still merge.
+    std::vector<Sym> sym;
+    sym.reserve(end - begin);
+    for (size_t k = begin; k < end; ++k) {
+      const int32_t id = byte_id[static_cast<unsigned char>(text[k])];
+      if (id < 0) continue;
+      const auto i = static_cast<int32_t>(sym.size());
+      sym.push_back({id, i - 1, -1});
+      if (i > 0) sym[i - 1].next = i;
     }
+    const auto n = static_cast<int32_t>(sym.size());
     std::priority_queue<Pair, std::vector<Pair>, std::greater<Pair>> heap;
     auto push = [&](int32_t l, int32_t r) {
       if (l < 0 || r < 0) return;
@@ -254,13 +262,15 @@ BpeTokenizer::BpeTokenizer(BpeVocab vocab, const std::string& origin) : impl_(st
   const auto bytes = gpt2_byte_tokens();
   for (int b = 0; b < 256; ++b) {
     const auto it = id_of.find(bytes[b]);
-    if (it == id_of.end()) {
+    // Every byte of plain ASCII text must have a token; others may lack one (see merge_piece).
+    const bool required = b == ' ' || b == '\n' || (b >= '!' && b <= '~');
+    if (it == id_of.end() && required) {
       fail(
           fmt::format("tokenizer.ggml.tokens lacks the byte token {:?} (byte 0x{:02x}): expected a byte-level BPE "
-                      "vocabulary, which holds all 256",
+                      "vocabulary, which holds a token for every printable ASCII byte, space and newline",
                       bytes[b], b));
     }
-    m.byte_id[b] = it->second;
+    m.byte_id[b] = it == id_of.end() ? -1 : it->second;
   }
   for (size_t r = 0; r < vocab.merges.size(); ++r) {
     const auto& s = vocab.merges[r];

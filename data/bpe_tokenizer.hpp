@@ -20,7 +20,8 @@
 //                  llama.cpp's LLAMA_VOCAB_PRE_TYPE_SMOLLM;
 //      the regexes run in PCRE2 (UTF and Unicode-property mode);
 //   4. each piece's bytes, spelled in GPT-2's byte-to-unicode alphabet, are merged pairwise by the
-//      lowest merge rank first (the leftmost of equal ranks), until no merge applies.
+//      lowest merge rank first (the leftmost of equal ranks), until no merge applies; a byte without
+//      a token in the vocabulary is left out, as `tokenizers` does (SmolLM2 lacks a few control bytes).
 // No BOS or EOS is added (`add_bos` says whether the model's documents start with `bos`).
 // decode(ids): the bytes the tokens spell (added and unused tokens as their text).
 #pragma once
@@ -63,8 +64,9 @@ std::string printable_utf8(const std::string& bytes);
 class BpeTokenizer {
  public:
   // Throws UserError, prefixed by `origin` (the file it came from), for a pre type not in
-  // bpe_pre_types(), a byte token missing from the vocabulary, a malformed merge or one whose parts or
-  // result are not tokens, types of another length than tokens, bos / eos out of range.
+  // bpe_pre_types(), no token for a printable ASCII byte, space or newline, a malformed merge or
+  // one whose parts or result are not tokens, types of another length than tokens, bos / eos out of
+  // range.
   BpeTokenizer(BpeVocab vocab, const std::string& origin);
   ~BpeTokenizer();
   BpeTokenizer(BpeTokenizer&&) noexcept;
