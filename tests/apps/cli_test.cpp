@@ -1,4 +1,5 @@
 // Runs the real `bitqat` binary: exit codes, one-line errors, and a tiny train -> eval -> generate.
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -8,6 +9,8 @@
 #include <iterator>
 
 #include "core/fs.hpp"
+#include "data/bpe_tokenizer.hpp"
+#include "data/source.hpp"
 #include "tests/command.hpp"
 
 namespace fs = std::filesystem;
@@ -72,8 +75,8 @@ TEST(Cli, HelpVersionAndUnknownThings) {
     EXPECT_NE(at, std::string::npos) << c;
     EXPECT_EQ(r.out.find(c, at + 1), std::string::npos) << c << " listed twice";
   }
-  EXPECT_EQ(r.out.find("sample text from a byte-level language model run"),
-            r.out.rfind("sample text from a byte-level language model run"));
+  EXPECT_EQ(r.out.find("sample text from a language model run"),
+            r.out.rfind("sample text from a language model run"));
   EXPECT_NE(r.out.find("export RUN_DIR --format packed|hf-bitnet|gguf --out PATH [--gguf-type tq1_0|tq2_0|q1_0|q2_0]"),
             std::string::npos)
       << r.out;
@@ -166,6 +169,104 @@ TEST(Cli, TrainEvalGenerate) {
 
 // llama.cpp's graphs build a SiLU-gated FFN: a relu2_glu run is refused by the GGUF export (exit 2, the
 // error naming model.ffn and the option), and --gguf-force-relu2 writes it with a warning.
+// A language model trained on token shards, fine-tuned from a Hugging Face Llama directory whose
+// tokenizer.json is a byte-level BPE: generate encodes the prompt with that tokenizer and prints
+// the continuation as text; eval scores it; a run without init_from has no tokenizer and says so.
+TEST(Cli, GenerateAndEvalOnATokenizedRun) {
+  const std::string python = BITQAT_PYTHON;
+  ASSERT_FALSE(python.empty()) << "configure with -DPython3_EXECUTABLE=.venv/bin/python";
+  const auto dir = fs::temp_directory_path() / ("bitqat_cli_tok_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  const auto hf = dir / "llama";
+  auto r = bitqat::testing::run_command(
+      fmt::format("'{}' '{}/tests/interop/make_tiny_llama.py' '{}' --vocab 260", python, BITQAT_SOURCE_DIR, hf.string()));
+  ASSERT_EQ(r.code, 0) << r.out;
+  // Ids 0..255: the bytes; 256 "th", 257 " th" (in GPT-2's alphabet); two special tokens. SmolLM2's
+  // pre-tokenizer (digits split first).
+  nlohmann::json vocab = nlohmann::json::object();
+  const auto bytes = bitqat::data::gpt2_byte_tokens();
+  for (int b = 0; b < 256; ++b) vocab[bytes[b]] = b;
+  vocab["th"] = 256;
+  vocab["\xc4\xa0th"] = 257;
+  const nlohmann::json tj = {
+      {"normalizer", nullptr},
+      {"pre_tokenizer",
+       {{"type", "Sequence"},
+        {"pretokenizers",
+         {{{"type", "Digits"}, {"individual_digits", true}},
+          {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}}}}}},
+      {"added_tokens",
+       {{{"id", 258}, {"content", "<|endoftext|>"}, {"special", true}},
+        {{"id", 259}, {"content", "<|im_end|>"}, {"special", true}}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", {"t h", "\xc4\xa0 th"}}}}};
+  bitqat::core::write_file_atomic((hf / "tokenizer.json").string(), tj.dump());
+  bitqat::core::write_file_atomic((hf / "tokenizer_config.json").string(), R"({"eos_token": "<|endoftext|>"})");
+  // Shards of the text's bytes (one token per byte: enough to train on).
+  std::string text;
+  for (int i = 0; i < 200; ++i) text += "In the beginning God created the heaven and the earth.\n";
+  std::vector<uint16_t> ids(text.begin(), text.end());
+  bitqat::data::write_shard((dir / "t_train_000000.bin").string(), ids);
+  bitqat::data::write_shard((dir / "t_val_000000.bin").string(), std::vector<uint16_t>(ids.begin(), ids.begin() + 2000));
+  const auto yaml = [&](const std::string& name, const std::string& init_from) {
+    return fmt::format(R"(
+run: {{name: {}, dir: {}, seed: 3}}
+{}
+model: {{kind: lm, vocab_size: 260, dim: 32, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, ffn_dim: 48,
+        sub_norm: false, max_seq_len: 64, rope_theta: 500, norm_eps: 1.0e-5, tie_embeddings: false}}
+quant: {{include: ["layers.*"]}}
+data: {{kind: shards, train: {}/t_train_*.bin, val: {}/t_val_*.bin, vocab_size: 260, seq_len: 32}}
+train: {{steps: 2, batch_size: 4, log_every: 1, eval_every: 0, eval_batches: 2}}
+checkpoint: {{every: 0, keep_last: 1}}
+device: {{type: cpu, threads: 1}}
+)",
+                       name, dir.string(), init_from.empty() ? "" : "init_from: " + init_from, dir.string(),
+                       dir.string());
+  };
+  bitqat::core::write_file_atomic((dir / "tok.yaml").string(), yaml("tok", hf.string()));
+  r = run("train " + (dir / "tok.yaml").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto run_dir = (dir / "tok").string();
+
+  r = run("generate " + run_dir + " --prompt 'In the' --tokens 12 --temperature 0");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto line = r.out.substr(r.out.rfind("In the"));
+  EXPECT_GT(line.size(), std::string("In the\n").size()) << r.out;
+  EXPECT_EQ(bitqat::data::invalid_utf8_offset(line), std::nullopt) << line;
+  // Greedy is deterministic; sampling with a seed too.
+  EXPECT_EQ(run("generate " + run_dir + " --prompt 'In the' --tokens 12 --temperature 0").out, r.out);
+  // The window is counted in tokens: "th" 70 times is 70 tokens (140 bytes).
+  std::string ths;
+  for (int i = 0; i < 70; ++i) ths += "th";
+  r = run("generate " + run_dir + " --prompt " + ths + " --tokens 2 --temperature 0");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("note: the prompt has 70 tokens and the model's window (model.max_seq_len) is 64: the model "
+                       "sees only the prompt's last 64 tokens"),
+            std::string::npos)
+      << r.out;
+  // Not UTF-8: refused with the offset.
+  r = run("generate " + run_dir + " --prompt \"$(printf 'ab\\377')\" --tokens 2");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("--prompt: byte 0xff at offset 2 starts no valid UTF-8 sequence"), std::string::npos) << r.out;
+
+  r = run("eval " + run_dir + " --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  const auto j = last_json_line(r.out);
+  EXPECT_GT(j["val_loss"].get<double>(), 0.0);
+  EXPECT_FALSE(j.contains("val_bpb"));  // tokens, not bytes
+
+  // From scratch on the same shards: no tokenizer to encode a prompt with.
+  bitqat::core::write_file_atomic((dir / "scratch.yaml").string(), yaml("scratch", ""));
+  r = run("train " + (dir / "scratch.yaml").string());
+  ASSERT_EQ(r.code, 0) << r.out;
+  r = run("generate " + (dir / "scratch").string() + " --prompt 'In the'");
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find((dir / "scratch").string() + ": this run was trained on token ids (data.kind shards, vocabulary "
+                                                      "260) from scratch: it has no init_from"),
+            std::string::npos)
+      << r.out;
+  fs::remove_all(dir);
+}
+
 TEST(Cli, GgufExportRefusesRelu2GluUnlessForced) {
   const auto dir = dir_with_corpus("bitqat_cli_gguf_", 100);
   auto r =
