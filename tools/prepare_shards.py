@@ -5,7 +5,11 @@ usage: prepare_shards.py --tokenizer PATH --out DIR [--name NAME] [--val-fractio
                          [--boundary tokenizer|eos|none] [--shard-tokens N] TEXT [TEXT ...]
 
 --tokenizer is a Hugging Face model or tokenizer directory (tokenizer.json, tokenizer_config.json) or
-a GGUF file (its tokenizer.ggml.* metadata), loaded with transformers' AutoTokenizer.
+a GGUF file (its tokenizer.ggml.* metadata), loaded with transformers' AutoTokenizer. transformers
+gives a GGUF's BPE tokenizer GPT-2's pre-tokenizer whatever tokenizer.ggml.pre says; the pre-tokenizer
+the file names is put back ("smollm": each digit on its own first, as SmolLM2's tokenizer.json and
+llama.cpp do), and a BPE GGUF whose pre type is neither gpt-2 nor smollm is refused (use the model's
+Hugging Face directory), so the shards hold the ids the model's own tokenizer gives.
 
 Each TEXT file is one document. Between documents the tokenizer's own settings decide (--boundary
 tokenizer, the default): each document is encoded with add_special_tokens=True, so it gets exactly
@@ -42,6 +46,32 @@ def fail(msg):
     sys.exit(2)
 
 
+def gguf_string(reader, key):
+    f = reader.fields.get(key)
+    return None if f is None else bytes(f.parts[f.data[0]]).decode("utf-8")
+
+
+def set_gguf_pre_tokenizer(tok, path):
+    """The pre-tokenizer a GGUF's tokenizer.ggml.pre names, on transformers' tokenizer of it."""
+    from gguf import GGUFReader
+    from tokenizers import pre_tokenizers
+
+    reader = GGUFReader(path)
+    if gguf_string(reader, "tokenizer.ggml.model") != "gpt2":
+        return  # SentencePiece and other models: transformers builds them as the file says
+    pre = gguf_string(reader, "tokenizer.ggml.pre") or "gpt-2"
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pre in ("gpt-2", "default"):
+        tok.backend_tokenizer.pre_tokenizer = byte_level
+    elif pre == "smollm":
+        tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+            [pre_tokenizers.Digits(individual_digits=True), byte_level])
+    else:
+        fail(f"--tokenizer {path}: tokenizer.ggml.pre = {pre}: only gpt-2 and smollm are known here "
+             "(transformers ignores the key when it loads a GGUF); pass the model's Hugging Face directory, "
+             "whose tokenizer.json holds its pre-tokenizer")
+
+
 def load_tokenizer(path):
     from transformers import AutoTokenizer
     from transformers.utils import logging
@@ -53,7 +83,9 @@ def load_tokenizer(path):
                 if f.read(4) != b"GGUF":
                     fail(f"--tokenizer {path}: not a GGUF file (magic) and not a directory")
             directory, name = os.path.split(os.path.abspath(path))
-            return AutoTokenizer.from_pretrained(directory, gguf_file=name), "gguf"
+            tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
+            set_gguf_pre_tokenizer(tok, path)
+            return tok, "gguf"
         if os.path.isdir(path):
             return AutoTokenizer.from_pretrained(path), "hf"
     except (OSError, ValueError, KeyError) as e:

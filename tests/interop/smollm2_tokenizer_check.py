@@ -4,13 +4,12 @@ tests/interop/gguf_tokenizer_test.cpp.
 
 usage: smollm2_tokenizer_check.py MODEL.gguf CASES.json OUT.json
 
-CASES.json is a JSON list of strings. The tokenizer is loaded as tools/prepare_shards.py loads it
-(transformers' AutoTokenizer with gguf_file=), so "shards" holds the ids the training shards were made
-of: tokenizer.encode(text, add_special_tokens=False). transformers builds that tokenizer with GPT-2's
-ByteLevel pre-tokenizer whatever the file's tokenizer.ggml.pre says; "own" holds the ids of the same
-vocabulary behind the pre-tokenizer SmolLM2's tokenizer.json has (and llama.cpp runs for pre type
-"smollm"): Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False)].
-OUT.json: {"pre_tokenizer": <transformers' pre-tokenizer>, "shards": [[ids]...], "own": [[ids]...]}.
+CASES.json is a JSON list of strings. "shards" holds the ids tools/prepare_shards.py makes shards of
+(its load_tokenizer: transformers' AutoTokenizer with gguf_file=, the file's pre-tokenizer put back):
+tokenizer.encode(text, add_special_tokens=False). "own" holds the ids of the same vocabulary behind
+the pre-tokenizer SmolLM2's tokenizer.json has (and llama.cpp runs for pre type "smollm"), built here
+independently: Sequence[Digits(individual_digits=True), ByteLevel(add_prefix_space=False)].
+OUT.json: {"pre_tokenizer": <prepare_shards' pre-tokenizer>, "shards": [[ids]...], "own": [[ids]...]}.
 """
 import json
 import os
@@ -25,8 +24,10 @@ def main():
 
     logging.set_verbosity_error()
     directory, name = os.path.split(os.path.abspath(model))
-    tok = AutoTokenizer.from_pretrained(directory, gguf_file=name)
-    own = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    own = Tokenizer.from_str(AutoTokenizer.from_pretrained(directory, gguf_file=name).backend_tokenizer.to_str())
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+    from prepare_shards import load_tokenizer
+    tok, _ = load_tokenizer(model)
     own.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True),
          pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
