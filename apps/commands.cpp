@@ -46,6 +46,17 @@ at::Device default_device() {
   return at::Device(at::kCUDA, 0);
 }
 
+// --no-ema asks for the raw weights; say so when there is no average to leave out (a run without
+// train.ema, a packed export or a quantized run, which hold one set of weights).
+void note_no_ema(const std::string& command, bool no_ema, bool ema_in_checkpoint, const std::string& checkpoint) {
+  if (no_ema && !ema_in_checkpoint) {
+    std::fprintf(stderr,
+                 "bitqat %s: note: --no-ema: %s holds no average of the weights (train.ema); it runs with the only "
+                 "weights it holds\n",
+                 command.c_str(), checkpoint.c_str());
+  }
+}
+
 models::Solver solver_of(const std::string& name) {
   models::Solver s = models::Solver::kHeun;
   if (!models::parse_solver(name, &s)) throw core::UserError(fmt::format("--solver {}: expected euler or heun", name));
@@ -133,6 +144,7 @@ int cmd_train(const TrainArgs& a) {
 int cmd_eval(const EvalArgs& a) {
   const auto device = default_device();
   auto run = training::load_run(a.run_dir, device, !a.no_ema);
+  note_no_ema("eval", a.no_ema, run.ema_in_checkpoint, run.checkpoint);
   if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   const auto source = training::open_validation_data(run, a.sets);
   const int64_t batch = run.cfg.train.batch_size;
@@ -179,6 +191,7 @@ int cmd_sample(const SampleArgs& a) {
   o.use_ema = !a.no_ema;
   o.out = a.out;
   const auto r = training::sample_run(a.run_dir, o, default_device());
+  note_no_ema("sample", a.no_ema, r.ema_in_checkpoint, r.checkpoint);
   std::printf(
       "wrote %s: %lld images (%lld x %lld grid, %lld x %lld pixels) from %s (step %lld, lambda_w %.4g, "
       "lambda_a %.4g%s), %lld %s steps, guidance %.4g, seed %llu\n",
@@ -193,6 +206,7 @@ int cmd_sample(const SampleArgs& a) {
 int cmd_generate(const GenerateArgs& a) {
   if (a.prompt.empty()) throw core::UserError("--prompt '': expected a prompt of at least one byte");
   auto run = training::load_run(a.run_dir, default_device(), !a.no_ema);
+  note_no_ema("generate", a.no_ema, run.ema_in_checkpoint, run.checkpoint);
   if (a.fully_quantized) training::set_run_lambdas(run, 1.0, 1.0);
   auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(run.task->module_ptr());
   if (!lm) throw core::UserError(fmt::format("{}: generate needs a language model run", a.run_dir));
@@ -318,6 +332,12 @@ int cmd_export(const ExportArgs& a) {
         fmt::format("{} is a packed export (no latent weights); export from its run directory", a.run_dir));
   }
   auto run = training::load_run(a.run_dir, at::Device(at::kCPU), !a.no_ema);
+  note_no_ema("export", a.no_ema, run.ema_in_checkpoint, run.checkpoint);
+  if (run.ema) {
+    std::fprintf(stderr,
+                 "bitqat export: note: exporting the checkpoint's average of the weights (train.ema); --no-ema "
+                 "exports the raw weights\n");
+  }
   if (run.lambda_w != 1.0 || run.lambda_a != 1.0) {
     std::fprintf(stderr,
                  "bitqat export: note: %s (step %lld) was trained at lambda_w %.4g, lambda_a %.4g; every export is "

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <filesystem>
 #include <string>
 
 #include "apps/cli.hpp"
@@ -67,6 +68,11 @@ int main(int argc, char** argv) {
     if (cmd.name.empty()) return 0;  // help was printed
     return run(cmd);
   } catch (const bitqat::core::UserError& e) {
+    std::fprintf(stderr, "bitqat %s: error: %s\n", first.c_str(), e.what());
+    return fail_now(2);
+  } catch (const std::filesystem::filesystem_error& e) {
+    // A path that cannot be created, written or removed (an existing file where a directory goes, a
+    // read-only or full disk): the message names the path and the reason.
     std::fprintf(stderr, "bitqat %s: error: %s\n", first.c_str(), e.what());
     return fail_now(2);
   } catch (const std::exception& e) {

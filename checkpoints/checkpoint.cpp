@@ -46,7 +46,9 @@ std::string write_checkpoint(const std::string& checkpoints_dir, const Checkpoin
   writer.add_safetensors("model.safetensors", data.model, {{"format", "bitqat-model"}});
   writer.add_safetensors("optimizer.safetensors", data.optimizer);
   writer.add_safetensors("extra.safetensors", data.extra);
-  if (!data.ema.empty()) writer.add_safetensors("ema.safetensors", data.ema, {{"format", "bitqat-model"}});
+  if (data.has_ema || !data.ema.empty()) {
+    writer.add_safetensors("ema.safetensors", data.ema, {{"format", "bitqat-model"}});
+  }
   writer.add("state.json", data.state.dump(2) + "\n");
   writer.finish({{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}});
   if (fs::exists(final_dir)) {
@@ -117,8 +119,14 @@ CheckpointData read_checkpoint(const std::string& dir) {
     d.mappings.push_back(md.files.at(name));
   }
   if (md.files.count("ema.safetensors")) {
+    d.has_ema = true;
     d.ema = decode_safetensors(md.files.at("ema.safetensors"), dir + "/ema.safetensors").tensors;
     d.mappings.push_back(md.files.at("ema.safetensors"));
+  } else if (fs::exists(dir + "/ema.safetensors")) {
+    throw core::UserError(fmt::format(
+        "checkpoint {}: ema.safetensors is there but manifest.json does not list it: the checkpoint was altered "
+        "after it was written",
+        dir));
   }
   return d;
 }

@@ -23,6 +23,7 @@ struct CheckpointData {
   NamedTensors optimizer;                           // optimizer.safetensors
   NamedTensors extra;                               // extra.safetensors (RNG states, ...)
   NamedTensors ema;                                 // ema.safetensors, only when not empty (train.ema)
+  bool has_ema = false;  // the manifest lists ema.safetensors (written when set or when ema is not empty)
   nlohmann::json state = nlohmann::json::object();  // state.json
   // Read checkpoints: the mapped files the tensors view. release(t) drops the pages of a tensor
   // that was copied elsewhere from the resident set (reading it again fetches them from the file).

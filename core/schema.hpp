@@ -174,8 +174,10 @@ class KeyBuilder {
     return *this;
   }
 
-  // A condition on the value; `expected` is what the error says was expected.
+  // A condition on the value; `expected` is what the error says was expected, and what the
+  // reference lists as allowed when no range or choices say it.
   KeyBuilder& check(std::function<bool(const V&)> ok, std::string expected) {
+    if (f_.allowed.empty()) f_.allowed = expected;
     checks_.push_back({std::move(ok), std::move(expected)});
     return *this;
   }

@@ -8,6 +8,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "interop/gguf_llama.hpp"
 
 namespace bitqat::interop {
 namespace fs = std::filesystem;
@@ -142,11 +143,6 @@ GgufMetadata gguf_tokenizer(const std::string& path, int64_t vocab_size) {
     }
   }
   return out;
-}
-
-bool is_gguf_file(const std::string& path) {
-  if (!fs::is_regular_file(path) || fs::file_size(path) < 4) return false;
-  return core::read_file_range(path, 0, 4) == "GGUF";
 }
 
 }  // namespace

@@ -106,6 +106,11 @@ InitSource open_source(const std::string& path, const std::string& where) {
                     "(config.resolved.yaml) nor a bitqat checkpoint (manifest.json)",
                     where, path));
   }
+  if (p.extension() == ".gguf") {
+    throw core::UserError(fmt::format("{} = {}: named .gguf but not a GGUF file (its first bytes are not the magic "
+                                      "'GGUF')",
+                                      where, path));
+  }
   const auto file = std::make_shared<checkpoints::SafetensorsFile>(checkpoints::load_safetensors(path));
   InitSource s;
   s.kind = InitKind::kSafetensors;

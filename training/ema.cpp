@@ -30,6 +30,11 @@ void Ema::update(int64_t step, const at::Tensor& found_inf) {
 
 void Ema::load(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
   at::NoGradGuard no_grad;
+  for (const auto& [name, t] : tensors) {
+    bool known = false;
+    for (const auto& e : ema_) known = known || e.first == name;
+    if (!known) throw core::UserError(fmt::format("{}: {} is not a trainable parameter of this model", origin, name));
+  }
   for (auto& [name, e] : ema_) {
     const auto it = tensors.find(name);
     if (it == tensors.end()) {

@@ -30,7 +30,7 @@ class Ema {
   const std::vector<std::pair<std::string, at::Tensor>>& tensors() const { return ema_; }
 
   // Restores what tensors() held (a checkpoint's ema.safetensors); UserError naming `origin` and the
-  // tensor when one is missing or mis-shaped.
+  // tensor when one is missing, mis-shaped or not a parameter.
   void load(const std::map<std::string, at::Tensor>& tensors, const std::string& origin);
 
  private:

@@ -3,8 +3,10 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <sstream>
 #include <vector>
@@ -49,6 +51,11 @@ void MetricsWriter::write(const nlohmann::json& record) {
   if (path_.empty()) return;
   out_ << record.dump() << '\n';
   out_.flush();
+  if (!out_) {
+    // A full disk or a vanished file: stop rather than train on with the record lost.
+    throw core::UserError(fmt::format("{}: cannot write the metrics line of step {}: {}", path_,
+                                      record.value("step", nlohmann::json()).dump(), std::strerror(errno)));
+  }
   if (!events_ || !record.contains("step") || !record["step"].is_number_integer()) return;
   checkpoints::Scalars values;
   for (const auto& [key, v] : record.items()) {

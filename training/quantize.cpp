@@ -45,6 +45,9 @@ YAML::Node ternary_quant(const YAML::Node& source_quant) {
 // (e.g. a data path that is elsewhere on this machine).
 LoadedRun load_source(const std::string& src, const std::vector<std::string>& sets, const at::Device& device,
                       bool use_ema) {
+  if (!fs::exists(src)) {
+    throw core::UserError(fmt::format("{}: no such run directory or config file", src));
+  }
   if (!fs::is_regular_file(src)) return load_run(src, device, use_ema);
   LoadedRun run{Config::load_file(src, sets), nullptr, "", 0};
   if (run.cfg.init_from.empty()) {

@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <map>
+#include <set>
 
 #include "bitlinear/convert.hpp"
 #include "checkpoints/checkpoint.hpp"
@@ -61,13 +62,22 @@ LoadedRun load_run(const std::string& run_dir, const at::Device& device, bool us
   const auto ck = checkpoints::read_checkpoint(*latest);
   std::map<std::string, at::Tensor> tensors(ck.model.begin(), ck.model.end());
   models::load_model_tensors(run.task->module(), tensors, *latest + "/model.safetensors");
-  if (use_ema && !ck.ema.empty()) {
+  run.ema_in_checkpoint = ck.has_ema;
+  if (use_ema && ck.has_ema) {
     // The average covers exactly the trainable parameters (training/ema.hpp); buffers stay the run's.
     const std::string origin = *latest + "/ema.safetensors";
     std::map<std::string, at::Tensor> ema(ck.ema.begin(), ck.ema.end());
+    std::set<std::string> params;
     for (const auto& item : run.task->module().named_parameters(true)) {
-      if (item.value().requires_grad() && !ema.count(item.key())) {
+      if (!item.value().requires_grad()) continue;
+      params.insert(item.key());
+      if (!ema.count(item.key())) {
         throw core::UserError(fmt::format("{}: the average of {} is missing", origin, item.key()));
+      }
+    }
+    for (const auto& [name, t] : ema) {
+      if (!params.count(name)) {
+        throw core::UserError(fmt::format("{}: {} is not a trainable parameter of this model", origin, name));
       }
     }
     models::load_model_tensors(run.task->module(), ema, origin, /*strict=*/false);
@@ -96,6 +106,12 @@ data::BpeTokenizer run_tokenizer(const LoadedRun& run, const std::string& run_di
         "bitqat has no tokenizer for its text (one comes from the init_from model: a GGUF, a Hugging Face directory "
         "with tokenizer.json, or a bitqat run started from one)",
         run_dir, data::to_string(run.cfg.data.kind), vocab));
+  }
+  if (!std::filesystem::exists(source)) {
+    throw core::UserError(fmt::format(
+        "{}: init_from = {} does not exist (moved or deleted?): a tokenized run's tokenizer comes from it; put it "
+        "back, or point init_from in {}/config.resolved.yaml at where it is now",
+        run_dir, source, run_dir));
   }
   auto t = interop::source_bpe_tokenizer(source, vocab);
   if (!t) {

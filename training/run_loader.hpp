@@ -25,6 +25,7 @@ struct LoadedRun {
   double lambda_w = 1.0, lambda_a = 1.0;
   // The parameters are the checkpoint's average (train.ema's ema.safetensors), not its raw weights.
   bool ema = false;
+  bool ema_in_checkpoint = false;  // the checkpoint holds an average (used or not); never for a packed export
 };
 
 // Throws UserError when the directory, its config or a complete checkpoint is missing, or a tensor

@@ -71,6 +71,7 @@ SampleResult sample_run(const std::string& run_dir, const SampleOptions& o, cons
   r.lambda_w = run.lambda_w;
   r.lambda_a = run.lambda_a;
   r.ema = run.ema;
+  r.ema_in_checkpoint = run.ema_in_checkpoint;
   r.images = labels.size(0);
   r.columns = std::min(columns, r.images);
   r.rows = (r.images + r.columns - 1) / r.columns;

@@ -29,6 +29,7 @@ struct SampleResult {
   int64_t step = 0;
   double lambda_w = 1.0, lambda_a = 1.0;
   bool ema = false;  // the weights were the checkpoint's average
+  bool ema_in_checkpoint = false;
   int64_t images = 0, rows = 0, columns = 0;
   int64_t width = 0, height = 0;  // of the PNG
 };

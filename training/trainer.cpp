@@ -132,14 +132,14 @@ struct Run {
 void resume_ema(Run& r, const checkpoints::CheckpointData& ck, const std::string& latest) {
   const auto& cfg = r.cfg.train.ema;
   if (!cfg.enabled) {
-    if (!ck.ema.empty() && r.main()) {
+    if (ck.has_ema && r.main()) {
       spdlog::warn("{} holds averaged weights (ema.safetensors); this config has no train.ema, so they are dropped",
                    latest);
     }
     return;
   }
   r.ema = std::make_unique<Ema>(r.named, cfg.decay, cfg.start_step);
-  if (ck.ema.empty()) {
+  if (!ck.has_ema) {
     if (ck.step > cfg.start_step) {
       throw core::UserError(fmt::format(
           "{} holds no averaged weights (the run trained without train.ema) and {}, before its step {}: the "

@@ -377,6 +377,18 @@ TEST(Cli, UserInputsGetAClearAnswer) {
   auto r = run("train configs/quickstart.yaml --set train.steps=8" + sets);
   ASSERT_EQ(r.code, 0) << r.out;
 
+  // A run directory that cannot be created (a file is in its way): the path and the reason, exit 2.
+  std::ofstream((dir / "afile").string()) << "x";
+  r = run("train configs/quickstart.yaml --set train.steps=8" + sets + " --set run.dir=" + (dir / "afile").string());
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find("bitqat train: error: filesystem error: cannot create directories: Not a directory"),
+            std::string::npos)
+      << r.out;
+  r = run("quantize " + (dir / "no_such.yaml").string() + " --out " + (dir / "q").string());
+  EXPECT_EQ(r.code, 2) << r.out;
+  EXPECT_NE(r.out.find((dir / "no_such.yaml").string() + ": no such run directory or config file"), std::string::npos)
+      << r.out;
+
   // Resuming a finished run: nothing to train, said so; below it: an error; above it: the horizon moves.
   r = run("train configs/quickstart.yaml --resume --set train.steps=8" + sets);
   EXPECT_EQ(r.code, 0) << r.out;

@@ -40,10 +40,16 @@ TEST(Ema, LoadRestoresAndNamesWhatIsWrong) {
   ema.load({{"w", vec({5, 6})}}, "ck/ema.safetensors");
   EXPECT_TRUE(ema.tensors()[0].second.equal(vec({5, 6})));
   try {
-    ema.load({{"v", vec({5, 6})}}, "ck/ema.safetensors");
+    ema.load({}, "ck/ema.safetensors");
     FAIL() << "a missing tensor was accepted";
   } catch (const bitqat::core::UserError& e) {
     EXPECT_STREQ(e.what(), "ck/ema.safetensors: the average of w is missing");
+  }
+  try {
+    ema.load({{"w", vec({5, 6})}, {"v", vec({5, 6})}}, "ck/ema.safetensors");
+    FAIL() << "a tensor of no parameter was accepted";
+  } catch (const bitqat::core::UserError& e) {
+    EXPECT_STREQ(e.what(), "ck/ema.safetensors: v is not a trainable parameter of this model");
   }
   try {
     ema.load({{"w", vec({5, 6, 7})}}, "ck/ema.safetensors");

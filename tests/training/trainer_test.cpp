@@ -9,6 +9,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <map>
 #include <optional>
@@ -204,6 +205,48 @@ TEST_F(TrainerTest, EmaResumesExactlyAndIsWhatARunOpensAs) {
   for (const auto& item : raw.task->module().named_parameters(true)) {
     EXPECT_TRUE(item.value().equal(weights.at(item.key()))) << item.key();
   }
+}
+
+// An average that does not match the model's parameters, or a file the manifest does not list, is
+// refused: never a silent fall-back to the raw weights.
+TEST_F(TrainerTest, AlteredAveragesAreRefused) {
+  bitqat::training::train(config(5, {"train.ema.decay=0.75"}));
+  const auto run = (dir_ / "runs/tiny").string();
+  const auto ck_dir = *bitqat::checkpoints::find_latest_checkpoint(run + "/checkpoints");
+  const auto good = bitqat::checkpoints::read_checkpoint(ck_dir);
+  ASSERT_TRUE(good.has_ema);
+  auto rewrite = [&](const std::function<void(bitqat::checkpoints::CheckpointData&)>& change) {
+    auto ck = bitqat::checkpoints::read_checkpoint(ck_dir);
+    std::vector<std::pair<std::string, at::Tensor>> ema;
+    for (const auto& [n, t] : ck.ema) ema.emplace_back(n, t.clone());  // off the file being replaced
+    ck.ema = ema;
+    change(ck);
+    bitqat::checkpoints::write_checkpoint(run + "/checkpoints", ck, 10);
+  };
+  auto opened = [&] { return error_of([&] { bitqat::training::load_run(run, at::Device(at::kCPU)); }); };
+  const std::string first = good.ema.front().first;
+  rewrite([](auto& ck) { ck.ema.clear(); });  // listed, but empty
+  EXPECT_NE(opened().find("ema.safetensors: the average of " + first + " is missing"), std::string::npos) << opened();
+  rewrite([&](auto& ck) {
+    ck.ema = good.ema;
+    ck.ema.emplace_back("bogus.weight", at::zeros({2}));
+  });
+  EXPECT_NE(opened().find("ema.safetensors: bogus.weight is not a trainable parameter of this model"),
+            std::string::npos)
+      << opened();
+  TrainOptions resume;
+  resume.resume = true;
+  EXPECT_NE(error_of([&] { bitqat::training::train(config(8, {"train.ema.decay=0.75"}), resume); })
+                .find("bogus.weight is not a trainable parameter of this model"),
+            std::string::npos);
+  // A stray ema.safetensors beside a checkpoint that does not list it.
+  rewrite([&](auto& ck) {
+    ck.ema.clear();
+    ck.has_ema = false;
+  });
+  fs::copy_file(ck_dir + "/model.safetensors", ck_dir + "/ema.safetensors");
+  EXPECT_NE(opened().find("ema.safetensors is there but manifest.json does not list it"), std::string::npos)
+      << opened();
 }
 
 // The average of a run that trained without it cannot be made up on resume once it has started.
