@@ -401,7 +401,7 @@ TEST(W158A8NonFinite, ANonFiniteTokenGivesANonFiniteOutputRowOnEveryDevice) {
   }
 }
 
-// ---- the GPU test grid of issue 12 ---------------------------------------------------------------
+// ---- the GPU test grid -------------------------------------------------------------------------
 
 namespace {
 
