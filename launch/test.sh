@@ -29,12 +29,13 @@ for cap in default avx2 avx512; do
   # The GgufInLlamaCpp tests train five small models and run them in llama.cpp (minutes each on
   # this 2-core machine): they check llama.cpp's computation of our files, so they run in the
   # first pass only; the bitqat numerics they rely on are tested under every capability by the rest.
-  # So do the CUDA kernels on the CPU harness (labels cuda_sim and cuda_sim_asan, cuda/sim/): they
-  # use no LibTorch kernel, so the capability does not change what they compute. So does the install
+  # So do the CUDA kernels on the CPU harness (labels cuda_sim and cuda_sim_asan, cuda/sim/) and the
+  # SmolLM2 tokenizer test (string work): they use no LibTorch kernel, so the capability does not
+  # change what they compute. So does the install
   # test (label install, tests/install/): it checks the install rules and the package config, and
   # spends a minute or two compiling against LibTorch's headers.
   extra=()
-  [ "$cap" = default ] || [ $# -gt 0 ] || extra=(-E '^GgufInLlamaCpp[.]' -LE '^(cuda_sim|install$)')
+  [ "$cap" = default ] || [ $# -gt 0 ] || extra=(-E '^(GgufInLlamaCpp[.]|GgufTokenizer[.]SmolLM2TokenizesLikeTransformers$)' -LE '^(cuda_sim|install$)')
   if ! ATEN_CPU_CAPABILITY=$cap ctest --test-dir "$BUILD" "${args[@]}" "${extra[@]}"; then
     printf '[test] FAILED under ATEN_CPU_CAPABILITY=%s (%s)\n' "$cap" "$ran"
     status=1
