@@ -3,6 +3,8 @@
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
 
+#include <set>
+
 #include "core/error.hpp"
 
 namespace bitqat::training {
@@ -28,18 +30,26 @@ void Ema::update(int64_t step, const at::Tensor& found_inf) {
   }
 }
 
+void check_average_names(const std::vector<std::string>& params, const std::map<std::string, at::Tensor>& average,
+                         const std::string& origin) {
+  for (const auto& name : params) {
+    if (!average.count(name)) throw core::UserError(fmt::format("{}: the average of {} is missing", origin, name));
+  }
+  const std::set<std::string> known(params.begin(), params.end());
+  for (const auto& [name, t] : average) {
+    if (!known.count(name)) {
+      throw core::UserError(fmt::format("{}: {} is not a trainable parameter of this model", origin, name));
+    }
+  }
+}
+
 void Ema::load(const std::map<std::string, at::Tensor>& tensors, const std::string& origin) {
   at::NoGradGuard no_grad;
-  for (const auto& [name, t] : tensors) {
-    bool known = false;
-    for (const auto& e : ema_) known = known || e.first == name;
-    if (!known) throw core::UserError(fmt::format("{}: {} is not a trainable parameter of this model", origin, name));
-  }
+  std::vector<std::string> names;
+  for (const auto& e : ema_) names.push_back(e.first);
+  check_average_names(names, tensors, origin);
   for (auto& [name, e] : ema_) {
     const auto it = tensors.find(name);
-    if (it == tensors.end()) {
-      throw core::UserError(fmt::format("{}: the average of {} is missing", origin, name));
-    }
     if (it->second.sizes() != e.sizes()) {
       throw core::UserError(fmt::format("{}: the average of {} has shape [{}], the parameter [{}]", origin, name,
                                         fmt::join(it->second.sizes(), ", "), fmt::join(e.sizes(), ", ")));

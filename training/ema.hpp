@@ -17,6 +17,12 @@
 
 namespace bitqat::training {
 
+// The tensors of an average (a checkpoint's ema.safetensors) against the names of the model's
+// trainable parameters: UserError naming `origin` for a parameter without its average or a tensor
+// that averages no parameter. What train.ema writes passes; run_loader and Ema::load both hold to it.
+void check_average_names(const std::vector<std::string>& params, const std::map<std::string, at::Tensor>& average,
+                         const std::string& origin);
+
 class Ema {
  public:
   // `params`: (name, parameter) pairs; the average starts as a copy of each (same dtype and device).

@@ -4,7 +4,6 @@
 
 #include <filesystem>
 #include <map>
-#include <set>
 
 #include "bitlinear/convert.hpp"
 #include "checkpoints/checkpoint.hpp"
@@ -14,6 +13,7 @@
 #include "interop/gguf_tokenizer.hpp"
 #include "models/state_dict.hpp"
 #include "schedules/schedule.hpp"
+#include "training/ema.hpp"
 
 namespace bitqat::training {
 namespace {
@@ -67,19 +67,11 @@ LoadedRun load_run(const std::string& run_dir, const at::Device& device, bool us
     // The average covers exactly the trainable parameters (training/ema.hpp); buffers stay the run's.
     const std::string origin = *latest + "/ema.safetensors";
     std::map<std::string, at::Tensor> ema(ck.ema.begin(), ck.ema.end());
-    std::set<std::string> params;
+    std::vector<std::string> params;
     for (const auto& item : run.task->module().named_parameters(true)) {
-      if (!item.value().requires_grad()) continue;
-      params.insert(item.key());
-      if (!ema.count(item.key())) {
-        throw core::UserError(fmt::format("{}: the average of {} is missing", origin, item.key()));
-      }
+      if (item.value().requires_grad()) params.push_back(item.key());
     }
-    for (const auto& [name, t] : ema) {
-      if (!params.count(name)) {
-        throw core::UserError(fmt::format("{}: {} is not a trainable parameter of this model", origin, name));
-      }
-    }
+    check_average_names(params, ema, origin);
     models::load_model_tensors(run.task->module(), ema, origin, /*strict=*/false);
     run.ema = true;
   }
