@@ -276,6 +276,53 @@ PendingOp DistContext::all_reduce_sum_async(at::Tensor& t, std::string what) {
   return op;
 }
 
+PendingOp DistContext::reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in, std::string what) {
+  PendingOp op;
+  if (!pg_) {
+    out.copy_(in.narrow(0, 0, out.numel()));
+    return op;
+  }
+  c10d::ReduceScatterOptions o;
+  o.reduceOp = c10d::ReduceOp::SUM;
+  o.timeout = timeout_;
+  try {
+    op.work_ = pg_->_reduce_scatter_base(out, in, o);
+  } catch (const std::exception& e) {
+    failed_ = true;
+    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
+  }
+  op.ctx_ = this;
+  op.what_ = std::move(what);
+  return op;
+}
+
+PendingOp DistContext::all_gather_async(at::Tensor& out, at::Tensor& in, std::string what) {
+  PendingOp op;
+  if (!pg_) {
+    out.narrow(0, 0, in.numel()).copy_(in);
+    return op;
+  }
+  c10d::AllgatherOptions o;
+  o.timeout = timeout_;
+  try {
+    op.work_ = pg_->_allgather_base(out, in, o);
+  } catch (const std::exception& e) {
+    failed_ = true;
+    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
+  }
+  op.ctx_ = this;
+  op.what_ = std::move(what);
+  return op;
+}
+
+void DistContext::all_reduce_sum_(at::Tensor& t, const std::string& what) {
+  if (!pg_) return;
+  at::Tensor buf = t.detach().to(device_).contiguous();
+  auto op = all_reduce_sum_async(buf, what);
+  op.wait();
+  if (!buf.is_same(t)) t.detach().copy_(buf);
+}
+
 void DistContext::all_reduce_mean_(at::Tensor& t, const std::string& what) {
   if (!pg_) return;
   at::Tensor buf = t.detach().to(device_).contiguous();

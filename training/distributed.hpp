@@ -91,6 +91,13 @@ class DistContext {
   void broadcast_(at::Tensor& t, const std::string& what = "broadcast");
   // Starts a sum all-reduce of t (on the group's device, contiguous) in place.
   PendingOp all_reduce_sum_async(at::Tensor& t, std::string what);
+  // Starts a sum reduce-scatter: `in` is [world * n] (rank r's part is in[r*n, (r+1)*n)), `out` is [n]
+  // and receives the sum over ranks of their part r (both contiguous, same dtype, on the group's device).
+  PendingOp reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in, std::string what);
+  // Starts an all-gather: `in` is [n], `out` [world * n] receives rank r's `in` at [r*n, (r+1)*n).
+  PendingOp all_gather_async(at::Tensor& out, at::Tensor& in, std::string what);
+  // t <- sum over ranks (in place; t on any device, moved through the group's device).
+  void all_reduce_sum_(at::Tensor& t, const std::string& what = "all-reduce");
   // Every rank passes its values; throws a UserError listing the values that differ between ranks.
   void check_same(const std::vector<int64_t>& values, const std::vector<std::string>& names);
 

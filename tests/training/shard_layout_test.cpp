@@ -1,0 +1,59 @@
+// The sharded layout by hand: chunk sizes, padding, buckets and the round trip of chunks.
+#include "training/shard_layout.hpp"
+
+#include <gtest/gtest.h>
+
+namespace {
+using bitqat::training::make_shard_layout;
+using bitqat::training::shard_chunk;
+
+TEST(ShardLayout, ChunksAreEqualAlignedAndCoverTheParameter) {
+  // 100 elements over 3 ranks: ceil(100 / 3) = 34 -> 48 (a multiple of 16); the ranks hold
+  // [0, 48), [48, 96), [96, 100) and 44 padding elements.
+  EXPECT_EQ(shard_chunk(100, 3), 48);
+  EXPECT_EQ(shard_chunk(64, 4), 16);
+  EXPECT_EQ(shard_chunk(65, 4), 32);
+  EXPECT_EQ(shard_chunk(1, 8), 16);  // 7 ranks hold padding only
+  EXPECT_EQ(shard_chunk(0, 2), 0);
+  EXPECT_EQ(shard_chunk(576 * 1536, 8), 576 * 1536 / 8);
+  EXPECT_THROW(shard_chunk(10, 0), std::invalid_argument);
+}
+
+TEST(ShardLayout, BucketsInReverseOrderWithOffsets) {
+  std::vector<std::pair<std::string, at::Tensor>> p{{"a", at::zeros({10, 10})},  // 100 -> chunk 64 of 2 ranks
+                                                    {"b", at::zeros({3})},       // 3 -> 16
+                                                    {"c", at::zeros({40})}};     // 40 -> 32
+  // Wire bytes: a 2*64*4 = 512, b 2*16*4 = 128, c 2*32*4 = 256. A 400-byte cap: the first bucket is
+  // c and b (384), then a alone.
+  const auto l = make_shard_layout(p, 2, 400);
+  ASSERT_EQ(l.buckets.size(), 2u);
+  EXPECT_EQ(l.buckets[0].params, (std::vector<size_t>{2, 1}));
+  EXPECT_EQ(l.buckets[0].chunk, 48);
+  EXPECT_EQ(l.buckets[1].params, (std::vector<size_t>{0}));
+  EXPECT_EQ(l.buckets[1].shard_offset, 48);
+  EXPECT_EQ(l.params[2].offset, 0);
+  EXPECT_EQ(l.params[1].offset, 32);
+  EXPECT_EQ(l.params[0].offset, 0);
+  EXPECT_EQ(l.params[0].bucket, 1u);
+  EXPECT_EQ(l.shard_numel, 112);
+  EXPECT_EQ(l.numel, 143);
+  EXPECT_EQ(l.padding(), 2 * 112 - 143);
+  EXPECT_EQ(l.params[0].shape, (std::vector<int64_t>{10, 10}));
+  EXPECT_EQ(l.params[0].begin(1), 64);
+  EXPECT_EQ(l.params[0].end(1), 100);
+  EXPECT_EQ(l.params[1].begin(1), 3);  // all padding
+  EXPECT_EQ(l.params[1].end(1), 3);
+}
+
+TEST(ShardLayout, ChunksOfAllRanksGiveTheTensorBack) {
+  const auto t = at::arange(100, at::kFloat).reshape({10, 10});
+  const auto l = make_shard_layout({{"w", t}}, 3, 1 << 20);
+  const auto& p = l.params[0];
+  std::vector<at::Tensor> chunks;
+  for (int r = 0; r < 3; ++r) chunks.push_back(bitqat::training::take_chunk(t, p, r));
+  EXPECT_EQ(chunks[2][3].item<float>(), 99.0f);
+  EXPECT_EQ(chunks[2][4].item<float>(), 0.0f);  // padding
+  EXPECT_TRUE(at::equal(bitqat::training::drop_padding(at::cat(chunks), p).view({10, 10}), t));
+}
+
+}  // namespace

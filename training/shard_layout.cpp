@@ -1,0 +1,66 @@
+#include "training/shard_layout.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "training/grad_sync.hpp"
+
+namespace bitqat::training {
+
+int64_t ShardedParam::begin(int rank) const { return std::min(numel, rank * chunk); }
+int64_t ShardedParam::end(int rank) const { return std::min(numel, (rank + 1) * chunk); }
+
+int64_t shard_chunk(int64_t numel, int world) {
+  if (world < 1) throw std::invalid_argument("shard_chunk: world < 1");
+  const int64_t per = (numel + world - 1) / world;
+  return (per + kShardAlign - 1) / kShardAlign * kShardAlign;
+}
+
+ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
+                              int64_t bucket_bytes) {
+  if (world < 1) throw std::invalid_argument("make_shard_layout: world < 1");
+  if (bucket_bytes < 1) throw std::invalid_argument("make_shard_layout: bucket_bytes < 1");
+  ShardLayout l;
+  l.world = world;
+  // Bucket on the wire sizes (world * chunk float32 elements): a stand-in tensor per parameter.
+  std::vector<at::Tensor> wire;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, t] = params[i];
+    ShardedParam p;
+    p.name = name;
+    p.shape = t.sizes().vec();
+    p.numel = t.numel();
+    p.chunk = shard_chunk(p.numel, world);
+    p.index = static_cast<int64_t>(i);
+    l.numel += p.numel;
+    wire.push_back(at::empty({p.chunk * world}, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
+    l.params.push_back(std::move(p));
+  }
+  for (auto& idx : plan_buckets(wire, bucket_bytes)) {
+    ShardBucket b;
+    b.shard_offset = l.shard_numel;
+    for (const size_t k : idx) {
+      auto& p = l.params[k];
+      p.bucket = l.buckets.size();
+      p.offset = b.chunk;
+      b.chunk += p.chunk;
+      b.params.push_back(k);
+    }
+    l.shard_numel += b.chunk;
+    l.buckets.push_back(std::move(b));
+  }
+  return l;
+}
+
+at::Tensor take_chunk(const at::Tensor& flat, const ShardedParam& p, int rank) {
+  at::Tensor out = at::zeros({p.chunk}, flat.options());
+  const int64_t b = p.begin(rank), e = p.end(rank);
+  if (e > b) out.narrow(0, 0, e - b).copy_(flat.reshape({-1}).narrow(0, b, e - b));
+  return out;
+}
+
+at::Tensor drop_padding(const at::Tensor& gathered, const ShardedParam& p) {
+  return gathered.reshape({-1}).narrow(0, 0, p.numel);
+}
+
+}  // namespace bitqat::training
