@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <filesystem>
 #include <regex>
 
@@ -31,26 +32,62 @@ bool has_manifest(const fs::path& d) { return fs::is_regular_file(d / "manifest.
 
 }  // namespace
 
-std::string write_checkpoint(const std::string& checkpoints_dir, const CheckpointData& data, int keep_last) {
+std::string optimizer_shard_name(int rank, int world) {
+  return fmt::format("optimizer-rank{:05d}-of-{:05d}.safetensors", rank, world);
+}
+
+std::string begin_checkpoint(const std::string& checkpoints_dir, int64_t step) {
   fs::create_directories(checkpoints_dir);
   // Leftovers of writes that were killed never count; clear them.
   for (const auto& e : fs::directory_iterator(checkpoints_dir)) {
     if (e.path().filename().string().rfind(".tmp-", 0) == 0) fs::remove_all(e.path());
   }
+  const fs::path tmp = fs::path(checkpoints_dir) / fmt::format(".tmp-step_{:08d}", step);
+  fs::create_directories(tmp);
+  return tmp.string();
+}
+
+ShardFile write_checkpoint_shard(const std::string& tmp_dir, int rank, int world, const NamedTensors& tensors) {
+  ShardFile f;
+  f.name = optimizer_shard_name(rank, world);
+  core::FileWriter out(tmp_dir + "/" + f.name);
+  write_safetensors(out, tensors, {{"format", "bitqat-optimizer-shard"},
+                                   {"rank", std::to_string(rank)},
+                                   {"world_size", std::to_string(world)}});
+  out.commit();
+  f.size = static_cast<int64_t>(out.size());
+  f.crc32 = out.crc32();
+  return f;
+}
+
+std::string write_checkpoint(const std::string& checkpoints_dir, const CheckpointData& data, int keep_last) {
   const std::string name = fmt::format("step_{:08d}", data.step);
   const fs::path final_dir = fs::path(checkpoints_dir) / name;
-  const fs::path tmp = fs::path(checkpoints_dir) / fmt::format(".tmp-{}-{}", name, ::getpid());
-  fs::create_directories(tmp);
+  fs::path tmp = fs::path(checkpoints_dir) / fmt::format(".tmp-{}", name);
+  // A sharded checkpoint's directory was begun (and filled by the ranks) already.
+  if (data.optimizer_shard_files.empty() || !fs::is_directory(tmp)) tmp = begin_checkpoint(checkpoints_dir, data.step);
 
   ManifestWriter writer(tmp.string());
   writer.add_safetensors("model.safetensors", data.model, {{"format", "bitqat-model"}});
-  writer.add_safetensors("optimizer.safetensors", data.optimizer);
+  if (data.optimizer_shard_files.empty()) {
+    writer.add_safetensors("optimizer.safetensors", data.optimizer);
+  } else {
+    for (const auto& f : data.optimizer_shard_files) {
+      if (!fs::is_regular_file(tmp / f.name) || static_cast<int64_t>(fs::file_size(tmp / f.name)) != f.size) {
+        throw core::UserError(fmt::format("checkpoint of step {}: the shard file {} is missing or not {} bytes in {}",
+                                          data.step, f.name, f.size, tmp.string()));
+      }
+      writer.add_written(f.name, f.size, f.crc32);
+    }
+  }
   writer.add_safetensors("extra.safetensors", data.extra);
   if (data.has_ema || !data.ema.empty()) {
     writer.add_safetensors("ema.safetensors", data.ema, {{"format", "bitqat-model"}});
   }
   writer.add("state.json", data.state.dump(2) + "\n");
-  writer.finish({{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}});
+  nlohmann::json fields = {{"format", kCheckpointFormat}, {"version", kCheckpointVersion}, {"step", data.step}};
+  if (!data.optimizer_shard_files.empty()) fields["optimizer_shards"] = data.optimizer_shard_files.size();
+  writer.finish(fields);
   if (fs::exists(final_dir)) {
     // Rewriting a step (a resumed run that checkpoints the same step again): swap, then drop the old.
     const fs::path old = fs::path(checkpoints_dir) / fmt::format(".tmp-old-{}-{}", name, ::getpid());
@@ -85,8 +122,23 @@ void CheckpointData::release(const at::Tensor& t) const {
 }
 
 CheckpointData read_checkpoint(const std::string& dir) {
-  const auto md = read_manifest_dir(dir, "checkpoint", kCheckpointFormat, kCheckpointVersion,
-                                    {"model.safetensors", "optimizer.safetensors", "extra.safetensors", "state.json"},
+  // A sharded checkpoint's manifest says how many optimizer shards it has (read_manifest_dir then
+  // checks the file table and every file).
+  int64_t shards = 0;
+  {
+    const std::string mpath = dir + "/manifest.json";
+    std::ifstream in(mpath);
+    const auto m = nlohmann::json::parse(in, nullptr, false);
+    if (!m.is_discarded() && m.is_object() && m.contains("optimizer_shards")) {
+      shards = json_int(m, "optimizer_shards", mpath, 1, 1 << 20);
+    }
+  }
+  std::vector<std::string> required = {"model.safetensors", "extra.safetensors", "state.json"};
+  if (shards == 0) required.emplace_back("optimizer.safetensors");
+  for (int64_t r = 0; r < shards; ++r) {
+    required.push_back(optimizer_shard_name(static_cast<int>(r), static_cast<int>(shards)));
+  }
+  const auto md = read_manifest_dir(dir, "checkpoint", kCheckpointFormat, kCheckpointVersion, required,
                                     {"ema.safetensors"});
   CheckpointData d;
   const std::string mpath = dir + "/manifest.json";
@@ -115,7 +167,13 @@ CheckpointData read_checkpoint(const std::string& dir) {
   for (const auto& [field, name] :
        {std::pair{&d.model, "model.safetensors"}, std::pair{&d.optimizer, "optimizer.safetensors"},
         std::pair{&d.extra, "extra.safetensors"}}) {
+    if (shards > 0 && field == &d.optimizer) continue;
     *field = decode_safetensors(md.files.at(name), dir + "/" + name).tensors;
+    d.mappings.push_back(md.files.at(name));
+  }
+  for (int64_t r = 0; r < shards; ++r) {
+    const auto name = optimizer_shard_name(static_cast<int>(r), static_cast<int>(shards));
+    d.optimizer_shards.push_back(decode_safetensors(md.files.at(name), dir + "/" + name).tensors);
     d.mappings.push_back(md.files.at(name));
   }
   if (md.files.count("ema.safetensors")) {

@@ -25,6 +25,10 @@ void ManifestWriter::add_safetensors(const std::string& name, const NamedTensors
   files_[name] = {{"size", out.size()}, {"crc32", out.crc32()}};
 }
 
+void ManifestWriter::add_written(const std::string& name, int64_t size, uint32_t crc32) {
+  files_[name] = {{"size", size}, {"crc32", crc32}};
+}
+
 std::string ManifestDir::text(const std::string& name) const {
   const auto v = files.at(name)->view();
   return std::string(v.begin(), v.end());

@@ -25,6 +25,8 @@ class ManifestWriter {
   // The same for a safetensors file, streamed one tensor at a time (never encoded whole in memory).
   void add_safetensors(const std::string& name, const NamedTensors& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+  // A file another process wrote into the directory (a rank's shard), with its size and CRC-32.
+  void add_written(const std::string& name, int64_t size, uint32_t crc32);
   // manifest.json, last: `fields` (format, version, ...) plus the file table. Returns the manifest.
   nlohmann::json finish(nlohmann::json fields);
 

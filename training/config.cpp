@@ -120,6 +120,10 @@ const core::Schema<DistConfig>& dist_schema() {
   static const core::Schema<DistConfig> s({
       core::key("backend", &C::backend, "the c10d process group; auto: NCCL on GPUs, Gloo on the CPU")
           .choices(kBackendNames),
+      core::key("shard", &C::shard,
+                "what ranks split: none (each holds everything), optimizer (AdamW moments and fp32 masters: ZeRO-1), "
+                "gradients (also the gradients: ZeRO-2), parameters (also the weights: ZeRO-3)")
+          .choices(kShardModeNames),
       core::key("timeout_s", &C::timeout_s, "seconds a collective may wait before the run fails").range(1, 86400),
       core::key("bucket_mb", &C::bucket_mb, "gradient bucket size for the all-reduce, MiB").range(0.001, 4096.0),
       core::key("overlap", &C::overlap, "all-reduce each bucket while the backward pass goes on"),

@@ -94,8 +94,16 @@ struct DeviceConfig {
   int threads = 0;  // CPU intra-op threads; 0: LibTorch's default
 };
 
+// dist.shard: what data parallelism splits across ranks (ZeRO stages 1, 2, 3; docs/distributed.md).
+enum class ShardMode { kNone, kOptimizer, kGradients, kParameters };
+inline constexpr std::array<core::EnumName<ShardMode>, 4> kShardModeNames = {{{ShardMode::kNone, "none"},
+                                                                             {ShardMode::kOptimizer, "optimizer"},
+                                                                             {ShardMode::kGradients, "gradients"},
+                                                                             {ShardMode::kParameters, "parameters"}}};
+
 struct DistConfig {
   Backend backend = Backend::kAuto;
+  ShardMode shard = ShardMode::kNone;
   int timeout_s = 300;
   double bucket_mb = 25.0;
   bool overlap = true;

@@ -47,8 +47,9 @@ std::vector<std::vector<size_t>> plan_buckets(const std::vector<at::Tensor>& par
   return out;
 }
 
-GradSync::GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_bytes, bool overlap)
-    : dist_(dist), overlap_(overlap) {
+GradSync::GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_bytes, bool overlap,
+                   Collective collective)
+    : dist_(dist), overlap_(overlap), collective_(collective) {
   for (const auto& item : model.named_parameters(true)) {
     if (!item.value().requires_grad()) continue;
     names_.push_back(item.key());
@@ -57,13 +58,38 @@ GradSync::GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_b
   for (const auto& b : model.buffers(true)) {
     if (b.defined() && b.numel() > 0) buffers_.push_back(b);
   }
-  if (!dist_.active()) return;
+  if (!dist_.active() && collective_ == Collective::kAllReduce) return;
   if (bucket_bytes < 1)
     throw core::UserError(fmt::format("gradient bucket size {} bytes is not positive", bucket_bytes));
 
   bucket_of_.assign(params_.size(), 0);
   ready_.assign(params_.size(), 0);
-  for (auto& idx : plan_buckets(params_, bucket_bytes)) {
+  if (collective_ == Collective::kReduceScatter) {
+    std::vector<std::pair<std::string, at::Tensor>> named;
+    for (size_t k = 0; k < params_.size(); ++k) {
+      if (params_[k].scalar_type() != at::kFloat) {
+        throw core::UserError(fmt::format(
+            "dist.shard: parameter {} is {}; sharded data parallelism keeps float32 parameters (train in fp32 or "
+            "with bf16 autocast, whose parameters stay float32)",
+            names_[k], c10::toString(params_[k].scalar_type())));
+      }
+      named.emplace_back(names_[k], params_[k]);
+    }
+    layout_ = make_shard_layout(named, dist_.active() ? dist_.world() : 1, bucket_bytes);
+    for (const auto& lb : layout_.buckets) {
+      Bucket bk;
+      for (const size_t k : lb.params) {
+        bucket_of_[k] = buckets_.size();
+        bk.params.push_back(k);
+        bk.offsets.push_back(layout_.params[k].offset);
+      }
+      bk.numel = lb.chunk;
+      shard_grads_.push_back(at::zeros({lb.chunk}, params_[lb.params.front()].options().requires_grad(false)));
+      buckets_.push_back(std::move(bk));
+    }
+  }
+  for (auto& idx : collective_ == Collective::kReduceScatter ? std::vector<std::vector<size_t>>{}
+                                                             : plan_buckets(params_, bucket_bytes)) {
     Bucket bk;
     bk.params = std::move(idx);
     for (size_t k : bk.params) {
@@ -95,7 +121,10 @@ std::vector<GradBucketInfo> GradSync::buckets() const {
   for (const auto& b : buckets_) {
     GradBucketInfo info;
     for (size_t k : b.params) info.names.push_back(names_[k]);
-    info.bytes = b.numel * static_cast<int64_t>(b.flat.element_size());
+    // On the wire: the bucket (all-reduce), or all ranks' rows of it (reduce-scatter).
+    info.bytes = collective_ == Collective::kReduceScatter
+                     ? b.numel * layout_.world * static_cast<int64_t>(sizeof(float))
+                     : b.numel * static_cast<int64_t>(b.flat.element_size());
     out.push_back(std::move(info));
   }
   return out;
@@ -135,7 +164,8 @@ void GradSync::broadcast_buffers() {
 
 void GradSync::set_sync(bool sync) {
   std::lock_guard<std::mutex> lock(mu_);
-  sync_ = sync;
+  // Reduce-scatter runs every micro-step: a rank keeps no full gradients between them.
+  sync_ = collective_ == Collective::kReduceScatter || sync;
 }
 
 void GradSync::prepare() {
@@ -145,6 +175,8 @@ void GradSync::prepare() {
   std::fill(ready_.begin(), ready_.end(), 0);
   for (auto& b : buckets_) b.pending = static_cast<int>(b.params.size());
   next_launch_ = 0;
+  settled_ = 0;
+  first_micro_ = true;
   hook_error_.clear();
 }
 
@@ -167,6 +199,29 @@ void GradSync::on_grad_ready(size_t index) {
 void GradSync::launch_locked(size_t bi) {
   auto& b = buckets_[bi];
   at::NoGradGuard no_grad;
+  if (collective_ == Collective::kReduceScatter) {
+    if (bi >= settled_ + 2) settle_scatter_locked(settled_++);  // at most two buckets on the wire
+    const int64_t world = layout_.world;
+    const auto& p0 = params_[b.params.front()];
+    b.flat = at::zeros({world * b.numel}, p0.options().requires_grad(false));
+    auto rows = b.flat.view({world, b.numel});
+    for (size_t j = 0; j < b.params.size(); ++j) {
+      auto& p = params_[b.params[j]];
+      const auto& lp = layout_.params[b.params[j]];
+      if (p.grad().defined()) {
+        at::Tensor padded = at::zeros({world * lp.chunk}, b.flat.options());
+        padded.narrow(0, 0, lp.numel).copy_(p.grad().reshape({-1}));
+        rows.narrow(1, b.offsets[j], lp.chunk).copy_(padded.view({world, lp.chunk}));
+      }
+      p.mutable_grad() = at::Tensor();  // released: this rank keeps its shard only
+    }
+    b.out = at::empty({b.numel}, b.flat.options());
+    b.op = dist_.reduce_scatter_sum_async(
+        b.out, b.flat,
+        fmt::format("reduce-scatter of gradient bucket {} of {} ({} tensors, {:.2f} MiB)", bi, buckets_.size(),
+                    b.params.size(), static_cast<double>(b.flat.numel() * b.flat.element_size()) / (1 << 20)));
+    return;
+  }
   for (size_t j = 0; j < b.params.size(); ++j) {
     const auto& p = params_[b.params[j]];
     auto dst = b.flat.narrow(0, b.offsets[j], p.numel());
@@ -197,28 +252,50 @@ void GradSync::drain_launched_locked() {
   }
 }
 
+void GradSync::settle_scatter_locked(size_t bi) {
+  auto& b = buckets_[bi];
+  const auto t0 = std::chrono::steady_clock::now();
+  b.op.wait();
+  wait_s_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  at::NoGradGuard no_grad;
+  if (first_micro_) {
+    shard_grads_[bi].copy_(b.out);
+  } else {
+    shard_grads_[bi].add_(b.out);
+  }
+  b.flat = at::Tensor();
+  b.out = at::Tensor();
+}
+
+void GradSync::end_micro_step() {
+  if (!hooked_ || collective_ != Collective::kReduceScatter) return;
+  std::unique_lock<std::mutex> lock(mu_);
+  end_micro_locked();
+}
+
+void GradSync::end_micro_locked() {
+  check_ready_locked();
+  while (next_launch_ < buckets_.size()) launch_locked(next_launch_++);  // overlap = false
+  while (settled_ < buckets_.size()) settle_scatter_locked(settled_++);
+  std::fill(ready_.begin(), ready_.end(), 0);
+  for (auto& b : buckets_) b.pending = static_cast<int>(b.params.size());
+  next_launch_ = 0;
+  settled_ = 0;
+  first_micro_ = false;
+}
+
 void GradSync::finish() {
   if (!hooked_) return;
   std::unique_lock<std::mutex> lock(mu_);
   if (!sync_) return;
-  if (!hook_error_.empty()) {
-    drain_launched_locked();
-    throw core::UserError(fmt::format("rank {}: {}", dist_.rank(), hook_error_));
+  if (collective_ == Collective::kReduceScatter) {
+    if (std::find(ready_.begin(), ready_.end(), 1) != ready_.end() || first_micro_) end_micro_locked();
+    ++synced_steps_;
+    at::NoGradGuard no_grad;
+    for (auto& g : shard_grads_) g.mul_(1.0 / layout_.world);
+    return;
   }
-  std::vector<std::string> missing;
-  for (size_t k = 0; k < params_.size(); ++k) {
-    if (!ready_[k]) missing.push_back(names_[k]);
-  }
-  if (!missing.empty()) {
-    drain_launched_locked();
-    std::string list;
-    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
-    if (missing.size() > 8) list += fmt::format(" and {} more", missing.size() - 8);
-    throw core::UserError(fmt::format(
-        "rank {}: trainable parameter(s) {} got no gradient in this step's backward pass; data-parallel training "
-        "all-reduces every trainable parameter, so each must take part in the loss (or be frozen)",
-        dist_.rank(), list));
-  }
+  check_ready_locked();
   while (next_launch_ < buckets_.size()) launch_locked(next_launch_++);  // overlap = false
   const auto t0 = std::chrono::steady_clock::now();
   for (auto& b : buckets_) b.op.wait();
@@ -237,6 +314,27 @@ void GradSync::finish() {
         p.mutable_grad() = src.clone();
       }
     }
+  }
+}
+
+void GradSync::check_ready_locked() {
+  if (!hook_error_.empty()) {
+    drain_launched_locked();
+    throw core::UserError(fmt::format("rank {}: {}", dist_.rank(), hook_error_));
+  }
+  std::vector<std::string> missing;
+  for (size_t k = 0; k < params_.size(); ++k) {
+    if (!ready_[k]) missing.push_back(names_[k]);
+  }
+  if (!missing.empty()) {
+    drain_launched_locked();
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 8) list += fmt::format(" and {} more", missing.size() - 8);
+    throw core::UserError(fmt::format(
+        "rank {}: trainable parameter(s) {} got no gradient in this step's backward pass; data-parallel training "
+        "all-reduces every trainable parameter, so each must take part in the loss (or be frozen)",
+        dist_.rank(), list));
   }
 }
 

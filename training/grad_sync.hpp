@@ -3,6 +3,12 @@
 // the order in which backward produces the gradients) started from a post-accumulate-grad hook as
 // soon as a bucket's last gradient lands, so communication overlaps the rest of the backward pass.
 // Without a process group it does nothing.
+//
+// With Collective::kReduceScatter (sharded data parallelism, ZeRO-2) the buckets follow a
+// ShardLayout instead: each bucket is reduce-scattered, every micro-step, as soon as its gradients
+// have landed, its parameters' .grad are released at once, and this rank keeps only its shard of the
+// summed gradients (shard_grads()). At most two buckets are on the wire at a time, which bounds the
+// transient memory to two bucket wire buffers.
 #pragma once
 #include <torch/nn/module.h>
 
@@ -12,6 +18,7 @@
 #include <vector>
 
 #include "training/distributed.hpp"
+#include "training/shard_layout.hpp"
 
 namespace bitqat::training {
 
@@ -25,11 +32,15 @@ struct GradBucketInfo {
 // starts early; the rest at bucket_bytes. A parameter larger than the cap gets a bucket of its own.
 std::vector<std::vector<size_t>> plan_buckets(const std::vector<at::Tensor>& params, int64_t bucket_bytes);
 
+enum class Collective { kAllReduce, kReduceScatter };
+
 class GradSync {
  public:
-  // Registers a hook on every trainable parameter of `model` (only when `dist` has a process group).
+  // Registers a hook on every trainable parameter of `model` (only when `dist` has a process group;
+  // always with kReduceScatter, whose shards exist for one rank too).
   // overlap = false starts all buckets after the backward pass instead (for measuring the overlap).
-  GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_bytes, bool overlap);
+  GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_bytes, bool overlap,
+           Collective collective = Collective::kAllReduce);
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;
@@ -48,6 +59,14 @@ class GradSync {
   // UserError naming it (all ranks meet the same collectives, so this never hangs a peer for longer
   // than its failure takes to be seen).
   void finish();
+  // kReduceScatter: after each micro-step's backward (finish() does it for the last): its buckets
+  // reduce-scattered and added to the shards.
+  void end_micro_step();
+
+  // kReduceScatter: the layout, and this rank's gradient shard of each bucket ([bucket.chunk], the sum
+  // over micro-steps and ranks divided by the world size once finish() returned).
+  const ShardLayout& layout() const { return layout_; }
+  std::vector<at::Tensor>& shard_grads() { return shard_grads_; }
 
   std::vector<GradBucketInfo> buckets() const;
   // Seconds finish() has spent waiting for all-reduces (the communication that the backward pass
@@ -69,9 +88,13 @@ class GradSync {
     at::Tensor flat;
     int pending = 0;
     PendingOp op;
+    at::Tensor out;  // kReduceScatter: this rank's summed part, while on the wire
   };
   void launch_locked(size_t b);
   void drain_launched_locked();
+  void settle_scatter_locked(size_t b);  // waits for bucket b's reduce-scatter, adds it to its shard
+  void end_micro_locked();
+  void check_ready_locked();  // throws (after draining) when a hook failed or a gradient never landed
 
   DistContext& dist_;
   std::vector<std::string> names_;
@@ -84,6 +107,11 @@ class GradSync {
   bool overlap_ = true;
   bool sync_ = true;
   bool hooked_ = false;
+  Collective collective_ = Collective::kAllReduce;
+  ShardLayout layout_;
+  std::vector<at::Tensor> shard_grads_;
+  size_t settled_ = 0;  // kReduceScatter: buckets of this micro-step already added to the shards
+  bool first_micro_ = true;
   std::string hook_error_;
   double wait_s_ = 0.0;
   int64_t synced_steps_ = 0;

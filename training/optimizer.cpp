@@ -6,6 +6,7 @@
 #include <cmath>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <tuple>
 
 #include "core/error.hpp"
@@ -26,6 +27,13 @@ AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWOption
   }
   const auto device = params_.empty() ? at::Device(at::kCPU) : params_.front().second.device();
   step_ = at::zeros({}, at::TensorOptions().dtype(at::kFloat).device(device));
+}
+
+AdamW::AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWOptions options,
+             const std::vector<bool>& decay)
+    : AdamW(std::move(params), options) {
+  if (decay.size() != slots_.size()) throw std::invalid_argument("AdamW: one decay flag per parameter");
+  for (size_t i = 0; i < slots_.size(); ++i) slots_[i].decay = decay[i];
 }
 
 int64_t AdamW::steps_taken() const { return static_cast<int64_t>(step_.item<float>()); }

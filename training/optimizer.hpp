@@ -27,6 +27,9 @@ class AdamW {
  public:
   // `params`: (name, tensor) pairs; names matching no_decay(name, tensor) get no weight decay.
   AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWOptions options);
+  // With the weight-decay group given per parameter (`decay[i]` for params[i]): for flat shards,
+  // whose shape no longer tells (sharded data parallelism).
+  AdamW(std::vector<std::pair<std::string, at::Tensor>> params, AdamWOptions options, const std::vector<bool>& decay);
 
   // One update with this step's learning rate and weight decay (weight decay applies to the decay
   // group only). Parameters without a gradient are left untouched. `found_inf`, when given, is a

@@ -30,7 +30,7 @@
 #include "training/distributed.hpp"
 #include "training/ema.hpp"
 #include "training/gpu_status.hpp"
-#include "training/grad_sync.hpp"
+#include "training/data_parallel.hpp"
 #include "training/metrics.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_state.hpp"
@@ -112,10 +112,9 @@ struct Run {
   std::vector<std::pair<std::string, at::Tensor>> named;  // trainable parameters
   std::vector<at::Tensor> params;
   std::vector<at::Tensor> replicated;  // parameters, buffers and averages: bit-identical across ranks
-  std::unique_ptr<AdamW> optimizer;
-  std::unique_ptr<Ema> ema;  // train.ema
+  std::unique_ptr<DataParallel> dp;  // the optimizer and the gradients' exchange (dist.shard)
+  std::unique_ptr<Ema> ema;          // train.ema
   Schedules sched;
-  std::unique_ptr<GradSync> sync;
   std::unique_ptr<MetricsWriter> metrics;
   std::vector<data::Batch> val_batches;
   int64_t global_batch = 0;
@@ -185,9 +184,7 @@ void resume_from(Run& r, const std::string& latest) {
       r.task->module(),
       models::lazy_tensors(std::map<std::string, at::Tensor>(ck.model.begin(), ck.model.end()), release),
       latest + "/model.safetensors");
-  models::check_finite(ck.optimizer, latest + "/optimizer.safetensors");
-  r.optimizer->load_state_tensors(std::map<std::string, at::Tensor>(ck.optimizer.begin(), ck.optimizer.end()),
-                                  latest + "/optimizer.safetensors", release);
+  r.dp->load_optimizer_state(ck, latest);
   resume_ema(r, ck, latest);
   std::map<std::string, at::Tensor> extra(ck.extra.begin(), ck.extra.end());
   restore_rng_states(extra, latest + "/extra.safetensors");
@@ -283,7 +280,8 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
     if (item.value().requires_grad()) r->named.emplace_back(item.key(), item.value());
   }
   for (const auto& [n, p] : r->named) r->params.push_back(p);
-  r->optimizer = std::make_unique<AdamW>(r->named, AdamWOptions{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps});
+  r->dp = make_data_parallel(r->dist, model, r->named, cfg.dist,
+                             AdamWOptions{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps});
 
   const int64_t steps = cfg.train.steps;
   r->sched.lr = schedules::make_schedule(cfg.optim.lr, schedules::ScheduleRole::kLearningRate, steps);
@@ -306,9 +304,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
     }
   }
 
-  r->sync = std::make_unique<GradSync>(r->dist, model, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024),
-                                       cfg.dist.overlap);
-  r->sync->broadcast_parameters();
+  r->dp->broadcast_parameters();
   if (cfg.train.ema.enabled && !r->ema) {
     r->ema = std::make_unique<Ema>(r->named, cfg.train.ema.decay, cfg.train.ema.start_step);
   }
@@ -317,13 +313,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   if (r->ema) {
     for (const auto& [name, e] : r->ema->tensors()) r->replicated.push_back(e);
   }
-  if (r->dist.active() && r->main()) {
-    int64_t bytes = 0;
-    const auto bk = r->sync->buckets();
-    for (const auto& b : bk) bytes += b.bytes;
-    spdlog::info("data parallel: {} gradient buckets, {:.2f} MiB all-reduced per step (dist.bucket_mb {}, overlap {})",
-                 bk.size(), static_cast<double>(bytes) / (1 << 20), cfg.dist.bucket_mb, cfg.dist.overlap);
-  }
+  if (const auto what = r->dp->describe(); !what.empty() && r->main()) spdlog::info("{}", what);
   if (r->main()) {
     fs::create_directories(r->run_dir);
     core::write_file_atomic(r->run_dir + "/config.resolved.yaml", core::to_yaml_string(cfg.resolved()));
@@ -371,10 +361,22 @@ bool due(int64_t done, int64_t every, int64_t steps) { return (every > 0 && done
 // The global L2 norm of the gradients (one multi-tensor pass)
 // and, when max_norm > 0, the gradients scaled by min(1, max_norm / (norm + 1e-6)) as
 // torch.nn.utils.clip_grad_norm_ does, all on the device. Returns the norm as a double scalar.
-at::Tensor grad_norm_clip_(const std::vector<at::Tensor>& grads, double max_norm) {
+// Sharded gradients: the squares of the ranks' norms are summed over the ranks (one all-reduce).
+at::Tensor grad_norm_clip_(DataParallel& dp, const std::vector<at::Tensor>& grads, double max_norm) {
+  at::Tensor total;
+  if (dp.sharded()) {
+    at::Tensor sq = grads.empty() ? at::zeros({}, at::kDouble)
+                                  : at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum();
+    dp.sum_over_ranks(sq);
+    total = sq.sqrt();
+    if (max_norm > 0.0 && !grads.empty()) {
+      at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0).to(grads.front().scalar_type()));
+    }
+    return total;
+  }
   if (grads.empty()) return at::zeros({}, at::kDouble);
   const auto norms = at::_foreach_norm(grads, 2);
-  const auto total = at::linalg_vector_norm(at::stack(norms), 2);
+  total = at::linalg_vector_norm(at::stack(norms), 2);
   if (max_norm > 0.0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
   return total.to(at::kDouble);
 }
@@ -392,11 +394,11 @@ StepOutcome run_step(Run& r, int64_t step) {
   bitlinear::set_quant_lambdas(r.task->module(), o.lambda_w, o.lambda_a);
   r.lambda_w = o.lambda_w;
   r.lambda_a = o.lambda_a;
-  r.optimizer->zero_grad();
+  r.dp->zero_grad();
 
   at::Tensor loss_sum;
   at::Tensor part_sums;  // the task's loss parts summed on the device
-  r.sync->prepare();
+  r.dp->begin_step();
   for (int micro = 0; micro < cfg.train.grad_accum; ++micro) {
     const auto batch = [&] {
       RECORD_FUNCTION("bitqat::train_batch", std::vector<c10::IValue>());
@@ -404,7 +406,8 @@ StepOutcome run_step(Run& r, int64_t step) {
           r.source->train_batch(step, micro, r.dist.rank(), r.dist.world(), cfg.train.batch_size, cfg.train.grad_accum),
           r.device);
     }();
-    r.sync->set_sync(micro == cfg.train.grad_accum - 1);
+    const bool last = micro == cfg.train.grad_accum - 1;
+    r.dp->begin_micro(last);
     at::Tensor loss;
     {
       RECORD_FUNCTION("bitqat::forward", std::vector<c10::IValue>());
@@ -413,6 +416,7 @@ StepOutcome run_step(Run& r, int64_t step) {
     }
     if (r.options.loss_hook) r.options.loss_hook(step, micro, loss);
     (loss / cfg.train.grad_accum).backward();
+    r.dp->end_micro(last);
     const auto l = loss.detach().to(at::kDouble);
     loss_sum = loss_sum.defined() ? loss_sum + l : l;
     if (const auto parts = r.task->loss_parts(); !parts.empty()) {
@@ -425,14 +429,11 @@ StepOutcome run_step(Run& r, int64_t step) {
     }
     o.units += r.task->units(batch) * r.dist.world();
   }
-  r.sync->finish();
-  std::vector<at::Tensor> grads;
-  for (const auto& p : r.params) {
-    if (p.grad().defined()) grads.push_back(p.grad());
-  }
+  r.dp->finish_backward();
+  std::vector<at::Tensor> grads = r.dp->grads();
   at::Tensor norm, bad;
   if (cfg.optim.grad_clip > 0.0 || due(o.done, cfg.train.log_every, cfg.train.steps)) {
-    norm = grad_norm_clip_(grads, cfg.optim.grad_clip);
+    norm = grad_norm_clip_(*r.dp, grads, cfg.optim.grad_clip);
     bad = norm.isfinite().logical_not();
   } else {
     // Only finiteness is needed: one multi-tensor check (scaling by exactly 1 changes nothing).
@@ -448,7 +449,7 @@ StepOutcome run_step(Run& r, int64_t step) {
   r.dist.all_reduce_mean_(o.flags, "all-reduce of the step's loss, finiteness flag and loss parts");
   RECORD_FUNCTION("bitqat::optimizer_step", std::vector<c10::IValue>());
   const auto skipped = o.flags[1].gt(0).to(at::kFloat);
-  r.optimizer->step(o.lr, o.wd, skipped);
+  r.dp->step(o.lr, o.wd, skipped);
   if (r.ema) r.ema->update(o.done, skipped);
   return o;
 }
@@ -512,10 +513,10 @@ class StepLog {
     const double dt = std::chrono::duration<double>(now - t_log_).count();
     const double rate = dt > 0 ? static_cast<double>(units_) / dt : 0.0;
     const double elapsed = std::chrono::duration<double>(now - t0_).count();
-    const int64_t synced = r_.sync->synced_steps() - synced_at_log_;
-    const double sync_wait_ms = synced > 0 ? 1e3 * (r_.sync->wait_seconds() - sync_wait_at_log_) / synced : 0.0;
-    sync_wait_at_log_ = r_.sync->wait_seconds();
-    synced_at_log_ = r_.sync->synced_steps();
+    const int64_t synced = r_.dp->synced_steps() - synced_at_log_;
+    const double sync_wait_ms = synced > 0 ? 1e3 * (r_.dp->wait_seconds() - sync_wait_at_log_) / synced : 0.0;
+    sync_wait_at_log_ = r_.dp->wait_seconds();
+    synced_at_log_ = r_.dp->synced_steps();
     const char* unit = r_.task->unit_name();
     std::string parts;  // " (loss_ce 3.1000, loss_kd 0.2000)" when the task has parts
     for (const auto& [name, v] : s.parts) parts += fmt::format("{}{} {:.4f}", parts.empty() ? " (" : ", ", name, v);
@@ -564,18 +565,63 @@ std::optional<double> evaluate(Run& r, int64_t done) {
   return ev.loss;
 }
 
+// Sharded optimizer state: every rank writes its shard into the directory the main rank began, and
+// the ranks agree on the outcome (a rank that could not write, e.g. a full disk, fails them all with
+// its reason on its own log, and nothing is renamed into place). Returns the files, in rank order, on
+// the main rank; nothing when the state is not sharded.
+std::vector<checkpoints::ShardFile> write_optimizer_shards(Run& r, int64_t done) {
+  if (!r.dp->sharded()) return {};
+  const int world = r.dist.active() ? r.dist.world() : 1;
+  const int rank = r.dist.active() ? r.dist.rank() : 0;
+  std::string tmp;
+  run_on_main(r.dist, [&] { checkpoints::begin_checkpoint(r.ckpt_dir, done); }, "starting the checkpoint directory");
+  tmp = r.ckpt_dir + fmt::format("/.tmp-step_{:08d}", done);
+  checkpoints::ShardFile mine;
+  std::exception_ptr error;
+  try {
+    const auto state = r.dp->optimizer_state();
+    models::check_finite(state, fmt::format("training at step {} (no checkpoint was written)", done));
+    mine = checkpoints::write_checkpoint_shard(tmp, rank, world, state);
+  } catch (const core::UserError&) {
+    error = std::current_exception();
+  } catch (const std::filesystem::filesystem_error& e) {
+    error = std::make_exception_ptr(
+        core::UserError(fmt::format("rank {}: writing its optimizer shard into {} failed: {}", rank, tmp, e.what())));
+  }
+  at::Tensor table = at::zeros({3 * world}, at::kLong);
+  table[3 * rank] = mine.size;
+  table[3 * rank + 1] = static_cast<int64_t>(mine.crc32);
+  table[3 * rank + 2] = error ? 1 : 0;
+  r.dist.all_reduce_sum_(table, "agreement on the optimizer shards written");
+  if (error) std::rethrow_exception(error);
+  const auto t = table.cpu();
+  const auto* v = t.data_ptr<int64_t>();
+  std::vector<checkpoints::ShardFile> files;
+  for (int k = 0; k < world; ++k) {
+    if (v[3 * k + 2] != 0) {
+      throw core::UserError(fmt::format(
+          "rank {}: rank {} could not write its optimizer shard of step {} (its log says why); no checkpoint was written",
+          rank, k, done));
+    }
+    files.push_back({checkpoints::optimizer_shard_name(k, world), v[3 * k], static_cast<uint32_t>(v[3 * k + 1])});
+  }
+  return files;
+}
+
 void checkpoint(Run& r, int64_t done) {
   // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
   // buffers were updated from each rank's own share in this step: take rank 0's, as the next step
   // would).
-  r.sync->broadcast_buffers();
+  r.dp->broadcast_buffers();
   r.dist.check_same({done, bit_fingerprint(r.replicated)}, {"the step", "the fingerprint of parameters, buffers and averages"});
   r.dist.barrier("barrier before writing checkpoint");
+  const auto shard_files = write_optimizer_shards(r, done);
   if (r.main()) {
     checkpoints::CheckpointData ck;
     ck.step = done;
     ck.model = models::model_tensors(r.task->module(), /*to_cpu=*/false);  // to the host one at a time
-    ck.optimizer = r.optimizer->state_tensors();
+    if (shard_files.empty()) ck.optimizer = r.dp->optimizer_state();
+    ck.optimizer_shard_files = shard_files;
     if (r.ema) ck.ema = r.ema->tensors();
     // Never write a checkpoint that could not be read back (non-finite steps are skipped, so this
     // guards against what slipped past them).
@@ -591,6 +637,7 @@ void checkpoint(Run& r, int64_t done) {
                 {"lambda_a", r.lambda_a},
                 {"global_batch", r.global_batch},
                 {"world_size", r.dist.world()},
+                {"dist_shard", core::name_of(kShardModeNames, r.cfg.dist.shard)},
                 {"bad_streak", r.bad_streak},
                 {"data", {{"kind", r.source->describe()}, {"samples_seen", done * r.global_batch}}}};
     // Held in a local: items() of a temporary would dangle inside the loop.
