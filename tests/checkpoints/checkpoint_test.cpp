@@ -143,3 +143,56 @@ TEST_F(CheckpointTest, ManifestAndStateFieldsOfTheWrongTypeOrValueAreRefused) {
   bitqat::core::write_file_atomic(mpath, m.dump(2));
   EXPECT_EQ(error_of(ck), mpath + ": 'files' is missing or not an object");
 }
+
+namespace {
+
+// A sharded checkpoint: the ranks' optimizer files, written into the directory begin_checkpoint made,
+// are listed in the manifest and read back by rank; a missing, extra-altered or unlisted shard is
+// refused naming the file.
+TEST_F(CheckpointTest, ShardedOptimizerStateIsOneFilePerRankInTheManifest) {
+  auto d = data(4);
+  d.optimizer.clear();
+  const std::string tmp = begin_checkpoint(dir_, 4);
+  EXPECT_EQ(fs::path(tmp).filename().string(), ".tmp-step_00000004");
+  for (int r = 0; r < 2; ++r) {
+    d.optimizer_shard_files.push_back(write_checkpoint_shard(
+        tmp, r, 2, {{"step", at::tensor({int64_t{4}}, at::kLong)}, {"w.exp_avg", at::full({16}, 1.0f + r)}}));
+  }
+  EXPECT_EQ(d.optimizer_shard_files[1].name, "optimizer-rank00001-of-00002.safetensors");
+  const auto path = write_checkpoint(dir_, d, 0);
+  EXPECT_FALSE(fs::exists(path + "/optimizer.safetensors"));
+  EXPECT_FALSE(fs::exists(tmp));
+  const auto back = read_checkpoint(path);
+  EXPECT_TRUE(back.optimizer.empty());
+  ASSERT_EQ(back.optimizer_shards.size(), 2u);
+  EXPECT_EQ(back.optimizer_shards[1][1].first, "w.exp_avg");
+  EXPECT_TRUE(at::equal(back.optimizer_shards[1][1].second, at::full({16}, 2.0f)));
+  EXPECT_TRUE(at::equal(back.model[0].second, d.model[0].second));
+
+  // One byte of rank 1's file changed: its CRC no longer matches.
+  const auto shard1 = path + "/optimizer-rank00001-of-00002.safetensors";
+  {
+    std::fstream f(shard1, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(shard1) - 1));
+    f.put('\x7f');
+  }
+  EXPECT_NE(error_of(path).find("optimizer-rank00001-of-00002.safetensors"), std::string::npos) << error_of(path);
+  fs::remove(shard1);
+  EXPECT_NE(error_of(path).find("optimizer-rank00001-of-00002.safetensors"), std::string::npos) << error_of(path);
+}
+
+TEST_F(CheckpointTest, AShardTheRanksDidNotWriteIsNoCheckpoint) {
+  auto d = data(2);
+  begin_checkpoint(dir_, 2);
+  d.optimizer_shard_files.push_back({"optimizer-rank00000-of-00001.safetensors", 100, 0});
+  try {
+    write_checkpoint(dir_, d, 0);
+    FAIL() << "a missing shard file was accepted";
+  } catch (const bitqat::core::UserError& e) {
+    EXPECT_NE(std::string(e.what()).find("optimizer-rank00000-of-00001.safetensors is missing"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_FALSE(find_latest_checkpoint(dir_).has_value());
+}
+
+}  // namespace

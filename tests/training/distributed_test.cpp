@@ -445,6 +445,110 @@ TEST_F(DataParallelRun, ResumeOnAnotherWorldSize) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
 }
 
+// Sharded data parallelism (dist.shard optimizer, ZeRO-1; gradients, ZeRO-2) follows the 1-rank curve of
+// the same global batch of 8 within the bound above: the update is elementwise, so a rank's shard
+// moves exactly as that part of the whole tensor would; what differs is the order of float sums (the
+// ranks' gradient sums by reduce-scatter instead of all-reduce, and the clipping norm as the sum of
+// the ranks' squared norms). Also with 2 accumulation micro-steps (reduce-scattered each) and with a
+// lambda ramp that crosses 1 halfway.
+TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
+  const int steps = 6;
+  const std::vector<std::string> ramp{"quant.lambda_w={kind: linear, start: 0, end: 3}",
+                                      "quant.lambda_a={kind: linear, start: 0, end: 3}"};
+  struct Case {
+    std::string name;
+    int world, batch, accum;
+    std::vector<std::string> extra;
+    std::string baseline;
+  };
+  const std::vector<Case> cases{
+      {"opt2", 2, 4, 1, {"dist.shard=optimizer"}, "one"},
+      {"opt4", 4, 2, 1, {"dist.shard=optimizer"}, "one"},
+      {"grad2", 2, 4, 1, {"dist.shard=gradients"}, "one"},
+      {"grad4", 4, 2, 1, {"dist.shard=gradients"}, "one"},
+      {"grad2acc", 2, 2, 2, {"dist.shard=gradients"}, "one"},
+      {"opt2acc", 2, 2, 2, {"dist.shard=optimizer"}, "one"},
+      {"grad2ramp", 2, 4, 1, {"dist.shard=gradients", ramp[0], ramp[1]}, "oneramp"},
+  };
+  for (const auto& [name, extra] : std::vector<std::pair<std::string, std::vector<std::string>>>{{"one", {}},
+                                                                                                  {"oneramp", ramp}}) {
+    auto p = start(args(name, steps, 8, 1, extra), 1, name);
+    ASSERT_EQ(bitqat::testing::wait_for(p[0], 120), 0) << bitqat::testing::slurp(log(name, 0));
+  }
+  for (const auto& c : cases) {
+    auto pids = start(args(c.name, steps, c.batch, c.accum, c.extra), c.world, c.name);
+    for (int r = 0; r < c.world; ++r) {
+      ASSERT_EQ(bitqat::testing::wait_for(pids[static_cast<size_t>(r)], 120), 0)
+          << bitqat::testing::slurp(log(c.name, r));
+    }
+    const auto a = losses(c.baseline);
+    const auto b = losses(c.name);
+    ASSERT_EQ(a.size(), static_cast<size_t>(steps));
+    ASSERT_EQ(b.size(), a.size()) << c.name;
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << c.name << " step " << i + 1;
+    const auto out = bitqat::testing::slurp(log(c.name, 0));
+    EXPECT_NE(out.find("sharded data parallel (dist.shard "), std::string::npos) << out;
+    // One optimizer file per rank, no whole-state file.
+    const auto ck = dir_ / c.name / "checkpoints" / "step_00000006";
+    for (int r = 0; r < c.world; ++r) {
+      EXPECT_TRUE(fs::exists(ck / fmt::format("optimizer-rank{:05d}-of-{:05d}.safetensors", r, c.world))) << ck;
+    }
+    EXPECT_FALSE(fs::exists(ck / "optimizer.safetensors"));
+  }
+  EXPECT_LT(losses("oneramp").back(), losses("oneramp").front());
+}
+
+// Resume reshards: 2 ranks (gradients) write a step-2 checkpoint, 4 ranks (optimizer) resume it and
+// write step 4, 1 rank (no sharding) resumes that and finishes; the curve is the uninterrupted 1-rank
+// one within the bound above. eval and export read the 4-rank checkpoint as they read any other.
+TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
+  const int steps = 6;
+  const std::vector<std::string> keep{"checkpoint.every=2", "checkpoint.keep_last=0"};
+  auto with = [&](std::vector<std::string> v, const std::string& more) {
+    v.push_back(more);
+    return v;
+  };
+  auto one = start(args("one", steps, 8, 1), 1, "one");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("one", 0));
+  const auto ckdir = dir_ / "mix" / "checkpoints";
+  auto run = [&](int world, int batch, const std::string& shard, bool resume, const std::string& tag) {
+    auto argv = args("mix", steps, batch, 1, with(keep, "dist.shard=" + shard));
+    if (resume) argv.push_back("--resume");
+    auto pids = start(argv, world, tag);
+    for (int r = 0; r < world; ++r) {
+      ASSERT_EQ(bitqat::testing::wait_for(pids[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log(tag, r));
+    }
+  };
+  run(2, 4, "gradients", false, "two");
+  fs::remove_all(ckdir / "step_00000004");
+  fs::remove_all(ckdir / "step_00000006");
+  run(4, 2, "optimizer", true, "four");
+  EXPECT_TRUE(fs::exists(ckdir / "step_00000004" / "optimizer-rank00003-of-00004.safetensors"));
+  const auto four = bitqat::testing::slurp(log("four", 0));
+  EXPECT_NE(four.find("resuming a 2-rank run on 4 ranks"), std::string::npos) << four;
+
+  // eval and export of the sharded step-4 checkpoint, directly.
+  fs::remove_all(ckdir / "step_00000006");
+  const std::string bin = std::string(BITQAT_BINARY_DIR) + "/bitqat";
+  const pid_t ev = bitqat::testing::spawn({bin, "eval", (dir_ / "mix").string()}, {}, log("eval", 0));
+  ASSERT_EQ(bitqat::testing::wait_for(ev, 120), 0) << bitqat::testing::slurp(log("eval", 0));
+  EXPECT_NE(bitqat::testing::slurp(log("eval", 0)).find("step 4"), std::string::npos)
+      << bitqat::testing::slurp(log("eval", 0));
+  const pid_t ex = bitqat::testing::spawn(
+      {bin, "export", (dir_ / "mix").string(), "--format", "packed", "--out", (dir_ / "packed").string()}, {},
+      log("export", 0));
+  ASSERT_EQ(bitqat::testing::wait_for(ex, 120), 0) << bitqat::testing::slurp(log("export", 0));
+  EXPECT_TRUE(fs::exists(dir_ / "packed" / "manifest.json"));
+
+  run(1, 8, "none", true, "res");
+  EXPECT_TRUE(fs::exists(ckdir / "step_00000006" / "optimizer.safetensors"));
+  const auto a = losses("one");
+  const auto b = losses("mix");
+  ASSERT_EQ(a.size(), static_cast<size_t>(steps));
+  ASSERT_EQ(b.size(), a.size());
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
+}
+
 // Killing one rank makes the other exit non-zero with a message naming the failed collective, well
 // within dist.timeout_s; a rank that hangs (stopped) is detected by the timeout.
 TEST_F(DataParallelRun, DeadOrHungRankStopsTheOthers) {
