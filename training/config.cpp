@@ -248,6 +248,19 @@ void check_across(const Config& c) {
     throw core::ConfigError(fmt::format("{} is beyond train.steps = {}: the average would never start",
                                         c.train.ema.node.describe("start_step"), c.train.steps));
   }
+  if (c.distill.enabled && !c.distill.hidden.layers.empty() && c.dist.shard == ShardMode::kParameters) {
+    throw core::ConfigError(fmt::format(
+        "{} = parameters with distill.hidden: a matched block's output is read outside the block, so its graph "
+        "would keep the weights that sharded parameters release after each block; use dist.shard: gradients, or "
+        "logit distillation alone",
+        c.root.child("dist").where("shard")));
+  }
+  if (c.train.ema.enabled && c.dist.shard == ShardMode::kParameters) {
+    throw core::ConfigError(fmt::format(
+        "{} = parameters with train.ema: the average is kept of whole weights on every rank, which sharded "
+        "parameters do not hold; use dist.shard: gradients (or optimizer), or drop train.ema",
+        c.root.child("dist").where("shard")));
+  }
   validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
   validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
   validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);

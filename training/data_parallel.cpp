@@ -4,12 +4,18 @@
 #include <fmt/format.h>
 
 #include <map>
+#include <regex>
+#include <spdlog/spdlog.h>
+#include <stdexcept>
 
+#include "bitlinear/bit_linear.hpp"
+#include "bitlinear/quantizers.hpp"
 #include "core/error.hpp"
 #include "core/enum_name.hpp"
 #include "models/state_dict.hpp"
 #include "training/grad_sync.hpp"
 #include "training/shard_layout.hpp"
+#include "training/ternary_gather.hpp"
 
 namespace bitqat::training {
 namespace {
@@ -129,7 +135,15 @@ class Replicated final : public DataParallel {
   DistConfig cfg_;
 };
 
-// ---- dist.shard optimizer | gradients -----------------------------------------------------------
+// ---- dist.shard optimizer | gradients | parameters ----------------------------------------------
+
+// The transformer block a parameter belongs to ("layers.3.attn.q.weight" -> 3, a DiT's "blocks.3...."),
+// or -1 for the rest (embeddings, final norm, output head, ...).
+int64_t block_of(const std::string& name) {
+  static const std::regex re("^(layers|blocks)\\.([0-9]+)\\..*");
+  std::smatch m;
+  return std::regex_match(name, m, re) ? std::stoll(m[2].str()) : -1;
+}
 
 class Sharded final : public DataParallel {
  public:
@@ -138,8 +152,6 @@ class Sharded final : public DataParallel {
       : dist_(dist),
         mode_(cfg.shard),
         bucket_bytes_(static_cast<int64_t>(cfg.bucket_mb * 1024 * 1024)),
-        sync_(dist, model, bucket_bytes_, cfg.overlap,
-              cfg.shard == ShardMode::kOptimizer ? Collective::kAllReduce : Collective::kReduceScatter),
         named_(named) {
     world_ = dist_.active() ? dist_.world() : 1;
     rank_ = dist_.active() ? dist_.rank() : 0;
@@ -150,14 +162,46 @@ class Sharded final : public DataParallel {
             core::name_of(kShardModeNames, mode_), name, c10::toString(p.scalar_type())));
       }
     }
-    layout_ = make_shard_layout(named_, world_, bucket_bytes_);
+    if (mode_ == ShardMode::kParameters) {
+      // One bucket per transformer block, in the order the backward pass finishes them (the last block
+      // first), then the rest: a block's weights are gathered, and its gradients reduce-scattered, together.
+      std::map<int64_t, std::vector<size_t>, std::greater<>> blocks;
+      std::vector<size_t> rest;
+      for (size_t k = 0; k < named_.size(); ++k) {
+        const int64_t b = block_of(named_[k].first);
+        if (b < 0) {
+          rest.push_back(k);
+        } else {
+          blocks[b].push_back(k);
+        }
+      }
+      std::vector<std::vector<size_t>> groups;
+      for (auto& [b, idx] : blocks) {
+        unit_of_block_[b] = groups.size();
+        groups.push_back(idx);
+      }
+      if (!rest.empty()) {
+        outer_ = static_cast<int64_t>(groups.size());
+        groups.push_back(rest);
+      }
+      layout_ = make_shard_layout(named_, world_, groups);
+      sync_ = std::make_unique<GradSync>(dist, model, bucket_bytes_, cfg.overlap, Collective::kReduceScatter, &layout_);
+    } else {
+      sync_ = std::make_unique<GradSync>(
+          dist, model, bucket_bytes_, cfg.overlap,
+          mode_ == ShardMode::kOptimizer ? Collective::kAllReduce : Collective::kReduceScatter);
+      layout_ = make_shard_layout(named_, world_, bucket_bytes_);
+    }
+    if (mode_ != ShardMode::kOptimizer && sync_->layout().shard_numel != layout_.shard_numel) {
+      throw std::logic_error("Sharded: the gradient and parameter layouts differ");
+    }
     std::vector<std::pair<std::string, at::Tensor>> masters;
     std::vector<bool> decay;
     for (size_t b = 0; b < layout_.buckets.size(); ++b) {
       const auto& lb = layout_.buckets[b];
       const auto opts = named_[lb.params.front()].second.options().requires_grad(false);
       master_.push_back(at::zeros({lb.chunk}, opts));
-      grad_.push_back(mode_ == ShardMode::kGradients ? sync_.shard_grads()[b] : at::zeros({lb.chunk}, opts));
+      grad_.push_back(mode_ == ShardMode::kOptimizer ? at::zeros({lb.chunk}, opts) : sync_->shard_grads()[b]);
     }
     master_view_.resize(layout_.params.size());
     grad_view_.resize(layout_.params.size());
@@ -170,24 +214,50 @@ class Sharded final : public DataParallel {
       decay.push_back(!AdamW::no_decay(lp.name, named_[k].second));
     }
     opt_ = std::make_unique<AdamW>(masters, adamw, decay);
+    units_.resize(layout_.buckets.size());
+    codes_.resize(layout_.params.size());
+    if (mode_ == ShardMode::kParameters) {
+      // The BitLinear whose latent weight each parameter is (for 2-bit gathers).
+      std::map<std::string, bitlinear::BitLinearImpl*> layers;
+      for (const auto& item : model.named_modules()) {
+        if (auto* l = dynamic_cast<bitlinear::BitLinearImpl*>(item.value().get())) {
+          layers[item.key().empty() ? "weight" : item.key() + ".weight"] = l;
+        }
+      }
+      for (size_t k = 0; k < named_.size(); ++k) {
+        if (const auto it = layers.find(named_[k].first); it != layers.end()) codes_[k].layer = it->second;
+      }
+    }
   }
 
   void broadcast_parameters() override {
-    sync_.broadcast_parameters();
+    sync_->broadcast_parameters();
     // Every rank now holds rank 0's parameters: its masters are its chunks of them.
     at::NoGradGuard no_grad;
     for (size_t k = 0; k < layout_.params.size(); ++k) {
       master_view_[k].copy_(take_chunk(named_[k].second.detach(), layout_.params[k], rank_));
     }
+    if (mode_ == ShardMode::kParameters) {
+      for (size_t u = 0; u < units_.size(); ++u) units_[u].live = true;
+      release_all();
+    }
   }
-  void broadcast_buffers() override { sync_.broadcast_buffers(); }
-  void begin_step() override { sync_.prepare(); }
-  void begin_micro(bool last) override { sync_.set_sync(last); }
+  void broadcast_buffers() override { sync_->broadcast_buffers(); }
+  void begin_step() override {
+    sync_->prepare();
+    if (mode_ == ShardMode::kParameters) plan_codes();
+    if (outer_ >= 0) gather(static_cast<size_t>(outer_));
+  }
+  void begin_micro(bool last) override { sync_->set_sync(last); }
   void end_micro(bool last) override {
-    if (!last) sync_.end_micro_step();
+    if (!last) sync_->end_micro_step();
   }
   void finish_backward() override {
-    sync_.finish();
+    sync_->finish();
+    if (mode_ == ShardMode::kParameters) {
+      release_all();
+      return;
+    }
     if (mode_ != ShardMode::kOptimizer) return;
     // ZeRO-1: the averaged gradients are whole on every rank; keep this rank's chunks.
     at::NoGradGuard no_grad;
@@ -208,7 +278,9 @@ class Sharded final : public DataParallel {
 
   void step(double lr, double weight_decay, const at::Tensor& skipped) override {
     opt_->step(lr, weight_decay, skipped);
-    // The updated masters to every rank, bucket by bucket, two on the wire at a time.
+    // Sharded parameters are gathered where they are used next; the others are whole on every rank:
+    // the updated masters go to every rank, bucket by bucket, two on the wire at a time.
+    if (mode_ == ShardMode::kParameters) return;
     at::NoGradGuard no_grad;
     const size_t n = layout_.buckets.size();
     std::vector<at::Tensor> wire(n);
@@ -241,6 +313,54 @@ class Sharded final : public DataParallel {
     }
   }
 
+  void gather_all() override {
+    if (mode_ != ShardMode::kParameters) return;
+    // The exact latent weights (checkpoints, evaluation): float32, whatever the step sent. The masters
+    // may have moved since the step's scales were taken; the next step takes new ones.
+    for (auto& c : codes_) c.active = false;
+    for (size_t u = 0; u < units_.size(); ++u) prefetch(u);
+    for (size_t u = 0; u < units_.size(); ++u) gather(u);
+  }
+  void release_all() override {
+    if (mode_ != ShardMode::kParameters) return;
+    for (size_t u = 0; u < units_.size(); ++u) {
+      auto& unit = units_[u];
+      if (unit.pending) {  // a prefetch nobody used: finish it, drop it (the masters may change before use)
+        for (auto& op : unit.ops) op.wait();
+        unit.wire.clear();
+        unit.sent.clear();
+        unit.pending = false;
+      }
+      release(u);
+    }
+  }
+  void on_block(BlockEvent event, size_t block) override {
+    if (mode_ != ShardMode::kParameters) return;
+    const auto it = unit_of_block_.find(static_cast<int64_t>(block));
+    if (it == unit_of_block_.end()) return;  // a block without trainable parameters
+    const size_t u = it->second;
+    switch (event) {
+      case BlockEvent::kBeforeForward:
+        gather(u);
+        if (const auto next = unit_of_block_.find(static_cast<int64_t>(block) + 1); next != unit_of_block_.end()) {
+          prefetch(next->second);
+        }
+        break;
+      case BlockEvent::kBeforeBackward:
+        gather(u);
+        if (block > 0) {
+          if (const auto prev = unit_of_block_.find(static_cast<int64_t>(block) - 1); prev != unit_of_block_.end()) {
+            prefetch(prev->second);
+          }
+        }
+        break;
+      case BlockEvent::kAfterForward:
+      case BlockEvent::kAfterBackward:
+        release(u);
+        break;
+    }
+  }
+
   std::vector<std::pair<std::string, at::Tensor>> optimizer_state() const override { return opt_->state_tensors(); }
 
   void load_optimizer_state(const checkpoints::CheckpointData& ck, const std::string& dir) override {
@@ -257,27 +377,163 @@ class Sharded final : public DataParallel {
   }
 
   std::string describe() const override {
+    const int stage = mode_ == ShardMode::kOptimizer ? 1 : mode_ == ShardMode::kGradients ? 2 : 3;
     return fmt::format(
         "sharded data parallel (dist.shard {}, ZeRO-{}): {} ranks, each updating {} of {} parameter elements (padding "
-        "{}), {} buckets; gradients {}, updated parameters all-gathered",
-        core::name_of(kShardModeNames, mode_), mode_ == ShardMode::kOptimizer ? 1 : 2, world_, layout_.shard_numel,
-        layout_.numel, layout_.padding(), layout_.buckets.size(),
-        mode_ == ShardMode::kOptimizer ? "all-reduced" : "reduce-scattered during the backward pass");
+        "{}), {} buckets; gradients {}; {}",
+        core::name_of(kShardModeNames, mode_), stage, world_, layout_.shard_numel, layout_.numel, layout_.padding(),
+        layout_.buckets.size(), mode_ == ShardMode::kOptimizer ? "all-reduced" : "reduce-scattered during the backward pass",
+        mode_ == ShardMode::kParameters
+            ? fmt::format("each of {} blocks' weights gathered before its forward and its recomputed backward, then "
+                          "released",
+                          unit_of_block_.size())
+            : "updated parameters all-gathered");
   }
-  double wait_seconds() const override { return sync_.wait_seconds(); }
-  int64_t synced_steps() const override { return sync_.synced_steps(); }
+  double wait_seconds() const override { return sync_->wait_seconds(); }
+  int64_t synced_steps() const override { return sync_->synced_steps(); }
 
  private:
+  // A bucket of sharded parameters as whole tensors: all-gathered one tensor at a time (each tensor's
+  // gathered buffer becomes its data, no copy), released by giving the parameters empty data.
+  // Which parameters travel as 2-bit codes in this step, and their global scales.
+  struct Codes {
+    bitlinear::BitLinearImpl* layer = nullptr;  // the layer whose latent weight this is, if any
+    bool active = false;                        // this step: codes (else float32)
+    FlatGroups groups;
+    at::Tensor gamma;  // float [groups.count]
+    double eps = 0.0;
+  };
+
+  // At the start of a step: a BitLinear's ternary weight at lambda_w = 1 with the identity estimator
+  // travels as codes. Its scales come from one all-reduce of every such layer's partial |W| sums. The
+  // rebuilt weight needs gamma >= eps in every group (it then quantizes to the sent codes); a layer
+  // below that, a ragged grouping, or anything else travels in float32. Every input here is the same on
+  // every rank (the config, the step's lambda, the all-reduced sums), so the ranks agree.
+  void plan_codes() {
+    if (!first_step_logged_ && step_float_bytes_ + step_code_bytes_ > 0 && dist_.is_main()) {
+      spdlog::info("dist.shard parameters: a step gathered {:.2f} MiB of 2-bit codes and {:.2f} MiB of float32",
+                   static_cast<double>(step_code_bytes_) / (1 << 20), static_cast<double>(step_float_bytes_) / (1 << 20));
+      first_step_logged_ = true;
+    }
+    step_code_bytes_ = step_float_bytes_ = 0;
+    std::vector<size_t> candidates;
+    std::vector<at::Tensor> partial;
+    for (size_t k = 0; k < codes_.size(); ++k) {
+      auto& c = codes_[k];
+      c.active = false;
+      if (!c.layer) continue;
+      const auto& spec = c.layer->options.quant.weight;
+      if (c.layer->lambda_w() != 1.0 || spec.type != bitlinear::WeightQuant::kTernary ||
+          spec.estimator != bitlinear::Estimator::kIdentity) {
+        continue;
+      }
+      const auto& lp = layout_.params[k];
+      if (lp.shape.size() != 2) continue;
+      const auto sg = bitlinear::scale_grouping(spec, lp.shape);
+      c.groups = flat_groups(lp.numel, lp.shape[1], sg.group, sg.per_tensor);
+      if (!c.groups.ok) continue;
+      c.eps = spec.eps;
+      candidates.push_back(k);
+      partial.push_back(partial_abs_sums(master_view_[k], lp.begin(rank_), lp.end(rank_), c.groups));
+    }
+    if (candidates.empty()) return;
+    at::Tensor sums = at::cat(partial);
+    dist_.all_reduce_sum_(sums, "all-reduce of the ternary layers' partial |W| sums");
+    int64_t off = 0;
+    for (const size_t k : candidates) {
+      auto& c = codes_[k];
+      const auto gamma = sums.narrow(0, off, c.groups.count) / static_cast<double>(c.groups.group);
+      off += c.groups.count;
+      if (gamma.min().item<double>() < c.eps) continue;
+      c.gamma = gamma.to(at::kFloat).to(master_view_[k].device());
+      c.active = true;
+    }
+  }
+
+  struct Unit {
+    std::vector<at::Tensor> sent;  // per parameter of the bucket: what this rank sends
+    std::vector<at::Tensor> wire;  // per parameter of the bucket: [world * chunk] (or its codes)
+    std::vector<PendingOp> ops;
+    bool pending = false, live = false;
+  };
+
+  void prefetch(size_t u) {
+    auto& unit = units_[u];
+    if (unit.pending || unit.live) return;
+    const auto& lb = layout_.buckets[u];
+    unit.wire.assign(lb.params.size(), at::Tensor());
+    unit.ops.clear();
+    unit.ops.resize(lb.params.size());
+    unit.sent.assign(lb.params.size(), at::Tensor());
+    for (size_t j = 0; j < lb.params.size(); ++j) {
+      const size_t k = lb.params[j];
+      const auto& lp = layout_.params[k];
+      const auto& c = codes_[k];
+      if (c.active) {
+        // 2 bits per weight: this rank's codes under the global scales.
+        unit.sent[j] = pack_ternary_chunk(master_view_[k], lp.begin(rank_), lp.end(rank_), c.groups, c.gamma, c.eps);
+        unit.wire[j] = at::empty({world_ * unit.sent[j].numel()}, unit.sent[j].options());
+        step_code_bytes_ += unit.wire[j].numel();
+      } else {
+        unit.sent[j] = master_view_[k];
+        unit.wire[j] = at::empty({world_ * lp.chunk}, master_[u].options());
+        step_float_bytes_ += unit.wire[j].numel() * 4;
+      }
+      unit.ops[j] = dist_.all_gather_async(
+          unit.wire[j], unit.sent[j],
+          fmt::format("all-gather of parameter {} ({} elements{})", lp.name, lp.numel, c.active ? ", 2-bit codes" : ""));
+    }
+    unit.pending = true;
+  }
+
+  void gather(size_t u) {
+    auto& unit = units_[u];
+    if (unit.live) return;
+    prefetch(u);
+    const auto& lb = layout_.buckets[u];
+    at::NoGradGuard no_grad;
+    for (size_t j = 0; j < lb.params.size(); ++j) {
+      unit.ops[j].wait();
+      const size_t k = lb.params[j];
+      const auto& lp = layout_.params[k];
+      const auto& c = codes_[k];
+      named_[k].second.set_data(c.active ? unpack_ternary(unit.wire[j], lp.numel, c.groups, c.gamma).view(lp.shape)
+                                         : unit.wire[j].narrow(0, 0, lp.numel).view(lp.shape));
+    }
+    unit.wire.clear();
+    unit.sent.clear();
+    unit.pending = false;
+    unit.live = true;
+  }
+
+  void release(size_t u) {
+    auto& unit = units_[u];
+    if (!unit.live) return;
+    for (const size_t k : layout_.buckets[u].params) {
+      auto& p = named_[k].second;
+      p.set_data(at::empty({0}, p.options().requires_grad(false)));
+    }
+    unit.live = false;
+  }
+
   DistContext& dist_;
   ShardMode mode_;
   int64_t bucket_bytes_;
-  GradSync sync_;
   std::vector<std::pair<std::string, at::Tensor>> named_;
+  std::unique_ptr<GradSync> sync_;
   int world_ = 1, rank_ = 0;
   ShardLayout layout_;
   std::vector<at::Tensor> master_, grad_;            // per bucket: this rank's row, [chunk]
   std::vector<at::Tensor> master_view_, grad_view_;  // per parameter: views of them
   std::unique_ptr<AdamW> opt_;
+  // dist.shard parameters: the bucket of each block, the bucket of the rest (-1: none), and whether
+  // each bucket's parameters are whole now.
+  std::map<int64_t, size_t> unit_of_block_;
+  int64_t outer_ = -1;
+  std::vector<Unit> units_;
+  std::vector<Codes> codes_;  // per parameter
+  int64_t step_code_bytes_ = 0, step_float_bytes_ = 0;  // gathered in the current step
+  bool first_step_logged_ = false;
 };
 
 }  // namespace
@@ -325,11 +581,10 @@ std::unique_ptr<DataParallel> make_data_parallel(DistContext& dist, torch::nn::M
       return std::make_unique<Replicated>(dist, model, named, cfg, adamw);
     case ShardMode::kOptimizer:
     case ShardMode::kGradients:
-      return std::make_unique<Sharded>(dist, model, named, cfg, adamw);
     case ShardMode::kParameters:
-      break;
+      return std::make_unique<Sharded>(dist, model, named, cfg, adamw);
   }
-  throw core::UserError("dist.shard parameters is not available in this build");
+  throw std::logic_error("make_data_parallel: unknown dist.shard");
 }
 
 }  // namespace bitqat::training

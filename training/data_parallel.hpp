@@ -6,7 +6,13 @@
 //                          (training/shard_layout.hpp), updates that shard only, then all-gathers the
 //                          updated parameters;
 //   dist.shard gradients   ZeRO-2: gradients reduce-scattered bucket by bucket during the backward pass,
-//                          each rank keeping only its gradient shard; the update as for optimizer.
+//                          each rank keeping only its gradient shard; the update as for optimizer;
+//   dist.shard parameters  ZeRO-3: also the weights: a rank keeps the fp32 master of its shard only; a
+//                          transformer block's weights are all-gathered (fp32) before its forward and
+//                          again before its recomputed backward (the block is run through the recompute
+//                          wrapper), prefetching the next block's, and released after each; the rest of
+//                          the model (embeddings, final norm, head) is gathered for the whole step.
+//                          One bucket per block: its gradients are reduce-scattered together.
 // (ZeRO: Rajbhandari et al. 2020; llm.c's zero.cuh and torchtitan's distributed/ keep theirs in one place
 // too.) A new mode is one more implementation of DataParallel, chosen in make_data_parallel.
 //
@@ -32,6 +38,9 @@
 #include "training/optimizer.hpp"
 
 namespace bitqat::training {
+
+// Where a transformer block's pass is (the recompute wrapper of models/ reports them).
+enum class BlockEvent { kBeforeForward, kAfterForward, kBeforeBackward, kAfterBackward };
 
 class DataParallel {
  public:
@@ -59,6 +68,14 @@ class DataParallel {
   // `skipped`: float32 scalar on the device, 1 leaves everything as it was (AdamW::step).
   virtual void step(double lr, double weight_decay, const at::Tensor& skipped) = 0;
   virtual void zero_grad() = 0;
+
+  // dist.shard parameters: every parameter whole (for evaluation and checkpoints; every rank must call
+  // it), and released again. No-ops for the other modes.
+  virtual void gather_all() {}
+  virtual void release_all() {}
+  // dist.shard parameters: block `block`'s weights gathered before its forward and its recomputed
+  // backward (and the neighbour's prefetched), released after each.
+  virtual void on_block(BlockEvent /*event*/, size_t /*block*/) {}
 
   // Checkpoints. Unsharded: the whole state (optimizer.safetensors, written by rank 0). Sharded:
   // this rank's shard (its optimizer-rankR-of-W.safetensors), tensors named as the whole state's.

@@ -48,7 +48,7 @@ std::vector<std::vector<size_t>> plan_buckets(const std::vector<at::Tensor>& par
 }
 
 GradSync::GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_bytes, bool overlap,
-                   Collective collective)
+                   Collective collective, const ShardLayout* layout)
     : dist_(dist), overlap_(overlap), collective_(collective) {
   for (const auto& item : model.named_parameters(true)) {
     if (!item.value().requires_grad()) continue;
@@ -75,7 +75,10 @@ GradSync::GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_b
       }
       named.emplace_back(names_[k], params_[k]);
     }
-    layout_ = make_shard_layout(named, dist_.active() ? dist_.world() : 1, bucket_bytes);
+    layout_ = layout ? *layout : make_shard_layout(named, dist_.active() ? dist_.world() : 1, bucket_bytes);
+    if (layout_.params.size() != named.size()) {
+      throw std::logic_error("GradSync: the shard layout is not of this model's trainable parameters");
+    }
     for (const auto& lb : layout_.buckets) {
       Bucket bk;
       for (const size_t k : lb.params) {

@@ -39,8 +39,10 @@ class GradSync {
   // Registers a hook on every trainable parameter of `model` (only when `dist` has a process group;
   // always with kReduceScatter, whose shards exist for one rank too).
   // overlap = false starts all buckets after the backward pass instead (for measuring the overlap).
+  // kReduceScatter takes `layout` when given (its parameters those of `model`, in order), else makes
+  // one with buckets of bucket_bytes.
   GradSync(DistContext& dist, torch::nn::Module& model, int64_t bucket_bytes, bool overlap,
-           Collective collective = Collective::kAllReduce);
+           Collective collective = Collective::kAllReduce, const ShardLayout* layout = nullptr);
   ~GradSync();
   GradSync(const GradSync&) = delete;
   GradSync& operator=(const GradSync&) = delete;

@@ -16,14 +16,13 @@ int64_t shard_chunk(int64_t numel, int world) {
   return (per + kShardAlign - 1) / kShardAlign * kShardAlign;
 }
 
-ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
-                              int64_t bucket_bytes) {
+namespace {
+
+// Parameters and their chunks, no buckets yet.
+ShardLayout layout_params(const std::vector<std::pair<std::string, at::Tensor>>& params, int world) {
   if (world < 1) throw std::invalid_argument("make_shard_layout: world < 1");
-  if (bucket_bytes < 1) throw std::invalid_argument("make_shard_layout: bucket_bytes < 1");
   ShardLayout l;
   l.world = world;
-  // Bucket on the wire sizes (world * chunk float32 elements): a stand-in tensor per parameter.
-  std::vector<at::Tensor> wire;
   for (size_t i = 0; i < params.size(); ++i) {
     const auto& [name, t] = params[i];
     ShardedParam p;
@@ -33,13 +32,20 @@ ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tenso
     p.chunk = shard_chunk(p.numel, world);
     p.index = static_cast<int64_t>(i);
     l.numel += p.numel;
-    wire.push_back(at::empty({p.chunk * world}, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
     l.params.push_back(std::move(p));
   }
-  for (auto& idx : plan_buckets(wire, bucket_bytes)) {
+  return l;
+}
+
+void add_buckets(ShardLayout& l, const std::vector<std::vector<size_t>>& groups) {
+  std::vector<int> seen(l.params.size(), 0);
+  for (const auto& idx : groups) {
     ShardBucket b;
     b.shard_offset = l.shard_numel;
     for (const size_t k : idx) {
+      if (k >= l.params.size() || seen[k]++) {
+        throw std::invalid_argument("make_shard_layout: a parameter index is out of range or repeated");
+      }
       auto& p = l.params[k];
       p.bucket = l.buckets.size();
       p.offset = b.chunk;
@@ -49,6 +55,30 @@ ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tenso
     l.shard_numel += b.chunk;
     l.buckets.push_back(std::move(b));
   }
+  for (const int n : seen) {
+    if (n == 0) throw std::invalid_argument("make_shard_layout: a parameter is in no bucket");
+  }
+}
+
+}  // namespace
+
+ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
+                              int64_t bucket_bytes) {
+  if (bucket_bytes < 1) throw std::invalid_argument("make_shard_layout: bucket_bytes < 1");
+  ShardLayout l = layout_params(params, world);
+  // Buckets by their float32 wire size (world * chunk elements): a stand-in tensor per parameter.
+  std::vector<at::Tensor> wire;
+  for (const auto& p : l.params) {
+    wire.push_back(at::empty({p.chunk * world}, at::TensorOptions().dtype(at::kFloat).device(at::kMeta)));
+  }
+  add_buckets(l, plan_buckets(wire, bucket_bytes));
+  return l;
+}
+
+ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
+                              const std::vector<std::vector<size_t>>& groups) {
+  ShardLayout l = layout_params(params, world);
+  add_buckets(l, groups);
   return l;
 }
 

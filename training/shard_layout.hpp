@@ -66,6 +66,12 @@ int64_t shard_chunk(int64_t numel, int world);
 ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
                               int64_t bucket_bytes);
 
+// The same with the buckets given: `groups` lists indices into `params` per bucket, in collective
+// order, each parameter exactly once (sharded parameters gather and release a transformer block's
+// weights together). Throws std::invalid_argument when a parameter is missing or repeated.
+ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
+                              const std::vector<std::vector<size_t>>& groups);
+
 // Rank `rank`'s chunk of a flat tensor of p.numel elements ([chunk], zeros past the end).
 at::Tensor take_chunk(const at::Tensor& flat, const ShardedParam& p, int rank);
 // The flat tensor [numel] from the concatenated chunks of all ranks ([world * chunk]).

@@ -609,6 +609,8 @@ std::vector<checkpoints::ShardFile> write_optimizer_shards(Run& r, int64_t done)
 }
 
 void checkpoint(Run& r, int64_t done) {
+  // dist.shard parameters: the whole weights for model.safetensors (and the fingerprint), released after.
+  r.dp->gather_all();
   // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
   // buffers were updated from each rank's own share in this step: take rank 0's, as the next step
   // would).
@@ -646,6 +648,7 @@ void checkpoint(Run& r, int64_t done) {
     spdlog::info("checkpoint {}", checkpoints::write_checkpoint(r.ckpt_dir, ck, r.cfg.checkpoint.keep_last));
   }
   r.dist.barrier("barrier after writing checkpoint");
+  r.dp->release_all();
 }
 
 }  // namespace
@@ -669,7 +672,9 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   if (cfg.train.eval_at_start && r.start_step == 0) {
     // The starting point at step 0's lambdas: with a ramp from 0, the full-precision source itself.
     bitlinear::set_quant_lambdas(r.task->module(), r.sched.lambda_w->at(0), r.sched.lambda_a->at(0));
+    r.dp->gather_all();  // dist.shard parameters: the whole model, on every rank
     evaluate(r, 0);
+    r.dp->release_all();
   }
   ProgressBar bar(steps, r.main() && core::stdout_is_terminal());
   StepLog log(r);
@@ -694,7 +699,9 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     bar.update(done, result.last_loss);
     if (eval_due) {
       bar.finish();
+      r.dp->gather_all();
       if (const auto v = evaluate(r, done)) result.last_val_loss = v;
+      r.dp->release_all();
     }
     if (ckpt_due) checkpoint(r, done);
     if (options.after_step) options.after_step(done);
