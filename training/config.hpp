@@ -92,13 +92,23 @@ struct DeviceConfig {
   DeviceType type = DeviceType::kAuto;
   Precision precision = Precision::kAuto;
   int threads = 0;  // CPU intra-op threads; 0: LibTorch's default
+  double memory_gb = 0.0;  // memory of one device in GiB (bitqat plan, the trainer's check); 0: unset
 };
+
+// What data parallelism shards across ranks instead of replicating (ZeRO stages 1 to 3,
+// training/shard_layout.hpp): none, the optimizer state, also the gradients, also the parameters.
+enum class ShardMode { kNone, kOptimizer, kGradients, kParameters };
+inline constexpr std::array<core::EnumName<ShardMode>, 4> kShardModeNames = {{{ShardMode::kNone, "none"},
+                                                                              {ShardMode::kOptimizer, "optimizer"},
+                                                                              {ShardMode::kGradients, "gradients"},
+                                                                              {ShardMode::kParameters, "parameters"}}};
 
 struct DistConfig {
   Backend backend = Backend::kAuto;
   int timeout_s = 300;
   double bucket_mb = 25.0;
   bool overlap = true;
+  ShardMode shard = ShardMode::kNone;
 };
 
 // distill.hidden: matching the student's residual streams to the teacher's.
