@@ -39,6 +39,9 @@ const char* kUsageHead =
     "                       {summaries}\n"
     "  config [CONFIG.yaml] [--set key.path=value ...] | --reference\n"
     "                       the config as training would run it, every default filled in; or every key\n"
+    "  plan CONFIG.yaml [--world-size N] [--checkpointing none|full|every_n:N] [--set key.path=value ...]\n"
+    "                       memory per rank, term by term, for dist.shard and the world size; exits 2\n"
+    "                       when it exceeds the device (device.memory_gb, else the GPU's or the RAM)\n"
     "  version              print the version\n"
     "\n"
     "eval, generate, sample, quantize and export use a run's average of its weights (train.ema) when its\n"
@@ -327,6 +330,23 @@ Command parse_command_line(int argc, char** argv) {
   config->add_option("CONFIG", cmd.config.config, "a YAML config");
   add_sets(config, &cmd.config.sets, "override one config value (same checks as the file; repeatable)");
   config->add_flag("--reference", cmd.config.reference, "print the reference of every config key (Markdown)");
+
+  auto* plan = app.add_subcommand("plan", "memory per rank of a config, term by term");
+  plan->footer(
+      "Plans the memory one rank needs to train CONFIG with --world-size ranks: parameters, gradients,\n"
+      "optimizer state (by dist.shard), saved activations (train.batch_size x data.seq_len, with\n"
+      "--checkpointing), communication buffers, the largest transient, and what the forward keeps per\n"
+      "quantized weight. The model is built on the meta device (nothing allocated, no weights or data\n"
+      "read). Exits 2 when the total exceeds device.memory_gb, else the GPU's memory (device.type cuda),\n"
+      "else this machine's RAM. docs/distributed.md explains the terms.\n");
+  plan->add_option("CONFIG", cmd.plan.config, "a YAML config")->required();
+  plan->add_option("--world-size", cmd.plan.world_size, "data-parallel ranks")
+      ->check(integer_in(1, 1 << 20))
+      ->default_str("1");
+  plan->add_option("--checkpointing", cmd.plan.checkpointing,
+                   "activation checkpointing: none, full or every_n:N (blocks 0, N, 2N, ... recompute)")
+      ->default_str("none");
+  add_sets(plan, &cmd.plan.sets, "override one config value (same checks as the file; repeatable)");
 
   auto* version = app.add_subcommand("version", "print the version");
   version->add_flag("--cpu-capability", cmd.cpu_capability,

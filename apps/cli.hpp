@@ -21,6 +21,13 @@ struct ConfigArgs {
   bool reference = false;  // print the reference of every key instead
 };
 
+struct PlanArgs {
+  std::string config;
+  std::vector<std::string> sets;
+  int world_size = 1;
+  std::string checkpointing = "none";  // none | full | every_n:N (until the config has the key)
+};
+
 struct EvalArgs {
   std::string run_dir;
   bool json = false;
@@ -81,7 +88,7 @@ struct ExportArgs {
 };
 
 struct Command {
-  std::string name;  // train | eval | generate | sample | quantize | export | config | version; empty: help was printed
+  std::string name;  // train | eval | generate | sample | quantize | export | config | plan | version; empty: help was printed
   TrainArgs train;
   EvalArgs eval;
   GenerateArgs generate;
@@ -89,6 +96,7 @@ struct Command {
   QuantizeArgs quantize;
   ExportArgs export_;
   ConfigArgs config;
+  PlanArgs plan;
   bool cpu_capability = false;  // version --cpu-capability
 };
 

@@ -27,6 +27,7 @@
 #include "training/distributed.hpp"
 #include "training/gpu_status.hpp"
 #include "training/image_quality.hpp"
+#include "training/memory_plan.hpp"
 #include "training/quantize.hpp"
 #include "training/run_loader.hpp"
 #include "training/sampling.hpp"
@@ -317,6 +318,22 @@ int cmd_config(const ConfigArgs& a) {
   const auto cfg = a.config.empty() ? training::Config::load_string(kQuickstartYaml, "<built-in quickstart>", a.sets)
                                     : training::Config::load_file(a.config, a.sets);
   std::fputs(core::to_yaml_string(cfg.resolved()).c_str(), stdout);
+  return 0;
+}
+
+int cmd_plan(const PlanArgs& a) {
+  // Data files and init_from may be absent: the plan reads neither.
+  const auto cfg = training::Config::load_file(a.config, a.sets, /*check_files=*/false);
+  const auto checkpointing = training::parse_checkpointing(a.checkpointing);
+  const auto plan = training::memory_plan(cfg, a.world_size, checkpointing);
+  std::fputs(training::format_memory_plan(plan).c_str(), stdout);
+  const auto limit = training::memory_limit(cfg, training::plan_device(cfg));
+  if (limit.bytes > 0) {
+    std::printf("  %-24s%9.2f GiB %15lld bytes   %s\n", "limit", static_cast<double>(limit.bytes) / (1 << 30),
+                static_cast<long long>(limit.bytes), limit.source.c_str());
+  }
+  std::fflush(stdout);
+  training::check_memory_plan(plan, limit);
   return 0;
 }
 

@@ -12,5 +12,6 @@ int cmd_sample(const SampleArgs& args);
 int cmd_quantize(const QuantizeArgs& args);
 int cmd_export(const ExportArgs& args);
 int cmd_config(const ConfigArgs& args);
+int cmd_plan(const PlanArgs& args);
 
 }  // namespace bitqat::apps

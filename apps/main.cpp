@@ -1,4 +1,4 @@
-// The bitqat command line: train, eval, generate, sample, quantize, export, version (apps/cli.hpp parses,
+// The bitqat command line: train, eval, generate, sample, quantize, export, config, plan, version (apps/cli.hpp parses,
 // apps/commands.hpp runs). User errors print one clear line and exit 2, internal failures exit 1.
 #include <spdlog/spdlog.h>
 
@@ -29,7 +29,7 @@ int fail_now(int code) {
 }
 
 bool is_command(const std::string& s) {
-  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export", "config", "version"}) {
+  for (const char* c : {"train", "eval", "generate", "sample", "quantize", "export", "config", "plan", "version"}) {
     if (s == c) return true;
   }
   return false;
@@ -45,6 +45,7 @@ int run(const bitqat::apps::Command& c) {
   if (c.name == "sample") return cmd_sample(c.sample);
   if (c.name == "quantize") return cmd_quantize(c.quantize);
   if (c.name == "config") return cmd_config(c.config);
+  if (c.name == "plan") return cmd_plan(c.plan);
   return cmd_export(c.export_);
 }
 

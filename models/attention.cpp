@@ -103,7 +103,10 @@ struct CausalAttentionFn : torch::autograd::Function<CausalAttentionFn> {
 
 bool causal_attention_uses_cpu_kernels(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v) {
   if (!(cpu_float(q) && cpu_float(k) && cpu_float(v) && q.dim() == 4)) return false;
-  const int64_t T = q.size(1), d = q.size(3);
+  return causal_attention_cpu_kernels_for(q.size(1), q.size(3));
+}
+
+bool causal_attention_cpu_kernels_for(int64_t T, int64_t d) {
   // Where bench/attention_bench measured the kernels faster than ATen's (models/attention.hpp).
   return cpu::attention_kernel_supports(T, d) && ((T <= 512 && d <= 64) || T <= 128);
 }

@@ -27,6 +27,9 @@ at::Tensor causal_attention(const at::Tensor& q, const at::Tensor& k, const at::
 
 // Whether causal_attention takes the CPU kernels for these inputs (tests, benchmarks).
 bool causal_attention_uses_cpu_kernels(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v);
+// The shape half of that decision (CPU float32 inputs of length T and head size d): the memory plan
+// (training/memory_plan.hpp) counts what the node it picks saves.
+bool causal_attention_cpu_kernels_for(int64_t T, int64_t d);
 
 // The CPU kernels' node whatever the instruction set and shape policy (tests, benchmarks); throws
 // c10::Error for tensors other than CPU float32 or shapes outside attention_kernel_supports.

@@ -1,5 +1,6 @@
 #include "models/factory.hpp"
 
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <fmt/format.h>
 
 #include "core/error.hpp"
@@ -121,6 +122,38 @@ ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spe
     h.forward = [cnn](const at::Tensor& x) { return cnn->forward(x); };
   }
   return h;
+}
+
+namespace {
+// Meta in the thread's included dispatch keys, and the thread's key sets exactly as they were
+// afterwards. (c10's IncludeDispatchKeyGuard cannot be used: its set difference keeps backend bits,
+// so the Meta bit would stay included and later CPU factory calls would still make meta tensors.)
+class MetaConstruction {
+ public:
+  MetaConstruction() : saved_(c10::impl::tls_local_dispatch_key_set()) {
+    c10::impl::tls_set_dispatch_key_included(c10::DispatchKey::Meta, true);
+  }
+  ~MetaConstruction() { c10::impl::_force_tls_local_dispatch_key_set(saved_); }
+  MetaConstruction(const MetaConstruction&) = delete;
+  MetaConstruction& operator=(const MetaConstruction&) = delete;
+
+ private:
+  c10::impl::LocalDispatchKeySet saved_;
+};
+}  // namespace
+
+ModelHandle make_meta_model(const ModelConfig& model, const bitlinear::QuantSpec& spec,
+                            const std::vector<std::string>& include, const std::vector<std::string>& exclude,
+                            int64_t data_vocab) {
+  // The modules allocate on the CPU (at::empty, torch::nn's own constructors) and initialise in place.
+  // With Meta among the included dispatch keys every factory call dispatches to the meta kernels (Meta
+  // is the highest backend bit), so the tensors are meta tensors and every initialiser a no-op;
+  // constructors that read values would fail here, and none does.
+  // A DiT's constructor computes its sin-cos position table from values, which meta tensors do not
+  // have: a DiT is built on the CPU (the DiTs here have a few million parameters).
+  if (model.kind == ModelKind::kDiT) return make_model(model, spec, include, exclude, data_vocab);
+  MetaConstruction meta;
+  return make_model(model, spec, include, exclude, data_vocab);
 }
 
 }  // namespace bitqat::models

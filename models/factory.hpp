@@ -66,4 +66,12 @@ ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spe
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                        int64_t data_vocab);
 
+// The same model with every tensor on the meta device: names, shapes, dtypes and requires_grad as
+// make_model's, no memory and no initialisation (what `bitqat plan` counts; an 8B model builds in
+// well under a second). Its forward cannot compute values. A dit is the exception: its constructor
+// computes a table, so it is built on the CPU as make_model builds it.
+ModelHandle make_meta_model(const ModelConfig& model, const bitlinear::QuantSpec& spec,
+                            const std::vector<std::string>& include, const std::vector<std::string>& exclude,
+                            int64_t data_vocab);
+
 }  // namespace bitqat::models

@@ -111,6 +111,10 @@ const core::Schema<DeviceConfig>& device_schema() {
       core::key("type", &C::type, "where to train; auto: a GPU when one is visible").choices(kDeviceTypeNames),
       core::key("precision", &C::precision, "auto: bf16 autocast on a GPU, fp32 on the CPU").choices(kPrecisionNames),
       core::key("threads", &C::threads, "CPU intra-op threads; 0: LibTorch's default").range(0, 1024),
+      core::key("memory_gb", &C::memory_gb,
+                "memory of one device in GiB that bitqat plan and the trainer check a config against; 0: the "
+                "GPU's, or the machine's RAM on the CPU")
+          .range(0.0, 1e6),
   });
   return s;
 }
@@ -120,13 +124,13 @@ const core::Schema<DistConfig>& dist_schema() {
   static const core::Schema<DistConfig> s({
       core::key("backend", &C::backend, "the c10d process group; auto: NCCL on GPUs, Gloo on the CPU")
           .choices(kBackendNames),
-      core::key("shard", &C::shard,
-                "what ranks split: none (each holds everything), optimizer (AdamW moments and fp32 masters: ZeRO-1), "
-                "gradients (also the gradients: ZeRO-2), parameters (also the weights: ZeRO-3)")
-          .choices(kShardModeNames),
       core::key("timeout_s", &C::timeout_s, "seconds a collective may wait before the run fails").range(1, 86400),
       core::key("bucket_mb", &C::bucket_mb, "gradient bucket size for the all-reduce, MiB").range(0.001, 4096.0),
       core::key("overlap", &C::overlap, "all-reduce each bucket while the backward pass goes on"),
+      core::key("shard", &C::shard,
+                "what ranks shard instead of replicating (ZeRO stages 1-3): none, optimizer (the AdamW state), "
+                "gradients (also the gradients), parameters (also the weights)")
+          .choices(kShardModeNames),
   });
   return s;
 }

@@ -92,6 +92,7 @@ struct DeviceConfig {
   DeviceType type = DeviceType::kAuto;
   Precision precision = Precision::kAuto;
   int threads = 0;  // CPU intra-op threads; 0: LibTorch's default
+  double memory_gb = 0.0;  // memory of one device in GiB (bitqat plan, the trainer's check); 0: unset
 };
 
 // dist.shard: what data parallelism splits across ranks (ZeRO stages 1, 2, 3; docs/distributed.md).
@@ -103,10 +104,10 @@ inline constexpr std::array<core::EnumName<ShardMode>, 4> kShardModeNames = {{{S
 
 struct DistConfig {
   Backend backend = Backend::kAuto;
-  ShardMode shard = ShardMode::kNone;
   int timeout_s = 300;
   double bucket_mb = 25.0;
   bool overlap = true;
+  ShardMode shard = ShardMode::kNone;
 };
 
 // distill.hidden: matching the student's residual streams to the teacher's.

@@ -31,6 +31,7 @@
 #include "training/ema.hpp"
 #include "training/gpu_status.hpp"
 #include "training/data_parallel.hpp"
+#include "training/memory_plan.hpp"
 #include "training/metrics.hpp"
 #include "training/optimizer.hpp"
 #include "training/run_state.hpp"
@@ -217,30 +218,11 @@ void resume_from(Run& r, const std::string& latest) {
   }
 }
 
-// A micro-batch whose logits alone cannot fit in the device's memory is a config error, found before
-// anything is allocated (a lower bound: B x T x vocab float32 logits and as many gradients).
-void check_batch_fits(const Config& cfg, const at::Device& device) {
-  const auto& data = cfg.data;
-  if (data.data_kind() != data::DataKind::kTokens) return;
-  const double tokens = static_cast<double>(cfg.train.batch_size) * static_cast<double>(data.seq_len);
-  const double logits_bytes = 2.0 * tokens * static_cast<double>(data.vocab()) * 4.0;
-  double available = 0.0;
-  std::string what;
-  if (device.is_cuda()) {
-    available = static_cast<double>(at::cuda::getDeviceProperties(device.index())->totalGlobalMem);
-    what = fmt::format("GPU {}", device.index());
-  } else {
-    available = static_cast<double>(::sysconf(_SC_PHYS_PAGES)) * static_cast<double>(::sysconf(_SC_PAGE_SIZE));
-    what = "this machine";
-  }
-  if (available > 0 && logits_bytes > available) {
-    throw core::ConfigError(fmt::format(
-        "{} x {} = {:.4g} tokens per micro-batch: their logits and logit gradients alone need {:.3g} GiB (B x T x "
-        "vocabulary {} x 4 bytes x 2), more than the {:.3g} GiB of {}; lower train.batch_size (train.grad_accum keeps "
-        "the global batch) or data.seq_len",
-        cfg.root.child("train").describe("batch_size"), cfg.data.node.describe("seq_len"), tokens,
-        logits_bytes / (1 << 30), data.vocab(), available / (1 << 30), what));
-  }
+// A config whose memory plan (training/memory_plan.hpp) exceeds the device's memory is a config error,
+// found before anything is allocated: the same check and message as `bitqat plan`. The limit is
+// device.memory_gb, else the run's GPU, else this machine's RAM.
+void check_memory_fits(const Config& cfg, const at::Device& device, int world) {
+  check_memory_plan(memory_plan(cfg, world), memory_limit(cfg, device));
 }
 
 std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
@@ -270,7 +252,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
                     r->run_dir, *latest));
   }
 
-  check_batch_fits(cfg, r->device);
+  check_memory_fits(cfg, r->device, r->dist.world());
   torch::manual_seed(cfg.run.seed);
   r->source = data::make_source(cfg.data, cfg.run.seed);
   r->task = make_task(cfg, r->device);

@@ -20,7 +20,8 @@ TEST(ShippedConfigs, AllValidate) {
   int n = 0;
   for (const auto& f : bitqat::core::glob_files(std::string(BITQAT_SOURCE_DIR) + "/configs/*.yaml")) {
     std::vector<std::string> sets;
-    if (f.find("lm_gpu") != std::string::npos || f.find("smollm2") != std::string::npos) {
+    if (f.find("lm_gpu") != std::string::npos || f.find("smollm2") != std::string::npos ||
+        f.find("llama3") != std::string::npos) {
       sets = {"data.train=" + (dir / "s.bin").string(), "data.val=" + (dir / "s.bin").string()};
     }
     EXPECT_NO_THROW(bitqat::training::Config::load_file(f, sets)) << f;
@@ -82,7 +83,8 @@ TEST(ResolvedConfig, LoadsBackToItselfAndEveryKeyIsInTheReference) {
   int n = 0;
   for (const auto& f : bitqat::core::glob_files(std::string(BITQAT_SOURCE_DIR) + "/configs/*.yaml")) {
     std::vector<std::string> sets;
-    if (f.find("lm_gpu") != std::string::npos || f.find("smollm2") != std::string::npos) {
+    if (f.find("lm_gpu") != std::string::npos || f.find("smollm2") != std::string::npos ||
+        f.find("llama3") != std::string::npos) {
       sets = {"data.train=" + (dir / "s.bin").string(), "data.val=" + (dir / "s.bin").string()};
     }
     // init_from and distill.teacher name models a setup step downloads; the files are not read here.

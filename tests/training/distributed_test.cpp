@@ -445,7 +445,8 @@ TEST_F(DataParallelRun, ResumeOnAnotherWorldSize) {
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
 }
 
-// Sharded data parallelism (dist.shard optimizer, ZeRO-1; gradients, ZeRO-2) follows the 1-rank curve of
+// Sharded data parallelism (dist.shard optimizer, ZeRO-1; gradients, ZeRO-2; parameters, ZeRO-3, whose
+// blocks are recomputed in the backward pass, which changes no bit) follows the 1-rank curve of
 // the same global batch of 8 within the bound above: the update is elementwise, so a rank's shard
 // moves exactly as that part of the whole tensor would; what differs is the order of float sums (the
 // ranks' gradient sums by reduce-scatter instead of all-reduce, and the clipping norm as the sum of
@@ -469,6 +470,10 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
       {"grad2acc", 2, 2, 2, {"dist.shard=gradients"}, "one"},
       {"opt2acc", 2, 2, 2, {"dist.shard=optimizer"}, "one"},
       {"grad2ramp", 2, 4, 1, {"dist.shard=gradients", ramp[0], ramp[1]}, "oneramp"},
+      {"par2", 2, 4, 1, {"dist.shard=parameters"}, "one"},
+      {"par4", 4, 2, 1, {"dist.shard=parameters"}, "one"},
+      {"par2acc", 2, 2, 2, {"dist.shard=parameters"}, "one"},
+      {"par2ramp", 2, 4, 1, {"dist.shard=parameters", ramp[0], ramp[1]}, "oneramp"},
   };
   for (const auto& [name, extra] : std::vector<std::pair<std::string, std::vector<std::string>>>{{"one", {}},
                                                                                                   {"oneramp", ramp}}) {

@@ -1,0 +1,248 @@
+// The memory plan against hand-computed numbers, an 8B model planned without allocating it, and the
+// activation estimate against what a forward pass of a small LM really keeps alive.
+#include "training/memory_plan.hpp"
+
+#include <c10/core/CPUAllocator.h>
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <string>
+
+#include "core/error.hpp"
+#include "training/task.hpp"
+
+namespace {
+
+using bitqat::training::Checkpointing;
+using bitqat::training::CheckpointingKind;
+using bitqat::training::Config;
+using bitqat::training::memory_plan;
+using bitqat::training::MemoryPlan;
+
+// A tiny LM: vocab 256, dim 32, 2 blocks, 2 heads (head size 16), 1 key/value head, relu2 FFN of 96,
+// SubLN, tied embeddings; B = 4 sequences of T = 32 tokens on the CPU.
+const char* kTiny = R"(model: {kind: lm, vocab_size: 256, dim: 32, n_layers: 2, n_heads: 2, n_kv_heads: 1, ffn: relu2,
+        ffn_dim: 96}
+data: {kind: shards, train: none.bin, val: none.bin, vocab_size: 256, seq_len: 32}
+train: {batch_size: 4}
+device: {type: cpu}
+)";
+
+Config tiny(std::vector<std::string> sets = {}) { return Config::load_string(kTiny, "tiny.yaml", sets, false); }
+
+std::map<std::string, int64_t> terms(const MemoryPlan& p) {
+  std::map<std::string, int64_t> m;
+  for (const auto& t : p.terms) m[t.name] = t.bytes;
+  return m;
+}
+
+// N by hand: embed 256 x 32 = 8192; a block: attn_norm 32, q 32x32 = 1024, k 16x32 = 512, v 512,
+// o 1024 + its SubLN 32, ffn_norm 32, up 96x32 = 3072, down 32x96 = 3072 + its SubLN 96: 9408;
+// the final norm 32. N = 8192 + 2 x 9408 + 32 = 27040.
+// S (chunk = round_up(ceil(numel / W), 16), summed): W = 1 and 2 divide every tensor into multiples
+// of 16: S = 27040 and 13520. W = 4: a 32-element norm gets 8 -> 16, a 96-element SubLN 24 -> 32, the
+// rest divide: 2048 + 2 x (16 + 256 + 128 + 128 + 256 + 16 + 16 + 768 + 768 + 32) + 16 = 6832, padding
+// 4 x 6832 - 27040 = 288. One bucket (W S 4 bytes < the first bucket's 1 MiB), so its wire buffer is
+// 4 W S: 108160 (W = 2), 109312 (W = 4).
+// Saved activations (CPU path, M = 128 tokens, d = dq = 32, dkv = 16, H = 2, f = 96; the attention
+// kernels take T = 32 and head size 16): per block 8 M d = 32768, codes 2 (M d + 8 M) + M f + 8 M =
+// 23552, attention 4 M (2 dq + 2 dkv) + 4 M H = 50176, o M dq + 8 M = 5120, FFN 4 M f = 49152:
+// 160768; outside 4 M d + 4 M + 4 M d = 33280; 2 x 160768 + 33280 = 354816.
+// Logits and their gradient 2 x 4 x 128 x 256 = 262144. int8 weight codes: 2 x (1024 + 512 + 512 +
+// 1024 + 3072 + 3072) = 18432.
+TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
+  const int64_t N = 27040, saved = 354816, logits = 262144, codes = 18432;
+  const std::map<int, int64_t> S = {{1, 27040}, {2, 13520}, {4, 6832}};
+  const std::map<int, int64_t> wire = {{1, 0}, {2, 4 * 2 * 13520}, {4, 4 * 4 * 6832}};
+  const int64_t gathered = 4 * (8192 + 32 + 2 * 9408);  // outside the blocks + two blocks
+  struct Row {
+    const char* mode;
+    int world;
+    int64_t params, grads, optim, comm;
+  };
+  std::vector<Row> rows;
+  for (int w : {1, 2, 4}) {
+    const int64_t s = S.at(w), ar = w > 1 ? 4 * N : 0;
+    rows.push_back({"none", w, 4 * N, 4 * N, 8 * N, ar});
+    rows.push_back({"optimizer", w, 4 * N, 4 * N, 12 * s, ar});
+    rows.push_back({"gradients", w, 4 * N, 4 * s + wire.at(w), 12 * s, 0});
+    rows.push_back({"parameters", w, 4 * s + (w > 1 ? gathered : 0), 4 * s + wire.at(w), 8 * s, 0});
+  }
+  for (const auto& r : rows) {
+    SCOPED_TRACE(std::string(r.mode) + " W=" + std::to_string(r.world));
+    const auto p = memory_plan(tiny({std::string("dist.shard=") + r.mode}), r.world);
+    EXPECT_EQ(p.trainable, N);
+    EXPECT_EQ(p.shard_numel, S.at(r.world));
+    EXPECT_EQ(p.padding, r.world == 4 ? 288 : 0);
+    EXPECT_EQ(p.buckets, 1u);
+    auto t = terms(p);
+    EXPECT_EQ(t["parameters"], r.params);
+    EXPECT_EQ(t["gradients"], r.grads);
+    EXPECT_EQ(t["optimizer state"], r.optim);
+    EXPECT_EQ(t["saved activations"], saved);
+    EXPECT_EQ(t["communication buffers"], r.comm);
+    EXPECT_EQ(t["largest transient"], logits);  // above every all-gather here
+    EXPECT_EQ(t["quantized weight copies"], codes);
+    EXPECT_EQ(p.total(), r.params + r.grads + r.optim + saved + r.comm + logits + codes);
+    EXPECT_EQ(p.terms.size(), 7u);
+  }
+}
+
+TEST(MemoryPlan, TextIsDeterministic) {
+  const auto p = memory_plan(tiny({"dist.shard=optimizer"}), 4);
+  const auto text = bitqat::training::format_memory_plan(p);
+  EXPECT_EQ(text, bitqat::training::format_memory_plan(memory_plan(tiny({"dist.shard=optimizer"}), 4)));
+  EXPECT_EQ(text.rfind("plan: dist.shard optimizer, world size 4, N = 27040 trainable elements (0 frozen), S = 6832 "
+                       "per rank, padding 288, 1 buckets; CPU path",
+                       0),
+            0u)
+      << text;
+  EXPECT_NE(text.find("  optimizer state              0.00 GiB           81984 bytes   12 S"), std::string::npos)
+      << text;
+}
+
+// Checkpointing keeps a checkpointed block's input (4 M d = 16384) instead of its 160768 bytes, and
+// one block is recomputed at a time (a transient below the logits here).
+TEST(MemoryPlan, CheckpointingKeepsBlockInputs) {
+  auto saved = [](Checkpointing c) { return terms(memory_plan(tiny(), 1, c))["saved activations"]; };
+  EXPECT_EQ(saved({CheckpointingKind::kFull, 0}), 2 * 16384 + 33280);
+  EXPECT_EQ(saved({CheckpointingKind::kEveryN, 2}), 16384 + 160768 + 33280);  // block 0 of 0, 1
+  EXPECT_EQ(saved({CheckpointingKind::kEveryN, 1}), saved({CheckpointingKind::kFull, 0}));
+  EXPECT_EQ(bitqat::training::to_string(bitqat::training::parse_checkpointing("every_n:3")), "every_n:3");
+  EXPECT_THROW(bitqat::training::parse_checkpointing("every_n:0"), bitqat::core::UserError);
+  EXPECT_THROW(bitqat::training::parse_checkpointing("some"), bitqat::core::UserError);
+}
+
+TEST(MemoryPlan, RefusalNamesTotalLimitAndBiggestTerm) {
+  const auto cfg = tiny({"device.memory_gb=0.0001"});
+  const auto p = memory_plan(cfg, 1);
+  const auto limit = bitqat::training::memory_limit(cfg, at::Device(at::kCPU));
+  EXPECT_EQ(limit.source, "--set device.memory_gb=0.0001: device.memory_gb = 0.0001");
+  try {
+    bitqat::training::check_memory_plan(p, limit);
+    FAIL() << "no error";
+  } catch (const bitqat::core::ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the memory plan needs 0.00 GiB (1068032 bytes) per rank (dist.shard none, world size 1), "
+                       "more than the 0.00 GiB of --set device.memory_gb=0.0001: device.memory_gb = 0.0001; the "
+                       "biggest term is saved activations"),
+              std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("try dist.shard optimizer (now none), train.activation_checkpointing full, a lower "
+                       "train.batch_size (now 4; train.grad_accum keeps the global batch) or data.seq_len (now 32)"),
+              std::string::npos)
+        << msg;
+  }
+  EXPECT_NO_THROW(bitqat::training::check_memory_plan(p, {}));  // no known limit: nothing to compare
+}
+
+int64_t rss_bytes() {
+  std::ifstream f("/proc/self/status");
+  std::string line;
+  while (std::getline(f, line)) {
+    if (line.rfind("VmRSS:", 0) == 0) return std::stoll(line.substr(6)) * 1024;
+  }
+  return -1;
+}
+
+// Llama-3-8B's shapes, built on the meta device: N by hand is embed and head 2 x 128256 x 4096 =
+// 1050673152, 32 blocks of 2 x 4096 (norms) + 2 x 4096^2 (q, o) + 2 x 1024 x 4096 (k, v) + 3 x
+// 14336 x 4096 (gate, up, down) = 218112000, and the final norm 4096: 8030261248 (32 GB of fp32 that
+// must not be allocated).
+TEST(MemoryPlan, An8BModelIsPlannedWithoutAllocatingIt) {
+  const auto cfg = Config::load_file(std::string(BITQAT_SOURCE_DIR) + "/configs/llama3_8b_ternary_x8.yaml", {}, false);
+  const auto rss0 = rss_bytes();
+  const auto t0 = std::chrono::steady_clock::now();
+  const auto p = memory_plan(cfg, 8);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  const auto rss1 = rss_bytes();
+  EXPECT_EQ(p.trainable, 8030261248);
+  EXPECT_LT(seconds, 10.0);
+  EXPECT_LT(rss1 - rss0, int64_t{256} << 20) << "RSS grew from " << rss0 << " to " << rss1;
+}
+
+// ---- the activation estimate against a measurement --------------------------------------------------
+
+// Counts the bytes of live CPU tensors: a pass-through installed as LibTorch's CPU allocator.
+class CountingAllocator final : public c10::Allocator {
+ public:
+  explicit CountingAllocator(c10::Allocator* base) : base_(base) {}
+  c10::DataPtr allocate(size_t n) override {
+    auto inner = base_->allocate(n);
+    live_ += static_cast<int64_t>(n);
+    auto* ctx = new Ctx{std::move(inner), static_cast<int64_t>(n), this};
+    return {ctx->inner.get(), ctx, &release, ctx->inner.device()};
+  }
+  c10::DeleterFnPtr raw_deleter() const override { return nullptr; }
+  void copy_data(void* dest, const void* src, std::size_t count) const override { std::memcpy(dest, src, count); }
+  int64_t live() const { return live_.load(); }
+
+ private:
+  struct Ctx {
+    c10::DataPtr inner;
+    int64_t n;
+    CountingAllocator* owner;
+  };
+  static void release(void* p) {
+    auto* ctx = static_cast<Ctx*>(p);
+    ctx->owner->live_ -= ctx->n;
+    delete ctx;
+  }
+  c10::Allocator* base_;
+  std::atomic<int64_t> live_{0};
+};
+
+CountingAllocator& counting_allocator() {
+  // Installed once, never removed (LibTorch keeps the highest priority); it only counts.
+  static CountingAllocator* a = [] {
+    auto* c = new CountingAllocator(c10::GetDefaultCPUAllocator());
+    c10::SetCPUAllocator(c, /*priority=*/100);
+    return c;
+  }();
+  return *a;
+}
+
+// Live bytes after a forward pass (the loss, with its graph) minus before: what the graph keeps for the
+// backward pass. The plan's saved activations + the weight codes + the log-probabilities (4 M V, the
+// part of the logits transient that the forward keeps) must match it within 1%.
+void expect_estimate_matches(const std::vector<std::string>& sets) {
+  auto& alloc = counting_allocator();
+  const auto cfg =
+      Config::load_string(R"(model: {kind: lm, vocab_size: 512, dim: 128, n_layers: 3, n_heads: 4, max_seq_len: 128}
+data: {kind: shards, train: none.bin, val: none.bin, vocab_size: 512, seq_len: 64}
+train: {batch_size: 8}
+device: {type: cpu}
+)",
+                          "act.yaml", sets, false);
+  const auto plan = memory_plan(cfg, 1);
+  auto t = terms(plan);
+  const int64_t M = cfg.train.batch_size * cfg.data.seq_len;
+  const int64_t estimate = t["saved activations"] + t["quantized weight copies"] + 4 * M * 512;
+
+  torch::manual_seed(1);
+  auto task = bitqat::training::make_task(cfg, at::Device(at::kCPU));
+  const auto x = at::randint(0, 512, {cfg.train.batch_size, cfg.data.seq_len}, at::kLong);
+  const auto y = at::randint(0, 512, {cfg.train.batch_size, cfg.data.seq_len}, at::kLong);
+  const bitqat::data::Batch batch{x, y, {}};
+  task->loss(batch).backward();  // the RoPE tables and gradients exist from here on
+  const int64_t before = alloc.live();
+  auto loss = task->loss(batch);
+  const int64_t measured = alloc.live() - before;
+  loss.backward();
+  const double ratio = static_cast<double>(estimate) / static_cast<double>(measured);
+  std::printf("activations: estimate %lld bytes, measured %lld bytes, ratio %.4f\n", static_cast<long long>(estimate),
+              static_cast<long long>(measured), ratio);
+  EXPECT_NEAR(ratio, 1.0, 0.01) << "estimate " << estimate << ", measured " << measured;
+}
+
+TEST(MemoryPlanActivations, EstimateMatchesTheForwardPassRelu2) { expect_estimate_matches({}); }
+
+TEST(MemoryPlanActivations, EstimateMatchesTheForwardPassSwigluGroupedQuery) {
+  expect_estimate_matches({"model.ffn=swiglu", "model.n_kv_heads=2"});
+}
+
+}  // namespace

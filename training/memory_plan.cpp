@@ -1,0 +1,451 @@
+#include "training/memory_plan.hpp"
+
+#include <ATen/cuda/CUDAContext.h>
+#include <fmt/format.h>
+#include <torch/cuda.h>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <stdexcept>
+
+#include "bitlinear/bit_linear.hpp"
+#include "core/error.hpp"
+#include "interop/init_source.hpp"
+#include "models/attention.hpp"
+#include "models/factory.hpp"
+#include "training/shard_layout.hpp"
+
+namespace bitqat::training {
+namespace {
+
+constexpr double kGiB = 1024.0 * 1024.0 * 1024.0;
+
+std::string gib(int64_t bytes) { return fmt::format("{:.2f}", static_cast<double>(bytes) / kGiB); }
+
+// ---- saved activations of BitLM ----------------------------------------------------------------------
+
+struct LMActivations {
+  int64_t block = 0;    // what one block saves for its backward pass
+  int64_t input = 0;    // a block's input (what a checkpointed block keeps)
+  int64_t outside = 0;  // the final norm and the head's input (the logits are a transient)
+  std::string formula;
+};
+
+// What a BitLM block saves between its forward and backward pass at lambda 1, for B x T tokens (M = B T),
+// width d, query width dq = n_heads * head_dim, key/value width dkv, FFN width f, H heads; "r" and
+// "scales" are a float per token, codes one byte per element, e the bytes of a float activation.
+//
+// CPU (float32, e = 4; the fused nodes of bitlinear/quantized_linear.cpp, models/attention.cpp):
+//   block input x (saved by the attn_norm + q/k/v node)            4 M d
+//   its r, int8 codes and scales (one quantization for q, k, v)     M d + 8 M
+//   attention q, k, v (after RoPE), output o, log-sum-exp           4 M (dq + 2 dkv + dq) + 4 M H
+//     (ATen's attention when the kernels do not take T and the head size: k and v repeated to H heads,
+//      and the o projection's input a copy of o: 4 M (4 dq) + 4 M H + 4 M dq)
+//   o projection (SubLN + codes; its input is o itself)             M dq + 8 M
+//   h = x + attn (saved by the ffn_norm + up (+ gate) node)         4 M d
+//   its codes                                                       M d + 8 M
+//   relu2: u (saved by the fused relu^2 + SubLN + down node)        4 M f
+//   gated: gate output, act(gate), up output, their product         4 M f x 4 (the product only with SubLN)
+//   down's codes                                                    M f + 8 M
+// GPU (the W1.58A8 kernels, bitlinear/ops/w158a8_linear.cpp; bf16 autocast: e = 2; every linear
+// quantizes its own input and saves its codes; the residual stream stays float32):
+//   block input x and h (the norms' inputs), their r                4 M d x 2 + 4 M x 2
+//   q, k, v codes (three quantizations), up (and gate) codes        3 (M d + 4 M) + (1 or 2) (M d + 4 M)
+//   attention q, k, v (k and v repeated to H heads when grouped), o e M (dq + 2 dkv' + dq) + 4 M H
+//   o projection: SubLN input (a copy of o), r, codes               e M dq + 4 M + M dq + 4 M
+//   relu2: u and relu^2(u) (relu_squared, down's SubLN)             2 e M f
+//   gated: gate output, act(gate), up output, product               4 e M f (the product only with SubLN)
+//   down: r, codes                                                  4 M + M f + 4 M
+// Outside the blocks: the final norm's input (the last block's output) and r, 4 M d + 4 M, and the
+// head's input, 4 M d (e M d under autocast).
+LMActivations lm_activations(const models::LMConfig& c, int64_t B, int64_t T, bool cuda, int e) {
+  const int64_t M = B * T, d = c.dim, H = c.n_heads, dq = c.n_heads * c.head_dim(),
+                dkv = c.n_kv_heads * c.head_dim(), f = c.ffn_dim;
+  LMActivations a;
+  a.input = 4 * M * d;
+  int64_t attn = 0, o_proj = 0, ffn_float = 0, codes = 0;
+  if (!cuda) {
+    const bool kernels = models::causal_attention_cpu_kernels_for(T, c.head_dim());
+    attn = kernels ? 4 * M * (2 * dq + 2 * dkv) + 4 * M * H : 4 * M * 4 * dq + 4 * M * H;
+    o_proj = (!kernels && c.sub_norm ? 4 * M * dq : 0) + M * dq + 8 * M;
+    codes = (M * d + 8 * M) * 2 + M * f + 8 * M;
+    ffn_float = c.gated() ? 4 * M * f * (c.sub_norm ? 4 : 3) : 4 * M * f;
+    a.block = 2 * 4 * M * d + codes + attn + o_proj + ffn_float;
+    a.outside = 4 * M * d + 4 * M + 4 * M * d;
+    a.formula = fmt::format(
+        "CPU path, M = {} tokens: per block 8Md + codes {} + attention {} + o {} + FFN {} = {} bytes", M, codes,
+        attn, o_proj, ffn_float, a.block);
+  } else {
+    const int64_t dkv_saved = dkv < dq ? dq : dkv;
+    attn = e * M * (2 * dq + 2 * dkv_saved) + 4 * M * H;
+    o_proj = (c.sub_norm ? e * M * dq + 4 * M : 0) + M * dq + 4 * M;
+    codes = 3 * (M * d + 4 * M) + (c.gated() ? 2 : 1) * (M * d + 4 * M) + 4 * M + M * f + 4 * M;
+    ffn_float = c.gated() ? e * M * f * (c.sub_norm ? 4 : 3) : e * M * f * (c.sub_norm ? 2 : 1);
+    a.block = 2 * 4 * M * d + 2 * 4 * M + codes + attn + o_proj + ffn_float;
+    a.outside = 4 * M * d + 4 * M + e * M * d;
+    a.formula = fmt::format(
+        "GPU path, M = {} tokens: per block 8Md + 8M + codes {} + attention {} + o {} + FFN {} = {} bytes", M, codes,
+        attn, o_proj, ffn_float, a.block);
+  }
+  return a;
+}
+
+// Blocks that keep only their input under `ck`, of n_layers.
+int64_t checkpointed_blocks(const Checkpointing& ck, int64_t n_layers) {
+  switch (ck.kind) {
+    case CheckpointingKind::kNone:
+      return 0;
+    case CheckpointingKind::kFull:
+      return n_layers;
+    case CheckpointingKind::kEveryN:
+      return (n_layers + ck.n - 1) / ck.n;
+  }
+  return 0;
+}
+
+// ---- the model's tensors -----------------------------------------------------------------------------
+
+// "layers.3.attn.q.weight" -> 3 (the block a parameter belongs to); -1 outside the blocks.
+int64_t block_of(const std::string& name) {
+  const auto dot = name.find('.');
+  if (dot == std::string::npos) return -1;
+  const auto end = name.find('.', dot + 1);
+  if (end == std::string::npos || end == dot + 1) return -1;
+  int64_t i = 0;
+  for (size_t k = dot + 1; k < end; ++k) {
+    if (!std::isdigit(static_cast<unsigned char>(name[k]))) return -1;
+    i = i * 10 + (name[k] - '0');
+  }
+  return i;
+}
+
+// The spec half of bitlinear/ops/w158a8_linear.cpp's cuda_fast_path_applicable: layers the GPU
+// training kernel takes at lambda 1.
+bool gpu_kernel_layer(const bitlinear::QuantSpec& q) {
+  using namespace bitlinear;
+  const bool gran = q.weight.granularity == Granularity::kPerTensor ||
+                    q.weight.granularity == Granularity::kPerChannel || q.weight.granularity == Granularity::kPerGroup;
+  return q.weight.type == WeightQuant::kTernary && q.weight.estimator == Estimator::kIdentity && gran &&
+         q.act.type == ActQuant::kPerToken && q.act.bits == 8 && q.act.estimator == Estimator::kIdentity;
+}
+
+struct WeightCopies {
+  int64_t bytes = 0;
+  std::string formula;
+};
+
+// Per quantized weight of n elements: on the GPU kernels a bf16 dequantized copy for the backward and
+// the 2-bit packed weight, 2 n + n / 4 bytes, kept between steps; under bf16 autocast every other
+// weight a linear reads is cast once per forward (2 n); on the CPU the int8 codes the fused node saves
+// for the backward (n).
+WeightCopies weight_copies(torch::nn::Module& model, const models::ModelConfig& mc, bool cuda, bool autocast) {
+  int64_t kernel = 0, other_q = 0, full = 0;
+  for (const auto& m : model.modules(/*include_self=*/false)) {
+    const auto* l = m->as<bitlinear::BitLinearImpl>();
+    if (!l || !l->weight.defined()) continue;
+    const int64_t n = l->weight.numel();
+    if (cuda && gpu_kernel_layer(l->options.quant)) {
+      kernel += n;
+    } else if (l->options.quant.weight.type != bitlinear::WeightQuant::kNone) {
+      other_q += n;
+    } else {
+      full += n;
+    }
+  }
+  WeightCopies w;
+  if (cuda) {
+    int64_t head = 0;
+    if (autocast && mc.kind == models::ModelKind::kLM) head = mc.lm.dim * mc.lm.vocab_size;
+    // Without autocast a quantized layer the kernel does not take saves its float32 fake-quantized weight.
+    const int64_t cast = autocast ? other_q + full + head : other_q;
+    const int64_t cast_bytes = autocast ? 2 : 4;
+    w.bytes = 2 * kernel + (kernel + 3) / 4 + cast_bytes * cast;
+    w.formula = fmt::format("GPU kernels 2.25 x {} + {} copies {} x {}", kernel, autocast ? "bf16" : "fake-quant",
+                            cast_bytes, cast);
+  } else {
+    w.bytes = kernel + other_q;
+    w.formula = fmt::format("int8 codes 1 x {}", other_q);
+  }
+  return w;
+}
+
+int64_t numel_of(const std::vector<std::pair<std::string, at::Tensor>>& v) {
+  int64_t n = 0;
+  for (const auto& [name, t] : v) n += t.numel();
+  return n;
+}
+
+// The distillation teacher's parameters: its source's model when the source says (a Hugging Face
+// config.json, a GGUF's header, a run's config), else the student's shape, all in full precision.
+int64_t teacher_params(const Config& cfg, const models::LMConfig& student, std::string* origin) {
+  const std::string path = cfg.distill.teacher.empty() ? cfg.init_from : cfg.distill.teacher;
+  auto tc = student;
+  *origin = "the student's shape";
+  if (std::filesystem::exists(path)) {
+    const auto src = interop::read_init_source(path, cfg.distill.node.where("teacher"));
+    if (src.lm) {
+      tc = *src.lm;
+      *origin = path;
+    }
+  }
+  models::ModelConfig m;
+  m.kind = models::ModelKind::kLM;
+  m.lm = tc;
+  const auto h = models::make_meta_model(m, bitlinear::QuantSpec::full_precision(), {}, {}, tc.vocab_size);
+  int64_t n = 0;
+  for (const auto& p : h.module->parameters()) n += p.numel();
+  return n;
+}
+
+int64_t wire_bytes(const ShardLayout& l, const ShardBucket& b) { return 4 * static_cast<int64_t>(l.world) * b.chunk; }
+
+}  // namespace
+
+Checkpointing parse_checkpointing(const std::string& text) {
+  Checkpointing c;
+  if (text == "none") return c;
+  if (text == "full") {
+    c.kind = CheckpointingKind::kFull;
+    return c;
+  }
+  const std::string prefix = "every_n:";
+  if (text.rfind(prefix, 0) == 0) {
+    const auto digits = text.substr(prefix.size());
+    const bool ok = !digits.empty() && digits.size() < 10 &&
+                    std::all_of(digits.begin(), digits.end(), [](char ch) { return std::isdigit(ch); });
+    if (ok && std::stoll(digits) >= 1) {
+      c.kind = CheckpointingKind::kEveryN;
+      c.n = std::stoll(digits);
+      return c;
+    }
+  }
+  throw core::UserError(
+      fmt::format("activation checkpointing '{}': expected none, full or every_n:N with N >= 1", text));
+}
+
+std::string to_string(const Checkpointing& c) {
+  switch (c.kind) {
+    case CheckpointingKind::kNone:
+      return "none";
+    case CheckpointingKind::kFull:
+      return "full";
+    case CheckpointingKind::kEveryN:
+      return fmt::format("every_n:{}", c.n);
+  }
+  return "?";
+}
+
+int64_t MemoryPlan::total() const {
+  int64_t t = 0;
+  for (const auto& term : terms) t += term.bytes;
+  return t;
+}
+
+const MemoryTerm& MemoryPlan::biggest() const {
+  return *std::max_element(terms.begin(), terms.end(),
+                           [](const MemoryTerm& a, const MemoryTerm& b) { return a.bytes < b.bytes; });
+}
+
+at::Device plan_device(const Config& cfg) {
+  const bool gpu = cfg.device.type == DeviceType::kCuda ||
+                   (cfg.device.type == DeviceType::kAuto && torch::cuda::is_available());
+  return gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
+}
+
+MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
+  if (world < 1) throw std::invalid_argument(fmt::format("memory_plan: world size {} < 1", world));
+  MemoryPlan p;
+  p.mode = cfg.dist.shard;
+  p.world = world;
+  p.cuda = plan_device(cfg).is_cuda();
+  p.activation_bytes = p.cuda && cfg.device.precision != Precision::kFp32 ? 2 : 4;
+  p.checkpointing = ck;
+  p.batch = cfg.train.batch_size;
+  const bool tokens = cfg.data.data_kind() == data::DataKind::kTokens;
+  p.seq_len = tokens ? cfg.data.seq_len : 0;
+
+  // The trainer's parameter list (training/trainer.cpp set_up), on the meta device.
+  auto model = cfg.model;
+  if (model.kind == models::ModelKind::kLM) model.lm.resolve_vocab(cfg.data.vocab(), model.where("vocab_size"));
+  const auto h = models::make_meta_model(model, cfg.quant.spec, cfg.quant.include, cfg.quant.exclude, cfg.data.vocab());
+  std::vector<std::pair<std::string, at::Tensor>> trainable;
+  for (const auto& item : h.module->named_parameters(true)) {
+    if (item.value().requires_grad()) {
+      trainable.emplace_back(item.key(), item.value());
+    } else {
+      p.frozen += item.value().numel();
+    }
+  }
+  int64_t buffers = 0;
+  for (const auto& b : h.module->buffers(true)) buffers += b.numel() * static_cast<int64_t>(b.element_size());
+
+  const auto bucket_bytes = static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024);
+  const auto layout = make_shard_layout(trainable, world, bucket_bytes);
+  const int64_t N = layout.numel, S = layout.shard_numel;
+  p.trainable = N;
+  p.shard_numel = S;
+  p.padding = layout.padding();
+  p.buckets = layout.buckets.size();
+  const bool multi = world > 1;
+
+  // Wire buffers of the sharded modes: the largest (an all-gather at a time) and the two largest (the
+  // reduce-scatters in flight during the backward pass).
+  std::vector<int64_t> wires;
+  for (const auto& b : layout.buckets) wires.push_back(wire_bytes(layout, b));
+  std::sort(wires.rbegin(), wires.rend());
+  const int64_t wire1 = multi && !wires.empty() ? wires[0] : 0;
+  const int64_t wire2 = multi ? wire1 + (wires.size() > 1 ? wires[1] : 0) : 0;
+
+  // ZeRO-3's working set: everything outside the blocks for the whole step, plus two blocks.
+  int64_t outside = 0;
+  std::map<int64_t, int64_t> per_block;
+  for (const auto& [name, t] : trainable) {
+    const auto b = block_of(name);
+    if (b < 0) {
+      outside += t.numel();
+    } else {
+      per_block[b] += t.numel();
+    }
+  }
+  int64_t block_max = 0;
+  for (const auto& [b, n] : per_block) block_max = std::max(block_max, n);
+
+  const int64_t fixed = 4 * p.frozen + buffers;  // replicated whatever the mode
+  const std::string fixed_text = fixed > 0 ? fmt::format(" + frozen and buffers {}", fixed) : "";
+  auto add = [&](const char* name, int64_t bytes, std::string formula) {
+    p.terms.push_back({name, bytes, std::move(formula)});
+  };
+  const std::string rs = multi ? fmt::format(" + 2 reduce-scatter buffers {}", wire2) : "";
+  switch (p.mode) {
+    case ShardMode::kNone:
+      add("parameters", 4 * N + fixed, "4 N" + fixed_text);
+      add("gradients", 4 * N, "4 N");
+      add("optimizer state", 8 * N, "8 N (exp_avg, exp_avg_sq)");
+      break;
+    case ShardMode::kOptimizer:
+      add("parameters", 4 * N + fixed, "4 N" + fixed_text);
+      add("gradients", 4 * N, "4 N");
+      add("optimizer state", 12 * S, "12 S (exp_avg, exp_avg_sq, master shard)");
+      break;
+    case ShardMode::kGradients:
+      add("parameters", 4 * N + fixed, "4 N" + fixed_text);
+      add("gradients", 4 * S + wire2, "4 S" + rs);
+      add("optimizer state", 12 * S, "12 S (exp_avg, exp_avg_sq, master shard)");
+      break;
+    case ShardMode::kParameters: {
+      const int64_t gathered = multi ? 4 * (outside + 2 * block_max) : 0;
+      add("parameters", 4 * S + gathered + fixed,
+          multi ? fmt::format("4 S + gathered 4 x ({} outside the blocks + 2 x {} of a block){}", outside, block_max,
+                              fixed_text)
+                : "4 S (one rank: nothing gathered)" + fixed_text);
+      add("gradients", 4 * S + wire2, "4 S" + rs);
+      add("optimizer state", 8 * S, "8 S (exp_avg, exp_avg_sq; the shard is the master)");
+      break;
+    }
+  }
+
+  // Saved activations and the transients they imply.
+  int64_t recompute = 0, logits = 0;
+  if (model.kind == models::ModelKind::kLM && tokens) {
+    const auto& lm = model.lm;
+    const auto a = lm_activations(lm, p.batch, p.seq_len, p.cuda, p.activation_bytes);
+    const int64_t c = checkpointed_blocks(ck, lm.n_layers);
+    const int64_t saved = c * a.input + (lm.n_layers - c) * a.block + a.outside;
+    add("saved activations", saved,
+        fmt::format("{}; {} blocks x {} + {} checkpointed x {} (input 4Md) + outside {}", a.formula,
+                    lm.n_layers - c, a.block, c, a.input, a.outside));
+    if (c > 0) recompute = a.block;
+    logits = 4 * p.batch * p.seq_len * lm.vocab_size * (cfg.distill.enabled ? 3 : 2);
+  } else {
+    p.activations_estimated = false;
+    add("saved activations", 0, fmt::format("not estimated for model.kind {}", models::to_string(model.kind)));
+  }
+  const bool all_reduce = multi && (p.mode == ShardMode::kNone || p.mode == ShardMode::kOptimizer);
+  add("communication buffers", all_reduce ? 4 * N : 0,
+      all_reduce ? "all-reduce buckets 4 N" : multi ? "none held (reduce-scatter under gradients)" : "none (one rank)");
+
+  const int64_t gather = p.mode != ShardMode::kNone ? wire1 : 0;
+  int64_t transient = std::max({logits, recompute, gather});
+  std::string what = "none";
+  if (transient == 0) {
+    what = "none";
+  } else if (transient == logits) {
+    what = fmt::format("logits and their gradient {} x 4 B T vocab{}", cfg.distill.enabled ? 3 : 2,
+                       cfg.distill.enabled ? " (with the teacher's)" : "");
+  } else if (transient == recompute) {
+    what = "one block's activations, recomputed";
+  } else {
+    what = "all-gather of the largest bucket 4 W chunk";
+  }
+  add("largest transient", transient,
+      fmt::format("{} (of logits {}, recompute {}, all-gather {})", what, logits, recompute, gather));
+
+  const auto copies = weight_copies(*h.module, model, p.cuda, p.activation_bytes == 2);
+  add("quantized weight copies", copies.bytes, copies.formula);
+  if (cfg.distill.enabled && model.kind == models::ModelKind::kLM) {
+    std::string origin;
+    const int64_t n = teacher_params(cfg, model.lm, &origin);
+    add("distillation teacher", 4 * n, fmt::format("4 x {} ({})", n, origin));
+  }
+  return p;
+}
+
+std::string format_memory_plan(const MemoryPlan& p) {
+  std::string out = fmt::format(
+      "plan: dist.shard {}, world size {}, N = {} trainable elements ({} frozen), S = {} per rank, padding {}, {} "
+      "buckets; {} path, activations {} bytes, batch {} x {} tokens, activation checkpointing {}\n",
+      core::name_of(kShardModeNames, p.mode), p.world, p.trainable, p.frozen, p.shard_numel, p.padding, p.buckets,
+      p.cuda ? "GPU" : "CPU", p.activation_bytes, p.batch, p.seq_len, to_string(p.checkpointing));
+  for (const auto& t : p.terms) {
+    out += fmt::format("  {:<24}{:>9} GiB {:>15} bytes   {}\n", t.name, gib(t.bytes), t.bytes, t.formula);
+  }
+  out += fmt::format("  {:<24}{:>9} GiB {:>15} bytes{}\n", "total", gib(p.total()), p.total(),
+                     p.activations_estimated ? "" : "   (saved activations not estimated)");
+  return out;
+}
+
+MemoryLimit memory_limit(const Config& cfg, const at::Device& device) {
+  MemoryLimit l;
+  if (cfg.device.memory_gb > 0) {
+    l.bytes = static_cast<int64_t>(cfg.device.memory_gb * kGiB);
+    l.source = cfg.root.child("device").describe("memory_gb");
+  } else if (device.is_cuda()) {
+    if (!torch::cuda::is_available()) return l;
+    const auto* prop = at::cuda::getDeviceProperties(device.index() < 0 ? 0 : device.index());
+    l.bytes = static_cast<int64_t>(prop->totalGlobalMem);
+    l.source = fmt::format("GPU {} ({})", device.index() < 0 ? 0 : device.index(), prop->name);
+  } else {
+    l.bytes = static_cast<int64_t>(::sysconf(_SC_PHYS_PAGES)) * static_cast<int64_t>(::sysconf(_SC_PAGE_SIZE));
+    l.source = "this machine's RAM";
+  }
+  return l;
+}
+
+void check_memory_plan(const MemoryPlan& p, const MemoryLimit& limit) {
+  if (limit.bytes <= 0 || p.total() <= limit.bytes) return;
+  const auto& big = p.biggest();
+  std::string fixes;
+  if (p.mode != ShardMode::kParameters) {
+    const auto next = static_cast<ShardMode>(static_cast<int>(p.mode) + 1);
+    fixes += fmt::format("dist.shard {} (now {}), ", core::name_of(kShardModeNames, next),
+                         core::name_of(kShardModeNames, p.mode));
+  }
+  if (p.mode != ShardMode::kNone) fixes += fmt::format("more ranks (now {}), ", p.world);
+  if (p.checkpointing.kind != CheckpointingKind::kFull && p.activations_estimated) {
+    fixes += "train.activation_checkpointing full, ";
+  }
+  fixes += fmt::format("a lower train.batch_size (now {}; train.grad_accum keeps the global batch)", p.batch);
+  if (p.seq_len > 0) fixes += fmt::format(" or data.seq_len (now {})", p.seq_len);
+  throw core::ConfigError(fmt::format(
+      "the memory plan needs {} GiB ({} bytes) per rank (dist.shard {}, world size {}), more than the {} GiB of {}; "
+      "the biggest term is {}, {} GiB ({}); try {} (bitqat plan CONFIG shows every term)",
+      gib(p.total()), p.total(), core::name_of(kShardModeNames, p.mode), p.world, gib(limit.bytes), limit.source,
+      big.name, gib(big.bytes), big.formula, fixes));
+}
+
+}  // namespace bitqat::training

@@ -1,0 +1,92 @@
+// The memory one rank of a run needs, term by term, from the config alone (`bitqat plan`): the model
+// is built on the meta device (models/factory.hpp make_meta_model), so an 8B config is planned without
+// allocating its weights. The trainer refuses at set-up a config whose plan exceeds the device.
+//
+// Terms per rank (fp32 parameters, gradients and AdamW state; N trainable elements, S = the shard of
+// training/shard_layout.hpp, W ranks; with W = 1 there are no collectives, so no communication buffers
+// and nothing gathered):
+//   dist.shard       parameters              gradients                optimizer state
+//   none             4N                      4N                       8N  (exp_avg, exp_avg_sq)
+//   optimizer        4N                      4N                       12S (8S moments + 4S master shard)
+//   gradients        4N                      4S + 2 reduce-scatter    12S
+//   parameters       4S + gathered working   4S + 2 reduce-scatter    8S  (the 4S shard is the master)
+//                    set (outside the blocks,
+//                    plus two blocks)
+// communication buffers: the all-reduce buckets, 4N, with none and optimizer (W > 1).
+// A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes.
+// largest transient: the biggest of the logits and their gradient (2 x 4 * B * T * vocab, a third
+// copy for a distillation teacher's logits), one block's activations while it is recomputed
+// (activation checkpointing), and the all-gather of updated parameters (the largest bucket's wire
+// buffer, sharded modes).
+// saved activations: memory_plan.cpp counts what BitLM's blocks save for the backward pass.
+// quantized weight copies: what the forward keeps per quantized weight besides the fp32 latent one
+// (the GPU kernels' packed and bf16 copies; the CPU's int8 codes, saved for the backward).
+// distillation teacher: its fp32 parameters on every rank.
+#pragma once
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "training/config.hpp"
+
+namespace bitqat::training {
+
+// Activation checkpointing as the plan takes it (train.activation_checkpointing once the config has
+// it; until then the caller passes it, e.g. `bitqat plan --checkpointing`).
+enum class CheckpointingKind { kNone, kFull, kEveryN };
+struct Checkpointing {
+  CheckpointingKind kind = CheckpointingKind::kNone;
+  int64_t n = 0;  // kEveryN: blocks 0, n, 2n, ... keep only their input and recompute the rest
+};
+// "none", "full" or "every_n:N" (N >= 1); throws core::UserError naming the text and the forms otherwise.
+Checkpointing parse_checkpointing(const std::string& text);
+std::string to_string(const Checkpointing& c);
+
+struct MemoryTerm {
+  std::string name;     // "parameters", "gradients", ...
+  int64_t bytes = 0;
+  std::string formula;  // how the bytes were counted, with the numbers
+};
+
+struct MemoryPlan {
+  ShardMode mode = ShardMode::kNone;
+  int world = 1;
+  bool cuda = false;          // the forward's path: the GPU kernels (else the CPU's)
+  int activation_bytes = 4;   // bytes of a block's float activation (2 under bf16 autocast)
+  Checkpointing checkpointing;
+  int64_t batch = 0, seq_len = 0;
+  int64_t trainable = 0;    // N: elements of the parameters with requires_grad
+  int64_t frozen = 0;       // elements of the other parameters (replicated, fp32)
+  int64_t shard_numel = 0;  // S: elements of one rank's shard, padding included
+  int64_t padding = 0;      // W * S - N
+  size_t buckets = 0;       // of the shard layout (dist.bucket_mb)
+  bool activations_estimated = true;  // false: the model kind's saved activations are not counted
+  std::vector<MemoryTerm> terms;      // in the order printed
+  int64_t total() const;
+  const MemoryTerm& biggest() const;
+};
+
+// The plan of `cfg` on `world` ranks. The forward's path is device.type's (auto: the GPU when one is
+// visible); the activations are those of the fully quantized forward (lambda 1). Reads no data file
+// and no weights (a distillation teacher's config.json or GGUF header at most).
+MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& checkpointing = {});
+
+// Header line and one line per term: name, GiB with two decimals, bytes, formula; then the total.
+std::string format_memory_plan(const MemoryPlan& plan);
+
+struct MemoryLimit {
+  int64_t bytes = 0;   // 0: unknown
+  std::string source;  // "configs/x.yaml:40: device.memory_gb = 80", "GPU 0 (NVIDIA H100 80GB HBM3)", "..."
+};
+// device.memory_gb when set, else the memory of `device` (a GPU's, or the machine's RAM for the CPU).
+MemoryLimit memory_limit(const Config& cfg, const at::Device& device);
+// The device a plan is checked against: device.type's (auto: GPU 0 when one is visible, else the CPU).
+at::Device plan_device(const Config& cfg);
+
+// Throws core::ConfigError when plan.total() exceeds a known limit: the total, the limit and where it
+// came from, the biggest term, and what to change.
+void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit);
+
+}  // namespace bitqat::training
