@@ -123,4 +123,10 @@ ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spe
   return h;
 }
 
+BlockRunner* block_runner(torch::nn::Module& model) {
+  if (auto* lm = dynamic_cast<BitLMImpl*>(&model)) return &lm->block_runner;
+  if (auto* dit = dynamic_cast<BitDiTImpl*>(&model)) return &dit->block_runner;
+  return nullptr;
+}
+
 }  // namespace bitqat::models
