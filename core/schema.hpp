@@ -15,8 +15,9 @@
 //   TrainLoopConfig c = schema().parse(root.child("train"));
 //
 // Value types: bool, int, int64_t, uint64_t, double, std::string, std::vector<std::string>,
-// std::vector<int64_t>, std::vector<double>, an enum with a name table (`choices`), and core::Node (a sub-tree another
-// schema or factory reads, e.g. a schedule). Errors are core::ConfigError.
+// std::vector<int64_t>, std::vector<double>, an enum with a name table (`choices`), core::Node (a sub-tree another
+// schema or factory reads, e.g. a schedule), and a type that reads and writes itself (a ConfigValue: a key whose
+// value takes more than one YAML shape, such as a name or a mapping). Errors are core::ConfigError.
 #pragma once
 #include <fmt/format.h>
 #include <yaml-cpp/yaml.h>
@@ -61,6 +62,21 @@ struct Field {
   std::function<void(const T& c, YAML::Node out)> write;
 };
 
+// A value type that reads and writes itself, for a key whose value takes more than one YAML shape
+// (train.activation_checkpointing: a name or a mapping). V provides
+//   static V parse_key(const Node& section, const std::string& key);  // fails through Node::fail
+//   YAML::Node to_yaml() const;                                       // loads back to the same value
+//   static constexpr const char* kConfigType;     // the reference's type column ("name or mapping")
+//   static constexpr const char* kConfigAllowed;  // its allowed column, and what an error says was expected
+template <class V, class = void>
+struct is_config_value : std::false_type {};
+template <class V>
+struct is_config_value<
+    V, std::void_t<decltype(V::parse_key(std::declval<const Node&>(), std::declval<const std::string&>())),
+                   decltype(std::declval<const V&>().to_yaml())>> : std::true_type {};
+template <class V>
+inline constexpr bool is_config_value_v = is_config_value<V>::value;
+
 namespace schema_detail {
 
 template <class V>
@@ -70,7 +86,9 @@ struct is_vector<std::vector<V>> : std::true_type {};
 
 template <class V>
 std::string type_text() {
-  if constexpr (std::is_same_v<V, bool>) {
+  if constexpr (is_config_value_v<V>) {
+    return V::kConfigType;
+  } else if constexpr (std::is_same_v<V, bool>) {
     return "true or false";
   } else if constexpr (std::is_integral_v<V>) {
     return "integer";
@@ -94,7 +112,9 @@ std::string type_text() {
 // The type as an error message says what was expected (core::Node's words).
 template <class V>
 std::string expected_text() {
-  if constexpr (std::is_same_v<V, bool>) {
+  if constexpr (is_config_value_v<V>) {
+    return V::kConfigAllowed;
+  } else if constexpr (std::is_same_v<V, bool>) {
     return "true or false";
   } else if constexpr (std::is_integral_v<V>) {
     return "an integer";
@@ -149,6 +169,7 @@ class KeyBuilder {
     f_.meaning = meaning;
     f_.type = schema_detail::type_text<V>();
     f_.expected = schema_detail::expected_text<V>();
+    if constexpr (is_config_value_v<V>) f_.allowed = V::kConfigAllowed;
   }
 
   // An inclusive range [lo, hi] (arithmetic values).
@@ -220,6 +241,8 @@ class KeyBuilder {
       if constexpr (std::is_same_v<V, Node>) {
         const Node child = n.child(key);
         v = child.defined() ? child : c->*member;  // key: null keeps the default
+      } else if constexpr (is_config_value_v<V>) {
+        v = V::parse_key(n, key);
       } else if constexpr (std::is_enum_v<V>) {
         const auto text = n.get<std::string>(key, "");
         bool found = false;
@@ -248,6 +271,8 @@ class KeyBuilder {
     f.write = [member, names, key](const T& c, YAML::Node out) {
       if constexpr (std::is_same_v<V, Node>) {
         if ((c.*member).defined()) out[key] = YAML::Clone((c.*member).yaml());
+      } else if constexpr (is_config_value_v<V>) {
+        out[key] = (c.*member).to_yaml();
       } else if constexpr (std::is_enum_v<V>) {
         for (const auto& e : names) {
           if (e.value == c.*member) out[key] = e.name;

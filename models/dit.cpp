@@ -219,7 +219,11 @@ at::Tensor BitDiTImpl::forward(const at::Tensor& x, const at::Tensor& t, const a
   auto h = patch_embed->forward(x).flatten(2).transpose(1, 2) + pos_embed.to(x.scalar_type());
   const auto te = t_fc2->forward(at::silu(t_fc1->forward(timestep_features(t.to(x.scalar_type()), c.freq_dim))));
   const auto silu_c = at::silu(te + y_embed->forward(labels));
-  for (auto& b : blocks) h = b->forward(h, silu_c);
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    const auto b = blocks[i].ptr();
+    h = block_runner.run(i, *b, [b](const std::vector<at::Tensor>& in) { return b->forward(in[0], in[1]); },
+                         {h, silu_c});
+  }
   const auto m = final_adaln->forward(silu_c).unsqueeze(1).chunk(2, -1);
   h = final_linear->forward(modulate(layer_norm(h, c.norm_eps), m[0], m[1]));
   return unpatchify(h, c.channels, c.height, c.width, c.patch_size);

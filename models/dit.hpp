@@ -40,6 +40,7 @@
 #include "bitlinear/bit_linear.hpp"
 #include "core/config.hpp"
 #include "core/schema.hpp"
+#include "models/recompute.hpp"
 
 namespace bitqat::models {
 
@@ -105,6 +106,8 @@ struct BitDiTImpl : torch::nn::Module {
   torch::nn::ModuleList layers{nullptr};  // registered as "blocks"
   std::vector<DiTBlock> blocks;
   torch::nn::Linear final_adaln{nullptr}, final_linear{nullptr};
+  // Runs the blocks of forward: activation checkpointing and block hooks (models/recompute.hpp).
+  BlockRunner block_runner;
 
  private:
   void init_weights();

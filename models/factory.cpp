@@ -156,4 +156,10 @@ ModelHandle make_meta_model(const ModelConfig& model, const bitlinear::QuantSpec
   return make_model(model, spec, include, exclude, data_vocab);
 }
 
+BlockRunner* block_runner(torch::nn::Module& model) {
+  if (auto* lm = dynamic_cast<BitLMImpl*>(&model)) return &lm->block_runner;
+  if (auto* dit = dynamic_cast<BitDiTImpl*>(&model)) return &dit->block_runner;
+  return nullptr;
+}
+
 }  // namespace bitqat::models

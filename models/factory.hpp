@@ -18,6 +18,7 @@
 #include "models/cnn.hpp"
 #include "models/dit.hpp"
 #include "models/lm.hpp"
+#include "models/recompute.hpp"
 
 namespace bitqat::models {
 
@@ -73,5 +74,9 @@ ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spe
 ModelHandle make_meta_model(const ModelConfig& model, const bitlinear::QuantSpec& spec,
                             const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                             int64_t data_vocab);
+
+// The runner of a transformer's blocks (BitLM, BitDiT; models/recompute.hpp), where activation
+// checkpointing and block hooks are set; nullptr for a model without transformer blocks (BitCNN).
+BlockRunner* block_runner(torch::nn::Module& model);
 
 }  // namespace bitqat::models

@@ -437,10 +437,22 @@ at::Tensor BitLMImpl::run(const at::Tensor& tokens, KVCache* cache, const std::v
   const auto sin = tables.second.narrow(0, pos, T);
   auto h = embed->forward(tokens);
   if (hidden) hidden->assign(layers.size(), at::Tensor());
+  bool read_outside = false;  // the stream entering block i is also a hidden state (not recomputed then)
   for (size_t i = 0; i < blocks.size(); ++i) {
-    h = blocks[i]->forward(h, cos, sin, cache, i);
+    if (cache) {
+      h = blocks[i]->forward(h, cos, sin, cache, i);
+    } else {
+      const auto b = blocks[i].ptr();
+      h = block_runner.run(
+          i, *b, [b, i](const std::vector<at::Tensor>& in) { return b->forward(in[0], in[1], in[2], nullptr, i); },
+          {h, cos, sin}, /*recomputable=*/!read_outside);
+    }
+    read_outside = false;
     for (size_t j = 0; j < layers.size(); ++j) {
-      if (hidden && layers[j] == static_cast<int64_t>(i)) (*hidden)[j] = h;
+      if (hidden && layers[j] == static_cast<int64_t>(i)) {
+        (*hidden)[j] = h;
+        read_outside = true;
+      }
     }
   }
   h = norm->forward(h);

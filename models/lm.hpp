@@ -20,6 +20,7 @@
 #include "bitlinear/bit_linear.hpp"
 #include "core/config.hpp"
 #include "core/schema.hpp"
+#include "models/recompute.hpp"
 
 namespace bitqat::models {
 
@@ -140,6 +141,9 @@ struct BitLMImpl : torch::nn::Module {
   std::vector<Block> blocks;  // typed views of `layers`
   bitlinear::RMSNorm norm{nullptr};
   torch::nn::Linear lm_head{nullptr};  // absent when tied to the embedding
+  // Runs the blocks of forward and forward_hidden without a KV cache: activation checkpointing and
+  // block hooks (models/recompute.hpp). Cached and static-cache decoding call the blocks directly.
+  BlockRunner block_runner;
 
  private:
   void init_weights();

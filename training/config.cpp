@@ -44,6 +44,11 @@ const core::Schema<TrainLoopConfig>& train_schema() {
       core::key("eval_batches", &C::eval_batches, "validation batches per evaluation").range(1, 1 << 20),
       core::key("max_bad_steps", &C::max_bad_steps, "consecutive non-finite steps before the run stops")
           .range(1, 1 << 20),
+      core::key("activation_checkpointing", &C::activation_checkpointing,
+                "transformer blocks recomputed in the backward pass instead of keeping their activations (less "
+                "memory, one more forward of those blocks; the same losses and gradients): none, full (every "
+                "block) or {every_n: N} (the blocks whose index % N == 0: 0, N, 2N, ...); lm and dit models (refused "
+                "for a cnn, which has no blocks)"),
   });
   return s;
 }
@@ -230,6 +235,12 @@ void check_across(const Config& c) {
         c.data.node.describe("seq_len"), c.model.where("max_seq_len"), c.model.lm.max_seq_len));
   }
   if (c.model.kind == models::ModelKind::kDiT) check_dit_data(c.model, c.data);
+  if (c.model.kind == models::ModelKind::kCNN && !c.train.activation_checkpointing.none()) {
+    throw core::ConfigError(
+        fmt::format("{}: activation checkpointing recomputes transformer blocks, and model.kind cnn has none; use none "
+                    "(or an lm or dit model)",
+                    c.root.child("train").describe("activation_checkpointing")));
+  }
   if (c.distill.enabled) {
     const auto& d = c.distill.node;
     if (!lm || c.data.data_kind() != data::DataKind::kTokens) {

@@ -15,6 +15,7 @@
 #include "core/schema.hpp"
 #include "data/source.hpp"
 #include "models/factory.hpp"
+#include "models/recompute.hpp"
 
 namespace bitqat::training {
 
@@ -43,6 +44,9 @@ struct TrainLoopConfig {
   bool eval_at_start = false;  // also evaluate a fresh run before its first step (the starting point)
   int eval_batches = 8;
   int max_bad_steps = 5;  // consecutive non-finite steps before the run stops
+  // Transformer blocks recomputed in the backward pass instead of keeping their activations (lm and
+  // dit models); the same losses and gradients, bit for bit.
+  models::Checkpointing activation_checkpointing;
   EmaConfig ema;
 };
 

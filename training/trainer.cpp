@@ -24,6 +24,8 @@
 #include "core/log.hpp"
 #include "data/source.hpp"
 #include "interop/init_source.hpp"
+#include "models/factory.hpp"
+#include "models/recompute.hpp"
 #include "models/state_dict.hpp"
 #include "schedules/schedule.hpp"
 #include "training/distill.hpp"
@@ -225,6 +227,17 @@ void check_memory_fits(const Config& cfg, const at::Device& device, int world) {
   check_memory_plan(memory_plan(cfg, world), memory_limit(cfg, device));
 }
 
+// train.activation_checkpointing on the model's block runner (the config refuses it for a model
+// without transformer blocks).
+void set_activation_checkpointing(torch::nn::Module& model, const models::Checkpointing& policy) {
+  auto* runner = models::block_runner(model);
+  if (!runner) {
+    if (policy.none()) return;
+    throw std::logic_error("train.activation_checkpointing is set on a model without transformer blocks");
+  }
+  runner->checkpointing = policy;
+}
+
 std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   const auto env = dist_env_from_environment();
   if (cfg.device.threads > 0) at::set_num_threads(cfg.device.threads);
@@ -258,6 +271,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   r->task = make_task(cfg, r->device);
   if (cfg.distill.enabled) r->task = make_distill_task(std::move(r->task), cfg, r->device, r->dist);
   auto& model = r->task->module();
+  set_activation_checkpointing(model, cfg.train.activation_checkpointing);
   for (const auto& item : model.named_parameters(true)) {
     if (item.value().requires_grad()) r->named.emplace_back(item.key(), item.value());
   }
@@ -305,6 +319,10 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
                  r->global_batch, cfg.train.batch_size, r->dist.world(), cfg.train.grad_accum);
     spdlog::info("schedules: lr {}; weight decay {}; lambda_w {}; lambda_a {}", r->sched.lr->describe(),
                  r->sched.wd->describe(), r->sched.lambda_w->describe(), r->sched.lambda_a->describe());
+    if (!cfg.train.activation_checkpointing.none()) {
+      spdlog::info("activation checkpointing: {} (blocks recomputed in the backward pass)",
+                   cfg.train.activation_checkpointing.to_string());
+    }
     if (r->device.is_cuda()) {
       const auto unverified =
           gpu_status_warning(gpu_paths_of(cfg, r->dist.world(), r->autocast), gpu_checks_passed());

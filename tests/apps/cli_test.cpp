@@ -104,6 +104,12 @@ TEST(Cli, BadInputIsOneClearLineAndExitTwo) {
   r = run("eval /nonexistent/run");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("not a bitqat run directory"), std::string::npos) << r.out;
+  r = run("train configs/quickstart.yaml --set 'train.activation_checkpointing={every_n: 0}'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("--set train.activation_checkpointing={every_n: 0}: train.activation_checkpointing.every_n = 0: "
+                       "expected an integer >= 1"),
+            std::string::npos)
+      << r.out;
 }
 
 TEST(Cli, TrainEvalGenerate) {
@@ -577,6 +583,10 @@ TEST(Cli, ConfigReferenceIsDocsConfigMdAndConfigPrintsTheResolvedConfig) {
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("  steps: 700\n"), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("max_bad_steps: "), std::string::npos) << r.out;  // a default the file does not set
+  EXPECT_NE(r.out.find("  activation_checkpointing: none\n"), std::string::npos) << r.out;
+  r = run("config " + quickstart + " --set 'train.activation_checkpointing={every_n: 2}'");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("  activation_checkpointing:\n    every_n: 2\n"), std::string::npos) << r.out;
   r = run("config " + quickstart + " --set train.steps=0");
   EXPECT_EQ(r.code, 2);
   EXPECT_NE(r.out.find("train.steps = 0: expected"), std::string::npos) << r.out;

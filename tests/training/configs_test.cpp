@@ -113,3 +113,60 @@ TEST(ResolvedConfig, LoadsBackToItselfAndEveryKeyIsInTheReference) {
   EXPECT_EQ(r["optim"]["lr"]["value"].as<double>(), 1e-3);
   fs::remove_all(dir);
 }
+
+// train.activation_checkpointing takes a name or a mapping: what it holds is written back into the
+// resolved config, and a bad value names its location, the value and what is expected.
+TEST(TrainConfig, ActivationCheckpointingIsANameOrAMapping) {
+  const std::string text = "model: {kind: lm}\ndata: {kind: text, path: " + std::string(BITQAT_SOURCE_DIR) +
+                           "/README.md}\ntrain: {steps: 10, activation_checkpointing: none}\n";
+  auto load = [&](const std::vector<std::string>& sets) {
+    return bitqat::training::Config::load_string(text, "a.yaml", sets);
+  };
+  auto error = [&](const std::string& t, const std::vector<std::string>& sets) {
+    try {
+      bitqat::training::Config::load_string(t, "a.yaml", sets, /*check_files=*/false);
+    } catch (const bitqat::core::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  EXPECT_EQ(load({}).train.activation_checkpointing.every_n, 0);
+  EXPECT_EQ(load({}).resolved()["train"]["activation_checkpointing"].as<std::string>(), "none");
+  const auto full = load({"train.activation_checkpointing=full"});
+  EXPECT_EQ(full.train.activation_checkpointing.every_n, 1);
+  EXPECT_EQ(full.resolved()["train"]["activation_checkpointing"].as<std::string>(), "full");
+  const auto every = load({"train.activation_checkpointing={every_n: 2}"});
+  EXPECT_EQ(every.train.activation_checkpointing.every_n, 2);
+  const auto resolved = bitqat::core::to_yaml_string(every.resolved());
+  EXPECT_NE(resolved.find("  activation_checkpointing:\n    every_n: 2\n"), std::string::npos) << resolved;
+  const auto back = bitqat::training::Config::load_string(resolved, "resolved.yaml", {}, /*check_files=*/false);
+  EXPECT_EQ(back.train.activation_checkpointing.every_n, 2);
+
+  const std::string expected = "expected none, full or a mapping {every_n: N} (N an integer >= 1)";
+  EXPECT_EQ(error(text, {"train.activation_checkpointing=fast"}),
+            "--set train.activation_checkpointing=fast: train.activation_checkpointing = fast: " + expected);
+  std::string in_file = text;
+  in_file.replace(in_file.find("activation_checkpointing: none"), 30, "activation_checkpointing: {every_n: 0}");
+  EXPECT_EQ(error(in_file, {}),
+            "a.yaml:3: train.activation_checkpointing.every_n = 0: expected an integer >= 1 (1: every block, as full)");
+  EXPECT_EQ(error(text, {"train.activation_checkpointing={every_n: 2.5}"}),
+            "--set train.activation_checkpointing={every_n: 2.5}: train.activation_checkpointing.every_n = 2.5: "
+            "expected an integer");
+  EXPECT_NE(error(text, {"train.activation_checkpointing={every_n: 2, layers: 3}"}).find("unknown key 'layers'"),
+            std::string::npos);
+  // A CNN has no transformer blocks to recompute.
+  EXPECT_EQ(error("model: {kind: cnn}\ndata: {kind: fashion_mnist}\ntrain:\n  activation_checkpointing: full\n", {}),
+            "a.yaml:4: train.activation_checkpointing = full: activation checkpointing recomputes transformer blocks, "
+            "and model.kind cnn has none; use none (or an lm or dit model)");
+  EXPECT_EQ(error("model: {kind: cnn}\ndata: {kind: fashion_mnist}\ntrain: {activation_checkpointing: none}\n", {}),
+            "(no error)");
+  bool in_reference = false;
+  for (const auto& r : bitqat::training::Config::reference()) {
+    if (r.key == "train.activation_checkpointing") {
+      in_reference = true;
+      EXPECT_EQ(r.fallback, "none");
+      EXPECT_EQ(r.type, "name or mapping");
+    }
+  }
+  EXPECT_TRUE(in_reference);
+}

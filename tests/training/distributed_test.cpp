@@ -334,6 +334,24 @@ TEST_F(DataParallelRun, TwoRanksFollowTheOneRankLossCurve) {
   EXPECT_EQ(bitqat::testing::slurp(log("two", 1)).find("global batch"), std::string::npos);
 }
 
+// Recomputed blocks accumulate their parameters' gradients in a nested backward pass, whose
+// post-accumulate-grad hooks start the buckets' all-reduce as the kept blocks' do: two ranks train
+// the same run, loss for loss, with every block recomputed.
+TEST_F(DataParallelRun, ActivationCheckpointingKeepsTheTwoRankRun) {
+  const int steps = 6;
+  for (const std::string policy : {"none", "full"}) {
+    auto pids =
+        start(args(policy, steps, 4, 1, {"model.n_layers=2", "train.activation_checkpointing=" + policy}), 2, policy);
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(bitqat::testing::wait_for(pids[static_cast<size_t>(r)], 120), 0)
+          << bitqat::testing::slurp(log(policy, r));
+    }
+  }
+  ASSERT_EQ(losses("none").size(), static_cast<size_t>(steps));
+  EXPECT_EQ(losses("full"), losses("none"));
+  EXPECT_NE(bitqat::testing::slurp(log("full", 0)).find("activation checkpointing: full"), std::string::npos);
+}
+
 // The diffusion transformer's flow-matching loss draws each sample's noise, time and label dropout
 // from its global id, so the data-parallel run follows the 1-rank curve as the LM does (a tiny
 // ternary DiT of configs/fmnist_dit_ternary.yaml's shape, global batch 8, on Fashion-MNIST).

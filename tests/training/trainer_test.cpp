@@ -488,6 +488,33 @@ TEST_F(TrainerTest, StepsSettledAtLogStepsGiveTheSameRunAndCatchGradientOnlyFaul
       << msg;
 }
 
+// Recomputing the blocks in the backward pass changes memory, not numbers: the runs are the same,
+// loss for loss and weight for weight (ternary weights ramping in, int8 activations, 2 micro-batches).
+TEST_F(TrainerTest, ActivationCheckpointingLeavesTheRunUnchanged) {
+  const std::vector<std::string> common = {"checkpoint.every=0", "train.eval_every=0"};
+  auto run = [&](const std::string& name, const std::string& policy) {
+    auto sets = common;
+    sets.push_back("run.name=" + name);
+    sets.push_back("train.activation_checkpointing=" + policy);
+    bitqat::training::train(config(12, sets));
+    return losses(metrics(name));
+  };
+  const auto none = run("none", "none");
+  ASSERT_EQ(none.size(), 12u);
+  for (const auto& [name, policy] :
+       std::vector<std::pair<std::string, std::string>>{{"full", "full"}, {"every2", "{every_n: 2}"}}) {
+    EXPECT_EQ(run(name, policy), none) << policy;
+    const auto a = bitqat::checkpoints::read_checkpoint(
+        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/none/checkpoints").string()));
+    const auto b = bitqat::checkpoints::read_checkpoint(
+        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs" / name / "checkpoints").string()));
+    ASSERT_EQ(a.model.size(), b.model.size());
+    for (size_t i = 0; i < a.model.size(); ++i) {
+      EXPECT_TRUE(a.model[i].second.equal(b.model[i].second)) << policy << ": " << a.model[i].first;
+    }
+  }
+}
+
 TEST_F(TrainerTest, ConfigErrorsNameFileLineAndKey) {
   const auto text = tiny_lm_yaml((dir_ / "runs").string(), text_, 10);
   auto err = [&](const std::vector<std::string>& sets) {
