@@ -12,6 +12,8 @@
 #include "bitlinear/quantizers.hpp"
 #include "core/error.hpp"
 #include "core/enum_name.hpp"
+#include "models/factory.hpp"
+#include "models/recompute.hpp"
 #include "models/state_dict.hpp"
 #include "training/grad_sync.hpp"
 #include "training/shard_layout.hpp"
@@ -145,8 +147,25 @@ int64_t block_of(const std::string& name) {
   return std::regex_match(name, m, re) ? std::stoll(m[2].str()) : -1;
 }
 
+// The model's block runner calls these around each block (models/recompute.hpp).
+class GatherHooks final : public models::BlockHooks {
+ public:
+  explicit GatherHooks(DataParallel* dp) : dp_(dp) {}
+  void before_forward(size_t block) override { dp_->on_block(BlockEvent::kBeforeForward, block); }
+  void after_forward(size_t block) override { dp_->on_block(BlockEvent::kAfterForward, block); }
+  void before_backward(size_t block) override { dp_->on_block(BlockEvent::kBeforeBackward, block); }
+  void after_backward(size_t block) override { dp_->on_block(BlockEvent::kAfterBackward, block); }
+
+ private:
+  DataParallel* dp_;
+};
+
 class Sharded final : public DataParallel {
  public:
+  ~Sharded() override {
+    if (runner_) runner_->hooks.reset();
+  }
+
   Sharded(DistContext& dist, torch::nn::Module& model, const std::vector<std::pair<std::string, at::Tensor>>& named,
           const DistConfig& cfg, const AdamWOptions& adamw)
       : dist_(dist),
@@ -226,6 +245,18 @@ class Sharded final : public DataParallel {
       }
       for (size_t k = 0; k < named_.size(); ++k) {
         if (const auto it = layers.find(named_[k].first); it != layers.end()) codes_[k].layer = it->second;
+      }
+      // Every block through the gather hooks, and recomputed: a block's graph would otherwise keep the
+      // weights that are released after its forward.
+      runner_ = models::block_runner(model);
+      if (runner_) {
+        if (runner_->checkpointing.every_n != 1 && dist_.is_main()) {
+          spdlog::info("dist.shard parameters: every transformer block is recomputed in the backward pass (train."
+                       "activation_checkpointing {} acts as full)",
+                       runner_->checkpointing.to_string());
+        }
+        runner_->checkpointing.every_n = 1;
+        runner_->hooks = std::make_shared<GatherHooks>(this);
       }
     }
   }
@@ -313,15 +344,29 @@ class Sharded final : public DataParallel {
     }
   }
 
-  void gather_all() override {
+  bool whole_on_every_rank() const override { return mode_ != ShardMode::kParameters; }
+  void begin_eval() override {
     if (mode_ != ShardMode::kParameters) return;
-    // The exact latent weights (checkpoints, evaluation): float32, whatever the step sent. The masters
-    // may have moved since the step's scales were taken; the next step takes new ones.
+    // The exact latent weights: float32, whatever the step sent (the masters have moved since the
+    // step's scales were taken; the next step takes new ones).
     for (auto& c : codes_) c.active = false;
-    for (size_t u = 0; u < units_.size(); ++u) prefetch(u);
-    for (size_t u = 0; u < units_.size(); ++u) gather(u);
+    if (outer_ >= 0) gather(static_cast<size_t>(outer_));
   }
-  void release_all() override {
+  void end_eval() override { release_all(); }
+  std::map<std::string, at::Tensor> whole_parameters_on_main() override {
+    std::map<std::string, at::Tensor> out;
+    if (mode_ != ShardMode::kParameters) return out;
+    for (auto& c : codes_) c.active = false;
+    for (size_t u = 0; u < units_.size(); ++u) {
+      gather(u);
+      if (dist_.is_main()) {
+        for (const size_t k : layout_.buckets[u].params) out[named_[k].first] = named_[k].second.detach().cpu();
+      }
+      release(u);
+    }
+    return out;
+  }
+  void release_all() {
     if (mode_ != ShardMode::kParameters) return;
     for (size_t u = 0; u < units_.size(); ++u) {
       auto& unit = units_[u];
@@ -411,8 +456,8 @@ class Sharded final : public DataParallel {
   // every rank (the config, the step's lambda, the all-reduced sums), so the ranks agree.
   void plan_codes() {
     if (!first_step_logged_ && step_float_bytes_ + step_code_bytes_ > 0 && dist_.is_main()) {
-      spdlog::info("dist.shard parameters: a step gathered {:.2f} MiB of 2-bit codes and {:.2f} MiB of float32",
-                   static_cast<double>(step_code_bytes_) / (1 << 20), static_cast<double>(step_float_bytes_) / (1 << 20));
+      spdlog::info("dist.shard parameters: a step gathered {} bytes of 2-bit codes and {} bytes of float32",
+                   step_code_bytes_, step_float_bytes_);
       first_step_logged_ = true;
     }
     step_code_bytes_ = step_float_bytes_ = 0;
@@ -532,6 +577,7 @@ class Sharded final : public DataParallel {
   int64_t outer_ = -1;
   std::vector<Unit> units_;
   std::vector<Codes> codes_;  // per parameter
+  models::BlockRunner* runner_ = nullptr;
   int64_t step_code_bytes_ = 0, step_float_bytes_ = 0;  // gathered in the current step
   bool first_step_logged_ = false;
 };

@@ -27,6 +27,7 @@
 #include <torch/nn/module.h>
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -69,10 +70,15 @@ class DataParallel {
   virtual void step(double lr, double weight_decay, const at::Tensor& skipped) = 0;
   virtual void zero_grad() = 0;
 
-  // dist.shard parameters: every parameter whole (for evaluation and checkpoints; every rank must call
-  // it), and released again. No-ops for the other modes.
-  virtual void gather_all() {}
-  virtual void release_all() {}
+  // False for dist.shard parameters: a forward then needs every rank (evaluation runs on all of them).
+  virtual bool whole_on_every_rank() const { return true; }
+  // Around an evaluation's forward passes (every rank calls them when whole_on_every_rank() is false):
+  // sharded parameters gather the exact float32 weights block by block, and release them after.
+  virtual void begin_eval() {}
+  virtual void end_eval() {}
+  // dist.shard parameters: every trainable parameter whole, on the main rank's host (gathered one block
+  // at a time; every rank must call it); empty for the other modes and on the other ranks.
+  virtual std::map<std::string, at::Tensor> whole_parameters_on_main() { return {}; }
   // dist.shard parameters: block `block`'s weights gathered before its forward and its recomputed
   // backward (and the neighbour's prefetched), released after each.
   virtual void on_block(BlockEvent /*event*/, size_t /*block*/) {}

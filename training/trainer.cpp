@@ -552,8 +552,12 @@ class StepLog {
 // ---- evaluation and checkpoints -----------------------------------------------------------------
 
 std::optional<double> evaluate(Run& r, int64_t done) {
-  if (!r.main()) return std::nullopt;
+  // Sharded parameters are gathered block by block as the forward goes: every rank runs it.
+  if (!r.main() && r.dp->whole_on_every_rank()) return std::nullopt;
+  r.dp->begin_eval();
   const auto ev = r.task->evaluate(r.val_batches, r.device);
+  r.dp->end_eval();
+  if (!r.main()) return std::nullopt;
   nlohmann::json rec = {{"step", done}, {"val_loss", ev.loss}};
   std::string extra;
   if (!ev.metric_name.empty()) {
@@ -609,8 +613,9 @@ std::vector<checkpoints::ShardFile> write_optimizer_shards(Run& r, int64_t done)
 }
 
 void checkpoint(Run& r, int64_t done) {
-  // dist.shard parameters: the whole weights for model.safetensors (and the fingerprint), released after.
-  r.dp->gather_all();
+  // dist.shard parameters: the whole weights for model.safetensors, gathered block by block to the
+  // main rank's host memory (every rank takes part).
+  const auto whole = r.dp->whole_parameters_on_main();
   // All ranks must agree on the step and hold the same weights before rank 0 writes them (the
   // buffers were updated from each rank's own share in this step: take rank 0's, as the next step
   // would).
@@ -622,6 +627,9 @@ void checkpoint(Run& r, int64_t done) {
     checkpoints::CheckpointData ck;
     ck.step = done;
     ck.model = models::model_tensors(r.task->module(), /*to_cpu=*/false);  // to the host one at a time
+    for (auto& [name, t] : ck.model) {
+      if (const auto it = whole.find(name); it != whole.end()) t = it->second;
+    }
     if (shard_files.empty()) ck.optimizer = r.dp->optimizer_state();
     ck.optimizer_shard_files = shard_files;
     if (r.ema) ck.ema = r.ema->tensors();
@@ -648,7 +656,6 @@ void checkpoint(Run& r, int64_t done) {
     spdlog::info("checkpoint {}", checkpoints::write_checkpoint(r.ckpt_dir, ck, r.cfg.checkpoint.keep_last));
   }
   r.dist.barrier("barrier after writing checkpoint");
-  r.dp->release_all();
 }
 
 }  // namespace
@@ -672,9 +679,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   if (cfg.train.eval_at_start && r.start_step == 0) {
     // The starting point at step 0's lambdas: with a ramp from 0, the full-precision source itself.
     bitlinear::set_quant_lambdas(r.task->module(), r.sched.lambda_w->at(0), r.sched.lambda_a->at(0));
-    r.dp->gather_all();  // dist.shard parameters: the whole model, on every rank
     evaluate(r, 0);
-    r.dp->release_all();
   }
   ProgressBar bar(steps, r.main() && core::stdout_is_terminal());
   StepLog log(r);
@@ -699,9 +704,7 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     bar.update(done, result.last_loss);
     if (eval_due) {
       bar.finish();
-      r.dp->gather_all();
       if (const auto v = evaluate(r, done)) result.last_val_loss = v;
-      r.dp->release_all();
     }
     if (ckpt_due) checkpoint(r, done);
     if (options.after_step) options.after_step(done);

@@ -492,6 +492,7 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
       {"par4", 4, 2, 1, {"dist.shard=parameters"}, "one"},
       {"par2acc", 2, 2, 2, {"dist.shard=parameters"}, "one"},
       {"par2ramp", 2, 4, 1, {"dist.shard=parameters", ramp[0], ramp[1]}, "oneramp"},
+      {"grad2ckpt", 2, 4, 1, {"dist.shard=gradients", "train.activation_checkpointing=full"}, "one"},
   };
   for (const auto& [name, extra] : std::vector<std::pair<std::string, std::vector<std::string>>>{{"one", {}},
                                                                                                   {"oneramp", ramp}}) {
@@ -517,12 +518,19 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
       EXPECT_TRUE(fs::exists(ck / fmt::format("optimizer-rank{:05d}-of-{:05d}.safetensors", r, c.world))) << ck;
     }
     EXPECT_FALSE(fs::exists(ck / "optimizer.safetensors"));
+    if (c.name.rfind("par", 0) == 0 && c.name != "par2ramp") {
+      // At lambda_w 1 the block's ternary weights travel as 2-bit codes: q, k, v, o (32 x 32 each), up and
+      // down (64 x 32 each) are 8192 weights, gathered twice a step (forward, recomputed backward):
+      // 16384 codes, 4096 bytes (float32 would be 65536); twice that with 2 micro-steps.
+      const std::string want = c.accum == 2 ? "a step gathered 8192 bytes of 2-bit codes" : "a step gathered 4096 bytes of 2-bit codes";
+      EXPECT_NE(out.find(want), std::string::npos) << out;
+    }
   }
   EXPECT_LT(losses("oneramp").back(), losses("oneramp").front());
 }
 
-// Resume reshards: 2 ranks (gradients) write a step-2 checkpoint, 4 ranks (optimizer) resume it and
-// write step 4, 1 rank (no sharding) resumes that and finishes; the curve is the uninterrupted 1-rank
+// Resume reshards: 2 ranks (gradients) write a step-2 checkpoint, 4 ranks (parameters: the weights
+// too are sharded, model.safetensors is gathered) resume it and write step 4, 1 rank (no sharding) resumes that and finishes; the curve is the uninterrupted 1-rank
 // one within the bound above. eval and export read the 4-rank checkpoint as they read any other.
 TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
   const int steps = 6;
@@ -545,7 +553,7 @@ TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
   run(2, 4, "gradients", false, "two");
   fs::remove_all(ckdir / "step_00000004");
   fs::remove_all(ckdir / "step_00000006");
-  run(4, 2, "optimizer", true, "four");
+  run(4, 2, "parameters", true, "four");
   EXPECT_TRUE(fs::exists(ckdir / "step_00000004" / "optimizer-rank00003-of-00004.safetensors"));
   const auto four = bitqat::testing::slurp(log("four", 0));
   EXPECT_NE(four.find("resuming a 2-rank run on 4 ranks"), std::string::npos) << four;
