@@ -2,6 +2,7 @@
 
 #include <ATen/core/grad_mode.h>
 #include <fmt/format.h>
+#include <torch/csrc/autograd/variable.h>
 
 #include <map>
 #include <regex>
@@ -542,8 +543,12 @@ class Sharded final : public DataParallel {
       const size_t k = lb.params[j];
       const auto& lp = layout_.params[k];
       const auto& c = codes_[k];
-      named_[k].second.set_data(c.active ? unpack_ternary(unit.wire[j], lp.numel, c.groups, c.gamma).view(lp.shape)
-                                         : unit.wire[j].narrow(0, 0, lp.numel).view(lp.shape));
+      auto& p = named_[k].second;
+      p.set_data(c.active ? unpack_ternary(unit.wire[j], lp.numel, c.groups, c.gamma).view(lp.shape)
+                          : unit.wire[j].narrow(0, 0, lp.numel).view(lp.shape));
+      // New values: a cache keyed by (version, address), such as the GPU kernels' packed copy of the
+      // weight, must not take them for the old ones (a freed buffer's address comes back).
+      torch::autograd::impl::bump_version(p);
     }
     unit.wire.clear();
     unit.sent.clear();

@@ -86,7 +86,12 @@ TEST(ShardedParameters, OnlyTheRunningAndPrefetchedBlocksAreWholeAndTheStepIsThe
   lm->train();
   ref->train();
   dp->zero_grad();
+  const auto embed_version = lm->embed->weight._version();
   dp->begin_step();
+  // The gathered embedding is new data: its version moves, so a cache keyed by (version, address),
+  // such as the GPU kernels' packed weights, cannot mistake it for what a reused buffer held before.
+  EXPECT_GT(lm->embed->weight._version(), embed_version);
+  EXPECT_EQ(lm->embed->weight.numel(), 50 * 32);
   dp->begin_micro(true);
   const auto loss = logits_loss(lm);
   loss.backward();
