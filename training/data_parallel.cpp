@@ -182,6 +182,12 @@ class Sharded final : public DataParallel {
             core::name_of(kShardModeNames, mode_), name, c10::toString(p.scalar_type())));
       }
     }
+    if (dist_.active() && dist_.backend() == "gloo" && !named_.empty() && named_.front().second.is_cuda()) {
+      throw core::UserError(fmt::format(
+          "dist.shard {} on GPUs needs the NCCL backend (its reduce-scatter and all-gather of device tensors); "
+          "dist.backend is gloo: use dist.backend: nccl (or auto)",
+          core::name_of(kShardModeNames, mode_)));
+    }
     if (mode_ == ShardMode::kParameters) {
       // One bucket per transformer block, in the order the backward pass finishes them (the last block
       // first), then the rest: a block's weights are gathered, and its gradients reduce-scattered, together.
