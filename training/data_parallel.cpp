@@ -293,6 +293,7 @@ class Sharded final : public DataParallel {
   void finish_backward() override {
     sync_->finish();
     if (mode_ == ShardMode::kParameters) {
+      finish_codes();
       release_all();
       return;
     }
@@ -454,6 +455,7 @@ class Sharded final : public DataParallel {
     FlatGroups groups;
     at::Tensor gamma;  // float [groups.count]
     double eps = 0.0;
+    double clip = -1.0;  // this step: the clipped estimator's clip, applied to the shard (else < 0)
   };
 
   // At the start of a step: a BitLinear's ternary weight at lambda_w = 1 with the identity estimator
@@ -475,10 +477,7 @@ class Sharded final : public DataParallel {
       c.active = false;
       if (!c.layer) continue;
       const auto& spec = c.layer->options.quant.weight;
-      if (c.layer->lambda_w() != 1.0 || spec.type != bitlinear::WeightQuant::kTernary ||
-          spec.estimator != bitlinear::Estimator::kIdentity) {
-        continue;
-      }
+      if (c.layer->lambda_w() != 1.0 || spec.type != bitlinear::WeightQuant::kTernary) continue;
       const auto& lp = layout_.params[k];
       if (lp.shape.size() != 2) continue;
       const auto sg = bitlinear::scale_grouping(spec, lp.shape);
@@ -499,6 +498,32 @@ class Sharded final : public DataParallel {
       if (gamma.min().item<double>() < c.eps) continue;
       c.gamma = gamma.to(at::kFloat).to(master_view_[k].device());
       c.active = true;
+      // The clipped estimator's mask reads the latent weight, which the rebuilt one is not: the layer
+      // runs the identity estimator for this step, and finish_backward masks this rank's gradient shard
+      // with |W| / max(gamma, eps) <= clip on its own latent chunk (bitlinear/estimators.cpp's mask).
+      auto& spec = c.layer->options.quant.weight;
+      c.clip = spec.estimator == bitlinear::Estimator::kClipped ? spec.clip : -1.0;
+      if (c.clip >= 0.0) spec.estimator = bitlinear::Estimator::kIdentity;
+    }
+  }
+
+  // After the step's backward: the clipped estimator's mask on the gradient shards of the layers that
+  // ran with the identity one, and their estimator back.
+  void finish_codes() {
+    at::NoGradGuard no_grad;
+    for (size_t k = 0; k < codes_.size(); ++k) {
+      auto& c = codes_[k];
+      if (!c.active || c.clip < 0.0) continue;
+      c.layer->options.quant.weight.estimator = bitlinear::Estimator::kClipped;
+      const auto& lp = layout_.params[k];
+      const int64_t b = lp.begin(rank_), e = lp.end(rank_);
+      if (e > b) {
+        const auto idx = at::arange(b, e, c.gamma.options().dtype(at::kLong)).div_(c.groups.group, "floor");
+        const auto scale = c.gamma.index_select(0, idx).clamp_min(c.eps);
+        const auto mask = (master_view_[k].narrow(0, 0, e - b).abs() / scale).le(c.clip);
+        grad_view_[k].narrow(0, 0, e - b).mul_(mask);
+      }
+      c.clip = -1.0;
     }
   }
 

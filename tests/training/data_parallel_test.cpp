@@ -55,11 +55,18 @@ class Observer final : public models::BlockHooks {
   models::BitLM lm_;
 };
 
-TEST(ShardedParameters, OnlyTheRunningAndPrefetchedBlocksAreWholeAndTheStepIsTheUnshardedOne) {
+// With the identity estimator, and with the clipped one (which the sharded step applies to the
+// gradient shard from the latent chunk, since the weight the block ran with is rebuilt from codes).
+class ShardedParameters : public ::testing::TestWithParam<bitlinear::Estimator> {};
+
+TEST_P(ShardedParameters, OnlyTheRunningAndPrefetchedBlocksAreWholeAndTheStepIsTheUnshardedOne) {
   torch::manual_seed(3);
   using S = std::vector<std::string>;
-  models::BitLM ref(tiny_lm(), bitlinear::QuantSpec{}, S{"*"}, S{});
-  models::BitLM lm(tiny_lm(), bitlinear::QuantSpec{}, S{"*"}, S{});
+  bitlinear::QuantSpec spec;
+  spec.weight.estimator = GetParam();
+  spec.weight.clip = 0.9;  // some weights of every layer beyond it
+  models::BitLM ref(tiny_lm(), spec, S{"*"}, S{});
+  models::BitLM lm(tiny_lm(), spec, S{"*"}, S{});
   {
     torch::NoGradGuard ng;
     for (size_t i = 0; i < ref->parameters().size(); ++i) lm->parameters()[i].copy_(ref->parameters()[i]);
@@ -113,6 +120,15 @@ TEST(ShardedParameters, OnlyTheRunningAndPrefetchedBlocksAreWholeAndTheStepIsThe
     const auto g = grads[k++].narrow(0, 0, p.numel());
     EXPECT_TRUE(at::allclose(g, p.grad().reshape({-1}), 1e-4, 1e-6)) << named[k - 1].first;
   }
+  if (GetParam() == bitlinear::Estimator::kClipped) {
+    // The mask did zero some gradients, and the layers have their estimator back.
+    const auto& q = ref->blocks[0]->attn->q->weight;
+    EXPECT_GT((q.grad() == 0).sum().item<int64_t>(), 0);
+    EXPECT_EQ(lm->blocks[0]->attn->q->options.quant.weight.estimator, bitlinear::Estimator::kClipped);
+  }
 }
+
+INSTANTIATE_TEST_SUITE_P(Estimators, ShardedParameters,
+                         ::testing::Values(bitlinear::Estimator::kIdentity, bitlinear::Estimator::kClipped));
 
 }  // namespace
