@@ -39,7 +39,7 @@ const char* kUsageHead =
     "                       {summaries}\n"
     "  config [CONFIG.yaml] [--set key.path=value ...] | --reference\n"
     "                       the config as training would run it, every default filled in; or every key\n"
-    "  plan CONFIG.yaml [--world-size N] [--checkpointing none|full|every_n:N] [--set key.path=value ...]\n"
+    "  plan CONFIG.yaml [--world-size N] [--set key.path=value ...]\n"
     "                       memory per rank, term by term, for dist.shard and the world size; exits 2\n"
     "                       when it exceeds the device (device.memory_gb, else the GPU's or the RAM)\n"
     "  version              print the version\n"
@@ -335,17 +335,16 @@ Command parse_command_line(int argc, char** argv) {
   plan->footer(
       "Plans the memory one rank needs to train CONFIG with --world-size ranks: parameters, gradients,\n"
       "optimizer state (by dist.shard), saved activations (train.batch_size x data.seq_len, with\n"
-      "--checkpointing), communication buffers, the largest transient, and what the forward keeps per\n"
-      "quantized weight. The model is built on the meta device (nothing allocated, no weights or data\n"
-      "read). Exits 2 when the total exceeds device.memory_gb, else the GPU's memory (device.type cuda),\n"
-      "else this machine's RAM. docs/distributed.md explains the terms.\n");
+      "train.activation_checkpointing; every block recomputed under dist.shard parameters),\n"
+      "communication buffers, the largest transient, and what the forward keeps per quantized weight;\n"
+      "then the set-up peak and rank 0's host memory at a checkpoint. The model is built on the meta\n"
+      "device (nothing allocated, no weights or data read). Exits 2 when the total or the set-up peak\n"
+      "exceeds device.memory_gb, else the GPU's memory (device.type cuda), else this machine's RAM.\n"
+      "docs/distributed.md explains the terms.\n");
   plan->add_option("CONFIG", cmd.plan.config, "a YAML config")->required();
   plan->add_option("--world-size", cmd.plan.world_size, "data-parallel ranks")
       ->check(integer_in(1, 1 << 20))
       ->default_str("1");
-  plan->add_option("--checkpointing", cmd.plan.checkpointing,
-                   "activation checkpointing: none, full or every_n:N (blocks 0, N, 2N, ... recompute)")
-      ->default_str("none");
   add_sets(plan, &cmd.plan.sets, "override one config value (same checks as the file; repeatable)");
 
   auto* version = app.add_subcommand("version", "print the version");

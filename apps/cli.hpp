@@ -25,7 +25,6 @@ struct PlanArgs {
   std::string config;
   std::vector<std::string> sets;
   int world_size = 1;
-  std::string checkpointing = "none";  // none | full | every_n:N (until the config has the key)
 };
 
 struct EvalArgs {

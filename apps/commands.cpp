@@ -324,8 +324,7 @@ int cmd_config(const ConfigArgs& a) {
 int cmd_plan(const PlanArgs& a) {
   // Data files and init_from may be absent: the plan reads neither.
   const auto cfg = training::Config::load_file(a.config, a.sets, /*check_files=*/false);
-  const auto checkpointing = training::parse_checkpointing(a.checkpointing);
-  const auto plan = training::memory_plan(cfg, a.world_size, checkpointing);
+  const auto plan = training::memory_plan(cfg, a.world_size);
   std::fputs(training::format_memory_plan(plan).c_str(), stdout);
   const auto limit = training::memory_limit(cfg, training::plan_device(cfg));
   if (limit.bytes > 0) {

@@ -48,7 +48,7 @@ const core::Schema<TrainLoopConfig>& train_schema() {
                 "transformer blocks recomputed in the backward pass instead of keeping their activations (less "
                 "memory, one more forward of those blocks; the same losses and gradients): none, full (every "
                 "block) or {every_n: N} (the blocks whose index % N == 0: 0, N, 2N, ...); lm and dit models (refused "
-                "for a cnn, which has no blocks)"),
+                "for a cnn, which has no blocks); dist.shard parameters recomputes every block whatever this says"),
   });
   return s;
 }

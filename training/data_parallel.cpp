@@ -5,7 +5,6 @@
 #include <torch/csrc/autograd/variable.h>
 
 #include <map>
-#include <regex>
 #include <spdlog/spdlog.h>
 #include <stdexcept>
 
@@ -140,14 +139,6 @@ class Replicated final : public DataParallel {
 
 // ---- dist.shard optimizer | gradients | parameters ----------------------------------------------
 
-// The transformer block a parameter belongs to ("layers.3.attn.q.weight" -> 3, a DiT's "blocks.3...."),
-// or -1 for the rest (embeddings, final norm, output head, ...).
-int64_t block_of(const std::string& name) {
-  static const std::regex re("^(layers|blocks)\\.([0-9]+)\\..*");
-  std::smatch m;
-  return std::regex_match(name, m, re) ? std::stoll(m[2].str()) : -1;
-}
-
 // The model's block runner calls these around each block (models/recompute.hpp).
 class GatherHooks final : public models::BlockHooks {
  public:
@@ -189,28 +180,10 @@ class Sharded final : public DataParallel {
           core::name_of(kShardModeNames, mode_)));
     }
     if (mode_ == ShardMode::kParameters) {
-      // One bucket per transformer block, in the order the backward pass finishes them (the last block
-      // first), then the rest: a block's weights are gathered, and its gradients reduce-scattered, together.
-      std::map<int64_t, std::vector<size_t>, std::greater<>> blocks;
-      std::vector<size_t> rest;
-      for (size_t k = 0; k < named_.size(); ++k) {
-        const int64_t b = block_of(named_[k].first);
-        if (b < 0) {
-          rest.push_back(k);
-        } else {
-          blocks[b].push_back(k);
-        }
-      }
-      std::vector<std::vector<size_t>> groups;
-      for (auto& [b, idx] : blocks) {
-        unit_of_block_[b] = groups.size();
-        groups.push_back(idx);
-      }
-      if (!rest.empty()) {
-        outer_ = static_cast<int64_t>(groups.size());
-        groups.push_back(rest);
-      }
-      layout_ = make_shard_layout(named_, world_, groups);
+      auto units = block_buckets(named_);
+      unit_of_block_ = std::move(units.bucket_of_block);
+      outer_ = units.rest;
+      layout_ = make_shard_layout(named_, world_, units.groups);
       sync_ = std::make_unique<GradSync>(dist, model, bucket_bytes_, cfg.overlap, Collective::kReduceScatter, &layout_);
     } else {
       sync_ = std::make_unique<GradSync>(

@@ -7,9 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <cctype>
 #include <filesystem>
-#include <map>
 #include <optional>
 #include <stdexcept>
 
@@ -95,34 +93,14 @@ LMActivations lm_activations(const models::LMConfig& c, int64_t B, int64_t T, bo
   return a;
 }
 
-// Blocks that keep only their input under `ck`, of n_layers.
-int64_t checkpointed_blocks(const Checkpointing& ck, int64_t n_layers) {
-  switch (ck.kind) {
-    case CheckpointingKind::kNone:
-      return 0;
-    case CheckpointingKind::kFull:
-      return n_layers;
-    case CheckpointingKind::kEveryN:
-      return (n_layers + ck.n - 1) / ck.n;
-  }
-  return 0;
+// Blocks that keep only their input under `ck`, of n_layers: the block runner's own rule.
+int64_t checkpointed_blocks(const models::Checkpointing& ck, int64_t n_layers) {
+  int64_t c = 0;
+  for (int64_t i = 0; i < n_layers; ++i) c += ck.recomputes(static_cast<size_t>(i)) ? 1 : 0;
+  return c;
 }
 
 // ---- the model's tensors -----------------------------------------------------------------------------
-
-// "layers.3.attn.q.weight" -> 3 (the block a parameter belongs to); -1 outside the blocks.
-int64_t block_of(const std::string& name) {
-  const auto dot = name.find('.');
-  if (dot == std::string::npos) return -1;
-  const auto end = name.find('.', dot + 1);
-  if (end == std::string::npos || end == dot + 1) return -1;
-  int64_t i = 0;
-  for (size_t k = dot + 1; k < end; ++k) {
-    if (!std::isdigit(static_cast<unsigned char>(name[k]))) return -1;
-    i = i * 10 + (name[k] - '0');
-  }
-  return i;
-}
 
 // The spec half of bitlinear/ops/w158a8_linear.cpp's cuda_fast_path_applicable: layers the GPU
 // training kernel takes at lambda 1.
@@ -206,40 +184,6 @@ int64_t wire_bytes(const ShardLayout& l, const ShardBucket& b) { return 4 * stat
 
 }  // namespace
 
-Checkpointing parse_checkpointing(const std::string& text) {
-  Checkpointing c;
-  if (text == "none") return c;
-  if (text == "full") {
-    c.kind = CheckpointingKind::kFull;
-    return c;
-  }
-  const std::string prefix = "every_n:";
-  if (text.rfind(prefix, 0) == 0) {
-    const auto digits = text.substr(prefix.size());
-    const bool ok = !digits.empty() && digits.size() < 10 &&
-                    std::all_of(digits.begin(), digits.end(), [](char ch) { return std::isdigit(ch); });
-    if (ok && std::stoll(digits) >= 1) {
-      c.kind = CheckpointingKind::kEveryN;
-      c.n = std::stoll(digits);
-      return c;
-    }
-  }
-  throw core::UserError(
-      fmt::format("activation checkpointing '{}': expected none, full or every_n:N with N >= 1", text));
-}
-
-std::string to_string(const Checkpointing& c) {
-  switch (c.kind) {
-    case CheckpointingKind::kNone:
-      return "none";
-    case CheckpointingKind::kFull:
-      return "full";
-    case CheckpointingKind::kEveryN:
-      return fmt::format("every_n:{}", c.n);
-  }
-  return "?";
-}
-
 int64_t MemoryPlan::total() const {
   int64_t t = 0;
   for (const auto& term : terms) t += term.bytes;
@@ -257,14 +201,17 @@ at::Device plan_device(const Config& cfg) {
   return gpu ? at::Device(at::kCUDA, 0) : at::Device(at::kCPU);
 }
 
-MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
+MemoryPlan memory_plan(const Config& cfg, int world) {
   if (world < 1) throw std::invalid_argument(fmt::format("memory_plan: world size {} < 1", world));
   MemoryPlan p;
   p.mode = cfg.dist.shard;
   p.world = world;
   p.cuda = plan_device(cfg).is_cuda();
   p.activation_bytes = p.cuda && cfg.device.precision != Precision::kFp32 ? 2 : 4;
-  p.checkpointing = ck;
+  const bool zero3 = p.mode == ShardMode::kParameters;
+  // dist.shard parameters releases a block's weights after its forward: every block is recomputed.
+  p.checkpointing = zero3 ? models::Checkpointing{1} : cfg.train.activation_checkpointing;
+  p.checkpointing_forced = zero3 && cfg.train.activation_checkpointing.every_n != 1;
   p.batch = cfg.train.batch_size;
   const bool tokens = cfg.data.data_kind() == data::DataKind::kTokens;
   p.seq_len = tokens ? cfg.data.seq_len : 0;
@@ -284,8 +231,12 @@ MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
   int64_t buffers = 0;
   for (const auto& b : h.module->buffers(true)) buffers += b.numel() * static_cast<int64_t>(b.element_size());
 
+  // The trainer's layout (training/data_parallel.cpp): a bucket per block and one of the rest with
+  // dist.shard parameters, else buckets of dist.bucket_mb.
+  const auto units = block_buckets(trainable);
   const auto bucket_bytes = static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024);
-  const auto layout = make_shard_layout(trainable, world, bucket_bytes);
+  const auto layout = zero3 ? make_shard_layout(trainable, world, units.groups)
+                            : make_shard_layout(trainable, world, bucket_bytes);
   const int64_t N = layout.numel, S = layout.shard_numel;
   p.trainable = N;
   p.shard_numel = S;
@@ -293,27 +244,32 @@ MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
   p.buckets = layout.buckets.size();
   const bool multi = world > 1;
 
-  // Wire buffers of the sharded modes: the largest (an all-gather at a time) and the two largest (the
-  // reduce-scatters in flight during the backward pass).
-  std::vector<int64_t> wires;
-  for (const auto& b : layout.buckets) wires.push_back(wire_bytes(layout, b));
-  std::sort(wires.rbegin(), wires.rend());
-  const int64_t wire1 = multi && !wires.empty() ? wires[0] : 0;
-  const int64_t wire2 = multi ? wire1 + (wires.size() > 1 ? wires[1] : 0) : 0;
+  // Wire buffers: the two largest buckets (two reduce-scatters, or two all-gathers of updated
+  // parameters, in flight at a time) and, with parameters, the two largest blocks (the one running and
+  // the next one's prefetch).
+  auto two_largest = [&](bool blocks_only) {
+    std::vector<int64_t> wires;
+    for (size_t b = 0; b < layout.buckets.size(); ++b) {
+      if (blocks_only && static_cast<int64_t>(b) == units.rest) continue;
+      wires.push_back(wire_bytes(layout, layout.buckets[b]));
+    }
+    std::sort(wires.rbegin(), wires.rend());
+    return multi ? (wires.empty() ? 0 : wires[0]) + (wires.size() > 1 ? wires[1] : 0) : int64_t{0};
+  };
+  const int64_t wire2 = two_largest(false);
+  const int64_t block_wire2 = zero3 ? two_largest(true) : 0;
 
   // ZeRO-3's working set: everything outside the blocks for the whole step, plus two blocks.
-  int64_t outside = 0;
-  std::map<int64_t, int64_t> per_block;
-  for (const auto& [name, t] : trainable) {
-    const auto b = block_of(name);
-    if (b < 0) {
-      outside += t.numel();
+  int64_t outside = 0, block_max = 0;
+  for (size_t b = 0; b < units.groups.size(); ++b) {
+    int64_t n = 0;
+    for (const size_t k : units.groups[b]) n += trainable[k].second.numel();
+    if (static_cast<int64_t>(b) == units.rest) {
+      outside = n;
     } else {
-      per_block[b] += t.numel();
+      block_max = std::max(block_max, n);
     }
   }
-  int64_t block_max = 0;
-  for (const auto& [b, n] : per_block) block_max = std::max(block_max, n);
 
   const int64_t fixed = 4 * p.frozen + buffers;  // replicated whatever the mode
   const std::string fixed_text = fixed > 0 ? fmt::format(" + frozen and buffers {}", fixed) : "";
@@ -321,30 +277,45 @@ MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
     p.terms.push_back({name, bytes, std::move(formula)});
   };
   const std::string rs = multi ? fmt::format(" + 2 reduce-scatter buffers {}", wire2) : "";
+  int64_t optimizer_state = 0, grad_shard = 0;  // made at set-up, before the model is sharded
   switch (p.mode) {
     case ShardMode::kNone:
       add("parameters", 4 * N + fixed, "4 N" + fixed_text);
       add("gradients", 4 * N, "4 N");
-      add("optimizer state", 8 * N, "8 N (exp_avg, exp_avg_sq)");
+      optimizer_state = 8 * N;
+      add("optimizer state", optimizer_state, "8 N (exp_avg, exp_avg_sq)");
       break;
     case ShardMode::kOptimizer:
       add("parameters", 4 * N + fixed, "4 N" + fixed_text);
-      add("gradients", 4 * N, "4 N");
-      add("optimizer state", 12 * S, "12 S (exp_avg, exp_avg_sq, master shard)");
+      grad_shard = 4 * S;
+      add("gradients", 4 * N + grad_shard, "4 N + 4 S (this rank's shard, taken after the all-reduce)");
+      optimizer_state = 12 * S;
+      add("optimizer state", optimizer_state, "12 S (exp_avg, exp_avg_sq, master shard)");
       break;
     case ShardMode::kGradients:
       add("parameters", 4 * N + fixed, "4 N" + fixed_text);
-      add("gradients", 4 * S + wire2, "4 S" + rs);
-      add("optimizer state", 12 * S, "12 S (exp_avg, exp_avg_sq, master shard)");
+      grad_shard = 4 * S;
+      add("gradients", grad_shard + wire2, "4 S" + rs);
+      optimizer_state = 12 * S;
+      add("optimizer state", optimizer_state, "12 S (exp_avg, exp_avg_sq, master shard)");
       break;
     case ShardMode::kParameters: {
       const int64_t gathered = multi ? 4 * (outside + 2 * block_max) : 0;
       add("parameters", 4 * S + gathered + fixed,
-          multi ? fmt::format("4 S + gathered 4 x ({} outside the blocks + 2 x {} of a block){}", outside, block_max,
-                              fixed_text)
+          multi ? fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + 2 x {} of a block, the "
+                              "one running and the next){}",
+                              outside, block_max, fixed_text)
                 : "4 S (one rank: nothing gathered)" + fixed_text);
-      add("gradients", 4 * S + wire2, "4 S" + rs);
-      add("optimizer state", 8 * S, "8 S (exp_avg, exp_avg_sq; the shard is the master)");
+      // The rest's bucket is reduce-scattered last: the head's gradient waits for the embeddings'.
+      const int64_t whole = multi ? 4 * (outside + block_max) : 0;
+      grad_shard = 4 * S;
+      add("gradients", grad_shard + whole + wire2,
+          multi ? fmt::format("4 S + whole gradients before their reduce-scatter 4 x ({} outside the blocks, through "
+                              "the backward pass + {} of a block){}",
+                              outside, block_max, rs)
+                : "4 S");
+      optimizer_state = 8 * S;
+      add("optimizer state", optimizer_state, "8 S (exp_avg, exp_avg_sq; the shard is the master)");
       break;
     }
   }
@@ -354,11 +325,12 @@ MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
   if (model.kind == models::ModelKind::kLM && tokens) {
     const auto& lm = model.lm;
     const auto a = lm_activations(lm, p.batch, p.seq_len, p.cuda, p.activation_bytes);
-    const int64_t c = checkpointed_blocks(ck, lm.n_layers);
+    const int64_t c = checkpointed_blocks(p.checkpointing, lm.n_layers);
     const int64_t saved = c * a.input + (lm.n_layers - c) * a.block + a.outside;
     add("saved activations", saved,
-        fmt::format("{}; {} blocks x {} + {} checkpointed x {} (input 4Md) + outside {}", a.formula,
-                    lm.n_layers - c, a.block, c, a.input, a.outside));
+        fmt::format("{}; {} blocks x {} + {} checkpointed x {} (input 4Md) + outside {}{}", a.formula,
+                    lm.n_layers - c, a.block, c, a.input, a.outside,
+                    zero3 ? "; dist.shard parameters recomputes every block" : ""));
     if (c > 0) recompute = a.block;
     logits = 4 * p.batch * p.seq_len * lm.vocab_size * (cfg.distill.enabled ? 3 : 2);
   } else {
@@ -366,10 +338,22 @@ MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
     add("saved activations", 0, fmt::format("not estimated for model.kind {}", models::to_string(model.kind)));
   }
   const bool all_reduce = multi && (p.mode == ShardMode::kNone || p.mode == ShardMode::kOptimizer);
-  add("communication buffers", all_reduce ? 4 * N : 0,
-      all_reduce ? "all-reduce buckets 4 N" : multi ? "none held (reduce-scatter under gradients)" : "none (one rank)");
+  const int64_t all_reduce_buckets = all_reduce ? 4 * N : 0;
+  if (zero3 && multi) {
+    add("communication buffers", block_wire2,
+        fmt::format("all-gather wire buffers of the two blocks in flight {} (4 W chunk, as float32; ternary codes "
+                    "take a sixteenth)",
+                    block_wire2));
+  } else {
+    add("communication buffers", all_reduce_buckets,
+        all_reduce ? "all-reduce buckets 4 N"
+        : multi    ? "none held (reduce-scatter under gradients)"
+                   : "none (one rank)");
+  }
 
-  const int64_t gather = p.mode != ShardMode::kNone ? wire1 : 0;
+  // Sharded parameters are gathered where they are used; the other sharded modes all-gather the
+  // updated ones after the step.
+  const int64_t gather = p.mode == ShardMode::kOptimizer || p.mode == ShardMode::kGradients ? wire2 : 0;
   int64_t transient = std::max({logits, recompute, gather});
   std::string what = "none";
   if (transient == 0) {
@@ -380,17 +364,35 @@ MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& ck) {
   } else if (transient == recompute) {
     what = "one block's activations, recomputed";
   } else {
-    what = "all-gather of the largest bucket 4 W chunk";
+    what = "all-gather of updated parameters, two buckets 4 W chunk";
   }
   add("largest transient", transient,
       fmt::format("{} (of logits {}, recompute {}, all-gather {})", what, logits, recompute, gather));
 
   const auto copies = weight_copies(*h.module, model, p.cuda, p.activation_bytes == 2);
   add("quantized weight copies", copies.bytes, copies.formula);
+  int64_t teacher = 0;
+  std::string teacher_text;
   if (cfg.distill.enabled && model.kind == models::ModelKind::kLM) {
     std::string origin;
     const int64_t n = teacher_params(cfg, model.lm, &origin);
-    add("distillation teacher", 4 * n, fmt::format("4 x {} ({})", n, origin));
+    teacher = 4 * n;
+    add("distillation teacher", teacher, fmt::format("4 x {} ({})", n, origin));
+    teacher_text = fmt::format(" + teacher {}", teacher);
+  }
+
+  // Set-up (training/trainer.cpp set_up): every rank builds the whole model, then the data-parallel
+  // state, before a sharded mode takes its shard and releases the rest.
+  const int64_t state = optimizer_state + grad_shard + all_reduce_buckets;
+  p.setup_peak = {"set-up peak", 4 * N + fixed + state + teacher,
+                  fmt::format("4 N the whole model as every rank builds it{} + optimizer state, gradient shard and "
+                              "all-reduce buckets {}{}, before a sharded mode releases the model",
+                              fixed_text, state, teacher_text)};
+  if (zero3) {
+    p.host.push_back({"checkpoint host RAM", 4 * N + fixed,
+                      fmt::format("4 N{}: rank 0 collects the whole fp32 model in host memory, a block at a time (not "
+                                  "device memory)",
+                                  fixed_text)});
   }
   return p;
 }
@@ -400,12 +402,16 @@ std::string format_memory_plan(const MemoryPlan& p) {
       "plan: dist.shard {}, world size {}, N = {} trainable elements ({} frozen), S = {} per rank, padding {}, {} "
       "buckets; {} path, activations {} bytes, batch {} x {} tokens, activation checkpointing {}\n",
       core::name_of(kShardModeNames, p.mode), p.world, p.trainable, p.frozen, p.shard_numel, p.padding, p.buckets,
-      p.cuda ? "GPU" : "CPU", p.activation_bytes, p.batch, p.seq_len, to_string(p.checkpointing));
-  for (const auto& t : p.terms) {
+      p.cuda ? "GPU" : "CPU", p.activation_bytes, p.batch, p.seq_len,
+      p.checkpointing.to_string() + (p.checkpointing_forced ? " (dist.shard parameters recomputes every block)" : ""));
+  auto line = [&out](const MemoryTerm& t) {
     out += fmt::format("  {:<24}{:>9} GiB {:>15} bytes   {}\n", t.name, gib(t.bytes), t.bytes, t.formula);
-  }
+  };
+  for (const auto& t : p.terms) line(t);
   out += fmt::format("  {:<24}{:>9} GiB {:>15} bytes{}\n", "total", gib(p.total()), p.total(),
                      p.activations_estimated ? "" : "   (saved activations not estimated)");
+  line(p.setup_peak);
+  for (const auto& t : p.host) line(t);
   return out;
 }
 
@@ -427,7 +433,17 @@ MemoryLimit memory_limit(const Config& cfg, const at::Device& device) {
 }
 
 void check_memory_plan(const MemoryPlan& p, const MemoryLimit& limit) {
-  if (limit.bytes <= 0 || p.total() <= limit.bytes) return;
+  if (limit.bytes <= 0) return;
+  if (p.total() <= limit.bytes) {
+    if (p.setup_peak.bytes <= limit.bytes) return;
+    // Sharding starts from the whole model: only fewer (or frozen) parameters or more memory help.
+    throw core::ConfigError(fmt::format(
+        "the memory plan's set-up peak needs {} GiB ({} bytes) per rank (dist.shard {}, world size {}), more than "
+        "the {} GiB of {}: {}; every rank builds the whole model before it is sharded, so it must fit one device "
+        "(bitqat plan CONFIG shows every term)",
+        gib(p.setup_peak.bytes), p.setup_peak.bytes, core::name_of(kShardModeNames, p.mode), p.world,
+        gib(limit.bytes), limit.source, p.setup_peak.formula));
+  }
   const auto& big = p.biggest();
   std::string fixes;
   if (p.mode != ShardMode::kParameters) {
@@ -436,7 +452,7 @@ void check_memory_plan(const MemoryPlan& p, const MemoryLimit& limit) {
                          core::name_of(kShardModeNames, p.mode));
   }
   if (p.mode != ShardMode::kNone) fixes += fmt::format("more ranks (now {}), ", p.world);
-  if (p.checkpointing.kind != CheckpointingKind::kFull && p.activations_estimated) {
+  if (p.checkpointing.every_n != 1 && p.activations_estimated) {
     fixes += "train.activation_checkpointing full, ";
   }
   fixes += fmt::format("a lower train.batch_size (now {}; train.grad_accum keeps the global batch)", p.batch);

@@ -7,21 +7,30 @@
 // and nothing gathered):
 //   dist.shard       parameters              gradients                optimizer state
 //   none             4N                      4N                       8N  (exp_avg, exp_avg_sq)
-//   optimizer        4N                      4N                       12S (8S moments + 4S master shard)
+//   optimizer        4N                      4N + 4S (the shard)      12S (8S moments + 4S master shard)
 //   gradients        4N                      4S + 2 reduce-scatter    12S
-//   parameters       4S + gathered working   4S + 2 reduce-scatter    8S  (the 4S shard is the master)
-//                    set (outside the blocks,
-//                    plus two blocks)
-// communication buffers: the all-reduce buckets, 4N, with none and optimizer (W > 1).
-// A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes.
+//   parameters       4S + gathered working   4S + whole gradients     8S  (the 4S shard is the master)
+//                    set (outside the blocks, awaiting their
+//                    plus two blocks)        reduce-scatter (outside
+//                                            the blocks, one block)
+//                                            + 2 reduce-scatter
+// dist.shard parameters buckets a block at a time, and the rest (shard_layout.hpp block_buckets); the
+// other modes by dist.bucket_mb. A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes.
+// dist.shard parameters recomputes every block whatever train.activation_checkpointing says (a block's
+// weights are released after its forward, so its graph may not keep them).
+// communication buffers: the all-reduce buckets, 4N, with none and optimizer (W > 1); with parameters
+// the all-gather wire buffers of the two blocks in flight (counted as float32; ternary codes take less).
 // largest transient: the biggest of the logits and their gradient (2 x 4 * B * T * vocab, a third
 // copy for a distillation teacher's logits), one block's activations while it is recomputed
-// (activation checkpointing), and the all-gather of updated parameters (the largest bucket's wire
-// buffer, sharded modes).
+// (activation checkpointing), and the all-gather of updated parameters (optimizer and gradients: two
+// buckets' wire buffers at a time).
 // saved activations: memory_plan.cpp counts what BitLM's blocks save for the backward pass.
 // quantized weight copies: what the forward keeps per quantized weight besides the fp32 latent one
 // (the GPU kernels' packed and bf16 copies; the CPU's int8 codes, saved for the backward).
 // distillation teacher: its fp32 parameters on every rank.
+// Apart from the total: the set-up peak (every rank builds the whole model, and the state the mode
+// keeps, before a sharded mode releases the model; checked against the limit too) and, with parameters,
+// rank 0's host memory at a checkpoint (the whole fp32 model, collected a block at a time).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -29,20 +38,10 @@
 #include <string>
 #include <vector>
 
+#include "models/recompute.hpp"
 #include "training/config.hpp"
 
 namespace bitqat::training {
-
-// Activation checkpointing as the plan takes it (train.activation_checkpointing once the config has
-// it; until then the caller passes it, e.g. `bitqat plan --checkpointing`).
-enum class CheckpointingKind { kNone, kFull, kEveryN };
-struct Checkpointing {
-  CheckpointingKind kind = CheckpointingKind::kNone;
-  int64_t n = 0;  // kEveryN: blocks 0, n, 2n, ... keep only their input and recompute the rest
-};
-// "none", "full" or "every_n:N" (N >= 1); throws core::UserError naming the text and the forms otherwise.
-Checkpointing parse_checkpointing(const std::string& text);
-std::string to_string(const Checkpointing& c);
 
 struct MemoryTerm {
   std::string name;     // "parameters", "gradients", ...
@@ -55,7 +54,9 @@ struct MemoryPlan {
   int world = 1;
   bool cuda = false;          // the forward's path: the GPU kernels (else the CPU's)
   int activation_bytes = 4;   // bytes of a block's float activation (2 under bf16 autocast)
-  Checkpointing checkpointing;
+  models::Checkpointing checkpointing;  // what the run does: train.activation_checkpointing, full with
+                                        // dist.shard parameters
+  bool checkpointing_forced = false;    // dist.shard parameters overrode the key
   int64_t batch = 0, seq_len = 0;
   int64_t trainable = 0;    // N: elements of the parameters with requires_grad
   int64_t frozen = 0;       // elements of the other parameters (replicated, fp32)
@@ -64,6 +65,8 @@ struct MemoryPlan {
   size_t buckets = 0;       // of the shard layout (dist.bucket_mb)
   bool activations_estimated = true;  // false: the model kind's saved activations are not counted
   std::vector<MemoryTerm> terms;      // in the order printed
+  MemoryTerm setup_peak;              // not in the total; checked against the limit too
+  std::vector<MemoryTerm> host;       // host memory, not the device's (rank 0's at a checkpoint)
   int64_t total() const;
   const MemoryTerm& biggest() const;
 };
@@ -71,9 +74,10 @@ struct MemoryPlan {
 // The plan of `cfg` on `world` ranks. The forward's path is device.type's (auto: the GPU when one is
 // visible); the activations are those of the fully quantized forward (lambda 1). Reads no data file
 // and no weights (a distillation teacher's config.json or GGUF header at most).
-MemoryPlan memory_plan(const Config& cfg, int world, const Checkpointing& checkpointing = {});
+MemoryPlan memory_plan(const Config& cfg, int world);
 
-// Header line and one line per term: name, GiB with two decimals, bytes, formula; then the total.
+// Header line and one line per term: name, GiB with two decimals, bytes, formula; then the total, the
+// set-up peak and the host lines.
 std::string format_memory_plan(const MemoryPlan& plan);
 
 struct MemoryLimit {
@@ -85,8 +89,8 @@ MemoryLimit memory_limit(const Config& cfg, const at::Device& device);
 // The device a plan is checked against: device.type's (auto: GPU 0 when one is visible, else the CPU).
 at::Device plan_device(const Config& cfg);
 
-// Throws core::ConfigError when plan.total() exceeds a known limit: the total, the limit and where it
-// came from, the biggest term, and what to change.
+// Throws core::ConfigError when plan.total() exceeds a known limit (the total, the limit and where it
+// came from, the biggest term, and what to change), or plan.setup_peak does (naming it).
 void check_memory_plan(const MemoryPlan& plan, const MemoryLimit& limit);
 
 }  // namespace bitqat::training

@@ -1,6 +1,8 @@
 #include "training/shard_layout.hpp"
 
 #include <algorithm>
+#include <functional>
+#include <regex>
 #include <stdexcept>
 
 #include "training/grad_sync.hpp"
@@ -61,6 +63,35 @@ void add_buckets(ShardLayout& l, const std::vector<std::vector<size_t>>& groups)
 }
 
 }  // namespace
+
+int64_t block_of(const std::string& name) {
+  static const std::regex re("^(layers|blocks)\\.([0-9]+)\\..*");
+  std::smatch m;
+  return std::regex_match(name, m, re) ? std::stoll(m[2].str()) : -1;
+}
+
+BlockBuckets block_buckets(const std::vector<std::pair<std::string, at::Tensor>>& params) {
+  std::map<int64_t, std::vector<size_t>, std::greater<>> blocks;
+  std::vector<size_t> rest;
+  for (size_t k = 0; k < params.size(); ++k) {
+    const int64_t b = block_of(params[k].first);
+    if (b < 0) {
+      rest.push_back(k);
+    } else {
+      blocks[b].push_back(k);
+    }
+  }
+  BlockBuckets out;
+  for (auto& [b, idx] : blocks) {
+    out.bucket_of_block[b] = out.groups.size();
+    out.groups.push_back(std::move(idx));
+  }
+  if (!rest.empty()) {
+    out.rest = static_cast<int64_t>(out.groups.size());
+    out.groups.push_back(std::move(rest));
+  }
+  return out;
+}
 
 ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
                               int64_t bucket_bytes) {

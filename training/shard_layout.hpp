@@ -19,6 +19,8 @@
 #pragma once
 #include <ATen/ATen.h>
 
+#include <cstdint>
+#include <map>
 #include <string>
 #include <utility>
 #include <vector>
@@ -71,6 +73,21 @@ ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tenso
 // weights together). Throws std::invalid_argument when a parameter is missing or repeated.
 ShardLayout make_shard_layout(const std::vector<std::pair<std::string, at::Tensor>>& params, int world,
                               const std::vector<std::vector<size_t>>& groups);
+
+// The transformer block a parameter belongs to ("layers.3.attn.q.weight" -> 3, a DiT's "blocks.3...."),
+// or -1 for the rest (embeddings, final norm, output head, ...).
+int64_t block_of(const std::string& name);
+
+// dist.shard parameters' buckets (the groups of make_shard_layout): one per transformer block, the last
+// block first (the order the backward pass finishes them), then one of the rest, if any. A block's
+// weights are gathered, and its gradients reduce-scattered, together; the rest is gathered for the
+// whole step.
+struct BlockBuckets {
+  std::vector<std::vector<size_t>> groups;  // indices into the parameters, per bucket
+  std::map<int64_t, size_t> bucket_of_block;
+  int64_t rest = -1;  // the bucket of the rest; -1: none
+};
+BlockBuckets block_buckets(const std::vector<std::pair<std::string, at::Tensor>>& params);
 
 // Rank `rank`'s chunk of a flat tensor of p.numel elements ([chunk], zeros past the end).
 at::Tensor take_chunk(const at::Tensor& flat, const ShardedParam& p, int rank);

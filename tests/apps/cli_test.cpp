@@ -602,13 +602,13 @@ TEST(Cli, PlanPrintsTheTermsAndRefusesWhatDoesNotFit) {
   auto r = run("plan " + cfg + " --world-size 8 --set device.memory_gb=79");
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_EQ(r.out.rfind("plan: dist.shard parameters, world size 8, N = 8030261248 trainable elements (0 frozen), "
-                        "S = 1003782656 per rank, padding 0, 291 buckets; GPU path",
+                        "S = 1003782656 per rank, padding 0, 33 buckets; GPU path",
                         0),
             0u)
       << r.out;
   for (const char* term : {"  parameters ", "  gradients ", "  optimizer state ", "  saved activations ",
                            "  communication buffers ", "  largest transient ", "  quantized weight copies ",
-                           "  total ", "  limit "}) {
+                           "  total ", "  set-up peak ", "  checkpoint host RAM ", "  limit "}) {
     EXPECT_NE(r.out.find(term), std::string::npos) << term;
   }
   EXPECT_EQ(run("plan " + cfg + " --world-size 8 --set device.memory_gb=79").out, r.out);  // deterministic
@@ -620,10 +620,18 @@ TEST(Cli, PlanPrintsTheTermsAndRefusesWhatDoesNotFit) {
             std::string::npos)
       << r.out;
   EXPECT_NE(r.out.find("try dist.shard optimizer (now none)"), std::string::npos) << r.out;
-  r = run("plan " + cfg + " --checkpointing sometimes");
+  // Activation checkpointing is the config's key, through --set like any other.
+  r = run("plan " + cfg + " --set train.activation_checkpointing=sometimes");
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("activation checkpointing 'sometimes': expected none, full or every_n:N"), std::string::npos)
+  EXPECT_NE(r.out.find("--set train.activation_checkpointing=sometimes: train.activation_checkpointing = sometimes: "),
+            std::string::npos)
       << r.out;
+  r = run("plan " + cfg + " --world-size 8 --set dist.shard=gradients --set device.memory_gb=1000 --set "
+          "'train.activation_checkpointing={every_n: 2}'");
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("activation checkpointing every_n: 2\n"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("16 blocks x 780828672 + 16 checkpointed x 67108864"), std::string::npos) << r.out;
+  EXPECT_NE(run("plan " + cfg + " --checkpointing full").code, 0);  // no such option any more
   r = run("plan " + cfg + " --world-size 0");
   EXPECT_EQ(r.code, 2) << r.out;
 }

@@ -17,8 +17,6 @@
 
 namespace {
 
-using bitqat::training::Checkpointing;
-using bitqat::training::CheckpointingKind;
 using bitqat::training::Config;
 using bitqat::training::memory_plan;
 using bitqat::training::MemoryPlan;
@@ -42,35 +40,43 @@ std::map<std::string, int64_t> terms(const MemoryPlan& p) {
 
 // N by hand: embed 256 x 32 = 8192; a block: attn_norm 32, q 32x32 = 1024, k 16x32 = 512, v 512,
 // o 1024 + its SubLN 32, ffn_norm 32, up 96x32 = 3072, down 32x96 = 3072 + its SubLN 96: 9408;
-// the final norm 32. N = 8192 + 2 x 9408 + 32 = 27040.
+// the final norm 32. N = 8192 + 2 x 9408 + 32 = 27040; outside the blocks 8224.
 // S (chunk = round_up(ceil(numel / W), 16), summed): W = 1 and 2 divide every tensor into multiples
 // of 16: S = 27040 and 13520. W = 4: a 32-element norm gets 8 -> 16, a 96-element SubLN 24 -> 32, the
-// rest divide: 2048 + 2 x (16 + 256 + 128 + 128 + 256 + 16 + 16 + 768 + 768 + 32) + 16 = 6832, padding
-// 4 x 6832 - 27040 = 288. One bucket (W S 4 bytes < the first bucket's 1 MiB), so its wire buffer is
-// 4 W S: 108160 (W = 2), 109312 (W = 4).
+// rest divide: a block's chunks 16 + 256 + 128 + 128 + 256 + 16 + 16 + 768 + 768 + 32 = 2384, S = 2048 +
+// 2 x 2384 + 16 = 6832, padding 4 x 6832 - 27040 = 288.
+// Buckets of dist.bucket_mb: one (W S 4 bytes < the first bucket's 1 MiB), so two wire buffers are
+// that one, 4 W S: 108160 (W = 2), 109312 (W = 4). dist.shard parameters buckets a block at a time and
+// the rest: a block's wire buffer 4 W chunk is 4 x 2 x 4704 = 37632 (W = 2), 4 x 4 x 2384 = 38144 (W = 4),
+// the rest's 4 x 2 x 4112 = 32896, 4 x 4 x 2064 = 33024: the two largest are the two blocks.
 // Saved activations (CPU path, M = 128 tokens, d = dq = 32, dkv = 16, H = 2, f = 96; the attention
 // kernels take T = 32 and head size 16): per block 8 M d = 32768, codes 2 (M d + 8 M) + M f + 8 M =
 // 23552, attention 4 M (2 dq + 2 dkv) + 4 M H = 50176, o M dq + 8 M = 5120, FFN 4 M f = 49152:
-// 160768; outside 4 M d + 4 M + 4 M d = 33280; 2 x 160768 + 33280 = 354816.
+// 160768; outside 4 M d + 4 M + 4 M d = 33280; 2 x 160768 + 33280 = 354816. dist.shard parameters
+// recomputes every block: 2 x 4 M d (their inputs) + 33280 = 66048.
 // Logits and their gradient 2 x 4 x 128 x 256 = 262144. int8 weight codes: 2 x (1024 + 512 + 512 +
 // 1024 + 3072 + 3072) = 18432.
 TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
-  const int64_t N = 27040, saved = 354816, logits = 262144, codes = 18432;
+  const int64_t N = 27040, saved = 354816, saved_full = 66048, logits = 262144, codes = 18432;
   const std::map<int, int64_t> S = {{1, 27040}, {2, 13520}, {4, 6832}};
   const std::map<int, int64_t> wire = {{1, 0}, {2, 4 * 2 * 13520}, {4, 4 * 4 * 6832}};
-  const int64_t gathered = 4 * (8192 + 32 + 2 * 9408);  // outside the blocks + two blocks
+  const std::map<int, int64_t> block_wires = {{1, 0}, {2, 2 * 37632}, {4, 2 * 38144}};
+  const int64_t gathered = 4 * (8224 + 2 * 9408);  // outside the blocks + two blocks
+  const int64_t whole_grads = 4 * (8224 + 9408);   // the rest's, held through the backward, + one block's
   struct Row {
     const char* mode;
     int world;
-    int64_t params, grads, optim, comm;
+    int64_t params, grads, optim, saved, comm, setup;
   };
   std::vector<Row> rows;
   for (int w : {1, 2, 4}) {
     const int64_t s = S.at(w), ar = w > 1 ? 4 * N : 0;
-    rows.push_back({"none", w, 4 * N, 4 * N, 8 * N, ar});
-    rows.push_back({"optimizer", w, 4 * N, 4 * N, 12 * s, ar});
-    rows.push_back({"gradients", w, 4 * N, 4 * s + wire.at(w), 12 * s, 0});
-    rows.push_back({"parameters", w, 4 * s + (w > 1 ? gathered : 0), 4 * s + wire.at(w), 8 * s, 0});
+    rows.push_back({"none", w, 4 * N, 4 * N, 8 * N, saved, ar, 4 * N + 8 * N + ar});
+    rows.push_back({"optimizer", w, 4 * N, 4 * N + 4 * s, 12 * s, saved, ar, 4 * N + 12 * s + 4 * s + ar});
+    rows.push_back({"gradients", w, 4 * N, 4 * s + wire.at(w), 12 * s, saved, 0, 4 * N + 12 * s + 4 * s});
+    rows.push_back({"parameters", w, 4 * s + (w > 1 ? gathered : 0),
+                    4 * s + (w > 1 ? whole_grads + block_wires.at(w) : 0), 8 * s, saved_full, block_wires.at(w),
+                    4 * N + 8 * s + 4 * s});
   }
   for (const auto& r : rows) {
     SCOPED_TRACE(std::string(r.mode) + " W=" + std::to_string(r.world));
@@ -78,17 +84,24 @@ TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
     EXPECT_EQ(p.trainable, N);
     EXPECT_EQ(p.shard_numel, S.at(r.world));
     EXPECT_EQ(p.padding, r.world == 4 ? 288 : 0);
-    EXPECT_EQ(p.buckets, 1u);
+    EXPECT_EQ(p.buckets, std::string(r.mode) == "parameters" ? 3u : 1u);
     auto t = terms(p);
     EXPECT_EQ(t["parameters"], r.params);
     EXPECT_EQ(t["gradients"], r.grads);
     EXPECT_EQ(t["optimizer state"], r.optim);
-    EXPECT_EQ(t["saved activations"], saved);
+    EXPECT_EQ(t["saved activations"], r.saved);
     EXPECT_EQ(t["communication buffers"], r.comm);
-    EXPECT_EQ(t["largest transient"], logits);  // above every all-gather here
+    EXPECT_EQ(t["largest transient"], logits);  // above every all-gather and recomputed block here
     EXPECT_EQ(t["quantized weight copies"], codes);
-    EXPECT_EQ(p.total(), r.params + r.grads + r.optim + saved + r.comm + logits + codes);
+    EXPECT_EQ(p.total(), r.params + r.grads + r.optim + r.saved + r.comm + logits + codes);
     EXPECT_EQ(p.terms.size(), 7u);
+    EXPECT_EQ(p.setup_peak.bytes, r.setup);
+    if (std::string(r.mode) == "parameters") {
+      ASSERT_EQ(p.host.size(), 1u);
+      EXPECT_EQ(p.host[0].bytes, 4 * N);  // rank 0 collects the whole model at a checkpoint
+    } else {
+      EXPECT_TRUE(p.host.empty());
+    }
   }
 }
 
@@ -105,16 +118,25 @@ TEST(MemoryPlan, TextIsDeterministic) {
       << text;
 }
 
-// Checkpointing keeps a checkpointed block's input (4 M d = 16384) instead of its 160768 bytes, and
-// one block is recomputed at a time (a transient below the logits here).
+// train.activation_checkpointing keeps a checkpointed block's input (4 M d = 16384) instead of its
+// 160768 bytes, and one block is recomputed at a time (a transient below the logits here). every_n: 2
+// over 3 blocks recomputes blocks 0 and 2 (models/recompute.hpp). dist.shard parameters recomputes
+// every block whatever the key says.
 TEST(MemoryPlan, CheckpointingKeepsBlockInputs) {
-  auto saved = [](Checkpointing c) { return terms(memory_plan(tiny(), 1, c))["saved activations"]; };
-  EXPECT_EQ(saved({CheckpointingKind::kFull, 0}), 2 * 16384 + 33280);
-  EXPECT_EQ(saved({CheckpointingKind::kEveryN, 2}), 16384 + 160768 + 33280);  // block 0 of 0, 1
-  EXPECT_EQ(saved({CheckpointingKind::kEveryN, 1}), saved({CheckpointingKind::kFull, 0}));
-  EXPECT_EQ(bitqat::training::to_string(bitqat::training::parse_checkpointing("every_n:3")), "every_n:3");
-  EXPECT_THROW(bitqat::training::parse_checkpointing("every_n:0"), bitqat::core::UserError);
-  EXPECT_THROW(bitqat::training::parse_checkpointing("some"), bitqat::core::UserError);
+  auto saved = [](std::vector<std::string> sets) { return terms(memory_plan(tiny(sets), 1))["saved activations"]; };
+  EXPECT_EQ(saved({"train.activation_checkpointing=full"}), 2 * 16384 + 33280);
+  EXPECT_EQ(saved({"train.activation_checkpointing={every_n: 2}"}), 16384 + 160768 + 33280);  // block 0 of 0, 1
+  EXPECT_EQ(saved({"train.activation_checkpointing={every_n: 1}"}), saved({"train.activation_checkpointing=full"}));
+  EXPECT_EQ(saved({"model.n_layers=3", "train.activation_checkpointing={every_n: 2}"}), 2 * 16384 + 160768 + 33280);
+  const auto p = memory_plan(tiny({"dist.shard=parameters", "train.activation_checkpointing=none"}), 2);
+  EXPECT_EQ(terms(p)["saved activations"], 2 * 16384 + 33280);
+  EXPECT_EQ(p.checkpointing.every_n, 1);
+  EXPECT_TRUE(p.checkpointing_forced);
+  const auto text = bitqat::training::format_memory_plan(p);
+  EXPECT_NE(text.find("activation checkpointing full (dist.shard parameters recomputes every block)"),
+            std::string::npos)
+      << text;
+  EXPECT_NE(text.find("outside 33280; dist.shard parameters recomputes every block"), std::string::npos) << text;
 }
 
 TEST(MemoryPlan, RefusalNamesTotalLimitAndBiggestTerm) {
@@ -138,6 +160,31 @@ TEST(MemoryPlan, RefusalNamesTotalLimitAndBiggestTerm) {
         << msg;
   }
   EXPECT_NO_THROW(bitqat::training::check_memory_plan(p, {}));  // no known limit: nothing to compare
+}
+
+// The set-up peak is checked too: 32 blocks over 8 ranks, one token. N = 8224 + 32 x 9408 = 309280; a
+// block's chunks over 8 ranks 16 + 128 + 64 + 64 + 128 + 16 + 16 + 384 + 384 + 16 = 1216, S = 1024 + 16 +
+// 32 x 1216 = 39952; the set-up peak 4 N + 12 S (moments, master, gradient shard) = 1716544 is above
+// the 0.0015 GiB (1610612 bytes) limit, the total below it.
+TEST(MemoryPlan, RefusalNamesTheSetUpPeak) {
+  const auto cfg = tiny({"dist.shard=parameters", "model.n_layers=32", "data.seq_len=1", "train.batch_size=1",
+                         "device.memory_gb=0.0015"});
+  const auto p = memory_plan(cfg, 8);
+  EXPECT_EQ(p.setup_peak.bytes, 4 * 309280 + 12 * 39952);
+  const auto limit = bitqat::training::memory_limit(cfg, at::Device(at::kCPU));
+  ASSERT_LT(p.total(), limit.bytes);
+  try {
+    bitqat::training::check_memory_plan(p, limit);
+    FAIL() << "no error";
+  } catch (const bitqat::core::ConfigError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("the memory plan's set-up peak needs 0.00 GiB (1716544 bytes) per rank (dist.shard parameters, "
+                       "world size 8), more than the 0.00 GiB of --set device.memory_gb=0.0015: device.memory_gb = "
+                       "0.0015: 4 N the whole model as every rank builds it"),
+              std::string::npos)
+        << msg;
+  }
+  EXPECT_NO_THROW(bitqat::training::check_memory_plan(memory_plan(cfg, 8), {}));
 }
 
 int64_t rss_bytes() {

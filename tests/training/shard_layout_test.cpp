@@ -56,4 +56,27 @@ TEST(ShardLayout, ChunksOfAllRanksGiveTheTensorBack) {
   EXPECT_TRUE(at::equal(bitqat::training::drop_padding(at::cat(chunks), p).view({10, 10}), t));
 }
 
+// dist.shard parameters' buckets: a block at a time, the last first, then the rest (in the order given).
+TEST(ShardLayout, BlockBucketsLastBlockFirstThenTheRest) {
+  using bitqat::training::block_of;
+  EXPECT_EQ(block_of("layers.12.attn.q.weight"), 12);
+  EXPECT_EQ(block_of("blocks.3.ffn.up.weight"), 3);
+  EXPECT_EQ(block_of("embed.weight"), -1);
+  EXPECT_EQ(block_of("layers.x.weight"), -1);
+  std::vector<std::pair<std::string, at::Tensor>> p{{"embed.weight", at::zeros({4})},
+                                                    {"layers.0.a.weight", at::zeros({4})},
+                                                    {"layers.0.b.weight", at::zeros({4})},
+                                                    {"layers.1.a.weight", at::zeros({4})},
+                                                    {"norm.weight", at::zeros({4})}};
+  const auto b = bitqat::training::block_buckets(p);
+  ASSERT_EQ(b.groups.size(), 3u);
+  EXPECT_EQ(b.groups[0], (std::vector<size_t>{3}));
+  EXPECT_EQ(b.groups[1], (std::vector<size_t>{1, 2}));
+  EXPECT_EQ(b.groups[2], (std::vector<size_t>{0, 4}));
+  EXPECT_EQ(b.bucket_of_block.at(1), 0u);
+  EXPECT_EQ(b.bucket_of_block.at(0), 1u);
+  EXPECT_EQ(b.rest, 2);
+  EXPECT_EQ(bitqat::training::block_buckets({{"layers.0.w", at::zeros({4})}}).rest, -1);
+}
+
 }  // namespace
