@@ -4,6 +4,7 @@
 #include <fmt/format.h>
 #include <torch/csrc/autograd/variable.h>
 
+#include <functional>
 #include <map>
 #include <spdlog/spdlog.h>
 #include <stdexcept>
@@ -65,6 +66,24 @@ void check_finite_state(const checkpoints::CheckpointData& ck, const std::string
   }
 }
 
+// The AdamW state of a checkpoint written by any mode and world size, for this run: the step count,
+// and each parameter's moments as `cut(k, whole)` makes them from their whole flat values ([numel]).
+std::map<std::string, at::Tensor> optimizer_state_for(
+    const checkpoints::CheckpointData& ck, const std::string& dir,
+    const std::vector<std::pair<std::string, int64_t>>& params,
+    const std::function<at::Tensor(size_t, const at::Tensor&)>& cut) {
+  check_finite_state(ck, dir);
+  std::map<std::string, at::Tensor> out;
+  out["step"] = step_tensor(ck, dir);
+  for (size_t k = 0; k < params.size(); ++k) {
+    for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
+      const auto key = params[k].first + suffix;
+      out[key] = cut(k, whole_optimizer_tensor(ck, key, params[k].second, dir));
+    }
+  }
+  return out;
+}
+
 // ---- dist.shard none ----------------------------------------------------------------------------
 
 class Replicated final : public DataParallel {
@@ -98,22 +117,20 @@ class Replicated final : public DataParallel {
   std::vector<std::pair<std::string, at::Tensor>> optimizer_state() const override { return opt_.state_tensors(); }
 
   void load_optimizer_state(const checkpoints::CheckpointData& ck, const std::string& dir) override {
-    check_finite_state(ck, dir);
-    const auto release = [&ck](const at::Tensor& t) { ck.release(t); };
     if (ck.optimizer_shards.empty()) {
+      check_finite_state(ck, dir);
       opt_.load_state_tensors(std::map<std::string, at::Tensor>(ck.optimizer.begin(), ck.optimizer.end()),
-                              dir + "/optimizer.safetensors", release);
+                              dir + "/optimizer.safetensors", [&ck](const at::Tensor& t) { ck.release(t); });
       return;
     }
     // A sharded run's state, reassembled (one tensor at a time) into the whole tensors.
-    std::map<std::string, at::Tensor> whole;
-    whole["step"] = step_tensor(ck, dir);
-    for (const auto& [name, p] : named_) {
-      for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
-        whole[name + suffix] = whole_optimizer_tensor(ck, name + suffix, p.numel(), dir).view(p.sizes());
-      }
-    }
-    opt_.load_state_tensors(whole, dir + " (optimizer shards)");
+    std::vector<std::pair<std::string, int64_t>> params;
+    for (const auto& [name, p] : named_) params.emplace_back(name, p.numel());
+    opt_.load_state_tensors(optimizer_state_for(ck, dir, params,
+                                                [&](size_t k, const at::Tensor& whole) {
+                                                  return whole.view(named_[k].second.sizes());
+                                                }),
+                            dir + " (optimizer shards)");
   }
 
   std::string describe() const override {
@@ -390,16 +407,13 @@ class Sharded final : public DataParallel {
   std::vector<std::pair<std::string, at::Tensor>> optimizer_state() const override { return opt_->state_tensors(); }
 
   void load_optimizer_state(const checkpoints::CheckpointData& ck, const std::string& dir) override {
-    check_finite_state(ck, dir);
-    std::map<std::string, at::Tensor> mine;
-    mine["step"] = step_tensor(ck, dir);
-    for (size_t k = 0; k < layout_.params.size(); ++k) {
-      const auto& lp = layout_.params[k];
-      for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
-        mine[lp.name + suffix] = take_chunk(whole_optimizer_tensor(ck, lp.name + suffix, lp.numel, dir), lp, rank_);
-      }
-    }
-    opt_->load_state_tensors(mine, dir + (ck.optimizer_shards.empty() ? "/optimizer.safetensors" : " (optimizer shards)"));
+    std::vector<std::pair<std::string, int64_t>> params;
+    for (const auto& lp : layout_.params) params.emplace_back(lp.name, lp.numel);
+    opt_->load_state_tensors(optimizer_state_for(ck, dir, params,
+                                                 [&](size_t k, const at::Tensor& whole) {
+                                                   return take_chunk(whole, layout_.params[k], rank_);
+                                                 }),
+                             dir + (ck.optimizer_shards.empty() ? "/optimizer.safetensors" : " (optimizer shards)"));
   }
 
   std::string describe() const override {
@@ -491,8 +505,7 @@ class Sharded final : public DataParallel {
       const auto& lp = layout_.params[k];
       const int64_t b = lp.begin(rank_), e = lp.end(rank_);
       if (e > b) {
-        const auto idx = at::arange(b, e, c.gamma.options().dtype(at::kLong)).div_(c.groups.group, "floor");
-        const auto scale = c.gamma.index_select(0, idx).clamp_min(c.eps);
+        const auto scale = gamma_of_elements(c.gamma, b, e, c.groups).clamp_min(c.eps);
         const auto mask = (master_view_[k].narrow(0, 0, e - b).abs() / scale).le(c.clip);
         grad_view_[k].narrow(0, 0, e - b).mul_(mask);
       }

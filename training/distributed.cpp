@@ -258,76 +258,60 @@ void DistContext::wait_work(const c10::intrusive_ptr<c10d::Work>& work, const st
   }
 }
 
-PendingOp DistContext::all_reduce_sum_async(at::Tensor& t, std::string what) {
+PendingOp DistContext::start(std::string what, const std::function<c10::intrusive_ptr<c10d::Work>()>& launch) {
   PendingOp op;
-  if (!pg_) return op;
+  try {
+    op.work_ = launch();
+  } catch (const std::exception& e) {
+    failed_ = true;
+    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
+  }
+  op.ctx_ = this;
+  op.what_ = std::move(what);
+  return op;
+}
+
+PendingOp DistContext::all_reduce_sum_async(at::Tensor& t, std::string what) {
+  if (!pg_) return PendingOp();
   c10d::AllreduceOptions o;
   o.reduceOp = c10d::ReduceOp::SUM;
   o.timeout = timeout_;
   std::vector<at::Tensor> v{t};
-  try {
-    op.work_ = pg_->allreduce(v, o);
-  } catch (const std::exception& e) {
-    failed_ = true;
-    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
-  }
-  op.ctx_ = this;
-  op.what_ = std::move(what);
-  return op;
+  return start(std::move(what), [&] { return pg_->allreduce(v, o); });
 }
 
 PendingOp DistContext::reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in, std::string what) {
-  PendingOp op;
   if (!pg_) {
     out.copy_(in.narrow(0, 0, out.numel()));
-    return op;
+    return PendingOp();
   }
   c10d::ReduceScatterOptions o;
   o.reduceOp = c10d::ReduceOp::SUM;
   o.timeout = timeout_;
-  try {
-    op.work_ = pg_->_reduce_scatter_base(out, in, o);
-  } catch (const std::exception& e) {
-    failed_ = true;
-    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
-  }
-  op.ctx_ = this;
-  op.what_ = std::move(what);
-  return op;
+  return start(std::move(what), [&] { return pg_->_reduce_scatter_base(out, in, o); });
 }
 
 PendingOp DistContext::all_gather_async(at::Tensor& out, at::Tensor& in, std::string what) {
-  PendingOp op;
   if (!pg_) {
     out.narrow(0, 0, in.numel()).copy_(in);
-    return op;
+    return PendingOp();
   }
   c10d::AllgatherOptions o;
   o.timeout = timeout_;
-  try {
-    op.work_ = pg_->_allgather_base(out, in, o);
-  } catch (const std::exception& e) {
-    failed_ = true;
-    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
-  }
-  op.ctx_ = this;
-  op.what_ = std::move(what);
-  return op;
+  return start(std::move(what), [&] { return pg_->_allgather_base(out, in, o); });
 }
 
 void DistContext::all_reduce_sum_(at::Tensor& t, const std::string& what) {
   if (!pg_) return;
   at::Tensor buf = t.detach().to(device_).contiguous();
-  auto op = all_reduce_sum_async(buf, what);
-  op.wait();
+  all_reduce_sum_async(buf, what).wait();
   if (!buf.is_same(t)) t.detach().copy_(buf);
 }
 
 void DistContext::all_reduce_mean_(at::Tensor& t, const std::string& what) {
   if (!pg_) return;
   at::Tensor buf = t.detach().to(device_).contiguous();
-  auto op = all_reduce_sum_async(buf, what);
-  op.wait();
+  all_reduce_sum_async(buf, what).wait();
   buf.div_(env_.world_size);
   if (!buf.is_same(t)) t.detach().copy_(buf);
 }
@@ -339,14 +323,7 @@ void DistContext::broadcast_(at::Tensor& t, const std::string& what) {
   o.rootRank = 0;
   o.timeout = timeout_;
   std::vector<at::Tensor> v{buf};
-  c10::intrusive_ptr<c10d::Work> work;
-  try {
-    work = pg_->broadcast(v, o);
-  } catch (const std::exception& e) {
-    failed_ = true;
-    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
-  }
-  wait_work(work, what);
+  start(what, [&] { return pg_->broadcast(v, o); }).wait();
   if (!buf.is_same(t.detach())) t.detach().copy_(buf);
 }
 
@@ -389,15 +366,7 @@ void DistContext::check_same(const std::vector<int64_t>& values, const std::vect
   o.reduceOp = c10d::ReduceOp::MAX;
   o.timeout = timeout_;
   std::vector<at::Tensor> v{buf};
-  const std::string what = "cross-rank agreement check";
-  c10::intrusive_ptr<c10d::Work> work;
-  try {
-    work = pg_->allreduce(v, o);
-  } catch (const std::exception& e) {
-    failed_ = true;
-    throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
-  }
-  wait_work(work, what);
+  start("cross-rank agreement check", [&] { return pg_->allreduce(v, o); }).wait();
   const at::Tensor r = buf.cpu().contiguous();
   const auto* pr = r.data_ptr<int64_t>();
   std::string bad;

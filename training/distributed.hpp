@@ -113,6 +113,9 @@ class DistContext {
  private:
   friend class PendingOp;
   void wait_work(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
+  // Starts a collective (`launch` issues it on the group); a failure to start is a UserError naming
+  // `what` and marks the group failed.
+  PendingOp start(std::string what, const std::function<c10::intrusive_ptr<c10d::Work>()>& launch);
 
   DistEnv env_;
   std::string backend_ = "none";

@@ -42,15 +42,10 @@ at::Tensor partial_abs_sums(const at::Tensor& chunk, int64_t begin, int64_t end,
   return out;
 }
 
-namespace {
-
-// gamma per element of [begin, end), float32.
-at::Tensor gamma_of_elements(const at::Tensor& gamma, int64_t begin, int64_t end, int64_t group) {
-  const auto idx = at::arange(begin, end, gamma.options().dtype(at::kLong)).div_(group, "floor");
-  return gamma.index_select(0, idx);
+at::Tensor gamma_of_elements(const at::Tensor& gamma, int64_t begin, int64_t end, const FlatGroups& g) {
+  const auto idx = at::arange(begin, end, gamma.options().dtype(at::kLong)).div_(g.group, "floor");
+  return gamma.to(at::kFloat).index_select(0, idx);
 }
-
-}  // namespace
 
 at::Tensor pack_ternary_chunk(const at::Tensor& chunk, int64_t begin, int64_t end, const FlatGroups& g,
                               const at::Tensor& gamma, double eps) {
@@ -59,7 +54,7 @@ at::Tensor pack_ternary_chunk(const at::Tensor& chunk, int64_t begin, int64_t en
   auto codes = at::zeros({c}, chunk.options().dtype(at::kFloat));
   if (end > begin) {
     const auto w = chunk.narrow(0, 0, end - begin).to(at::kFloat);
-    const auto gm = gamma_of_elements(gamma.to(at::kFloat), begin, end, g.group);
+    const auto gm = gamma_of_elements(gamma, begin, end, g);
     // round_half_away(w / (gamma + eps)) clamped to [-1, 1] (cuda/quant_codes.hpp's ternary_code).
     const auto r = w / (gm + static_cast<float>(eps));
     codes.narrow(0, 0, end - begin).copy_((r.abs() + 0.5f).floor_().mul_(r.sign()).clamp_(-1.0f, 1.0f));

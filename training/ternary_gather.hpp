@@ -41,6 +41,9 @@ FlatGroups flat_groups(int64_t numel, int64_t row_length, int64_t group, bool pe
 // (chunk[0] is element `begin`; the rest of chunk is padding): double [g.count].
 at::Tensor partial_abs_sums(const at::Tensor& chunk, int64_t begin, int64_t end, const FlatGroups& g);
 
+// The scale of each element [begin, end) of the flat weight: gamma[i / g.group], float32 [end - begin].
+at::Tensor gamma_of_elements(const at::Tensor& gamma, int64_t begin, int64_t end, const FlatGroups& g);
+
 // The 2-bit codes of `chunk` (elements [begin, end) of the flat weight, then padding, which packs as
 // code 0) under the per-group scales gamma (float [g.count]): uint8 [chunk.numel() / 4].
 at::Tensor pack_ternary_chunk(const at::Tensor& chunk, int64_t begin, int64_t end, const FlatGroups& g,

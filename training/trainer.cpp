@@ -365,19 +365,18 @@ bool due(int64_t done, int64_t every, int64_t steps) { return (every > 0 && done
 at::Tensor grad_norm_clip_(DataParallel& dp, const std::vector<at::Tensor>& grads, double max_norm) {
   at::Tensor total;
   if (dp.sharded()) {
+    // Every rank takes part in the all-reduce, whatever it holds.
     at::Tensor sq = grads.empty() ? at::zeros({}, at::kDouble)
                                   : at::stack(at::_foreach_norm(grads, 2)).to(at::kDouble).square().sum();
     dp.sum_over_ranks(sq);
     total = sq.sqrt();
-    if (max_norm > 0.0 && !grads.empty()) {
-      at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0).to(grads.front().scalar_type()));
-    }
-    return total;
+  } else {
+    if (grads.empty()) return at::zeros({}, at::kDouble);
+    total = at::linalg_vector_norm(at::stack(at::_foreach_norm(grads, 2)), 2);
   }
-  if (grads.empty()) return at::zeros({}, at::kDouble);
-  const auto norms = at::_foreach_norm(grads, 2);
-  total = at::linalg_vector_norm(at::stack(norms), 2);
-  if (max_norm > 0.0) at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0));
+  if (max_norm > 0.0 && !grads.empty()) {
+    at::_foreach_mul_(grads, (max_norm / (total + 1e-6)).clamp_max(1.0).to(grads.front().scalar_type()));
+  }
   return total.to(at::kDouble);
 }
 
