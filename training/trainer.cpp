@@ -113,7 +113,6 @@ struct Run {
   std::unique_ptr<data::Source> source;
   std::unique_ptr<Task> task;
   std::vector<std::pair<std::string, at::Tensor>> named;  // trainable parameters
-  std::vector<at::Tensor> params;
   std::vector<at::Tensor> replicated;  // parameters, buffers and averages: bit-identical across ranks
   std::unique_ptr<DataParallel> dp;  // the optimizer and the gradients' exchange (dist.shard)
   std::unique_ptr<Ema> ema;          // train.ema
@@ -275,7 +274,6 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   for (const auto& item : model.named_parameters(true)) {
     if (item.value().requires_grad()) r->named.emplace_back(item.key(), item.value());
   }
-  for (const auto& [n, p] : r->named) r->params.push_back(p);
   r->dp = make_data_parallel(r->dist, model, r->named, cfg.dist,
                              AdamWOptions{cfg.optim.beta1, cfg.optim.beta2, cfg.optim.eps});
 
@@ -304,7 +302,7 @@ std::unique_ptr<Run> set_up(const Config& cfg, const TrainOptions& options) {
   if (cfg.train.ema.enabled && !r->ema) {
     r->ema = std::make_unique<Ema>(r->named, cfg.train.ema.decay, cfg.train.ema.start_step);
   }
-  r->replicated = r->params;
+  for (const auto& [n, p] : r->named) r->replicated.push_back(p);
   for (const auto& b : model.buffers(true)) r->replicated.push_back(b);
   if (r->ema) {
     for (const auto& [name, e] : r->ema->tensors()) r->replicated.push_back(e);
