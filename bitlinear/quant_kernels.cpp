@@ -10,6 +10,7 @@
 #include <utility>
 #include <vector>
 
+#include "bitlinear/absmean.hpp"
 #include "bitlinear/cpu/row_kernels.hpp"
 #include "cuda/quant_codes.hpp"
 
@@ -239,23 +240,38 @@ at::Tensor ternary_gamma(const at::Tensor& w, int64_t group, bool per_tensor) {
     rk.abs_sums(w.data_ptr<float>(), cols, per_tensor ? cols : group, sums.data_ptr<double>(), begin, end);
   });
   const auto* ps = sums.data_ptr<double>();
-  if (per_tensor) {
-    const double total = cuda::canonical_sum(rows, [&](int64_t r) { return ps[r]; });
-    return at::full({1}, static_cast<float>(total / (static_cast<double>(rows) * static_cast<double>(cols))),
-                    w.options());
-  }
+  if (per_tensor) return at::full({1}, absmean_of_rows(ps, rows, cols), w.options());
   auto gamma = at::empty({rows, groups}, w.options());
   auto* pg = gamma.data_ptr<float>();
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t n = std::min(group, cols - g * group);
-      pg[r * groups + g] = static_cast<float>(ps[r * groups + g] / static_cast<double>(n));
+      pg[r * groups + g] = absmean_of_group(ps[r * groups + g], std::min(group, cols - g * group));
     }
   }
   return gamma;
 }
 
 }  // namespace
+
+at::Tensor run_abs_sums(const at::Tensor& w, int64_t len) {
+  constexpr const char* fn = "run_abs_sums";
+  TORCH_CHECK(w.device().is_cpu() && w.scalar_type() == at::kFloat && w.is_contiguous(), fn,
+              ": w must be a contiguous float32 CPU tensor, got ", w.scalar_type(), " on ", w.device());
+  TORCH_CHECK(len >= 1 && w.numel() % len == 0, fn, ": len must be >= 1 and divide the ", w.numel(),
+              " elements of w, got ", len);
+  const int64_t runs = w.numel() / len;
+  auto out = at::empty({runs}, w.options().dtype(at::kDouble));
+  const auto& rk = cpu::row_kernels();
+  at::parallel_for(0, runs, grain(len), [&](int64_t begin, int64_t end) {
+    rk.abs_sums(w.data_ptr<float>(), len, len, out.data_ptr<double>(), begin, end);
+  });
+  return out;
+}
+
+float absmean_of_rows(const double* row_sums, int64_t rows, int64_t cols) {
+  const double total = cuda::canonical_sum(rows, [&](int64_t r) { return row_sums[r]; });
+  return static_cast<float>(total / (static_cast<double>(rows) * static_cast<double>(cols)));
+}
 
 WeightCodes weight_codes(const at::Tensor& w2d, int64_t group, bool per_tensor, bool binary, double eps) {
   RECORD_FUNCTION("bitqat::weight_codes", std::vector<c10::IValue>());

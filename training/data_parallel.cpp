@@ -70,7 +70,7 @@ void check_finite_state(const checkpoints::CheckpointData& ck, const std::string
 // and each parameter's moments as `cut(k, whole)` makes them from their whole flat values ([numel]).
 std::map<std::string, at::Tensor> optimizer_state_for(
     const checkpoints::CheckpointData& ck, const std::string& dir,
-    const std::vector<std::pair<std::string, int64_t>>& params,
+    const std::vector<std::pair<std::string, std::vector<int64_t>>>& params,
     const std::function<at::Tensor(size_t, const at::Tensor&)>& cut) {
   check_finite_state(ck, dir);
   std::map<std::string, at::Tensor> out;
@@ -124,8 +124,8 @@ class Replicated final : public DataParallel {
       return;
     }
     // A sharded run's state, reassembled (one tensor at a time) into the whole tensors.
-    std::vector<std::pair<std::string, int64_t>> params;
-    for (const auto& [name, p] : named_) params.emplace_back(name, p.numel());
+    std::vector<std::pair<std::string, std::vector<int64_t>>> params;
+    for (const auto& [name, p] : named_) params.emplace_back(name, p.sizes().vec());
     opt_.load_state_tensors(optimizer_state_for(ck, dir, params,
                                                 [&](size_t k, const at::Tensor& whole) {
                                                   return whole.view(named_[k].second.sizes());
@@ -407,8 +407,8 @@ class Sharded final : public DataParallel {
   std::vector<std::pair<std::string, at::Tensor>> optimizer_state() const override { return opt_->state_tensors(); }
 
   void load_optimizer_state(const checkpoints::CheckpointData& ck, const std::string& dir) override {
-    std::vector<std::pair<std::string, int64_t>> params;
-    for (const auto& lp : layout_.params) params.emplace_back(lp.name, lp.numel);
+    std::vector<std::pair<std::string, std::vector<int64_t>>> params;
+    for (const auto& lp : layout_.params) params.emplace_back(lp.name, lp.shape);
     opt_->load_state_tensors(optimizer_state_for(ck, dir, params,
                                                  [&](size_t k, const at::Tensor& whole) {
                                                    return take_chunk(whole, layout_.params[k], rank_);
@@ -446,9 +446,10 @@ class Sharded final : public DataParallel {
   };
 
   // At the start of a step: a BitLinear's ternary weight at lambda_w = 1 with the identity estimator
-  // travels as codes. Its scales come from one all-reduce of every such layer's partial |W| sums. The
-  // rebuilt weight needs gamma >= eps in every group (it then quantizes to the sent codes); a layer
-  // below that, a ragged grouping, or anything else travels in float32. Every input here is the same on
+  // travels as codes. Its scales come from one all-reduce of every such layer's |W| sums of rows and
+  // groups (training/ternary_gather.hpp). The rebuilt weight needs finite gamma >= eps in every group
+  // (it then quantizes to the sent codes); a layer below that, a ragged grouping, or anything else
+  // travels in float32. Every input here is the same on
   // every rank (the config, the step's lambda, the all-reduced sums), so the ranks agree.
   void plan_codes() {
     if (!first_step_logged_ && step_float_bytes_ + step_code_bytes_ > 0 && dist_.is_main()) {
@@ -472,18 +473,19 @@ class Sharded final : public DataParallel {
       if (!c.groups.ok) continue;
       c.eps = spec.eps;
       candidates.push_back(k);
-      partial.push_back(partial_abs_sums(master_view_[k], lp.begin(rank_), lp.end(rank_), c.groups));
+      partial.push_back(run_sums_of_chunk(master_view_[k], lp.begin(rank_), lp.end(rank_), c.groups));
     }
     if (candidates.empty()) return;
     at::Tensor sums = at::cat(partial);
-    dist_.all_reduce_sum_(sums, "all-reduce of the ternary layers' partial |W| sums");
+    dist_.all_reduce_sum_(sums, "all-reduce of the ternary layers' |W| sums of rows and groups");
+    sums = sums.to(at::kCPU);
     int64_t off = 0;
     for (const size_t k : candidates) {
       auto& c = codes_[k];
-      const auto gamma = sums.narrow(0, off, c.groups.count) / static_cast<double>(c.groups.group);
-      off += c.groups.count;
-      if (gamma.min().item<double>() < c.eps) continue;
-      c.gamma = gamma.to(at::kFloat).to(master_view_[k].device());
+      const auto gamma = scales_of_runs(sums.narrow(0, off, c.groups.runs), c.groups);
+      off += c.groups.runs;
+      if (!gamma.isfinite().all().item<bool>() || gamma.min().item<double>() < c.eps) continue;
+      c.gamma = gamma.to(master_view_[k].device());
       c.active = true;
       // The clipped estimator's mask reads the latent weight, which the rebuilt one is not: the layer
       // runs the identity estimator for this step, and finish_backward masks this rank's gradient shard
@@ -606,8 +608,9 @@ class Sharded final : public DataParallel {
 
 }  // namespace
 
-at::Tensor whole_optimizer_tensor(const checkpoints::CheckpointData& ck, const std::string& key, int64_t numel,
-                                  const std::string& dir) {
+at::Tensor whole_optimizer_tensor(const checkpoints::CheckpointData& ck, const std::string& key,
+                                  const std::vector<int64_t>& shape, const std::string& dir) {
+  const int64_t numel = c10::multiply_integers(shape);
   if (ck.optimizer_shards.empty()) {
     const auto* t = find_tensor(ck.optimizer, key);
     const auto file = dir + "/optimizer.safetensors";
@@ -622,7 +625,7 @@ at::Tensor whole_optimizer_tensor(const checkpoints::CheckpointData& ck, const s
     return t->reshape({-1});
   }
   const int w = static_cast<int>(ck.optimizer_shards.size());
-  const int64_t chunk = shard_chunk(numel, w);
+  const int64_t chunk = shard_chunk(shape, w);
   std::vector<at::Tensor> parts;
   for (int r = 0; r < w; ++r) {
     const auto* t = find_tensor(ck.optimizer_shards[static_cast<size_t>(r)], key);

@@ -102,10 +102,10 @@ std::unique_ptr<DataParallel> make_data_parallel(DistContext& dist, torch::nn::M
                                                  const std::vector<std::pair<std::string, at::Tensor>>& named,
                                                  const DistConfig& cfg, const AdamWOptions& adamw);
 
-// The whole flat state tensor `key` ([numel]) from a checkpoint of any mode: optimizer.safetensors'
-// tensor flattened, or the ranks' shards concatenated with their padding dropped. UserError naming
-// the file when it is missing or its size does not fit `numel`.
-at::Tensor whole_optimizer_tensor(const checkpoints::CheckpointData& ck, const std::string& key, int64_t numel,
-                                  const std::string& dir);
+// The whole flat state tensor `key` ([numel] of the parameter's `shape`) from a checkpoint of any
+// mode: optimizer.safetensors' tensor flattened, or the ranks' shards concatenated with their padding
+// dropped. UserError naming the file when it is missing or its size does not fit the shape.
+at::Tensor whole_optimizer_tensor(const checkpoints::CheckpointData& ck, const std::string& key,
+                                  const std::vector<int64_t>& shape, const std::string& dir);
 
 }  // namespace bitqat::training

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <numeric>
 #include <regex>
 #include <stdexcept>
 
@@ -12,10 +13,14 @@ namespace bitqat::training {
 int64_t ShardedParam::begin(int rank) const { return std::min(numel, rank * chunk); }
 int64_t ShardedParam::end(int rank) const { return std::min(numel, (rank + 1) * chunk); }
 
-int64_t shard_chunk(int64_t numel, int world) {
+int64_t shard_chunk(const std::vector<int64_t>& shape, int world) {
   if (world < 1) throw std::invalid_argument("shard_chunk: world < 1");
+  int64_t numel = 1;
+  for (const int64_t d : shape) numel *= d;
+  const int64_t row = shape.size() >= 2 && shape[0] > 0 ? numel / shape[0] : 1;
+  const int64_t align = row > 0 ? std::lcm(kShardAlign, row) : kShardAlign;
   const int64_t per = (numel + world - 1) / world;
-  return (per + kShardAlign - 1) / kShardAlign * kShardAlign;
+  return (per + align - 1) / align * align;
 }
 
 namespace {
@@ -31,7 +36,7 @@ ShardLayout layout_params(const std::vector<std::pair<std::string, at::Tensor>>&
     p.name = name;
     p.shape = t.sizes().vec();
     p.numel = t.numel();
-    p.chunk = shard_chunk(p.numel, world);
+    p.chunk = shard_chunk(p.shape, world);
     p.index = static_cast<int64_t>(i);
     l.numel += p.numel;
     l.params.push_back(std::move(p));

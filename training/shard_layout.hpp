@@ -1,11 +1,14 @@
 // The flat layout of sharded data parallelism (ZeRO, Rajbhandari et al. 2020, "ZeRO: Memory
 // Optimizations Toward Training Trillion Parameter Models"; llm.c's zero.cuh shards the same way).
 //
-// Every trainable parameter is flattened (row-major) and split into `world` equal contiguous chunks:
-//   chunk = round_up(ceil(numel / world), kShardAlign) elements,
-// rank r owns elements [r * chunk, (r + 1) * chunk) of the flat parameter padded with zeros to
-// world * chunk elements; the padding sits at the end, in the last ranks' chunks (a rank's chunk may
-// be all padding). Padding elements are zero in the parameters' shards, their gradients and both
+// Every trainable parameter is flattened (row-major) and split into `world` equal contiguous chunks
+// of whole rows (as FSDP2 shards dim 0):
+//   chunk = round_up(ceil(numel / world), lcm(kShardAlign, row)) elements,
+// row = numel / shape[0] for two or more dimensions, else 1. Rank r owns elements
+// [r * chunk, (r + 1) * chunk) of the flat parameter padded with zeros to world * chunk elements; the
+// padding sits at the end, in the last ranks' chunks (a rank's chunk may be all padding). Whole rows
+// (and so whole scale groups) let a rank compute the canonical |W| sums the absmean scale is made
+// of (training/ternary_gather.hpp), which a split row could not give bit for bit. Padding elements are zero in the parameters' shards, their gradients and both
 // AdamW moments, and stay zero (a zero gradient moves neither moment nor the weight).
 //
 // Parameters are grouped into buckets (the same rule as the all-reduce buckets: reverse
@@ -59,8 +62,9 @@ struct ShardLayout {
   int64_t padding() const { return static_cast<int64_t>(world) * shard_numel - numel; }
 };
 
-// elements per rank of a parameter of `numel` elements over `world` ranks.
-int64_t shard_chunk(int64_t numel, int world);
+// Elements per rank of a parameter of this shape over `world` ranks (the rule above). Throws
+// std::invalid_argument for world < 1.
+int64_t shard_chunk(const std::vector<int64_t>& shape, int world);
 
 // The layout of `params` (their names and shapes; any device, the meta device included) over `world`
 // ranks; buckets hold at most `bucket_bytes` of float32 wire buffer (world * chunk * 4), a larger
