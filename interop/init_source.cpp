@@ -11,6 +11,7 @@
 #include "core/error.hpp"
 #include "interop/gguf_llama.hpp"
 #include "interop/hf_llama.hpp"
+#include "interop/llama_tensor_names.hpp"
 #include "models/factory.hpp"
 #include "models/state_dict.hpp"
 
@@ -131,10 +132,37 @@ std::string init_model_from(const std::string& path, torch::nn::Module& model, c
   return init_model_from(read_init_source(path, where), model, where);
 }
 
+std::vector<std::string> inserted_sub_norms(const models::LMConfig& model, const models::LMConfig& source) {
+  std::vector<std::string> out;
+  if (!model.sub_norm || source.sub_norm) return out;
+  for (const auto& e : llama_tensors(model)) {
+    if (e.row->presence == LlamaPresence::kSubNorm) out.push_back(e.bitqat + ".weight");
+  }
+  return out;
+}
+
 std::string init_model_from(const InitSource& src, torch::nn::Module& model, const std::string& where) {
   const auto& path = src.path;
+  const models::LazyTensors* tensors = &src.tensors;
+  models::LazyTensors with_norms;
+  std::string inserted;
   if (const auto* lm = dynamic_cast<const models::BitLMImpl*>(&model); lm && src.lm) {
-    const auto diffs = lm->config.differences(*src.lm);
+    auto taken = *src.lm;
+    const auto added = inserted_sub_norms(lm->config, taken);
+    if (!added.empty()) {
+      taken.sub_norm = true;
+      // The new norms keep the model's own values (ones); everything else comes from the source.
+      std::map<std::string, at::Tensor> own;
+      const auto params = model.named_parameters(true);
+      for (const auto& name : added) own.emplace(name, params[name].detach().clone());
+      with_norms = src.tensors;
+      for (auto& [name, t] : models::lazy_tensors(own)) with_norms.emplace(name, std::move(t));
+      tensors = &with_norms;
+      inserted = fmt::format("; inserted SubLN: {} new RMSNorm weights before attn.o and ffn.down, initialised to "
+                             "ones (the source has none)",
+                             added.size());
+    }
+    const auto diffs = lm->config.differences(taken);
     if (!diffs.empty()) {
       std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
                                     to_string(src.kind), fmt::join(diffs, "; "));
@@ -144,9 +172,9 @@ std::string init_model_from(const InitSource& src, torch::nn::Module& model, con
       throw core::UserError(msg);
     }
   }
-  models::load_model_tensors(model, src.tensors, src.origin);
-  const auto text =
-      fmt::format("initialised {} tensors from {} ({})", src.tensors.size(), src.origin, to_string(src.kind));
+  models::load_model_tensors(model, *tensors, src.origin);
+  const auto text = fmt::format("initialised {} tensors from {} ({}){}", src.tensors.size(), src.origin,
+                                to_string(src.kind), inserted);
   spdlog::info("{}", text);
   return text;
 }

@@ -53,8 +53,19 @@ struct InitSource {
 // (e.g. "configs/x.yaml:3: init_from").
 InitSource read_init_source(const std::string& path, const std::string& where = "init_from");
 
+// SubLN inserted on import (BitDistill, Wu et al. 2025, arXiv 2510.13998, section 3.1, its first
+// stage): a BitLM whose config says model.sub_norm true takes a source without SubLN (a Llama). The
+// source's tensors fill the model and the 2 x n_layers new RMSNorm weights before attn.o and ffn.down
+// (layers.N.attn.o.norm.weight, layers.N.ffn.down.norm.weight) keep their initialisation, ones. The
+// model is then not the source's function, even at lambda 0: each token's input of attn.o and
+// ffn.down is scaled to unit RMS; training adapts the model to it.
+// The names of the tensors a model of config `model` has and a source of config `source` lacks for
+// that reason (with ".weight"), in model order; empty unless model has SubLN and source has not.
+std::vector<std::string> inserted_sub_norms(const models::LMConfig& model, const models::LMConfig& source);
+
 // Reads PATH and copies every tensor into `model` (strict: same names and shapes, nothing left
-// over); for a BitLM, checks the source's model config first. Returns a one-line description.
+// over, but for inserted SubLN norms, above); for a BitLM, checks the source's model config first.
+// Returns a one-line description.
 std::string init_model_from(const std::string& path, torch::nn::Module& model, const std::string& where = "init_from");
 // The same for a source already opened.
 std::string init_model_from(const InitSource& src, torch::nn::Module& model, const std::string& where);

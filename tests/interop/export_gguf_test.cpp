@@ -429,11 +429,31 @@ class GgufInLlamaCpp : public ::testing::Test {
         {"llama", {"swiglu", false, "{type: ternary, granularity: per_channel}"}},
         {"llama_b1", {"swiglu", false, "{type: binary, granularity: per_group, group_size: 128}"}},
         {"relu2", {"relu2_glu", true, "{type: ternary, granularity: per_tensor}"}}};
-    const auto& [ffn, sub_norm, weight] = kRuns.at(name);
+    std::string model, init;
+    std::string weight = "{type: ternary, granularity: per_tensor}";
+    if (name == "llama_subln") {
+      // A Hugging Face Llama (tied head, 256 tokens: bitqat's byte vocabulary; widths of whole TQ2_0
+      // blocks) imported with SubLN inserted (interop/init_source.hpp), fine-tuned into ternary.
+      const auto hf = (dir_ / "hf_llama").string();
+      const auto cmd =
+          fmt::format("'{}' '{}/tests/interop/make_tiny_llama.py' '{}' --tied --vocab 256 --dim 256 --ffn 512",
+                      BITQAT_PYTHON, BITQAT_SOURCE_DIR, hf);
+      if (std::system(cmd.c_str()) != 0) throw std::runtime_error("failed: " + cmd);
+      model = "{kind: lm, vocab_size: 256, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, ffn_dim: 512, "
+              "sub_norm: true, max_seq_len: 64, rope_theta: 500, norm_eps: 1.0e-5, tie_embeddings: true}";
+      init = "init_from: " + hf;
+    } else {
+      const auto& [ffn, sub_norm, w] = kRuns.at(name);
+      model = fmt::format(
+          "{{kind: lm, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: {}, ffn_dim: 512, sub_norm: {}, "
+          "max_seq_len: 64}}",
+          ffn, sub_norm);
+      weight = w;
+    }
     const auto yaml = fmt::format(R"(
 run: {{name: {}, dir: {}, seed: 11}}
-model: {{kind: lm, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: {}, ffn_dim: 512, sub_norm: {},
-        max_seq_len: 64}}
+{}
+model: {}
 quant:
   weight: {}
   activation: {{type: per_token, bits: 8}}
@@ -445,7 +465,7 @@ train: {{steps: 60, batch_size: 8, log_every: 100, eval_every: 0, eval_batches: 
 checkpoint: {{every: 0, keep_last: 1}}
 device: {{type: cpu, threads: 2}}
 )",
-                                  name, (dir_ / "runs").string(), ffn, sub_norm, weight, kjv());
+                                  name, (dir_ / "runs").string(), init, model, weight, kjv());
     return runs_[name] = training::train(training::Config::load_string(yaml, name + ".yaml", {})).run_dir;
   }
   static void TearDownTestSuite() { fs::remove_all(dir_); }
@@ -542,6 +562,16 @@ TEST_F(GgufInLlamaCpp, BitnetLayoutComputesWhatWasTrainedInEveryTernaryType) {
 
 TEST_F(GgufInLlamaCpp, BinaryBitnetComputesWhatWasTrainedInQ1_0) {
   expect_computes_what_was_trained(check("bitnet_b1", gguf::GgmlType::kQ1_0));
+}
+
+// A Llama imported with SubLN inserted (model.sub_norm true over a source without it) exports in the
+// bitnet architecture, and llama.cpp computes what was trained.
+TEST_F(GgufInLlamaCpp, AnImportedLlamaWithInsertedSubLnRunsAsBitnet) {
+  const auto r = check("llama_subln", gguf::GgmlType::kTQ2_0);
+  expect_computes_what_was_trained(r);
+  const auto f = gguf::load((dir_ / "llama_subln_TQ2_0.gguf").string());
+  EXPECT_EQ(f.find("general.architecture")->data, "bitnet");
+  EXPECT_NE(f.tensor("blk.1.ffn_sub_norm.weight"), nullptr);
 }
 
 // One trained model per test (ctest's 600 s limit per test holds on a loaded 2-core machine).

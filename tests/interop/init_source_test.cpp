@@ -134,7 +134,8 @@ TEST_F(InitFromTest, HuggingFaceLlamaDirectory) {
   // The default (BitNet-style) model section does not fit; the error gives the one that does.
   auto e = error_of([&] { bitqat::training::train(finetune(hf, 1)); });
   EXPECT_NE(e.find("does not match the hf-llama source"), std::string::npos) << e;
-  EXPECT_NE(e.find("model.sub_norm = true (source: false)"), std::string::npos) << e;
+  // SubLN alone is no difference: it is inserted (below).
+  EXPECT_EQ(e.find("model.sub_norm"), std::string::npos) << e;
   EXPECT_NE(e.find("this checkpoint needs model: {kind: lm, vocab_size: 256, dim: 32, n_layers: 2, n_heads: 4, "
                    "n_kv_heads: 2, ffn: swiglu, ffn_dim: 48, sub_norm: false"),
             std::string::npos)
@@ -153,4 +154,24 @@ TEST_F(InitFromTest, HuggingFaceLlamaDirectory) {
   const auto r = bitqat::training::train(finetune(hf, 2, llama));
   EXPECT_EQ(r.final_step, 2);
   EXPECT_TRUE(std::isfinite(r.last_loss));
+
+  // SubLN inserted: the source's tensors, and the 2 x 2 new norms at ones.
+  auto with_subln = llama;
+  with_subln.push_back("model.sub_norm=true");
+  with_subln.push_back("run.name=subln");
+  auto s = task(finetune(hf, 2, with_subln));
+  const auto text = bitqat::interop::init_model_from(hf, s->module());
+  EXPECT_NE(text.find("inserted SubLN: 4 new RMSNorm weights before attn.o and ffn.down, initialised to ones"),
+            std::string::npos)
+      << text;
+  const auto params = s->module().named_parameters(true);
+  for (const auto& [name, t] : want) EXPECT_TRUE(params[name].equal(t)) << name;
+  for (const char* name : {"layers.0.attn.o.norm.weight", "layers.1.ffn.down.norm.weight"}) {
+    ASSERT_TRUE(params.contains(name)) << name;
+    EXPECT_TRUE(params[name].eq(1.0f).all().item<bool>()) << name;
+  }
+  EXPECT_EQ(params.size(), want.size() + 4);
+  const auto rs = bitqat::training::train(finetune(hf, 2, with_subln));
+  EXPECT_EQ(rs.final_step, 2);
+  EXPECT_TRUE(std::isfinite(rs.last_loss));
 }

@@ -2,7 +2,7 @@
 """Writes a tiny Llama checkpoint the way Hugging Face lays it out, with the Python `safetensors`
 package, plus the logits of an independent numpy forward pass, for tests/models/hf_import_test.cpp.
 
-usage: make_tiny_llama.py OUT_DIR [--tied] [--sharded] [--float16] [--seed N] [--vocab V]
+usage: make_tiny_llama.py OUT_DIR [--tied] [--sharded] [--float16] [--seed N] [--vocab V] [--dim D] [--ffn F]
 
 OUT_DIR gets config.json, model.safetensors (or two shards and model.safetensors.index.json with
 --sharded), and expected.safetensors holding `tokens` [2, 7] int64 and `logits` [2, 7, vocab]
@@ -73,16 +73,18 @@ def main():
     ap.add_argument("--float16", action="store_true")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--vocab", type=int, default=61)
+    ap.add_argument("--dim", type=int, default=32)  # hidden_size; 4 heads
+    ap.add_argument("--ffn", type=int, default=48)  # intermediate_size
     args = ap.parse_args()
 
     cfg = {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
-        "hidden_size": 32,
+        "hidden_size": args.dim,
         "num_hidden_layers": 2,
         "num_attention_heads": 4,
         "num_key_value_heads": 2,
-        "intermediate_size": 48,
+        "intermediate_size": args.ffn,
         "vocab_size": args.vocab,
         "rms_norm_eps": 1e-5,
         "rope_theta": 500.0,

@@ -12,6 +12,8 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "tests/training/tiny_runs.hpp"
+#include "training/distributed.hpp"
+#include "training/task.hpp"
 #include "training/trainer.hpp"
 
 namespace fs = std::filesystem;
@@ -164,6 +166,31 @@ TEST_F(DistillRunTest, AlphaOneIsPlainTraining) {
 
 // Step 1 runs at lambda 0 (the ramp starts there), so the student computes its teacher's function
 // exactly: KL = 0 and so is the hidden-state error. Quantization then moves it away.
+// A student with SubLN over a teacher without it (BitDistill's first stage, interop/init_source.hpp):
+// the student takes the teacher's tensors, and its 2 x 2 new norms start at ones.
+TEST_F(DistillRunTest, SubLnIsInsertedOverATeacherWithoutIt) {
+  bitqat::training::train(Config::load_string(bitqat::testing::tiny_fp_yaml(runs(), text_, 2), "fp.yaml",
+                                              {"model.sub_norm=false"}));
+  const auto cfg = finetune(runs() + "/fp", 2, {"run.name=subln", "distill.alpha=0.5"});
+  ASSERT_TRUE(cfg.model.lm.sub_norm);
+  bitqat::training::DistContext dist(bitqat::training::DistEnv{}, "auto", std::chrono::seconds(10));
+  auto task = bitqat::training::make_distill_task(bitqat::training::make_task(cfg, at::Device(at::kCPU)), cfg,
+                                                  at::Device(at::kCPU), dist);
+  ASSERT_TRUE(bitqat::training::init_student_from_teacher(*task, cfg));
+  const auto params = task->module().named_parameters(true);
+  const auto teacher = last_checkpoint("fp").model;
+  for (const auto& [name, t] : teacher) EXPECT_TRUE(params[name].equal(t)) << name;
+  EXPECT_EQ(params.size(), teacher.size() + 4);
+  for (const char* name : {"layers.0.attn.o.norm.weight", "layers.1.ffn.down.norm.weight"}) {
+    ASSERT_TRUE(params.contains(name)) << name;
+    EXPECT_TRUE(params[name].eq(1.0f).all().item<bool>()) << name;
+  }
+  // And the run trains.
+  const auto r = bitqat::training::train(cfg);
+  EXPECT_EQ(r.final_step, 2);
+  EXPECT_TRUE(std::isfinite(r.last_loss));
+}
+
 TEST_F(DistillRunTest, AStudentIdenticalToItsTeacherHasKlZero) {
   const auto src = teacher();
   const auto r = bitqat::training::train(
