@@ -234,6 +234,7 @@ at::Tensor AttentionImpl::forward(const at::Tensor& x, bitlinear::RMSNormImpl* n
   // At lambdas 1 on the CPU the norm and q/k/v are one fused node (BitLinear::forward_shared).
   const auto qkv = bitlinear::BitLinearImpl::forward_shared({q.get(), k.get(), v.get()}, x, norm);
   const auto &qx = qkv[0], &kx = qkv[1], &vx = qkv[2];
+  if (tap && !cache) tap->insert(tap->end(), {qx, kx, vx});
   const auto qr = rope_bthd(qx.view({B, T, n_heads, head_dim}), cos, sin);
   const auto kr = rope_bthd(kx.view({B, T, n_kv_heads, head_dim}), cos, sin);
   const auto vr = vx.view({B, T, n_kv_heads, head_dim});

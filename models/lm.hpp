@@ -87,6 +87,10 @@ struct AttentionImpl : torch::nn::Module {
                             const at::Tensor& sin, StaticKVCache& cache, size_t layer, const at::Tensor& visible);
   bitlinear::BitLinear q{nullptr}, k{nullptr}, v{nullptr}, o{nullptr};
   int64_t n_heads, n_kv_heads, head_dim;
+  // When set, forward (without a cache) appends the projections q, k, v ([B, T, n_heads * head_dim],
+  // [B, T, n_kv_heads * head_dim] twice, before the rotary embedding) for attention-relation
+  // distillation (training/distill.hpp).
+  std::vector<at::Tensor>* tap = nullptr;
 };
 TORCH_MODULE(Attention);
 

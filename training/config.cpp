@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <functional>
+#include <set>
 
 #include "bitlinear/quant_config.hpp"
 #include "checkpoints/checkpoint.hpp"
@@ -154,6 +155,53 @@ const core::Schema<DistillHidden>& distill_hidden_schema() {
   return s;
 }
 
+const core::Schema<DistillAttention>& distill_attention_schema() {
+  using C = DistillAttention;
+  static const core::Schema<DistillAttention> s({
+      core::key("layer", &C::layer, "the block whose q, k, v self-attention relations are matched to the teacher's")
+          .range(int64_t{0}, int64_t{1} << 30),
+      core::key("weight", &C::weight, "weight of the attention-relation loss").range(0.0, 1e6),
+      core::key("relations", &C::relations, "which relations: softmax(X X^T / sqrt(d_r)) of X = q, k and/or v")
+          .check(
+              [](const std::vector<std::string>& v) {
+                std::set<std::string> seen;
+                for (const auto& r : v) {
+                  if ((r != "q" && r != "k" && r != "v") || !seen.insert(r).second) return false;
+                }
+                return !v.empty();
+              },
+              "a non-empty list of q, k, v, each at most once"),
+      core::key("heads", &C::heads,
+                "relation heads each projection is split into (its concatenated heads, in order); 0: the model's "
+                "n_kv_heads, which divides the widths of q and of k and v")
+          .range(int64_t{0}, int64_t{1} << 20),
+  });
+  return s;
+}
+
+}  // namespace
+
+int64_t relation_heads(const DistillAttention& a, const models::LMConfig& m) {
+  return a.heads > 0 ? a.heads : m.n_kv_heads;
+}
+
+std::string attention_heads_problem(const DistillAttention& a, const models::LMConfig& m) {
+  const int64_t h = relation_heads(a, m);
+  for (const auto& r : a.relations) {
+    const int64_t width = (r == "q" ? m.n_heads : m.n_kv_heads) * m.head_dim();
+    if (h < 1 || width % h != 0) {
+      return fmt::format(
+          "{} relation heads do not split {} (its {} heads x {} = {} features) into equal parts: heads must divide "
+          "{} (a model of {} heads, {} key/value heads, head_dim {})",
+          h, r, r == "q" ? m.n_heads : m.n_kv_heads, m.head_dim(), width, width, m.n_heads, m.n_kv_heads,
+          m.head_dim());
+    }
+  }
+  return {};
+}
+
+namespace {
+
 const core::Schema<DistillConfig>& distill_schema() {
   using C = DistillConfig;
   static const core::Schema<DistillConfig> s({
@@ -188,12 +236,18 @@ void parse_distill(const core::Node& n, bool check_files, DistillConfig* c) {
   c->node = n;
   if (!n.defined()) return;
   c->enabled = true;
-  distill_schema().parse_into(n, c, {"hidden"});
+  distill_schema().parse_into(n, c, {"hidden", "attention"});
   if (check_files && c->enabled && !c->teacher.empty() && !std::filesystem::exists(c->teacher)) {
     n.fail("teacher", "an existing model path (a GGUF, a Hugging Face directory or a bitqat run or checkpoint)");
   }
   const auto h = n.child("hidden");
   if (h.defined()) distill_hidden_schema().parse_into(h, &c->hidden);
+  const auto a = n.child("attention");
+  c->attention.node = a;
+  if (a.defined()) {
+    if (!a.child("layer").defined()) a.fail("layer", "the block whose relations are matched (an integer >= 0)");
+    distill_attention_schema().parse_into(a, &c->attention);
+  }
 }
 
 // Schedules are built once here only to validate them (with train.steps known); the trainer builds
@@ -256,6 +310,25 @@ void check_across(const Config& c) {
         throw core::ConfigError(fmt::format("{} holds block {}, but the model has {} blocks (0 to {})",
                                             d.child("hidden").where("layers"), l, c.model.lm.n_layers,
                                             c.model.lm.n_layers - 1));
+      }
+    }
+    const auto& at = c.distill.attention;
+    if (at.layer >= 0) {
+      if (at.layer >= c.model.lm.n_layers) {
+        throw core::ConfigError(fmt::format("{} = {}, but the model has {} blocks (0 to {})", at.node.where("layer"),
+                                            at.layer, c.model.lm.n_layers, c.model.lm.n_layers - 1));
+      }
+      if (const auto why = attention_heads_problem(at, c.model.lm); !why.empty()) {
+        throw core::ConfigError(fmt::format("{}: {}", at.node.where(at.node.child("heads").defined() ? "heads" : ""),
+                                            why));
+      }
+      if (!c.train.activation_checkpointing.none() || c.dist.shard == ShardMode::kParameters) {
+        throw core::ConfigError(fmt::format(
+            "{} with {}: the block's q, k, v are read outside the block, which a recomputed block does not keep "
+            "with their graph; use train.activation_checkpointing: none and a dist.shard other than parameters",
+            at.node.where(), c.dist.shard == ShardMode::kParameters
+                                 ? "dist.shard = parameters (every block recomputed)"
+                                 : "train.activation_checkpointing = " + c.train.activation_checkpointing.to_string()));
       }
     }
   }
@@ -366,6 +439,7 @@ YAML::Node Config::resolved() const {
     distill_schema().write(distill, d);
     if (!distill.teacher.empty()) d["teacher"] = absolute(distill.teacher);
     distill_hidden_schema().write(distill.hidden, d["hidden"]);
+    if (distill.attention.layer >= 0) distill_attention_schema().write(distill.attention, d["attention"]);
   }
   return out;
 }
@@ -394,6 +468,7 @@ std::vector<core::KeyReference> Config::reference() {
   add(root_schema().reference(""));
   add(distill_schema().reference("distill."));
   add(distill_hidden_schema().reference("distill.hidden."));
+  add(distill_attention_schema().reference("distill.attention."));
   return rows;
 }
 

@@ -120,6 +120,21 @@ struct DistillHidden {
   double weight = 1.0;
 };
 
+// distill.attention: self-attention relation distillation on one block (MiniLM-v2; training/distill.hpp).
+struct DistillAttention {
+  int64_t layer = -1;  // the block whose q, k, v relations are matched (-1: off)
+  double weight = 1.0;
+  std::vector<std::string> relations{"q", "k", "v"};  // each of q, k, v at most once
+  int64_t heads = 0;                                  // relation heads; 0: the model's n_kv_heads
+  core::Node node;                                    // the section, for error locations
+};
+
+// The relation heads of `a` for model `m` (a.heads, or m.n_kv_heads when 0), and why they do not fit
+// it (empty: they do): the width of each listed projection (q: n_heads * head_dim; k and v:
+// n_kv_heads * head_dim) must be a multiple of the heads.
+int64_t relation_heads(const DistillAttention& a, const models::LMConfig& m);
+std::string attention_heads_problem(const DistillAttention& a, const models::LMConfig& m);
+
 // distill: knowledge distillation from a full-precision teacher (training/distill.hpp).
 struct DistillConfig {
   bool enabled = false;  // true when the section is present (enabled: false turns it off)
@@ -127,6 +142,7 @@ struct DistillConfig {
   double alpha = 0.5;    // weight of the cross-entropy on the data, in [0, 1]
   double temperature = 1.0;
   DistillHidden hidden;
+  DistillAttention attention;
   core::Node node;  // the section, for error locations
 };
 

@@ -5,7 +5,9 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <filesystem>
 #include <optional>
 
@@ -40,13 +42,30 @@ class DistillTask final : public Task {
         student_lm_(std::move(student_lm)),
         teacher_(std::move(teacher)),
         cfg_(std::move(cfg)),
-        teacher_path_(std::move(teacher_path)) {}
+        teacher_path_(std::move(teacher_path)),
+        heads_(relation_heads(cfg_.attention, student_lm_->config)) {}
 
   torch::nn::Module& module() override { return student_->module(); }
   std::shared_ptr<torch::nn::Module> module_ptr() override { return student_->module_ptr(); }
 
   at::Tensor loss(const data::Batch& b) override {
-    std::vector<at::Tensor> hs, ht;
+    std::vector<at::Tensor> hs, ht, qkv_s, qkv_t;
+    const auto& att = cfg_.attention;
+    // Taps on the matched block's attention (cleared again whatever happens).
+    struct Taps {
+      models::AttentionImpl* s = nullptr;
+      models::AttentionImpl* t = nullptr;
+      ~Taps() {
+        if (s) s->tap = nullptr;
+        if (t) t->tap = nullptr;
+      }
+    } taps;
+    if (att.layer >= 0) {
+      taps.s = student_lm_->blocks[static_cast<size_t>(att.layer)]->attn.get();
+      taps.t = teacher_->blocks[static_cast<size_t>(att.layer)]->attn.get();
+      taps.s->tap = &qkv_s;
+      taps.t->tap = &qkv_t;
+    }
     const auto logits = student_lm_->forward_hidden(b.inputs, cfg_.hidden.layers, &hs);
     at::Tensor teacher_logits;
     {
@@ -59,7 +78,18 @@ class DistillTask final : public Task {
                                     cfg_.alpha, cfg_.temperature, hs, ht, cfg_.hidden.weight);
     parts_ = {{"loss_ce", parts.ce.detach()}, {"loss_kd", parts.kd.detach()}};
     if (parts.hidden.defined()) parts_.emplace_back("loss_hidden", parts.hidden.detach());
-    return parts.total;
+    if (att.layer < 0) return parts.total;
+    TORCH_CHECK(qkv_s.size() == 3 && qkv_t.size() == 3, "distill.attention: block ", att.layer,
+                " ran its attention ", qkv_s.size() / 3, " and ", qkv_t.size() / 3, " times, expected once");
+    std::vector<at::Tensor> xs, xt;
+    for (const auto& r : att.relations) {
+      const size_t i = r == "q" ? 0 : r == "k" ? 1 : 2;
+      xs.push_back(qkv_s[i]);
+      xt.push_back(qkv_t[i]);
+    }
+    const auto rel = attention_relation_loss(xs, xt, heads_);
+    parts_.emplace_back("loss_attn", rel.detach());
+    return parts.total + att.weight * rel;
   }
 
   EvalResult evaluate(const std::vector<data::Batch>& batches, const at::Device& device) override {
@@ -104,6 +134,7 @@ class DistillTask final : public Task {
   std::shared_ptr<models::BitLMImpl> student_lm_, teacher_;
   DistillConfig cfg_;
   std::string teacher_path_;
+  int64_t heads_;  // relation heads of distill.attention
   std::vector<std::pair<std::string, at::Tensor>> parts_;
 };
 
@@ -152,6 +183,19 @@ void check_teacher(const models::LMConfig& t, const models::LMConfig& s, const D
         "distributions over the same tokens, so the teacher must share the student's tokenizer",
         where, path, t.vocab_size, s.vocab_size));
   }
+  if (cfg.attention.layer >= 0) {
+    const auto& a = cfg.attention;
+    if (a.layer >= t.n_layers) {
+      throw core::UserError(fmt::format("{} = {}: the teacher ({}) has {} blocks (0 to {})", a.node.where("layer"),
+                                        a.layer, path, t.n_layers, t.n_layers - 1));
+    }
+    // The relation matrices are [B, H, T, T] in both models: the student's H must split the teacher too.
+    auto as_student = a;
+    as_student.heads = relation_heads(a, s);
+    if (const auto why = attention_heads_problem(as_student, t); !why.empty()) {
+      throw core::UserError(fmt::format("{}: the teacher ({}): {}", a.node.where(), path, why));
+    }
+  }
   for (auto l : cfg.hidden.layers) {
     if (l >= t.n_layers || t.dim != s.dim) {
       throw core::UserError(fmt::format(
@@ -163,6 +207,38 @@ void check_teacher(const models::LMConfig& t, const models::LMConfig& s, const D
 }
 
 }  // namespace
+
+at::Tensor attention_relation_loss(const std::vector<at::Tensor>& student, const std::vector<at::Tensor>& teacher,
+                                   int64_t heads) {
+  TORCH_CHECK(!student.empty() && student.size() == teacher.size(), "attention_relation_loss: ", student.size(),
+              " student and ", teacher.size(), " teacher relations");
+  TORCH_CHECK(heads >= 1, "attention_relation_loss: heads must be >= 1, got ", heads);
+  // log softmax(X_h X_h^T / sqrt(d_r)) over the visible positions, 0 where masked: [B, H, T, T].
+  const auto log_relation = [&](const at::Tensor& x, const at::Tensor& hidden_mask) {
+    const int64_t B = x.size(0), T = x.size(1), F = x.size(2);
+    TORCH_CHECK(F % heads == 0, "attention_relation_loss: ", F, " features do not split into ", heads, " heads");
+    const int64_t d = F / heads;
+    const auto xh = x.reshape({B, T, heads, d}).transpose(1, 2);
+    const auto scores = at::matmul(xh, xh.transpose(2, 3)) / std::sqrt(static_cast<double>(d));
+    return at::log_softmax(scores.masked_fill(hidden_mask, -std::numeric_limits<double>::infinity()), -1)
+        .masked_fill(hidden_mask, 0.0);
+  };
+  at::Tensor total;
+  for (size_t i = 0; i < student.size(); ++i) {
+    const auto &xs = student[i], &xt = teacher[i];
+    TORCH_CHECK(xs.dim() == 3 && xt.dim() == 3 && xs.size(0) == xt.size(0) && xs.size(1) == xt.size(1),
+                "attention_relation_loss: relation ", i, ": shapes ", xs.sizes(), " and ", xt.sizes(),
+                " are not [B, T, F] of one B and T");
+    const int64_t T = xs.size(1);
+    const auto hidden_mask =
+        at::ones({T, T}, xs.options().dtype(at::kBool)).triu(1);  // s > t: not visible from t
+    const auto ls = log_relation(xs, hidden_mask);
+    const auto lt = log_relation(xt.detach().to(xs.scalar_type()), hidden_mask);
+    const auto kl = (lt.exp().masked_fill(hidden_mask, 0.0) * (lt - ls)).sum(-1).mean();
+    total = total.defined() ? total + kl : kl;
+  }
+  return total / static_cast<double>(student.size());
+}
 
 DistillLoss distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
                          double alpha, double temperature, const std::vector<at::Tensor>& student_hidden,
@@ -202,7 +278,19 @@ std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Con
   // Rank 0 opens the source; its model config, then its weights, reach the other ranks by broadcast.
   std::optional<interop::InitSource> src;
   run_on_main(
-      dist, [&] { src = interop::read_init_source(path, where); }, "opening the distillation teacher");
+      dist,
+      [&] {
+        src = interop::read_init_source(path, where);
+        if (!src->lm &&
+            (src->kind == interop::InitKind::kBitqatRun || src->kind == interop::InitKind::kBitqatCheckpoint)) {
+          throw core::UserError(fmt::format(
+              "{} = {}: the teacher is a bitqat run whose model is not a language model (model.kind is not lm in "
+              "its config.resolved.yaml); distillation needs a teacher with attention blocks and logits over the "
+              "student's tokens",
+              where, path));
+        }
+      },
+      "opening the distillation teacher");
   const auto tcfg = teacher_config(src, student_lm->config, dist);
   check_teacher(tcfg, student_lm->config, d, path);
 
@@ -224,11 +312,17 @@ std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Con
   auto task = std::make_unique<DistillTask>(std::move(student), student_lm, teacher, d,
                                             std::filesystem::absolute(path).lexically_normal().string());
   dist.check_same({task->fingerprint()}, {"the fingerprint of the distillation teacher"});
-  spdlog::info("distillation: teacher {} ({} blocks, width {}, fingerprint {}); loss = {} CE + {} T^2 KL (T = {}){}",
-               path, tcfg.n_layers, tcfg.dim, task->fingerprint(), d.alpha, 1.0 - d.alpha, d.temperature,
-               d.hidden.layers.empty()
-                   ? std::string()
-                   : fmt::format(" + {} hidden MSE at blocks {}", d.hidden.weight, fmt::join(d.hidden.layers, ", ")));
+  spdlog::info(
+      "distillation: teacher {} ({} blocks, width {}, fingerprint {}); loss = {} CE + {} T^2 KL (T = {}){}{}", path,
+      tcfg.n_layers, tcfg.dim, task->fingerprint(), d.alpha, 1.0 - d.alpha, d.temperature,
+      d.hidden.layers.empty()
+          ? std::string()
+          : fmt::format(" + {} hidden MSE at blocks {}", d.hidden.weight, fmt::join(d.hidden.layers, ", ")),
+      d.attention.layer < 0
+          ? std::string()
+          : fmt::format(" + {} attention-relation KL ({}) at block {}, {} relation heads", d.attention.weight,
+                        fmt::join(d.attention.relations, ", "), d.attention.layer,
+                        relation_heads(d.attention, student_lm->config)));
   return task;
 }
 

@@ -7,8 +7,19 @@
 //   loss = alpha * CE(student logits, targets)
 //        + (1 - alpha) * T^2 * KL(p_teacher || p_student)        p = softmax(logits / T)
 //        + hidden.weight * mean over hidden.layers of MSE(h_student[l], h_teacher[l])
+//        + attention.weight * mean over attention.relations of the relation KL below
 // CE and KL are means over the batch's tokens (KL summed over the vocabulary); h[l] is the residual
 // stream after block l ([B, T, dim]), its MSE the mean over elements.
+//
+// Attention relations (MiniLM-v2, Wang et al. 2021, "MiniLMv2: Multi-Head Self-Attention Relation
+// Distillation for Compressing Pretrained Transformers", section 3.1; BitDistill, Wu et al. 2025,
+// arXiv 2510.13998, section 3.3, on one late layer): for a projection X of block attention.layer (q,
+// k or v, [B, T, F], before the rotary embedding), its F features (the heads concatenated, in order)
+// are split into H relation heads of d_r = F / H, and R = softmax(X_h X_h^T / sqrt(d_r)) over the
+// positions each token sees (s <= t: the causal visibility of the model's own attention). The loss of
+// a relation is KL(R_teacher || R_student) summed over a row, mean over the B x H x T rows. With
+// grouped-query attention, k and v have n_kv_heads * head_dim features: their relation heads split
+// those (H must divide the width of every listed projection; the default H = n_kv_heads does).
 //
 // The teacher is a BitLM with every layer in full precision and no gradient, on the student's
 // device, its forward in float32 (outside any autocast). By default it is the init_from source; it is
@@ -35,6 +46,12 @@ class DistContext;
 struct DistillLoss {
   at::Tensor total, ce, kd, hidden;  // scalars; hidden is undefined without hidden layers
 };
+
+// The attention-relation loss above: student[i] and teacher[i] the same relation's projection of the
+// two models ([B, T, F_s] and [B, T, F_t], F_s and F_t multiples of heads; the teacher's carry no
+// gradient), averaged over i. A scalar in the student's dtype. c10::Error for mismatched shapes.
+at::Tensor attention_relation_loss(const std::vector<at::Tensor>& student, const std::vector<at::Tensor>& teacher,
+                                   int64_t heads);
 
 // The loss above. student_logits / teacher_logits [N, V] (any float dtype; the teacher's carry no
 // gradient), targets [N] int64, hidden lists of equal length with equal shapes.

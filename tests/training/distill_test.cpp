@@ -146,6 +146,84 @@ TEST(DistillLoss, GradientsMatchFiniteDifferencesInDouble) {
   }
 }
 
+// MiniLM-v2's relation KL by hand, in loops over (relation, batch, head, row, column): the causal
+// softmax of scaled dot products between positions, the teacher's distribution against the student's.
+double relation_kl_by_hand(const std::vector<at::Tensor>& xs, const std::vector<at::Tensor>& xt, int64_t heads) {
+  double total = 0;
+  for (size_t r = 0; r < xs.size(); ++r) {
+    const auto a = xs[r].accessor<double, 3>(), b = xt[r].accessor<double, 3>();
+    const int64_t B = xs[r].size(0), T = xs[r].size(1), ds = xs[r].size(2) / heads, dt = xt[r].size(2) / heads;
+    double sum = 0;
+    for (int64_t n = 0; n < B; ++n) {
+      for (int64_t h = 0; h < heads; ++h) {
+        for (int64_t t = 0; t < T; ++t) {
+          std::vector<double> ss, st;
+          for (int64_t u = 0; u <= t; ++u) {
+            double dot_s = 0, dot_t = 0;
+            for (int64_t k = 0; k < ds; ++k) dot_s += a[n][t][h * ds + k] * a[n][u][h * ds + k];
+            for (int64_t k = 0; k < dt; ++k) dot_t += b[n][t][h * dt + k] * b[n][u][h * dt + k];
+            ss.push_back(std::exp(dot_s / std::sqrt(static_cast<double>(ds))));
+            st.push_back(std::exp(dot_t / std::sqrt(static_cast<double>(dt))));
+          }
+          double zs = 0, zt = 0;
+          for (size_t u = 0; u < ss.size(); ++u) zs += ss[u], zt += st[u];
+          for (size_t u = 0; u < ss.size(); ++u) {
+            const double ps = ss[u] / zs, pt = st[u] / zt;
+            sum += pt * std::log(pt / ps);
+          }
+        }
+      }
+    }
+    total += sum / static_cast<double>(B * heads * T);
+  }
+  return total / static_cast<double>(xs.size());
+}
+
+// Two relations (say q with 8 features and k with 4, as grouped-query attention has), 2 and 4 relation
+// heads, a teacher twice as wide as the student (MiniLM-v2 matches relations, not features).
+TEST(AttentionRelationLoss, EqualsTheDefinitionComputedByHand) {
+  at::manual_seed(4);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  const std::vector<at::Tensor> xs{at::randn({2, 5, 8}, opts), at::randn({2, 5, 4}, opts)};
+  const std::vector<at::Tensor> xt{at::randn({2, 5, 16}, opts), at::randn({2, 5, 8}, opts)};
+  for (const int64_t heads : {int64_t{2}, int64_t{4}}) {
+    const double got = bitqat::training::attention_relation_loss(xs, xt, heads).item<double>();
+    const double want = relation_kl_by_hand(xs, xt, heads);
+    EXPECT_NEAR(got, want, 1e-12) << "heads " << heads;
+    EXPECT_GT(want, 0.05);
+  }
+  // Identical projections: exactly 0.
+  EXPECT_EQ(bitqat::training::attention_relation_loss(xs, {xs[0].clone(), xs[1].clone()}, 2).item<double>(), 0.0);
+  EXPECT_THROW(bitqat::training::attention_relation_loss(xs, xt, 3), c10::Error);  // 8 features, 3 heads
+}
+
+// Central differences in double, as for distill_loss above: step 1e-5, error O(h^2) ~ 1e-10 against
+// gradients of order 0.1.
+TEST(AttentionRelationLoss, GradientMatchesFiniteDifferencesInDouble) {
+  at::manual_seed(6);
+  const auto opts = at::TensorOptions().dtype(at::kDouble);
+  auto x = at::randn({2, 4, 6}, opts).requires_grad_(true);
+  const auto xt = at::randn({2, 4, 6}, opts);
+  auto f = [&]() { return bitqat::training::attention_relation_loss({x}, {xt}, 3); };
+  f().backward();
+  const auto g = x.grad().clone();
+  const double h = 1e-5;
+  at::NoGradGuard no_grad;
+  auto flat = x.view({-1});
+  double worst = 0;
+  for (int64_t i = 0; i < flat.numel(); ++i) {
+    const double keep = flat[i].item<double>();
+    flat[i] = keep + h;
+    const double up = f().item<double>();
+    flat[i] = keep - h;
+    const double down = f().item<double>();
+    flat[i] = keep;
+    worst = std::max(worst, std::abs((up - down) / (2 * h) - g.view({-1})[i].item<double>()));
+  }
+  EXPECT_LT(worst, 1e-7);
+  EXPECT_GT(g.abs().max().item<double>(), 1e-2);
+}
+
 // alpha = 1 keeps only the cross-entropy: the run is the plain fine-tune's, weight for weight (the
 // KL term's gradient is multiplied by 0 exactly). The teacher still runs, so loss_kd is logged.
 TEST_F(DistillRunTest, AlphaOneIsPlainTraining) {
@@ -194,15 +272,24 @@ TEST_F(DistillRunTest, SubLnIsInsertedOverATeacherWithoutIt) {
 TEST_F(DistillRunTest, AStudentIdenticalToItsTeacherHasKlZero) {
   const auto src = teacher();
   const auto r = bitqat::training::train(
-      finetune(src, 4, {"run.name=kd", "distill.alpha=0.5", "distill.hidden={layers: [0, 1], weight: 2.0}"}));
+      finetune(src, 4, {"run.name=kd", "distill.alpha=0.5", "distill.hidden={layers: [0, 1], weight: 2.0}",
+                        "distill.attention={layer: 1, weight: 3.0, relations: [q, k, v], heads: 2}"}));
   EXPECT_EQ(r.final_step, 4);
   const auto m = metrics("kd");
   ASSERT_EQ(m.size(), 4u);
   EXPECT_EQ(m[0]["loss_kd"].get<double>(), 0.0);
   EXPECT_EQ(m[0]["loss_hidden"].get<double>(), 0.0);
+  EXPECT_EQ(m[0]["loss_attn"].get<double>(), 0.0);
   EXPECT_NEAR(m[0]["loss"].get<double>(), 0.5 * m[0]["loss_ce"].get<double>(), 1e-12);
   EXPECT_GT(m[3]["loss_kd"].get<double>(), 1e-6);
   EXPECT_GT(m[3]["loss_hidden"].get<double>(), 1e-9);
+  EXPECT_GT(m[3]["loss_attn"].get<double>(), 1e-9);
+  // The total is the sum of its weighted parts (the logged parts are rounded to their printed digits).
+  const auto& l = m[3];
+  EXPECT_NEAR(l["loss"].get<double>(),
+              0.5 * l["loss_ce"].get<double>() + 0.5 * l["loss_kd"].get<double>() +
+                  2.0 * l["loss_hidden"].get<double>() + 3.0 * l["loss_attn"].get<double>(),
+              1e-5);
   // The checkpoint records the teacher and its fingerprint; the teacher's tensors are not in it.
   const auto ck = last_checkpoint("kd");
   EXPECT_TRUE(ck.state["distill"]["teacher_fingerprint"].is_number_integer());
@@ -213,14 +300,15 @@ TEST_F(DistillRunTest, AStudentIdenticalToItsTeacherHasKlZero) {
 // tokens, so the curves agree to float rounding of sums in another order (measured ~1e-7).
 TEST_F(DistillRunTest, GradientAccumulationFollowsTheSameCurve) {
   const auto src = teacher();
-  bitqat::training::train(finetune(src, 5, {"run.name=b8", "distill.alpha=0.4"}));
-  bitqat::training::train(
-      finetune(src, 5, {"run.name=b4x2", "distill.alpha=0.4", "train.batch_size=4", "train.grad_accum=2"}));
+  const std::string attention = "distill.attention={layer: 0, relations: [q, v]}";
+  bitqat::training::train(finetune(src, 5, {"run.name=b8", "distill.alpha=0.4", attention}));
+  bitqat::training::train(finetune(
+      src, 5, {"run.name=b4x2", "distill.alpha=0.4", "train.batch_size=4", "train.grad_accum=2", attention}));
   const auto a = metrics("b8"), b = metrics("b4x2");
   ASSERT_EQ(a.size(), 5u);
   ASSERT_EQ(b.size(), 5u);
   for (size_t i = 0; i < a.size(); ++i) {
-    for (const char* k : {"loss", "loss_ce", "loss_kd"}) {
+    for (const char* k : {"loss", "loss_ce", "loss_kd", "loss_attn"}) {
       EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 1e-4) << k << " at step " << i + 1;
     }
   }
@@ -230,7 +318,8 @@ TEST_F(DistillRunTest, GradientAccumulationFollowsTheSameCurve) {
 // teacher is read again and its fingerprint matches; another teacher is refused.
 TEST_F(DistillRunTest, ResumeIsExactAndTheTeacherMustBeTheSame) {
   const auto src = teacher();
-  const std::vector<std::string> sets = {"distill.alpha=0.5", "checkpoint.every=3", "checkpoint.keep_last=5"};
+  const std::vector<std::string> sets = {"distill.alpha=0.5", "checkpoint.every=3", "checkpoint.keep_last=5",
+                                         "distill.attention={layer: 1, weight: 0.5}"};
   auto with = [&](std::vector<std::string> s, const std::string& name) {
     s.insert(s.end(), sets.begin(), sets.end());
     s.push_back("run.name=" + name);
@@ -251,6 +340,7 @@ TEST_F(DistillRunTest, ResumeIsExactAndTheTeacherMustBeTheSame) {
   for (size_t i = 0; i < a.size(); ++i) {
     EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "step " << i + 1;
     EXPECT_EQ(a[i]["loss_kd"].get<double>(), b[i]["loss_kd"].get<double>()) << "step " << i + 1;
+    EXPECT_EQ(a[i]["loss_attn"].get<double>(), b[i]["loss_attn"].get<double>()) << "step " << i + 1;
   }
   expect_same_weights("full", "split");
 
@@ -291,6 +381,42 @@ TEST_F(DistillRunTest, BadTeachersAndSettingsAreRefused) {
   EXPECT_NE(e.find("beta"), std::string::npos) << e;
   e = error_of([&] { finetune(src, 2, {"distill.teacher=" + runs() + "/nothing"}); });
   EXPECT_NE(e.find("expected an existing model path"), std::string::npos) << e;
+  // distill.attention: the block, the relations, the heads (the tiny model: q 4 heads x 8 = 32 features,
+  // k and v 2 x 8 = 16), checkpointing, and a teacher that is not a language model.
+  e = error_of([&] { finetune(src, 2, {"distill.attention={layer: 2}"}); });
+  EXPECT_NE(e.find("distill.attention.layer = 2, but the model has 2 blocks (0 to 1)"), std::string::npos) << e;
+  e = error_of([&] { finetune(src, 2, {"distill.attention={weight: 1}"}); });
+  EXPECT_NE(e.find("layer"), std::string::npos) << e;
+  e = error_of([&] { finetune(src, 2, {"distill.attention={layer: 0, relations: [q, o]}"}); });
+  EXPECT_NE(e.find("relations"), std::string::npos) << e;
+  EXPECT_NE(e.find("a non-empty list of q, k, v, each at most once"), std::string::npos) << e;
+  e = error_of([&] { finetune(src, 2, {"distill.attention={layer: 0, heads: 32}"}); });
+  EXPECT_NE(e.find("32 relation heads do not split k (its 2 heads x 8 = 16 features) into equal parts"),
+            std::string::npos)
+      << e;
+  EXPECT_EQ(finetune(src, 2, {"distill.attention={layer: 0, heads: 32, relations: [q]}"}).distill.attention.heads, 32);
+  e = error_of([&] {
+    finetune(src, 2, {"distill.attention={layer: 0}", "train.activation_checkpointing=full"});
+  });
+  EXPECT_NE(e.find("with train.activation_checkpointing = full: the block's q, k, v are read outside the block"),
+            std::string::npos)
+      << e;
+  bitqat::training::train(Config::load_string(fmt::format(R"(
+run: {{name: cnn, dir: {}, seed: 5}}
+model: {{kind: cnn, channels1: 4, channels2: 4, hidden: 8}}
+quant: {{weight: {{type: none}}, activation: {{type: none}}}}
+data: {{kind: fashion_mnist}}
+optim: {{lr: {{kind: constant, value: 0.001}}}}
+train: {{steps: 1, batch_size: 4, log_every: 1, eval_every: 0, eval_batches: 1}}
+checkpoint: {{every: 0, keep_last: 1}}
+device: {{type: cpu, threads: 1}}
+)",
+                                                         runs()),
+                                             "cnn.yaml", {}));
+  e = error_of([&] { bitqat::training::train(finetune(src, 2, {"distill.teacher=" + runs() + "/cnn"})); });
+  EXPECT_NE(e.find(runs() + "/cnn: the teacher is a bitqat run whose model is not a language model"),
+            std::string::npos)
+      << e;
   // enabled: false turns the section off (the no-distillation row of the README's table).
   EXPECT_FALSE(finetune(src, 2, {"distill.alpha=0.5", "distill.enabled=false"}).distill.enabled);
 }

@@ -385,17 +385,17 @@ TEST_F(DataParallelRun, DiffusionTransformerTwoRanksFollowTheOneRankLossCurve) {
 }
 
 // Distillation under data parallelism: rank 0 reads the teacher, the other rank receives it by
-// broadcast, and every rank computes the KL term on its own share of the global batch. A fine-tune of
-// a full-precision tiny LM with alpha 0.5, T 2 as 1 rank x 8 and as 2 ranks x 4 sequences, 6 steps: the
-// loss and its parts (loss_ce, loss_kd: means over the same tokens) agree within the same 2e-4 as
-// plain training.
+// broadcast, and every rank computes the KL terms on its own share of the global batch. A fine-tune of
+// a full-precision tiny LM with alpha 0.5, T 2 and attention relations of block 0 (weight 0.5) as 1 rank
+// x 8 and as 2 ranks x 4 sequences, 6 steps: the loss and its parts (loss_ce, loss_kd, loss_attn: means
+// over the same tokens and rows) agree within the same 2e-4 as plain training.
 TEST_F(DataParallelRun, DistillationTwoRanksFollowTheOneRankCurve) {
   auto teacher = args("teacher", 8, 8, 1);
   teacher[2] = std::string(BITQAT_SOURCE_DIR) + "/configs/quickstart_fp.yaml";
   auto t = start(teacher, 1, "teacher");
   ASSERT_EQ(bitqat::testing::wait_for(t[0], 120), 0) << bitqat::testing::slurp(log("teacher", 0));
   const std::vector<std::string> kd{"init_from=" + (dir_ / "teacher").string(), "distill.alpha=0.5",
-                                    "distill.temperature=2.0"};
+                                    "distill.temperature=2.0", "distill.attention={layer: 0, weight: 0.5}"};
   auto one = start(args("kd1", 6, 8, 1, kd), 1, "kd1");
   ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("kd1", 0));
   auto two = start(args("kd2", 6, 4, 1, kd), 2, "kd2");
@@ -406,13 +406,15 @@ TEST_F(DataParallelRun, DistillationTwoRanksFollowTheOneRankCurve) {
   ASSERT_EQ(a.size(), 6u);
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) {
-    for (const char* k : {"loss", "loss_ce", "loss_kd"}) {
+    for (const char* k : {"loss", "loss_ce", "loss_kd", "loss_attn"}) {
       ASSERT_TRUE(a[i].contains(k) && b[i].contains(k)) << k << " at step " << i + 1;
       EXPECT_NEAR(a[i][k].get<double>(), b[i][k].get<double>(), 2e-4) << k << " at step " << i + 1;
     }
     // The logged total is the configured mixture of its parts (T^2 = 4).
     EXPECT_NEAR(b[i]["loss"].get<double>(),
-                0.5 * b[i]["loss_ce"].get<double>() + 0.5 * 4 * b[i]["loss_kd"].get<double>(), 1e-5)
+                0.5 * b[i]["loss_ce"].get<double>() + 0.5 * 4 * b[i]["loss_kd"].get<double>() +
+                    0.5 * b[i]["loss_attn"].get<double>(),
+                1e-5)
         << "step " << i + 1;
   }
   EXPECT_GT(a.back()["loss_kd"].get<double>(), 0.0);  // the ternary student departs from its teacher
