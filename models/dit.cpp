@@ -82,6 +82,12 @@ const core::Schema<DiTConfig>& DiTConfig::schema() {
                     "fraction of training labels replaced by the null label (classifier-free guidance)")
               .range(0.0, 1.0)
               .check([](const double& v) { return v < 1.0; }, "a fraction in [0, 1) (1 would never train the labels)"),
+          core::key("time_sampling", &C::time_sampling,
+                    "how training draws the flow-matching time t: uniform, or logit_normal (SD3's rf/lognorm)")
+              .choices(kTimeSamplingNames),
+          core::key("logit_mean", &C::logit_mean, "logit_normal: the mean m of t = sigmoid(m + s n)").range(-10.0, 10.0),
+          core::key("logit_std", &C::logit_std, "logit_normal: the standard deviation s of t = sigmoid(m + s n)")
+              .range(1e-3, 10.0),
       },
       [](const core::Node& n, const C& c) {
         if (c.height % c.patch_size != 0 || c.width % c.patch_size != 0) {

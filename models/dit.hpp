@@ -49,6 +49,14 @@ enum class PosEmbed { kSinusoidal, kLearned };
 inline constexpr std::array<core::EnumName<PosEmbed>, 2> kPosEmbedNames = {
     {{PosEmbed::kSinusoidal, "sinusoidal"}, {PosEmbed::kLearned, "learned"}}};
 
+// How training draws a sample's time t of the flow-matching path (models/flow.hpp): uniform in
+// [0, 1), or logit-normal, t = sigmoid(m + s n) with n ~ N(0, 1) (Esser et al. 2024, "Scaling
+// Rectified Flow Transformers for High-Resolution Image Synthesis" (SD3), section 3.1: rf/lognorm,
+// which puts more of the training on the middle of the path).
+enum class TimeSampling { kUniform, kLogitNormal };
+inline constexpr std::array<core::EnumName<TimeSampling>, 2> kTimeSamplingNames = {
+    {{TimeSampling::kUniform, "uniform"}, {TimeSampling::kLogitNormal, "logit_normal"}}};
+
 struct DiTConfig {
   int64_t channels = 1;  // C
   int64_t height = 28;   // H
@@ -69,6 +77,11 @@ struct DiTConfig {
   // is replaced by the null label, so that one network learns the conditional and the unconditional
   // velocity. Changes neither the tensors nor the function (model_identity leaves it out).
   double class_dropout = 0.1;
+  // The objective's time sampling (above); like class_dropout it changes neither the tensors nor the
+  // function. The held-out loss always draws t uniformly, so runs that differ here compare.
+  TimeSampling time_sampling = TimeSampling::kUniform;
+  double logit_mean = 0.0;  // m of logit_normal
+  double logit_std = 1.0;   // s of logit_normal
 
   // The model: section of kind dit, declared once.
   static const core::Schema<DiTConfig>& schema();

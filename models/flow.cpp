@@ -109,6 +109,11 @@ at::Tensor counter_uniform(uint64_t seed, const at::Tensor& rows) {
   return out;
 }
 
+at::Tensor sample_times(uint64_t seed, const at::Tensor& rows, TimeSampling kind, double mean, double std) {
+  if (kind == TimeSampling::kUniform) return counter_uniform(seed, rows);
+  return at::sigmoid(counter_normal(seed, rows, 1).reshape({-1}).to(at::kDouble) * std + mean);
+}
+
 at::Tensor drop_labels(const at::Tensor& labels, const at::Tensor& rows, uint64_t seed, double p, int64_t null_label) {
   const auto drop = counter_uniform(seed, rows).lt(p).to(labels.device());
   return at::where(drop, at::full_like(labels, null_label), labels);

@@ -52,6 +52,11 @@ at::Tensor counter_normal(uint64_t seed, const at::Tensor& rows, int64_t n);
 // Uniform in [0, 1) with 53 random bits: [B] float64 on the CPU.
 at::Tensor counter_uniform(uint64_t seed, const at::Tensor& rows);
 
+// Training times of the flow-matching path for the rows (DiTConfig::time_sampling): uniform is
+// counter_uniform(seed, rows); logit-normal is sigmoid(mean + std * counter_normal(seed, rows, 1)).
+// [B] float64 on the CPU.
+at::Tensor sample_times(uint64_t seed, const at::Tensor& rows, TimeSampling kind, double mean, double std);
+
 // Label dropout for classifier-free guidance: each label becomes `null_label` where
 // counter_uniform(seed, rows) < p. labels int64 [B] (returned on their device).
 at::Tensor drop_labels(const at::Tensor& labels, const at::Tensor& rows, uint64_t seed, double p, int64_t null_label);

@@ -89,7 +89,8 @@ class ImageTask final : public Task {
 // velocity x1 - x0 at x_t, with labels dropped to the null label at model.class_dropout. The noise, the
 // times and the dropped labels of a sample are functions of the run seed and the sample's global id
 // (data::Batch::rows), so a global batch gives the same loss however ranks and micro-batches split it.
-// The held-out loss uses other seeds and no label dropout: the same noise and times every evaluation.
+// The held-out loss uses other seeds, no label dropout and uniform times (whatever model.time_sampling
+// says, so that runs differing in it compare): the same noise and times every evaluation.
 class FlowMatchingTask final : public Task {
  public:
   FlowMatchingTask(std::shared_ptr<models::BitDiTImpl> dit, uint64_t seed)
@@ -104,7 +105,9 @@ class FlowMatchingTask final : public Task {
   at::Tensor loss(const data::Batch& b) override {
     const auto y =
         models::drop_labels(b.targets, rows_of(b), drop_seed_, dit_->config.class_dropout, dit_->config.null_class());
-    return loss_with(b, y, noise_seed_, time_seed_);
+    const auto& c = dit_->config;
+    return loss_with(b, y, noise_seed_,
+                     models::sample_times(time_seed_, rows_of(b), c.time_sampling, c.logit_mean, c.logit_std));
   }
   EvalResult evaluate(const std::vector<data::Batch>& batches, const at::Device& device) override {
     at::NoGradGuard no_grad;
@@ -114,7 +117,9 @@ class FlowMatchingTask final : public Task {
     for (const auto& b : batches) {
       const data::Batch d{b.inputs.to(device), b.targets.to(device), b.rows};
       const auto n = b.targets.size(0);
-      total += loss_with(d, d.targets, eval_noise_seed_, eval_time_seed_).to(at::kDouble).item<double>() *
+      total += loss_with(d, d.targets, eval_noise_seed_, models::counter_uniform(eval_time_seed_, rows_of(d)))
+                   .to(at::kDouble)
+                   .item<double>() *
                static_cast<double>(n);
       count += n;
     }
@@ -133,11 +138,11 @@ class FlowMatchingTask final : public Task {
     return b.rows;
   }
   // Data in [0, 1] becomes x1 in [-1, 1]; a sample's mean squared velocity error, averaged.
-  at::Tensor loss_with(const data::Batch& b, const at::Tensor& labels, uint64_t noise_seed, uint64_t time_seed) {
+  at::Tensor loss_with(const data::Batch& b, const at::Tensor& labels, uint64_t noise_seed, const at::Tensor& times) {
     const auto& rows = rows_of(b);
     const auto x1 = b.inputs * 2 - 1;
     const auto x0 = models::counter_normal(noise_seed, rows, x1[0].numel()).view(x1.sizes()).to(x1.device());
-    const auto t = models::counter_uniform(time_seed, rows).to(x1.device(), at::kFloat);
+    const auto t = times.to(x1.device(), at::kFloat);
     const models::VelocityFn v = [&](const at::Tensor& x, const at::Tensor& tt) {
       return dit_->forward(x, tt, labels);
     };

@@ -239,5 +239,10 @@ TEST(DiTConfig, RejectsShapesThatDoNotFit) {
   EXPECT_NE(err("model: {kind: dit, class_dropout: 1}").find("model.class_dropout = 1: expected a fraction in [0, 1)"),
             std::string::npos);
   EXPECT_NE(err("model: {kind: dit, depth: 3}").find("depth"), std::string::npos);
+  const auto ts = err("model: {kind: dit, time_sampling: lognormal}");
+  EXPECT_NE(ts.find("model.time_sampling = lognormal"), std::string::npos) << ts;
+  EXPECT_NE(ts.find("logit_normal"), std::string::npos) << ts;
+  EXPECT_NE(err("model: {kind: dit, logit_std: 0}").find("model.logit_std = 0"), std::string::npos);
+  EXPECT_EQ(err("model: {kind: dit, time_sampling: logit_normal, logit_mean: 0.5}"), "(no error)");
   EXPECT_EQ(err("model: {kind: dit, dim: 6, n_heads: 2, pos_embed: learned}"), "(no error)");
 }

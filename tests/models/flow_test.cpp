@@ -145,6 +145,34 @@ TEST(CounterRandomness, PerRowAndDistribution) {
   EXPECT_NEAR(u.mean().item<double>(), 0.5, 0.005);  // standard error 0.0009
 }
 
+// Training times: uniform is counter_uniform itself; logit-normal times are sigmoid(m + s n) of one
+// counter normal per row (so a row's time does not depend on its batch), with logit(t) of mean m and
+// standard deviation s: over 100,000 rows the standard errors are s / 316 for the mean and about
+// s / 447 for the standard deviation, and the bounds are 5 of them.
+TEST(TrainingTimes, UniformAndLogitNormal) {
+  const auto rows = at::arange(100000, at::kLong);
+  EXPECT_TRUE(models::sample_times(3, rows, models::TimeSampling::kUniform, 0.0, 1.0)
+                  .equal(models::counter_uniform(3, rows)));
+  for (const auto& [m, sd] : std::vector<std::pair<double, double>>{{0.0, 1.0}, {0.5, 0.7}}) {
+    const auto t = models::sample_times(3, rows, models::TimeSampling::kLogitNormal, m, sd);
+    ASSERT_EQ(t.scalar_type(), at::kDouble);
+    EXPECT_GT(t.min().item<double>(), 0.0);
+    EXPECT_LT(t.max().item<double>(), 1.0);
+    const auto logit = (t / (1 - t)).log();
+    EXPECT_NEAR(logit.mean().item<double>(), m, 5 * sd / 316.0);
+    EXPECT_NEAR(logit.std().item<double>(), sd, 5 * sd / 447.0);
+    // Row 7's time is the same alone as within the batch.
+    EXPECT_EQ(models::sample_times(3, at::tensor({7}, at::kLong), models::TimeSampling::kLogitNormal, m, sd)
+                  .item<double>(),
+              t[7].item<double>());
+  }
+  // m = 0: the median is 1/2; the middle of the path gets more of the draws than uniform's 20% in
+  // [0.4, 0.6): 2 Phi(logit(0.6)) - 1 = 2 Phi(0.405) - 1 = 0.315.
+  const auto t = models::sample_times(3, rows, models::TimeSampling::kLogitNormal, 0.0, 1.0);
+  const double mid = (t.ge(0.4) & t.lt(0.6)).to(at::kDouble).mean().item<double>();
+  EXPECT_NEAR(mid, 0.315, 0.01);
+}
+
 // Sample i starts from the noise of (seed, i), so the first images do not depend on how many are
 // drawn or how they are chunked (float64: only summation order differs, below 1e-12).
 TEST(SampleImages, SampleIDependsOnlyOnItsSeedAndLabel) {
