@@ -12,6 +12,7 @@
 #include <filesystem>
 #include <fstream>
 
+#include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "spawn.hpp"
@@ -418,6 +419,34 @@ TEST_F(DataParallelRun, DistillationTwoRanksFollowTheOneRankCurve) {
         << "step " << i + 1;
   }
   EXPECT_GT(a.back()["loss_kd"].get<double>(), 0.0);  // the ternary student departs from its teacher
+}
+
+// train.ema under data parallelism: every rank keeps the average of the same (all-reduced) weights, so
+// the averages are identical across ranks; the checkpoint step's agreement check covers them (the
+// fingerprint of parameters, buffers and averages), so a 2-rank run that writes checkpoints at steps 3
+// and 6 shows it. The average itself follows the 1-rank run's within the curve's bound.
+TEST_F(DataParallelRun, EmaIsTheSameOnEveryRank) {
+  const std::vector<std::string> ema{"train.ema={decay: 0.8, start_step: 2}", "checkpoint.every=3"};
+  auto one = start(args("ema1", 6, 8, 1, ema), 1, "ema1");
+  ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("ema1", 0));
+  auto two = start(args("ema2", 6, 4, 1, ema), 2, "ema2");
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0)
+        << bitqat::testing::slurp(log("ema2", r));
+  }
+  const auto a = bitqat::checkpoints::read_checkpoint((dir_ / "ema1" / "checkpoints" / "step_00000006").string());
+  const auto b = bitqat::checkpoints::read_checkpoint((dir_ / "ema2" / "checkpoints" / "step_00000006").string());
+  ASSERT_TRUE(b.has_ema);
+  ASSERT_EQ(a.ema.size(), b.ema.size());
+  ASSERT_FALSE(b.ema.empty());
+  std::map<std::string, at::Tensor> weights(b.model.begin(), b.model.end());
+  for (size_t i = 0; i < a.ema.size(); ++i) {
+    EXPECT_EQ(a.ema[i].first, b.ema[i].first);
+    EXPECT_LE((a.ema[i].second - b.ema[i].second).abs().max().item<double>(), 2e-4) << a.ema[i].first;
+    // The average is not the weight (it lags it).
+    ASSERT_TRUE(weights.count(b.ema[i].first)) << b.ema[i].first;
+    EXPECT_FALSE(b.ema[i].second.equal(weights.at(b.ema[i].first))) << b.ema[i].first;
+  }
 }
 
 // launch/torchrun.sh: torchrun --standalone starts the binary itself (--no-python) and every rank
