@@ -8,6 +8,7 @@
 #include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
+#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -182,6 +183,17 @@ TEST(DistContext, GlooWithOneRank) {
   auto op = d.all_reduce_sum_async(t, "sum");
   op.wait();
   EXPECT_TRUE(at::equal(t, at::tensor({1.0, 3.0})));
+}
+
+// Gloo writes to its peers with writev(), which raises SIGPIPE once a peer has died: a rank that joins
+// a process group ignores it, so that such a write fails with EPIPE and the collective's error names
+// what failed (status 2), instead of the signal ending the rank silently with status 141.
+TEST(DistContext, JoiningAGroupIgnoresSigpipe) {
+  std::signal(SIGPIPE, SIG_DFL);
+  DistContext d(loopback_env(0, 1, bitqat::testing::free_port()), "gloo", std::chrono::seconds(10));
+  struct sigaction now {};
+  ASSERT_EQ(::sigaction(SIGPIPE, nullptr, &now), 0);
+  EXPECT_EQ(now.sa_handler, SIG_IGN);
 }
 
 // On the GPU machine: NCCL with one rank (NCCL refuses two ranks on one GPU).
