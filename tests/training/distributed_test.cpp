@@ -8,11 +8,14 @@
 #include <torch/cuda.h>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
+#include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "spawn.hpp"
@@ -273,9 +276,11 @@ class DataParallelRun : public ::testing::Test {
     return a;
   }
 
-  // Starts `world` ranks with launcher variables; returns their pids.
-  std::vector<pid_t> start(const std::vector<std::string>& argv, int world, const std::string& tag) const {
-    const int port = bitqat::testing::free_port();
+  // Starts `world` ranks with launcher variables; returns their pids. Runs started together get
+  // different rendezvous ports (a port just reported free may be reported again before its store binds it).
+  std::vector<pid_t> start(const std::vector<std::string>& argv, int world, const std::string& tag) {
+    int port = bitqat::testing::free_port();
+    while (!ports_.insert(port).second) port = bitqat::testing::free_port();
     std::vector<pid_t> pids;
     for (int r = 0; r < world; ++r) {
       pids.push_back(bitqat::testing::spawn(argv,
@@ -311,6 +316,7 @@ class DataParallelRun : public ::testing::Test {
   }
 
   fs::path dir_;
+  std::set<int> ports_;  // handed out by start()
 };
 
 // The same global batch of 8 sequences as 1 rank x 8, 2 ranks x 4, and 2 ranks x 2 x 2 accumulation
@@ -590,6 +596,127 @@ TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
   ASSERT_EQ(a.size(), static_cast<size_t>(steps));
   ASSERT_EQ(b.size(), a.size());
   for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
+}
+
+// kill -9 in the middle of a sharded run, then --resume with the same 2 ranks and mode: a step is a
+// deterministic function of the weights, the optimizer state, the RNG states and the step number, all
+// of which a checkpoint holds exactly, so the resumed run logs the uninterrupted run's losses and
+// gradient norms bit for bit (metrics.jsonl writes doubles in round-trip form; the killed run's
+// records past its checkpoint are dropped on resume) and ends on the same weights and optimizer
+// shards. Checkpoints every 4 steps; a run dies either as soon as its step-8 checkpoint is being
+// assembled (.tmp-step_00000008 appears: the kill cuts that write, which must not count, and the run
+// resumes from step 4; should the test look too late, the write is complete and it resumes from step 8
+// or later) or once step 8 is complete. Every step_ directory the kill leaves must read back whole
+// (the sizes and CRC-32s of manifest.json). Three ways to die: rank 1 alone (rank 0 stops on the failed
+// collective), rank 0 alone (which also serves the rendezvous store), both at once.
+TEST_F(DataParallelRun, KilledShardedRunsResumeExactly) {
+  const int steps = 20;
+  struct Case {
+    std::string mode;
+    std::vector<int> victims;
+    bool during_write;  // kill when step 8's write begins (else when it is complete)
+  };
+  const std::vector<Case> cases{{"optimizer", {1}, true}, {"gradients", {0}, true}, {"parameters", {0, 1}, false}};
+  auto argv = [&](const std::string& run, const std::string& mode) {
+    return args(run, steps, 4, 1, {"dist.shard=" + mode, "checkpoint.every=4", "checkpoint.keep_last=0"});
+  };
+  // All references and all runs to be killed at once: the ranks spend most of their time starting up.
+  std::vector<std::vector<pid_t>> full, cut;
+  for (const auto& c : cases) {
+    full.push_back(start(argv("full_" + c.mode, c.mode), 2, "full_" + c.mode));
+    cut.push_back(start(argv("cut_" + c.mode, c.mode), 2, "cut_" + c.mode));
+  }
+  std::vector<bool> killed(cases.size(), false);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  for (size_t left = cases.size(); left > 0 && std::chrono::steady_clock::now() < deadline;) {
+    for (size_t i = 0; i < cases.size(); ++i) {
+      const auto ck = dir_ / ("cut_" + cases[i].mode) / "checkpoints";
+      if (killed[i] ||
+          !((cases[i].during_write && fs::exists(ck / ".tmp-step_00000008")) || fs::exists(ck / "step_00000008"))) {
+        continue;
+      }
+      for (const int r : cases[i].victims) ::kill(cut[i][static_cast<size_t>(r)], SIGKILL);
+      killed[i] = true;
+      --left;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  std::vector<int64_t> resume_at(cases.size(), -1);
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& c = cases[i];
+    const std::string cut_run = "cut_" + c.mode;
+    for (int r = 0; r < 2; ++r) {
+      const auto rank = static_cast<size_t>(r);
+      const bool victim = std::find(c.victims.begin(), c.victims.end(), r) != c.victims.end();
+      ASSERT_EQ(bitqat::testing::wait_for(full[i][rank], 120), 0) << bitqat::testing::slurp(log("full_" + c.mode, r));
+      // A survivor stops on the failed collective (status 2); a 0 means the run ended before the kill.
+      EXPECT_EQ(bitqat::testing::wait_for(cut[i][rank], 60), victim ? 128 + SIGKILL : 2)
+          << c.mode << " rank " << r << (killed[i] ? "" : " (never killed: no step-8 checkpoint within 120 s)") << "\n"
+          << bitqat::testing::slurp(log(cut_run, r));
+    }
+    // What the kill left: step_ directories that read back whole, and a write it cut (if any) under
+    // its .tmp- name, which no reader takes.
+    const auto ckdir = dir_ / cut_run / "checkpoints";
+    int64_t last = 0;
+    for (const auto& e : fs::directory_iterator(ckdir)) {
+      const auto name = e.path().filename().string();
+      if (name.rfind(".tmp-step_", 0) == 0) continue;
+      const auto err = bitqat::testing::error_of(
+          [&] { last = std::max(last, bitqat::checkpoints::read_checkpoint(e.path().string()).step); });
+      EXPECT_EQ(err, "") << c.mode << ": " << name;
+    }
+    EXPECT_EQ(bitqat::checkpoints::find_latest_checkpoint(ckdir.string()).value_or(""),
+              (ckdir / fmt::format("step_{:08d}", last)).string());
+    if (fs::exists(ckdir / ".tmp-step_00000008")) {
+      EXPECT_EQ(last, 4) << c.mode << ": the kill cut step 8's write";
+    } else {
+      EXPECT_GE(last, 8) << c.mode;
+    }
+    EXPECT_LT(last, steps) << c.mode;
+    resume_at[i] = last;
+  }
+  std::vector<std::vector<pid_t>> res;
+  for (const auto& c : cases) {
+    auto a = argv("cut_" + c.mode, c.mode);
+    a.push_back("--resume");
+    res.push_back(start(a, 2, "res_" + c.mode));
+  }
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& mode = cases[i].mode;
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(bitqat::testing::wait_for(res[i][static_cast<size_t>(r)], 120), 0)
+          << bitqat::testing::slurp(log("res_" + mode, r));
+    }
+    const auto out = bitqat::testing::slurp(log("res_" + mode, 0));
+    EXPECT_NE(out.find(fmt::format("step_{:08d} at step {}", resume_at[i], resume_at[i])), std::string::npos) << out;
+    const auto a = step_records("full_" + mode);
+    const auto b = step_records("cut_" + mode);
+    ASSERT_EQ(a.size(), static_cast<size_t>(steps)) << mode;
+    ASSERT_EQ(b.size(), a.size()) << mode;
+    for (size_t s = 0; s < a.size(); ++s) {
+      EXPECT_EQ(b[s]["step"], a[s]["step"]) << mode;
+      for (const char* k : {"loss", "grad_norm"}) {
+        EXPECT_EQ(b[s][k].get<double>(), a[s][k].get<double>()) << mode << " " << k << " at step " << s + 1;
+      }
+    }
+    const auto last = fmt::format("checkpoints/step_{:08d}", steps);
+    const auto ca = bitqat::checkpoints::read_checkpoint((dir_ / ("full_" + mode) / last).string());
+    const auto cb = bitqat::checkpoints::read_checkpoint((dir_ / ("cut_" + mode) / last).string());
+    ASSERT_EQ(ca.model.size(), cb.model.size());
+    for (size_t k = 0; k < ca.model.size(); ++k) {
+      EXPECT_EQ(cb.model[k].first, ca.model[k].first);
+      EXPECT_TRUE(cb.model[k].second.equal(ca.model[k].second)) << mode << " " << ca.model[k].first;
+    }
+    ASSERT_EQ(ca.optimizer_shards.size(), 2u) << mode;
+    ASSERT_EQ(cb.optimizer_shards.size(), 2u) << mode;
+    for (size_t r = 0; r < 2; ++r) {
+      ASSERT_EQ(ca.optimizer_shards[r].size(), cb.optimizer_shards[r].size());
+      for (size_t k = 0; k < ca.optimizer_shards[r].size(); ++k) {
+        EXPECT_TRUE(cb.optimizer_shards[r][k].second.equal(ca.optimizer_shards[r][k].second))
+            << mode << " rank " << r << " " << ca.optimizer_shards[r][k].first;
+      }
+    }
+  }
 }
 
 // Killing one rank makes the other exit non-zero with a message naming the failed collective, well
