@@ -9,10 +9,12 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <regex>
 #include <set>
 
@@ -316,6 +318,38 @@ class DataParallelRun : public ::testing::Test {
     return out;
   }
 
+  // `run` follows the reference curve `ref` as a run that differs from it only in the order of its
+  // float sums must: the gap at step t is at most 16 eps_f32 |L_t| + 2.5e-4 P_t, where P_t is the
+  // path length of `ref` up to step t, the sum of |L_s - L_(s-1)| for s <= t. Why that form:
+  //  - The logged loss is a float32 mean over the step's tokens (256 here), reduced in another order
+  //    on another split: in any summation tree at most log2(256) = 8 roundings of relative size eps_f32
+  //    each, in each of the two runs. That is the whole gap at step 1, where the weights are the same
+  //    (measured: 1.5 ulp).
+  //  - The gradients' sums (all-reduce, reduce-scatter, accumulation, a batch cut into other shares)
+  //    differ by a few eps_f32 relative per element. Carried through AdamW smoothly that would stay
+  //    near eps_f32, but the forward pass rounds latent weights to ternary codes and activations to
+  //    int8 codes: a value that lies within that rounding distance of a code boundary takes the
+  //    other code in one run, the loss moves by about 1e-5 (measured: 2.2e-5 at step 6 of runs whose
+  //    other early steps agree to an ulp), and from there the two weight trajectories stay apart, by
+  //    more codes the further training moves the weights. So the gap grows with how far training has
+  //    gone, which the reference curve itself measures: P_t (zero at step 1).
+  //  - The constant is measured: over 20 steps of the tiny LM of args(), every case of
+  //    ShardedModesFollowTheOneRankLossCurve under ATEN_CPU_CAPABILITY default, avx2 and avx512 (an
+  //    AVX-512 Xeon), the largest gap is 2.22e-4 at step 20 (P = 1.82) and the largest gap / P is
+  //    1.22e-4; 2.5e-4 is twice that, and at step 6 (P = 0.79) it is the fixed 2e-4 these tests used
+  //    over 6 steps. For scale, a fault: the 1-rank run trained on half of each global batch (as if
+  //    one of 2 ranks' shares were lost) is off by 5e-3 to 5e-2 at 19 of the 20 steps.
+  void expect_follows(const std::vector<double>& ref, const std::vector<double>& run, const std::string& what) const {
+    ASSERT_EQ(run.size(), ref.size()) << what;
+    const double eps = std::numeric_limits<float>::epsilon();
+    double path = 0.0;
+    for (size_t i = 0; i < ref.size(); ++i) {
+      if (i > 0) path += std::fabs(ref[i] - ref[i - 1]);
+      EXPECT_NEAR(run[i], ref[i], 16 * eps * std::fabs(ref[i]) + 2.5e-4 * path)
+          << what << " step " << i + 1 << " (reference path length " << path << ")";
+    }
+  }
+
   fs::path dir_;
   std::set<int> ports_;  // handed out by start()
 };
@@ -483,14 +517,16 @@ TEST_F(DataParallelRun, ResumeOnAnotherWorldSize) {
 }
 
 // Sharded data parallelism (dist.shard optimizer, ZeRO-1; gradients, ZeRO-2; parameters, ZeRO-3, whose
-// blocks are recomputed in the backward pass, which changes no bit) follows the 1-rank curve of
-// the same global batch of 8 within the bound above: the update is elementwise, so a rank's shard
-// moves exactly as that part of the whole tensor would; what differs is the order of float sums (the
-// ranks' gradient sums by reduce-scatter instead of all-reduce, and the clipping norm as the sum of
-// the ranks' squared norms). Also with 2 accumulation micro-steps (reduce-scattered each) and with a
-// lambda ramp that crosses 1 halfway.
+// blocks are recomputed in the backward pass, which changes no bit) on 2 and 4 ranks follows the 1-rank
+// curve of the same global batch of 8 over 20 steps, within expect_follows' bound: the update is
+// elementwise, so a rank's shard moves exactly as that part of the whole tensor would; what differs is
+// the order of float sums (the ranks' gradient sums by reduce-scatter instead of all-reduce, and the
+// clipping norm as the sum of the ranks' squared norms). Also with 2 accumulation micro-steps
+// (reduce-scattered each), with a lambda ramp from 0 that reaches 1 at step 4, and with activation
+// checkpointing. At step 1 every run holds the same weights, so the gradient norm agrees to 1e-5
+// relative (measured: 2e-7), which a wrong average or a shard counted twice would not.
 TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
-  const int steps = 6;
+  const int steps = 20;
   const std::vector<std::string> ramp{"quant.lambda_w={kind: linear, start: 0, end: 3}",
                                       "quant.lambda_a={kind: linear, start: 0, end: 3}"};
   struct Case {
@@ -524,15 +560,17 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
       ASSERT_EQ(bitqat::testing::wait_for(pids[static_cast<size_t>(r)], 120), 0)
           << bitqat::testing::slurp(log(c.name, r));
     }
-    const auto a = losses(c.baseline);
-    const auto b = losses(c.name);
+    const auto a = step_records(c.baseline);
+    const auto b = step_records(c.name);
     ASSERT_EQ(a.size(), static_cast<size_t>(steps));
     ASSERT_EQ(b.size(), a.size()) << c.name;
-    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << c.name << " step " << i + 1;
+    expect_follows(losses(c.baseline), losses(c.name), c.name);
+    const double g1 = a[0]["grad_norm"].get<double>();
+    EXPECT_NEAR(b[0]["grad_norm"].get<double>(), g1, 1e-5 * g1) << c.name << " step 1";
     const auto out = bitqat::testing::slurp(log(c.name, 0));
     EXPECT_NE(out.find("sharded data parallel (dist.shard "), std::string::npos) << out;
     // One optimizer file per rank, no whole-state file.
-    const auto ck = dir_ / c.name / "checkpoints" / "step_00000006";
+    const auto ck = dir_ / c.name / "checkpoints" / fmt::format("step_{:08d}", steps);
     for (int r = 0; r < c.world; ++r) {
       EXPECT_TRUE(fs::exists(ck / fmt::format("optimizer-rank{:05d}-of-{:05d}.safetensors", r, c.world))) << ck;
     }
@@ -550,7 +588,7 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
 
 // Resume reshards: 2 ranks (gradients) write a step-2 checkpoint, 4 ranks (parameters: the weights
 // too are sharded, model.safetensors is gathered) resume it and write step 4, 1 rank (no sharding) resumes that and finishes; the curve is the uninterrupted 1-rank
-// one within the bound above. eval and export read the 4-rank checkpoint as they read any other.
+// one within expect_follows' bound. eval and export read the 4-rank checkpoint as they read any other.
 TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
   const int steps = 6;
   const std::vector<std::string> keep{"checkpoint.every=2", "checkpoint.keep_last=0"};
@@ -595,8 +633,7 @@ TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
   const auto a = losses("one");
   const auto b = losses("mix");
   ASSERT_EQ(a.size(), static_cast<size_t>(steps));
-  ASSERT_EQ(b.size(), a.size());
-  for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-4) << "step " << i + 1;
+  expect_follows(a, b, "mix");
 }
 
 // kill -9 in the middle of a sharded run, then --resume with the same 2 ranks and mode: a step is a
