@@ -11,7 +11,9 @@
 #   3. the benchmarks, the kernels' first (ceilings measured in the same run; every kernel plan on every
 #      shape, the dispatched one against cuBLAS bf16; the dispatch table derived from them by
 #      tools/dispatch_table.py; GPU memory);
-#   4. an NCCL world-size-1 training run of configs/quickstart.yaml.
+#   4. NCCL training runs of configs/quickstart.yaml: world size 1, then world size 1 with
+#      dist.shard parameters (ZeRO-3: NCCL's all-gather and reduce-scatter of device tensors), then,
+#      on a machine with two GPUs or more, 2 ranks with dist.shard parameters (launch/local.sh).
 # Results in $OUT (8 files): <device>-<date>.md (tables), <device>-<date>.json (device,
 # driver, date, commit, ceilings, `kernels` [{M, N, K, us, us_cublas_bf16, speedup_vs_bf16,
 # floor_fraction, ...}], memory, steps), tests.log, memcheck.log (memcheck, racecheck, synccheck),
@@ -138,13 +140,28 @@ step nccl nccl.log 60 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MA
   --set dist.backend=nccl --set data.path="$ndir/text.txt" --set run.dir="$ndir" --set run.name=nccl1 \
   --set train.steps=20 --set train.log_every=5 --set train.eval_every=0 --set checkpoint.every=10 \
   --set dist.bucket_mb=0.5
+# The same with every parameter sharded: the gathers and reduce-scatters of dist.shard parameters on NCCL.
+step nccl_shard nccl.log 60 env RANK=0 WORLD_SIZE=1 LOCAL_RANK=0 LOCAL_WORLD_SIZE=1 MASTER_ADDR=127.0.0.1 \
+  MASTER_PORT=29518 "$bin/bitqat" train "$bundle/configs/quickstart.yaml" --set device.type=cuda \
+  --set dist.backend=nccl --set data.path="$ndir/text.txt" --set run.dir="$ndir" --set run.name=nccl1_shard \
+  --set train.steps=20 --set train.log_every=5 --set train.eval_every=0 --set checkpoint.every=10 \
+  --set dist.shard=parameters
+# Two ranks on two GPUs (NCCL needs one GPU per rank), when the machine has them.
+if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
+  step nccl_shard2 nccl.log 90 env BITQAT_BIN="$bin/bitqat" MASTER_PORT=29519 "$root/launch/local.sh" 2 train \
+    "$bundle/configs/quickstart.yaml" --set device.type=cuda --set dist.backend=nccl \
+    --set data.path="$ndir/text.txt" --set run.dir="$ndir" --set run.name=nccl2_shard --set train.steps=20 \
+    --set train.log_every=5 --set train.eval_every=0 --set checkpoint.every=10 --set dist.shard=parameters
+else
+  status[nccl_shard2]="skipped (one GPU)"
+fi
 # 5. the QAT training step benchmark, if time remains.
 step bench_train bench.log 60 "$bin/w158a8_bench" train "$bdir"
 
 # Results: markdown and JSON.
 pyres="$py"
 [ -x "$pyres" ] || pyres=python3
-summary="$(for k in build mma_probe tests generate_graph reference_tests memcheck racecheck synccheck bench_kernels bench_memory nccl bench_train; do
+summary="$(for k in build mma_probe tests generate_graph reference_tests memcheck racecheck synccheck bench_kernels bench_memory nccl nccl_shard nccl_shard2 bench_train; do
   [ -n "${status[$k]:-}" ] && printf '%s=%s\n' "$k" "${status[$k]}"
 done)"
 GPU="$gpu" DRIVER="$driver" DAY="$day" COMMIT="$commit" BUILT="$built" SUMMARY="$summary" BDIR="$bdir" \

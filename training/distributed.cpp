@@ -20,6 +20,7 @@
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
+#include <csignal>
 #include <cstdlib>
 #include <exception>
 
@@ -162,6 +163,11 @@ DistContext::DistContext(const DistEnv& env, const std::string& backend, std::ch
                          const at::Device& device)
     : env_(env), timeout_(timeout), device_(device) {
   if (env_.launcher == "none") return;  // one process, no group
+  // Gloo writes to its peers with writev(), which cannot pass MSG_NOSIGNAL: a write to a rank that has
+  // just died raises SIGPIPE, whose default action ends this process with status 141 and no message
+  // instead of the failed collective's error (Python, which most c10d users run under, ignores
+  // SIGPIPE from its start). Ignored, the write fails with EPIPE and Gloo reports the broken pair.
+  std::signal(SIGPIPE, SIG_IGN);
   backend_ = resolve_backend(backend, device);
   if (backend_ == "gloo" && device_.is_cuda()) device_ = at::Device(at::kCPU);  // Gloo reduces host tensors
   const std::string where = fmt::format("{}:{}", env_.master_addr, env_.master_port);
