@@ -26,7 +26,7 @@ for cap in default avx2 avx512; do
   export ONEDNN_MAX_CPU_ISA=$dnnl
   ran="$(ATEN_CPU_CAPABILITY=$cap "$BUILD/bitqat" version --cpu-capability)"
   printf '[test] ATEN_CPU_CAPABILITY=%s: LibTorch runs its %s kernels (oneDNN capped at %s)\n' "$cap" "$ran" "$dnnl"
-  # The GgufInLlamaCpp tests train five small models and run them in llama.cpp (minutes each on
+  # The GgufInLlamaCpp tests train six small models and run them in llama.cpp (minutes each on
   # this 2-core machine): they check llama.cpp's computation of our files, so they run in the
   # first pass only; the bitqat numerics they rely on are tested under every capability by the rest.
   # So do the CUDA kernels on the CPU harness (labels cuda_sim and cuda_sim_asan, cuda/sim/) and the
