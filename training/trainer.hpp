@@ -9,6 +9,7 @@
 #include <string>
 
 #include "training/config.hpp"
+#include "training/distributed.hpp"
 
 namespace bitqat::training {
 
@@ -27,6 +28,10 @@ struct TrainResult {
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
   int64_t skipped_steps = 0;
+  // The collectives this rank issued inside the optimizer steps of this run (the set-up's broadcasts,
+  // evaluations and checkpoints left out), summed over `final_step - start_step` steps; empty without a
+  // process group.
+  CollectiveBytes step_collectives;
   // Resumed at train.steps already: nothing was trained, read (beyond the checkpoint's manifest and
   // state) or written.
   bool nothing_to_train = false;

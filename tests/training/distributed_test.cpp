@@ -184,6 +184,50 @@ TEST(DistContext, GlooWithOneRank) {
   EXPECT_TRUE(at::equal(t, at::tensor({1.0, 3.0})));
 }
 
+// Every collective is counted by kind with the bytes of the buffer it names: an all-reduce or a
+// broadcast its tensor, a reduce-scatter its input [world * n], an all-gather its output [world * n].
+TEST(DistContext, CountsTheBytesOfEveryCollective) {
+  DistContext none(DistEnv{}, "auto", std::chrono::seconds(1));
+  auto t = at::ones({10});
+  none.all_reduce_sum_(t);
+  EXPECT_EQ(none.collectives().bytes(), 0);  // no group, no collective
+
+  DistContext d(loopback_env(0, 1, bitqat::testing::free_port()), "auto", std::chrono::seconds(10));
+  d.all_reduce_sum_async(t, "sum").wait();  // 10 floats: 40 bytes
+  auto flags = at::ones({3}, at::kDouble);
+  d.all_reduce_mean_(flags);                // 24
+  d.barrier();                              // one float: 4
+  d.check_same({1, 2}, {"a", "b"});         // 2 x 2 int64: 32
+  auto in = at::ones({48});
+  auto out = at::empty({48});
+  d.reduce_scatter_sum_async(out, in, "rs").wait();  // input, 192
+  auto part = at::ones({16});
+  auto whole = at::empty({16});
+  d.all_gather_async(whole, part, "ag").wait();  // output, 64
+  auto codes = at::ones({8}, at::kByte);
+  auto gathered = at::empty({8}, at::kByte);
+  d.all_gather_async(gathered, codes, "codes").wait();  // 8
+  d.broadcast_(flags);                                  // 24
+  const auto c = d.collectives();
+  EXPECT_EQ(c.all_reduce.calls, 4);
+  EXPECT_EQ(c.all_reduce.bytes, 40 + 24 + 4 + 32);
+  EXPECT_EQ(c.reduce_scatter.calls, 1);
+  EXPECT_EQ(c.reduce_scatter.bytes, 192);
+  EXPECT_EQ(c.all_gather.calls, 2);
+  EXPECT_EQ(c.all_gather.bytes, 72);
+  EXPECT_EQ(c.broadcast.calls, 1);
+  EXPECT_EQ(c.broadcast.bytes, 24);
+  EXPECT_EQ(c.bytes(), 100 + 192 + 72 + 24);
+  EXPECT_EQ(bitqat::training::describe_collectives(c),
+            "all-reduce 100 bytes (calls: 4), reduce-scatter 192 bytes (calls: 1), all-gather 72 bytes (calls: 2), "
+            "broadcast 24 bytes (calls: 1)");
+  // A difference of two snapshots, as a mean over 4 steps.
+  d.all_reduce_sum_async(t, "sum").wait();
+  const auto step = d.collectives() - c;
+  EXPECT_EQ(bitqat::training::describe_collectives(step, 4),
+            "all-reduce 10 bytes (calls: 0.25), reduce-scatter 0, all-gather 0, broadcast 0");
+}
+
 // On the GPU machine: NCCL with one rank (NCCL refuses two ranks on one GPU).
 TEST(DistContext, NcclWithOneRankOnGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
