@@ -660,6 +660,7 @@ void checkpoint(Run& r, int64_t done) {
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   auto run = set_up(cfg, options);
   Run& r = *run;
+  if (options.after_setup) options.after_setup();
   TrainResult result;
   result.run_dir = r.run_dir;
   result.start_step = r.start_step;

@@ -19,6 +19,8 @@ struct TrainOptions {
   std::function<void(int64_t step, int micro, at::Tensor& loss)> loss_hook;
   // Test hook: called after each optimizer step (or skipped step) with the step just finished.
   std::function<void(int64_t step)> after_step;
+  // Test hook: called once the run is set up (model, optimizer state, shards), before its first step.
+  std::function<void()> after_setup;
 };
 
 struct TrainResult {
