@@ -111,12 +111,11 @@ Wire expected_wire(const training::Config& cfg, int world) {
   const auto mode = cfg.dist.shard;
   const bool zero3 = mode == training::ShardMode::kParameters;
   const auto units = training::block_buckets(trainable);
-  const auto layout = zero3 ? training::make_shard_layout(trainable, world, units.groups)
-                            : training::make_shard_layout(trainable, world,
-                                                          static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024));
+  const auto layout =
+      zero3 ? training::make_shard_layout(trainable, world, units.groups)
+            : training::make_shard_layout(trainable, world, static_cast<int64_t>(cfg.dist.bucket_mb * 1024 * 1024));
   const int64_t N = layout.numel, WS = static_cast<int64_t>(world) * layout.shard_numel;
-  const auto lambda_w =
-      schedules::make_schedule(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, cfg.train.steps);
+  const auto lambda_w = schedules::make_schedule(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, cfg.train.steps);
 
   Wire w;
   for (int64_t step = 0; step < cfg.train.steps; ++step) {
@@ -213,6 +212,7 @@ int run(const std::string& config, const std::vector<std::string>& sets, const s
     rec["forward_tensor_peak"] = counter.peak();
     rec["live_after_forward"] = counter.live();
     step_tensor_peak = counter.peak();
+    counter.track_peak_sizes(true);
     counter.reset_peak();
   };
   options.after_step = [&](int64_t done) {
@@ -222,7 +222,13 @@ int run(const std::string& config, const std::vector<std::string>& sets, const s
       rec["steady_tensors"] = counter.live();
     } else if (done < cfg.train.steps) {
       step_tensor_peak = std::max(step_tensor_peak, counter.peak());
-      if (done == 2) rec["backward_tensor_peak"] = counter.peak();
+      if (done == 2) {
+        rec["backward_tensor_peak"] = counter.peak();
+        json blocks = json::array();  // [bytes, count], the largest first
+        for (const auto& [bytes, count] : counter.peak_sizes()) blocks.push_back({bytes, count});
+        rec["backward_peak_blocks"] = blocks;
+        counter.track_peak_sizes(false);
+      }
       counter.reset_peak();
       if (done == cfg.train.steps - 1) {
         rec["step_hwm"] = proc_status_bytes("VmHWM");
@@ -279,10 +285,12 @@ int report(const std::string& dir) {
            std::tuple(b.find("lambda") != std::string::npos, my, y.at("world").get<int>(), b);
   });
 
-  fmt::print("Per-rank memory (MiB; the largest rank; steps: steps 2 .. n-1; baseline: the tiny model's peak RSS "
-             "in the same phase less its peak of live tensors)\n\n");
-  fmt::print("| run | mode | W | plan total | peak RSS | baseline | RSS - baseline | plan error | live tensors peak "
-             "| plan error vs tensors | set-up plan | set-up RSS - baseline | set-up live tensors peak |\n");
+  fmt::print(
+      "Per-rank memory (MiB; the largest rank; steps: steps 2 .. n-1; baseline: the tiny model's peak RSS "
+      "in the same phase less its peak of live tensors)\n\n");
+  fmt::print(
+      "| run | mode | W | plan total | peak RSS | baseline | RSS - baseline | plan error | live tensors peak "
+      "| plan error vs tensors | set-up plan | set-up RSS - baseline | set-up live tensors peak |\n");
   fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& tag : tags) {
     const auto& r = runs[tag];
@@ -314,15 +322,27 @@ int report(const std::string& dir) {
                setup, mib(r.max_of("setup_tensor_peak")));
   }
 
-  fmt::print("\nLive tensors by phase (MiB, the largest rank): between steps, the peak of step 2's forward, what "
-             "is live after it, the peak of its backward and update; the peak of step 1\n\n");
-  fmt::print("| run | between steps | forward peak | after forward | backward and update peak | step 1 peak |\n");
-  fmt::print("|---|---|---|---|---|---|\n");
+  fmt::print(
+      "\nLive tensors by phase (MiB, the largest rank): between steps, the peak of step 2's forward, what "
+      "is live after it, the peak of its backward and update; the peak of step 1\n\n");
+  fmt::print(
+      "| run | between steps | forward peak | after forward | backward and update peak | step 1 peak | "
+      "rank 0's tensors of 1 MiB and more at its backward peak: MiB x count |\n");
+  fmt::print("|---|---|---|---|---|---|---|\n");
   for (const auto& tag : tags) {
     const auto& r = runs[tag];
-    fmt::print("| {} | {} | {} | {} | {} | {} |\n", tag, mib(r.max_of("steady_tensors")),
+    std::string blocks;
+    for (const auto& j : r.ranks) {
+      if (j.at("rank").get<int>() != 0 || !j.contains("backward_peak_blocks")) continue;
+      auto list = j.at("backward_peak_blocks").get<std::vector<std::pair<int64_t, int64_t>>>();
+      std::sort(list.begin(), list.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+      for (const auto& [bytes, count] : list) {
+        if (bytes >= (1 << 20)) blocks += fmt::format("{}{} x {}", blocks.empty() ? "" : ", ", mib(bytes), count);
+      }
+    }
+    fmt::print("| {} | {} | {} | {} | {} | {} | {} |\n", tag, mib(r.max_of("steady_tensors")),
                mib(r.max_of("forward_tensor_peak")), mib(r.max_of("live_after_forward")),
-               mib(r.max_of("backward_tensor_peak")), mib(r.max_of("first_step_tensor_peak")));
+               mib(r.max_of("backward_tensor_peak")), mib(r.max_of("first_step_tensor_peak")), blocks);
   }
 
   fmt::print("\nPlan terms (MiB, rank 0's plan)\n\n| run | ");
@@ -340,8 +360,9 @@ int report(const std::string& dir) {
   }
 
   fmt::print("\nCollectives per step (bytes of the buffers each call names; rank 0)\n\n");
-  fmt::print("| run | mode | W | N | S | all-reduce | reduce-scatter | all-gather | broadcast | formula: all-reduce | "
-             "reduce-scatter | all-gather | broadcast | match |\n");
+  fmt::print(
+      "| run | mode | W | N | S | all-reduce | reduce-scatter | all-gather | broadcast | formula: all-reduce | "
+      "reduce-scatter | all-gather | broadcast | match |\n");
   fmt::print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
   for (const auto& tag : tags) {
     const json* r0 = nullptr;
