@@ -18,6 +18,7 @@
 #include "interop/init_source.hpp"
 #include "models/attention.hpp"
 #include "models/factory.hpp"
+#include "schedules/schedule.hpp"
 #include "training/shard_layout.hpp"
 #include "training/ternary_gather.hpp"
 
@@ -303,16 +304,30 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   const int64_t wire2 = sharded ? two_largest(false) : 0;
   const int64_t code_wire2 = zero3 ? two_largest(true) : 0;
 
-  // ZeRO-3's working set: everything outside the blocks for the whole step, plus two blocks.
-  int64_t outside = 0, block_max = 0;
+  // ZeRO-3's working set: everything outside the blocks for the whole step, the running block and the
+  // next one's prefetch. While lambda_w < 1 the next block arrives in float32 straight into its
+  // parameters; when lambda_w is 1 at every step, its ternary weights wait as 2-bit codes until it runs
+  // (communication buffers) and only its other tensors (norms) are float32.
+  int64_t outside = 0, block_max = 0, block_float_max = 0;
   for (size_t b = 0; b < units.groups.size(); ++b) {
-    int64_t n = 0;
-    for (const size_t k : units.groups[b]) n += trainable[k].second.numel();
+    int64_t n = 0, floats = 0;
+    for (const size_t k : units.groups[b]) {
+      n += trainable[k].second.numel();
+      const auto it = as_codes.find(trainable[k].first);
+      if (it == as_codes.end() || !it->second) floats += trainable[k].second.numel();
+    }
     if (static_cast<int64_t>(b) == units.rest) {
       outside = n;
     } else {
       block_max = std::max(block_max, n);
+      block_float_max = std::max(block_float_max, floats);
     }
+  }
+  bool lambda_w_one = true;
+  if (zero3) {
+    const auto lambda_w =
+        schedules::make_schedule(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, cfg.train.steps);
+    for (int64_t step = 0; step < cfg.train.steps && lambda_w_one; ++step) lambda_w_one = lambda_w->at(step) == 1.0;
   }
 
   const int64_t fixed = 4 * p.frozen + buffers;  // replicated whatever the mode
@@ -320,7 +335,13 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   auto add = [&](const char* name, int64_t bytes, std::string formula) {
     p.terms.push_back({name, bytes, std::move(formula)});
   };
-  const std::string rs = fmt::format(" + 2 reduce-scatter buffers {}", wire2);
+  // A reduce-scatter in flight holds its input (the wire buffer) and its output, this rank's chunk
+  // (training/grad_sync.cpp); Gloo, the CPU's backend, also clones the input and all-reduces the clone
+  // (ProcessGroupGloo's reduce_scatter_tensor_coalesced; bench/shard_memory.sh measured the copies with
+  // torch 2.11), where NCCL reduce-scatters without a copy.
+  const int64_t rs_bytes = wire2 + wire2 / world + (p.cuda ? 0 : wire2);
+  const std::string rs = fmt::format(" + 2 reduce-scatters in flight {} (wire buffers {}, outputs {}{})", rs_bytes,
+                                     wire2, wire2 / world, p.cuda ? "" : fmt::format(", Gloo's copies {}", wire2));
   int64_t optimizer_state = 0, grad_shard = 0;  // made at set-up, before the model is sharded
   switch (p.mode) {
     case ShardMode::kNone:
@@ -339,20 +360,25 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
     case ShardMode::kGradients:
       add("parameters", 4 * N + fixed, "4 N" + fixed_text);
       grad_shard = 4 * S;
-      add("gradients", grad_shard + wire2, "4 S" + rs);
+      add("gradients", grad_shard + rs_bytes, "4 S" + rs);
       optimizer_state = 12 * S;
       add("optimizer state", optimizer_state, "12 S (exp_avg, exp_avg_sq, master shard)");
       break;
     case ShardMode::kParameters: {
-      const int64_t gathered = 4 * (outside + 2 * block_max);
+      const int64_t gathered = 4 * (outside + block_max + (lambda_w_one ? block_float_max : block_max));
       add("parameters", 4 * S + gathered + fixed,
-          fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + 2 x {} of a block, the one "
-                      "running and the next){}",
-                      outside, block_max, fixed_text));
+          lambda_w_one
+              ? fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + {} of the running block + "
+                            "{} of the next one's float32 tensors; lambda_w is 1 at every step, so its ternary weights "
+                            "wait as 2-bit codes){}",
+                            outside, block_max, block_float_max, fixed_text)
+              : fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + 2 x {} of a block, the "
+                            "one running and the next, in float32 while lambda_w < 1){}",
+                            outside, block_max, fixed_text));
       // The rest's bucket is reduce-scattered last: the head's gradient waits for the embeddings'.
       const int64_t whole = 4 * (outside + block_max);
       grad_shard = 4 * S;
-      add("gradients", grad_shard + whole + wire2,
+      add("gradients", grad_shard + whole + rs_bytes,
           fmt::format("4 S + whole gradients before their reduce-scatter 4 x ({} outside the blocks, through the "
                       "backward pass + {} of a block){}",
                       outside, block_max, rs));

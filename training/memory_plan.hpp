@@ -13,11 +13,15 @@
 //   gradients        4N                      4S + 2 reduce-scatter    12S
 //   parameters       4S + gathered working   4S + whole gradients     8S  (the 4S shard is the master)
 //                    set (outside the blocks, awaiting their
-//                    plus two blocks)        reduce-scatter (outside
-//                                            the blocks, one block)
-//                                            + 2 reduce-scatter
+//                    the running block and   reduce-scatter (outside
+//                    the next: float32 while the blocks, one block)
+//                    lambda_w < 1, else its  + 2 reduce-scatter
+//                    norms, the rest waiting
+//                    as 2-bit codes)
 // dist.shard parameters buckets a block at a time, and the rest (shard_layout.hpp block_buckets); the
-// other modes by dist.bucket_mb. A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes.
+// other modes by dist.bucket_mb. A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes;
+// a reduce-scatter in flight also holds its output, 4 * bucket.chunk, and on the CPU path (Gloo) a copy
+// of its input.
 // dist.shard parameters recomputes every block whatever train.activation_checkpointing says (a block's
 // weights are released after its forward, so its graph may not keep them).
 // communication buffers: the all-reduce buckets, 4N, with none and optimizer (W > 1); with parameters

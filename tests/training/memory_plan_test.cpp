@@ -49,6 +49,8 @@ std::map<std::string, int64_t> terms(const MemoryPlan& p) {
 // 2 x 2384 + 16 = 6832, padding 4 x 6832 - 27040 = 288.
 // Buckets of dist.bucket_mb: one (W S 4 bytes < the first bucket's 1 MiB), so two wire buffers are
 // that one, 4 W S: 108160 (W = 1 and 2), 109312 (W = 4); the sharded modes have them on one rank too.
+// Two reduce-scatters in flight hold their wire buffers, their outputs (a W-th of them) and, on the
+// CPU's Gloo, copies of the wire buffers: 2 x + x / W for wire buffers x.
 // dist.shard parameters buckets a block at a time and the rest: a block's wire buffer 4 W chunk is
 // 4 x 9408 = 37632 (W = 1), 4 x 2 x 4704 = 37632 (W = 2), 4 x 4 x 2384 = 38144 (W = 4), the rest's
 // 4 x 8224 = 32896, 4 x 2 x 4112 = 32896, 4 x 4 x 2064 = 33024: the two largest are the two blocks. Of a
@@ -71,7 +73,10 @@ TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
   const std::map<int, int64_t> wire = {{1, 4 * 27040}, {2, 4 * 2 * 13520}, {4, 4 * 4 * 6832}};
   const std::map<int, int64_t> block_wires = {{1, 2 * 37632}, {2, 2 * 37632}, {4, 2 * 38144}};
   const int64_t code_wires = 2 * 2304;
-  const int64_t gathered = 4 * (8224 + 2 * 9408);  // outside the blocks + two blocks
+  const auto in_flight = [](int64_t wires, int w) { return 2 * wires + wires / w; };
+  // Outside the blocks, the running block and the next block's float32 tensors (its norms: 32 + 32 +
+  // 32 + 96), its ternary weights waiting as codes (lambda_w is 1 throughout).
+  const int64_t gathered = 4 * (8224 + 9408 + 192);
   const int64_t whole_grads = 4 * (8224 + 9408);   // the rest's, held through the backward, + one block's
   struct Row {
     const char* mode;
@@ -83,9 +88,10 @@ TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
     const int64_t s = S.at(w), ar = w > 1 ? 4 * N : 0;
     rows.push_back({"none", w, 4 * N, 4 * N, 8 * N, saved, ar, codes, 4 * N + 8 * N + ar});
     rows.push_back({"optimizer", w, 4 * N, 4 * N + 4 * s, 12 * s, saved, ar, codes, 4 * N + 12 * s + 4 * s + ar});
-    rows.push_back({"gradients", w, 4 * N, 4 * s + wire.at(w), 12 * s, saved, 0, codes, 4 * N + 12 * s + 4 * s});
-    rows.push_back({"parameters", w, 4 * s + gathered, 4 * s + whole_grads + block_wires.at(w), 8 * s, saved_full,
-                    code_wires, 0, 4 * N + 8 * s + 4 * s + 4 * s});
+    rows.push_back({"gradients", w, 4 * N, 4 * s + in_flight(wire.at(w), w), 12 * s, saved, 0, codes,
+                    4 * N + 12 * s + 4 * s});
+    rows.push_back({"parameters", w, 4 * s + gathered, 4 * s + whole_grads + in_flight(block_wires.at(w), w), 8 * s,
+                    saved_full, code_wires, 0, 4 * N + 8 * s + 4 * s + 4 * s});
   }
   for (const auto& r : rows) {
     SCOPED_TRACE(std::string(r.mode) + " W=" + std::to_string(r.world));
@@ -112,6 +118,17 @@ TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
       EXPECT_TRUE(p.host.empty());
     }
   }
+}
+
+// During a lambda_w ramp a block travels in float32, straight into its parameters: two blocks are
+// whole at a time.
+TEST(MemoryPlan, ShardedParametersGatherTwoFloatBlocksDuringALambdaRamp) {
+  const auto ramp = memory_plan(tiny({"dist.shard=parameters", "train.steps=10", "quant.lambda_w={kind: linear}"}), 2);
+  EXPECT_EQ(terms(ramp)["parameters"], 4 * 13520 + 4 * (8224 + 2 * 9408));
+  const auto text = bitqat::training::format_memory_plan(ramp);
+  EXPECT_NE(text.find("the one running and the next, in float32 while lambda_w < 1"), std::string::npos) << text;
+  const auto one = memory_plan(tiny({"dist.shard=parameters", "train.steps=10"}), 2);
+  EXPECT_EQ(terms(one)["parameters"], 4 * 13520 + 4 * (8224 + 9408 + 192));
 }
 
 TEST(MemoryPlan, TextIsDeterministic) {
