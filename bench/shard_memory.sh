@@ -6,7 +6,7 @@
 #   bench/shard_memory.sh [WORK_DIR] [--worlds "1 2 4"] [--modes "none optimizer gradients parameters"]
 #
 # The model: configs/quickstart.yaml's ternary byte-level LM widened to dim 1024, 8 blocks, relu2 FFN
-# 4096 (100.9M parameters, 16 heads), trained 4 steps of 1 x 16 tokens per rank on one thread each, so
+# 4096 (101.0M parameters, 16 heads), trained 4 steps of 1 x 16 tokens per rank on one thread each, so
 # that parameters, gradients and optimizer state dominate; its baseline, the same runs of a tiny
 # model (dim 64, 2 blocks). Parameters mode also runs at lambda_w 0.5, where weights gather in float32.
 # Every rank runs with MALLOC_MMAP_THRESHOLD_=65536 (glibc): a freed tensor's pages go back at once,
