@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 
@@ -22,8 +23,11 @@ class CountingAllocator final : public c10::Allocator {
     {
       std::lock_guard<std::mutex> lock(mu_);
       live_ += static_cast<int64_t>(n);
-      peak_ = std::max(peak_, live_);
       if (data != nullptr) blocks_.emplace(data, Block{std::move(inner), n});
+      if (live_ > peak_) {
+        peak_ = live_;
+        if (track_sizes_) peak_sizes_ = sizes_locked();
+      }
     }
     return {data, data, &CountingAllocator::release, c10::Device(c10::kCPU)};
   }
@@ -32,6 +36,18 @@ class CountingAllocator final : public c10::Allocator {
   void reset_peak() {
     std::lock_guard<std::mutex> lock(mu_);
     peak_ = live_;
+    if (track_sizes_) peak_sizes_ = sizes_locked();
+  }
+  // With tracking on, the blocks live at the peak: bytes -> how many (what the peak is made of). Each
+  // new peak walks the live blocks, so only for programs with few allocations per step.
+  void track_peak_sizes(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    track_sizes_ = on;
+    peak_sizes_ = sizes_locked();
+  }
+  std::map<size_t, int64_t> peak_sizes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return peak_sizes_;
   }
   int64_t live() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -60,8 +76,15 @@ class CountingAllocator final : public c10::Allocator {
       instance->blocks_.erase(it);
     }
   }
+  std::map<size_t, int64_t> sizes_locked() const {
+    std::map<size_t, int64_t> m;
+    for (const auto& [p, b] : blocks_) ++m[b.n];
+    return m;
+  }
   c10::Allocator* base_;
   std::mutex mu_;
+  bool track_sizes_ = false;
+  std::map<size_t, int64_t> peak_sizes_;
   std::unordered_map<void*, Block> blocks_;
   int64_t live_ = 0, peak_ = 0;
 };

@@ -23,6 +23,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <exception>
+#include <utility>
 
 #include "core/error.hpp"
 
@@ -69,6 +70,8 @@ std::string reason(const std::exception& e) {
 bool is_loopback(const std::string& host) { return host == "localhost" || host.rfind("127.", 0) == 0 || host == "::1"; }
 
 double seconds(std::chrono::milliseconds ms) { return static_cast<double>(ms.count()) / 1000.0; }
+
+int64_t nbytes(const at::Tensor& t) { return t.numel() * static_cast<int64_t>(t.element_size()); }
 
 }  // namespace
 
@@ -144,6 +147,47 @@ std::string resolve_backend(const std::string& backend, const at::Device& device
     throw core::UserError(fmt::format("dist.backend = {}: expected auto, nccl or gloo", backend));
   }
   return backend;
+}
+
+CollectiveBytes& CollectiveBytes::operator+=(const CollectiveBytes& o) {
+  for (auto [a, b] : {std::pair{&all_reduce, &o.all_reduce}, std::pair{&reduce_scatter, &o.reduce_scatter},
+                      std::pair{&all_gather, &o.all_gather}, std::pair{&broadcast, &o.broadcast}}) {
+    a->calls += b->calls;
+    a->bytes += b->bytes;
+  }
+  return *this;
+}
+
+CollectiveBytes CollectiveBytes::operator-(const CollectiveBytes& o) const {
+  CollectiveBytes d = *this;
+  for (auto [a, b] : {std::pair{&d.all_reduce, &o.all_reduce}, std::pair{&d.reduce_scatter, &o.reduce_scatter},
+                      std::pair{&d.all_gather, &o.all_gather}, std::pair{&d.broadcast, &o.broadcast}}) {
+    a->calls -= b->calls;
+    a->bytes -= b->bytes;
+  }
+  return d;
+}
+
+std::string describe_collectives(const CollectiveBytes& c, int64_t per) {
+  const auto part = [per](const char* name, const CollectiveCount& k) {
+    const auto mean = [per](int64_t v) {
+      return v % per == 0 ? fmt::format("{}", v / per) : fmt::format("{:.2f}", static_cast<double>(v) / per);
+    };
+    return k.calls == 0 ? fmt::format("{} 0", name)
+                        : fmt::format("{} {} bytes (calls: {})", name, mean(k.bytes), mean(k.calls));
+  };
+  return fmt::format("{}, {}, {}, {}", part("all-reduce", c.all_reduce), part("reduce-scatter", c.reduce_scatter),
+                     part("all-gather", c.all_gather), part("broadcast", c.broadcast));
+}
+
+CollectiveBytes DistContext::collectives() const {
+  CollectiveBytes c;
+  CollectiveCount* out[] = {&c.all_reduce, &c.reduce_scatter, &c.all_gather, &c.broadcast};
+  for (int k = 0; k < 4; ++k) {
+    out[k]->calls = counters_[k].calls.load(std::memory_order_relaxed);
+    out[k]->bytes = counters_[k].bytes.load(std::memory_order_relaxed);
+  }
+  return c;
 }
 
 PendingOp::PendingOp() = default;
@@ -264,7 +308,8 @@ void DistContext::wait_work(const c10::intrusive_ptr<c10d::Work>& work, const st
   }
 }
 
-PendingOp DistContext::start(std::string what, const std::function<c10::intrusive_ptr<c10d::Work>()>& launch) {
+PendingOp DistContext::start(Kind kind, int64_t bytes, std::string what,
+                             const std::function<c10::intrusive_ptr<c10d::Work>()>& launch) {
   PendingOp op;
   try {
     op.work_ = launch();
@@ -272,6 +317,9 @@ PendingOp DistContext::start(std::string what, const std::function<c10::intrusiv
     failed_ = true;
     throw core::UserError(fmt::format("rank {}: starting {} failed: {}", env_.rank, what, reason(e)));
   }
+  auto& c = counters_[static_cast<int>(kind)];
+  c.calls.fetch_add(1, std::memory_order_relaxed);
+  c.bytes.fetch_add(bytes, std::memory_order_relaxed);
   op.ctx_ = this;
   op.what_ = std::move(what);
   return op;
@@ -283,7 +331,7 @@ PendingOp DistContext::all_reduce_sum_async(at::Tensor& t, std::string what) {
   o.reduceOp = c10d::ReduceOp::SUM;
   o.timeout = timeout_;
   std::vector<at::Tensor> v{t};
-  return start(std::move(what), [&] { return pg_->allreduce(v, o); });
+  return start(Kind::kAllReduce, nbytes(t), std::move(what), [&] { return pg_->allreduce(v, o); });
 }
 
 PendingOp DistContext::reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in, std::string what) {
@@ -294,7 +342,8 @@ PendingOp DistContext::reduce_scatter_sum_async(at::Tensor& out, at::Tensor& in,
   c10d::ReduceScatterOptions o;
   o.reduceOp = c10d::ReduceOp::SUM;
   o.timeout = timeout_;
-  return start(std::move(what), [&] { return pg_->_reduce_scatter_base(out, in, o); });
+  return start(Kind::kReduceScatter, nbytes(in), std::move(what),
+               [&] { return pg_->_reduce_scatter_base(out, in, o); });
 }
 
 PendingOp DistContext::all_gather_async(at::Tensor& out, at::Tensor& in, std::string what) {
@@ -304,7 +353,7 @@ PendingOp DistContext::all_gather_async(at::Tensor& out, at::Tensor& in, std::st
   }
   c10d::AllgatherOptions o;
   o.timeout = timeout_;
-  return start(std::move(what), [&] { return pg_->_allgather_base(out, in, o); });
+  return start(Kind::kAllGather, nbytes(out), std::move(what), [&] { return pg_->_allgather_base(out, in, o); });
 }
 
 void DistContext::all_reduce_sum_(at::Tensor& t, const std::string& what) {
@@ -329,7 +378,7 @@ void DistContext::broadcast_(at::Tensor& t, const std::string& what) {
   o.rootRank = 0;
   o.timeout = timeout_;
   std::vector<at::Tensor> v{buf};
-  start(what, [&] { return pg_->broadcast(v, o); }).wait();
+  start(Kind::kBroadcast, nbytes(buf), what, [&] { return pg_->broadcast(v, o); }).wait();
   if (!buf.is_same(t.detach())) t.detach().copy_(buf);
 }
 
@@ -372,7 +421,7 @@ void DistContext::check_same(const std::vector<int64_t>& values, const std::vect
   o.reduceOp = c10d::ReduceOp::MAX;
   o.timeout = timeout_;
   std::vector<at::Tensor> v{buf};
-  start("cross-rank agreement check", [&] { return pg_->allreduce(v, o); }).wait();
+  start(Kind::kAllReduce, nbytes(buf), "cross-rank agreement check", [&] { return pg_->allreduce(v, o); }).wait();
   const at::Tensor r = buf.cpu().contiguous();
   const auto* pr = r.data_ptr<int64_t>();
   std::string bad;

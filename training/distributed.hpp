@@ -6,7 +6,9 @@
 #include <ATen/ATen.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -45,6 +47,24 @@ std::string first_slurm_host(const std::string& nodelist);
 // The backend a config asks for on a device: "auto" is NCCL on CUDA and Gloo on the CPU. NCCL on
 // the CPU is a UserError.
 std::string resolve_backend(const std::string& backend, const at::Device& device);
+
+// What a process's collectives were given, per kind: calls, and bytes of the buffer each call names
+// (docs/distributed.md, "Bytes on the wire"): an all-reduce or a broadcast counts its tensor, a
+// reduce-scatter its input [world * n], an all-gather its output [world * n]. A barrier is an
+// all-reduce of one float.
+struct CollectiveCount {
+  int64_t calls = 0;
+  int64_t bytes = 0;
+};
+struct CollectiveBytes {
+  CollectiveCount all_reduce, reduce_scatter, all_gather, broadcast;
+  int64_t bytes() const { return all_reduce.bytes + reduce_scatter.bytes + all_gather.bytes + broadcast.bytes; }
+  CollectiveBytes& operator+=(const CollectiveBytes& o);
+  CollectiveBytes operator-(const CollectiveBytes& o) const;
+};
+// "all-reduce 4194328 bytes (calls: 3), reduce-scatter 0, all-gather 0, broadcast 0", each divided by
+// `per` (a mean per step; two decimals where it does not divide).
+std::string describe_collectives(const CollectiveBytes& c, int64_t per = 1);
 
 // A collective in flight; wait() throws a UserError naming what failed (peer gone, timeout).
 class DistContext;
@@ -101,6 +121,10 @@ class DistContext {
   // Every rank passes its values; throws a UserError listing the values that differ between ranks.
   void check_same(const std::vector<int64_t>& values, const std::vector<std::string>& names);
 
+  // The collectives this process has issued since the group was made (none without a group). Two
+  // relaxed atomic adds per call: the gradient hooks may start collectives from autograd's threads.
+  CollectiveBytes collectives() const;
+
   // After a failed collective: the group is left to the operating system instead of being torn down,
   // whose destructor could wait on collectives of a dead peer. Its worker threads then outlive this
   // object, so a process whose group failed must end with std::_Exit (bitqat's main does), not a
@@ -113,9 +137,11 @@ class DistContext {
  private:
   friend class PendingOp;
   void wait_work(const c10::intrusive_ptr<c10d::Work>& work, const std::string& what);
-  // Starts a collective (`launch` issues it on the group); a failure to start is a UserError naming
-  // `what` and marks the group failed.
-  PendingOp start(std::string what, const std::function<c10::intrusive_ptr<c10d::Work>()>& launch);
+  enum class Kind { kAllReduce, kReduceScatter, kAllGather, kBroadcast };
+  // Starts a collective (`launch` issues it on the group) and counts it as `kind` of `bytes`; a failure
+  // to start is a UserError naming `what` and marks the group failed.
+  PendingOp start(Kind kind, int64_t bytes, std::string what,
+                  const std::function<c10::intrusive_ptr<c10d::Work>()>& launch);
 
   DistEnv env_;
   std::string backend_ = "none";
@@ -123,6 +149,10 @@ class DistContext {
   at::Device device_;
   c10::intrusive_ptr<c10d::Backend> pg_;
   bool failed_ = false;
+  struct Counter {
+    std::atomic<int64_t> calls{0}, bytes{0};
+  };
+  Counter counters_[4];  // by Kind
 };
 
 // Runs `fn` on rank 0 only (reading a source whose weights the other ranks then receive by

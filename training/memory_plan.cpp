@@ -8,15 +8,19 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <stdexcept>
 
 #include "bitlinear/bit_linear.hpp"
+#include "bitlinear/quantizers.hpp"
 #include "core/error.hpp"
 #include "interop/init_source.hpp"
 #include "models/attention.hpp"
 #include "models/factory.hpp"
+#include "schedules/schedule.hpp"
 #include "training/shard_layout.hpp"
+#include "training/ternary_gather.hpp"
 
 namespace bitqat::training {
 namespace {
@@ -114,23 +118,32 @@ bool gpu_kernel_layer(const bitlinear::QuantSpec& q) {
 
 struct WeightCopies {
   int64_t bytes = 0;
+  int64_t recomputed = 0;  // CPU: the codes of the largest recomputed block, saved while it is recomputed
   std::string formula;
 };
 
 // Per quantized weight of n elements: on the GPU kernels a bf16 dequantized copy for the backward and
 // the 2-bit packed weight, 2 n + n / 4 bytes, kept between steps; under bf16 autocast every other
 // weight a linear reads is cast once per forward (2 n); on the CPU the int8 codes the fused node saves
-// for the backward (n).
-WeightCopies weight_copies(torch::nn::Module& model, const models::ModelConfig& mc, bool cuda, bool autocast) {
+// for the backward (n), which a block that `ck` recomputes saves only while it is recomputed, one block
+// at a time (its forward runs without a graph).
+WeightCopies weight_copies(torch::nn::Module& model, const models::ModelConfig& mc, bool cuda, bool autocast,
+                           const models::Checkpointing& ck) {
   int64_t kernel = 0, other_q = 0, full = 0;
-  for (const auto& m : model.modules(/*include_self=*/false)) {
-    const auto* l = m->as<bitlinear::BitLinearImpl>();
+  std::map<int64_t, int64_t> recomputed;  // CPU: a recomputed block's quantized weights
+  for (const auto& item : model.named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    const auto* l = item.value()->as<bitlinear::BitLinearImpl>();
     if (!l || !l->weight.defined()) continue;
     const int64_t n = l->weight.numel();
+    const int64_t block = block_of(item.key() + ".weight");
     if (cuda && gpu_kernel_layer(l->options.quant)) {
       kernel += n;
     } else if (l->options.quant.weight.type != bitlinear::WeightQuant::kNone) {
-      other_q += n;
+      if (!cuda && block >= 0 && ck.recomputes(static_cast<size_t>(block))) {
+        recomputed[block] += n;
+      } else {
+        other_q += n;
+      }
     } else {
       full += n;
     }
@@ -147,7 +160,12 @@ WeightCopies weight_copies(torch::nn::Module& model, const models::ModelConfig& 
                             cast_bytes, cast);
   } else {
     w.bytes = kernel + other_q;
+    for (const auto& [block, n] : recomputed) w.recomputed = std::max(w.recomputed, n);
     w.formula = fmt::format("int8 codes 1 x {}", other_q);
+    if (w.recomputed > 0) {
+      w.formula += fmt::format(" (a recomputed block's, 1 x {}, only while it is recomputed: largest transient)",
+                               w.recomputed);
+    }
   }
   return w;
 }
@@ -242,33 +260,74 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   p.shard_numel = S;
   p.padding = layout.padding();
   p.buckets = layout.buckets.size();
+  // All-reduce buckets exist with a process group of several ranks (GradSync does nothing without
+  // one); the sharded modes' reduce-scatter and all-gather buffers exist at any world size, one rank
+  // included (without a group the collectives are copies).
   const bool multi = world > 1;
+  const bool sharded = p.mode != ShardMode::kNone;
 
+  // The ternary weights that dist.shard parameters gathers as 2-bit codes at lambda_w 1 (training/
+  // data_parallel.cpp plan_codes: a 2-D BitLinear weight whose scale groups tile it).
+  std::map<std::string, bool> as_codes;
+  for (const auto& item : h.module->named_modules(/*name_prefix=*/"", /*include_self=*/false)) {
+    const auto* l = item.value()->as<bitlinear::BitLinearImpl>();
+    if (!l || !l->weight.defined() || l->weight.dim() != 2) continue;
+    const auto& spec = l->options.quant.weight;
+    if (spec.type != bitlinear::WeightQuant::kTernary) continue;
+    const auto sg = bitlinear::scale_grouping(spec, l->weight.sizes());
+    as_codes[item.key() + ".weight"] = flat_groups(l->weight.numel(), l->weight.size(1), sg.group, sg.per_tensor).ok;
+  }
   // Wire buffers: the two largest buckets (two reduce-scatters, or two all-gathers of updated
-  // parameters, in flight at a time) and, with parameters, the two largest blocks (the one running and
-  // the next one's prefetch).
-  auto two_largest = [&](bool blocks_only) {
+  // parameters, in flight at a time) and, with parameters, the two largest blocks' 2-bit codes (the
+  // next block's prefetch; a float32 tensor is gathered straight into the buffer that becomes its
+  // parameter, counted under parameters).
+  auto two_largest = [&](bool codes) {
     std::vector<int64_t> wires;
     for (size_t b = 0; b < layout.buckets.size(); ++b) {
-      if (blocks_only && static_cast<int64_t>(b) == units.rest) continue;
-      wires.push_back(wire_bytes(layout, layout.buckets[b]));
+      if (!codes) {
+        wires.push_back(wire_bytes(layout, layout.buckets[b]));
+        continue;
+      }
+      if (static_cast<int64_t>(b) == units.rest) continue;
+      int64_t bytes = 0;
+      for (const size_t k : layout.buckets[b].params) {
+        const auto& lp = layout.params[k];
+        if (const auto it = as_codes.find(lp.name); it != as_codes.end() && it->second) {
+          bytes += static_cast<int64_t>(world) * lp.chunk / 4;
+        }
+      }
+      wires.push_back(bytes);
     }
     std::sort(wires.rbegin(), wires.rend());
-    return multi ? (wires.empty() ? 0 : wires[0]) + (wires.size() > 1 ? wires[1] : 0) : int64_t{0};
+    return (wires.empty() ? 0 : wires[0]) + (wires.size() > 1 ? wires[1] : 0);
   };
-  const int64_t wire2 = two_largest(false);
-  const int64_t block_wire2 = zero3 ? two_largest(true) : 0;
+  const int64_t wire2 = sharded ? two_largest(false) : 0;
+  const int64_t code_wire2 = zero3 ? two_largest(true) : 0;
 
-  // ZeRO-3's working set: everything outside the blocks for the whole step, plus two blocks.
-  int64_t outside = 0, block_max = 0;
+  // ZeRO-3's working set: everything outside the blocks for the whole step, the running block and the
+  // next one's prefetch. While lambda_w < 1 the next block arrives in float32 straight into its
+  // parameters; when lambda_w is 1 at every step, its ternary weights wait as 2-bit codes until it runs
+  // (communication buffers) and only its other tensors (norms) are float32.
+  int64_t outside = 0, block_max = 0, block_float_max = 0;
   for (size_t b = 0; b < units.groups.size(); ++b) {
-    int64_t n = 0;
-    for (const size_t k : units.groups[b]) n += trainable[k].second.numel();
+    int64_t n = 0, floats = 0;
+    for (const size_t k : units.groups[b]) {
+      n += trainable[k].second.numel();
+      const auto it = as_codes.find(trainable[k].first);
+      if (it == as_codes.end() || !it->second) floats += trainable[k].second.numel();
+    }
     if (static_cast<int64_t>(b) == units.rest) {
       outside = n;
     } else {
       block_max = std::max(block_max, n);
+      block_float_max = std::max(block_float_max, floats);
     }
+  }
+  bool lambda_w_one = true;
+  if (zero3) {
+    const auto lambda_w =
+        schedules::make_schedule(cfg.quant.lambda_w, schedules::ScheduleRole::kLambda, cfg.train.steps);
+    for (int64_t step = 0; step < cfg.train.steps && lambda_w_one; ++step) lambda_w_one = lambda_w->at(step) == 1.0;
   }
 
   const int64_t fixed = 4 * p.frozen + buffers;  // replicated whatever the mode
@@ -276,7 +335,13 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   auto add = [&](const char* name, int64_t bytes, std::string formula) {
     p.terms.push_back({name, bytes, std::move(formula)});
   };
-  const std::string rs = multi ? fmt::format(" + 2 reduce-scatter buffers {}", wire2) : "";
+  // A reduce-scatter in flight holds its input (the wire buffer) and its output, this rank's chunk
+  // (training/grad_sync.cpp); Gloo, the CPU's backend, also clones the input and all-reduces the clone
+  // (ProcessGroupGloo's reduce_scatter_tensor_coalesced; bench/shard_memory.sh measured the copies with
+  // torch 2.11), where NCCL reduce-scatters without a copy.
+  const int64_t rs_bytes = wire2 + wire2 / world + (p.cuda ? 0 : wire2);
+  const std::string rs = fmt::format(" + 2 reduce-scatters in flight {} (wire buffers {}, outputs {}{})", rs_bytes,
+                                     wire2, wire2 / world, p.cuda ? "" : fmt::format(", Gloo's copies {}", wire2));
   int64_t optimizer_state = 0, grad_shard = 0;  // made at set-up, before the model is sharded
   switch (p.mode) {
     case ShardMode::kNone:
@@ -295,33 +360,38 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
     case ShardMode::kGradients:
       add("parameters", 4 * N + fixed, "4 N" + fixed_text);
       grad_shard = 4 * S;
-      add("gradients", grad_shard + wire2, "4 S" + rs);
+      add("gradients", grad_shard + rs_bytes, "4 S" + rs);
       optimizer_state = 12 * S;
       add("optimizer state", optimizer_state, "12 S (exp_avg, exp_avg_sq, master shard)");
       break;
     case ShardMode::kParameters: {
-      const int64_t gathered = multi ? 4 * (outside + 2 * block_max) : 0;
+      const int64_t gathered = 4 * (outside + block_max + (lambda_w_one ? block_float_max : block_max));
       add("parameters", 4 * S + gathered + fixed,
-          multi ? fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + 2 x {} of a block, the "
-                              "one running and the next){}",
-                              outside, block_max, fixed_text)
-                : "4 S (one rank: nothing gathered)" + fixed_text);
+          lambda_w_one
+              ? fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + {} of the running block + "
+                            "{} of the next one's float32 tensors; lambda_w is 1 at every step, so its ternary weights "
+                            "wait as 2-bit codes){}",
+                            outside, block_max, block_float_max, fixed_text)
+              : fmt::format("4 S + gathered 4 x ({} outside the blocks, for the whole step + 2 x {} of a block, the "
+                            "one running and the next, in float32 while lambda_w < 1){}",
+                            outside, block_max, fixed_text));
       // The rest's bucket is reduce-scattered last: the head's gradient waits for the embeddings'.
-      const int64_t whole = multi ? 4 * (outside + block_max) : 0;
+      const int64_t whole = 4 * (outside + block_max);
       grad_shard = 4 * S;
-      add("gradients", grad_shard + whole + wire2,
-          multi ? fmt::format("4 S + whole gradients before their reduce-scatter 4 x ({} outside the blocks, through "
-                              "the backward pass + {} of a block){}",
-                              outside, block_max, rs)
-                : "4 S");
+      add("gradients", grad_shard + whole + rs_bytes,
+          fmt::format("4 S + whole gradients before their reduce-scatter 4 x ({} outside the blocks, through the "
+                      "backward pass + {} of a block){}",
+                      outside, block_max, rs));
       optimizer_state = 8 * S;
       add("optimizer state", optimizer_state, "8 S (exp_avg, exp_avg_sq; the shard is the master)");
       break;
     }
   }
 
-  // Saved activations and the transients they imply.
-  int64_t recompute = 0, logits = 0;
+  // Saved activations and the transients they imply; a recomputed block saves its weight codes (CPU)
+  // while it is recomputed.
+  const auto copies = weight_copies(*h.module, model, p.cuda, p.activation_bytes == 2, p.checkpointing);
+  int64_t recompute = copies.recomputed, logits = 0;
   if (model.kind == models::ModelKind::kLM && tokens) {
     const auto& lm = model.lm;
     const auto a = lm_activations(lm, p.batch, p.seq_len, p.cuda, p.activation_bytes);
@@ -331,7 +401,7 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
         fmt::format("{}; {} blocks x {} + {} checkpointed x {} (input 4Md) + outside {}{}", a.formula,
                     lm.n_layers - c, a.block, c, a.input, a.outside,
                     zero3 ? "; dist.shard parameters recomputes every block" : ""));
-    if (c > 0) recompute = a.block;
+    if (c > 0) recompute += a.block;
     logits = 4 * p.batch * p.seq_len * lm.vocab_size * (cfg.distill.enabled ? 3 : 2);
   } else {
     p.activations_estimated = false;
@@ -339,16 +409,16 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   }
   const bool all_reduce = multi && (p.mode == ShardMode::kNone || p.mode == ShardMode::kOptimizer);
   const int64_t all_reduce_buckets = all_reduce ? 4 * N : 0;
-  if (zero3 && multi) {
-    add("communication buffers", block_wire2,
-        fmt::format("all-gather wire buffers of the two blocks in flight {} (4 W chunk, as float32; ternary codes "
-                    "take a sixteenth)",
-                    block_wire2));
+  if (zero3) {
+    add("communication buffers", code_wire2,
+        fmt::format("all-gather wire buffers of the two blocks in flight: their ternary weights' 2-bit codes {} (W "
+                    "chunk / 4; at lambda_w < 1 they travel as float32, gathered straight into the parameters)",
+                    code_wire2));
   } else {
     add("communication buffers", all_reduce_buckets,
-        all_reduce ? "all-reduce buckets 4 N"
-        : multi    ? "none held (reduce-scatter under gradients)"
-                   : "none (one rank)");
+        all_reduce                          ? "all-reduce buckets 4 N"
+        : p.mode == ShardMode::kGradients ? "none held (reduce-scatter buffers under gradients)"
+                                            : "none (one rank: no all-reduce)");
   }
 
   // Sharded parameters are gathered where they are used; the other sharded modes all-gather the
@@ -362,14 +432,13 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
     what = fmt::format("logits and their gradient {} x 4 B T vocab{}", cfg.distill.enabled ? 3 : 2,
                        cfg.distill.enabled ? " (with the teacher's)" : "");
   } else if (transient == recompute) {
-    what = "one block's activations, recomputed";
+    what = "one block's activations and weight codes, recomputed";
   } else {
     what = "all-gather of updated parameters, two buckets 4 W chunk";
   }
   add("largest transient", transient,
       fmt::format("{} (of logits {}, recompute {}, all-gather {})", what, logits, recompute, gather));
 
-  const auto copies = weight_copies(*h.module, model, p.cuda, p.activation_bytes == 2);
   add("quantized weight copies", copies.bytes, copies.formula);
   int64_t teacher = 0;
   std::string teacher_text;
@@ -382,12 +451,13 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   }
 
   // Set-up (training/trainer.cpp set_up): every rank builds the whole model, then the data-parallel
-  // state, before a sharded mode takes its shard and releases the rest.
-  const int64_t state = optimizer_state + grad_shard + all_reduce_buckets;
+  // state (with parameters also the master shard, which the steps count under parameters), before a
+  // sharded mode takes its shard and releases the rest.
+  const int64_t state = optimizer_state + grad_shard + all_reduce_buckets + (zero3 ? 4 * S : 0);
   p.setup_peak = {"set-up peak", 4 * N + fixed + state + teacher,
-                  fmt::format("4 N the whole model as every rank builds it{} + optimizer state, gradient shard and "
+                  fmt::format("4 N the whole model as every rank builds it{} + optimizer state, {}gradient shard and "
                               "all-reduce buckets {}{}, before a sharded mode releases the model",
-                              fixed_text, state, teacher_text)};
+                              fixed_text, zero3 ? "master shard, " : "", state, teacher_text)};
   if (zero3) {
     p.host.push_back({"checkpoint host RAM", 4 * N + fixed,
                       fmt::format("4 N{}: rank 0 collects the whole fp32 model in host memory, a block at a time (not "

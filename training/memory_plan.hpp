@@ -3,34 +3,44 @@
 // allocating its weights. The trainer refuses at set-up a config whose plan exceeds the device.
 //
 // Terms per rank (fp32 parameters, gradients and AdamW state; N trainable elements, S = the shard of
-// training/shard_layout.hpp, W ranks; with W = 1 there are no collectives, so no communication buffers
-// and nothing gathered):
+// training/shard_layout.hpp, W ranks; with W = 1 there are no all-reduce buckets, while the sharded
+// modes keep their reduce-scatter and all-gather buffers, which are then copies; a launched run of one
+// rank has a process group, and with it the 4N all-reduce buckets of none and optimizer, which the plan
+// of W = 1 leaves out):
 //   dist.shard       parameters              gradients                optimizer state
 //   none             4N                      4N                       8N  (exp_avg, exp_avg_sq)
 //   optimizer        4N                      4N + 4S (the shard)      12S (8S moments + 4S master shard)
 //   gradients        4N                      4S + 2 reduce-scatter    12S
 //   parameters       4S + gathered working   4S + whole gradients     8S  (the 4S shard is the master)
 //                    set (outside the blocks, awaiting their
-//                    plus two blocks)        reduce-scatter (outside
-//                                            the blocks, one block)
-//                                            + 2 reduce-scatter
+//                    the running block and   reduce-scatter (outside
+//                    the next: float32 while the blocks, one block)
+//                    lambda_w < 1, else its  + 2 reduce-scatter
+//                    norms, the rest waiting
+//                    as 2-bit codes)
 // dist.shard parameters buckets a block at a time, and the rest (shard_layout.hpp block_buckets); the
-// other modes by dist.bucket_mb. A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes.
+// other modes by dist.bucket_mb. A reduce-scatter or all-gather wire buffer is 4 * W * bucket.chunk bytes;
+// a reduce-scatter in flight also holds its output, 4 * bucket.chunk, and on the CPU path (Gloo) a copy
+// of its input.
 // dist.shard parameters recomputes every block whatever train.activation_checkpointing says (a block's
 // weights are released after its forward, so its graph may not keep them).
 // communication buffers: the all-reduce buckets, 4N, with none and optimizer (W > 1); with parameters
-// the all-gather wire buffers of the two blocks in flight (counted as float32; ternary codes take less).
+// the all-gather wire buffers of the two blocks in flight that are not parameters themselves: their
+// ternary weights' 2-bit codes at lambda_w 1, W chunk / 4 bytes (a float32 tensor is gathered into the
+// buffer that becomes its parameter, counted under parameters).
 // largest transient: the biggest of the logits and their gradient (2 x 4 * B * T * vocab, a third
-// copy for a distillation teacher's logits), one block's activations while it is recomputed
-// (activation checkpointing), and the all-gather of updated parameters (optimizer and gradients: two
-// buckets' wire buffers at a time).
+// copy for a distillation teacher's logits), one block's activations (and, on the CPU, its int8 weight
+// codes) while it is recomputed (activation checkpointing), and the all-gather of updated parameters
+// (optimizer and gradients: two buckets' wire buffers at a time).
 // saved activations: memory_plan.cpp counts what BitLM's blocks save for the backward pass.
 // quantized weight copies: what the forward keeps per quantized weight besides the fp32 latent one
-// (the GPU kernels' packed and bf16 copies; the CPU's int8 codes, saved for the backward).
+// (the GPU kernels' packed and bf16 copies; the CPU's int8 codes, saved for the backward by the blocks
+// that are not recomputed).
 // distillation teacher: its fp32 parameters on every rank.
 // Apart from the total: the set-up peak (every rank builds the whole model, and the state the mode
-// keeps, before a sharded mode releases the model; checked against the limit too) and, with parameters,
-// rank 0's host memory at a checkpoint (the whole fp32 model, collected a block at a time).
+// keeps, the master shard included, before a sharded mode releases the model; checked against the
+// limit too) and, with parameters, rank 0's host memory at a checkpoint (the whole fp32 model,
+// collected a block at a time).
 #pragma once
 #include <ATen/ATen.h>
 

@@ -660,6 +660,7 @@ void checkpoint(Run& r, int64_t done) {
 TrainResult train(const Config& cfg, const TrainOptions& options) {
   auto run = set_up(cfg, options);
   Run& r = *run;
+  if (options.after_setup) options.after_setup();
   TrainResult result;
   result.run_dir = r.run_dir;
   result.start_step = r.start_step;
@@ -683,7 +684,9 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
   std::vector<StepOutcome> pending;
   r.task->module().train();
   for (int64_t step = r.start_step; step < steps; ++step) {
+    const auto before = r.dist.collectives();
     pending.push_back(run_step(r, step));
+    result.step_collectives += r.dist.collectives() - before;
     const int64_t done = step + 1;
     result.final_step = done;
     const bool eval_due = due(done, cfg.train.eval_every, steps);
@@ -707,6 +710,10 @@ TrainResult train(const Config& cfg, const TrainOptions& options) {
     if (options.after_step) options.after_step(done);
   }
   bar.finish();
+  if (r.main() && r.dist.active()) {
+    const int64_t n = result.final_step - result.start_step;
+    spdlog::info("collectives per step (mean of {}): {}", n, describe_collectives(result.step_collectives, n));
+  }
   if (r.main()) spdlog::info("done: {} steps, results in {}", result.final_step, r.run_dir);
   return result;
 }

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "training/config.hpp"
+#include "training/distributed.hpp"
 
 namespace bitqat::training {
 
@@ -18,6 +19,8 @@ struct TrainOptions {
   std::function<void(int64_t step, int micro, at::Tensor& loss)> loss_hook;
   // Test hook: called after each optimizer step (or skipped step) with the step just finished.
   std::function<void(int64_t step)> after_step;
+  // Test hook: called once the run is set up (model, optimizer state, shards), before its first step.
+  std::function<void()> after_setup;
 };
 
 struct TrainResult {
@@ -27,6 +30,10 @@ struct TrainResult {
   double last_loss = 0.0;
   std::optional<double> last_val_loss;
   int64_t skipped_steps = 0;
+  // The collectives this rank issued inside the optimizer steps of this run (the set-up's broadcasts,
+  // evaluations and checkpoints left out), summed over `final_step - start_step` steps; empty without a
+  // process group.
+  CollectiveBytes step_collectives;
   // Resumed at train.steps already: nothing was trained, read (beyond the checkpoint's manifest and
   // state) or written.
   bool nothing_to_train = false;

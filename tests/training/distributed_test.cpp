@@ -202,6 +202,50 @@ TEST(DistContext, JoiningAGroupIgnoresSigpipe) {
   EXPECT_EQ(now.sa_handler, SIG_IGN);
 }
 
+// Every collective is counted by kind with the bytes of the buffer it names: an all-reduce or a
+// broadcast its tensor, a reduce-scatter its input [world * n], an all-gather its output [world * n].
+TEST(DistContext, CountsTheBytesOfEveryCollective) {
+  DistContext none(DistEnv{}, "auto", std::chrono::seconds(1));
+  auto t = at::ones({10});
+  none.all_reduce_sum_(t);
+  EXPECT_EQ(none.collectives().bytes(), 0);  // no group, no collective
+
+  DistContext d(loopback_env(0, 1, bitqat::testing::free_port()), "auto", std::chrono::seconds(10));
+  d.all_reduce_sum_async(t, "sum").wait();  // 10 floats: 40 bytes
+  auto flags = at::ones({3}, at::kDouble);
+  d.all_reduce_mean_(flags);                // 24
+  d.barrier();                              // one float: 4
+  d.check_same({1, 2}, {"a", "b"});         // 2 x 2 int64: 32
+  auto in = at::ones({48});
+  auto out = at::empty({48});
+  d.reduce_scatter_sum_async(out, in, "rs").wait();  // input, 192
+  auto part = at::ones({16});
+  auto whole = at::empty({16});
+  d.all_gather_async(whole, part, "ag").wait();  // output, 64
+  auto codes = at::ones({8}, at::kByte);
+  auto gathered = at::empty({8}, at::kByte);
+  d.all_gather_async(gathered, codes, "codes").wait();  // 8
+  d.broadcast_(flags);                                  // 24
+  const auto c = d.collectives();
+  EXPECT_EQ(c.all_reduce.calls, 4);
+  EXPECT_EQ(c.all_reduce.bytes, 40 + 24 + 4 + 32);
+  EXPECT_EQ(c.reduce_scatter.calls, 1);
+  EXPECT_EQ(c.reduce_scatter.bytes, 192);
+  EXPECT_EQ(c.all_gather.calls, 2);
+  EXPECT_EQ(c.all_gather.bytes, 72);
+  EXPECT_EQ(c.broadcast.calls, 1);
+  EXPECT_EQ(c.broadcast.bytes, 24);
+  EXPECT_EQ(c.bytes(), 100 + 192 + 72 + 24);
+  EXPECT_EQ(bitqat::training::describe_collectives(c),
+            "all-reduce 100 bytes (calls: 4), reduce-scatter 192 bytes (calls: 1), all-gather 72 bytes (calls: 2), "
+            "broadcast 24 bytes (calls: 1)");
+  // A difference of two snapshots, as a mean over 4 steps.
+  d.all_reduce_sum_async(t, "sum").wait();
+  const auto step = d.collectives() - c;
+  EXPECT_EQ(bitqat::training::describe_collectives(step, 4),
+            "all-reduce 10 bytes (calls: 0.25), reduce-scatter 0, all-gather 0, broadcast 0");
+}
+
 // On the GPU machine: NCCL with one rank (NCCL refuses two ranks on one GPU).
 TEST(DistContext, NcclWithOneRankOnGpu) {
   if (!torch::cuda::is_available()) GTEST_SKIP() << "no CUDA device";
@@ -614,6 +658,48 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
     }
   }
   EXPECT_LT(losses("oneramp").back(), losses("oneramp").front());
+}
+
+// The collectives of a step, as rank 0 logs them at the end of a run, against the formulas of
+// docs/distributed.md ("Bytes on the wire") for args()'s model on 2 ranks. Its N = 16576 trainable
+// elements: embed 256 x 32 = 8192 and the final norm 32 outside the block; in block 0 the two norms
+// 2 x 32, q, k, v, o 4 x 1024, o's SubLN 32, up and down 2 x 2048, down's SubLN 64. Every tensor
+// halves into chunks that are multiples of 16, so S = N / 2 = 8288, no padding, and W S = N. Every step
+// all-reduces the loss, finiteness flag and gradient norm (3 doubles, 24 bytes), and the sharded modes
+// the squared norm of their gradient shards (8 bytes; optim.grad_clip is on).
+//   none        all-reduce 4 N + 24 = 66328 (one bucket, and the flags)
+//   optimizer   all-reduce 4 N + 8 + 24 = 66336; all-gather of the updated parameters 4 W S = 66304
+//   gradients   reduce-scatter 4 W S = 66304; all-gather 66304; all-reduce 8 + 24 = 32
+//   parameters  reduce-scatter 4 W S = 66304 (the block's bucket and the rest's); all-gather of the rest
+//               in float32 once, 4 x 8224 = 32896 in 2 calls, and of the block twice, its 6 ternary
+//               weights as 2-bit codes (q, k, v, o: 1024 / 4 each, up, down: 2048 / 4 each, 1024 + 1024)
+//               and its 4 norms in float32 (4 x (32 + 32 + 32 + 64) = 640): 2 x 2688 = 5376 in 2 x 10
+//               calls, 38272 in 22; all-reduce of the 6 layers' partial |W| sums (6 doubles, 48) + 8
+//               + 24 = 80
+TEST_F(DataParallelRun, CollectivesPerStepAreTheFormulas) {
+  const std::vector<std::pair<std::string, std::string>> modes = {
+      {"none", "all-reduce 66328 bytes (calls: 2), reduce-scatter 0, all-gather 0, broadcast 0"},
+      {"optimizer",
+       "all-reduce 66336 bytes (calls: 3), reduce-scatter 0, all-gather 66304 bytes (calls: 1), broadcast 0"},
+      {"gradients",
+       "all-reduce 32 bytes (calls: 2), reduce-scatter 66304 bytes (calls: 1), all-gather 66304 bytes (calls: 1), "
+       "broadcast 0"},
+      {"parameters",
+       "all-reduce 80 bytes (calls: 3), reduce-scatter 66304 bytes (calls: 2), all-gather 38272 bytes (calls: 22), "
+       "broadcast 0"}};
+  std::vector<std::vector<pid_t>> runs;
+  for (const auto& [mode, line] : modes) {
+    runs.push_back(start(args(mode, 2, 2, 1, {"dist.shard=" + mode, "optim.lr={kind: constant, value: 0.001}"}), 2,
+                         mode));
+  }
+  for (size_t m = 0; m < modes.size(); ++m) {
+    for (int r = 0; r < 2; ++r) {
+      ASSERT_EQ(bitqat::testing::wait_for(runs[m][static_cast<size_t>(r)], 120), 0)
+          << bitqat::testing::slurp(log(modes[m].first, r));
+    }
+    const auto log0 = bitqat::testing::slurp(log(modes[m].first, 0));
+    EXPECT_NE(log0.find("collectives per step (mean of 2): " + modes[m].second), std::string::npos) << log0;
+  }
 }
 
 // Resume reshards: 2 ranks (gradients) write a step-2 checkpoint, 4 ranks (parameters: the weights

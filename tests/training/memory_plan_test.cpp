@@ -13,6 +13,8 @@
 #include <string>
 
 #include "core/error.hpp"
+#include "models/factory.hpp"
+#include "models/recompute.hpp"
 #include "training/task.hpp"
 
 namespace {
@@ -46,37 +48,50 @@ std::map<std::string, int64_t> terms(const MemoryPlan& p) {
 // rest divide: a block's chunks 16 + 256 + 128 + 128 + 256 + 16 + 16 + 768 + 768 + 32 = 2384, S = 2048 +
 // 2 x 2384 + 16 = 6832, padding 4 x 6832 - 27040 = 288.
 // Buckets of dist.bucket_mb: one (W S 4 bytes < the first bucket's 1 MiB), so two wire buffers are
-// that one, 4 W S: 108160 (W = 2), 109312 (W = 4). dist.shard parameters buckets a block at a time and
-// the rest: a block's wire buffer 4 W chunk is 4 x 2 x 4704 = 37632 (W = 2), 4 x 4 x 2384 = 38144 (W = 4),
-// the rest's 4 x 2 x 4112 = 32896, 4 x 4 x 2064 = 33024: the two largest are the two blocks.
+// that one, 4 W S: 108160 (W = 1 and 2), 109312 (W = 4); the sharded modes have them on one rank too.
+// Two reduce-scatters in flight hold their wire buffers, their outputs (a W-th of them) and, on the
+// CPU's Gloo, copies of the wire buffers: 2 x + x / W for wire buffers x.
+// dist.shard parameters buckets a block at a time and the rest: a block's wire buffer 4 W chunk is
+// 4 x 9408 = 37632 (W = 1), 4 x 2 x 4704 = 37632 (W = 2), 4 x 4 x 2384 = 38144 (W = 4), the rest's
+// 4 x 8224 = 32896, 4 x 2 x 4112 = 32896, 4 x 4 x 2064 = 33024: the two largest are the two blocks. Of a
+// block's wire, only its ternary weights' 2-bit codes are not the gathered parameters themselves: q, k,
+// v, o, up, down, 9216 elements whose chunks are multiples of 16 at W = 1, 2 and 4, W chunk / 4 bytes
+// each, 2304 a block, 4608 for the two in flight.
 // Saved activations (CPU path, M = 128 tokens, d = dq = 32, dkv = 16, H = 2, f = 96; the attention
 // kernels take T = 32 and head size 16): per block 8 M d = 32768, codes 2 (M d + 8 M) + M f + 8 M =
 // 23552, attention 4 M (2 dq + 2 dkv) + 4 M H = 50176, o M dq + 8 M = 5120, FFN 4 M f = 49152:
 // 160768; outside 4 M d + 4 M + 4 M d = 33280; 2 x 160768 + 33280 = 354816. dist.shard parameters
 // recomputes every block: 2 x 4 M d (their inputs) + 33280 = 66048.
 // Logits and their gradient 2 x 4 x 128 x 256 = 262144. int8 weight codes: 2 x (1024 + 512 + 512 +
-// 1024 + 3072 + 3072) = 18432.
+// 1024 + 3072 + 3072) = 18432; none kept with dist.shard parameters, whose blocks are all recomputed
+// (one block's 9216 are saved while it is recomputed: 160768 + 9216, below the logits). The set-up
+// peak: 4 N and what the mode allocates before releasing the model (with parameters also its 4 S
+// master shard).
 TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
   const int64_t N = 27040, saved = 354816, saved_full = 66048, logits = 262144, codes = 18432;
   const std::map<int, int64_t> S = {{1, 27040}, {2, 13520}, {4, 6832}};
-  const std::map<int, int64_t> wire = {{1, 0}, {2, 4 * 2 * 13520}, {4, 4 * 4 * 6832}};
-  const std::map<int, int64_t> block_wires = {{1, 0}, {2, 2 * 37632}, {4, 2 * 38144}};
-  const int64_t gathered = 4 * (8224 + 2 * 9408);  // outside the blocks + two blocks
+  const std::map<int, int64_t> wire = {{1, 4 * 27040}, {2, 4 * 2 * 13520}, {4, 4 * 4 * 6832}};
+  const std::map<int, int64_t> block_wires = {{1, 2 * 37632}, {2, 2 * 37632}, {4, 2 * 38144}};
+  const int64_t code_wires = 2 * 2304;
+  const auto in_flight = [](int64_t wires, int w) { return 2 * wires + wires / w; };
+  // Outside the blocks, the running block and the next block's float32 tensors (its norms: 32 + 32 +
+  // 32 + 96), its ternary weights waiting as codes (lambda_w is 1 throughout).
+  const int64_t gathered = 4 * (8224 + 9408 + 192);
   const int64_t whole_grads = 4 * (8224 + 9408);   // the rest's, held through the backward, + one block's
   struct Row {
     const char* mode;
     int world;
-    int64_t params, grads, optim, saved, comm, setup;
+    int64_t params, grads, optim, saved, comm, codes, setup;
   };
   std::vector<Row> rows;
   for (int w : {1, 2, 4}) {
     const int64_t s = S.at(w), ar = w > 1 ? 4 * N : 0;
-    rows.push_back({"none", w, 4 * N, 4 * N, 8 * N, saved, ar, 4 * N + 8 * N + ar});
-    rows.push_back({"optimizer", w, 4 * N, 4 * N + 4 * s, 12 * s, saved, ar, 4 * N + 12 * s + 4 * s + ar});
-    rows.push_back({"gradients", w, 4 * N, 4 * s + wire.at(w), 12 * s, saved, 0, 4 * N + 12 * s + 4 * s});
-    rows.push_back({"parameters", w, 4 * s + (w > 1 ? gathered : 0),
-                    4 * s + (w > 1 ? whole_grads + block_wires.at(w) : 0), 8 * s, saved_full, block_wires.at(w),
-                    4 * N + 8 * s + 4 * s});
+    rows.push_back({"none", w, 4 * N, 4 * N, 8 * N, saved, ar, codes, 4 * N + 8 * N + ar});
+    rows.push_back({"optimizer", w, 4 * N, 4 * N + 4 * s, 12 * s, saved, ar, codes, 4 * N + 12 * s + 4 * s + ar});
+    rows.push_back({"gradients", w, 4 * N, 4 * s + in_flight(wire.at(w), w), 12 * s, saved, 0, codes,
+                    4 * N + 12 * s + 4 * s});
+    rows.push_back({"parameters", w, 4 * s + gathered, 4 * s + whole_grads + in_flight(block_wires.at(w), w), 8 * s,
+                    saved_full, code_wires, 0, 4 * N + 8 * s + 4 * s + 4 * s});
   }
   for (const auto& r : rows) {
     SCOPED_TRACE(std::string(r.mode) + " W=" + std::to_string(r.world));
@@ -92,8 +107,8 @@ TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
     EXPECT_EQ(t["saved activations"], r.saved);
     EXPECT_EQ(t["communication buffers"], r.comm);
     EXPECT_EQ(t["largest transient"], logits);  // above every all-gather and recomputed block here
-    EXPECT_EQ(t["quantized weight copies"], codes);
-    EXPECT_EQ(p.total(), r.params + r.grads + r.optim + r.saved + r.comm + logits + codes);
+    EXPECT_EQ(t["quantized weight copies"], r.codes);
+    EXPECT_EQ(p.total(), r.params + r.grads + r.optim + r.saved + r.comm + logits + r.codes);
     EXPECT_EQ(p.terms.size(), 7u);
     EXPECT_EQ(p.setup_peak.bytes, r.setup);
     if (std::string(r.mode) == "parameters") {
@@ -103,6 +118,17 @@ TEST(MemoryPlan, TinyLMByHandForEveryModeAndWorldSize) {
       EXPECT_TRUE(p.host.empty());
     }
   }
+}
+
+// During a lambda_w ramp a block travels in float32, straight into its parameters: two blocks are
+// whole at a time.
+TEST(MemoryPlan, ShardedParametersGatherTwoFloatBlocksDuringALambdaRamp) {
+  const auto ramp = memory_plan(tiny({"dist.shard=parameters", "train.steps=10", "quant.lambda_w={kind: linear}"}), 2);
+  EXPECT_EQ(terms(ramp)["parameters"], 4 * 13520 + 4 * (8224 + 2 * 9408));
+  const auto text = bitqat::training::format_memory_plan(ramp);
+  EXPECT_NE(text.find("the one running and the next, in float32 while lambda_w < 1"), std::string::npos) << text;
+  const auto one = memory_plan(tiny({"dist.shard=parameters", "train.steps=10"}), 2);
+  EXPECT_EQ(terms(one)["parameters"], 4 * 13520 + 4 * (8224 + 9408 + 192));
 }
 
 TEST(MemoryPlan, TextIsDeterministic) {
@@ -128,6 +154,13 @@ TEST(MemoryPlan, CheckpointingKeepsBlockInputs) {
   EXPECT_EQ(saved({"train.activation_checkpointing={every_n: 2}"}), 16384 + 160768 + 33280);  // block 0 of 0, 1
   EXPECT_EQ(saved({"train.activation_checkpointing={every_n: 1}"}), saved({"train.activation_checkpointing=full"}));
   EXPECT_EQ(saved({"model.n_layers=3", "train.activation_checkpointing={every_n: 2}"}), 2 * 16384 + 160768 + 33280);
+  // The int8 weight codes (9216 a block) of the blocks that are not recomputed.
+  auto codes = [](std::vector<std::string> sets) {
+    return terms(memory_plan(tiny(sets), 1))["quantized weight copies"];
+  };
+  EXPECT_EQ(codes({}), 2 * 9216);
+  EXPECT_EQ(codes({"train.activation_checkpointing={every_n: 2}"}), 9216);
+  EXPECT_EQ(codes({"train.activation_checkpointing=full"}), 0);
   const auto p = memory_plan(tiny({"dist.shard=parameters", "train.activation_checkpointing=none"}), 2);
   EXPECT_EQ(terms(p)["saved activations"], 2 * 16384 + 33280);
   EXPECT_EQ(p.checkpointing.every_n, 1);
@@ -164,13 +197,13 @@ TEST(MemoryPlan, RefusalNamesTotalLimitAndBiggestTerm) {
 
 // The set-up peak is checked too: 32 blocks over 8 ranks, one token. N = 8224 + 32 x 9408 = 309280; a
 // block's chunks over 8 ranks 16 + 128 + 64 + 64 + 128 + 16 + 16 + 384 + 384 + 16 = 1216, S = 1024 + 16 +
-// 32 x 1216 = 39952; the set-up peak 4 N + 12 S (moments, master, gradient shard) = 1716544 is above
+// 32 x 1216 = 39952; the set-up peak 4 N + 16 S (moments, master, gradient shard) = 1876352 is above
 // the 0.0015 GiB (1610612 bytes) limit, the total below it.
 TEST(MemoryPlan, RefusalNamesTheSetUpPeak) {
   const auto cfg = tiny({"dist.shard=parameters", "model.n_layers=32", "data.seq_len=1", "train.batch_size=1",
                          "device.memory_gb=0.0015"});
   const auto p = memory_plan(cfg, 8);
-  EXPECT_EQ(p.setup_peak.bytes, 4 * 309280 + 12 * 39952);
+  EXPECT_EQ(p.setup_peak.bytes, 4 * 309280 + 16 * 39952);
   const auto limit = bitqat::training::memory_limit(cfg, at::Device(at::kCPU));
   ASSERT_LT(p.total(), limit.bytes);
   try {
@@ -178,7 +211,7 @@ TEST(MemoryPlan, RefusalNamesTheSetUpPeak) {
     FAIL() << "no error";
   } catch (const bitqat::core::ConfigError& e) {
     const std::string msg = e.what();
-    EXPECT_NE(msg.find("the memory plan's set-up peak needs 0.00 GiB (1716544 bytes) per rank (dist.shard parameters, "
+    EXPECT_NE(msg.find("the memory plan's set-up peak needs 0.00 GiB (1876352 bytes) per rank (dist.shard parameters, "
                        "world size 8), more than the 0.00 GiB of --set device.memory_gb=0.0015: device.memory_gb = "
                        "0.0015: 4 N the whole model as every rank builds it"),
               std::string::npos)
@@ -272,6 +305,7 @@ device: {type: cpu}
 
   torch::manual_seed(1);
   auto task = bitqat::training::make_task(cfg, at::Device(at::kCPU));
+  bitqat::models::block_runner(task->module())->checkpointing = cfg.train.activation_checkpointing;
   const auto x = at::randint(0, 512, {cfg.train.batch_size, cfg.data.seq_len}, at::kLong);
   const auto y = at::randint(0, 512, {cfg.train.batch_size, cfg.data.seq_len}, at::kLong);
   const bitqat::data::Batch batch{x, y, {}};
@@ -290,6 +324,12 @@ TEST(MemoryPlanActivations, EstimateMatchesTheForwardPassRelu2) { expect_estimat
 
 TEST(MemoryPlanActivations, EstimateMatchesTheForwardPassSwigluGroupedQuery) {
   expect_estimate_matches({"model.ffn=swiglu", "model.n_kv_heads=2"});
+}
+
+// Recomputed blocks keep their inputs, and neither their activations nor their weight codes.
+TEST(MemoryPlanActivations, EstimateMatchesTheForwardPassCheckpointed) {
+  expect_estimate_matches({"train.activation_checkpointing={every_n: 2}"});
+  expect_estimate_matches({"train.activation_checkpointing=full"});
 }
 
 }  // namespace
