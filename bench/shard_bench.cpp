@@ -84,8 +84,8 @@ struct Wire {
 //   optimizer   all-reduce 4N + 8 (the squared norm of the gradient shards); all-gather 4WS (updated
 //               parameters)
 //   gradients   reduce-scatter 4WS; all-gather 4WS; all-reduce 8
-//   parameters  reduce-scatter 4WS; all-reduce 8 + 8 G (the partial |W| sums of the G scale groups of
-//               the weights that travel as codes); all-gather: the rest (outside the blocks) 4W chunk,
+//   parameters  reduce-scatter 4WS; all-reduce 8 + 8 R (the |W| sums of the R runs of the weights that
+//               travel as codes: their rows for a per-tensor scale, else their scale groups); all-gather: the rest (outside the blocks) 4W chunk,
 //               once; every block twice (its forward and its recomputed backward): 4W chunk per tensor,
 //               or W chunk / 4 for a ternary BitLinear weight at lambda_w 1 (2-bit codes)
 // The norm's all-reduce happens when optim.grad_clip > 0 or the step is logged.
@@ -151,7 +151,7 @@ Wire expected_wire(const training::Config& cfg, int world) {
               const auto g = training::flat_groups(lp.numel, lp.shape[1], sg.group, sg.per_tensor);
               if (g.ok) codes = g;  // (a layer whose scale is below eps would travel in float32)
             }
-            if (codes) w.all_reduce += 8 * codes->count;
+            if (codes) w.all_reduce += 8 * codes->runs;
             const int64_t bytes = codes ? world * lp.chunk / 4 : 4 * world * lp.chunk;
             w.all_gather += rest ? bytes : 2 * bytes;
           }

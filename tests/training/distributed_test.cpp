@@ -674,8 +674,9 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
 //               in float32 once, 4 x 8224 = 32896 in 2 calls, and of the block twice, its 6 ternary
 //               weights as 2-bit codes (q, k, v, o: 1024 / 4 each, up, down: 2048 / 4 each, 1024 + 1024)
 //               and its 4 norms in float32 (4 x (32 + 32 + 32 + 64) = 640): 2 x 2688 = 5376 in 2 x 10
-//               calls, 38272 in 22; all-reduce of the 6 layers' partial |W| sums (6 doubles, 48) + 8
-//               + 24 = 80
+//               calls, 38272 in 22; all-reduce of the 6 layers' row |W| sums (per-tensor scales are made
+//               of each row's canonical sum: q, k, v, o 32 rows each, up 64, down 32: 224 doubles, 1792)
+//               + 8 + 24 = 1824
 TEST_F(DataParallelRun, CollectivesPerStepAreTheFormulas) {
   const std::vector<std::pair<std::string, std::string>> modes = {
       {"none", "all-reduce 66328 bytes (calls: 2), reduce-scatter 0, all-gather 0, broadcast 0"},
@@ -685,7 +686,7 @@ TEST_F(DataParallelRun, CollectivesPerStepAreTheFormulas) {
        "all-reduce 32 bytes (calls: 2), reduce-scatter 66304 bytes (calls: 1), all-gather 66304 bytes (calls: 1), "
        "broadcast 0"},
       {"parameters",
-       "all-reduce 80 bytes (calls: 3), reduce-scatter 66304 bytes (calls: 2), all-gather 38272 bytes (calls: 22), "
+       "all-reduce 1824 bytes (calls: 3), reduce-scatter 66304 bytes (calls: 2), all-gather 38272 bytes (calls: 22), "
        "broadcast 0"}};
   std::vector<std::vector<pid_t>> runs;
   for (const auto& [mode, line] : modes) {
