@@ -132,13 +132,23 @@ std::string init_model_from(const std::string& path, torch::nn::Module& model, c
   return init_model_from(read_init_source(path, where), model, where);
 }
 
-std::vector<std::string> inserted_sub_norms(const models::LMConfig& model, const models::LMConfig& source) {
-  std::vector<std::string> out;
-  if (!model.sub_norm || source.sub_norm) return out;
-  for (const auto& e : llama_tensors(model)) {
-    if (e.row->presence == LlamaPresence::kSubNorm) out.push_back(e.bitqat + ".weight");
+SourceFit fit_source(const models::LMConfig& model, const models::LMConfig& source) {
+  SourceFit fit;
+  auto taken = source;
+  if (model.sub_norm && !source.sub_norm) {
+    taken.sub_norm = true;
+    for (const auto& e : llama_tensors(model)) {
+      if (e.row->presence == LlamaPresence::kSubNorm) fit.inserted.push_back(e.bitqat + ".weight");
+    }
   }
-  return out;
+  fit.differences = model.differences(taken);
+  return fit;
+}
+
+std::string SourceFit::note() const {
+  if (inserted.empty()) return {};
+  return fmt::format("; inserted SubLN: {} new RMSNorm weights before attn.o and ffn.down, initialised to ones",
+                     inserted.size());
 }
 
 std::string init_model_from(const InitSource& src, torch::nn::Module& model, const std::string& where) {
@@ -147,29 +157,24 @@ std::string init_model_from(const InitSource& src, torch::nn::Module& model, con
   models::LazyTensors with_norms;
   std::string inserted;
   if (const auto* lm = dynamic_cast<const models::BitLMImpl*>(&model); lm && src.lm) {
-    auto taken = *src.lm;
-    const auto added = inserted_sub_norms(lm->config, taken);
-    if (!added.empty()) {
-      taken.sub_norm = true;
-      // The new norms keep the model's own values (ones); everything else comes from the source.
-      std::map<std::string, at::Tensor> own;
-      const auto params = model.named_parameters(true);
-      for (const auto& name : added) own.emplace(name, params[name].detach().clone());
-      with_norms = src.tensors;
-      for (auto& [name, t] : models::lazy_tensors(own)) with_norms.emplace(name, std::move(t));
-      tensors = &with_norms;
-      inserted = fmt::format("; inserted SubLN: {} new RMSNorm weights before attn.o and ffn.down, initialised to "
-                             "ones (the source has none)",
-                             added.size());
-    }
-    const auto diffs = lm->config.differences(taken);
-    if (!diffs.empty()) {
+    const auto fit = fit_source(lm->config, *src.lm);
+    if (!fit.differences.empty()) {
       std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
-                                    to_string(src.kind), fmt::join(diffs, "; "));
+                                    to_string(src.kind), fmt::join(fit.differences, "; "));
       if (src.kind == InitKind::kHfLlama || src.kind == InitKind::kGgufLlama) {
         msg += fmt::format("; this checkpoint needs model: {}", lm_config_yaml(*src.lm));
       }
       throw core::UserError(msg);
+    }
+    if (!fit.inserted.empty()) {
+      // The new norms keep the model's own values (ones); everything else comes from the source.
+      std::map<std::string, at::Tensor> own;
+      const auto params = model.named_parameters(true);
+      for (const auto& name : fit.inserted) own.emplace(name, params[name].detach().clone());
+      with_norms = src.tensors;
+      for (auto& [name, t] : models::lazy_tensors(own)) with_norms.emplace(name, std::move(t));
+      tensors = &with_norms;
+      inserted = fit.note();
     }
   }
   models::load_model_tensors(model, *tensors, src.origin);

@@ -59,9 +59,16 @@ InitSource read_init_source(const std::string& path, const std::string& where = 
 // (layers.N.attn.o.norm.weight, layers.N.ffn.down.norm.weight) keep their initialisation, ones. The
 // model is then not the source's function, even at lambda 0: each token's input of attn.o and
 // ffn.down is scaled to unit RMS; training adapts the model to it.
-// The names of the tensors a model of config `model` has and a source of config `source` lacks for
-// that reason (with ".weight"), in model order; empty unless model has SubLN and source has not.
-std::vector<std::string> inserted_sub_norms(const models::LMConfig& model, const models::LMConfig& source);
+// How a model of config `model` takes a source of config `source`: the settings that differ
+// (LMConfig::differences), SubLN aside where the model inserts it, and the inserted norms' tensors
+// (with ".weight", in model order; empty unless model has SubLN and source has not).
+struct SourceFit {
+  std::vector<std::string> differences;
+  std::vector<std::string> inserted;
+  // "; inserted SubLN: N new RMSNorm weights before attn.o and ffn.down, initialised to ones", or "".
+  std::string note() const;
+};
+SourceFit fit_source(const models::LMConfig& model, const models::LMConfig& source);
 
 // Reads PATH and copies every tensor into `model` (strict: same names and shapes, nothing left
 // over, but for inserted SubLN norms, above); for a BitLM, checks the source's model config first.

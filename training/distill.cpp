@@ -329,25 +329,20 @@ std::unique_ptr<Task> make_distill_task(std::unique_ptr<Task> student, const Con
 bool init_student_from_teacher(Task& task, const Config& cfg) {
   auto* t = dynamic_cast<DistillTask*>(&task);
   if (!t || cfg.init_from.empty() || !cfg.distill.teacher.empty()) return false;
-  auto taken = t->teacher().config;
-  const auto added = interop::inserted_sub_norms(t->student_lm().config, taken);
-  if (!added.empty()) taken.sub_norm = true;
-  const auto diffs = t->student_lm().config.differences(taken);
-  if (!diffs.empty()) {
+  const auto fit = interop::fit_source(t->student_lm().config, t->teacher().config);
+  if (!fit.differences.empty()) {
     throw core::UserError(fmt::format("{} = {}: the config's model does not match the source: {}",
-                                      cfg.root.where("init_from"), cfg.init_from, fmt::join(diffs, "; ")));
+                                      cfg.root.where("init_from"), cfg.init_from, fmt::join(fit.differences, "; ")));
   }
   // Every rank holds the broadcast teacher: copy it, no second read of the file. Inserted SubLN norms
   // (interop/init_source.hpp) keep the student's ones.
   const auto tensors = models::model_tensors(t->teacher(), /*to_cpu=*/false);
   std::map<std::string, at::Tensor> from(tensors.begin(), tensors.end());
   const auto own = t->student_lm().named_parameters(true);
-  for (const auto& name : added) from.emplace(name, own[name].detach());
+  for (const auto& name : fit.inserted) from.emplace(name, own[name].detach());
   models::load_model_tensors(t->student_lm(), from, t->teacher_path() + " (the distillation teacher)");
   spdlog::info("initialised {} tensors from the distillation teacher {} (init_from){}", tensors.size(), cfg.init_from,
-               added.empty() ? std::string()
-                             : fmt::format("; inserted SubLN: {} new RMSNorm weights, initialised to ones",
-                                           added.size()));
+               fit.note());
   return true;
 }
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 
 #include "bitlinear/absmean.hpp"
+#include "bitlinear/quantizers.hpp"
 
 namespace bitqat::training {
 
@@ -67,13 +68,8 @@ at::Tensor pack_ternary_chunk(const at::Tensor& chunk, int64_t begin, int64_t en
   if (end > begin) {
     const auto w = chunk.narrow(0, 0, end - begin).to(at::kFloat);
     const auto gm = gamma_of_elements(gamma, begin, end, g);
-    // ternary_code: clamp(round_half_away(w / (gamma + eps)), -1, 1), NaN -> 0, in float32. Half away
-    // from zero as t + [f >= 0.5] - [f <= -0.5] with t = trunc(r) and f = r - t exact (at::round
-    // rounds half to even).
-    const auto r = w / (gm + static_cast<float>(eps));
-    const auto t = r.trunc();
-    const auto f = r - t;
-    auto v = (t + f.ge(0.5f).to(at::kFloat) - f.le(-0.5f).to(at::kFloat)).clamp_(-1.0f, 1.0f);
+    // ternary_code: clamp(round_half_away(w / (gamma + eps)), -1, 1), NaN -> 0, in float32.
+    auto v = bitlinear::round_half_away(w / (gm + static_cast<float>(eps))).clamp_(-1.0f, 1.0f);
     codes.narrow(0, 0, end - begin).copy_(v.nan_to_num_(0.0f, 1.0f, -1.0f));
   }
   const auto u = codes.add_(1.0f).to(at::kByte).view({c / 4, 4});
