@@ -35,6 +35,12 @@ BitLinearImpl::BitLinearImpl(BitLinearOptions options_) : options(std::move(opti
         "BitLinear: per_kernel weight scales are for convolutions; use per_tensor, per_channel or per_group");
   }
   weight = register_parameter("weight", at::empty({options.out_features, options.in_features}));
+  if (options.quant.weight.scale == ScaleSource::kLearned && options.quant.weight.type != WeightQuant::kNone) {
+    if (options.quant.weight.granularity != Granularity::kPerChannel) {
+      throw std::invalid_argument("BitLinear: a learned weight scale is per_channel (one per output row)");
+    }
+    weight_scale = register_parameter("weight_scale", at::empty({options.out_features}));
+  }
   if (options.bias) bias = register_parameter("bias", at::empty({options.out_features}));
   if (options.sub_norm) norm = register_module("norm", RMSNorm(options.in_features, options.norm_eps));
   reset_parameters();
@@ -46,6 +52,15 @@ void BitLinearImpl::reset_parameters() {
     const double bound = 1.0 / std::sqrt(static_cast<double>(options.in_features));
     torch::nn::init::uniform_(bias, -bound, bound);
   }
+  init_scale();
+}
+
+void BitLinearImpl::init_scale() {
+  if (!weight_scale.defined() || !weight.defined() || weight.is_meta()) return;  // meta: no values
+  at::NoGradGuard no_grad;
+  auto absmean = options.quant.weight;
+  absmean.scale = ScaleSource::kAbsmean;
+  weight_scale.copy_(quantize_weight(weight, absmean).scales.reshape({-1}));
 }
 
 void BitLinearImpl::set_lambdas(double lambda_w, double lambda_a) {
@@ -72,8 +87,8 @@ std::vector<at::Tensor> BitLinearImpl::fused_forward(const std::vector<BitLinear
   std::vector<at::Tensor> weights, biases;
   std::vector<WeightQuantSpec> wspecs;
   for (const auto* l : layers) {
-    if (!l->weight.defined() || (l->kernel_ && l->kernel_->applies(*l, x)) || l->lambda_w_ != 1.0 ||
-        l->lambda_a_ != 1.0) {
+    if (!l->weight.defined() || l->learned_scale() || (l->kernel_ && l->kernel_->applies(*l, x)) ||
+        l->lambda_w_ != 1.0 || l->lambda_a_ != 1.0) {
       return {};
     }
     const auto &a = l->options.quant.act, &b = first.options.quant.act;
@@ -119,7 +134,7 @@ BitLinearImpl::QuantizedInput BitLinearImpl::quantize_input(const at::Tensor& x)
   }
   QuantizedInput in;
   in.x = norm ? norm->forward_float(x) : x;
-  in.exact = lambda_w_ == 1.0 && lambda_a_ == 1.0 &&
+  in.exact = lambda_w_ == 1.0 && lambda_a_ == 1.0 && !learned_scale() &&
              quantized_linear_applicable(in.x, options.quant.weight, options.quant.act);
   if (in.exact) {
     auto c = quantize_input_codes(in.x, options.quant.act);
@@ -136,7 +151,8 @@ at::Tensor BitLinearImpl::forward_quantized(const QuantizedInput& in, at::Scalar
     return quantized_linear(in.x, ActCodes{in.codes, in.scales}, weight, bias, options.quant.weight, options.quant.act)
         .to(out_dtype);
   }
-  const auto wq = fake_quantize_weight(weight, options.quant.weight, lambda_w_);
+  const auto wq = learned_scale() ? fake_quantize_weight_learned(weight, weight_scale, options.quant.weight, lambda_w_)
+                                  : fake_quantize_weight(weight, options.quant.weight, lambda_w_);
   return at::linear(in.fake, wq.to(in.fake.scalar_type()), bias.defined() ? bias.to(in.fake.scalar_type()) : bias);
 }
 
@@ -144,7 +160,9 @@ bool BitLinearImpl::can_share_input(const BitLinearImpl& other, const at::Tensor
   auto same_act = [](const ActQuantSpec& a, const ActQuantSpec& b) {
     return a.type == b.type && a.bits == b.bits && a.estimator == b.estimator && a.clip == b.clip && a.eps == b.eps;
   };
-  auto same_weight = [](const WeightQuantSpec& a, const WeightQuantSpec& b) { return a.type == b.type; };
+  auto same_weight = [](const WeightQuantSpec& a, const WeightQuantSpec& b) {
+    return a.type == b.type && a.scale == b.scale;
+  };
   const bool kernels = (kernel_ && kernel_->applies(*this, x)) || (other.kernel_ && other.kernel_->applies(other, x));
   return !norm && !other.norm && !kernels && weight.defined() && other.weight.defined() &&
          same_act(options.quant.act, other.options.quant.act) &&
@@ -156,6 +174,7 @@ QuantizedWeight BitLinearImpl::quantized_weight() const {
   if (!weight.defined()) {
     throw std::logic_error("BitLinear::quantized_weight: the latent weights were replaced (a packed layer)");
   }
+  if (learned_scale()) return quantize_weight_learned(weight, weight_scale, options.quant.weight);
   return quantize_weight(weight, options.quant.weight);
 }
 
@@ -164,6 +183,10 @@ void BitLinearImpl::replace_latent_weights(const std::string& name, std::shared_
   register_module(name, std::move(child));
   parameters_.erase("weight");
   weight = at::Tensor();
+  if (weight_scale.defined()) {
+    parameters_.erase("weight_scale");
+    weight_scale = at::Tensor();
+  }
   if (bias.defined()) {
     parameters_.erase("bias");
     bias = at::Tensor();

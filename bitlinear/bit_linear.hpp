@@ -28,7 +28,12 @@ struct BitLinearOptions {
 
 struct BitLinearImpl : torch::nn::Module {
   explicit BitLinearImpl(BitLinearOptions options);
-  void reset_parameters();  // same init as torch::nn::Linear (kaiming uniform a = sqrt(5))
+  void reset_parameters();  // same init as torch::nn::Linear (kaiming uniform a = sqrt(5)); then init_scale()
+  // A learned scale (quant.weight.scale: learned): weight_scale = the absmean of each row of the latent
+  // weight (the per-channel gamma of quantize_weight). Call it after new latent weights were loaded
+  // (interop's init_from does); a no-op for other layers.
+  void init_scale();
+  bool learned_scale() const { return weight_scale.defined(); }
   // x: [..., in] -> [..., out]. An installed kernel that applies to x computes it; otherwise: sub_norm,
   // activation fake-quant, linear with the fake-quantized weight, bias (at lambdas 1 on the CPU, from
   // the integer codes: bitlinear/quantized_linear.hpp).
@@ -71,7 +76,8 @@ struct BitLinearImpl : torch::nn::Module {
   static std::vector<at::Tensor> forward_shared(const std::vector<BitLinearImpl*>& layers, const at::Tensor& x,
                                                 RMSNormImpl* norm);
 
-  // The weights as the fully quantized layer sees them (codes and scales), for packing and export.
+  // The weights as the fully quantized layer sees them (codes and scales; with a learned scale
+  // quantize_weight_learned), for packing and export.
   // Throws std::logic_error when the latent weights were replaced (a packed layer).
   QuantizedWeight quantized_weight() const;
 
@@ -87,6 +93,11 @@ struct BitLinearImpl : torch::nn::Module {
   BitLinearOptions options;
   at::Tensor weight;  // latent fp32 [out, in]; undefined once replaced
   at::Tensor bias;    // [out] or undefined
+  // With quant.weight.scale: learned, the trained per-output-row scale [out] float32 (parameter
+  // "weight_scale"; bitlinear/estimators.hpp fake_quantize_weight_learned); else undefined. A layer
+  // with it always runs the fake-quant path (the exact integer forward and the CUDA training kernels
+  // compute absmean scales).
+  at::Tensor weight_scale;
   RMSNorm norm{nullptr};
 
  private:

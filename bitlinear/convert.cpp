@@ -150,6 +150,16 @@ std::vector<std::string> quantized_layer_names(const torch::nn::Module& root) {
   return out;
 }
 
+std::vector<std::pair<std::string, BitLinearImpl*>> learned_scales(torch::nn::Module& root) {
+  std::vector<std::pair<std::string, BitLinearImpl*>> out;
+  for (const auto& item : root.named_modules("", /*include_self=*/true)) {
+    if (auto* l = item.value()->as<BitLinearImpl>(); l && l->learned_scale()) {
+      out.emplace_back(item.key().empty() ? "weight_scale" : item.key() + ".weight_scale", l);
+    }
+  }
+  return out;
+}
+
 int set_quant_lambdas(torch::nn::Module& root, double lambda_w, double lambda_a) {
   int n = 0;
   for (const auto& m : root.modules(/*include_self=*/true)) {

@@ -4,6 +4,7 @@
 #include <torch/nn/module.h>
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "bitlinear/bit_linear.hpp"
@@ -25,6 +26,10 @@ std::vector<std::string> convert_linears(torch::nn::Module& root, const std::vec
 
 // The dotted names of every BitLinear and BitConv2d with quantized weights in the tree, in module order.
 std::vector<std::string> quantized_layer_names(const torch::nn::Module& root);
+
+// The BitLinears of the tree with a learned weight scale (quant.weight.scale: learned), by the dotted
+// name of that parameter ("<layer>.weight_scale"), in module order.
+std::vector<std::pair<std::string, BitLinearImpl*>> learned_scales(torch::nn::Module& root);
 
 // Sets lambda_w / lambda_a on every BitLinear and BitConv2d in the tree; returns how many.
 int set_quant_lambdas(torch::nn::Module& root, double lambda_w, double lambda_a);

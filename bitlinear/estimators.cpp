@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <torch/autograd.h>
 
+#include <cmath>
 #include <stdexcept>
 
 #include "bitlinear/quant_kernels.hpp"
@@ -91,6 +92,32 @@ struct FakeQuantActivation : torch::autograd::Function<FakeQuantActivation> {
   }
 };
 
+struct FakeQuantWeightLearned : torch::autograd::Function<FakeQuantWeightLearned> {
+  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& w, const at::Tensor& scale, WeightQuantSpec spec,
+                            double lambda) {
+    const auto q = quantize_weight_learned(w, scale, spec);
+    const auto s = q.scales.reshape({-1, 1});
+    const auto codes = q.codes.to(s.scalar_type());
+    const auto v = w.detach().to(s.scalar_type()) / s;
+    // d(q s)/ds per weight: LSQ's q - v inside the clamp, q beyond it; binary codes: q.
+    const auto dq_ds = spec.type == WeightQuant::kTernary ? at::where(v.abs() <= 1.0, codes - v, codes) : codes;
+    const auto mask = spec.estimator == Estimator::kClipped && lambda != 0.0 ? v.abs().le(spec.clip) : at::Tensor();
+    ctx->saved_data["lambda"] = lambda;
+    ctx->saved_data["g_s"] = 1.0 / std::sqrt(static_cast<double>(w.size(1)));  // Q_p = 1
+    ctx->save_for_backward({dq_ds, mask, scale.detach().gt(spec.eps)});
+    return blend(w.detach(), codes * s, lambda);
+  }
+  static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
+    const auto saved = ctx->get_saved_variables();
+    const double lambda = ctx->saved_data["lambda"].toDouble();
+    const auto& g = grad_out[0];
+    const auto grad_w = ste_grad(g, saved[1], lambda);
+    const auto sum = (g.to(saved[0].scalar_type()) * saved[0]).sum(1);
+    const auto grad_s = (sum * (lambda * ctx->saved_data["g_s"].toDouble()) * saved[2].to(sum.scalar_type()));
+    return {grad_w, grad_s, at::Tensor(), at::Tensor()};
+  }
+};
+
 }  // namespace
 
 at::Tensor clipped_ste_mask(const at::Tensor& w, const QuantizedWeight& q) {
@@ -109,6 +136,16 @@ at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec
   check_lambda(lambda, "fake_quantize_weight: lambda");
   if (spec.type == WeightQuant::kNone) return w;
   return FakeQuantWeight::apply(w, spec, lambda);
+}
+
+at::Tensor fake_quantize_weight_learned(const at::Tensor& w, const at::Tensor& scale, const WeightQuantSpec& spec,
+                                        double lambda) {
+  check_lambda(lambda, "fake_quantize_weight_learned: lambda");
+  if (scale.scalar_type() != w.scalar_type()) {
+    throw std::invalid_argument(fmt::format("fake_quantize_weight_learned: scale is {}, the weight {}",
+                                            c10::toString(scale.scalar_type()), c10::toString(w.scalar_type())));
+  }
+  return FakeQuantWeightLearned::apply(w, scale, spec, lambda);
 }
 
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda) {

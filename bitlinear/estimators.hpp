@@ -18,6 +18,22 @@ namespace bitqat::bitlinear {
 at::Tensor fake_quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec, double lambda = 1.0);
 at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spec, double lambda = 1.0);
 
+// Fake quantization with a learned per-output-row scale (spec.scale == kLearned): w [out, in] and
+// scale [out], both float32 (or both float64), autograd-aware in both. With s = max(scale, eps),
+// v = w / s and q the codes of quantize_weight_learned (ternary clamp(round_half_away(v), -1, 1)):
+//   forward   out = w + lambda (q s - w)
+//   d out/d w = the weight STE as in fake_quantize_weight (identity, or clipped where |v| <= clip)
+//   d L/d scale[o] = lambda * g_s * sum_i G[o, i] * d(q s)/ds[o, i], zero where scale <= eps, with LSQ's
+//     step-size gradient (Esser et al. 2020, arXiv 1902.08153, eq. 3): d(q s)/ds = q - v where
+//     -1 <= v <= 1 (round's STE), q where v lies beyond (the clamp); binary weights: q. g_s =
+//     1 / sqrt(in * Q_p), Q_p = 1 (section 2.2: the scale's gradient is brought to the weights'
+//     magnitude; AdamW's update is almost invariant to it).
+// The LSQ surrogate whose exact derivative this is: q s = w + s * stopgrad(q - v) inside the clamp,
+// s * q outside. Throws std::invalid_argument as quantize_weight_learned does, or for a lambda outside
+// [0, 1].
+at::Tensor fake_quantize_weight_learned(const at::Tensor& w, const at::Tensor& scale, const WeightQuantSpec& spec,
+                                        double lambda = 1.0);
+
 // The clipped straight-through estimator's masks: bool, true where the gradient passes, in the
 // input's shape; undefined for the identity estimator (it passes everywhere). Every clipped STE of
 // bitlinear (the estimators above, the exact linears of quantized_linear.hpp) uses these.

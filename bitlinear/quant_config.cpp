@@ -20,7 +20,11 @@ const core::Schema<WeightQuantSpec>& weight_schema() {
                 "the weight STE: identity, or clipped (zero gradient where |w| / scale > clip)")
           .choices(kEstimatorNames),
       core::key("clip", &W::clip, "the clipped STE's bound, in units of the scale").range(1e-6, 1e6),
-      core::key("eps", &W::eps, "added to the absmean scale before dividing").range(1e-12, 1.0),
+      core::key("eps", &W::eps, "added to the absmean scale before dividing; a learned scale's floor").range(1e-12, 1.0),
+      core::key("scale", &W::scale,
+                "absmean (computed from the weights at each step), or learned: a trained scale per output row "
+                "(granularity per_channel), initialised from absmean, with LSQ's gradient")
+          .choices(kScaleSourceNames),
   });
   return s;
 }
@@ -44,7 +48,17 @@ const core::Schema<ActQuantSpec>& act_schema() {
 
 QuantSpec quant_spec_from_yaml(const core::Node& quant) {
   QuantSpec spec;
-  weight_schema().parse_into(quant.child("weight"), &spec.weight);
+  const auto weight = quant.child("weight");
+  weight_schema().parse_into(weight, &spec.weight);
+  if (spec.weight.scale == ScaleSource::kLearned) {
+    if (spec.weight.type == WeightQuant::kNone) {
+      weight.fail("scale", "absmean: weights of type none have no scale to learn");
+    }
+    if (spec.weight.granularity != Granularity::kPerChannel) {
+      weight.fail("scale", "absmean, or learned together with granularity: per_channel (a learned scale is one "
+                           "per output row; granularity is " + to_string(spec.weight.granularity) + ")");
+    }
+  }
   act_schema().parse_into(quant.child("activation"), &spec.act);
   return spec;
 }

@@ -48,11 +48,13 @@ std::string to_string(WeightQuant v) { return traits(v).name; }
 std::string to_string(Granularity v) { return core::name_of(kGranularityNames, v); }
 std::string to_string(ActQuant v) { return core::name_of(kActQuantNames, v); }
 std::string to_string(Estimator v) { return core::name_of(kEstimatorNames, v); }
+std::string to_string(ScaleSource v) { return core::name_of(kScaleSourceNames, v); }
 
 bool parse(const std::string& s, WeightQuant* out) { return core::value_of(kWeightQuantNames, s.c_str(), out); }
 bool parse(const std::string& s, Granularity* out) { return core::value_of(kGranularityNames, s.c_str(), out); }
 bool parse(const std::string& s, ActQuant* out) { return core::value_of(kActQuantNames, s.c_str(), out); }
 bool parse(const std::string& s, Estimator* out) { return core::value_of(kEstimatorNames, s.c_str(), out); }
+bool parse(const std::string& s, ScaleSource* out) { return core::value_of(kScaleSourceNames, s.c_str(), out); }
 
 void check_lambda(double lambda, const char* what) {
   if (!(lambda >= 0.0 && lambda <= 1.0)) {
@@ -113,6 +115,31 @@ QuantizedWeight quantize_weight(const at::Tensor& w_in, const WeightQuantSpec& s
     case Granularity::kPerKernel:
       q.scales = k.gamma.reshape({w.size(0), w.size(1)});
       break;
+  }
+  return q;
+}
+
+QuantizedWeight quantize_weight_learned(const at::Tensor& w_in, const at::Tensor& scale, const WeightQuantSpec& spec) {
+  const auto& row = traits(spec.type);
+  if (!row.quantize) {
+    throw std::invalid_argument(fmt::format("quantize_weight_learned: weight type is {} (nothing to quantize)", row.name));
+  }
+  if (spec.granularity != Granularity::kPerChannel) {
+    throw std::invalid_argument(fmt::format("quantize_weight_learned: learned scales are per_channel, got {}",
+                                            to_string(spec.granularity)));
+  }
+  if (w_in.dim() != 2 || scale.dim() != 1 || scale.size(0) != w_in.size(0)) {
+    throw std::invalid_argument(fmt::format("quantize_weight_learned: expected w [out, in] and scale [out], got [{}] and [{}]",
+                                            fmt::join(w_in.sizes(), ", "), fmt::join(scale.sizes(), ", ")));
+  }
+  const auto w = w_in.detach();
+  QuantizedWeight q;
+  q.spec = spec;
+  q.scales = scale.detach().to(w.scalar_type()).clamp_min(spec.eps);
+  if (spec.type == WeightQuant::kTernary) {
+    q.codes = round_half_away(w / q.scales.reshape({-1, 1})).clamp(-1, 1).to(at::kChar);
+  } else {
+    q.codes = quantize_weight(w, spec).codes;
   }
   return q;
 }

@@ -26,6 +26,12 @@ enum class Granularity { kPerTensor, kPerChannel, kPerGroup, kPerKernel };
 enum class ActQuant { kNone, kPerToken, kPerTensor };
 // kIdentity: d q(x)/dx = 1. kClipped: 1 where |x| <= clip (in units of the scale), else 0.
 enum class Estimator { kIdentity, kClipped };
+// Where a weight scale comes from. kAbsmean: computed from the weights at every forward pass (BitNet
+// b1.58's gamma = mean |W|; binary: mean |W|). kLearned: a trained parameter per output row,
+// initialised from absmean, with LSQ's gradient (Esser et al. 2020, "Learned Step Size
+// Quantization", arXiv 1902.08153, eq. 3 and section 2.2; used for ternary weights by ParetoQ, Liu et
+// al. 2025, arXiv 2502.02631): estimators.hpp fake_quantize_weight_learned.
+enum class ScaleSource { kAbsmean, kLearned };
 
 // Config names (quant.weight.granularity, quant.activation.type, quant.*.estimator); the weight
 // types' names are their traits rows' (kWeightQuantNames below).
@@ -44,6 +50,10 @@ inline constexpr std::array<core::EnumName<Estimator>, 2> kEstimatorNames = {{
     {Estimator::kIdentity, "identity"},
     {Estimator::kClipped, "clipped"},
 }};
+inline constexpr std::array<core::EnumName<ScaleSource>, 2> kScaleSourceNames = {{
+    {ScaleSource::kAbsmean, "absmean"},
+    {ScaleSource::kLearned, "learned"},
+}};
 
 struct WeightQuantSpec {
   WeightQuant type = WeightQuant::kTernary;
@@ -52,6 +62,7 @@ struct WeightQuantSpec {
   Estimator estimator = Estimator::kIdentity;
   double clip = 1.0;  // kClipped: |w| / scale beyond which the gradient is zero
   double eps = 1e-5;
+  ScaleSource scale = ScaleSource::kAbsmean;  // kLearned: per channel only (BitLinear's weight_scale)
 };
 
 struct ActQuantSpec {
@@ -128,11 +139,13 @@ std::string to_string(WeightQuant v);
 std::string to_string(Granularity v);
 std::string to_string(ActQuant v);
 std::string to_string(Estimator v);
+std::string to_string(ScaleSource v);
 // Parsers return false on an unknown name (callers report the config key).
 bool parse(const std::string& s, WeightQuant* out);
 bool parse(const std::string& s, Granularity* out);
 bool parse(const std::string& s, ActQuant* out);
 bool parse(const std::string& s, Estimator* out);
+bool parse(const std::string& s, ScaleSource* out);
 
 // Codes (int8, same shape as the weight) and scales such that dequantize = codes * scale.
 // Scale shapes: per tensor [1]; per channel [out]; per group [out, ceil(in / G)]; per kernel
@@ -149,6 +162,14 @@ struct QuantizedWeight {
 // instruction set and GPU. Arithmetic in float32 (float64 for double weights).
 QuantizedWeight quantize_weight(const at::Tensor& w, const WeightQuantSpec& spec);
 at::Tensor dequantize_weight(const QuantizedWeight& q);  // dtype of the scales, shape of the weight
+
+// Learned per-output-row scales (spec.scale == kLearned, spec.granularity == kPerChannel): w [out, in]
+// float32 or float64, scale [out] in w's dtype. The scale used is s = max(scale, spec.eps) (a scale
+// trained to zero or below stays positive). Ternary: code = clamp(round_half_away(w / s), -1, 1);
+// binary: the sign codes of quantize_weight (of w minus its row mean), the scale s. Returns the codes
+// and s ([out], w's dtype): dequantize_weight gives code * s. Throws std::invalid_argument for another
+// granularity, a type without codes, or shapes that do not match.
+QuantizedWeight quantize_weight_learned(const at::Tensor& w, const at::Tensor& scale, const WeightQuantSpec& spec);
 // The scale broadcast to the weight's full shape (used by the estimators and the blend).
 at::Tensor expand_scales(const at::Tensor& scales, const WeightQuantSpec& spec, at::IntArrayRef weight_shape);
 

@@ -23,6 +23,10 @@ void check_linear(const std::string& name, const bitlinear::BitLinearImpl& l, bo
   req.format = "hf-bitnet export";
   req.holder = "BitNetForCausalLM";
   req.granularity_reason = "transformers' BitLinear has one weight_scale per tensor (expected per_tensor)";
+  req.learned_scales = false;
+  req.learned_scale_reason =
+      "transformers' BitLinear has one weight_scale per tensor, a learned scale is one per output row; export "
+      "packed or gguf";
   req.per_token_8bit_activations = true;
   req.out_multiple = 4;
   req.out_reason = "the uint8 packing needs a multiple of 4";

@@ -27,6 +27,9 @@ void check_exportable(const std::string& name, const bitlinear::BitLinearImpl& l
                     "quant.weight.type)",
                     bitlinear::to_string(q.weight.type), req.holder, fmt::join(names, " or ")));
   }
+  if (!req.learned_scales && q.weight.scale == bitlinear::ScaleSource::kLearned) {
+    fail(fmt::format("has quant.weight.scale = learned: {}", req.learned_scale_reason));
+  }
   if (std::find(req.granularities.begin(), req.granularities.end(), q.weight.granularity) == req.granularities.end()) {
     fail(fmt::format("has quant.weight.granularity = {}: {}", bitlinear::to_string(q.weight.granularity),
                      req.granularity_reason));

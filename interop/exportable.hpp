@@ -1,5 +1,5 @@
 // The one "can this layer be exported to X" check: each export states what its format can hold
-// (weight types, scale granularities, dimension multiples, activations, bias, SubLN), and a layer
+// (weight types, scale granularities and sources, dimension multiples, activations, bias, SubLN), and a layer
 // that does not fit is a UserError naming the format, the layer and the config key to change.
 #pragma once
 #include <cstdint>
@@ -17,6 +17,8 @@ struct LinearRequirements {
   std::vector<bitlinear::WeightQuant> weight_types = {bitlinear::WeightQuant::kTernary};
   std::vector<bitlinear::Granularity> granularities = {bitlinear::Granularity::kPerTensor};
   std::string granularity_reason;  // why the others do not fit
+  bool learned_scales = true;      // quant.weight.scale: learned (per-channel scales from a parameter)
+  std::string learned_scale_reason;
   int64_t group_multiple = 1;      // per_group: group_size must be a multiple of this
   std::string group_reason;
   int64_t in_multiple = 1;  // in_features must be a multiple of this

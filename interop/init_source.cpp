@@ -177,7 +177,10 @@ std::string init_model_from(const InitSource& src, torch::nn::Module& model, con
       inserted = fit.note();
     }
   }
-  models::load_model_tensors(model, *tensors, src.origin);
+  const auto scales = models::load_initial_tensors(model, *tensors, src.origin);
+  if (!scales.empty()) {
+    inserted += fmt::format("; {} learned weight scales set to the absmean of their rows", scales.size());
+  }
   const auto text = fmt::format("initialised {} tensors from {} ({}){}", src.tensors.size(), src.origin,
                                 to_string(src.kind), inserted);
   spdlog::info("{}", text);

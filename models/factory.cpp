@@ -3,6 +3,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <fmt/format.h>
 
+#include "bitlinear/convert.hpp"
 #include "core/error.hpp"
 
 namespace bitqat::models {
@@ -93,9 +94,25 @@ std::string model_identity(const ModelConfig& model, int64_t data_vocab) {
       c.channels1, c.channels2, c.hidden, c.num_classes, c.batch_norm, c.quantize_first, c.quantize_last);
 }
 
+namespace {
+ModelHandle make_model_with_initial_weights(const ModelConfig& model, const bitlinear::QuantSpec& spec,
+                                            const std::vector<std::string>& include,
+                                            const std::vector<std::string>& exclude, int64_t data_vocab);
+}  // namespace
+
 ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spec,
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                        int64_t data_vocab) {
+  auto h = make_model_with_initial_weights(model, spec, include, exclude, data_vocab);
+  // The models initialise their weights after the layers were built: learned scales follow them.
+  for (auto& [name, layer] : bitlinear::learned_scales(*h.module)) layer->init_scale();
+  return h;
+}
+
+namespace {
+ModelHandle make_model_with_initial_weights(const ModelConfig& model, const bitlinear::QuantSpec& spec,
+                                            const std::vector<std::string>& include,
+                                            const std::vector<std::string>& exclude, int64_t data_vocab) {
   ModelHandle h;
   h.kind = model.kind;
   if (h.kind == ModelKind::kDiT) {
@@ -123,6 +140,7 @@ ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spe
   }
   return h;
 }
+}  // namespace
 
 namespace {
 // Meta in the thread's included dispatch keys, and the thread's key sets exactly as they were

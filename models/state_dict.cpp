@@ -6,6 +6,7 @@
 #include <set>
 #include <tuple>
 
+#include "bitlinear/convert.hpp"
 #include "core/error.hpp"
 
 namespace bitqat::models {
@@ -96,6 +97,31 @@ void load_model_tensors(torch::nn::Module& module, const LazyTensors& tensors, c
     dst.copy_(values);
     if (src->release) src->release();
   }
+}
+
+std::vector<std::string> load_initial_tensors(torch::nn::Module& module, const LazyTensors& tensors,
+                                              const std::string& origin) {
+  const auto scales = bitlinear::learned_scales(module);
+  std::vector<std::pair<std::string, bitlinear::BitLinearImpl*>> missing;
+  for (const auto& s : scales) {
+    if (!tensors.count(s.first)) missing.push_back(s);
+  }
+  if (missing.empty()) {
+    load_model_tensors(module, tensors, origin);
+    return {};
+  }
+  // The missing scales keep their current values through the strict load, then follow the weights.
+  LazyTensors with = tensors;
+  std::map<std::string, at::Tensor> own;
+  for (const auto& [name, layer] : missing) own.emplace(name, layer->weight_scale.detach().clone());
+  for (auto& [name, t] : lazy_tensors(own)) with.emplace(name, std::move(t));
+  load_model_tensors(module, with, origin);
+  std::vector<std::string> names;
+  for (const auto& [name, layer] : missing) {
+    layer->init_scale();
+    names.push_back(name);
+  }
+  return names;
 }
 
 }  // namespace bitqat::models

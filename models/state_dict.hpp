@@ -37,6 +37,13 @@ void load_model_tensors(torch::nn::Module& module, const std::map<std::string, a
 void load_model_tensors(torch::nn::Module& module, const LazyTensors& tensors, const std::string& origin,
                         bool strict = true);
 
+// Initialising a model from another model's tensors (init_from, a distillation teacher, a run
+// quantized into a new one): load_model_tensors, strict, except that the learned weight scales
+// (quant.weight.scale: learned, BitLinear's weight_scale) the source lacks are set from the absmean of
+// their layer's loaded latent weights (BitLinear::init_scale). Returns the names so set.
+std::vector<std::string> load_initial_tensors(torch::nn::Module& module, const LazyTensors& tensors,
+                                              const std::string& origin);
+
 // Throws UserError naming `origin` and the first tensor that holds NaN or infinity (with their count and
 // the first one's index); integer tensors pass.
 void check_finite(const std::vector<std::pair<std::string, at::Tensor>>& tensors, const std::string& origin);

@@ -349,6 +349,21 @@ void check_across(const Config& c) {
         "parameters do not hold; use dist.shard: gradients (or optimizer), or drop train.ema",
         c.root.child("dist").where("shard")));
   }
+  if (c.quant.spec.weight.scale == bitlinear::ScaleSource::kLearned) {
+    const auto where = c.root.child("quant").child("weight").where("scale");
+    if (c.model.kind == models::ModelKind::kCNN) {
+      throw core::ConfigError(fmt::format(
+          "{} = learned with model.kind cnn: learned scales are for BitLinear layers (lm, dit); a cnn's convolutions "
+          "take absmean",
+          where));
+    }
+    if (c.dist.shard == ShardMode::kParameters) {
+      throw core::ConfigError(fmt::format(
+          "{} = learned with dist.shard = parameters: sharded parameters gather the weights as 2-bit codes with "
+          "absmean scales; use dist.shard: gradients (or optimizer), or quant.weight.scale: absmean",
+          where));
+    }
+  }
   validate_schedule(c.optim.lr, schedules::ScheduleRole::kLearningRate, c.train.steps);
   validate_schedule(c.optim.weight_decay, schedules::ScheduleRole::kWeightDecay, c.train.steps);
   validate_schedule(c.quant.lambda_w, schedules::ScheduleRole::kLambda, c.train.steps);

@@ -340,9 +340,13 @@ bool init_student_from_teacher(Task& task, const Config& cfg) {
   std::map<std::string, at::Tensor> from(tensors.begin(), tensors.end());
   const auto own = t->student_lm().named_parameters(true);
   for (const auto& name : fit.inserted) from.emplace(name, own[name].detach());
-  models::load_model_tensors(t->student_lm(), from, t->teacher_path() + " (the distillation teacher)");
-  spdlog::info("initialised {} tensors from the distillation teacher {} (init_from){}", tensors.size(), cfg.init_from,
-               fit.note());
+  const auto scales = models::load_initial_tensors(t->student_lm(), models::lazy_tensors(from),
+                                                   t->teacher_path() + " (the distillation teacher)");
+  spdlog::info("initialised {} tensors from the distillation teacher {} (init_from){}{}", tensors.size(),
+               cfg.init_from, fit.note(),
+               scales.empty() ? std::string()
+                              : fmt::format("; {} learned weight scales set to the absmean of their rows",
+                                            scales.size()));
   return true;
 }
 

@@ -99,8 +99,8 @@ QuantizeResult quantize_run(const std::string& src_run_dir, const std::string& o
   auto task = make_task(cfg, device);
   auto& model = task->module();
   const auto weights = models::model_tensors(src.task->module());
-  models::load_model_tensors(model, std::map<std::string, at::Tensor>(weights.begin(), weights.end()),
-                             src.checkpoint + "/model.safetensors");
+  models::load_initial_tensors(model, models::lazy_tensors(std::map<std::string, at::Tensor>(weights.begin(), weights.end())),
+                               src.checkpoint + "/model.safetensors");
   bitlinear::set_quant_lambdas(model, 1.0, 1.0);
 
   QuantizeResult r;

@@ -130,7 +130,9 @@ class PackedKernel final : public LinearKernel {
 
 bool cuda_fast_path_applicable(const BitLinearImpl& layer, const at::Tensor& x) {
   const auto& q = layer.options.quant;
-  return x.is_cuda() && layer.weight.defined() && layer.weight.is_cuda() && layer.lambda_w() == 1.0 &&
+  // A learned scale runs the fake-quant path (its gradient is not in the kernels' backward).
+  return x.is_cuda() && layer.weight.defined() && !layer.learned_scale() && layer.weight.is_cuda() &&
+         layer.lambda_w() == 1.0 &&
          layer.lambda_a() == 1.0 && q.weight.type == WeightQuant::kTernary &&
          q.weight.estimator == Estimator::kIdentity && supported_granularity(q.weight) &&
          q.act.type == ActQuant::kPerToken && q.act.bits == 8 && q.act.estimator == Estimator::kIdentity &&

@@ -46,7 +46,34 @@ TEST(QuantConfig, ErrorsNameTheKey) {
             "q.yaml:3: quant.activation.bits = 9: expected a value in [2, 8]");
   EXPECT_EQ(err("quant:\n  weight:\n    sign: true\n"),
             "q.yaml:3: quant.weight.sign: unknown key 'sign'; expected one of: clip, eps, estimator, granularity, "
-            "group_size, type");
+            "group_size, scale, type");
+}
+
+TEST(QuantConfig, LearnedScalesArePerChannelOnQuantizedWeights) {
+  auto parse = [](const std::string& text) {
+    return quant_spec_from_yaml(Node::load_string(text, "q.yaml").child("quant"));
+  };
+  EXPECT_EQ(parse("quant: {}\n").weight.scale, ScaleSource::kAbsmean);
+  const auto s = parse("quant:\n  weight: {type: ternary, granularity: per_channel, scale: learned}\n");
+  EXPECT_EQ(s.weight.scale, ScaleSource::kLearned);
+  YAML::Node out;
+  quant_spec_to_yaml(s, &out);
+  EXPECT_EQ(out["weight"]["scale"].as<std::string>(), "learned");
+  auto err = [&](const std::string& text) {
+    try {
+      parse(text);
+    } catch (const bitqat::core::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_EQ(err("quant:\n  weight:\n    scale: learned\n"),
+            "q.yaml:3: quant.weight.scale = learned: expected absmean, or learned together with granularity: "
+            "per_channel (a learned scale is one per output row; granularity is per_tensor)");
+  EXPECT_EQ(err("quant:\n  weight: {type: none, granularity: per_channel, scale: learned}\n"),
+            "q.yaml:2: quant.weight.scale = learned: expected absmean: weights of type none have no scale to learn");
+  EXPECT_EQ(err("quant:\n  weight: {scale: lsq}\n"),
+            "q.yaml:2: quant.weight.scale = lsq: expected one of absmean|learned");
 }
 
 TEST(QuantConfig, MoreErrorsNameTheKeyAndValue) {
