@@ -104,7 +104,7 @@ struct FakeQuantWeightLearned : torch::autograd::Function<FakeQuantWeightLearned
     const auto mask = spec.estimator == Estimator::kClipped && lambda != 0.0 ? v.abs().le(spec.clip) : at::Tensor();
     ctx->saved_data["lambda"] = lambda;
     ctx->saved_data["g_s"] = 1.0 / std::sqrt(static_cast<double>(w.size(1)));  // Q_p = 1
-    ctx->save_for_backward({dq_ds, mask, scale.detach().gt(spec.eps)});
+    ctx->save_for_backward({dq_ds, mask});
     return blend(w.detach(), codes * s, lambda);
   }
   static tensor_list backward(AutogradContext* ctx, tensor_list grad_out) {
@@ -113,7 +113,7 @@ struct FakeQuantWeightLearned : torch::autograd::Function<FakeQuantWeightLearned
     const auto& g = grad_out[0];
     const auto grad_w = ste_grad(g, saved[1], lambda);
     const auto sum = (g.to(saved[0].scalar_type()) * saved[0]).sum(1);
-    const auto grad_s = (sum * (lambda * ctx->saved_data["g_s"].toDouble()) * saved[2].to(sum.scalar_type()));
+    const auto grad_s = sum * (lambda * ctx->saved_data["g_s"].toDouble());
     return {grad_w, grad_s, at::Tensor(), at::Tensor()};
   }
 };

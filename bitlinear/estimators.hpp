@@ -23,7 +23,8 @@ at::Tensor fake_quantize_activation(const at::Tensor& x, const ActQuantSpec& spe
 // v = w / s and q the codes of quantize_weight_learned (ternary clamp(round_half_away(v), -1, 1)):
 //   forward   out = w + lambda (q s - w)
 //   d out/d w = the weight STE as in fake_quantize_weight (identity, or clipped where |v| <= clip)
-//   d L/d scale[o] = lambda * g_s * sum_i G[o, i] * d(q s)/ds[o, i], zero where scale <= eps, with LSQ's
+//   d L/d scale[o] = lambda * g_s * sum_i G[o, i] * d(q s)/ds[o, i] at s (also where the floor holds:
+//     the floor passes the gradient straight through, so that a scale pushed below it can return), with LSQ's
 //     step-size gradient (Esser et al. 2020, arXiv 1902.08153, eq. 3): d(q s)/ds = q - v where
 //     -1 <= v <= 1 (round's STE), q where v lies beyond (the clamp); binary weights: q. g_s =
 //     1 / sqrt(in * Q_p), Q_p = 1 (section 2.2: the scale's gradient is brought to the weights'

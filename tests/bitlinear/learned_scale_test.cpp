@@ -78,10 +78,12 @@ TEST(LearnedScale, LsqGradientByHand) {
   const auto up5 = at::tensor({1.0, 2.0, 3.0, 5.0}, at::kDouble).reshape({1, 4});
   std::tie(gw, gs) = grads(w, s, up5, learned(WeightQuant::kBinary), 1.0);
   EXPECT_NEAR(gs.item<double>(), 0.5, 1e-15);
-  // A scale at or below the floor gets no gradient (the forward used eps, not the parameter).
+  // A scale below the floor computes at s = eps = 1e-5 (every |v| > 1: codes 1, -1, 1, 1, d(q s)/ds = q)
+  // and passes that gradient straight through: 1 - 2 + 3 + 4 = 6, times 0.5. (A zero gradient there
+  // would leave the row dead for good.)
   const auto low = at::tensor({-0.1}, at::kDouble).requires_grad_();
   std::tie(gw, gs) = grads(w, low, up, learned(), 1.0);
-  EXPECT_EQ(gs.item<double>(), 0.0);
+  EXPECT_NEAR(gs.item<double>(), 3.0, 1e-12);
 }
 
 TEST(LearnedScale, GradientsAreTheLsqSurrogatesByFiniteDifferences) {

@@ -427,6 +427,7 @@ class GgufInLlamaCpp : public ::testing::Test {
         {"bitnet", {"swiglu", true, "{type: ternary, granularity: per_tensor}"}},
         {"bitnet_b1", {"swiglu", true, "{type: binary, granularity: per_group, group_size: 128}"}},
         {"llama", {"swiglu", false, "{type: ternary, granularity: per_channel}"}},
+        {"llama_learned", {"swiglu", false, "{type: ternary, granularity: per_channel, scale: learned}"}},
         {"llama_b1", {"swiglu", false, "{type: binary, granularity: per_group, group_size: 128}"}},
         {"relu2", {"relu2_glu", true, "{type: ternary, granularity: per_tensor}"}}};
     std::string model, init;
@@ -579,6 +580,23 @@ TEST_F(GgufInLlamaCpp, LlamaLayoutComputesWhatWasTrainedInEveryTernaryType) {
   for (auto type : {gguf::GgmlType::kTQ2_0, gguf::GgmlType::kTQ1_0, gguf::GgmlType::kQ2_0}) {
     expect_computes_what_was_trained(check("llama", type));
   }
+}
+
+// Learned scales (quant.weight.scale: learned) are per-channel scales in the blocks: each row's TQ2_0
+// blocks carry its trained scale rounded to fp16, and llama.cpp computes the trained model.
+TEST_F(GgufInLlamaCpp, LearnedScalesComputeWhatWasTrained) {
+  expect_computes_what_was_trained(check("llama_learned", gguf::GgmlType::kTQ2_0));
+  auto loaded = training::load_run(run_dir("llama_learned"), at::Device(at::kCPU));
+  const auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(loaded.task->module_ptr());
+  const auto& up = lm->blocks[1]->ffn->up;
+  ASSERT_TRUE(up->learned_scale());
+  const auto f = gguf::load((dir_ / "llama_learned_TQ2_0.gguf").string());
+  const auto* t = f.tensor("blk.1.ffn_up.weight");
+  ASSERT_NE(t, nullptr);
+  // One row of 256 inputs is one TQ2_0 block: the block scales are the rows' learned scales in fp16.
+  // (A scale trained below the floor quant.weight.eps is used, and written, as the floor.)
+  const auto floor = static_cast<float>(up->options.quant.weight.eps);
+  EXPECT_TRUE(gguf::block_scales(*t).reshape({-1}).equal(half_rounded(up->weight_scale.detach().clamp_min(floor))));
 }
 
 TEST_F(GgufInLlamaCpp, BinaryLlamaComputesWhatWasTrainedInQ1_0) {

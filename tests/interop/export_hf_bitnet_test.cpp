@@ -80,6 +80,12 @@ TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
   bitlinear::QuantSpec per_channel;
   per_channel.weight.granularity = bitlinear::Granularity::kPerChannel;
   EXPECT_NE(error_of(make_lm(tiny_bitnet(), per_channel)).find("per_channel"), std::string::npos);
+  bitlinear::QuantSpec learned = per_channel;
+  learned.weight.scale = bitlinear::ScaleSource::kLearned;
+  const auto e = error_of(make_lm(tiny_bitnet(), learned));
+  EXPECT_NE(e.find("has quant.weight.scale = learned: transformers' BitLinear has one weight_scale per tensor"),
+            std::string::npos)
+      << e;
   EXPECT_EQ(error_of(make_lm(tiny_bitnet())), "");
 }
 

@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <fstream>
 
+#include "bitlinear/convert.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "data/source.hpp"
 #include "interop/hf_llama.hpp"
@@ -79,6 +80,31 @@ TEST_F(InitFromTest, RunDirectoryCheckpointAndSafetensorsFile) {
   EXPECT_TRUE(bitqat::interop::read_init_source(ck_dir + "/").lm.has_value());
   EXPECT_EQ(bitqat::interop::read_init_source(ck_dir + "/model.safetensors").kind,
             bitqat::interop::InitKind::kSafetensors);
+}
+
+// A source without learned scales (a full-precision run) initialises them: each is the absmean of its
+// row of the loaded weights, not of the random initialisation; a source with them gives its own.
+TEST_F(InitFromTest, LearnedScalesStartAtTheAbsmeanOfTheLoadedWeights) {
+  const auto src = train_source();
+  const std::vector<std::string> learned = {"quant.weight.granularity=per_channel", "quant.weight.scale=learned"};
+  auto t = task(finetune(src, 2, learned));
+  const auto text = bitqat::interop::init_model_from(src, t->module());
+  EXPECT_NE(text.find("12 learned weight scales set to the absmean of their rows"), std::string::npos) << text;
+  const auto scales = bitqat::bitlinear::learned_scales(t->module());
+  ASSERT_EQ(scales.size(), 12u);
+  for (const auto& [name, l] : scales) {
+    // By hand: mean |w| of each row, in double, rounded to float32 once.
+    const auto want = l->weight.detach().to(at::kDouble).abs().mean(1).to(at::kFloat);
+    EXPECT_TRUE(l->weight_scale.detach().allclose(want, 1e-6, 0)) << name;
+  }
+  bitqat::training::train(finetune(src, 2, {"run.name=ft_learned", "quant.weight.granularity=per_channel",
+                                            "quant.weight.scale=learned"}));
+  auto again = task(finetune(src, 2, learned));
+  const auto from_run = bitqat::interop::init_model_from(runs() + "/ft_learned", again->module());
+  EXPECT_EQ(from_run.find("learned weight scales set"), std::string::npos) << from_run;  // taken from the run
+  const auto ck = bitqat::checkpoints::read_checkpoint(
+      *bitqat::checkpoints::find_latest_checkpoint(runs() + "/ft_learned/checkpoints"));
+  expect_same_tensors(again->module(), ck.model);
 }
 
 TEST_F(InitFromTest, TrainerStartsFromTheSourceAndResumeDoesNotRereadIt) {

@@ -170,3 +170,31 @@ TEST(TrainConfig, ActivationCheckpointingIsANameOrAMapping) {
   }
   EXPECT_TRUE(in_reference);
 }
+
+TEST(QuantConfig, LearnedScalesAreRefusedWhereNothingCanLearnThem) {
+  auto error = [&](const std::string& t, const std::vector<std::string>& sets) {
+    try {
+      bitqat::training::Config::load_string(t, "a.yaml", sets, /*check_files=*/false);
+    } catch (const bitqat::core::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("(no error)");
+  };
+  const std::string lm =
+      "model: {kind: lm, dim: 32, n_layers: 2, n_heads: 4}\ndata: {kind: text, path: t.txt, seq_len: 16}\n"
+      "quant:\n  weight: {type: ternary, granularity: per_channel, scale: learned}\n";
+  EXPECT_EQ(error(lm, {}), "(no error)");
+  EXPECT_EQ(error(lm, {"dist.shard=gradients"}), "(no error)");
+  EXPECT_EQ(error(lm, {"dist.shard=parameters"}),
+            "a.yaml:4: quant.weight.scale = learned with dist.shard = parameters: sharded parameters gather the "
+            "weights as 2-bit codes with absmean scales; use dist.shard: gradients (or optimizer), or "
+            "quant.weight.scale: absmean");
+  EXPECT_EQ(error("model: {kind: cnn}\ndata: {kind: fashion_mnist}\n"
+                  "quant:\n  weight: {type: ternary, granularity: per_channel, scale: learned}\n",
+                  {}),
+            "a.yaml:4: quant.weight.scale = learned with model.kind cnn: learned scales are for BitLinear layers (lm, "
+            "dit); a cnn's convolutions take absmean");
+  EXPECT_EQ(error(lm, {"quant.weight.granularity=per_group"}),
+            "a.yaml:4: quant.weight.scale = learned: expected absmean, or learned together with granularity: "
+            "per_channel (a learned scale is one per output row; granularity is per_group)");
+}

@@ -17,7 +17,11 @@
 
 #include "checkpoints/checkpoint.hpp"
 #include "core/error.hpp"
+#include "bitlinear/convert.hpp"
+#include "bitlinear/ops/w158a8_linear.hpp"
 #include "core/fs.hpp"
+#include "interop/export_packed.hpp"
+#include "models/lm.hpp"
 #include "tests/command.hpp"
 #include "tests/user_error.hpp"
 #include "training/run_loader.hpp"
@@ -48,6 +52,11 @@ checkpoint: {{every: 5, keep_last: 10}}
 device: {{type: cpu, threads: 1}}
 )",
                      dir, text_path, steps);
+}
+
+// The learned weight scales of a model, by parameter name.
+std::vector<std::pair<std::string, bitqat::bitlinear::BitLinearImpl*>> bitlinear_scales(torch::nn::Module& m) {
+  return bitqat::bitlinear::learned_scales(m);
 }
 
 class TrainerTest : public ::testing::Test {
@@ -158,6 +167,80 @@ TEST_F(TrainerTest, ResumeIsBitExact) {
     EXPECT_EQ(ca.model[i].first, cb.model[i].first);
     EXPECT_TRUE(ca.model[i].second.equal(cb.model[i].second)) << ca.model[i].first;
   }
+}
+
+// quant.weight.scale: learned: the scales are parameters (checkpointed, in AdamW's state), resume is
+// exact, training moves them away from absmean, and the packed export holds them.
+TEST_F(TrainerTest, LearnedScalesResumeExactlyAndAreWhatThePackedExportHolds) {
+  const std::vector<std::string> learned = {"quant.weight.scale=learned", "train.log_every=1"};
+  auto with = [&](std::vector<std::string> sets) {
+    sets.insert(sets.end(), learned.begin(), learned.end());
+    return config(12, sets);
+  };
+  bitqat::training::train(with({"run.name=full"}));
+  TrainOptions interrupt;
+  interrupt.after_step = [](int64_t step) {
+    if (step == 5) throw std::runtime_error("interrupted");
+  };
+  EXPECT_THROW(bitqat::training::train(with({"run.name=split"}), interrupt), std::runtime_error);
+  TrainOptions resume;
+  resume.resume = true;
+  EXPECT_EQ(bitqat::training::train(with({"run.name=split"}), resume).start_step, 5);
+  const auto a = losses(metrics("full")), b = losses(metrics("split"));
+  ASSERT_EQ(a.size(), 12u);
+  ASSERT_EQ(b.size(), 12u);
+  for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
+  auto latest = [&](const std::string& run) {
+    return bitqat::checkpoints::read_checkpoint(
+        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs" / run / "checkpoints").string()));
+  };
+  const auto ca = latest("full"), cb = latest("split");
+  ASSERT_EQ(ca.model.size(), cb.model.size());
+  for (size_t i = 0; i < ca.model.size(); ++i) {
+    EXPECT_TRUE(ca.model[i].second.equal(cb.model[i].second)) << ca.model[i].first;
+  }
+  ASSERT_EQ(ca.optimizer.size(), cb.optimizer.size());
+  for (size_t i = 0; i < ca.optimizer.size(); ++i) {
+    EXPECT_TRUE(ca.optimizer[i].second.equal(cb.optimizer[i].second)) << ca.optimizer[i].first;
+  }
+  // 12 layers (2 blocks x q, k, v, o, up, down: a relu2 FFN) have a scale; training moved each away from the
+  // absmean of its final latent weights.
+  auto run = bitqat::training::load_run((dir_ / "runs/full").string(), at::Device(at::kCPU));
+  auto scales = bitlinear_scales(run.task->module());
+  ASSERT_EQ(scales.size(), 12u);
+  for (const auto& [name, l] : scales) {
+    auto absmean = l->options.quant.weight;
+    absmean.scale = bitqat::bitlinear::ScaleSource::kAbsmean;
+    const auto gamma = bitqat::bitlinear::quantize_weight(l->weight, absmean).scales;
+    EXPECT_GT((l->weight_scale - gamma).abs().max().item<float>(), 1e-4f * gamma.abs().max().item<float>()) << name;
+  }
+  // The packed export holds each layer's learned codes and scales.
+  const auto out = (dir_ / "packed").string();
+  auto src = bitqat::training::load_run((dir_ / "runs/full").string(), at::Device(at::kCPU));  // packed in place
+  bitqat::interop::export_packed(src.task->module(), bitqat::core::to_yaml_string(src.cfg.resolved()), src.checkpoint,
+                                 src.step, out, (dir_ / "runs/full").string());
+  auto packed = bitqat::training::load_run(out, at::Device(at::kCPU));
+  const auto packed_modules = packed.task->module().named_modules();
+  for (const auto& [name, l] : scales) {
+    const auto layer = name.substr(0, name.size() - std::string(".weight_scale").size());
+    const auto* p = packed_modules[layer + ".packed"]->as<bitqat::bitlinear::ops::PackedBitLinearImpl>();
+    ASSERT_NE(p, nullptr) << layer;
+    const auto q = l->quantized_weight();
+    bitqat::bitlinear::ops::PackedTernary pt;
+    pt.packed = p->packed;
+    pt.n = p->out_features;
+    pt.k = p->in_features;
+    EXPECT_TRUE(bitqat::bitlinear::ops::unpack_codes(pt).equal(q.codes)) << layer;
+    EXPECT_TRUE(p->scales.equal(l->weight_scale.detach().clamp_min(l->options.quant.weight.eps))) << layer;
+  }
+  // The same model: the packed layers sum the code products exactly, the trained ones in float32 (the
+  // fake-quant path), which differ by float rounding and, where an 8-bit activation code of the next
+  // layer lands on the other side of a rounding tie, by one step of it; the loss agrees to 1e-4.
+  const auto val = bitqat::training::open_validation_data(run, {})->val_batches(4, 2);
+  bitqat::bitlinear::set_quant_lambdas(run.task->module(), 1.0, 1.0);
+  const auto want = run.task->evaluate(val, at::Device(at::kCPU)).loss;
+  const auto got = packed.task->evaluate(val, at::Device(at::kCPU)).loss;
+  EXPECT_NEAR(got, want, 1e-4 * want);
 }
 
 // train.ema: the average is checkpointed and resumed exactly, and what eval, generate, sample,
