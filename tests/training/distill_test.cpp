@@ -10,6 +10,7 @@
 #include <cmath>
 #include <fstream>
 
+#include "bitlinear/convert.hpp"
 #include "checkpoints/checkpoint.hpp"
 #include "tests/training/tiny_runs.hpp"
 #include "training/distributed.hpp"
@@ -266,6 +267,30 @@ TEST_F(DistillRunTest, SubLnIsInsertedOverATeacherWithoutIt) {
   // And the run trains.
   const auto r = bitqat::training::train(cfg);
   EXPECT_EQ(r.final_step, 2);
+  EXPECT_TRUE(std::isfinite(r.last_loss));
+}
+
+// A student with learned scales copies the teacher's weights and sets each scale to the absmean of
+// its row; at lambda 0 it is the teacher (KL 0), and it trains.
+TEST_F(DistillRunTest, LearnedScalesStartAtTheTeachersAbsmean) {
+  const auto src = teacher();
+  const auto cfg = finetune(src, 3, {"run.name=kd_learned", "distill.alpha=0.5", "train.log_every=1",
+                                     "quant.weight.granularity=per_channel", "quant.weight.scale=learned"});
+  bitqat::training::DistContext dist(bitqat::training::DistEnv{}, "auto", std::chrono::seconds(10));
+  auto task = bitqat::training::make_distill_task(bitqat::training::make_task(cfg, at::Device(at::kCPU)), cfg,
+                                                  at::Device(at::kCPU), dist);
+  ASSERT_TRUE(bitqat::training::init_student_from_teacher(*task, cfg));
+  const auto scales = bitqat::bitlinear::learned_scales(task->module());
+  ASSERT_FALSE(scales.empty());
+  for (const auto& [name, l] : scales) {
+    const auto want = l->weight.detach().to(at::kDouble).abs().mean(1).to(at::kFloat);
+    EXPECT_TRUE(l->weight_scale.detach().allclose(want, 1e-6, 0)) << name;
+  }
+  const auto r = bitqat::training::train(cfg);
+  EXPECT_EQ(r.final_step, 3);
+  const auto m = metrics("kd_learned");
+  ASSERT_EQ(m.size(), 3u);
+  EXPECT_EQ(m[0]["loss_kd"].get<double>(), 0.0);
   EXPECT_TRUE(std::isfinite(r.last_loss));
 }
 
