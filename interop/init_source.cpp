@@ -153,11 +153,9 @@ std::string SourceFit::note() const {
 
 std::string init_model_from(const InitSource& src, torch::nn::Module& model, const std::string& where) {
   const auto& path = src.path;
-  const models::LazyTensors* tensors = &src.tensors;
-  models::LazyTensors with_norms;
-  std::string inserted;
+  SourceFit fit;
   if (const auto* lm = dynamic_cast<const models::BitLMImpl*>(&model); lm && src.lm) {
-    const auto fit = fit_source(lm->config, *src.lm);
+    fit = fit_source(lm->config, *src.lm);
     if (!fit.differences.empty()) {
       std::string msg = fmt::format("{} = {}: the config's model does not match the {} source: {}", where, path,
                                     to_string(src.kind), fmt::join(fit.differences, "; "));
@@ -166,21 +164,10 @@ std::string init_model_from(const InitSource& src, torch::nn::Module& model, con
       }
       throw core::UserError(msg);
     }
-    if (!fit.inserted.empty()) {
-      // The new norms keep the model's own values (ones); everything else comes from the source.
-      std::map<std::string, at::Tensor> own;
-      const auto params = model.named_parameters(true);
-      for (const auto& name : fit.inserted) own.emplace(name, params[name].detach().clone());
-      with_norms = src.tensors;
-      for (auto& [name, t] : models::lazy_tensors(own)) with_norms.emplace(name, std::move(t));
-      tensors = &with_norms;
-      inserted = fit.note();
-    }
   }
-  const auto scales = models::load_initial_tensors(model, *tensors, src.origin);
-  if (!scales.empty()) {
-    inserted += fmt::format("; {} learned weight scales set to the absmean of their rows", scales.size());
-  }
+  // Inserted norms keep the model's own values (ones); everything else comes from the source.
+  const auto load = models::load_initial_tensors(model, src.tensors, src.origin, fit.inserted);
+  const auto inserted = fit.note() + load.note();
   const auto text = fmt::format("initialised {} tensors from {} ({}){}", src.tensors.size(), src.origin,
                                 to_string(src.kind), inserted);
   spdlog::info("{}", text);

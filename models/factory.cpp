@@ -94,33 +94,15 @@ std::string model_identity(const ModelConfig& model, int64_t data_vocab) {
       c.channels1, c.channels2, c.hidden, c.num_classes, c.batch_norm, c.quantize_first, c.quantize_last);
 }
 
-namespace {
-ModelHandle make_model_with_initial_weights(const ModelConfig& model, const bitlinear::QuantSpec& spec,
-                                            const std::vector<std::string>& include,
-                                            const std::vector<std::string>& exclude, int64_t data_vocab);
-}  // namespace
-
 ModelHandle make_model(const ModelConfig& model, const bitlinear::QuantSpec& spec,
                        const std::vector<std::string>& include, const std::vector<std::string>& exclude,
                        int64_t data_vocab) {
-  auto h = make_model_with_initial_weights(model, spec, include, exclude, data_vocab);
-  // The models initialise their weights after the layers were built: learned scales follow them.
-  for (auto& [name, layer] : bitlinear::learned_scales(*h.module)) layer->init_scale();
-  return h;
-}
-
-namespace {
-ModelHandle make_model_with_initial_weights(const ModelConfig& model, const bitlinear::QuantSpec& spec,
-                                            const std::vector<std::string>& include,
-                                            const std::vector<std::string>& exclude, int64_t data_vocab) {
   ModelHandle h;
   h.kind = model.kind;
   if (h.kind == ModelKind::kDiT) {
     // The objective (flow matching) needs more than (inputs, targets): training/task.cpp drives it.
     h.module = std::make_shared<BitDiTImpl>(model.dit, spec, include, exclude);
-    return h;
-  }
-  if (h.kind == ModelKind::kLM) {
+  } else if (h.kind == ModelKind::kLM) {
     auto c = model.lm;
     c.resolve_vocab(data_vocab, model.where("vocab_size"));
     auto lm = std::make_shared<BitLMImpl>(c, spec, include, exclude);
@@ -138,9 +120,10 @@ ModelHandle make_model_with_initial_weights(const ModelConfig& model, const bitl
     h.loss = [cnn](const at::Tensor& x, const at::Tensor& y) { return cnn->loss(x, y); };
     h.forward = [cnn](const at::Tensor& x) { return cnn->forward(x); };
   }
+  // The models initialise their weights after the layers were built: learned scales follow them.
+  for (auto& [name, layer] : bitlinear::learned_scales(*h.module)) layer->init_scale();
   return h;
 }
-}  // namespace
 
 namespace {
 // Meta in the thread's included dispatch keys, and the thread's key sets exactly as they were

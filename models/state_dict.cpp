@@ -99,29 +99,36 @@ void load_model_tensors(torch::nn::Module& module, const LazyTensors& tensors, c
   }
 }
 
-std::vector<std::string> load_initial_tensors(torch::nn::Module& module, const LazyTensors& tensors,
-                                              const std::string& origin) {
-  const auto scales = bitlinear::learned_scales(module);
-  std::vector<std::pair<std::string, bitlinear::BitLinearImpl*>> missing;
-  for (const auto& s : scales) {
-    if (!tensors.count(s.first)) missing.push_back(s);
+std::string InitialLoad::note() const {
+  if (scales_from_absmean.empty()) return {};
+  return fmt::format("; {} learned weight scales set to the absmean of their rows", scales_from_absmean.size());
+}
+
+InitialLoad load_initial_tensors(torch::nn::Module& module, const LazyTensors& tensors, const std::string& origin,
+                                 const std::vector<std::string>& keep) {
+  InitialLoad r;
+  std::vector<bitlinear::BitLinearImpl*> scaled;
+  for (const auto& [name, layer] : bitlinear::learned_scales(module)) {
+    if (!tensors.count(name)) {
+      r.scales_from_absmean.push_back(name);
+      scaled.push_back(layer);
+    }
   }
-  if (missing.empty()) {
+  if (keep.empty() && scaled.empty()) {
     load_model_tensors(module, tensors, origin);
-    return {};
+    return r;
   }
-  // The missing scales keep their current values through the strict load, then follow the weights.
-  LazyTensors with = tensors;
+  // Kept tensors and missing scales go through the strict load with the module's own values; then the
+  // scales follow the loaded weights.
+  const auto params = module.named_parameters(true);
   std::map<std::string, at::Tensor> own;
-  for (const auto& [name, layer] : missing) own.emplace(name, layer->weight_scale.detach().clone());
+  for (const auto& name : keep) own.emplace(name, params[name].detach().clone());
+  for (const auto& name : r.scales_from_absmean) own.emplace(name, params[name].detach().clone());
+  LazyTensors with = tensors;
   for (auto& [name, t] : lazy_tensors(own)) with.emplace(name, std::move(t));
   load_model_tensors(module, with, origin);
-  std::vector<std::string> names;
-  for (const auto& [name, layer] : missing) {
-    layer->init_scale();
-    names.push_back(name);
-  }
-  return names;
+  for (auto* layer : scaled) layer->init_scale();
+  return r;
 }
 
 }  // namespace bitqat::models

@@ -38,11 +38,17 @@ void load_model_tensors(torch::nn::Module& module, const LazyTensors& tensors, c
                         bool strict = true);
 
 // Initialising a model from another model's tensors (init_from, a distillation teacher, a run
-// quantized into a new one): load_model_tensors, strict, except that the learned weight scales
-// (quant.weight.scale: learned, BitLinear's weight_scale) the source lacks are set from the absmean of
-// their layer's loaded latent weights (BitLinear::init_scale). Returns the names so set.
-std::vector<std::string> load_initial_tensors(torch::nn::Module& module, const LazyTensors& tensors,
-                                              const std::string& origin);
+// quantized into a new one): load_model_tensors, strict, except for two kinds of tensors the source
+// may lack: the names in `keep` (e.g. SubLN norms inserted into an imported model) keep the module's
+// own values, and the learned weight scales (quant.weight.scale: learned, BitLinear's weight_scale)
+// are set from the absmean of their layer's loaded latent weights (BitLinear::init_scale).
+struct InitialLoad {
+  std::vector<std::string> scales_from_absmean;  // the learned scales so set
+  // "" or "; N learned weight scales set to the absmean of their rows", for the caller's log line.
+  std::string note() const;
+};
+InitialLoad load_initial_tensors(torch::nn::Module& module, const LazyTensors& tensors, const std::string& origin,
+                                 const std::vector<std::string>& keep = {});
 
 // Throws UserError naming `origin` and the first tensor that holds NaN or infinity (with their count and
 // the first one's index); integer tensors pass.

@@ -337,16 +337,11 @@ bool init_student_from_teacher(Task& task, const Config& cfg) {
   // Every rank holds the broadcast teacher: copy it, no second read of the file. Inserted SubLN norms
   // (interop/init_source.hpp) keep the student's ones.
   const auto tensors = models::model_tensors(t->teacher(), /*to_cpu=*/false);
-  std::map<std::string, at::Tensor> from(tensors.begin(), tensors.end());
-  const auto own = t->student_lm().named_parameters(true);
-  for (const auto& name : fit.inserted) from.emplace(name, own[name].detach());
-  const auto scales = models::load_initial_tensors(t->student_lm(), models::lazy_tensors(from),
-                                                   t->teacher_path() + " (the distillation teacher)");
+  const auto load = models::load_initial_tensors(
+      t->student_lm(), models::lazy_tensors(std::map<std::string, at::Tensor>(tensors.begin(), tensors.end())),
+      t->teacher_path() + " (the distillation teacher)", fit.inserted);
   spdlog::info("initialised {} tensors from the distillation teacher {} (init_from){}{}", tensors.size(),
-               cfg.init_from, fit.note(),
-               scales.empty() ? std::string()
-                              : fmt::format("; {} learned weight scales set to the absmean of their rows",
-                                            scales.size()));
+               cfg.init_from, fit.note(), load.note());
   return true;
 }
 

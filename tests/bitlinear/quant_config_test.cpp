@@ -5,6 +5,20 @@
 using namespace bitqat::bitlinear;
 using bitqat::core::Node;
 
+namespace {
+
+// The ConfigError a quant section raises, or "" when it parses.
+std::string err(const std::string& text) {
+  try {
+    quant_spec_from_yaml(Node::load_string(text, "q.yaml").child("quant"));
+  } catch (const bitqat::core::ConfigError& e) {
+    return std::string(e.what());
+  }
+  return std::string();
+}
+
+}  // namespace
+
 TEST(QuantConfig, DefaultsAndEveryField) {
   const auto d = quant_spec_from_yaml(Node::load_string("quant: {}\n", "q.yaml").child("quant"));
   EXPECT_EQ(d.weight.type, WeightQuant::kTernary);
@@ -32,14 +46,6 @@ TEST(QuantConfig, DefaultsAndEveryField) {
 }
 
 TEST(QuantConfig, ErrorsNameTheKey) {
-  auto err = [](const std::string& text) {
-    try {
-      quant_spec_from_yaml(Node::load_string(text, "q.yaml").child("quant"));
-    } catch (const bitqat::core::ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   EXPECT_EQ(err("quant:\n  weight: {type: trinary}\n"),
             "q.yaml:2: quant.weight.type = trinary: expected one of binary|none|ternary");
   EXPECT_EQ(err("quant:\n  activation:\n    bits: 9\n"),
@@ -59,14 +65,6 @@ TEST(QuantConfig, LearnedScalesArePerChannelOnQuantizedWeights) {
   YAML::Node out;
   quant_spec_to_yaml(s, &out);
   EXPECT_EQ(out["weight"]["scale"].as<std::string>(), "learned");
-  auto err = [&](const std::string& text) {
-    try {
-      parse(text);
-    } catch (const bitqat::core::ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   EXPECT_EQ(err("quant:\n  weight:\n    scale: learned\n"),
             "q.yaml:3: quant.weight.scale = learned: expected absmean, or learned together with granularity: "
             "per_channel (a learned scale is one per output row; granularity is per_tensor)");
@@ -77,14 +75,6 @@ TEST(QuantConfig, LearnedScalesArePerChannelOnQuantizedWeights) {
 }
 
 TEST(QuantConfig, MoreErrorsNameTheKeyAndValue) {
-  auto err = [](const std::string& text) {
-    try {
-      quant_spec_from_yaml(Node::load_string(text, "q.yaml").child("quant"));
-    } catch (const bitqat::core::ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string();
-  };
   EXPECT_EQ(err("quant:\n  weight: {granularity: per_row}\n"),
             "q.yaml:2: quant.weight.granularity = per_row: expected one of "
             "per_channel|per_group|per_kernel|per_tensor");

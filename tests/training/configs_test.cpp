@@ -13,6 +13,21 @@
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// The ConfigError config text `t` with overrides `sets` raises (as file a.yaml, files unchecked), or
+// "(no error)".
+std::string error(const std::string& t, const std::vector<std::string>& sets) {
+  try {
+    bitqat::training::Config::load_string(t, "a.yaml", sets, /*check_files=*/false);
+  } catch (const bitqat::core::ConfigError& e) {
+    return std::string(e.what());
+  }
+  return std::string("(no error)");
+}
+
+}  // namespace
+
 TEST(ShippedConfigs, AllValidate) {
   const auto dir = fs::temp_directory_path() / ("bitqat_cfgs_" + std::to_string(::getpid()));
   fs::create_directories(dir);
@@ -122,14 +137,6 @@ TEST(TrainConfig, ActivationCheckpointingIsANameOrAMapping) {
   auto load = [&](const std::vector<std::string>& sets) {
     return bitqat::training::Config::load_string(text, "a.yaml", sets);
   };
-  auto error = [&](const std::string& t, const std::vector<std::string>& sets) {
-    try {
-      bitqat::training::Config::load_string(t, "a.yaml", sets, /*check_files=*/false);
-    } catch (const bitqat::core::ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no error)");
-  };
   EXPECT_EQ(load({}).train.activation_checkpointing.every_n, 0);
   EXPECT_EQ(load({}).resolved()["train"]["activation_checkpointing"].as<std::string>(), "none");
   const auto full = load({"train.activation_checkpointing=full"});
@@ -172,14 +179,6 @@ TEST(TrainConfig, ActivationCheckpointingIsANameOrAMapping) {
 }
 
 TEST(QuantConfig, LearnedScalesAreRefusedWhereNothingCanLearnThem) {
-  auto error = [&](const std::string& t, const std::vector<std::string>& sets) {
-    try {
-      bitqat::training::Config::load_string(t, "a.yaml", sets, /*check_files=*/false);
-    } catch (const bitqat::core::ConfigError& e) {
-      return std::string(e.what());
-    }
-    return std::string("(no error)");
-  };
   const std::string lm =
       "model: {kind: lm, dim: 32, n_layers: 2, n_heads: 4}\ndata: {kind: text, path: t.txt, seq_len: 16}\n"
       "quant:\n  weight: {type: ternary, granularity: per_channel, scale: learned}\n";

@@ -54,11 +54,6 @@ device: {{type: cpu, threads: 1}}
                      dir, text_path, steps);
 }
 
-// The learned weight scales of a model, by parameter name.
-std::vector<std::pair<std::string, bitqat::bitlinear::BitLinearImpl*>> bitlinear_scales(torch::nn::Module& m) {
-  return bitqat::bitlinear::learned_scales(m);
-}
-
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -91,6 +86,30 @@ class TrainerTest : public ::testing::Test {
       if (r.contains("loss") && !r["loss"].is_null()) out.push_back(r["loss"].get<double>());
     }
     return out;
+  }
+  // A 12-step run of `sets` as run "full", and the same run as "split" interrupted right after its
+  // step-5 checkpoint (as a kill would), then resumed. (Schedules are functions of train.steps, so
+  // the interrupted run has the same config.) Returns the resumed run's start step.
+  int64_t train_full_and_resumed(std::vector<std::string> sets) {
+    auto with = [&](const std::string& name) {
+      auto all = sets;
+      all.push_back("run.name=" + name);
+      return config(12, all);
+    };
+    bitqat::training::train(with("full"));
+    TrainOptions interrupt;
+    interrupt.after_step = [](int64_t step) {
+      if (step == 5) throw std::runtime_error("interrupted");
+    };
+    EXPECT_THROW(bitqat::training::train(with("split"), interrupt), std::runtime_error);
+    TrainOptions resume;
+    resume.resume = true;
+    return bitqat::training::train(with("split"), resume).start_step;
+  }
+  // The newest checkpoint of a run.
+  bitqat::checkpoints::CheckpointData latest(const std::string& run) {
+    return bitqat::checkpoints::read_checkpoint(
+        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs" / run / "checkpoints").string()));
   }
   fs::path dir_;
   std::string text_;
@@ -137,29 +156,15 @@ TEST_F(TrainerTest, LossFallsClearly) {
 }
 
 TEST_F(TrainerTest, ResumeIsBitExact) {
-  // One run of 12 steps...
-  bitqat::training::train(config(12, {"run.name=full"}));
-  // ...against the same run interrupted right after its step-5 checkpoint (as a kill would), then
-  // resumed. (Schedules are functions of train.steps, so the interrupted run has the same config.)
-  TrainOptions interrupt;
-  interrupt.after_step = [](int64_t step) {
-    if (step == 5) throw std::runtime_error("interrupted");
-  };
-  EXPECT_THROW(bitqat::training::train(config(12, {"run.name=split"}), interrupt), std::runtime_error);
-  TrainOptions resume;
-  resume.resume = true;
-  const auto r = bitqat::training::train(config(12, {"run.name=split"}), resume);
-  EXPECT_EQ(r.start_step, 5);
+  // One run of 12 steps against the same run interrupted after step 5 and resumed.
+  EXPECT_EQ(train_full_and_resumed({}), 5);
   const auto a = losses(metrics("full"));
   const auto b = losses(metrics("split"));
   ASSERT_EQ(a.size(), 12u);
   ASSERT_EQ(b.size(), 12u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
 
-  const auto ca = bitqat::checkpoints::read_checkpoint(
-      *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/full/checkpoints").string()));
-  const auto cb = bitqat::checkpoints::read_checkpoint(
-      *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs/split/checkpoints").string()));
+  const auto ca = latest("full"), cb = latest("split");
   ASSERT_EQ(ca.step, 12);
   ASSERT_EQ(cb.step, 12);
   ASSERT_EQ(ca.model.size(), cb.model.size());
@@ -172,28 +177,11 @@ TEST_F(TrainerTest, ResumeIsBitExact) {
 // quant.weight.scale: learned: the scales are parameters (checkpointed, in AdamW's state), resume is
 // exact, training moves them away from absmean, and the packed export holds them.
 TEST_F(TrainerTest, LearnedScalesResumeExactlyAndAreWhatThePackedExportHolds) {
-  const std::vector<std::string> learned = {"quant.weight.scale=learned", "train.log_every=1"};
-  auto with = [&](std::vector<std::string> sets) {
-    sets.insert(sets.end(), learned.begin(), learned.end());
-    return config(12, sets);
-  };
-  bitqat::training::train(with({"run.name=full"}));
-  TrainOptions interrupt;
-  interrupt.after_step = [](int64_t step) {
-    if (step == 5) throw std::runtime_error("interrupted");
-  };
-  EXPECT_THROW(bitqat::training::train(with({"run.name=split"}), interrupt), std::runtime_error);
-  TrainOptions resume;
-  resume.resume = true;
-  EXPECT_EQ(bitqat::training::train(with({"run.name=split"}), resume).start_step, 5);
+  EXPECT_EQ(train_full_and_resumed({"quant.weight.scale=learned", "train.log_every=1"}), 5);
   const auto a = losses(metrics("full")), b = losses(metrics("split"));
   ASSERT_EQ(a.size(), 12u);
   ASSERT_EQ(b.size(), 12u);
   for (size_t i = 0; i < a.size(); ++i) EXPECT_EQ(a[i], b[i]) << "step " << i + 1;
-  auto latest = [&](const std::string& run) {
-    return bitqat::checkpoints::read_checkpoint(
-        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs" / run / "checkpoints").string()));
-  };
   const auto ca = latest("full"), cb = latest("split");
   ASSERT_EQ(ca.model.size(), cb.model.size());
   for (size_t i = 0; i < ca.model.size(); ++i) {
@@ -206,7 +194,7 @@ TEST_F(TrainerTest, LearnedScalesResumeExactlyAndAreWhatThePackedExportHolds) {
   // 12 layers (2 blocks x q, k, v, o, up, down: a relu2 FFN) have a scale; training moved each away from the
   // absmean of its final latent weights.
   auto run = bitqat::training::load_run((dir_ / "runs/full").string(), at::Device(at::kCPU));
-  auto scales = bitlinear_scales(run.task->module());
+  auto scales = bitqat::bitlinear::learned_scales(run.task->module());
   ASSERT_EQ(scales.size(), 12u);
   for (const auto& [name, l] : scales) {
     auto absmean = l->options.quant.weight;
@@ -246,24 +234,7 @@ TEST_F(TrainerTest, LearnedScalesResumeExactlyAndAreWhatThePackedExportHolds) {
 // train.ema: the average is checkpointed and resumed exactly, and what eval, generate, sample,
 // quantize and export open (load_run) unless they ask for the raw weights.
 TEST_F(TrainerTest, EmaResumesExactlyAndIsWhatARunOpensAs) {
-  const std::vector<std::string> ema = {"train.ema.decay=0.75", "train.ema.start_step=3"};
-  auto with = [&](std::vector<std::string> sets) {
-    sets.insert(sets.end(), ema.begin(), ema.end());
-    return config(12, sets);
-  };
-  bitqat::training::train(with({"run.name=full"}));
-  TrainOptions interrupt;
-  interrupt.after_step = [](int64_t step) {
-    if (step == 5) throw std::runtime_error("interrupted");
-  };
-  EXPECT_THROW(bitqat::training::train(with({"run.name=split"}), interrupt), std::runtime_error);
-  TrainOptions resume;
-  resume.resume = true;
-  EXPECT_EQ(bitqat::training::train(with({"run.name=split"}), resume).start_step, 5);
-  auto latest = [&](const std::string& run) {
-    return bitqat::checkpoints::read_checkpoint(
-        *bitqat::checkpoints::find_latest_checkpoint((dir_ / "runs" / run / "checkpoints").string()));
-  };
+  EXPECT_EQ(train_full_and_resumed({"train.ema.decay=0.75", "train.ema.start_step=3"}), 5);
   const auto ca = latest("full"), cb = latest("split");
   ASSERT_FALSE(ca.ema.empty());
   ASSERT_EQ(ca.ema.size(), cb.ema.size());
