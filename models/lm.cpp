@@ -17,6 +17,7 @@
 #include "core/error.hpp"
 #include "models/attention.hpp"
 #include "models/cpu/lm_kernels.hpp"
+#include "models/head_loss.hpp"
 
 namespace bitqat::models {
 namespace {
@@ -366,11 +367,24 @@ void BitLMImpl::init_weights() {
   if (lm_head) lm_head->weight.normal_(0.0, std);
 }
 
-at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) { return run(tokens, cache, {}, nullptr); }
+at::Tensor BitLMImpl::forward(const at::Tensor& tokens, KVCache* cache) {
+  return head(run(tokens, cache, {}, nullptr));
+}
 
 at::Tensor BitLMImpl::forward_hidden(const at::Tensor& tokens, const std::vector<int64_t>& layers,
                                      std::vector<at::Tensor>* hidden) {
+  return head(run(tokens, nullptr, layers, hidden));
+}
+
+at::Tensor BitLMImpl::features(const at::Tensor& tokens, const std::vector<int64_t>& layers,
+                               std::vector<at::Tensor>* hidden) {
   return run(tokens, nullptr, layers, hidden);
+}
+
+at::Tensor BitLMImpl::head_weight() const { return lm_head ? lm_head->weight : embed->weight; }
+
+at::Tensor BitLMImpl::head(const at::Tensor& h) const {
+  return at::linear(h, head_weight().to(h.scalar_type())).to(at::kFloat);
 }
 
 // The tables are built once per device and length, then sliced.
@@ -425,8 +439,7 @@ at::Tensor BitLMImpl::decode_step(const at::Tensor& token, StaticKVCache& cache)
   for (size_t i = 0; i < blocks.size(); ++i) h = blocks[i]->forward_static(h, cos, sin, cache, i, visible);
   h = norm->forward(h);
   cache.pos.add_(1);
-  const auto logits = lm_head ? lm_head->forward(h) : at::linear(h, embed->weight.to(h.scalar_type()));
-  return logits.select(1, 0).to(at::kFloat);
+  return head(h).select(1, 0);
 }
 
 at::Tensor BitLMImpl::run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
@@ -456,15 +469,13 @@ at::Tensor BitLMImpl::run(const at::Tensor& tokens, KVCache* cache, const std::v
       }
     }
   }
-  h = norm->forward(h);
   if (cache) cache->pos += T;
-  const auto logits = lm_head ? lm_head->forward(h) : at::linear(h, embed->weight.to(h.scalar_type()));
-  return logits.to(at::kFloat);
+  return norm->forward(h);
 }
 
 at::Tensor BitLMImpl::loss(const at::Tensor& tokens, const at::Tensor& targets) {
-  const auto logits = forward(tokens);
-  return at::cross_entropy_loss(logits.reshape({-1, logits.size(-1)}), targets.reshape({-1}));
+  const auto h = features(tokens);
+  return head_loss(h.reshape({-1, h.size(-1)}), head_weight(), targets.reshape({-1})).total;
 }
 
 }  // namespace bitqat::models

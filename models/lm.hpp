@@ -128,7 +128,15 @@ struct BitLMImpl : torch::nn::Module {
   // layers[i], [B, T, dim] in the forward's dtype), for distillation's hidden-state loss.
   at::Tensor forward_hidden(const at::Tensor& tokens, const std::vector<int64_t>& layers,
                             std::vector<at::Tensor>* hidden);
-  at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);  // mean cross-entropy
+  // What forward_hidden computes before the head: the final norm's output [B, T, dim] (the head's
+  // input, in the forward's dtype). logits = features head_weight()^T.
+  at::Tensor features(const at::Tensor& tokens, const std::vector<int64_t>& layers = {},
+                      std::vector<at::Tensor>* hidden = nullptr);
+  // The head's weight [V, dim]: lm_head's, or the embedding when tied.
+  at::Tensor head_weight() const;
+  // Mean cross-entropy of the next tokens: targets [B, T] int64 -> a float32 scalar. The head and
+  // the loss run as one node over chunks of tokens (models/head_loss.hpp): no [B, T, V] logits.
+  at::Tensor loss(const at::Tensor& tokens, const at::Tensor& targets);
 
   // Makes `cache` a static cache of `capacity` positions (<= max_seq_len) holding what `from` holds (a
   // prompt encoded by forward with a KVCache, batch 1). A cache of that capacity keeps its buffers, and
@@ -151,8 +159,10 @@ struct BitLMImpl : torch::nn::Module {
 
  private:
   void init_weights();
+  // The blocks and the final norm (features); head turns features into float32 logits.
   at::Tensor run(const at::Tensor& tokens, KVCache* cache, const std::vector<int64_t>& layers,
                  std::vector<at::Tensor>* hidden);
+  at::Tensor head(const at::Tensor& h) const;
   std::map<std::string, std::pair<at::Tensor, at::Tensor>> rope_cache_;  // device -> (cos, sin) from position 0
   const std::pair<at::Tensor, at::Tensor>& rope_for(const at::Device& device, int64_t length);
 };

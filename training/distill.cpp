@@ -13,6 +13,7 @@
 
 #include "core/error.hpp"
 #include "interop/init_source.hpp"
+#include "models/head_loss.hpp"
 #include "models/state_dict.hpp"
 #include "training/distributed.hpp"
 #include "training/run_state.hpp"
@@ -66,15 +67,15 @@ class DistillTask final : public Task {
       taps.s->tap = &qkv_s;
       taps.t->tap = &qkv_t;
     }
-    const auto logits = student_lm_->forward_hidden(b.inputs, cfg_.hidden.layers, &hs);
-    at::Tensor teacher_logits;
+    const auto fs = student_lm_->features(b.inputs, cfg_.hidden.layers, &hs);
+    at::Tensor ft;
     {
       at::NoGradGuard no_grad;
       NoAutocast fp32;
-      teacher_logits = teacher_->forward_hidden(b.inputs, cfg_.hidden.layers, &ht);
+      ft = teacher_->features(b.inputs, cfg_.hidden.layers, &ht);
     }
-    const int64_t v = logits.size(-1);
-    const auto parts = distill_loss(logits.reshape({-1, v}), teacher_logits.reshape({-1, v}), b.targets.reshape({-1}),
+    const auto parts = distill_loss(fs.reshape({-1, fs.size(-1)}), student_lm_->head_weight(),
+                                    ft.reshape({-1, ft.size(-1)}), teacher_->head_weight(), b.targets.reshape({-1}),
                                     cfg_.alpha, cfg_.temperature, hs, ht, cfg_.hidden.weight);
     parts_ = {{"loss_ce", parts.ce.detach()}, {"loss_kd", parts.kd.detach()}};
     if (parts.hidden.defined()) parts_.emplace_back("loss_hidden", parts.hidden.detach());
@@ -240,20 +241,18 @@ at::Tensor attention_relation_loss(const std::vector<at::Tensor>& student, const
   return total / static_cast<double>(student.size());
 }
 
-DistillLoss distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
+DistillLoss distill_loss(const at::Tensor& student_features, const at::Tensor& student_head,
+                         const at::Tensor& teacher_features, const at::Tensor& teacher_head, const at::Tensor& targets,
                          double alpha, double temperature, const std::vector<at::Tensor>& student_hidden,
-                         const std::vector<at::Tensor>& teacher_hidden, double hidden_weight) {
-  TORCH_CHECK(student_logits.dim() == 2 && student_logits.sizes() == teacher_logits.sizes(),
-              "distill_loss: logits must be [N, V] and of one shape, got ", student_logits.sizes(), " and ",
-              teacher_logits.sizes());
+                         const std::vector<at::Tensor>& teacher_hidden, double hidden_weight, int64_t chunk_tokens) {
   TORCH_CHECK(student_hidden.size() == teacher_hidden.size(), "distill_loss: ", student_hidden.size(), " vs ",
               teacher_hidden.size(), " hidden states");
+  const auto head = models::head_loss(student_features, student_head, targets, teacher_features, teacher_head, alpha,
+                                      temperature, chunk_tokens);
   DistillLoss out;
-  out.ce = at::cross_entropy_loss(student_logits, targets);
-  const auto ls = at::log_softmax(student_logits / temperature, -1);
-  const auto lt = at::log_softmax(teacher_logits.detach().to(ls.scalar_type()) / temperature, -1);
-  out.kd = (lt.exp() * (lt - ls)).sum(-1).mean();
-  out.total = alpha * out.ce + (1.0 - alpha) * temperature * temperature * out.kd;
+  out.ce = head.ce;
+  out.kd = head.kd;
+  out.total = head.total;
   if (!student_hidden.empty()) {
     std::vector<at::Tensor> mses;
     for (size_t i = 0; i < student_hidden.size(); ++i) {

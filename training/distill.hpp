@@ -53,11 +53,15 @@ struct DistillLoss {
 at::Tensor attention_relation_loss(const std::vector<at::Tensor>& student, const std::vector<at::Tensor>& teacher,
                                    int64_t heads);
 
-// The loss above. student_logits / teacher_logits [N, V] (any float dtype; the teacher's carry no
-// gradient), targets [N] int64, hidden lists of equal length with equal shapes.
-DistillLoss distill_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits, const at::Tensor& targets,
+// The loss above. The logits are features x head^T, never formed for all tokens at once: the head
+// and the CE and KL terms run as models::head_loss (chunk_tokens tokens at a time; 0: its default).
+// student_features [N, d_s] and student_head [V, d_s]; teacher_features [N, d_t] and teacher_head
+// [V, d_t] (no gradient); targets [N] int64; hidden lists of equal length with equal shapes.
+DistillLoss distill_loss(const at::Tensor& student_features, const at::Tensor& student_head,
+                         const at::Tensor& teacher_features, const at::Tensor& teacher_head, const at::Tensor& targets,
                          double alpha, double temperature, const std::vector<at::Tensor>& student_hidden = {},
-                         const std::vector<at::Tensor>& teacher_hidden = {}, double hidden_weight = 0.0);
+                         const std::vector<at::Tensor>& teacher_hidden = {}, double hidden_weight = 0.0,
+                         int64_t chunk_tokens = 0);
 
 // Wraps the student's task (kind lm) with a teacher read from cfg.distill.teacher (or init_from),
 // on rank 0 only, then broadcast. The returned task's loss() is the distillation loss, its

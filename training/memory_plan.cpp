@@ -18,6 +18,7 @@
 #include "interop/init_source.hpp"
 #include "models/attention.hpp"
 #include "models/factory.hpp"
+#include "models/head_loss.hpp"
 #include "schedules/schedule.hpp"
 #include "training/shard_layout.hpp"
 #include "training/ternary_gather.hpp"
@@ -34,7 +35,7 @@ std::string gib(int64_t bytes) { return fmt::format("{:.2f}", static_cast<double
 struct LMActivations {
   int64_t block = 0;    // what one block saves for its backward pass
   int64_t input = 0;    // a block's input (what a checkpointed block keeps)
-  int64_t outside = 0;  // the final norm and the head's input (the logits are a transient)
+  int64_t outside = 0;  // the final norm's input and the fused head's gradients (the logits are a transient)
   std::string formula;
 };
 
@@ -63,8 +64,9 @@ struct LMActivations {
 //   relu2: u and relu^2(u) (relu_squared, down's SubLN)             2 e M f
 //   gated: gate output, act(gate), up output, product               4 e M f (the product only with SubLN)
 //   down: r, codes                                                  4 M + M f + 4 M
-// Outside the blocks: the final norm's input (the last block's output) and r, 4 M d + 4 M, and the
-// head's input, 4 M d (e M d under autocast).
+// Outside the blocks: the final norm's input (the last block's output) and r, 4 M d + 4 M, and what
+// the fused head + loss (models/head_loss.hpp) holds from the forward to the backward pass: the
+// gradients of its input, e M d, and of the head's weight, 4 V d (the head's input itself is not kept).
 LMActivations lm_activations(const models::LMConfig& c, int64_t B, int64_t T, bool cuda, int e) {
   const int64_t M = B * T, d = c.dim, H = c.n_heads, dq = c.n_heads * c.head_dim(),
                 dkv = c.n_kv_heads * c.head_dim(), f = c.ffn_dim;
@@ -78,7 +80,7 @@ LMActivations lm_activations(const models::LMConfig& c, int64_t B, int64_t T, bo
     codes = (M * d + 8 * M) * 2 + M * f + 8 * M;
     ffn_float = c.gated() ? 4 * M * f * (c.sub_norm ? 4 : 3) : 4 * M * f;
     a.block = 2 * 4 * M * d + codes + attn + o_proj + ffn_float;
-    a.outside = 4 * M * d + 4 * M + 4 * M * d;
+    a.outside = 4 * M * d + 4 * M + 4 * M * d + 4 * c.vocab_size * d;
     a.formula = fmt::format(
         "CPU path, M = {} tokens: per block 8Md + codes {} + attention {} + o {} + FFN {} = {} bytes", M, codes,
         attn, o_proj, ffn_float, a.block);
@@ -89,7 +91,7 @@ LMActivations lm_activations(const models::LMConfig& c, int64_t B, int64_t T, bo
     codes = 3 * (M * d + 4 * M) + (c.gated() ? 2 : 1) * (M * d + 4 * M) + 4 * M + M * f + 4 * M;
     ffn_float = c.gated() ? e * M * f * (c.sub_norm ? 4 : 3) : e * M * f * (c.sub_norm ? 2 : 1);
     a.block = 2 * 4 * M * d + 2 * 4 * M + codes + attn + o_proj + ffn_float;
-    a.outside = 4 * M * d + 4 * M + e * M * d;
+    a.outside = 4 * M * d + 4 * M + e * M * d + 4 * c.vocab_size * d;
     a.formula = fmt::format(
         "GPU path, M = {} tokens: per block 8Md + 8M + codes {} + attention {} + o {} + FFN {} = {} bytes", M, codes,
         attn, o_proj, ffn_float, a.block);
@@ -391,7 +393,7 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   // Saved activations and the transients they imply; a recomputed block saves its weight codes (CPU)
   // while it is recomputed.
   const auto copies = weight_copies(*h.module, model, p.cuda, p.activation_bytes == 2, p.checkpointing);
-  int64_t recompute = copies.recomputed, logits = 0;
+  int64_t recompute = copies.recomputed, logits = 0, head_chunk = 0;
   if (model.kind == models::ModelKind::kLM && tokens) {
     const auto& lm = model.lm;
     const auto a = lm_activations(lm, p.batch, p.seq_len, p.cuda, p.activation_bytes);
@@ -402,7 +404,9 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
                     lm.n_layers - c, a.block, c, a.input, a.outside,
                     zero3 ? "; dist.shard parameters recomputes every block" : ""));
     if (c > 0) recompute += a.block;
-    logits = 4 * p.batch * p.seq_len * lm.vocab_size * (cfg.distill.enabled ? 3 : 2);
+    // The fused head's chunk buffers (models/head_loss.hpp): 2 [C, V] float32 without a teacher, 4 with one.
+    head_chunk = std::min(models::head_loss_chunk(lm.vocab_size), p.batch * p.seq_len);
+    logits = 4 * head_chunk * lm.vocab_size * (cfg.distill.enabled ? 4 : 2);
   } else {
     p.activations_estimated = false;
     add("saved activations", 0, fmt::format("not estimated for model.kind {}", models::to_string(model.kind)));
@@ -429,15 +433,15 @@ MemoryPlan memory_plan(const Config& cfg, int world) {
   if (transient == 0) {
     what = "none";
   } else if (transient == logits) {
-    what = fmt::format("logits and their gradient {} x 4 B T vocab{}", cfg.distill.enabled ? 3 : 2,
-                       cfg.distill.enabled ? " (with the teacher's)" : "");
+    what = fmt::format("the head + loss over chunks of C = {} tokens: {} x 4 C vocab{}", head_chunk,
+                       cfg.distill.enabled ? 4 : 2, cfg.distill.enabled ? " (with the teacher's)" : "");
   } else if (transient == recompute) {
     what = "one block's activations and weight codes, recomputed";
   } else {
     what = "all-gather of updated parameters, two buckets 4 W chunk";
   }
   add("largest transient", transient,
-      fmt::format("{} (of logits {}, recompute {}, all-gather {})", what, logits, recompute, gather));
+      fmt::format("{} (of head {}, recompute {}, all-gather {})", what, logits, recompute, gather));
 
   add("quantized weight copies", copies.bytes, copies.formula);
   int64_t teacher = 0;

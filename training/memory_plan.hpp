@@ -28,11 +28,14 @@
 // the all-gather wire buffers of the two blocks in flight that are not parameters themselves: their
 // ternary weights' 2-bit codes at lambda_w 1, W chunk / 4 bytes (a float32 tensor is gathered into the
 // buffer that becomes its parameter, counted under parameters).
-// largest transient: the biggest of the logits and their gradient (2 x 4 * B * T * vocab, a third
-// copy for a distillation teacher's logits), one block's activations (and, on the CPU, its int8 weight
+// largest transient: the biggest of the fused head + loss's chunk buffers (models/head_loss.hpp:
+// C = min(head_loss_chunk(vocab), B * T) tokens at a time, 2 x 4 * C * vocab, 4 x with a distillation
+// teacher), one block's activations (and, on the CPU, its int8 weight
 // codes) while it is recomputed (activation checkpointing), and the all-gather of updated parameters
 // (optimizer and gradients: two buckets' wire buffers at a time).
-// saved activations: memory_plan.cpp counts what BitLM's blocks save for the backward pass.
+// saved activations: memory_plan.cpp counts what BitLM's blocks save for the backward pass, and the
+// fused head's gradients (the head weight's, 4 V d, moves into the gradients term at the head's
+// backward: counted in both, the plan is conservative by it).
 // quantized weight copies: what the forward keeps per quantized weight besides the fp32 latent one
 // (the GPU kernels' packed and bf16 copies; the CPU's int8 codes, saved for the backward by the blocks
 // that are not recomputed).

@@ -614,7 +614,7 @@ TEST(Cli, PlanPrintsTheTermsAndRefusesWhatDoesNotFit) {
   EXPECT_EQ(run("plan " + cfg + " --world-size 8 --set device.memory_gb=79").out, r.out);  // deterministic
   r = run("plan " + cfg + " --world-size 8 --set dist.shard=none --set device.memory_gb=79");
   EXPECT_EQ(r.code, 2) << r.out;
-  EXPECT_NE(r.out.find("bitqat plan: error: the memory plan needs 192.46 GiB (206649262080 bytes) per rank (dist.shard "
+  EXPECT_NE(r.out.find("bitqat plan: error: the memory plan needs 190.56 GiB (204614608896 bytes) per rank (dist.shard "
                        "none, world size 8), more than the 79.00 GiB of --set device.memory_gb=79: device.memory_gb = "
                        "79; the biggest term is optimizer state, 59.83 GiB"),
             std::string::npos)

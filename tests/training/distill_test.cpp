@@ -94,7 +94,8 @@ TEST(DistillLoss, EqualsTheDefinitionsComputedByHand) {
   const auto zt = at::randn({5, 7}, at::kDouble) * 2;
   const auto y = at::randint(0, 7, {5}, at::kLong);
   for (double temp : {1.0, 2.5}) {
-    const auto l = distill_loss(zs, zt, y, 0.3, temp);
+    const auto eye = at::eye(7, at::kDouble);  // heads that pass features through: logits = zs, zt
+    const auto l = distill_loss(zs, eye, zt, eye, y, 0.3, temp);
     double ce, kd, total;
     by_hand(zs, zt, y, 0.3, temp, &ce, &kd, &total);
     EXPECT_NEAR(l.ce.item<double>(), ce, 1e-12);
@@ -104,7 +105,8 @@ TEST(DistillLoss, EqualsTheDefinitionsComputedByHand) {
     EXPECT_FALSE(l.hidden.defined());
   }
   // Identical logits: KL is exactly 0 (the same log-softmax on both sides), the total is alpha * CE.
-  const auto same = distill_loss(zs, zs.clone(), y, 0.3, 2.0);
+  const auto eye = at::eye(7, at::kDouble);
+  const auto same = distill_loss(zs, eye, zs.clone(), eye, y, 0.3, 2.0);
   EXPECT_EQ(same.kd.item<double>(), 0.0);
   EXPECT_EQ(same.total.item<double>(), 0.3 * same.ce.item<double>());
 }
@@ -124,7 +126,7 @@ TEST(DistillLoss, GradientsMatchFiniteDifferencesInDouble) {
   const auto ht = at::randn({8, 6}, opts) * 0.5;
   auto f = [&](const at::Tensor& a, const at::Tensor& b) {
     const auto h = at::tanh(at::matmul(x, a.t()));
-    return distill_loss(at::matmul(h, b.t()), zt, y, 0.3, 2.0, {h}, {ht}, 0.7).total;
+    return distill_loss(h, b, zt, at::eye(9, opts), y, 0.3, 2.0, {h}, {ht}, 0.7, /*chunk_tokens=*/3).total;
   };
   f(w1, w2).backward();
   const double h = 1e-5;
