@@ -1,5 +1,6 @@
 #include "bitlinear/quantized_linear.hpp"
 
+#include <ATen/cpu/Utils.h>
 #include <ATen/record_function.h>
 #include <fmt/format.h>
 #include <torch/autograd.h>
@@ -22,12 +23,21 @@ constexpr int64_t kExactFloatK = (int64_t{1} << 24) / 128;  // |acc| <= 128 K mu
 // scales) run the composed ATen ops on the codes held in the compute dtype.
 bool int8_path(const at::Tensor& codes) { return codes.scalar_type() == at::kChar; }
 
-// acc = a b^T for int8 a [M, K], b [N, K]: int32, exact. LibTorch 2.11's CPU at::_int_mm returns
-// wrong sums for K = 1 (oneDNN's gemm is handed leading dimensions taken from the strides of a
-// size-1 dimension and rejects the call silently; pytorch/pytorch#195066), so K = 1 is the
-// broadcast product of the two columns.
+// acc = a b^T for int8 activation codes a [M, K] and weight codes b [N, K] in {-1, 0, 1}: int32, exact.
+// - LibTorch 2.11's CPU at::_int_mm returns wrong sums for K = 1 (oneDNN's gemm is handed leading
+//   dimensions taken from the strides of a size-1 dimension and rejects the call silently;
+//   pytorch/pytorch#195066), so K = 1 is the broadcast product of the two columns.
+// - at::_int_mm reaches oneDNN's int8 gemm only on CPUs with AVX-512 VNNI; elsewhere it runs a scalar
+//   loop, 10 to 25 times slower than a float32 sgemm of the same shape (AMD EPYC with AVX2 only, one
+//   thread, LibTorch 2.11, 2026-12-07, M x K x N: 3136 x 64 x 256 128 ms against 11 ms; 3136 x 64 x 192
+//   76 against 3.4; 2048 x 576 x 1536 2948 against 166). There the product is taken in float32 and
+//   converted: every partial sum is an integer of magnitude <= 128 K < 2^24 (callers keep K below
+//   kExactFloatK), exactly representable in float32, so the result is the int32 sums whatever order
+//   the sgemm adds in.
 at::Tensor int8_product(const at::Tensor& a, const at::Tensor& b) {
   if (a.size(1) == 1) return a.to(at::kInt) * b.to(at::kInt).t();
+  static const bool int8_gemm = at::cpu::is_avx512_vnni_supported();
+  if (!int8_gemm && a.size(1) < kExactFloatK) return at::mm(a.to(at::kFloat), b.to(at::kFloat).t()).to(at::kInt);
   return at::_int_mm(a.contiguous(), b.t());
 }
 
