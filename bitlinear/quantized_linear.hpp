@@ -3,15 +3,15 @@
 // with cx the int8 activation codes (scale s per token or per tensor) and cw the ternary / binary
 // weight codes (scale gamma per tensor, channel or group). The products of codes are summed exactly:
 // for float32 inputs quantized per token by an int8 x int8 -> int32 matmul (at::_int_mm, oneDNN's
-// s8s8s32 gemm, on CPUs with AVX-512 VNNI; on others at::_int_mm is a scalar loop, and the codes are
-// multiplied as float32 by sgemm, exact by the bound below); otherwise (float64 inputs for gradient checks, per-tensor activation scales, bf16
-// widened to float32) by a matmul of the codes held in the compute dtype, exact while each partial
-// sum stays below 2^24 (float32) or 2^53. oneDNN's int8 kernels without VNNI add pairs of products in
-// int16 after shifting one operand by 128; with activation codes in [-127, 127] (a finite row's
-// largest |x| maps to 127, so -128 never occurs) and weight codes in [-1, 1] a pair stays below
-// 2^15, so the sums are exact on every instruction set (tested under ONEDNN_MAX_CPU_ISA = SSE41,
-// AVX2, AVX512_CORE and the CPU's best). Each sum then converts to float exactly while
-// |acc| <= 128 K < 2^24, i.e. for K < 131072.
+// s8s8s32 gemm, on CPUs with AVX-512 VNNI; on others at::_int_mm is a scalar loop, and the codes
+// are multiplied as float32 by sgemm, exact by the bound below); otherwise (float64 inputs for
+// gradient checks, per-tensor activation scales, bf16 widened to float32) by a matmul of the codes
+// held in the compute dtype, exact while each partial sum stays below 2^24 (float32) or 2^53.
+// oneDNN's int8 kernels without VNNI add pairs of products in int16 after shifting one operand by
+// 128; with activation codes in [-127, 127] (a finite row's largest |x| maps to 127, so -128 never
+// occurs) and weight codes in [-1, 1] a pair stays below 2^15, so the sums are exact on every
+// instruction set (tested under ONEDNN_MAX_CPU_ISA = SSE41, AVX2, AVX512_CORE and the CPU's best).
+// Each sum then converts to float exactly while |acc| <= 128 K < 2^24, i.e. for K < 131072.
 // The scales are applied in the order of the W1.58A8 reference epilogue (cuda/reference.hpp
 // epilogue_ref), so this layer computes bit for bit what PackedBitLinear computes on the CPU. The
 // fake-quant formula (x_q W_q^T in float) is the same value up to float rounding.
