@@ -90,8 +90,6 @@ class Meta {
   std::string origin_;
 };
 
-std::string shape_text(at::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
-
 }  // namespace
 
 models::LMConfig lm_config_from_gguf(const gguf::File& f, const std::string& origin) {
@@ -182,8 +180,8 @@ GGUFCheckpoint load_gguf_llama(const std::string& path) {
     }
     const std::vector<int64_t> torch_shape(t->ne.rbegin(), t->ne.rend());
     if (torch_shape != shape) {
-      throw core::UserError(fmt::format("{}: tensor '{}' has shape {} (torch order), the metadata implies {}", path,
-                                        gname, shape_text(torch_shape), shape_text(shape)));
+      throw core::UserError(fmt::format("{}: tensor '{}' has shape [{}] (torch order), the metadata implies [{}]", path,
+                                        gname, fmt::join(torch_shape, ", "), fmt::join(shape, ", ")));
     }
     // A copy of the tensor's entry (it views the mapping), so the lazy tensors stand on their own.
     const gguf::Tensor src = *t;

@@ -62,8 +62,6 @@ std::string get_string(const nlohmann::json& j, const std::string& origin, const
   return j[key].get<std::string>();
 }
 
-std::string shape_text(at::IntArrayRef s) { return fmt::format("[{}]", fmt::join(s, ", ")); }
-
 }  // namespace
 
 LMConfig lm_config_from_hf(const nlohmann::json& j, const std::string& origin) {
@@ -147,8 +145,8 @@ models::LazyTensors bitqat_tensors_from_hf(const std::map<std::string, at::Tenso
           fmt::format("{}: tensor '{}' is missing (a Llama model with this config.json needs it)", origin, hf_name));
     }
     if (it->second.sizes() != at::IntArrayRef(shape)) {
-      throw core::UserError(fmt::format("{}: tensor '{}' has shape {}, config.json implies {}", origin, hf_name,
-                                        shape_text(it->second.sizes()), shape_text(shape)));
+      throw core::UserError(fmt::format("{}: tensor '{}' has shape [{}], config.json implies [{}]", origin, hf_name,
+                                        fmt::join(it->second.sizes(), ", "), fmt::join(shape, ", ")));
     }
     if (!at::isFloatingType(it->second.scalar_type())) {
       throw core::UserError(fmt::format("{}: tensor '{}' has dtype {}, expected a floating-point type", origin, hf_name,

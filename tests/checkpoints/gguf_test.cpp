@@ -57,7 +57,7 @@ File sample_file() {
   return f;
 }
 
-std::string error_of(const std::string& bytes) {
+std::string gguf_error(const std::string& bytes) {
   try {
     decode(bytes, "m.gguf");
   } catch (const bitqat::core::UserError& e) {
@@ -173,12 +173,12 @@ TEST(GgufFile, RoundTripsMetadataAndTensors) {
 
 TEST(GgufFile, RefusesMalformedFiles) {
   const auto bytes = encode(sample_file());
-  EXPECT_NE(error_of("GGUX" + bytes.substr(4)).find("magic"), std::string::npos);
+  EXPECT_NE(gguf_error("GGUX" + bytes.substr(4)).find("magic"), std::string::npos);
   auto v2 = bytes;
   v2[4] = 2;
-  EXPECT_NE(error_of(v2).find("version 2"), std::string::npos);
-  EXPECT_NE(error_of(bytes.substr(0, 40)).find("truncated"), std::string::npos);
-  EXPECT_NE(error_of(bytes.substr(0, bytes.size() - 100)).find("past the end"), std::string::npos);
+  EXPECT_NE(gguf_error(v2).find("version 2"), std::string::npos);
+  EXPECT_NE(gguf_error(bytes.substr(0, 40)).find("truncated"), std::string::npos);
+  EXPECT_NE(gguf_error(bytes.substr(0, bytes.size() - 100)).find("past the end"), std::string::npos);
 }
 
 TEST(GgufFile, DimensionsWhoseProductOverflowsAreRefused) {
@@ -198,7 +198,7 @@ TEST(GgufFile, DimensionsWhoseProductOverflowsAreRefused) {
     patched.append(reinterpret_cast<const char*>(&v), 8);
   }
   patched += bytes.substr(at + 4 + 8) + std::string(16384, '\0');
-  const auto e = error_of(patched);
+  const auto e = gguf_error(patched);
   EXPECT_NE(e.find("tensor t: dimensions [65536, 65536, 65536, 65536] need more bytes than the whole"),
             std::string::npos)
       << e;
@@ -329,7 +329,7 @@ TEST(GgufFile, MetadataIsReadableWhateverTheTensorTypes) {
   ASSERT_NE(name_at, std::string::npos);
   const uint32_t iq2_xxs = 16;
   std::memcpy(&bytes[name_at + 9 + 4 + 8], &iq2_xxs, 4);
-  EXPECT_NE(error_of(bytes).find("ggml type IQ2_XXS (16) is not supported"), std::string::npos) << error_of(bytes);
+  EXPECT_NE(gguf_error(bytes).find("ggml type IQ2_XXS (16) is not supported"), std::string::npos) << gguf_error(bytes);
   const auto meta = decode_metadata(bytes, "m.gguf");
   ASSERT_EQ(meta.size(), 2u);
   EXPECT_EQ(meta[0].first, "tokenizer.ggml.model");

@@ -12,7 +12,7 @@ using namespace bitqat::checkpoints;
 
 namespace {
 
-std::string error_of(const std::string& bytes) {
+std::string safetensors_error(const std::string& bytes) {
   try {
     decode_safetensors(bytes, "f.safetensors");
   } catch (const bitqat::core::UserError& e) {
@@ -64,43 +64,46 @@ TEST(Safetensors, RoundTripsEveryDtype) {
 }
 
 TEST(Safetensors, MalformedFilesAreRefusedWithTheReason) {
-  EXPECT_EQ(error_of("abc"),
+  EXPECT_EQ(safetensors_error("abc"),
             "f.safetensors: not a valid safetensors file: 3 bytes is shorter than the 8-byte header length");
-  EXPECT_NE(error_of(std::string("\xff\x00\x00\x00\x00\x00\x00\x00{}", 10)).find("header length 255 runs past the end"),
+  EXPECT_NE(safetensors_error(std::string("\xff\x00\x00\x00\x00\x00\x00\x00{}", 10))
+                .find("header length 255 runs past the end"),
             std::string::npos);
-  EXPECT_NE(error_of(with_header("[1,2]", "")).find("the header is not a JSON object"), std::string::npos);
-  EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"F8","shape":[1],"data_offsets":[0,1]}})", "x"))
+  EXPECT_NE(safetensors_error(with_header("[1,2]", "")).find("the header is not a JSON object"), std::string::npos);
+  EXPECT_NE(safetensors_error(with_header(R"({"a":{"dtype":"F8","shape":[1],"data_offsets":[0,1]}})", "x"))
                 .find("tensor 'a' has unsupported dtype 'F8'"),
             std::string::npos);
-  EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "xxxx"))
+  EXPECT_NE(safetensors_error(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,4]}})", "xxxx"))
                 .find("hold 4 bytes, its F32 shape needs 8"),
             std::string::npos);
-  EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "xxxx"))
+  EXPECT_NE(safetensors_error(with_header(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}})", "xxxx"))
                 .find("past the 4 bytes of data (truncated file?)"),
             std::string::npos);
   EXPECT_NE(
-      error_of(
+      safetensors_error(
           with_header(
               R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]},"b":{"dtype":"U8","shape":[2],"data_offsets":[1,3]}})",
               "xxx"))
           .find("overlap or gap"),
       std::string::npos);
-  EXPECT_NE(error_of(with_header(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "xxxx"))
+  EXPECT_NE(safetensors_error(with_header(R"({"a":{"dtype":"U8","shape":[2],"data_offsets":[0,2]}})", "xxxx"))
                 .find("2 bytes of data follow the last tensor"),
             std::string::npos);
-  EXPECT_NE(
-      error_of(with_header(R"({"a":{"dtype":"U8","shape":[2]}})", "xx")).find("lacks dtype, shape or data_offsets"),
-      std::string::npos);
+  EXPECT_NE(safetensors_error(with_header(R"({"a":{"dtype":"U8","shape":[2]}})", "xx"))
+                .find("lacks dtype, shape or data_offsets"),
+            std::string::npos);
 }
 
 TEST(Safetensors, ShapesWhoseElementCountOverflowsAreRefused) {
   // 2^32 x 2^32 elements: the product wraps to 0 in 64 bits, which matched the empty data range.
-  EXPECT_EQ(error_of(with_header(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "")),
+  EXPECT_EQ(safetensors_error(
+                with_header(R"({"a":{"dtype":"U8","shape":[4294967296,4294967296],"data_offsets":[0,0]}})", "")),
             "f.safetensors: not a valid safetensors file: tensor 'a': shape [4294967296, 4294967296] of U8 needs more "
             "bytes than the whole 81-byte file");
-  EXPECT_EQ(error_of(with_header(R"({"a":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,0]}})", "")),
-            "f.safetensors: not a valid safetensors file: tensor 'a': shape entry 9223372036854775808 is not an "
-            "integer in [0, 2^63)");
+  EXPECT_EQ(
+      safetensors_error(with_header(R"({"a":{"dtype":"F32","shape":[9223372036854775808],"data_offsets":[0,0]}})", "")),
+      "f.safetensors: not a valid safetensors file: tensor 'a': shape entry 9223372036854775808 is not an "
+      "integer in [0, 2^63)");
 }
 
 // Saving streams the same bytes encode_safetensors builds; loading maps the file: the tensors view

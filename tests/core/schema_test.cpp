@@ -63,7 +63,7 @@ Toy parse(const std::string& yaml) {
   return t;
 }
 
-std::string error_of(const std::string& yaml) {
+std::string parse_error(const std::string& yaml) {
   try {
     parse(yaml);
   } catch (const ConfigError& e) {
@@ -99,20 +99,20 @@ TEST(Schema, DefaultsComeFromTheStructAndComputedKeysFromEarlierOnes) {
 }
 
 TEST(Schema, ErrorsNameTheLineTheKeyTheValueAndWhatWasExpected) {
-  EXPECT_EQ(error_of("toy: {path: p, width: 65}"), "t.yaml:1: toy.width = 65: expected a value in [1, 64]");
-  EXPECT_EQ(error_of("toy: {path: p, width: wide}"), "t.yaml:1: toy.width = wide: expected an integer");
-  EXPECT_EQ(error_of("toy: {path: p, colour: green}"),
+  EXPECT_EQ(parse_error("toy: {path: p, width: 65}"), "t.yaml:1: toy.width = 65: expected a value in [1, 64]");
+  EXPECT_EQ(parse_error("toy: {path: p, width: wide}"), "t.yaml:1: toy.width = wide: expected an integer");
+  EXPECT_EQ(parse_error("toy: {path: p, colour: green}"),
             "t.yaml:1: toy.colour = green: expected one of blue|greenish|red");
-  EXPECT_EQ(error_of("toy: {path: p, name: a/b}"), "t.yaml:1: toy.name = a/b: expected a name without '/'");
-  EXPECT_EQ(error_of("toy: {path: p, seed: -1}"),
+  EXPECT_EQ(parse_error("toy: {path: p, name: a/b}"), "t.yaml:1: toy.name = a/b: expected a name without '/'");
+  EXPECT_EQ(parse_error("toy: {path: p, seed: -1}"),
             "t.yaml:1: toy.seed = -1: expected an integer in [0, 9223372036854775807]");
-  EXPECT_EQ(error_of("toy: {path: p, layers: [1.5]}"), "t.yaml:1: toy.layers = [1.5]: expected a list of integers");
-  EXPECT_EQ(error_of("toy: {width: 2}"), "t.yaml:1: toy: required key 'toy.path' is missing (a string)");
-  EXPECT_EQ(error_of("toy: {path: p, depth: 2}"),
+  EXPECT_EQ(parse_error("toy: {path: p, layers: [1.5]}"), "t.yaml:1: toy.layers = [1.5]: expected a list of integers");
+  EXPECT_EQ(parse_error("toy: {width: 2}"), "t.yaml:1: toy: required key 'toy.path' is missing (a string)");
+  EXPECT_EQ(parse_error("toy: {path: p, depth: 2}"),
             "t.yaml:1: toy.depth: unknown key 'depth'; expected one of: colour, height, layers, name, on, path, rate, "
             "schedule, seed, tags, width");
   // The section's own check, after every key.
-  EXPECT_EQ(error_of("toy: {path: p, width: 6, height: 5}"), "t.yaml:1: toy.height = 5: expected at least width");
+  EXPECT_EQ(parse_error("toy: {path: p, width: 6, height: 5}"), "t.yaml:1: toy.height = 5: expected at least width");
 }
 
 TEST(Schema, ExtraKeysAreLeftToTheirOwnReaders) {

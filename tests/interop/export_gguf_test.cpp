@@ -15,6 +15,7 @@
 #include "core/error.hpp"
 #include "tests/command.hpp"
 #include "tests/llama_cpp.hpp"
+#include "tests/temp_dir.hpp"
 #include "training/run_loader.hpp"
 #include "training/task.hpp"
 #include "training/trainer.hpp"
@@ -58,21 +59,14 @@ interop::GgufExportOptions opts(gguf::GgmlType type) {
   return o;
 }
 
-std::string error_of(const models::BitLM& lm, const interop::GgufExportOptions& o = opts(gguf::GgmlType::kTQ2_0)) {
+std::string gguf_export_error(const models::BitLM& lm,
+                              const interop::GgufExportOptions& o = opts(gguf::GgmlType::kTQ2_0)) {
   try {
     interop::check_gguf_compatible(*lm, o);
   } catch (const core::UserError& e) {
     return e.what();
   }
   return "";
-}
-
-fs::path temp_dir() {
-  const auto d = fs::temp_directory_path() / ("bitqat_gguf_export_" + std::to_string(::getpid()) + "_" +
-                                              ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
 }
 
 at::Tensor half_rounded(const at::Tensor& x) { return x.to(at::kHalf).to(at::kFloat); }
@@ -105,7 +99,7 @@ TEST(GgufExport, WritesTheBitnetLayoutWithExactCodesForEveryType) {
   at::manual_seed(3);
   const auto ternary = make_lm(tiny());
   const auto binary_lm = make_lm(tiny(), binary(128));
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_export");
   for (auto type : kTypes) {
     const auto& lm = type == gguf::GgmlType::kQ1_0 ? binary_lm : ternary;
     const auto path = (dir / fmt::format("m_{}.gguf", gguf::to_string(type))).string();
@@ -203,7 +197,7 @@ TEST(GgufExport, WritesTheLlamaLayoutWithRopeRowsPermuted) {
 
 TEST(GgufExport, RefusesWhatLlamaCppWouldComputeDifferently) {
   // llama.cpp's graphs are SiLU-gated: a relu2 family FFN is refused, naming model.ffn.
-  auto e = error_of(make_lm(tiny(models::Ffn::kRelu2Glu)));
+  auto e = gguf_export_error(make_lm(tiny(models::Ffn::kRelu2Glu)));
   EXPECT_NE(e.find("model.ffn = relu2_glu: llama.cpp's bitnet and llama graphs compute a SiLU-gated FFN"),
             std::string::npos)
       << e;
@@ -217,11 +211,11 @@ TEST(GgufExport, RefusesWhatLlamaCppWouldComputeDifferently) {
   EXPECT_NE(warnings[0].find("llama.cpp will not compute what was trained"), std::string::npos);
   EXPECT_EQ(interop::gguf_from_lm(*make_lm(tiny(models::Ffn::kRelu2Glu)), force).find("bitnet.hidden_activation")->data,
             "relu2");
-  e = error_of(make_lm(tiny(models::Ffn::kRelu2)), force);  // no gate projection at all
+  e = gguf_export_error(make_lm(tiny(models::Ffn::kRelu2)), force);  // no gate projection at all
   EXPECT_NE(e.find("model.ffn = relu2:"), std::string::npos) << e;
   auto c = tiny();
   c.tie_embeddings = false;
-  EXPECT_NE(error_of(make_lm(c)).find("model.tie_embeddings"), std::string::npos);
+  EXPECT_NE(gguf_export_error(make_lm(c)).find("model.tie_embeddings"), std::string::npos);
   c = tiny();
   c.vocab_size = 300;
   try {
@@ -233,30 +227,31 @@ TEST(GgufExport, RefusesWhatLlamaCppWouldComputeDifferently) {
   c = tiny();
   c.dim = 128;
   c.ffn_dim = 256;
-  EXPECT_NE(error_of(make_lm(c)).find("multiples of 256"), std::string::npos);
-  EXPECT_EQ(error_of(make_lm(c), opts(gguf::GgmlType::kQ2_0)), "");  // Q2_0 blocks are 64 wide
+  EXPECT_NE(gguf_export_error(make_lm(c)).find("multiples of 256"), std::string::npos);
+  EXPECT_EQ(gguf_export_error(make_lm(c), opts(gguf::GgmlType::kQ2_0)), "");  // Q2_0 blocks are 64 wide
   bitlinear::QuantSpec groups;
   groups.weight.granularity = bitlinear::Granularity::kPerGroup;
   groups.weight.group_size = 128;
-  EXPECT_NE(error_of(make_lm(tiny(), groups)).find("group_size = 128"), std::string::npos);
-  EXPECT_EQ(error_of(make_lm(tiny(), groups), opts(gguf::GgmlType::kQ2_0)), "");
+  EXPECT_NE(gguf_export_error(make_lm(tiny(), groups)).find("group_size = 128"), std::string::npos);
+  EXPECT_EQ(gguf_export_error(make_lm(tiny(), groups), opts(gguf::GgmlType::kQ2_0)), "");
   groups.weight.group_size = 32;
-  EXPECT_NE(error_of(make_lm(tiny(), groups), opts(gguf::GgmlType::kQ2_0)).find("group_size = 32"), std::string::npos);
-  e = error_of(make_lm(tiny()), opts(gguf::GgmlType::kQ1_0));  // ternary weights have no Q1_0 form
+  EXPECT_NE(gguf_export_error(make_lm(tiny(), groups), opts(gguf::GgmlType::kQ2_0)).find("group_size = 32"),
+            std::string::npos);
+  e = gguf_export_error(make_lm(tiny()), opts(gguf::GgmlType::kQ1_0));  // ternary weights have no Q1_0 form
   EXPECT_NE(e.find("has weights 'ternary'"), std::string::npos) << e;
-  EXPECT_NE(error_of(make_lm(tiny(), binary(64)), opts(gguf::GgmlType::kQ1_0)).find("group_size = 64"),
+  EXPECT_NE(gguf_export_error(make_lm(tiny(), binary(64)), opts(gguf::GgmlType::kQ1_0)).find("group_size = 64"),
             std::string::npos);
   bitlinear::QuantSpec a4;
   a4.act.bits = 4;
-  EXPECT_NE(error_of(make_lm(tiny(), a4)).find("8 bits"), std::string::npos);
-  EXPECT_EQ(error_of(make_lm(tiny())), "");
-  EXPECT_EQ(error_of(make_lm(tiny(models::Ffn::kSwiglu, false))), "");
+  EXPECT_NE(gguf_export_error(make_lm(tiny(), a4)).find("8 bits"), std::string::npos);
+  EXPECT_EQ(gguf_export_error(make_lm(tiny())), "");
+  EXPECT_EQ(gguf_export_error(make_lm(tiny(models::Ffn::kSwiglu, false))), "");
 }
 
 // Every block scale becomes an fp16 d: values it cannot hold are refused, naming the layer and the
 // value, and nothing is written.
 TEST(GgufExport, ScalesAnFp16CannotHoldAreRefused) {
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_export");
   for (const double scale : {1e5, 1e-9}) {
     auto lm = make_lm(tiny());
     {
@@ -304,7 +299,7 @@ void expect_reader_agrees(const std::string& script, const std::vector<gguf::Ggm
   at::manual_seed(5);
   const auto ternary = make_lm(tiny(models::Ffn::kSwiglu, false));
   const auto binary_lm = make_lm(tiny(models::Ffn::kSwiglu, false), binary(128));
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_export");
   for (auto type : types) {
     const std::string t = gguf::to_string(type);
     const auto path = (dir / (t + ".gguf")).string();
@@ -440,8 +435,9 @@ class GgufInLlamaCpp : public ::testing::Test {
           fmt::format("'{}' '{}/tests/interop/make_tiny_llama.py' '{}' --tied --vocab 256 --dim 256 --ffn 512",
                       BITQAT_PYTHON, BITQAT_SOURCE_DIR, hf);
       if (std::system(cmd.c_str()) != 0) throw std::runtime_error("failed: " + cmd);
-      model = "{kind: lm, vocab_size: 256, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, ffn_dim: 512, "
-              "sub_norm: true, max_seq_len: 64, rope_theta: 500, norm_eps: 1.0e-5, tie_embeddings: true}";
+      model =
+          "{kind: lm, vocab_size: 256, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, ffn_dim: 512, "
+          "sub_norm: true, max_seq_len: 64, rope_theta: 500, norm_eps: 1.0e-5, tie_embeddings: true}";
       init = "init_from: " + hf;
     } else {
       const auto& [ffn, sub_norm, w] = kRuns.at(name);

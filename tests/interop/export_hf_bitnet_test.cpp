@@ -32,7 +32,7 @@ models::LMConfig tiny_bitnet() {
   return c;
 }
 
-models::BitLM make_lm(const models::LMConfig& c, bitlinear::QuantSpec spec = {}) {
+models::BitLM make_lm_random_norms(const models::LMConfig& c, bitlinear::QuantSpec spec = {}) {
   models::BitLM lm(c, spec, std::vector<std::string>{"layers.*"}, std::vector<std::string>{});
   at::NoGradGuard g;
   for (auto& p : lm->named_parameters()) {  // norms away from 1 so that a misplaced norm shows
@@ -42,7 +42,7 @@ models::BitLM make_lm(const models::LMConfig& c, bitlinear::QuantSpec spec = {})
   return lm;
 }
 
-std::string error_of(const models::BitLM& lm) {
+std::string hf_bitnet_error(const models::BitLM& lm) {
   try {
     interop::check_hf_bitnet_compatible(*lm);
   } catch (const core::UserError& e) {
@@ -71,27 +71,27 @@ TEST(HfBitnetExport, PackingFollowsTransformersLayout) {
 TEST(HfBitnetExport, RefusesWhatBitNetForCausalLMCannotExpress) {
   auto c = tiny_bitnet();
   c.ffn = bitqat::models::Ffn::kRelu2;
-  EXPECT_NE(error_of(make_lm(c)).find("model.ffn = relu2"), std::string::npos);
+  EXPECT_NE(hf_bitnet_error(make_lm_random_norms(c)).find("model.ffn = relu2"), std::string::npos);
   c.ffn = bitqat::models::Ffn::kSwiglu;
-  EXPECT_EQ(error_of(make_lm(c)), "");
+  EXPECT_EQ(hf_bitnet_error(make_lm_random_norms(c)), "");
   c = tiny_bitnet();
   c.sub_norm = false;
-  EXPECT_NE(error_of(make_lm(c)).find("model.sub_norm"), std::string::npos);
+  EXPECT_NE(hf_bitnet_error(make_lm_random_norms(c)).find("model.sub_norm"), std::string::npos);
   bitlinear::QuantSpec per_channel;
   per_channel.weight.granularity = bitlinear::Granularity::kPerChannel;
-  EXPECT_NE(error_of(make_lm(tiny_bitnet(), per_channel)).find("per_channel"), std::string::npos);
+  EXPECT_NE(hf_bitnet_error(make_lm_random_norms(tiny_bitnet(), per_channel)).find("per_channel"), std::string::npos);
   bitlinear::QuantSpec learned = per_channel;
   learned.weight.scale = bitlinear::ScaleSource::kLearned;
-  const auto e = error_of(make_lm(tiny_bitnet(), learned));
+  const auto e = hf_bitnet_error(make_lm_random_norms(tiny_bitnet(), learned));
   EXPECT_NE(e.find("has quant.weight.scale = learned: transformers' BitLinear has one weight_scale per tensor"),
             std::string::npos)
       << e;
-  EXPECT_EQ(error_of(make_lm(tiny_bitnet())), "");
+  EXPECT_EQ(hf_bitnet_error(make_lm_random_norms(tiny_bitnet())), "");
 }
 
 // weight_scale = 1 / gamma is stored as float32: a layer whose weights are all zero has none.
 TEST(HfBitnetExport, AWeightScaleAFloat32CannotHoldIsRefused) {
-  auto lm = make_lm(tiny_bitnet());
+  auto lm = make_lm_random_norms(tiny_bitnet());
   {
     at::NoGradGuard g;
     lm->blocks[0]->attn->v->weight.zero_();
@@ -120,7 +120,7 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
     at::manual_seed(7);
     auto c = tiny_bitnet();
     c.ffn = ffn;
-    auto lm = make_lm(c);
+    auto lm = make_lm_random_norms(c);
     const auto tokens = at::randint(0, 96, {2, 20}, at::kLong);
     at::Tensor logits;
     {
@@ -158,7 +158,7 @@ TEST(HfBitnetExport, TransformersLoadsItAsBitNetWithMatchingLogits) {
 TEST(HfBitnetExport, AnUntiedHeadIsWrittenAsLmHead) {
   auto c = tiny_bitnet();
   c.tie_embeddings = false;
-  auto lm = make_lm(c);
+  auto lm = make_lm_random_norms(c);
   const auto dir = fs::temp_directory_path() / ("bitqat_hf_untied_" + std::to_string(::getpid()));
   fs::remove_all(dir);
   interop::export_hf_bitnet(*lm, dir.string());

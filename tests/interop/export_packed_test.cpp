@@ -13,6 +13,7 @@
 #include "core/fs.hpp"
 #include "models/generate.hpp"
 #include "models/lm.hpp"
+#include "tests/temp_dir.hpp"
 #include "training/run_loader.hpp"
 #include "training/trainer.hpp"
 
@@ -24,10 +25,7 @@ namespace {
 class PackedExportTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("bitqat_packed_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = bitqat::testing::fresh_test_dir("packed");
     std::string s;
     for (int i = 0; i < 200; ++i) s += fmt::format("And the {} said unto them, {} times.\n", i % 3 ? "man" : "LORD", i);
     core::write_file_atomic((dir_ / "t.txt").string(), s);

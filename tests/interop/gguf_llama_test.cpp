@@ -18,6 +18,7 @@
 #include "interop/hf_llama.hpp"
 #include "interop/init_source.hpp"
 #include "tests/command.hpp"
+#include "tests/temp_dir.hpp"
 #include "tests/user_error.hpp"
 
 using bitqat::testing::error_of;
@@ -31,12 +32,7 @@ const char* kSmolLM2 = BITQAT_SOURCE_DIR "/data/cache/smollm2/SmolLM2-135M-Instr
 
 class GgufLlamaTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("bitqat_gguf_llama_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = bitqat::testing::fresh_test_dir("gguf_llama"); }
   void TearDown() override { fs::remove_all(dir_); }
 
   // Runs make_tiny_gguf_llama.py into dir_/name with `flags`; returns the directory.
@@ -90,10 +86,11 @@ TEST_F(GgufLlamaTest, EqualsTransformersOnTheSameFile) {
     const auto d = make(name, flags);
     const auto ck = load_gguf_llama(d + "/model.gguf");
     EXPECT_EQ(lm_config_yaml(ck.config),
-              fmt::format("{{kind: lm, vocab_size: 320, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, "
-                          "ffn_dim: 512, sub_norm: false, max_seq_len: 64, rope_theta: 10000, norm_eps: 9.999999747378752e-06, "
-                          "tie_embeddings: {}}}",
-                          name == "tied"));
+              fmt::format(
+                  "{{kind: lm, vocab_size: 320, dim: 256, n_layers: 2, n_heads: 4, n_kv_heads: 2, ffn: swiglu, "
+                  "ffn_dim: 512, sub_norm: false, max_seq_len: 64, rope_theta: 10000, norm_eps: 9.999999747378752e-06, "
+                  "tie_embeddings: {}}}",
+                  name == "tied"));
     compare(d + "/model.gguf", d, 5e-4);
   }
 }
@@ -104,7 +101,8 @@ TEST_F(GgufLlamaTest, SmolLM2EqualsTransformers) {
   const auto ck = load_gguf_llama(kSmolLM2);
   EXPECT_EQ(lm_config_yaml(ck.config),
             "{kind: lm, vocab_size: 49152, dim: 576, n_layers: 30, n_heads: 9, n_kv_heads: 3, ffn: swiglu, ffn_dim: "
-            "1536, sub_norm: false, max_seq_len: 8192, rope_theta: 100000, norm_eps: 9.999999747378752e-06, tie_embeddings: true}");
+            "1536, sub_norm: false, max_seq_len: 8192, rope_theta: 100000, norm_eps: 9.999999747378752e-06, "
+            "tie_embeddings: true}");
   compare(kSmolLM2, d, 2e-3);
 }
 

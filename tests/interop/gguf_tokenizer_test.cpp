@@ -16,6 +16,7 @@
 #include "interop/export_gguf.hpp"
 #include "tests/command.hpp"
 #include "tests/llama_cpp.hpp"
+#include "tests/temp_dir.hpp"
 #include "tests/user_error.hpp"
 
 namespace fs = std::filesystem;
@@ -23,14 +24,6 @@ namespace gguf = bitqat::checkpoints::gguf;
 using namespace bitqat;
 
 namespace {
-
-fs::path temp_dir() {
-  const auto d = fs::temp_directory_path() / ("bitqat_gguf_tok_" + std::to_string(::getpid()) + "_" +
-                                              ::testing::UnitTest::GetInstance()->current_test_info()->name());
-  fs::remove_all(d);
-  fs::create_directories(d);
-  return d;
-}
 
 const gguf::Value* find(const interop::GgufMetadata& m, const std::string& key) {
   for (const auto& [k, v] : m) {
@@ -63,7 +56,7 @@ TEST(GgufTokenizer, ByteTokensAreGpt2sAlphabet) {
 }
 
 TEST(GgufTokenizer, ConvertsAHuggingFaceBpeTokenizer) {
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_tok");
   core::write_file_atomic((dir / "tokenizer.json").string(), kTinyTokenizer);
   core::write_file_atomic((dir / "config.json").string(), R"({"bos_token_id": 4, "eos_token_id": 1})");
   const auto m = interop::source_tokenizer(dir.string(), 7);
@@ -97,7 +90,7 @@ TEST(GgufTokenizer, ConvertsAHuggingFaceBpeTokenizer) {
 }
 
 TEST(GgufTokenizer, RefusesTokenizersLlamaCppWouldRunDifferently) {
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_tok");
   auto j = nlohmann::json::parse(kTinyTokenizer);
   j["model"]["type"] = "WordPiece";
   core::write_file_atomic((dir / "tokenizer.json").string(), j.dump());
@@ -115,7 +108,7 @@ TEST(GgufTokenizer, RefusesTokenizersLlamaCppWouldRunDifferently) {
 }
 
 TEST(GgufTokenizer, CopiesAGgufSourcesTokenizerKeys) {
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_tok");
   gguf::File f;
   f.metadata = {{"general.architecture", gguf::Value::str("llama")},
                 {"tokenizer.ggml.model", gguf::Value::str("gpt2")},
@@ -149,7 +142,7 @@ TEST(GgufTokenizer, CopiesAGgufSourcesTokenizerKeys) {
 
 TEST(GgufTokenizer, SmolLM2sHuggingFacePreTokenizerIsSmollm) {
   // SmolLM2's tokenizer.json: each digit on its own, then GPT-2's byte level.
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_tok");
   auto j = nlohmann::json::parse(kTinyTokenizer);
   j["pre_tokenizer"] = {{"type", "Sequence"},
                         {"pretokenizers",
@@ -217,7 +210,7 @@ TEST(GgufTokenizer, SmolLM2TokenizesLikeTransformers) {
         std::string("Hello, World! How's it going? $100 #tag @user a@b.com http://x.y/z?q=1&b=2 ~~~ ...")}) {
     cases.push_back(s);
   }
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_tok");
   core::write_file_atomic((dir / "cases.json").string(), nlohmann::json(cases).dump());
   const auto r = bitqat::testing::run_command(std::string(BITQAT_PYTHON) + " " + BITQAT_SOURCE_DIR +
                                               "/tests/interop/smollm2_tokenizer_check.py " + smollm2 + " " +
@@ -245,7 +238,7 @@ TEST(GgufTokenizer, SmolLM2TokenizesLikeTransformers) {
 // shard made with it, read back by bitqat's data pipeline (data::read_shard), equal llama.cpp's.
 TEST(GgufTokenizer, LlamaCppTokenizesLikeTheSourceTokenizer) {
   BITQAT_REQUIRE_LLAMA_CPP_OR_SKIP(BITQAT_PYTHON);
-  const auto dir = temp_dir();
+  const auto dir = bitqat::testing::fresh_test_dir("gguf_tok");
   const std::string kjv = std::string(BITQAT_SOURCE_DIR) + "/data/cache/kjv.txt";
   ASSERT_TRUE(fs::exists(kjv)) << kjv << " is missing: run data/prepare_kjv.sh (launch/setup.sh does)";
   const auto all = core::read_file(kjv);

@@ -17,6 +17,7 @@
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "tests/temp_dir.hpp"
 #include "tests/user_error.hpp"
 
 using bitqat::testing::error_of;
@@ -32,12 +33,7 @@ using S = std::vector<std::string>;
 
 class HFImportTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("bitqat_hf_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = bitqat::testing::fresh_test_dir("hf"); }
   void TearDown() override { fs::remove_all(dir_); }
 
   // Runs make_tiny_llama.py into dir_/name with `flags`; returns the directory.

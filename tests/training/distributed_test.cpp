@@ -22,6 +22,7 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "spawn.hpp"
+#include "tests/temp_dir.hpp"
 #include "tests/user_error.hpp"
 
 using bitqat::testing::error_of;
@@ -213,9 +214,9 @@ TEST(DistContext, CountsTheBytesOfEveryCollective) {
   DistContext d(loopback_env(0, 1, bitqat::testing::free_port()), "auto", std::chrono::seconds(10));
   d.all_reduce_sum_async(t, "sum").wait();  // 10 floats: 40 bytes
   auto flags = at::ones({3}, at::kDouble);
-  d.all_reduce_mean_(flags);                // 24
-  d.barrier();                              // one float: 4
-  d.check_same({1, 2}, {"a", "b"});         // 2 x 2 int64: 32
+  d.all_reduce_mean_(flags);         // 24
+  d.barrier();                       // one float: 4
+  d.check_same({1, 2}, {"a", "b"});  // 2 x 2 int64: 32
   auto in = at::ones({48});
   auto out = at::empty({48});
   d.reduce_scatter_sum_async(out, in, "rs").wait();  // input, 192
@@ -289,10 +290,7 @@ TEST(DistContext, BitFingerprintSeesOneBit) {
 class DataParallelRun : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("bitqat_dp_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = bitqat::testing::fresh_test_dir("dp");
     std::string text;
     for (int i = 0; i < 300; ++i)
       text += "In the beginning was the word, and the word was with the cat " + std::to_string(i % 17) + ".\n";
@@ -527,8 +525,7 @@ TEST_F(DataParallelRun, EmaIsTheSameOnEveryRank) {
   ASSERT_EQ(bitqat::testing::wait_for(one[0], 120), 0) << bitqat::testing::slurp(log("ema1", 0));
   auto two = start(args("ema2", 6, 4, 1, ema), 2, "ema2");
   for (int r = 0; r < 2; ++r) {
-    ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0)
-        << bitqat::testing::slurp(log("ema2", r));
+    ASSERT_EQ(bitqat::testing::wait_for(two[static_cast<size_t>(r)], 120), 0) << bitqat::testing::slurp(log("ema2", r));
   }
   const auto a = bitqat::checkpoints::read_checkpoint((dir_ / "ema1" / "checkpoints" / "step_00000006").string());
   const auto b = bitqat::checkpoints::read_checkpoint((dir_ / "ema2" / "checkpoints" / "step_00000006").string());
@@ -623,8 +620,8 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
       {"par2ramp", 2, 4, 1, {"dist.shard=parameters", ramp[0], ramp[1]}, "oneramp"},
       {"grad2ckpt", 2, 4, 1, {"dist.shard=gradients", "train.activation_checkpointing=full"}, "one"},
   };
-  for (const auto& [name, extra] : std::vector<std::pair<std::string, std::vector<std::string>>>{{"one", {}},
-                                                                                                  {"oneramp", ramp}}) {
+  for (const auto& [name, extra] :
+       std::vector<std::pair<std::string, std::vector<std::string>>>{{"one", {}}, {"oneramp", ramp}}) {
     auto p = start(args(name, steps, 8, 1, extra), 1, name);
     ASSERT_EQ(bitqat::testing::wait_for(p[0], 120), 0) << bitqat::testing::slurp(log(name, 0));
   }
@@ -653,7 +650,8 @@ TEST_F(DataParallelRun, ShardedModesFollowTheOneRankLossCurve) {
       // At lambda_w 1 the block's ternary weights travel as 2-bit codes: q, k, v, o (32 x 32 each), up and
       // down (64 x 32 each) are 8192 weights, gathered twice a step (forward, recomputed backward):
       // 16384 codes, 4096 bytes (float32 would be 65536); twice that with 2 micro-steps.
-      const std::string want = c.accum == 2 ? "a step gathered 8192 bytes of 2-bit codes" : "a step gathered 4096 bytes of 2-bit codes";
+      const std::string want =
+          c.accum == 2 ? "a step gathered 8192 bytes of 2-bit codes" : "a step gathered 4096 bytes of 2-bit codes";
       EXPECT_NE(out.find(want), std::string::npos) << out;
     }
   }
@@ -690,8 +688,8 @@ TEST_F(DataParallelRun, CollectivesPerStepAreTheFormulas) {
        "broadcast 0"}};
   std::vector<std::vector<pid_t>> runs;
   for (const auto& [mode, line] : modes) {
-    runs.push_back(start(args(mode, 2, 2, 1, {"dist.shard=" + mode, "optim.lr={kind: constant, value: 0.001}"}), 2,
-                         mode));
+    runs.push_back(
+        start(args(mode, 2, 2, 1, {"dist.shard=" + mode, "optim.lr={kind: constant, value: 0.001}"}), 2, mode));
   }
   for (size_t m = 0; m < modes.size(); ++m) {
     for (int r = 0; r < 2; ++r) {
@@ -704,8 +702,9 @@ TEST_F(DataParallelRun, CollectivesPerStepAreTheFormulas) {
 }
 
 // Resume reshards: 2 ranks (gradients) write a step-2 checkpoint, 4 ranks (parameters: the weights
-// too are sharded, model.safetensors is gathered) resume it and write step 4, 1 rank (no sharding) resumes that and finishes; the curve is the uninterrupted 1-rank
-// one within expect_follows' bound. eval and export read the 4-rank checkpoint as they read any other.
+// too are sharded, model.safetensors is gathered) resume it and write step 4, 1 rank (no sharding) resumes that and
+// finishes; the curve is the uninterrupted 1-rank one within expect_follows' bound. eval and export read the 4-rank
+// checkpoint as they read any other.
 TEST_F(DataParallelRun, ResumeReshardsAcrossWorldSizesAndModes) {
   const int steps = 6;
   const std::vector<std::string> keep{"checkpoint.every=2", "checkpoint.keep_last=0"};

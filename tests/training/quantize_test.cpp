@@ -18,8 +18,6 @@ using bitqat::training::Config;
 
 namespace {
 
-const at::Device kCPU(at::kCPU);
-
 class QuantizeTest : public bitqat::testing::TinyRunTest {
  protected:
   bitqat::training::TrainResult train_fp(int steps) {
@@ -33,17 +31,17 @@ TEST_F(QuantizeTest, WritesACompleteTernaryRun) {
   train_fp(10);
   const auto src = runs() + "/fp";
   const auto out = runs() + "/fp_ternary";
-  const auto r = bitqat::training::quantize_run(src, out + "/", {}, kCPU);  // a trailing '/' is fine
+  const auto r = bitqat::training::quantize_run(src, out + "/", {}, at::kCPU);  // a trailing '/' is fine
   EXPECT_EQ(r.out_dir, out);
   EXPECT_EQ(r.source_step, 10);
   EXPECT_EQ(r.quantized_layers.size(), 2u * 6u);  // q, k, v, o, up, down per layer (ffn relu2)
   EXPECT_TRUE(std::isfinite(r.eval.loss));
 
   // eval reads the same model and the same validation batches.
-  auto run = bitqat::training::load_run(out, kCPU);
+  auto run = bitqat::training::load_run(out, at::kCPU);
   const auto ev = run.task->evaluate(bitqat::training::open_validation_data(run, {})->val_batches(
                                          run.cfg.train.batch_size, run.cfg.train.eval_batches),
-                                     kCPU);
+                                     at::kCPU);
   EXPECT_NEAR(ev.loss, r.eval.loss, 1e-6);
   EXPECT_EQ(run.cfg.quant.spec.weight.type, bitqat::bitlinear::WeightQuant::kTernary);
   EXPECT_EQ(run.cfg.quant.spec.act.type, bitqat::bitlinear::ActQuant::kPerToken);
@@ -69,20 +67,20 @@ TEST_F(QuantizeTest, WritesACompleteTernaryRun) {
   EXPECT_EQ(bitqat::interop::read_init_source(out).kind, bitqat::interop::InitKind::kBitqatRun);
 
   // Refusals: an output with checkpoints, the source itself.
-  auto e = error_of([&] { bitqat::training::quantize_run(src, out, {}, kCPU); });
+  auto e = error_of([&] { bitqat::training::quantize_run(src, out, {}, at::kCPU); });
   EXPECT_NE(e.find("--out " + out + " already holds checkpoints"), std::string::npos) << e;
-  e = error_of([&] { bitqat::training::quantize_run(src, src, {}, kCPU); });
+  e = error_of([&] { bitqat::training::quantize_run(src, src, {}, at::kCPU); });
   EXPECT_NE(e.find("is the source run itself"), std::string::npos) << e;
 }
 
 TEST_F(QuantizeTest, SetOverridesTheTernaryDefaults) {
   train_fp(4);
   const auto out = runs() + "/pc";
-  bitqat::training::quantize_run(runs() + "/fp", out, {"quant.weight.granularity=per_channel"}, kCPU);
+  bitqat::training::quantize_run(runs() + "/fp", out, {"quant.weight.granularity=per_channel"}, at::kCPU);
   const auto cfg = Config::load_file(out + "/config.resolved.yaml");
   EXPECT_EQ(cfg.quant.spec.weight.granularity, bitqat::bitlinear::Granularity::kPerChannel);
   const auto e = error_of(
-      [&] { bitqat::training::quantize_run(runs() + "/fp", runs() + "/none", {"quant.include=[nothing]"}, kCPU); });
+      [&] { bitqat::training::quantize_run(runs() + "/fp", runs() + "/none", {"quant.include=[nothing]"}, at::kCPU); });
   EXPECT_NE(e.find("select no layer of the model"), std::string::npos) << e;
 }
 
@@ -94,11 +92,11 @@ TEST_F(QuantizeTest, AConfigSourceTakesTheOverrides) {
   bitqat::core::write_file_atomic(
       yaml, bitqat::testing::tiny_finetune_yaml(runs(), runs() + "/moved.txt", runs() + "/fp", 4, 2));
   const auto out = runs() + "/from_config";
-  EXPECT_NE(error_of([&] { bitqat::training::quantize_run(yaml, out, {}, kCPU); }).find("moved.txt"),
+  EXPECT_NE(error_of([&] { bitqat::training::quantize_run(yaml, out, {}, at::kCPU); }).find("moved.txt"),
             std::string::npos);
-  const auto r = bitqat::training::quantize_run(yaml, out, {"data.path=" + text_}, kCPU);
+  const auto r = bitqat::training::quantize_run(yaml, out, {"data.path=" + text_}, at::kCPU);
   // The same model and weights as quantizing the run itself.
-  const auto direct = bitqat::training::quantize_run(runs() + "/fp", runs() + "/direct", {}, kCPU);
+  const auto direct = bitqat::training::quantize_run(runs() + "/fp", runs() + "/direct", {}, at::kCPU);
   EXPECT_EQ(r.eval.loss, direct.eval.loss);
   // Each records where its weights came from: the config's model, or the run.
   EXPECT_EQ(Config::load_file(out + "/config.resolved.yaml").init_from, runs() + "/fp");
@@ -111,7 +109,7 @@ TEST_F(QuantizeTest, ProgressiveFineTuneBeatsDataFreeTernarization) {
   // lambda from 0 to 1 recovers more of it.
   const auto fp = train_fp(80);
   ASSERT_TRUE(fp.last_val_loss.has_value());
-  const auto dq = bitqat::training::quantize_run(runs() + "/fp", runs() + "/dq", {}, kCPU);
+  const auto dq = bitqat::training::quantize_run(runs() + "/fp", runs() + "/dq", {}, at::kCPU);
   const auto ft = bitqat::training::train(
       Config::load_string(bitqat::testing::tiny_finetune_yaml(runs(), text_, runs() + "/fp", 40, 20), "ft.yaml"));
   ASSERT_TRUE(ft.last_val_loss.has_value());
@@ -125,17 +123,18 @@ TEST_F(QuantizeTest, ProgressiveFineTuneBeatsDataFreeTernarization) {
 // layer stay full precision, and the reported loss is the held-out flow-matching loss eval measures.
 TEST_F(QuantizeTest, DiffusionTransformerRun) {
   bitqat::training::train(Config::load_string(bitqat::testing::tiny_dit_yaml(runs(), "dit", 3), "dit.yaml"));
-  const auto r = bitqat::training::quantize_run(runs() + "/dit", runs() + "/dit_q", {}, kCPU);
+  const auto r = bitqat::training::quantize_run(runs() + "/dit", runs() + "/dit_q", {}, at::kCPU);
   EXPECT_EQ(r.quantized_layers, (std::vector<std::string>{"blocks.0.adaln", "blocks.0.qkv", "blocks.0.proj",
                                                           "blocks.0.fc1", "blocks.0.fc2"}));
   EXPECT_TRUE(std::isfinite(r.eval.loss));
-  auto run = bitqat::training::load_run(runs() + "/dit_q", kCPU);
+  auto run = bitqat::training::load_run(runs() + "/dit_q", at::kCPU);
   const auto ev = run.task->evaluate(bitqat::training::open_validation_data(run, {})->val_batches(
                                          run.cfg.train.batch_size, run.cfg.train.eval_batches),
-                                     kCPU);
+                                     at::kCPU);
   EXPECT_EQ(ev.loss, r.eval.loss);
-  const auto b = bitqat::training::quantize_run(
-      runs() + "/dit", runs() + "/dit_b", {"quant.weight.type=binary", "quant.weight.granularity=per_channel"}, kCPU);
+  const auto b =
+      bitqat::training::quantize_run(runs() + "/dit", runs() + "/dit_b",
+                                     {"quant.weight.type=binary", "quant.weight.granularity=per_channel"}, at::kCPU);
   EXPECT_EQ(b.quantized_layers.size(), 5u);
   EXPECT_NE(b.eval.loss, r.eval.loss);
   EXPECT_EQ(Config::load_file(runs() + "/dit_b/config.resolved.yaml").quant.spec.weight.type,

@@ -20,8 +20,6 @@ using bitqat::training::open_validation_data;
 
 namespace {
 
-const at::Device kCPU(at::kCPU);
-
 class RunLoaderTest : public bitqat::testing::TinyRunTest {
  protected:
   // A ternary run whose quantization stays off (lambda 0) or ramps, evaluated at the end.
@@ -46,7 +44,7 @@ class RunLoaderTest : public bitqat::testing::TinyRunTest {
   double eval(bitqat::training::LoadedRun& run, const std::vector<std::string>& sets = {}) {
     return run.task
         ->evaluate(open_validation_data(run, sets)->val_batches(run.cfg.train.batch_size, run.cfg.train.eval_batches),
-                   kCPU)
+                   at::kCPU)
         .loss;
   }
 };
@@ -59,7 +57,7 @@ TEST_F(RunLoaderTest, EvalReproducesTheLoggedValLossAtTheCheckpointsLambdas) {
   const auto dir = train("zero", 30,
                          {"quant.lambda_w={kind: constant, value: 0}", "quant.lambda_a={kind: constant, value: 0}",
                           "train.eval_every=30"});
-  auto run = load_run(dir, kCPU);
+  auto run = load_run(dir, at::kCPU);
   EXPECT_EQ(run.lambda_w, 0.0);
   EXPECT_EQ(run.lambda_a, 0.0);
   EXPECT_EQ(eval(run), logged_val_loss(dir));  // exactly: the same model, batches and arithmetic
@@ -68,7 +66,7 @@ TEST_F(RunLoaderTest, EvalReproducesTheLoggedValLossAtTheCheckpointsLambdas) {
 
   // A ramp (lambda = step / 10): the checkpoint at step 6 was trained last at 0.5, and evaluated so.
   const auto ramp = train("ramp", 6, {"train.eval_every=6"});
-  auto r = load_run(ramp, kCPU);
+  auto r = load_run(ramp, at::kCPU);
   EXPECT_DOUBLE_EQ(r.lambda_w, 0.5);
   EXPECT_DOUBLE_EQ(r.lambda_a, 0.5);
   EXPECT_EQ(eval(r), logged_val_loss(ramp));
@@ -81,12 +79,12 @@ TEST_F(RunLoaderTest, CheckpointsWithoutRecordedLambdasUseTheRunsSchedules) {
   ck.state.erase("lambda_w");
   ck.state.erase("lambda_a");
   bitqat::checkpoints::write_checkpoint(dir + "/checkpoints", ck, 1);
-  auto run = load_run(dir, kCPU);
+  auto run = load_run(dir, at::kCPU);
   EXPECT_DOUBLE_EQ(run.lambda_w, 0.5);  // the linear ramp's value at step 5
   EXPECT_EQ(eval(run), logged_val_loss(dir));
   ck.state["lambda_w"] = "half";
   bitqat::checkpoints::write_checkpoint(dir + "/checkpoints", ck, 1);
-  EXPECT_EQ(error_of([&] { load_run(dir, kCPU); }),
+  EXPECT_EQ(error_of([&] { load_run(dir, at::kCPU); }),
             path + "/state.json: lambda_w = \"half\": expected a number in [0, 1]");
 }
 
@@ -98,7 +96,7 @@ TEST_F(RunLoaderTest, ARunOpensFromAnyDirectoryWithoutItsTrainingData) {
   fs::current_path(fs::temp_directory_path());
   const auto abs_run = (dir_ / "runs/rel").string();
   {
-    auto run = load_run(abs_run, kCPU);  // from elsewhere: the resolved config holds absolute paths
+    auto run = load_run(abs_run, at::kCPU);  // from elsewhere: the resolved config holds absolute paths
     EXPECT_EQ(eval(run), logged_val_loss(abs_run));
   }
   fs::current_path(cwd);
@@ -108,7 +106,7 @@ TEST_F(RunLoaderTest, ARunOpensFromAnyDirectoryWithoutItsTrainingData) {
   fs::rename(abs_run, moved);
   const auto new_text = (dir_ / "elsewhere.txt").string();
   fs::rename(text_, new_text);
-  auto run = load_run(moved, kCPU);  // no data read
+  auto run = load_run(moved, at::kCPU);  // no data read
   EXPECT_EQ(run.step, 6);
   const auto msg = error_of([&] { open_validation_data(run, {}); });
   EXPECT_NE(msg.find(moved + "/config.resolved.yaml"), std::string::npos) << msg;
@@ -128,7 +126,7 @@ TEST_F(RunLoaderTest, EvalReadsOnlyTheValidationSplit) {
   const size_t n_val = static_cast<size_t>(static_cast<double>(bytes.size()) * 0.1);
   std::fill(bytes.begin(), bytes.end() - static_cast<std::ptrdiff_t>(n_val), 'Z');
   bitqat::core::write_file_atomic(text_, bytes);
-  auto run = load_run(dir, kCPU);
+  auto run = load_run(dir, at::kCPU);
   EXPECT_EQ(eval(run), logged_val_loss(dir));
   const auto src = open_validation_data(run, {});
   EXPECT_EQ(src->train_size(), 0);

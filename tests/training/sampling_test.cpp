@@ -18,8 +18,6 @@ using bitqat::training::SampleOptions;
 
 namespace {
 
-const at::Device kCPU(at::kCPU);
-
 class SamplingTest : public bitqat::testing::TinyRunTest {
  protected:
   std::string train_dit(const std::string& name, const std::string& quant) {
@@ -34,8 +32,8 @@ class SamplingTest : public bitqat::testing::TinyRunTest {
 // Three 1 x 2 x 2 images, two per row, one pixel of padding: a 7 x 7 grid. Pixel value
 // round((x + 1) / 2 * 255): -1 -> 0, 1 -> 255, 0.5 -> round(191.25) = 191, 3 is clamped to 255.
 TEST(ImageGrid, LayoutAndPixelValuesByHand) {
-  const auto images = at::tensor({-1.0, 1.0, 0.5, 3.0,   // image 0: rows (-1, 1), (0.5, 3)
-                                  1.0, 1.0, 1.0, 1.0,    // image 1
+  const auto images = at::tensor({-1.0, 1.0, 0.5, 3.0,  // image 0: rows (-1, 1), (0.5, 3)
+                                  1.0, 1.0, 1.0, 1.0,   // image 1
                                   -1.0, -1.0, -1.0, -1.0},
                                  at::kFloat)
                           .reshape({3, 1, 2, 2});
@@ -60,20 +58,23 @@ TEST_F(SamplingTest, BadRequestsAreClearErrors) {
   SampleOptions o;
   o.out = (dir_ / "g.png").string();
   o.cls = 10;
-  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, kCPU); }), "--class 10: the model has classes 0..9 (or all)");
+  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, at::kCPU); }),
+            "--class 10: the model has classes 0..9 (or all)");
   o.cls = -1;
-  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, kCPU); }), "--class -1: the model has classes 0..9 (or all)");
+  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, at::kCPU); }),
+            "--class -1: the model has classes 0..9 (or all)");
   o.cls = 3;
   o.steps = 0;
-  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, kCPU); }), "--steps 0: expected at least 1 integration step");
+  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, at::kCPU); }),
+            "--steps 0: expected at least 1 integration step");
   o.steps = 2;
   o.n = 0;
-  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, kCPU); }), "--n 0: expected at least 1 image");
+  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(run, o, at::kCPU); }), "--n 0: expected at least 1 image");
   EXPECT_FALSE(fs::exists(o.out));
   // A language-model run is not a DiT.
   bitqat::training::train(Config::load_string(bitqat::testing::tiny_fp_yaml(runs(), text_, 2), "fp.yaml"));
   o.n = 1;
-  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(runs() + "/fp", o, kCPU); }),
+  EXPECT_EQ(error_of([&] { bitqat::training::sample_run(runs() + "/fp", o, at::kCPU); }),
             runs() + "/fp: a model.kind lm run; sample needs a diffusion transformer (model.kind dit)");
   EXPECT_FALSE(fs::exists(o.out));
 }
@@ -85,7 +86,7 @@ TEST_F(SamplingTest, WritesAGridPng) {
   o.n = 2;
   o.steps = 2;
   o.out = (dir_ / "out" / "grid.png").string();
-  const auto r = bitqat::training::sample_run(run, o, kCPU);
+  const auto r = bitqat::training::sample_run(run, o, at::kCPU);
   EXPECT_EQ(r.images, 20);
   EXPECT_EQ(r.rows, 10);
   EXPECT_EQ(r.columns, 2);
@@ -97,7 +98,7 @@ TEST_F(SamplingTest, WritesAGridPng) {
   // One class: up to 10 per row.
   o.cls = 4;
   o.n = 13;
-  const auto one = bitqat::training::sample_run(run, o, kCPU);
+  const auto one = bitqat::training::sample_run(run, o, at::kCPU);
   EXPECT_EQ(one.rows, 2);
   EXPECT_EQ(one.columns, 10);
 }
@@ -112,11 +113,11 @@ TEST_F(SamplingTest, SamplesTheAverageOfTheWeights) {
   o.n = 1;
   o.steps = 2;
   o.out = (dir_ / "out" / "ema.png").string();
-  const auto avg = bitqat::training::sample_run(runs() + "/ema", o, kCPU);
+  const auto avg = bitqat::training::sample_run(runs() + "/ema", o, at::kCPU);
   EXPECT_TRUE(avg.ema);
   o.use_ema = false;
   o.out = (dir_ / "out" / "raw.png").string();
-  const auto raw = bitqat::training::sample_run(runs() + "/ema", o, kCPU);
+  const auto raw = bitqat::training::sample_run(runs() + "/ema", o, at::kCPU);
   EXPECT_FALSE(raw.ema);
   EXPECT_NE(bitqat::core::read_file((dir_ / "out" / "ema.png").string()), bitqat::core::read_file(o.out));
 }
@@ -126,22 +127,23 @@ TEST_F(SamplingTest, SamplesTheAverageOfTheWeights) {
 // for binary weights, which the packed layout holds as codes -1 and +1.
 TEST_F(SamplingTest, PackedExportSamplesTheSameImages) {
   for (const std::string w : {"ternary", "binary"}) {
-    const auto run = train_dit(w, "weight: {type: " + w +
-                                      ", granularity: per_channel}\n  activation: {type: per_token, bits: 8}");
-    auto loaded = bitqat::training::load_run(run, kCPU);
+    const auto run =
+        train_dit(w, "weight: {type: " + w + ", granularity: per_channel}\n  activation: {type: per_token, bits: 8}");
+    auto loaded = bitqat::training::load_run(run, at::kCPU);
     const auto packed = runs() + "/" + w + "-packed";
-    const auto stats = bitqat::interop::export_packed(loaded.task->module(), bitqat::core::read_file(run + "/config.resolved.yaml"),
-                                                      loaded.checkpoint, loaded.step, packed, run);
+    const auto stats =
+        bitqat::interop::export_packed(loaded.task->module(), bitqat::core::read_file(run + "/config.resolved.yaml"),
+                                       loaded.checkpoint, loaded.step, packed, run);
     EXPECT_EQ(stats.layers, 5);  // adaln, qkv, proj, fc1, fc2
     SampleOptions o;
     o.n = 3;
     o.steps = 2;
     o.fully_quantized = true;
     o.out = (dir_ / (w + "_run.png")).string();
-    bitqat::training::sample_run(run, o, kCPU);
+    bitqat::training::sample_run(run, o, at::kCPU);
     o.fully_quantized = false;
     o.out = (dir_ / (w + "_packed.png")).string();
-    bitqat::training::sample_run(packed, o, kCPU);
+    bitqat::training::sample_run(packed, o, at::kCPU);
     EXPECT_EQ(bitqat::core::read_file((dir_ / (w + "_run.png")).string()),
               bitqat::core::read_file((dir_ / (w + "_packed.png")).string()))
         << w;

@@ -12,6 +12,7 @@
 
 #include "core/error.hpp"
 #include "core/fs.hpp"
+#include "tests/temp_dir.hpp"
 #include "tests/user_error.hpp"
 
 namespace bitqat::testing {
@@ -83,10 +84,7 @@ device: {{type: cpu, threads: 1}}
 class TinyRunTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("bitqat_" + std::to_string(::getpid()) + "_" +
-                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
+    dir_ = bitqat::testing::fresh_test_dir("run");
     text_ = (dir_ / "text.txt").string();
     std::string s;
     for (int i = 0; i < 400; ++i)

@@ -15,14 +15,15 @@
 #include <optional>
 #include <sstream>
 
-#include "checkpoints/checkpoint.hpp"
-#include "core/error.hpp"
 #include "bitlinear/convert.hpp"
 #include "bitlinear/ops/w158a8_linear.hpp"
+#include "checkpoints/checkpoint.hpp"
+#include "core/error.hpp"
 #include "core/fs.hpp"
 #include "interop/export_packed.hpp"
 #include "models/lm.hpp"
 #include "tests/command.hpp"
+#include "tests/temp_dir.hpp"
 #include "tests/user_error.hpp"
 #include "training/run_loader.hpp"
 
@@ -57,10 +58,7 @@ device: {{type: cpu, threads: 1}}
 class TrainerTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = fs::temp_directory_path() / ("bitqat_trainer_" + std::to_string(::getpid()) + "_" +
-                                        ::testing::UnitTest::GetInstance()->current_test_info()->name());
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
+    dir_ = bitqat::testing::fresh_test_dir("trainer");
     text_ = (dir_ / "text.txt").string();
     // Deterministic, learnable text: a repeated verse-like pattern with some variation.
     std::string s;
@@ -290,8 +288,9 @@ TEST_F(TrainerTest, AlteredAveragesAreRefused) {
       << opened();
   TrainOptions resume;
   resume.resume = true;
-  EXPECT_NE(error_of([&] { bitqat::training::train(config(8, {"train.ema.decay=0.75"}), resume); })
-                .find("bogus.weight is not a trainable parameter of this model"),
+  EXPECT_NE(error_of([&] {
+              bitqat::training::train(config(8, {"train.ema.decay=0.75"}), resume);
+            }).find("bogus.weight is not a trainable parameter of this model"),
             std::string::npos);
   // A stray ema.safetensors beside a checkpoint that does not list it.
   rewrite([&](auto& ck) {
@@ -326,7 +325,9 @@ TEST_F(TrainerTest, EmaCannotStartInThePastOfAResumedRun) {
 
 TEST_F(TrainerTest, EmaSettingsAreChecked) {
   auto err = [&](const std::vector<std::string>& sets) { return error_of([&] { config(12, sets); }); };
-  EXPECT_NE(err({"train.ema.decay=1"}).find("--set train.ema.decay=1: train.ema.decay = 1: expected a number in (0, 1)"), std::string::npos)
+  EXPECT_NE(
+      err({"train.ema.decay=1"}).find("--set train.ema.decay=1: train.ema.decay = 1: expected a number in (0, 1)"),
+      std::string::npos)
       << err({"train.ema.decay=1"});
   EXPECT_NE(err({"train.ema.decay=0"}).find("expected a number in (0, 1)"), std::string::npos);
   EXPECT_NE(err({"train.ema.start_step=13"}).find("train.ema.start_step = 13 is beyond train.steps = 12"),

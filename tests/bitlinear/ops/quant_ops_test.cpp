@@ -14,17 +14,14 @@
 #include "bitlinear/estimators.hpp"
 #include "bitlinear/ops/route.hpp"
 #include "bitlinear/quantizers.hpp"
-#include "cuda/sim/emulated.hpp"
+#include "tests/emulated_kernels.hpp"
 #include "tests/user_error.hpp"
 
 namespace k = bitqat::bitlinear::kernels;
 
 namespace {
 
-// Routes the ops' CPU tensors through the CUDA kernels built for the CPU harness while it lives.
-struct EmulatedKernels : bitqat::bitlinear::ops::ScopedCpuLaunchers {
-  EmulatedKernels() : ScopedCpuLaunchers(&bitqat::cuda::emulated::launchers()) {}
-};
+using bitqat::testing::EmulatedKernels;
 
 // Runs f on the CPU loops and on the emulated kernels: both results.
 template <class F>

@@ -19,6 +19,7 @@
 #include "bitlinear/quant_kernels.hpp"
 #include "bitlinear/quantized_linear.hpp"
 #include "cuda/sim/emulated.hpp"
+#include "tests/emulated_kernels.hpp"
 
 using namespace bitqat::bitlinear;
 using namespace bitqat::bitlinear::ops;
@@ -588,14 +589,7 @@ TEST(FakeQuantGpu, FusedPassesEqualTheCpuRowKernelsBitForBit) {
 
 // ---- the same kernels on the CPU harness (cuda/sim/): the ops route CPU tensors to them ----------
 
-namespace {
-
-// Routes the ops' CPU tensors through the CUDA kernels built for the CPU harness while it lives.
-struct EmulatedKernels : ScopedCpuLaunchers {
-  EmulatedKernels() : ScopedCpuLaunchers(&bitqat::cuda::emulated::launchers()) {}
-};
-
-}  // namespace
+using bitqat::testing::EmulatedKernels;
 
 class W158A8Emulated : public ::testing::TestWithParam<std::tuple<int64_t, int64_t, int64_t>> {};
 
