@@ -21,6 +21,11 @@ if [ -n "$py" ] && lv="$("$py" -c "from importlib.metadata import version; print
 else
   printf '[test] llama.cpp tests will be skipped: no llama-cpp-python for %s (launch/setup.sh --tests installs it)\n' "${py:-the configured Python}"
 fi
+# ctest runs two tests at a time, each with LibTorch's OpenMP threads (and llama.cpp's); by default
+# GNU OpenMP spins between parallel regions, and two spinning processes on two cores starve each
+# other: two llama.cpp tests took 38 s side by side with spinning, 14 s with passive waiting. A
+# value the caller sets is kept.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 status=0
 for cap in default avx2 avx512; do
   case "$cap" in default) dnnl=SSE41 ;; avx2) dnnl=AVX2 ;; *) dnnl=ALL ;; esac
