@@ -1,4 +1,5 @@
 // Runs the real `bitqat` binary: exit codes, one-line errors, and a tiny train -> eval -> generate.
+#include <ATen/cpu/Utils.h>
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -316,10 +317,12 @@ TEST(Cli, OnednnRunsWithoutAmxUnlessTheUserChooses) {
   ASSERT_EQ(r.code, 0) << r.out;
   // bitlinear/quantized_linear.cpp multiplies the codes with at::_int_mm, which calls oneDNN's s8 x s8
   // -> s32 gemm API, only on CPUs with AVX-512 VNNI; elsewhere as float32 by sgemm, and no oneDNN int8
-  // gemm runs. A CPU without VNNI has no AMX either, so there is no cap to check there.
-  const bool cpu_has_vnni = bitqat::testing::run_command("grep -qw avx512_vnni /proc/cpuinfo").code == 0;
+  // gemm runs (the same predicate as there). A CPU without VNNI has no AMX either, so there is no cap
+  // to check there.
+  const bool cpu_has_vnni = at::cpu::is_avx512_vnni_supported();
   const bool int8_gemm_ran = r.out.find(",primitive,exec,cpu,gemm_api,,undef,src_s8:") != std::string::npos;
-  ASSERT_EQ(int8_gemm_ran, cpu_has_vnni) << "AVX-512 VNNI: " << cpu_has_vnni << ", oneDNN int8 gemm ran: " << int8_gemm_ran;
+  ASSERT_EQ(int8_gemm_ran, cpu_has_vnni)
+      << "AVX-512 VNNI: " << cpu_has_vnni << ", oneDNN int8 gemm ran: " << int8_gemm_ran;
   if (!cpu_has_vnni) {
     fs::remove_all(dir);
     return;

@@ -1,7 +1,6 @@
 // Shared fixtures of the data tests: a per-process temporary directory and config parsing.
 #pragma once
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <filesystem>
 #include <string>
@@ -9,16 +8,13 @@
 #include "core/error.hpp"
 #include "core/fs.hpp"
 #include "data/source.hpp"
+#include "tests/temp_dir.hpp"
 
 namespace bitqat::data::testing {
 
 class DataTest : public ::testing::Test {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = std::filesystem::temp_directory_path() / ("bitqat_data_" + std::to_string(::getpid()) + "_" + info->name());
-    std::filesystem::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = bitqat::testing::fresh_test_dir("data"); }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
   static DataConfig cfg(const std::string& yaml) {
