@@ -348,8 +348,13 @@ Command parse_command_line(int argc, char** argv) {
   add_sets(plan, &cmd.plan.sets, "override one config value (same checks as the file; repeatable)");
 
   auto* version = app.add_subcommand("version", "print the version");
-  version->add_flag("--cpu-capability", cmd.cpu_capability,
-                    "print only the CPU kernel set LibTorch runs (default, avx2 or avx512)");
+  auto* capability = version->add_flag("--cpu-capability", cmd.version.cpu_capability,
+                                       "print only the CPU kernel set LibTorch runs (default, avx2 or avx512)");
+  version
+      ->add_flag("--cpu-isas", cmd.version.cpu_isas,
+                 "print only the CPU kernel sets this CPU can run, space-separated, in ATEN_CPU_CAPABILITY's "
+                 "spelling (default always; avx2 with FMA; avx512 with F, BW, VL and DQ)")
+      ->excludes(capability);
 
   for (auto* sub : app.get_subcommands({})) sub->group("");  // usage() lists them
 

@@ -86,6 +86,12 @@ struct ExportArgs {
   bool no_ema = false;
 };
 
+// `bitqat version`: at most one of the flags (CLI11 refuses both).
+struct VersionArgs {
+  bool cpu_capability = false;  // --cpu-capability: only LibTorch's CPU capability
+  bool cpu_isas = false;        // --cpu-isas: only the kernel sets this CPU can run
+};
+
 struct Command {
   std::string name;  // train | eval | generate | sample | quantize | export | config | plan | version; empty: help was printed
   TrainArgs train;
@@ -96,7 +102,7 @@ struct Command {
   ExportArgs export_;
   ConfigArgs config;
   PlanArgs plan;
-  bool cpu_capability = false;  // version --cpu-capability
+  VersionArgs version;
 };
 
 // The top-level usage text (printed for `bitqat`, `bitqat --help` and unknown commands).

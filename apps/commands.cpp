@@ -16,6 +16,7 @@
 #include "apps/cli.hpp"
 #include "apps/exports.hpp"
 #include "apps/quickstart_config.hpp"
+#include "core/cpu_isa.hpp"
 #include "core/error.hpp"
 #include "data/bpe_tokenizer.hpp"
 #include "data/source.hpp"
@@ -107,9 +108,17 @@ std::optional<training::QualityResult> dit_quality(const EvalArgs& a, training::
 
 }  // namespace
 
-int cmd_version(bool cpu_capability_only) {
-  if (cpu_capability_only) {
+int cmd_version(const VersionArgs& a) {
+  if (a.cpu_capability) {
     std::printf("%s\n", at::get_cpu_capability().c_str());
+    return 0;
+  }
+  if (a.cpu_isas) {
+    std::string runs;
+    for (const auto isa : core::kCpuIsas) {
+      if (core::cpu_runs(isa)) runs += std::string(runs.empty() ? "" : " ") + core::to_string(isa);
+    }
+    std::printf("%s\n", runs.c_str());
     return 0;
   }
   std::printf("bitqat %s (LibTorch %s, %s, CPU kernels %s)\n", BITQAT_VERSION, BITQAT_TORCH_VERSION,

@@ -4,7 +4,7 @@
 
 namespace bitqat::apps {
 
-int cmd_version(bool cpu_capability_only);
+int cmd_version(const VersionArgs& a);
 int cmd_train(const TrainArgs& args);
 int cmd_eval(const EvalArgs& args);
 int cmd_generate(const GenerateArgs& args);

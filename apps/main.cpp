@@ -37,7 +37,7 @@ bool is_command(const std::string& s) {
 
 int run(const bitqat::apps::Command& c) {
   using namespace bitqat::apps;
-  if (c.name == "version") return cmd_version(c.cpu_capability);
+  if (c.name == "version") return cmd_version(c.version);
   bitqat::core::init_logging(bitqat::training::rank_from_environment());
   if (c.name == "train") return cmd_train(c.train);
   if (c.name == "eval") return cmd_eval(c.eval);
@@ -59,7 +59,7 @@ int main(int argc, char** argv) {
     std::fputs(bitqat::apps::usage(), first.empty() ? stderr : stdout);
     return first.empty() ? 2 : 0;
   }
-  if (first == "--version") return bitqat::apps::cmd_version(false);
+  if (first == "--version") return bitqat::apps::cmd_version({});
   if (!is_command(first)) {
     std::fprintf(stderr, "bitqat: unknown command '%s'\n\n%s", first.c_str(), bitqat::apps::usage());
     return 2;

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iterator>
 
+#include "core/cpu_isa.hpp"
 #include "core/fs.hpp"
 #include "data/bpe_tokenizer.hpp"
 #include "data/source.hpp"
@@ -50,6 +51,17 @@ TEST(Cli, HelpVersionAndUnknownThings) {
   r = run("version");
   EXPECT_EQ(r.code, 0);
   EXPECT_EQ(r.out.rfind("bitqat 0.1.0 (LibTorch 2.11.0", 0), 0u) << r.out;
+  // launch/test.sh asks which capability passes this CPU can run; the answer is core::cpu_runs's
+  // (tests/core/cpu_isa_test.cpp checks that against /proc/cpuinfo), in ATEN_CPU_CAPABILITY's spelling.
+  r = run("version --cpu-isas");
+  EXPECT_EQ(r.code, 0);
+  std::string isas = "default";
+  if (bitqat::core::cpu_runs(bitqat::core::CpuIsa::kAvx2)) isas += " avx2";
+  if (bitqat::core::cpu_runs(bitqat::core::CpuIsa::kAvx512)) isas += " avx512";
+  EXPECT_EQ(r.out, isas + "\n");
+  r = run("version --cpu-isas --cpu-capability");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("bitqat version: error: --cpu-capability excludes --cpu-isas"), std::string::npos) << r.out;
   EXPECT_EQ(run("").code, 2);
   r = run("fly");
   EXPECT_EQ(r.code, 2);
