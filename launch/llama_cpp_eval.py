@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Validation loss and perplexity of a GGUF model in llama.cpp (the llama-cpp-python that
-`launch/setup.sh --tests` installs), over the same held-out windows `bitqat eval` scores for a
-byte-level text run, so the two numbers can be put side by side.
+`launch/setup.sh --tests` installs), over the same held-out windows `bitqat eval` scores, so the two
+numbers can be put side by side.
 
-usage: launch/llama_cpp_eval.py MODEL.gguf --text data/cache/kjv.txt [--val-fraction 0.02]
+usage: launch/llama_cpp_eval.py MODEL.gguf (--text data/cache/kjv.txt [--val-fraction 0.02]
+                                            | --shards 'data/cache/smollm2/kjv/kjv_val_*.bin')
                                 [--seq-len 128] [--windows 256] [--threads 2]
 
-The held-out text is the last floor(size * val_fraction) bytes of --text (bitqat's data.val_fraction
-split). llama.cpp tokenizes it (for bitqat's byte tokenizer: one token per byte); window w is tokens
-[w * seq_len, w * seq_len + seq_len + 1), every position predicts the next token, as `bitqat eval`
-computes val_loss (train.eval_batches * train.batch_size windows: pass --windows accordingly).
-Prints val_loss (mean nats per token) and perplexity exp(val_loss).
+--text, for a byte-level text run (data.kind text): the held-out text is the last
+floor(size * val_fraction) bytes of the file (bitqat's data.val_fraction split), which llama.cpp
+tokenizes (for bitqat's byte tokenizer: one token per byte). --shards, for a token-shard run
+(data.kind shards): the tokens of the files the glob matches (the run's data.val), in sorted order,
+as bitqat reads them (llm.c shards, uint16 or uint32 tokens); llama.cpp is given these token ids, so
+both programs score the very same tokens. Window w is tokens [w * seq_len, w * seq_len + seq_len + 1),
+every position predicts the next token, as `bitqat eval` computes val_loss (train.eval_batches *
+train.batch_size windows, or --batches * batch size: pass --windows accordingly). Prints val_loss
+(mean nats per token) and perplexity exp(val_loss).
 """
 import argparse
+import glob
 import math
 import os
 import sys
@@ -20,10 +26,38 @@ import sys
 import numpy as np
 
 
+# llm.c shard layouts (data/source.hpp): a 256 x int32 header (magic, version, token count), then the tokens.
+SHARD_LAYOUTS = {(20240520, 1): np.uint16, (20240801, 7): np.uint32}
+
+
+def shard_tokens(pattern: str) -> list:
+    """The tokens of every shard the glob matches, in sorted order; ValueError naming the file when
+    there is none or one is not an llm.c shard."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise ValueError(f"--shards {pattern}: no file matches")
+    out = []
+    for path in paths:
+        header = np.fromfile(path, dtype="<i4", count=256)
+        if header.size < 256 or (int(header[0]), int(header[1])) not in SHARD_LAYOUTS:
+            raise ValueError(f"{path}: not an llm.c token shard (expected magic 20240520 version 1 or "
+                             f"20240801 version 7 in a 1024-byte header)")
+        dtype = np.dtype(SHARD_LAYOUTS[(int(header[0]), int(header[1]))]).newbyteorder("<")
+        count = int(header[2])
+        expected = 1024 + count * dtype.itemsize
+        if count < 0 or os.path.getsize(path) != expected:
+            raise ValueError(f"{path}: the header says {count} tokens ({expected} bytes), the file has "
+                             f"{os.path.getsize(path)} bytes")
+        out.extend(np.fromfile(path, dtype=dtype, count=count, offset=1024).tolist())
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("model")
-    ap.add_argument("--text", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", help="a text file; its last --val-fraction bytes are held out")
+    src.add_argument("--shards", help="a glob of llm.c token shards (a run's data.val)")
     ap.add_argument("--val-fraction", type=float, default=0.02)
     ap.add_argument("--seq-len", type=int, default=128)
     ap.add_argument("--windows", type=int, default=256)
@@ -34,17 +68,27 @@ def main() -> int:
     except ImportError:
         print("llama_cpp is not installed: run launch/setup.sh --tests", file=sys.stderr)
         return 2
-    size = os.path.getsize(a.text)
-    n_val = int(size * a.val_fraction)
-    with open(a.text, "rb") as f:
-        f.seek(size - n_val)
-        held_out = f.read(n_val)
+    if a.shards is not None:
+        try:
+            tokens = shard_tokens(a.shards)
+        except ValueError as e:
+            print(e, file=sys.stderr)
+            return 2
     llm = llama_cpp.Llama(model_path=a.model, n_ctx=a.seq_len, n_batch=a.seq_len, n_ubatch=a.seq_len,
                           n_threads=a.threads, logits_all=True, verbose=False)
-    tokens = llm.tokenize(held_out, add_bos=False, special=False)
+    if a.text is not None:
+        size = os.path.getsize(a.text)
+        n_val = int(size * a.val_fraction)
+        with open(a.text, "rb") as f:
+            f.seek(size - n_val)
+            held_out = f.read(n_val)
+        tokens = llm.tokenize(held_out, add_bos=False, special=False)
     windows = min(a.windows, (len(tokens) - 1) // a.seq_len)
     if windows < 1:
-        print(f"{a.text}: the held-out split holds no window of {a.seq_len + 1} tokens", file=sys.stderr)
+        print(f"{a.text or a.shards}: the held-out split holds no window of {a.seq_len + 1} tokens", file=sys.stderr)
+        return 2
+    if a.shards is not None and max(tokens[: windows * a.seq_len + 1]) >= llm.n_vocab():
+        print(f"{a.shards}: token {max(tokens)} is outside the model's vocabulary of {llm.n_vocab()}", file=sys.stderr)
         return 2
     nll, count = 0.0, 0
     for w in range(windows):

@@ -3,6 +3,7 @@
 // option; and trained models run in llama.cpp itself (logits, perplexity, tokenization).
 #include "interop/export_gguf.hpp"
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -13,6 +14,8 @@
 #include "bitlinear/quantizers.hpp"
 #include "checkpoints/safetensors.hpp"
 #include "core/error.hpp"
+#include "core/fs.hpp"
+#include "data/source.hpp"
 #include "tests/command.hpp"
 #include "tests/llama_cpp.hpp"
 #include "tests/temp_dir.hpp"
@@ -593,6 +596,61 @@ TEST_F(GgufInLlamaCpp, LearnedScalesComputeWhatWasTrained) {
   // (A scale trained below the floor quant.weight.eps is used, and written, as the floor.)
   const auto floor = static_cast<float>(up->options.quant.weight.eps);
   EXPECT_TRUE(gguf::block_scales(*t).reshape({-1}).equal(half_rounded(up->weight_scale.detach().clamp_min(floor))));
+}
+
+// launch/llama_cpp_eval.py, the README's way to put llama.cpp's val_loss beside bitqat's, scores the
+// windows `bitqat eval` scores: from the held-out text (--text) and from token shards holding the
+// same tokens (--shards), with the same result, and within the 1% perplexity bound above of bitqat's
+// own mean NLL over those windows (log 1.01 < 0.01 nats). Shards it cannot read exit with 2.
+TEST_F(GgufInLlamaCpp, TheEvalScriptScoresBitqatsWindowsFromTextOrShards) {
+  auto loaded = training::load_run(run_dir("llama"), at::Device(at::kCPU));
+  auto lm = std::dynamic_pointer_cast<models::BitLMImpl>(loaded.task->module_ptr());
+  lm->eval();
+  const auto model = (dir_ / "eval_script.gguf").string();
+  fs::remove(model);
+  interop::export_gguf(*lm, model, opts(gguf::GgmlType::kTQ2_0));
+  const auto val = training::open_validation_data(loaded, {})->val_batches(8, 1).at(0);  // 8 windows of 64
+  double nll = 0;
+  {
+    at::NoGradGuard g;
+    const auto lp = lm->forward(val.inputs).to(at::kDouble).log_softmax(-1);
+    nll = -lp.gather(-1, val.targets.unsqueeze(-1)).mean().item<double>();
+  }
+  // The windows are consecutive: tokens [64 w, 64 w + 65); a shard of the first 8 x 64 + 1.
+  std::vector<uint16_t> tokens;
+  for (int64_t w = 0; w < 8; ++w) {
+    for (int64_t t = 0; t < 64; ++t) tokens.push_back(static_cast<uint16_t>(val.inputs[w][t].item<int64_t>()));
+  }
+  tokens.push_back(static_cast<uint16_t>(val.targets[7][63].item<int64_t>()));
+  data::write_shard((dir_ / "eval_val_000000.bin").string(), tokens);
+  const auto script = fmt::format("'{}' '{}/launch/llama_cpp_eval.py' '{}' --seq-len 64 --windows 8 --threads 2 ",
+                                  BITQAT_PYTHON, BITQAT_SOURCE_DIR, model);
+  const auto loss_of = [](const bitqat::testing::CommandResult& r) {
+    const auto at = r.out.find("val_loss ");
+    return at == std::string::npos ? -1.0 : std::stod(r.out.substr(at + 9));
+  };
+  const auto text = bitqat::testing::run_command(script + "--text '" + kjv() + "'");
+  ASSERT_EQ(text.code, 0) << text.out;
+  const auto shards = bitqat::testing::run_command(script + "--shards '" + (dir_ / "eval_val_*.bin").string() + "'");
+  ASSERT_EQ(shards.code, 0) << shards.out;
+  std::printf("bitqat %.4f; llama.cpp from the text: %sllama.cpp from the shard: %s", nll, text.out.c_str(),
+              shards.out.c_str());
+  EXPECT_NE(text.out.find("8 windows of 64 tokens"), std::string::npos) << text.out;
+  EXPECT_EQ(loss_of(text), loss_of(shards));
+  EXPECT_NEAR(loss_of(shards), nll, 0.01);
+  // Bad shards: none matching, a file that is not one, a header that promises more tokens than it holds.
+  auto r = bitqat::testing::run_command(script + "--shards '" + (dir_ / "nothing_*.bin").string() + "'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find("nothing_*.bin: no file matches"), std::string::npos) << r.out;
+  r = bitqat::testing::run_command(script + "--shards '" + model + "'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find(model + ": not an llm.c token shard"), std::string::npos) << r.out;
+  const auto cut = (dir_ / "cut_000000.bin").string();
+  core::write_file_atomic(cut, core::read_file((dir_ / "eval_val_000000.bin").string()).substr(0, 1024 + 20));
+  r = bitqat::testing::run_command(script + "--shards '" + cut + "'");
+  EXPECT_EQ(r.code, 2);
+  EXPECT_NE(r.out.find(cut + ": the header says 513 tokens (2050 bytes), the file has 1044 bytes"), std::string::npos)
+      << r.out;
 }
 
 TEST_F(GgufInLlamaCpp, BinaryLlamaComputesWhatWasTrainedInQ1_0) {
