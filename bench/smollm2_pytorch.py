@@ -25,7 +25,6 @@ resident set of the process (ru_maxrss).
 
 import argparse
 import copy
-import glob
 import json
 import os
 import resource
@@ -39,6 +38,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+from prepare_shards import read_shards  # noqa: E402  (the shard format's reader beside its writer)
+
 GGUF = os.path.join(ROOT, "data/cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 SHARDS = os.path.join(ROOT, "data/cache/smollm2/kjv/kjv_train_*.bin")
 ALPHA, TEMPERATURE, ATTN_LAYER, ATTN_HEADS = 0.5, 2.0, 27, 3
@@ -75,14 +77,10 @@ def to_bitlinear(model):
 
 
 def tokens():
-    data = []
-    for path in sorted(glob.glob(SHARDS)):
-        header = np.fromfile(path, dtype=np.int32, count=256)
-        dtype = np.uint16 if header[0] == 20240520 else np.uint32
-        data.append(np.fromfile(path, dtype=dtype, offset=256 * 4).astype(np.int64))
-    if not data:
-        sys.exit(f"smollm2_pytorch.py: no shards at {SHARDS}: run launch/setup.sh --smollm2")
-    return np.concatenate(data)
+    try:
+        return read_shards(SHARDS)
+    except ValueError as e:
+        sys.exit(f"smollm2_pytorch.py: {e}: run launch/setup.sh --smollm2")
 
 
 class Taps:

@@ -18,38 +18,14 @@ train.batch_size windows, or --batches * batch size: pass --windows accordingly)
 (mean nats per token) and perplexity exp(val_loss).
 """
 import argparse
-import glob
 import math
 import os
 import sys
 
 import numpy as np
 
-
-# llm.c shard layouts (data/source.hpp): a 256 x int32 header (magic, version, token count), then the tokens.
-SHARD_LAYOUTS = {(20240520, 1): np.uint16, (20240801, 7): np.uint32}
-
-
-def shard_tokens(pattern: str) -> list:
-    """The tokens of every shard the glob matches, in sorted order; ValueError naming the file when
-    there is none or one is not an llm.c shard."""
-    paths = sorted(glob.glob(pattern))
-    if not paths:
-        raise ValueError(f"--shards {pattern}: no file matches")
-    out = []
-    for path in paths:
-        header = np.fromfile(path, dtype="<i4", count=256)
-        if header.size < 256 or (int(header[0]), int(header[1])) not in SHARD_LAYOUTS:
-            raise ValueError(f"{path}: not an llm.c token shard (expected magic 20240520 version 1 or "
-                             f"20240801 version 7 in a 1024-byte header)")
-        dtype = np.dtype(SHARD_LAYOUTS[(int(header[0]), int(header[1]))]).newbyteorder("<")
-        count = int(header[2])
-        expected = 1024 + count * dtype.itemsize
-        if count < 0 or os.path.getsize(path) != expected:
-            raise ValueError(f"{path}: the header says {count} tokens ({expected} bytes), the file has "
-                             f"{os.path.getsize(path)} bytes")
-        out.extend(np.fromfile(path, dtype=dtype, count=count, offset=1024).tolist())
-    return out
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from prepare_shards import read_shards  # noqa: E402  (the shard format's reader beside its writer)
 
 
 def main() -> int:
@@ -70,9 +46,9 @@ def main() -> int:
         return 2
     if a.shards is not None:
         try:
-            tokens = shard_tokens(a.shards)
+            tokens = read_shards(a.shards).tolist()
         except ValueError as e:
-            print(e, file=sys.stderr)
+            print(f"--shards {e}", file=sys.stderr)
             return 2
     llm = llama_cpp.Llama(model_path=a.model, n_ctx=a.seq_len, n_batch=a.seq_len, n_ubatch=a.seq_len,
                           n_threads=a.threads, logits_all=True, verbose=False)
@@ -87,8 +63,9 @@ def main() -> int:
     if windows < 1:
         print(f"{a.text or a.shards}: the held-out split holds no window of {a.seq_len + 1} tokens", file=sys.stderr)
         return 2
-    if a.shards is not None and max(tokens[: windows * a.seq_len + 1]) >= llm.n_vocab():
-        print(f"{a.shards}: token {max(tokens)} is outside the model's vocabulary of {llm.n_vocab()}", file=sys.stderr)
+    top = max(tokens[: windows * a.seq_len + 1])
+    if a.shards is not None and top >= llm.n_vocab():
+        print(f"{a.shards}: token {top} is outside the model's vocabulary of {llm.n_vocab()}", file=sys.stderr)
         return 2
     nll, count = 0.0, 0
     for w in range(windows):

@@ -27,6 +27,7 @@ DIR/NAME.manifest.json records the tokenizer, the source files (size, SHA-256), 
 handling and the token counts. Files are written to a temporary name and renamed.
 """
 import argparse
+import glob
 import hashlib
 import json
 import math
@@ -39,6 +40,31 @@ LAYOUTS = {  # llm.c's HEADERS_INFO
     "uint16": {"magic": 20240520, "version": 1, "dtype": np.uint16},
     "uint32": {"magic": 20240801, "version": 7, "dtype": np.uint32},
 }
+
+
+def read_shards(pattern):
+    """The tokens (int64) of every shard the glob matches, in sorted order, as bitqat reads a data.train
+    or data.val glob. ValueError naming the file when none matches, one has no header of LAYOUTS, or its
+    size is not the header's token count."""
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise ValueError(f"{pattern}: no file matches")
+    dtypes = {(info["magic"], info["version"]): info["dtype"] for info in LAYOUTS.values()}
+    parts = []
+    for path in paths:
+        header = np.fromfile(path, dtype="<i4", count=256)
+        key = (int(header[0]), int(header[1])) if header.size == 256 else None
+        if key not in dtypes:
+            raise ValueError(f"{path}: not an llm.c token shard (expected magic 20240520 version 1 or "
+                             f"20240801 version 7 in a 1024-byte header)")
+        dtype = np.dtype(dtypes[key]).newbyteorder("<")
+        count = int(header[2])
+        expected = 1024 + count * dtype.itemsize
+        if count < 0 or os.path.getsize(path) != expected:
+            raise ValueError(f"{path}: the header says {count} tokens ({expected} bytes), the file has "
+                             f"{os.path.getsize(path)} bytes")
+        parts.append(np.fromfile(path, dtype=dtype, count=count, offset=1024).astype(np.int64))
+    return np.concatenate(parts)
 
 
 def fail(msg):
